@@ -1,0 +1,52 @@
+# Every target sets up .venv itself, so a fresh clone needs only Python 3.10+ and make.
+PYTHON ?= python3
+VENV ?= .venv
+# The torch requirement installed before the package. The default is the CPU wheel this
+# project is developed against; elsewhere use e.g. `make test TORCH_SPEC="torch>=2.4"`.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.orchestrator-fsm-installed
+
+.PHONY: install demo test lint unit diagrams bench graphviz clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/orchestrator-fsm run
+
+lint: $(STAMP)
+	$(BIN)/ruff check orchestrator_fsm tests examples benchmarks
+	$(BIN)/ruff format --check orchestrator_fsm tests examples benchmarks
+	$(BIN)/mypy --strict orchestrator_fsm
+
+unit: $(STAMP) graphviz
+	$(BIN)/python -m pytest -q
+
+test: lint unit
+
+# Graphviz renders the SVG diagram; installed when missing and apt-get is usable.
+graphviz:
+	@command -v dot >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq graphviz >/dev/null) \
+	      || echo "note: could not install graphviz; SVG tests will be skipped"; \
+	  else echo "note: graphviz 'dot' not found; SVG tests will be skipped"; fi; }
+
+diagrams: $(STAMP)
+	$(BIN)/orchestrator-fsm diagram --format mermaid --output diagrams/lifecycle.mmd
+	$(BIN)/orchestrator-fsm diagram --format dot --output diagrams/lifecycle.dot
+	@if command -v dot >/dev/null 2>&1; then \
+	  $(BIN)/orchestrator-fsm diagram --format svg --output diagrams/lifecycle.svg; fi
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks --json benchmarks/results.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

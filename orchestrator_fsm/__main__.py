@@ -1,0 +1,8 @@
+"""``python -m orchestrator_fsm``: the same command as ``orchestrator-fsm``."""
+
+from __future__ import annotations
+
+from orchestrator_fsm.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

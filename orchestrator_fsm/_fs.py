@@ -1,0 +1,63 @@
+"""Small file-system helpers shared by every phase: atomic writes and slugs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "slugify"]
+
+_SLUG_DROP = re.compile(r"[^a-z0-9_-]+")
+_SLUG_DASHES = re.compile(r"-{2,}")
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the new one.
+
+    The bytes go to a temporary file in the same directory, are flushed (and fsynced
+    unless ``fsync`` is False), then renamed over ``path``. On any error the temporary
+    file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: Path, text: str, *, fsync: bool = True) -> None:
+    """Atomically write ``text`` (UTF-8) to ``path``; see :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def atomic_write_json(path: Path, payload: Any, *, fsync: bool = True) -> None:
+    """Atomically write ``payload`` as indented, key-sorted JSON with a final newline."""
+    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write_text(path, text, fsync=fsync)
+
+
+def slugify(value: object, *, max_length: int = 40, fallback: str = "x") -> str:
+    """Reduce ``value`` to ``[a-z0-9_-]`` so it is safe inside a file or directory name.
+
+    Separators, dots (hence ``..``), whitespace and control characters all become
+    dashes, runs of dashes collapse, leading/trailing dashes and underscores go, and
+    the result is cut to ``max_length``. An empty result becomes ``fallback``.
+    """
+    text = _SLUG_DROP.sub("-", str(value).lower())
+    text = _SLUG_DASHES.sub("-", text).strip("-_")
+    text = text[:max_length].strip("-_")
+    return text or fallback

@@ -1,0 +1,132 @@
+"""State diagrams drawn from the transition table, so the picture cannot drift from
+the code: Mermaid and Graphviz DOT as text (no system dependency), SVG through
+Graphviz's ``dot`` program."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from typing import Final
+
+from orchestrator_fsm.errors import OrchestratorError
+from orchestrator_fsm.lifecycle.table import (
+    CONDITION_LABELS,
+    TERMINAL_STATES,
+    TRANSITIONS,
+    LifecycleState,
+    TransitionSpec,
+)
+
+__all__ = [
+    "FORMATS",
+    "GraphvizNotFoundError",
+    "render",
+    "render_dot",
+    "render_mermaid",
+    "render_svg",
+]
+
+FORMATS: Final = ("mermaid", "dot", "svg")
+
+#: Stands for "every non-terminal state" (the table's "*" source) in drawings.
+_ANY_LIVE: Final = "any_live"
+_ANY_LIVE_LABEL: Final = "any non-terminal state"
+
+
+class GraphvizNotFoundError(OrchestratorError):
+    """SVG output was asked for but Graphviz's ``dot`` program is not installed."""
+
+
+def _edge_label(spec: TransitionSpec) -> str:
+    label = spec["label"]
+    if "conditions" in spec:
+        label += f" [{CONDITION_LABELS[spec['conditions']]}]"
+    if "unless" in spec:
+        label += f" [not {CONDITION_LABELS[spec['unless']]}]"
+    if spec["trigger"] != "advance":
+        label = f"{spec['trigger']}: {label}" if spec["trigger"] != "cleanup" else label
+    return label
+
+
+def _source_id(spec: TransitionSpec) -> str:
+    return _ANY_LIVE if spec["source"] == "*" else spec["source"]
+
+
+def render_mermaid() -> str:
+    """The lifecycle as a Mermaid ``stateDiagram-v2``."""
+    lines = [
+        "stateDiagram-v2",
+        f"    state \"{_ANY_LIVE_LABEL}\" as {_ANY_LIVE}",
+        f"    [*] --> {LifecycleState.CREATED.value}",
+    ]
+    for spec in TRANSITIONS:
+        label = _edge_label(spec).replace(":", " -")
+        lines.append(f"    {_source_id(spec)} --> {spec['dest']}: {label}")
+    lines.extend(f"    {state.value} --> [*]" for state in LifecycleState if state in TERMINAL_STATES)
+    return "\n".join(lines) + "\n"
+
+
+def _dot_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_dot() -> str:
+    """The lifecycle as a Graphviz ``digraph``."""
+    lines = [
+        "digraph lifecycle {",
+        "    rankdir=TB;",
+        '    node [shape=box, style=rounded, fontname="Helvetica"];',
+        '    edge [fontname="Helvetica", fontsize=10];',
+        "    start [shape=point, label=\"\"];",
+        f"    {_ANY_LIVE} [label={_dot_quote(_ANY_LIVE_LABEL)}, style=\"rounded,dashed\"];",
+    ]
+    for state in LifecycleState:
+        shape = ", peripheries=2" if state in TERMINAL_STATES else ""
+        lines.append(f"    {state.value} [label={_dot_quote(state.value)}{shape}];")
+    lines.append(f"    start -> {LifecycleState.CREATED.value};")
+    for spec in TRANSITIONS:
+        style = ", style=dashed" if spec["source"] == "*" else ""
+        lines.append(
+            f"    {_source_id(spec)} -> {spec['dest']} "
+            f"[label={_dot_quote(_edge_label(spec))}{style}];"
+        )
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render_svg(*, dot_executable: str | None = None, timeout_s: float = 30.0) -> str:
+    """The DOT diagram rendered to SVG by Graphviz's ``dot``.
+
+    Raises ``GraphvizNotFoundError`` (with how to install it) when ``dot`` is missing.
+    """
+    exe = dot_executable or shutil.which("dot")
+    if exe is None:
+        raise GraphvizNotFoundError(
+            "SVG output needs Graphviz's 'dot' program, which is not on PATH; install "
+            "Graphviz (e.g. 'apt-get install graphviz' or 'brew install graphviz'), or use "
+            "--format mermaid / --format dot, which need nothing"
+        )
+    result = subprocess.run(
+        [exe, "-Tsvg"],
+        input=render_dot(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise OrchestratorError(
+            f"Graphviz 'dot' failed with exit code {result.returncode}: {result.stderr.strip()}"
+        )
+    return result.stdout
+
+
+def render(fmt: str) -> str:
+    """The diagram in ``fmt``, one of ``FORMATS``."""
+    if fmt == "mermaid":
+        return render_mermaid()
+    if fmt == "dot":
+        return render_dot()
+    if fmt == "svg":
+        return render_svg()
+    raise ValueError(f"diagram format must be one of {', '.join(FORMATS)}; got {fmt!r}")

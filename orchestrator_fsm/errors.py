@@ -1,0 +1,56 @@
+"""The error hierarchy: every error the package raises on purpose is an OrchestratorError."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DeviceError",
+    "InfrastructureError",
+    "LifecycleError",
+    "LockContendedError",
+    "OrchestratorError",
+]
+
+
+class OrchestratorError(Exception):
+    """Base class of every error raised on purpose by orchestrator-fsm."""
+
+
+class ConfigError(OrchestratorError, ValueError):
+    """A recipe, a mapping or an override does not describe a valid configuration.
+
+    ``problems`` holds one ``(dotted_path, message)`` pair per bad field, so that
+    callers (the CLI's ``validate``) can show all of them; ``source`` is the file
+    the config came from, or ``None`` for in-memory data.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        problems: list[tuple[str, str]] | None = None,
+        source: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.problems: list[tuple[str, str]] = list(problems or [])
+        self.source = source
+
+
+class LifecycleError(OrchestratorError, RuntimeError):
+    """The lifecycle was driven in a way the state machine does not allow."""
+
+
+class InfrastructureError(OrchestratorError):
+    """An OS-level resource (the run lock) could not be acquired or released."""
+
+
+class LockContendedError(InfrastructureError):
+    """Another live run holds the lock; ``holder`` is what it wrote into the lock file."""
+
+    def __init__(self, message: str, *, holder: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.holder: dict[str, object] = dict(holder or {})
+
+
+class DeviceError(OrchestratorError):
+    """The requested compute device does not exist or cannot be used."""

@@ -1,0 +1,1 @@
+"""The lifecycle state machine: its transition table, the machine and the run journal."""

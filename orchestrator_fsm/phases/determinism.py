@@ -1,0 +1,392 @@
+"""Phase 1 — determinism: seed every global generator and pin the reproducibility flags.
+
+``set_seed`` is the default seeding step; ``DeterminismState`` is its undo. The seed
+tree (``SeedTree``, ``make_generator``, ``worker_init_fn``) hands out the *other* seeds a
+run needs — per purpose, per rank, per DataLoader worker — derived from the one recipe
+seed with ``numpy.random.SeedSequence`` so they are independent, stable across Python
+processes and never drawn from (hence never disturbing) the global generators.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import operator
+import os
+import random
+from collections.abc import Callable
+from typing import Any, Final, SupportsIndex
+
+import attrs
+import numpy as np
+import torch
+
+from orchestrator_fsm._process import EnvSnapshot
+from orchestrator_fsm.distributed import get_rank
+
+__all__ = [
+    "CUBLAS_WORKSPACE_CONFIG",
+    "DeterminismState",
+    "SeedTree",
+    "last_seed_sequence",
+    "make_generator",
+    "set_seed",
+    "worker_init_fn",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The cuBLAS workspace setting strict mode exports; one of the two values NVIDIA
+#: documents as making cuBLAS reductions deterministic.
+CUBLAS_WORKSPACE_CONFIG: Final = ":4096:8"
+_DETERMINISTIC_CUBLAS_CONFIGS: Final = frozenset({":4096:8", ":16:8"})
+_CUBLAS_ENV: Final = "CUBLAS_WORKSPACE_CONFIG"
+_ENV_VARS: Final = (_CUBLAS_ENV,)
+
+_SEED_LIMIT: Final = 2**32
+_PURPOSE_KIND: Final = 0
+_WORKER_KIND: Final = 1
+_WORKER_INIT_KIND: Final = 2
+
+# The seed of the last ``set_seed`` call, from which ``last_seed_sequence`` rebuilds the
+# recorded SeedSequence. Module state on purpose: ``DeterminismState`` restores it.
+_recorded_seed: int | None = None
+
+
+def _validate_seed(seed: object, *, name: str = "seed") -> int:
+    """``seed`` as a plain int, or a ValueError saying what a seed must be."""
+    if isinstance(seed, bool) or not isinstance(seed, SupportsIndex):
+        raise ValueError(
+            f"{name} must be an integer in [0, 2**32), got {type(seed).__name__} {seed!r}"
+        )
+    value = operator.index(seed)
+    if not 0 <= value < _SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer in [0, 2**32), got {value}")
+    return value
+
+
+def _validate_index(value: object, *, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
+        raise ValueError(f"{name} must be an integer >= 0, got {type(value).__name__} {value!r}")
+    index = operator.index(value)
+    if index < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {index}")
+    return index
+
+
+def set_seed(seed: int, strict: bool = False, warn_only: bool = False) -> None:
+    """Seed Python, NumPy and torch (CPU, every CUDA device, MPS) with ``seed``.
+
+    Each global generator is seeded exactly as ``random.seed(seed)``,
+    ``np.random.seed(seed)`` and ``torch.manual_seed(seed)`` would, and nothing is drawn
+    from them afterwards, so the first draws equal those of the plain calls. A
+    ``numpy.random.SeedSequence(seed)`` is recorded for :func:`last_seed_sequence`.
+    cuDNN is always put in deterministic, non-benchmarking mode.
+
+    ``strict`` additionally makes torch raise on nondeterministic operations (only warn
+    when ``warn_only``; ``warn_only`` has no effect without ``strict``), exports
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (a value already set to one of NVIDIA's two
+    deterministic settings is kept) and turns TF32 off for cuBLAS matmuls and cuDNN. The
+    variable only counts if set before CUDA initialises; a warning is logged when CUDA
+    already has. A warning is also logged when ``PYTHONHASHSEED`` differs from ``seed``:
+    string hashing is fixed at interpreter start and cannot be changed from here.
+
+    Undo with :class:`DeterminismState` (captured before the call). Raises
+    ``ValueError`` unless ``0 <= seed < 2**32``.
+    """
+    global _recorded_seed
+    seed = _validate_seed(seed)
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    # Current torch.manual_seed seeds CUDA and MPS as well; the explicit calls state the
+    # contract instead of relying on that.
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    if torch.backends.mps.is_available():
+        torch.mps.manual_seed(seed)
+    _recorded_seed = seed
+
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+    if not strict:
+        return
+
+    current = os.environ.get(_CUBLAS_ENV)
+    if current not in _DETERMINISTIC_CUBLAS_CONFIGS:
+        os.environ[_CUBLAS_ENV] = CUBLAS_WORKSPACE_CONFIG
+        if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+            logger.warning(
+                "CUDA was already initialised when %s was set to %r (it was %r); cuBLAS "
+                "reads it only at initialisation, so matmuls may stay nondeterministic in "
+                "this process. Export %s=%s before starting Python to be sure.",
+                _CUBLAS_ENV,
+                CUBLAS_WORKSPACE_CONFIG,
+                current,
+                _CUBLAS_ENV,
+                CUBLAS_WORKSPACE_CONFIG,
+            )
+
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+    hash_seed = os.environ.get("PYTHONHASHSEED")
+    if hash_seed != str(seed):
+        logger.warning(
+            "PYTHONHASHSEED is %s, not %r: the iteration order of sets of str/bytes (and "
+            "of anything derived from their hashes) may differ between runs. Python reads "
+            "it only at interpreter start; export PYTHONHASHSEED=%d before launching for "
+            "full reproducibility.",
+            "unset" if hash_seed is None else repr(hash_seed),
+            str(seed),
+            seed,
+        )
+
+
+def last_seed_sequence() -> np.random.SeedSequence | None:
+    """The ``SeedSequence`` recorded by the last :func:`set_seed`, or None before any.
+
+    Every call returns a fresh, equal sequence, so spawning children from it (which
+    mutates a SeedSequence) gives the same children each time.
+    """
+    if _recorded_seed is None:
+        return None
+    return np.random.SeedSequence(_recorded_seed)
+
+
+def _purpose_words(purpose: object) -> tuple[int, int]:
+    """Two 32-bit words identifying ``purpose``, identical in every Python process.
+
+    Python's ``hash()`` of a str is salted per interpreter (PYTHONHASHSEED), so a
+    cryptographic digest is used instead.
+    """
+    if not isinstance(purpose, str) or not purpose:
+        raise ValueError(f"purpose must be a non-empty string, got {purpose!r}")
+    digest = hashlib.sha256(purpose.encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:8], "little")
+
+
+def _derive(entropy: int, spawn_key: tuple[int, ...]) -> int:
+    """A 32-bit seed from ``entropy`` and ``spawn_key`` via SeedSequence's hash mixing."""
+    sequence = np.random.SeedSequence(entropy, spawn_key=spawn_key)
+    return int(sequence.generate_state(1, dtype=np.uint32)[0])
+
+
+def _purpose_seed(entropy: int, purpose: str, rank: int) -> int:
+    return _derive(entropy, (_PURPOSE_KIND, *_purpose_words(purpose), rank))
+
+
+def _worker_seed(entropy: int, purpose: str, rank: int, worker_id: int) -> int:
+    return _derive(entropy, (_WORKER_KIND, *_purpose_words(purpose), rank, worker_id))
+
+
+class SeedTree:
+    """Every seed a run hands out, derived from one base seed.
+
+    Seeds depend only on ``(seed, purpose, rank[, worker_id])`` — never on call order,
+    on the process, or on the global generators — so two runs with the same recipe get
+    the same seeds and different ranks get different ones. The base seed itself is what
+    :func:`set_seed` gives Python, NumPy and torch on every rank.
+
+    ``as_dict()`` lists the standard seeds plus every one handed out so far, for the
+    run's report. Raises ``ValueError`` for a seed outside ``[0, 2**32)``, a
+    ``world_size`` below 1, or a ``rank`` outside ``[0, world_size)``.
+    """
+
+    __slots__ = ("_handed_out", "rank", "seed", "world_size")
+
+    def __init__(self, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.seed: int = _validate_seed(seed)
+        world_size = _validate_index(world_size, name="world_size")
+        if world_size < 1:
+            raise ValueError(f"world_size must be an integer >= 1, got {world_size}")
+        rank = _validate_index(rank, name="rank")
+        if rank >= world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.rank: int = rank
+        self.world_size: int = world_size
+        self._handed_out: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"SeedTree(seed={self.seed}, rank={self.rank}, world_size={self.world_size})"
+
+    def seed_for(self, purpose: str) -> int:
+        """The 32-bit seed of ``purpose`` (e.g. ``"augmentation"``) on this rank."""
+        value = _purpose_seed(self.seed, purpose, self.rank)
+        self._handed_out[purpose] = value
+        return value
+
+    def worker_seed(self, worker_id: int, purpose: str = "dataloader") -> int:
+        """The 32-bit seed of DataLoader worker ``worker_id`` for ``purpose`` on this rank."""
+        worker_id = _validate_index(worker_id, name="worker_id")
+        value = _worker_seed(self.seed, purpose, self.rank, worker_id)
+        self._handed_out[f"{purpose}/worker/{worker_id}"] = value
+        return value
+
+    def generator(self, purpose: str = "dataloader") -> torch.Generator:
+        """A CPU ``torch.Generator`` seeded with ``seed_for(purpose)``."""
+        return torch.Generator().manual_seed(self.seed_for(purpose))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-able summary: base seeds, standard derived seeds, all handed out.
+
+        Keys: ``seed``, ``rank``, ``world_size``, ``python``/``numpy``/``torch`` (the
+        base seed each global generator got), ``dataloader`` and ``rank_seed`` (the
+        seeds of the purposes ``"dataloader"`` and ``"rank"`` on this rank) and
+        ``derived`` (``{name: seed}`` for every seed handed out, in order; worker seeds
+        are named ``"<purpose>/worker/<id>"``).
+        """
+        return {
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "python": self.seed,
+            "numpy": self.seed,
+            "torch": self.seed,
+            "dataloader": _purpose_seed(self.seed, "dataloader", self.rank),
+            "rank_seed": _purpose_seed(self.seed, "rank", self.rank),
+            "derived": dict(self._handed_out),
+        }
+
+
+def make_generator(
+    seed: int | None = None, *, purpose: str = "dataloader", rank: int | None = None
+) -> torch.Generator:
+    """A CPU ``torch.Generator`` for ``purpose`` on ``rank``, e.g. a DataLoader's.
+
+    Seeded with ``SeedTree(seed, rank, ...).seed_for(purpose)``. With ``seed`` None the
+    entropy is ``torch.initial_seed()`` — the seed :func:`set_seed` gave torch — so the
+    generator follows the run's seed without drawing from torch's global generator.
+    ``rank`` None means :func:`orchestrator_fsm.distributed.get_rank`.
+    """
+    entropy = torch.initial_seed() if seed is None else _validate_seed(seed)
+    rank = get_rank() if rank is None else _validate_index(rank, name="rank")
+    return torch.Generator().manual_seed(_purpose_seed(entropy, purpose, rank))
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Seed ``random`` and NumPy inside a DataLoader worker; pass as ``worker_init_fn``.
+
+    torch already gives each worker its own seed (the loader's base seed plus the worker
+    id, itself drawn from the loader's generator), readable as ``torch.initial_seed()``.
+    That seed and ``worker_id`` go through a SeedSequence, whose children seed Python's
+    and NumPy's global generators, so workers draw differently from each other and from
+    the parent (which fork would otherwise copy), and identically on every rerun.
+    """
+    worker_id = _validate_index(worker_id, name="worker_id")
+    sequence = np.random.SeedSequence(
+        torch.initial_seed(), spawn_key=(_WORKER_INIT_KIND, worker_id)
+    )
+    python_child, numpy_child = sequence.spawn(2)
+    random.seed(int.from_bytes(python_child.generate_state(4, dtype=np.uint32).tobytes(), "little"))
+    np.random.seed(numpy_child.generate_state(4, dtype=np.uint32))
+
+
+def _read_flag(read: Callable[[], object]) -> bool | None:
+    """A legacy torch flag, or None when torch refuses to report it.
+
+    torch >= 2.9 raises on reading the legacy TF32 flags once the newer
+    ``fp32_precision`` API was used to set them differently; such a flag is left alone.
+    """
+    try:
+        return bool(read())
+    except RuntimeError:
+        return None
+
+
+def _fp32_precision_nodes() -> dict[str, Any]:
+    """The ``fp32_precision`` holders that the legacy TF32 setters write (torch >= 2.9)."""
+    nodes: dict[str, Any] = {
+        "cuda.matmul": torch.backends.cuda.matmul,
+        "cudnn.conv": getattr(torch.backends.cudnn, "conv", None),
+        "cudnn.rnn": getattr(torch.backends.cudnn, "rnn", None),
+    }
+    present: dict[str, Any] = {}
+    for name, node in nodes.items():
+        try:
+            if node is not None and isinstance(node.fp32_precision, str):
+                present[name] = node
+        except (AttributeError, RuntimeError):
+            continue
+    return present
+
+
+@attrs.frozen
+class DeterminismState:
+    """The reproducibility flags and environment that :func:`set_seed` changes.
+
+    ``capture()`` before seeding, ``restore()`` afterwards: torch's deterministic-
+    algorithms mode and its warn-only switch, cuDNN's deterministic and benchmark flags,
+    the cuBLAS/cuDNN TF32 flags (and, on torch >= 2.9, the ``fp32_precision`` settings
+    behind them), ``CUBLAS_WORKSPACE_CONFIG`` and the seed recorded for
+    :func:`last_seed_sequence`. Restore writes only what differs from the snapshot.
+
+    RNG *state* is deliberately not captured or restored: the generators belong to the
+    user's pipeline once seeded, and rewinding them at cleanup would silently replay
+    randomness in whatever code runs next. Instances compare equal when every captured
+    value is equal.
+    """
+
+    deterministic_algorithms: bool
+    deterministic_warn_only: bool
+    cudnn_deterministic: bool
+    cudnn_benchmark: bool
+    matmul_allow_tf32: bool | None
+    cudnn_allow_tf32: bool | None
+    fp32_precision: tuple[tuple[str, str], ...]
+    environment: tuple[tuple[str, str | None], ...]
+    recorded_seed: int | None
+
+    @classmethod
+    def capture(cls) -> DeterminismState:
+        """Snapshot the current flags, environment variables and recorded seed."""
+        return cls(
+            deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
+            deterministic_warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
+            cudnn_deterministic=bool(torch.backends.cudnn.deterministic),
+            cudnn_benchmark=bool(torch.backends.cudnn.benchmark),
+            matmul_allow_tf32=_read_flag(lambda: torch.backends.cuda.matmul.allow_tf32),
+            cudnn_allow_tf32=_read_flag(lambda: torch.backends.cudnn.allow_tf32),
+            fp32_precision=tuple(
+                (name, str(node.fp32_precision)) for name, node in _fp32_precision_nodes().items()
+            ),
+            environment=tuple((name, os.environ.get(name)) for name in _ENV_VARS),
+            recorded_seed=_recorded_seed,
+        )
+
+    def restore(self) -> None:
+        """Put every captured value back; values that did not change are not written."""
+        global _recorded_seed
+        if (
+            torch.are_deterministic_algorithms_enabled() != self.deterministic_algorithms
+            or torch.is_deterministic_algorithms_warn_only_enabled() != self.deterministic_warn_only
+        ):
+            torch.use_deterministic_algorithms(
+                self.deterministic_algorithms, warn_only=self.deterministic_warn_only
+            )
+        if torch.backends.cudnn.deterministic != self.cudnn_deterministic:
+            torch.backends.cudnn.deterministic = self.cudnn_deterministic
+        if torch.backends.cudnn.benchmark != self.cudnn_benchmark:
+            torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        # Legacy flags first: writing them also rewrites the fp32_precision nodes, which
+        # are then corrected one by one. Writing a node that already matches is skipped,
+        # because any write through the newer API makes torch refuse to read the legacy
+        # flags of that backend afterwards.
+        if self.matmul_allow_tf32 is not None and (
+            _read_flag(lambda: torch.backends.cuda.matmul.allow_tf32) != self.matmul_allow_tf32
+        ):
+            torch.backends.cuda.matmul.allow_tf32 = self.matmul_allow_tf32
+        if self.cudnn_allow_tf32 is not None and (
+            _read_flag(lambda: torch.backends.cudnn.allow_tf32) != self.cudnn_allow_tf32
+        ):
+            torch.backends.cudnn.allow_tf32 = self.cudnn_allow_tf32
+        nodes = _fp32_precision_nodes()
+        for name, precision in self.fp32_precision:
+            node = nodes.get(name)
+            if node is not None and node.fp32_precision != precision:
+                node.fp32_precision = precision
+        EnvSnapshot(dict(self.environment)).restore()
+        _recorded_seed = self.recorded_seed

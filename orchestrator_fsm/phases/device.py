@@ -1,0 +1,125 @@
+"""Device resolution: turn the recipe's ``hardware.device`` string into a ``torch.device``.
+
+``to_device_obj`` is the default ``device_resolver``. It changes no process state, so
+it has no undo.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Final
+
+import torch
+
+from orchestrator_fsm.distributed import get_world_size
+from orchestrator_fsm.errors import DeviceError
+
+__all__ = ["available_devices", "to_device_obj"]
+
+_CUDA_INDEX: Final = re.compile(r"cuda:(\d+)")
+_ACCEPTED: Final = "auto, cpu, cuda, cuda:N, mps"
+
+
+def _cuda_count() -> int:
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+def _mps_available() -> bool:
+    return bool(torch.backends.mps.is_available())
+
+
+def available_devices() -> list[str]:
+    """Names of the devices this process can use, e.g. ``["cpu", "cuda:0", "cuda:1"]``."""
+    names = ["cpu"]
+    names.extend(f"cuda:{index}" for index in range(_cuda_count()))
+    if _mps_available():
+        names.append("mps")
+    return names
+
+
+def _launched_distributed(local_rank: int) -> bool:
+    """Whether each process should bind its own GPU (torchrun, SLURM, explicit rank)."""
+    return local_rank != 0 or "LOCAL_RANK" in os.environ or get_world_size() > 1
+
+
+def _unavailable(requested: str, reason: str) -> DeviceError:
+    return DeviceError(
+        f"requested device {requested!r} but {reason}; available: {', '.join(available_devices())}"
+    )
+
+
+def _no_cuda_reason() -> str:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    hint = "" if visible is None else f" (CUDA_VISIBLE_DEVICES={visible!r})"
+    if torch.version.cuda is None:
+        return "this torch build has no CUDA support"
+    return f"CUDA is not available: no visible CUDA device or driver{hint}"
+
+
+def _bind_cuda(requested: str, local_rank: int) -> torch.device:
+    count = _cuda_count()
+    if count == 0:
+        raise _unavailable(requested, _no_cuda_reason())
+    if _launched_distributed(local_rank):
+        return torch.device("cuda", local_rank % count)
+    return torch.device("cuda")
+
+
+def to_device_obj(device_str: str, local_rank: int = 0) -> torch.device:
+    """The ``torch.device`` for ``device_str`` (``auto|cpu|cuda|cuda:N|mps``).
+
+    ``auto`` prefers CUDA, then MPS, then the CPU. Under a distributed launch (a
+    ``LOCAL_RANK`` variable, a world size above 1, or a non-zero ``local_rank``) CUDA
+    resolves to ``cuda:{local_rank % device_count}``, so each process of a node gets its
+    own GPU; otherwise to plain ``cuda`` (the current device). ``cuda:N`` is used as
+    given once ``N`` is checked against the visible devices. Case and surrounding
+    spaces are ignored.
+
+    Raises ``DeviceError`` naming the request and the available devices when the
+    device is unknown or not usable here.
+    """
+    if not isinstance(device_str, str):
+        raise DeviceError(
+            f"device must be a string, one of {_ACCEPTED}; got {type(device_str).__name__} "
+            f"{device_str!r}; available: {', '.join(available_devices())}"
+        )
+    if isinstance(local_rank, bool) or not isinstance(local_rank, int) or local_rank < 0:
+        raise DeviceError(f"local_rank must be an integer >= 0, got {local_rank!r}")
+    requested = device_str.strip().lower()
+
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested == "auto":
+        if _cuda_count() > 0:
+            return _bind_cuda(device_str, local_rank)
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda":
+        return _bind_cuda(device_str, local_rank)
+    if requested == "mps":
+        if not _mps_available():
+            reason = (
+                "this torch build has no MPS support"
+                if not torch.backends.mps.is_built()
+                else "MPS is not available on this machine (it needs Apple silicon, macOS 12.3+)"
+            )
+            raise _unavailable(device_str, reason)
+        return torch.device("mps")
+    match = _CUDA_INDEX.fullmatch(requested)
+    if match is not None:
+        index = int(match.group(1))
+        count = _cuda_count()
+        if count == 0:
+            raise _unavailable(device_str, _no_cuda_reason())
+        if index >= count:
+            listing = ", ".join(f"cuda:{i}" for i in range(count))
+            noun = "device" if count == 1 else "devices"
+            verb = "is" if count == 1 else "are"
+            raise _unavailable(device_str, f"only {count} CUDA {noun} ({listing}) {verb} visible")
+        return torch.device("cuda", index)
+    raise DeviceError(
+        f"unknown device {device_str!r}: expected one of {_ACCEPTED}; "
+        f"available: {', '.join(available_devices())}"
+    )

@@ -1,0 +1,155 @@
+"""Phase 4, logging: the run's logger, writing to the console and to ``logs/run.log``.
+
+``Logger.setup`` attaches two handlers to one named logger (never to the root logger):
+a rich console handler on stderr and a UTF-8 file handler at ``<log_dir>/run.log``.
+It turns propagation off so that handlers on the root logger do not print every line a
+second time. ``Logger.teardown`` is its undo: it closes and detaches exactly the
+handlers ``setup`` added and puts back the logger's earlier level and propagation.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Final
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+__all__ = ["LOG_FILE_NAME", "Logger"]
+
+LOG_FILE_NAME: Final = "run.log"
+FILE_FORMAT: Final = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
+
+# Set on every handler this module creates, so a second setup or a teardown removes
+# those and nothing a user attached to the same logger.
+_HANDLER_MARK: Final = "_orchestrator_fsm_run_handler"
+
+# The level and propagate flag a logger had before setup, by logger name.
+# Guarded by _state_lock so that concurrent setups of one logger stay consistent.
+_saved_states: dict[str, tuple[int, bool]] = {}
+_state_lock = threading.Lock()
+
+
+class _UtcIsoFormatter(logging.Formatter):
+    """Formats ``asctime`` as ISO-8601 UTC with milliseconds, like the run's other files."""
+
+    def formatTime(  # noqa: N802 - overrides logging.Formatter.formatTime
+        self, record: logging.LogRecord, datefmt: str | None = None
+    ) -> str:
+        moment = datetime.fromtimestamp(record.created, tz=timezone.utc)
+        return moment.isoformat(timespec="milliseconds")
+
+
+def _parse_level(level: str | int) -> int:
+    if isinstance(level, bool):
+        raise ValueError(f"log level must be a level name or an integer, got {level!r}")
+    if isinstance(level, int):
+        if level < 0:
+            raise ValueError(f"log level must be a non-negative integer, got {level}")
+        return level
+    if isinstance(level, str):
+        name = level.strip().upper()
+        if name.isdigit():
+            return int(name)
+        value = logging.getLevelName(name)
+        if isinstance(value, int):
+            return value
+    raise ValueError(
+        f"log level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL "
+        f"(any case) or an integer, got {level!r}"
+    )
+
+
+def _check_log_dir(log_dir: Path) -> None:
+    if not log_dir.exists():
+        raise FileNotFoundError(
+            errno.ENOENT,
+            "the log directory does not exist (it is created with the run directory "
+            "by RunPaths.create)",
+            str(log_dir),
+        )
+    if not log_dir.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "the log directory is not a directory", str(log_dir))
+
+
+def _mark(handler: logging.Handler) -> logging.Handler:
+    setattr(handler, _HANDLER_MARK, True)
+    return handler
+
+
+def _is_ours(handler: logging.Handler) -> bool:
+    return getattr(handler, _HANDLER_MARK, False) is True
+
+
+def _detach_ours(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        if _is_ours(handler):
+            logger.removeHandler(handler)
+            handler.close()
+
+
+class Logger:
+    """Sets up (and tears down) the logger of one run."""
+
+    @staticmethod
+    def setup(name: str, log_dir: Path | str, level: str | int) -> logging.Logger:
+        """Configure the logger ``name`` for a run and return it.
+
+        Adds a rich console handler (stderr, no markup interpretation) and a file
+        handler appending to ``<log_dir>/run.log`` (UTF-8; each line has a UTC
+        timestamp, the level and the logger name). ``level`` is a level name in any
+        case or an integer. Sets ``propagate = False``. Calling it again for the same
+        logger replaces the handlers the previous call added instead of stacking them.
+
+        Raises ``ValueError`` for an unknown level and ``FileNotFoundError`` (or
+        ``NotADirectoryError``) naming ``log_dir`` when it is not an existing directory;
+        the logger is left unchanged then.
+        """
+        if not name:
+            raise ValueError("the run logger needs a name; the root logger is never configured")
+        numeric_level = _parse_level(level)
+        log_dir = Path(log_dir)
+        _check_log_dir(log_dir)
+
+        file_handler = logging.FileHandler(log_dir / LOG_FILE_NAME, mode="a", encoding="utf-8")
+        file_handler.setFormatter(_UtcIsoFormatter(FILE_FORMAT))
+        console_handler = RichHandler(
+            console=Console(stderr=True),
+            markup=False,
+            rich_tracebacks=False,
+            show_path=False,
+        )
+
+        logger = logging.getLogger(name)
+        with _state_lock:
+            # Remember the state only when none of our handlers is attached: a repeated
+            # setup must keep what the logger had before the first one, while after an
+            # external undo (handlers removed without teardown) the current state is it.
+            if name not in _saved_states or not any(map(_is_ours, logger.handlers)):
+                _saved_states[name] = (logger.level, logger.propagate)
+            _detach_ours(logger)
+            logger.addHandler(_mark(console_handler))
+            logger.addHandler(_mark(file_handler))
+            logger.setLevel(numeric_level)
+            logger.propagate = False
+        return logger
+
+    @staticmethod
+    def teardown(logger: logging.Logger) -> None:
+        """Undo :meth:`setup` on ``logger``: close and detach its handlers, restore state.
+
+        Handlers that ``setup`` did not add stay attached. The level and propagation
+        flag go back to what they were before the first ``setup``. A logger that was
+        never set up is left alone.
+        """
+        with _state_lock:
+            _detach_ours(logger)
+            saved = _saved_states.pop(logger.name, None)
+            if saved is not None:
+                level, propagate = saved
+                logger.setLevel(level)
+                logger.propagate = propagate

@@ -1,0 +1,390 @@
+"""Phase 5, manifest: what a run needs on disk to be audited and reproduced later.
+
+``AuditSaver`` writes, into the run's ``reports/`` folder:
+
+- ``config.yaml``: the resolved config, secrets redacted;
+- ``requirements.txt``: every installed distribution as ``name==version``, with
+  editable, local, archive and VCS installs marked from their ``direct_url.json``;
+- ``git_info.txt`` and ``git_diff.patch``: commit, branch, dirty flag and remote of the
+  git checkout the run was started from, and its uncommitted changes (capped at 1 MiB).
+  Outside a checkout, or without ``git``, these two files are simply not written.
+
+``record_invocation`` describes how the process was started, for ``run.json``.
+Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path, PurePath
+from typing import Any, Final, Protocol, runtime_checkable
+
+import yaml
+
+from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_text
+
+__all__ = [
+    "GIT_DIFF_CAP_BYTES",
+    "GIT_DIFF_FILE_NAME",
+    "AuditSaver",
+    "record_invocation",
+]
+
+GIT_DIFF_FILE_NAME: Final = "git_diff.patch"
+GIT_DIFF_CAP_BYTES: Final = 1024 * 1024
+"""The most bytes of ``git diff HEAD`` kept in ``git_diff.patch``."""
+
+_GIT_TIMEOUT_S: Final = 15.0
+_NORMALIZE_NAME: Final = re.compile(r"[-_.]+")
+
+# A child of the run logger, so that what the manifest step notes lands in run.log.
+_log = logging.getLogger("orchestrator_fsm.run.manifest")
+
+
+@runtime_checkable
+class SerializableConfig(Protocol):
+    """Anything that can turn itself into plain data, like ``Config``."""
+
+    def dump_serialized(self) -> Mapping[str, Any]: ...
+
+
+def _redact(data: Any) -> Any:
+    # Imported here: the config module imports much more than this phase needs.
+    from orchestrator_fsm.config import redact_secrets
+
+    return redact_secrets(data)
+
+
+def _redact_url(url: str) -> str:
+    redacted = _redact({"url": url})
+    return str(redacted["url"])
+
+
+def _plain_key(key: object, where: str) -> object:
+    if key is None or isinstance(key, (bool, int, float, str)):
+        return _to_plain(key, where)
+    raise TypeError(
+        f"config key {key!r} at {where or 'the top level'} has type {type(key).__name__}; "
+        f"expected a string or number"
+    )
+
+
+def _to_plain(value: Any, where: str) -> Any:
+    """``value`` as data ``yaml.safe_dump`` accepts, or ``TypeError`` naming its path."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, enum.Enum):
+        return _to_plain(value.value, where)
+    # Subclasses of the scalar types have no safe representer: reduce them to the base.
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {
+            _plain_key(key, where): _to_plain(item, f"{where}.{key}" if where else str(key))
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    raise TypeError(
+        f"config value at {where or 'the top level'} has type {type(value).__name__}; "
+        f"expected plain data (str, int, float, bool, None, date, path, list or mapping)"
+    )
+
+
+def _install_marker(direct_url: Mapping[str, Any]) -> str | None:
+    """How a distribution was installed, from its PEP 610 ``direct_url.json``."""
+    url = direct_url.get("url")
+    if not isinstance(url, str) or not url:
+        return None
+    url = _redact_url(url)
+    vcs_info = direct_url.get("vcs_info")
+    if isinstance(vcs_info, Mapping):
+        vcs = str(vcs_info.get("vcs") or "vcs")
+        commit = vcs_info.get("commit_id")
+        return f"vcs: {vcs}+{url}@{commit}" if commit else f"vcs: {vcs}+{url}"
+    dir_info = direct_url.get("dir_info")
+    if isinstance(dir_info, Mapping):
+        return f"editable: {url}" if dir_info.get("editable") else f"local: {url}"
+    if isinstance(direct_url.get("archive_info"), Mapping):
+        return f"archive: {url}"
+    return None
+
+
+def _read_direct_url(dist: metadata.Distribution) -> Mapping[str, Any] | None:
+    try:
+        text = dist.read_text("direct_url.json")
+    except OSError:
+        return None
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, Mapping) else None
+
+
+def _requirement_lines() -> list[str]:
+    entries: dict[str, tuple[str, str]] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        version = dist.version
+        if not name or not version:
+            _log.debug("skipping a distribution without name or version at %r", dist)
+            continue
+        key = _NORMALIZE_NAME.sub("-", name).lower()
+        # The first distribution found for a name is the one imports resolve to.
+        if key in entries:
+            continue
+        line = f"{name}=={version}"
+        direct_url = _read_direct_url(dist)
+        marker = _install_marker(direct_url) if direct_url is not None else None
+        if marker is not None:
+            line = f"{line}  # {marker}"
+        entries[key] = (name.lower(), line)
+    return [line for _, line in sorted(entries.values())]
+
+
+def _requirements_header() -> list[str]:
+    return [
+        "# Installed distributions (importlib.metadata), recorded by orchestrator-fsm",
+        f"# Python {platform.python_version()} ({platform.python_implementation()}) "
+        f"at {sys.executable}",
+        f"# Platform {platform.platform()}",
+    ]
+
+
+def _git_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Never prompt for credentials, and never take index.lock for a read-only look
+    # (that could make the user's own concurrent git command fail).
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0")
+    return env
+
+
+def _git_output(git: str, args: Sequence[str], cwd: Path) -> str | None:
+    """Stdout of ``git args`` (stripped), or ``None`` when it fails or times out."""
+    try:
+        done = subprocess.run(
+            [git, *args],
+            cwd=cwd,
+            env=_git_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=_GIT_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        _log.debug("git %s failed in %s: %s", " ".join(args), cwd, exc)
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.decode("utf-8", errors="replace").strip()
+
+
+def _capped_diff(git: str, cwd: Path, cap: int) -> tuple[bytes, bool] | None:
+    """``git diff HEAD``, at most ``cap`` bytes of it, and whether it was cut.
+
+    Streams the output and stops git once ``cap`` is exceeded, so that a huge diff
+    costs neither memory nor time. ``None`` when git fails or runs out of time.
+    """
+    try:
+        proc = subprocess.Popen(
+            [git, "diff", "HEAD", "--no-color", "--no-ext-diff"],
+            cwd=cwd,
+            env=_git_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError as exc:
+        _log.debug("git diff could not start in %s: %s", cwd, exc)
+        return None
+    timed_out = threading.Event()
+
+    def _expire() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(_GIT_TIMEOUT_S, _expire)
+    timer.start()
+    try:
+        assert proc.stdout is not None  # stdout=PIPE
+        with proc.stdout:
+            data = proc.stdout.read(cap + 1)
+            truncated = len(data) > cap
+            if truncated:
+                proc.kill()
+        returncode = proc.wait()
+    finally:
+        timer.cancel()
+    if truncated:
+        return data[:cap], True
+    if timed_out.is_set():
+        _log.warning("git diff HEAD took longer than %.0f s in %s; skipped", _GIT_TIMEOUT_S, cwd)
+        return None
+    if returncode != 0:
+        return None
+    return data, False
+
+
+def _truncated_patch(head: bytes, cap: int) -> bytes:
+    # Cut at a line boundary when there is one, so the kept part stays readable.
+    newline = head.rfind(b"\n")
+    kept = head[: newline + 1] if newline >= 0 else head + b"\n"
+    note = (
+        f"# orchestrator-fsm: diff truncated; only the first {len(kept)} bytes are kept "
+        f"(the full diff is larger than {cap} bytes). Run `git diff HEAD` in the "
+        f"checkout at the recorded commit for all of it.\n"
+    )
+    return kept + note.encode("utf-8")
+
+
+def _remote_url(git: str, cwd: Path) -> str | None:
+    remotes = (_git_output(git, ["remote"], cwd) or "").split()
+    if not remotes:
+        return None
+    name = "origin" if "origin" in remotes else remotes[0]
+    url = _git_output(git, ["remote", "get-url", name], cwd)
+    return f"{name} {_redact_url(url)}" if url else None
+
+
+class AuditSaver:
+    """Writes the run manifest: config, installed distributions and git state."""
+
+    def save_config(self, data: Mapping[str, Any] | SerializableConfig, yaml_path: Path) -> None:
+        """Write ``data`` as YAML to ``yaml_path`` atomically, secrets redacted.
+
+        ``data`` is a mapping, or an object with ``dump_serialized()`` (a ``Config``)
+        whose result is written. Keys keep their order. Values of secret-looking keys
+        and passwords in URLs become ``***``. Paths and enums are written as their
+        string or value; any other non-plain value raises ``TypeError`` naming its
+        dotted path.
+        """
+        if isinstance(data, SerializableConfig):
+            data = data.dump_serialized()
+        if not isinstance(data, Mapping):
+            raise TypeError(
+                f"save_config expects a mapping or an object with dump_serialized(), "
+                f"got {type(data).__name__}"
+            )
+        plain = _redact(_to_plain(data, ""))
+        text = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True, default_flow_style=False)
+        atomic_write_text(Path(yaml_path), text)
+
+    def dump_requirements(self, path: Path) -> None:
+        """Write every installed distribution to ``path`` as ``name==version`` lines.
+
+        Read from ``importlib.metadata`` (no pip subprocess), one line per distribution
+        name (the first found on ``sys.path`` wins), sorted case-insensitively, under
+        a header naming the Python version and platform. Installs from a direct URL
+        carry a comment: ``# editable: file:///...``, ``# local: ...``,
+        ``# archive: ...`` or ``# vcs: git+https://...@<commit>``.
+        """
+        lines = _requirements_header() + _requirement_lines()
+        atomic_write_text(Path(path), "\n".join(lines) + "\n")
+
+    def dump_git_info(self, path: Path) -> None:
+        """Record the git state of the working directory in ``path`` and beside it.
+
+        ``path`` (``git_info.txt``) gets ``key: value`` lines: commit, branch, dirty
+        (tracked files changed), untracked_files, remote (password redacted) and
+        toplevel. ``git_diff.patch`` in the same folder gets ``git diff HEAD``, cut at
+        1 MiB with a note line when larger. When the working directory is not in a git
+        checkout, or ``git`` is not on ``PATH``, nothing is written and nothing raised.
+        """
+        git = shutil.which("git")
+        if git is None:
+            _log.debug("git is not on PATH; no git info recorded")
+            return
+        try:
+            cwd = Path.cwd()
+        except OSError as exc:
+            _log.debug("the working directory is gone (%s); no git info recorded", exc)
+            return
+        toplevel = _git_output(git, ["rev-parse", "--show-toplevel"], cwd)
+        if not toplevel:
+            _log.debug("%s is not inside a git checkout; no git info recorded", cwd)
+            return
+
+        commit = _git_output(git, ["rev-parse", "--verify", "--quiet", "HEAD"], cwd)
+        branch = _git_output(git, ["symbolic-ref", "--short", "--quiet", "HEAD"], cwd)
+        status = _git_output(git, ["status", "--porcelain", "--untracked-files=normal"], cwd)
+        status_lines = status.splitlines() if status is not None else []
+        untracked = sum(1 for line in status_lines if line.startswith("??"))
+        dirty = "unknown" if status is None else str(len(status_lines) > untracked).lower()
+        info = {
+            "commit": commit or "none (no commits yet)",
+            "branch": branch or "(detached HEAD)",
+            "dirty": dirty,
+            "untracked_files": "unknown" if status is None else str(untracked),
+            "remote": _remote_url(git, cwd) or "none",
+            "toplevel": toplevel,
+        }
+        path = Path(path)
+        if commit:
+            diff = _capped_diff(git, cwd, GIT_DIFF_CAP_BYTES)
+            if diff is not None:
+                patch, truncated = diff
+                if truncated:
+                    _log.info("git diff HEAD exceeds %d bytes; the patch is truncated", len(patch))
+                    patch = _truncated_patch(patch, GIT_DIFF_CAP_BYTES)
+                atomic_write_bytes(path.parent / GIT_DIFF_FILE_NAME, patch)
+        atomic_write_text(path, "".join(f"{key}: {value}\n" for key, value in info.items()))
+
+
+def _entry_point(argv0: str) -> str | None:
+    if not argv0 or argv0 in ("-c", "-"):
+        return None
+    candidate = Path(argv0)
+    if not candidate.exists():
+        found = shutil.which(argv0)
+        if found is None:
+            return argv0
+        candidate = Path(found)
+    return str(candidate.resolve())
+
+
+def record_invocation() -> dict[str, Any]:
+    """How this process was started, as plain data for ``run.json``.
+
+    Keys: ``argv``; ``cwd`` (``None`` if it no longer exists); ``entry_point`` (the
+    resolved path of ``sys.argv[0]``, ``None`` for ``-c`` or an interactive session);
+    ``entry_module`` (the module run with ``python -m``, else ``None``); ``python``
+    (version); ``python_executable``; ``python_implementation``.
+    """
+    main_module = sys.modules.get("__main__")
+    spec = getattr(main_module, "__spec__", None)
+    try:
+        cwd: str | None = os.getcwd()
+    except OSError:
+        cwd = None
+    return {
+        "argv": list(sys.argv),
+        "cwd": cwd,
+        "entry_point": _entry_point(sys.argv[0] if sys.argv else ""),
+        "entry_module": getattr(spec, "name", None),
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "python_implementation": platform.python_implementation(),
+    }

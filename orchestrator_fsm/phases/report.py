@@ -1,0 +1,293 @@
+"""Phase 7, environment report: what this run ran on, in the log and in ``environment.json``.
+
+The report answers "could I reproduce this?": which run and config, which hardware
+and device, which determinism flags torch actually has set, every seed derived from
+``training.seed``, thread and worker counts, where the outputs are, the git state, the
+library versions and the distributed layout. Environment variables are never dumped
+wholesale (they routinely hold credentials); only the few that change numerical
+behaviour or thread counts are listed, and only when set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import torch
+
+from orchestrator_fsm._fs import atomic_write_json
+
+if TYPE_CHECKING:
+    from orchestrator_fsm.config import Config
+    from orchestrator_fsm.phases.filesystem import RunPaths
+
+__all__ = [
+    "REPORTED_ENV_VARS",
+    "REPORT_FILE_NAME",
+    "Reporter",
+    "build_environment_report",
+    "render_report_lines",
+]
+
+REPORT_FILE_NAME: Final = "environment.json"
+
+REPORTED_ENV_VARS: Final = (
+    "CUBLAS_WORKSPACE_CONFIG",
+    "CUDA_LAUNCH_BLOCKING",
+    "CUDA_VISIBLE_DEVICES",
+    "MKL_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "PYTHONHASHSEED",
+)
+"""The only environment variables the report shows (each only when set)."""
+
+_GIT_INFO_FILE_NAME: Final = "git_info.txt"
+_DISTRIBUTION_NAME: Final = "orchestrator-fsm"
+
+
+def _cuda_summary() -> dict[str, Any]:
+    available = torch.cuda.is_available()
+    summary: dict[str, Any] = {
+        "available": available,
+        "device_count": 0,
+        "devices": [],
+        "cuda_version": torch.version.cuda,
+    }
+    if available:
+        count = torch.cuda.device_count()
+        names: list[str] = []
+        for index in range(count):
+            try:
+                names.append(torch.cuda.get_device_name(index))
+            except (RuntimeError, AssertionError) as exc:
+                names.append(f"unknown ({exc})")
+        summary["device_count"] = count
+        summary["devices"] = names
+    return summary
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def _usable_cpus() -> int | None:
+    sched_getaffinity = getattr(os, "sched_getaffinity", None)
+    if sched_getaffinity is None:
+        return os.cpu_count()
+    return len(sched_getaffinity(0))
+
+
+def _device_type(device: Any) -> str | None:
+    try:
+        return torch.device(device).type
+    except (RuntimeError, TypeError, ValueError):
+        return None
+
+
+def _torch_determinism() -> dict[str, Any]:
+    cudnn = torch.backends.cudnn
+    # torch leaves these two unannotated; naming their types keeps the call sites typed.
+    cudnn_is_available: Callable[[], bool] = cudnn.is_available
+    cudnn_version: Callable[[], int | None] = cudnn.version
+    available = cudnn_is_available()
+    return {
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "cudnn_available": available,
+        "cudnn_version": cudnn_version() if available else None,
+        "cudnn_enabled": cudnn.enabled,
+        "cudnn_deterministic": cudnn.deterministic,
+        "cudnn_benchmark": cudnn.benchmark,
+    }
+
+
+def _read_git_info(reports_dir: Path) -> dict[str, str] | None:
+    """``key: value`` lines of ``reports/git_info.txt``; ``None`` when there is none."""
+    path = reports_dir / _GIT_INFO_FILE_NAME
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() and not key.lstrip().startswith("#"):
+            info[key.strip()] = value.strip()
+    from orchestrator_fsm.config import redact_secrets
+
+    # A remote URL may carry credentials (https://user:token@host/...).
+    redacted: dict[str, str] = redact_secrets(info)
+    return redacted
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version(_DISTRIBUTION_NAME)
+    except metadata.PackageNotFoundError:
+        import orchestrator_fsm
+
+        return str(getattr(orchestrator_fsm, "__version__", "unknown"))
+
+
+def _reported_env() -> dict[str, str]:
+    return {name: os.environ[name] for name in REPORTED_ENV_VARS if name in os.environ}
+
+
+def build_environment_report(
+    cfg: Config,
+    paths: RunPaths,
+    device: Any,
+    applied_threads: int,
+    num_workers: int,
+) -> dict[str, Any]:
+    """The phase 7 report as plain JSON-able data, one key per section.
+
+    Sections: ``run, hardware, determinism, seeds, threads, paths, git, versions,
+    distributed, environment``. ``seeds`` is ``SeedTree(training.seed, rank,
+    world_size).as_dict()``; ``git`` holds the ``key: value`` lines of
+    ``reports/git_info.txt`` (``None`` when there is no such file); ``environment`` holds
+    only those of :data:`REPORTED_ENV_VARS` that are set. Values describe this process
+    as it is now (torch's flags as actually set, not as requested).
+    """
+    from orchestrator_fsm.distributed import get_local_rank, get_rank, get_world_size
+    from orchestrator_fsm.phases.determinism import SeedTree
+
+    rank, local_rank, world_size = get_rank(), get_local_rank(), get_world_size()
+    hardware = cfg.hardware
+    source = cfg.source
+    return {
+        "run": {
+            "run_id": paths.run_id,
+            "project": hardware.project_name,
+            "dataset": cfg.dataset.name,
+            "architecture": cfg.architecture.name,
+            "config_hash": cfg.config_hash(),
+            "recipe": None if source is None else str(source),
+            "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+        "hardware": {
+            "requested_device": hardware.device,
+            "device": str(device),
+            "device_type": _device_type(device),
+            "cpu_count": os.cpu_count(),
+            "usable_cpus": _usable_cpus(),
+            "cuda": _cuda_summary(),
+            "mps_available": _mps_available(),
+        },
+        "determinism": {
+            "reproducible": hardware.reproducible,
+            "warn_only": hardware.deterministic_warn_only,
+            "torch": _torch_determinism(),
+        },
+        "seeds": SeedTree(cfg.training.seed, rank, world_size).as_dict(),
+        "threads": {
+            "applied_threads": applied_threads,
+            "torch_num_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads(),
+            "num_workers": num_workers,
+        },
+        "paths": {
+            "root": str(paths.root),
+            "logs": str(paths.logs),
+            "reports": str(paths.reports),
+            "checkpoints": str(paths.checkpoints),
+            "figures": str(paths.figures),
+            "exports": str(paths.exports),
+            "database": str(paths.database),
+            "config": str(paths.get_config_path()),
+        },
+        "git": _read_git_info(paths.reports),
+        "versions": {
+            "python": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "orchestrator_fsm": _package_version(),
+        },
+        "distributed": {
+            "rank": rank,
+            "local_rank": local_rank,
+            "world_size": world_size,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        },
+        "environment": _reported_env(),
+    }
+
+
+def _render_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple, Mapping)) and not value:
+        return "(none)"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            rows.extend(_flatten(value, f"{name}."))
+        else:
+            rows.append((name, _render_value(value)))
+    return rows
+
+
+def render_report_lines(report: Mapping[str, Any]) -> list[str]:
+    """The report as log lines: a ``[section]`` heading, then aligned ``key : value`` rows."""
+    lines: list[str] = []
+    for section, content in report.items():
+        lines.append(f"[{section}]")
+        if content is None:
+            lines.append("  (not recorded)")
+            continue
+        if not isinstance(content, Mapping):
+            lines.append(f"  {_render_value(content)}")
+            continue
+        rows = _flatten(content)
+        if not rows:
+            lines.append("  (none)")
+            continue
+        width = max(len(name) for name, _ in rows)
+        lines.extend(f"  {name.ljust(width)} : {value}" for name, value in rows)
+    return lines
+
+
+class Reporter:
+    """Phase 7: logs the environment report and saves it as ``reports/environment.json``."""
+
+    def log_initial_status(
+        self,
+        logger_instance: logging.Logger,
+        cfg: Config,
+        paths: RunPaths,
+        device: Any,
+        applied_threads: int,
+        num_workers: int,
+    ) -> None:
+        """Build the report (see :func:`build_environment_report`), save it, log it.
+
+        The JSON file is written atomically before anything is logged, so a report that
+        appears in the log is also on disk.
+        """
+        report = build_environment_report(cfg, paths, device, applied_threads, num_workers)
+        target = paths.reports / REPORT_FILE_NAME
+        atomic_write_json(target, report)
+        logger_instance.info("environment report for run %s", paths.run_id)
+        for line in render_report_lines(report):
+            logger_instance.info("%s", line)
+        logger_instance.info("environment report saved to %s", target)

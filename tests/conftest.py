@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def minimal_recipe(output_dir: Path, **sections: Any) -> dict[str, Any]:
+    """The smallest valid recipe, writing under ``output_dir`` with its own lock file."""
+    data: dict[str, Any] = {
+        "dataset": {"name": "toy_digits"},
+        "architecture": {"name": "tiny_mlp"},
+        "training": {"seed": 1234},
+        "hardware": {"device": "cpu"},
+        "telemetry": {"output_dir": str(output_dir / "outputs"), "log_level": "INFO"},
+        "infrastructure": {"lock": {"path": str(output_dir / "locks" / "run.lock")}},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return data
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Any]:
+    from orchestrator_fsm.config import Config
+
+    def build(**sections: Any) -> Any:
+        return Config.from_dict(minimal_recipe(tmp_path, **sections))
+
+    return build
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state() -> Iterator[None]:
+    """Whatever a test does to torch flags, env vars or loggers is undone afterwards."""
+    import logging
+    import os
+
+    import torch
+
+    env = dict(os.environ)
+    threads = torch.get_num_threads()
+    det = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    package_logger = logging.getLogger("orchestrator_fsm")
+    handlers = list(package_logger.handlers)
+    level, propagate = package_logger.level, package_logger.propagate
+    yield
+    os.environ.clear()
+    os.environ.update(env)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(det, warn_only=warn_only)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+    for handler in list(package_logger.handlers):
+        if handler not in handlers:
+            package_logger.removeHandler(handler)
+            handler.close()
+    package_logger.setLevel(level)
+    package_logger.propagate = propagate

@@ -1,0 +1,350 @@
+"""RootOrchestrator's reference behaviours, driven with in-memory fakes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from fakes import FAKE_ENV_VAR, Calls, StepFailure, fake_dependencies, process_fingerprint
+
+from orchestrator_fsm.errors import (
+    DeviceError,
+    InfrastructureError,
+    LifecycleError,
+    LockContendedError,
+)
+from orchestrator_fsm.lifecycle.journal import read_run_file, read_transitions
+from orchestrator_fsm.lifecycle.table import LifecycleState
+from orchestrator_fsm.orchestrator import RootOrchestrator
+
+S = LifecycleState
+ConfigFactory = Callable[..., Any]
+
+
+def build(make_config: ConfigFactory, calls: Calls, **kwargs: Any) -> RootOrchestrator:
+    deps = fake_dependencies(calls)
+    deps.update(kwargs)
+    return RootOrchestrator(make_config(), **deps)
+
+
+def test_with_block_runs_phases_in_order_and_cleans_up(make_config: ConfigFactory) -> None:
+    calls = Calls()
+    orch = build(make_config, calls, rank=0, local_rank=0)
+    with orch as entered:
+        assert entered is orch
+        assert orch.state is S.READY
+        assert orch.paths is not None and orch.paths.root.is_dir()
+        assert orch.run_logger is logging.getLogger("orchestrator_fsm")
+        assert orch.get_device() == torch.device("cpu")
+    assert orch.state is S.CLEANED
+    assert calls.names() == [
+        "seed_setter",
+        "thread_applier",
+        "system_configurator",
+        "static_dir_setup",
+        "log_initializer",
+        "save_config",
+        "dump_requirements",
+        "dump_git_info",
+        "prepare_environment",
+        "device_resolver",
+        "release_resources",
+    ]
+    tracker = orch.time_tracker
+    assert (tracker.started, tracker.stopped) == (1, 1)  # type: ignore[attr-defined]
+
+
+def test_injected_callables_get_the_reference_keywords(make_config: ConfigFactory) -> None:
+    calls = Calls()
+    orch = build(make_config, calls, rank=0, local_rank=0)
+    with orch:
+        orch.log_environment_report()
+    by_name = dict(calls.log)
+    assert by_name["seed_setter"] == {"seed": 1234, "strict": False, "warn_only": False}
+    assert by_name["thread_applier"] == {"num_workers": orch.num_workers}
+    assert orch.paths is not None
+    assert by_name["log_initializer"] == {
+        "name": "orchestrator_fsm",
+        "log_dir": orch.paths.logs,
+        "level": "INFO",
+    }
+    assert by_name["save_config"]["yaml_path"] == orch.paths.get_config_path()
+    assert by_name["save_config"]["data"] is orch.cfg
+    assert by_name["dump_requirements"]["path"] == orch.paths.reports / "requirements.txt"
+    assert by_name["dump_git_info"]["path"] == orch.paths.reports / "git_info.txt"
+    assert by_name["prepare_environment"]["cfg"] is orch.cfg
+    assert by_name["device_resolver"] == {"device_str": "cpu", "local_rank": 0}
+    report = by_name["log_initial_status"]
+    assert set(report) == {
+        "logger_instance",
+        "cfg",
+        "paths",
+        "device",
+        "applied_threads",
+        "num_workers",
+    }
+    assert report["applied_threads"] == 1 and report["device"] == torch.device("cpu")
+
+
+def test_strict_recipe_passes_strict_and_warn_only(make_config: ConfigFactory) -> None:
+    calls = Calls()
+    cfg = make_config(hardware={"reproducible": True, "deterministic_warn_only": True})
+    orch = RootOrchestrator(cfg, **fake_dependencies(calls), rank=0)
+    with orch:
+        pass
+    assert dict(calls.log)["seed_setter"] == {"seed": 1234, "strict": True, "warn_only": True}
+    assert orch.num_workers == 0 and orch.repro_mode and orch.warn_only_mode
+
+
+def test_initialize_core_services_is_idempotent(make_config: ConfigFactory) -> None:
+    calls = Calls()
+    orch = build(make_config, calls, rank=0)
+    first = orch.initialize_core_services()
+    second = orch.initialize_core_services()
+    assert first is second is orch.paths
+    assert calls.names().count("static_dir_setup") == 1
+    assert calls.names().count("prepare_environment") == 1
+    orch.cleanup()
+
+
+def test_environment_report_is_written_once(make_config: ConfigFactory) -> None:
+    calls = Calls()
+    orch = build(make_config, calls, rank=0)
+    orch.log_environment_report()  # before READY: nothing
+    with orch:
+        orch.log_environment_report()
+        orch.log_environment_report()
+        assert orch.state is S.REPORTED
+    orch.log_environment_report()  # after cleanup: nothing
+    assert calls.names().count("log_initial_status") == 1
+
+
+def test_orchestrator_is_single_use(make_config: ConfigFactory) -> None:
+    orch = build(make_config, Calls(), rank=0)
+    with orch:
+        pass
+    with pytest.raises(LifecycleError, match="single-use"):
+        orch.initialize_core_services()
+    with pytest.raises(LifecycleError):
+        orch.__enter__()
+    orch.cleanup()  # a no-op, never an error
+    assert orch.state is S.CLEANED
+
+
+def test_exit_never_swallows_the_pipeline_error(make_config: ConfigFactory) -> None:
+    orch = build(make_config, Calls(), rank=0)
+    with pytest.raises(ZeroDivisionError), orch:
+        _ = 1 / 0
+    assert orch.state is S.CLEANED
+    assert orch.paths is not None
+    run = read_run_file(orch.paths.root)
+    assert run["status"] == "failed"
+    assert run["error"]["step"] == "pipeline"
+    assert run["error"]["type"] == "ZeroDivisionError"
+
+
+def test_keyboard_interrupt_in_the_pipeline_marks_the_run_interrupted(
+    make_config: ConfigFactory,
+) -> None:
+    orch = build(make_config, Calls(), rank=0)
+    with pytest.raises(KeyboardInterrupt), orch:
+        raise KeyboardInterrupt
+    assert orch.paths is not None
+    assert read_run_file(orch.paths.root)["status"] == "interrupted"
+
+
+def test_lock_contention_propagates_and_rolls_back(make_config: ConfigFactory) -> None:
+    calls = Calls()
+    calls.fail["prepare_environment"] = LockContendedError("held by pid 42", holder={"pid": 42})
+    before = process_fingerprint()
+    orch = build(make_config, calls, rank=0)
+    with pytest.raises(LockContendedError, match="pid 42"), orch:
+        pytest.fail("the with-block body must not run")
+    assert orch.state is S.FAILED
+    assert process_fingerprint() == before
+    assert "release_resources" not in calls.names()  # the lock was never taken
+    assert orch.paths is not None
+    run = read_run_file(orch.paths.root)
+    assert run["status"] == "failed"
+    assert run["error"] == {
+        "type": "LockContendedError",
+        "message": "held by pid 42",
+        "step": "acquire_lock",
+    }
+
+
+def test_any_other_lock_failure_is_an_infrastructure_error_with_the_cause(
+    make_config: ConfigFactory,
+) -> None:
+    calls = Calls()
+    cause = PermissionError("read-only lock dir")
+    calls.fail["prepare_environment"] = cause
+    orch = build(make_config, calls, rank=0)
+    with pytest.raises(InfrastructureError) as caught:
+        orch.initialize_core_services()
+    assert caught.value.__cause__ is cause
+    assert orch.state is S.FAILED
+
+
+def test_device_failure_is_a_device_error_and_releases_the_lock(
+    make_config: ConfigFactory,
+) -> None:
+    calls = Calls()
+    cause = RuntimeError("CUDA driver crashed")
+    calls.fail["device_resolver"] = cause
+    orch = build(make_config, calls, rank=0)
+    with pytest.raises(DeviceError, match="CUDA driver crashed") as caught:
+        orch.__enter__()
+    assert caught.value.__cause__ is cause
+    assert calls.names()[-1] == "release_resources"
+    assert not orch.infra.held  # type: ignore[attr-defined]
+
+
+def test_failure_in_manifest_rolls_back_logging(make_config: ConfigFactory) -> None:
+    calls = Calls()
+    calls.fail["dump_requirements"] = StepFailure("metadata unreadable")
+    package_logger = logging.getLogger("orchestrator_fsm")
+    handlers = list(package_logger.handlers)
+    orch = build(make_config, calls, rank=0)
+    with pytest.raises(StepFailure):
+        orch.initialize_core_services()
+    assert package_logger.handlers == handlers
+    assert orch.state is S.FAILED
+
+
+def test_other_ranks_skip_filesystem_logging_manifest_lock_and_report(
+    make_config: ConfigFactory,
+) -> None:
+    calls = Calls()
+    orch = build(make_config, calls, rank=2, local_rank=1)
+    with orch:
+        orch.log_environment_report()
+        assert orch.paths is None and orch.run_logger is None
+        assert not orch.is_main_process
+    assert calls.names() == [
+        "seed_setter",
+        "thread_applier",
+        "system_configurator",
+        "device_resolver",
+    ]
+    assert dict(calls.log)["device_resolver"] == {"device_str": "cpu", "local_rank": 1}
+    assert [r.dest for r in orch.machine.history] == [
+        S.SEEDED,
+        S.CONFIGURED,
+        S.READY,
+        S.REPORTED,
+        S.CLEANED,
+    ]
+    output_dir = Path(orch.cfg.telemetry.output_dir)
+    assert not output_dir.exists() or not any(output_dir.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, (0, 0)),
+        ({"RANK": "3", "LOCAL_RANK": "1"}, (3, 1)),
+        ({"SLURM_PROCID": "5", "SLURM_LOCALID": "2"}, (5, 2)),
+        ({"RANK": "1", "SLURM_PROCID": "7", "LOCAL_RANK": "0"}, (1, 0)),
+    ],
+)
+def test_rank_defaults_from_the_environment(
+    make_config: ConfigFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    expected: tuple[int, int],
+) -> None:
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "SLURM_LOCALID", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    orch = RootOrchestrator(make_config(), **fake_dependencies(Calls()))
+    assert (orch.rank, orch.local_rank) == expected
+    assert orch.is_main_process is (expected[0] == 0)
+
+
+def test_a_with_block_leaves_no_trace_in_the_process(make_config: ConfigFactory) -> None:
+    before = process_fingerprint()
+    orch = build(make_config, Calls(), rank=0)
+    with orch:
+        inside = process_fingerprint()
+        assert inside["env"][FAKE_ENV_VAR] == "seeded"
+        assert inside["deterministic"] is True
+        assert inside["threads"] == 1
+    assert process_fingerprint() == before
+
+
+def test_journal_records_every_transition_including_those_before_the_directory(
+    make_config: ConfigFactory,
+) -> None:
+    orch = build(make_config, Calls(), rank=0)
+    with orch:
+        orch.log_environment_report()
+    assert orch.paths is not None
+    lines = read_transitions(orch.paths.root)
+    assert [(line["source"], line["dest"]) for line in lines] == [
+        ("created", "seeded"),
+        ("seeded", "configured"),
+        ("configured", "provisioned"),
+        ("provisioned", "logged"),
+        ("logged", "persisted"),
+        ("persisted", "guarded"),
+        ("guarded", "ready"),
+        ("ready", "reported"),
+        ("reported", "cleaned"),
+    ]
+    for line in lines:
+        assert {"source", "dest", "trigger", "started_at", "duration_s", "ok", "error"} <= set(
+            line
+        )
+        assert line["rank"] == 0 and line["pid"] == os.getpid() and line["ok"] is True
+    run = read_run_file(orch.paths.root)
+    assert run["status"] == "completed"
+    assert run["state"] == "cleaned"
+    assert run["ended_at"] is not None
+    assert set(run["phases"]) >= {"seed", "provision", "acquire_lock", "report", "cleanup"}
+    assert run["run_id"] == orch.paths.run_id
+
+
+def test_run_json_says_running_while_the_pipeline_runs(make_config: ConfigFactory) -> None:
+    orch = build(make_config, Calls(), rank=0)
+    with orch:
+        assert orch.paths is not None
+        run = json.loads((orch.paths.root / "run.json").read_text())
+        assert run["status"] == "running"
+        assert run["pid"] == os.getpid()
+        assert run["ended_at"] is None
+
+
+def test_step_by_step_driving_matches_the_with_block(make_config: ConfigFactory) -> None:
+    orch = build(make_config, Calls(), rank=0)
+    states = []
+    while orch.machine.can_advance():
+        states.append(orch.machine.advance())
+    assert states[-1] is S.CLEANED
+    assert S.REPORTED in states
+
+
+def test_injected_failure_in_seed_setter_leaves_no_flags_behind(
+    make_config: ConfigFactory,
+) -> None:
+    calls = Calls()
+    deps = fake_dependencies(calls)
+
+    def half_done_seed_setter(seed: int, **kwargs: Any) -> None:
+        os.environ[FAKE_ENV_VAR] = "half"
+        torch.use_deterministic_algorithms(True)
+        raise StepFailure("seeding exploded")
+
+    deps["seed_setter"] = half_done_seed_setter
+    before = process_fingerprint()
+    orch = RootOrchestrator(make_config(), **deps, rank=0)
+    with pytest.raises(StepFailure):
+        orch.__enter__()
+    assert process_fingerprint() == before

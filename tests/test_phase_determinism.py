@@ -1,0 +1,439 @@
+"""Phase 1: seeding, strict-mode flags, their undo, and the seed tree."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from orchestrator_fsm.phases import determinism
+from orchestrator_fsm.phases.determinism import (
+    CUBLAS_WORKSPACE_CONFIG,
+    DeterminismState,
+    SeedTree,
+    last_seed_sequence,
+    make_generator,
+    set_seed,
+    worker_init_fn,
+)
+
+LOGGER_NAME = "orchestrator_fsm.phases.determinism"
+
+
+@pytest.fixture(autouse=True)
+def _restore_determinism(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    state = DeterminismState.capture()
+    python_state, numpy_state, torch_state = (
+        random.getstate(),
+        np.random.get_state(),
+        torch.get_rng_state(),
+    )
+    yield
+    state.restore()
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(torch_state)
+
+
+def first_draws() -> tuple[float, float, list[float]]:
+    return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+
+def plain_seed_draws(seed: int) -> tuple[float, float, list[float]]:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return first_draws()
+
+
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("seed", [0, 42, 2**32 - 1])
+def test_first_draws_equal_those_after_plain_seeding(seed: int, strict: bool) -> None:
+    expected = plain_seed_draws(seed)
+    random.random(), np.random.rand(), torch.rand(5)  # move every generator on
+
+    set_seed(seed, strict=strict)
+
+    assert first_draws() == expected
+
+
+def test_different_seeds_give_different_draws() -> None:
+    set_seed(1)
+    one = first_draws()
+    set_seed(2)
+    assert first_draws() != one
+
+
+def test_seeding_puts_cudnn_in_deterministic_mode_without_strict() -> None:
+    torch.backends.cudnn.deterministic = False
+    torch.backends.cudnn.benchmark = True
+
+    set_seed(3)
+
+    assert torch.backends.cudnn.deterministic is True
+    assert torch.backends.cudnn.benchmark is False
+    assert torch.are_deterministic_algorithms_enabled() is False
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+
+
+@pytest.mark.parametrize("warn_only", [False, True])
+def test_strict_mode_enables_deterministic_algorithms_and_disables_tf32(warn_only: bool) -> None:
+    torch.backends.cudnn.allow_tf32 = True
+
+    set_seed(3, strict=True, warn_only=warn_only)
+
+    assert torch.are_deterministic_algorithms_enabled() is True
+    assert torch.is_deterministic_algorithms_warn_only_enabled() is warn_only
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 is False
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_WORKSPACE_CONFIG == ":4096:8"
+
+
+def test_strict_mode_keeps_the_other_deterministic_cublas_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    set_seed(3, strict=True)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+
+
+def test_strict_mode_replaces_a_nondeterministic_cublas_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
+    set_seed(3, strict=True)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def test_cublas_setting_after_cuda_initialised_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
+        set_seed(3, strict=True)
+    messages = [r.getMessage() for r in caplog.records if "CUBLAS_WORKSPACE_CONFIG" in r.message]
+    assert len(messages) == 1
+    assert "already initialised" in messages[0]
+    assert "may stay nondeterministic" in messages[0]
+
+
+def test_cublas_setting_before_cuda_initialised_is_silent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert not torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+    with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
+        set_seed(3, strict=True)
+    assert not [r for r in caplog.records if "CUBLAS_WORKSPACE_CONFIG" in r.getMessage()]
+
+
+@pytest.mark.parametrize("hash_seed", [None, "0", "random"])
+def test_strict_mode_warns_when_pythonhashseed_differs_from_the_seed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, hash_seed: str | None
+) -> None:
+    if hash_seed is None:
+        monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    else:
+        monkeypatch.setenv("PYTHONHASHSEED", hash_seed)
+    with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
+        set_seed(17, strict=True)
+    warned = [r.getMessage() for r in caplog.records if "PYTHONHASHSEED" in r.getMessage()]
+    assert len(warned) == 1
+    assert "interpreter start" in warned[0]
+    assert "PYTHONHASHSEED=17" in warned[0]
+
+
+def test_no_pythonhashseed_warning_when_it_matches_or_outside_strict_mode(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("PYTHONHASHSEED", "17")
+    with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
+        set_seed(17, strict=True)
+        monkeypatch.setenv("PYTHONHASHSEED", "0")
+        set_seed(17, strict=False)
+    assert not [r for r in caplog.records if "PYTHONHASHSEED" in r.getMessage()]
+
+
+@pytest.mark.parametrize("bad", [-1, 2**32, 1.5, "3", None, True])
+def test_invalid_seed_is_rejected_with_the_allowed_range(bad: object) -> None:
+    before = DeterminismState.capture()
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\)"):
+        set_seed(bad)  # type: ignore[arg-type]
+    assert DeterminismState.capture() == before
+
+
+def test_numpy_integer_seed_is_accepted() -> None:
+    expected = plain_seed_draws(7)
+    set_seed(np.uint32(7))  # type: ignore[arg-type]
+    assert first_draws() == expected
+
+
+def test_cuda_and_mps_generators_are_seeded_when_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    seeded: list[tuple[str, int]] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda s: seeded.append(("cuda", s)))
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda s: seeded.append(("mps", s)))
+
+    set_seed(11)
+
+    assert ("cuda", 11) in seeded
+    assert ("mps", 11) in seeded
+    assert {seed for _, seed in seeded} == {11}
+
+
+def test_the_recorded_seed_sequence_follows_the_last_seed() -> None:
+    set_seed(9)
+    sequence = last_seed_sequence()
+    assert sequence is not None
+    assert sequence.entropy == 9
+    children = [child.generate_state(2).tolist() for child in sequence.spawn(2)]
+    again = last_seed_sequence()
+    assert again is not None
+    assert [child.generate_state(2).tolist() for child in again.spawn(2)] == children
+
+
+def test_restore_undoes_strict_seeding() -> None:
+    before = DeterminismState.capture()
+
+    set_seed(5, strict=True, warn_only=True)
+    changed = DeterminismState.capture()
+    assert changed != before
+    assert changed.deterministic_algorithms and changed.deterministic_warn_only
+    assert changed.recorded_seed == 5
+
+    before.restore()
+
+    assert DeterminismState.capture() == before
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    # The legacy TF32 flags stay readable: restore must not mix torch's two TF32 APIs.
+    assert torch.backends.cuda.matmul.allow_tf32 == before.matmul_allow_tf32
+    assert torch.backends.cudnn.allow_tf32 == before.cudnn_allow_tf32
+
+
+def test_restore_puts_back_flags_that_were_already_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    before = DeterminismState.capture()
+
+    set_seed(5, strict=True)
+    before.restore()
+
+    assert DeterminismState.capture() == before
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":0:0"
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
+    assert torch.backends.cudnn.benchmark is True
+    assert torch.backends.cuda.matmul.allow_tf32 is True
+
+
+def test_restore_leaves_the_random_streams_where_they_are() -> None:
+    state = DeterminismState.capture()
+    set_seed(21)
+    expected_first, expected_second = plain_seed_draws(21), first_draws()
+    set_seed(21)
+    assert first_draws() == expected_first
+
+    state.restore()
+
+    assert first_draws() == expected_second
+
+
+def test_seed_tree_seeds_depend_only_on_seed_purpose_and_rank() -> None:
+    tree = SeedTree(123, rank=1, world_size=4)
+    same = SeedTree(123, rank=1, world_size=4)
+    same.seed_for("other")  # call order and history do not matter
+
+    assert tree.seed_for("augment") == same.seed_for("augment")
+    assert tree.seed_for("augment") != tree.seed_for("dropout")
+    assert tree.seed_for("augment") != SeedTree(123, rank=2, world_size=4).seed_for("augment")
+    assert tree.seed_for("augment") != SeedTree(124, rank=1, world_size=4).seed_for("augment")
+    assert 0 <= tree.seed_for("augment") < 2**32
+
+
+def test_seed_tree_worker_seeds_differ_per_worker_and_from_the_purpose_seed() -> None:
+    tree = SeedTree(5)
+    workers = [tree.worker_seed(worker_id) for worker_id in range(8)]
+    assert len(set(workers)) == 8
+    assert tree.seed_for("dataloader") not in workers
+    assert tree.worker_seed(3) == SeedTree(5).worker_seed(3)
+    assert tree.worker_seed(3, purpose="val") != tree.worker_seed(3)
+
+
+def test_seed_tree_does_not_touch_the_global_generators() -> None:
+    expected = plain_seed_draws(8)
+    set_seed(8)
+    tree = SeedTree(8, rank=0, world_size=2)
+    tree.seed_for("x"), tree.worker_seed(1), tree.as_dict()
+    assert first_draws() == expected
+
+
+def test_seed_tree_as_dict_lists_standard_and_handed_out_seeds() -> None:
+    tree = SeedTree(77, rank=1, world_size=2)
+    augment = tree.seed_for("augment")
+    worker = tree.worker_seed(0)
+
+    summary = tree.as_dict()
+
+    assert json.loads(json.dumps(summary)) == summary
+    assert summary["seed"] == summary["python"] == summary["numpy"] == summary["torch"] == 77
+    assert (summary["rank"], summary["world_size"]) == (1, 2)
+    assert summary["dataloader"] == SeedTree(77, 1, 2).seed_for("dataloader")
+    assert summary["rank_seed"] == SeedTree(77, 1, 2).seed_for("rank")
+    assert summary["derived"] == {"augment": augment, "dataloader/worker/0": worker}
+
+
+def test_seed_tree_seeds_are_identical_in_another_interpreter_with_another_hash_seed() -> None:
+    code = (
+        "import json; from orchestrator_fsm.phases.determinism import SeedTree; "
+        "t = SeedTree(99, rank=2, world_size=3); "
+        "print(json.dumps([t.seed_for('augment'), t.worker_seed(4)]))"
+    )
+    here = SeedTree(99, rank=2, world_size=3)
+    expected = [here.seed_for("augment"), here.worker_seed(4)]
+    for hash_seed in ("1", "2"):
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert json.loads(result.stdout) == expected
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ((-5,), r"seed must be an integer in \[0, 2\*\*32\), got -5"),
+        ((1, 2, 2), r"rank must be in \[0, world_size=2\), got 2"),
+        ((1, 0, 0), r"world_size must be an integer >= 1, got 0"),
+        ((1, -1, 2), r"rank must be an integer >= 0, got -1"),
+    ],
+)
+def test_seed_tree_rejects_impossible_arguments(arguments: tuple[int, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SeedTree(*arguments)
+
+
+@pytest.mark.parametrize("purpose", ["", 3, None])
+def test_seed_tree_rejects_a_purpose_that_is_not_a_name(purpose: object) -> None:
+    with pytest.raises(ValueError, match="purpose must be a non-empty string"):
+        SeedTree(1).seed_for(purpose)  # type: ignore[arg-type]
+
+
+def test_make_generator_is_seeded_from_the_seed_tree() -> None:
+    generator = make_generator(31, purpose="augment", rank=1)
+    assert generator.initial_seed() == SeedTree(31, rank=1, world_size=2).seed_for("augment")
+    first = torch.rand(4, generator=generator)
+    assert torch.equal(first, torch.rand(4, generator=make_generator(31, purpose="augment", rank=1)))
+
+
+def test_make_generator_without_seed_follows_set_seed_and_draws_nothing_global() -> None:
+    set_seed(44)
+    expected_global = first_draws()
+    set_seed(44)
+    derived = make_generator().initial_seed()
+    assert first_draws() == expected_global
+
+    assert derived == make_generator(44).initial_seed()
+    set_seed(45)
+    assert make_generator().initial_seed() != derived
+
+
+def test_make_generator_defaults_to_the_launcher_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "3")
+    assert make_generator(6).initial_seed() == make_generator(6, rank=3).initial_seed()
+    assert make_generator(6).initial_seed() != make_generator(6, rank=0).initial_seed()
+
+
+Row = tuple[int, int, float, float, float]
+
+
+class DrawsPerWorker(Dataset[Row]):
+    """Each item reports its worker, that worker's torch seed and its next draws."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, index: int) -> Row:
+        info = get_worker_info()
+        worker = -1 if info is None else info.id
+        return (
+            worker,
+            torch.initial_seed(),
+            random.random(),
+            float(np.random.rand()),
+            float(torch.rand(()).item()),
+        )
+
+
+def loader_draws(seed: int) -> list[Row]:
+    set_seed(seed)
+    loader = DataLoader(
+        DrawsPerWorker(),
+        batch_size=None,
+        num_workers=2,
+        worker_init_fn=worker_init_fn,
+        generator=make_generator(),
+    )
+    return [tuple(item) for item in loader]  # type: ignore[misc]
+
+
+def test_dataloader_workers_repeat_across_runs_and_differ_from_each_other() -> None:
+    first_run = loader_draws(2024)
+    second_run = loader_draws(2024)
+
+    assert first_run == second_run
+    by_worker = {worker: [row[2:] for row in first_run if row[0] == worker] for worker in (0, 1)}
+    assert len(by_worker[0]) == len(by_worker[1]) == 3
+    for column in range(3):
+        assert {draws[column] for draws in by_worker[0]}.isdisjoint(
+            {draws[column] for draws in by_worker[1]}
+        )
+    assert loader_draws(2025) != first_run
+
+
+def test_dataloader_workers_draw_what_worker_init_fn_seeded() -> None:
+    rows = loader_draws(7)
+    for worker in (0, 1):
+        worker_seed, python_draw, numpy_draw = next(
+            row[1:4] for row in rows if row[0] == worker
+        )
+        # Replay the worker's start-up in this process: same torch seed, same hook.
+        torch.manual_seed(worker_seed)
+        worker_init_fn(worker)
+        assert (random.random(), float(np.random.rand())) == (python_draw, numpy_draw)
+
+
+def test_worker_init_fn_seeds_python_and_numpy_per_worker() -> None:
+    torch.manual_seed(10)
+
+    def draws_of(worker_id: int) -> tuple[float, float]:
+        worker_init_fn(worker_id)
+        return random.random(), float(np.random.rand())
+
+    assert draws_of(0) == draws_of(0)
+    assert draws_of(0) != draws_of(1)
+    with pytest.raises(ValueError, match="worker_id must be an integer >= 0"):
+        worker_init_fn(-1)
+
+
+def test_module_exports_match_the_documented_names() -> None:
+    assert set(determinism.__all__) >= {
+        "set_seed",
+        "worker_init_fn",
+        "make_generator",
+        "SeedTree",
+        "DeterminismState",
+    }
