@@ -1,3 +1,94 @@
-"""orchestrator-fsm: the lifecycle of an ML experiment as an explicit state machine."""
+"""orchestrator-fsm: the lifecycle of an ML experiment as an explicit state machine.
+
+Everything public is re-exported here; the modules behind these names are internal.
+"""
+
+from orchestrator_fsm.config import (
+    ArchitectureConfig,
+    Config,
+    DatasetConfig,
+    HardwareConfig,
+    InfrastructureConfig,
+    LockConfig,
+    TelemetryConfig,
+    TrainingConfig,
+    redact_secrets,
+)
+from orchestrator_fsm.distributed import get_local_rank, get_rank, get_world_size
+from orchestrator_fsm.errors import (
+    ConfigError,
+    DeviceError,
+    InfrastructureError,
+    LifecycleError,
+    LockContendedError,
+    OrchestratorError,
+)
+from orchestrator_fsm.lifecycle.machine import LifecycleMachine, TransitionRecord
+from orchestrator_fsm.lifecycle.table import LifecycleState
+from orchestrator_fsm.orchestrator import RootOrchestrator
+from orchestrator_fsm.phases.determinism import (
+    SeedTree,
+    make_generator,
+    set_seed,
+    worker_init_fn,
+)
+from orchestrator_fsm.phases.device import to_device_obj
+from orchestrator_fsm.phases.filesystem import RunPaths, setup_static_directories
+from orchestrator_fsm.phases.guarding import InfrastructureManager
+from orchestrator_fsm.phases.logging import Logger
+from orchestrator_fsm.phases.manifest import AuditSaver
+from orchestrator_fsm.phases.report import Reporter
+from orchestrator_fsm.phases.runtime import apply_cpu_threads, configure_system_libraries
+from orchestrator_fsm.phases.timing import TimeTracker
+from orchestrator_fsm.protocols import (
+    AuditSaverProtocol,
+    InfraManagerProtocol,
+    ReporterProtocol,
+    TimeTrackerProtocol,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ArchitectureConfig",
+    "AuditSaver",
+    "AuditSaverProtocol",
+    "Config",
+    "ConfigError",
+    "DatasetConfig",
+    "DeviceError",
+    "HardwareConfig",
+    "InfraManagerProtocol",
+    "InfrastructureConfig",
+    "InfrastructureError",
+    "InfrastructureManager",
+    "LifecycleError",
+    "LifecycleMachine",
+    "LifecycleState",
+    "LockConfig",
+    "LockContendedError",
+    "Logger",
+    "OrchestratorError",
+    "Reporter",
+    "ReporterProtocol",
+    "RootOrchestrator",
+    "RunPaths",
+    "SeedTree",
+    "TelemetryConfig",
+    "TimeTracker",
+    "TimeTrackerProtocol",
+    "TrainingConfig",
+    "TransitionRecord",
+    "__version__",
+    "apply_cpu_threads",
+    "configure_system_libraries",
+    "get_local_rank",
+    "get_rank",
+    "get_world_size",
+    "make_generator",
+    "redact_secrets",
+    "set_seed",
+    "setup_static_directories",
+    "to_device_obj",
+    "worker_init_fn",
+]

@@ -113,9 +113,7 @@ def _prepended_to_sys_path(directories: Sequence[str]) -> Iterator[None]:
 def _import_file(path_text: str) -> types.ModuleType:
     path = Path(path_text).expanduser()
     if not path.is_file():
-        raise EntryPointError(
-            f"entry file not found: {path_text!r} (looked for {path.absolute()})"
-        )
+        raise EntryPointError(f"entry file not found: {path_text!r} (looked for {path.absolute()})")
     name = "orchestrator_fsm_entry_" + slugify(path.stem, fallback="module").replace("-", "_")
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
@@ -629,9 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the pipeline, called as FUNCTION(orchestrator); MODULE may be a file "
         "path/to/file.py (default: the bundled demo pipeline)",
     )
-    run.add_argument(
-        "--debug", action="store_true", help="show the traceback when the run fails"
-    )
+    run.add_argument("--debug", action="store_true", help="show the traceback when the run fails")
     run.set_defaults(handler=_cmd_run)
 
     diagram = commands.add_parser(

@@ -56,13 +56,15 @@ def render_mermaid() -> str:
     """The lifecycle as a Mermaid ``stateDiagram-v2``."""
     lines = [
         "stateDiagram-v2",
-        f"    state \"{_ANY_LIVE_LABEL}\" as {_ANY_LIVE}",
+        f'    state "{_ANY_LIVE_LABEL}" as {_ANY_LIVE}',
         f"    [*] --> {LifecycleState.CREATED.value}",
     ]
     for spec in TRANSITIONS:
         label = _edge_label(spec).replace(":", " -")
         lines.append(f"    {_source_id(spec)} --> {spec['dest']}: {label}")
-    lines.extend(f"    {state.value} --> [*]" for state in LifecycleState if state in TERMINAL_STATES)
+    lines.extend(
+        f"    {state.value} --> [*]" for state in LifecycleState if state in TERMINAL_STATES
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -77,8 +79,8 @@ def render_dot() -> str:
         "    rankdir=TB;",
         '    node [shape=box, style=rounded, fontname="Helvetica"];',
         '    edge [fontname="Helvetica", fontsize=10];',
-        "    start [shape=point, label=\"\"];",
-        f"    {_ANY_LIVE} [label={_dot_quote(_ANY_LIVE_LABEL)}, style=\"rounded,dashed\"];",
+        '    start [shape=point, label=""];',
+        f'    {_ANY_LIVE} [label={_dot_quote(_ANY_LIVE_LABEL)}, style="rounded,dashed"];',
     ]
     for state in LifecycleState:
         shape = ", peripheries=2" if state in TERMINAL_STATES else ""

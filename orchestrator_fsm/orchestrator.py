@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from datetime import datetime, timezone
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -274,9 +273,7 @@ class RootOrchestrator:
             config_hash=self.cfg.config_hash(),
         )
         self.paths = paths
-        journal = RunJournal(
-            paths.root, paths.run_id, rank=self.rank, world_size=self.world_size
-        )
+        journal = RunJournal(paths.root, paths.run_id, rank=self.rank, world_size=self.world_size)
         started = self.machine.history[0].started_at if self.machine.history else None
         journal.start(started_at=started)
         for record in self._unjournaled:

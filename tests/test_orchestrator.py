@@ -300,9 +300,7 @@ def test_journal_records_every_transition_including_those_before_the_directory(
         ("reported", "cleaned"),
     ]
     for line in lines:
-        assert {"source", "dest", "trigger", "started_at", "duration_s", "ok", "error"} <= set(
-            line
-        )
+        assert {"source", "dest", "trigger", "started_at", "duration_s", "ok", "error"} <= set(line)
         assert line["rank"] == 0 and line["pid"] == os.getpid() and line["ok"] is True
     run = read_run_file(orch.paths.root)
     assert run["status"] == "completed"

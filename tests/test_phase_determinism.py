@@ -336,7 +336,9 @@ def test_make_generator_is_seeded_from_the_seed_tree() -> None:
     generator = make_generator(31, purpose="augment", rank=1)
     assert generator.initial_seed() == SeedTree(31, rank=1, world_size=2).seed_for("augment")
     first = torch.rand(4, generator=generator)
-    assert torch.equal(first, torch.rand(4, generator=make_generator(31, purpose="augment", rank=1)))
+    assert torch.equal(
+        first, torch.rand(4, generator=make_generator(31, purpose="augment", rank=1))
+    )
 
 
 def test_make_generator_without_seed_follows_set_seed_and_draws_nothing_global() -> None:
@@ -387,7 +389,7 @@ def loader_draws(seed: int) -> list[Row]:
         worker_init_fn=worker_init_fn,
         generator=make_generator(),
     )
-    return [tuple(item) for item in loader]  # type: ignore[misc]
+    return list(loader)
 
 
 def test_dataloader_workers_repeat_across_runs_and_differ_from_each_other() -> None:
@@ -407,9 +409,7 @@ def test_dataloader_workers_repeat_across_runs_and_differ_from_each_other() -> N
 def test_dataloader_workers_draw_what_worker_init_fn_seeded() -> None:
     rows = loader_draws(7)
     for worker in (0, 1):
-        worker_seed, python_draw, numpy_draw = next(
-            row[1:4] for row in rows if row[0] == worker
-        )
+        worker_seed, python_draw, numpy_draw = next(row[1:4] for row in rows if row[0] == worker)
         # Replay the worker's start-up in this process: same torch seed, same hook.
         torch.manual_seed(worker_seed)
         worker_init_fn(worker)

@@ -14,7 +14,7 @@ from types import ModuleType
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from orchestrator_fsm.phases.runtime import (
     THREAD_ENV_VARS,
@@ -32,10 +32,8 @@ def _restore_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     state = RuntimeState.capture()
-    filters = list(warnings.filters)
     yield
     state.restore()
-    warnings.filters[:] = filters
 
 
 @pytest.fixture
@@ -193,7 +191,7 @@ def test_dataloader_worker_count_warning_is_quieted_and_comes_back_after_restore
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         state = RuntimeState.capture()
-        loader = DataLoader(list(range(4)), num_workers=available_cpu_count() + 3)
+        loader = DataLoader(TensorDataset(torch.arange(4)), num_workers=available_cpu_count() + 3)
         assert [w for w in caught if "This DataLoader will create" in str(w.message)]
         caught.clear()
 

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 import torch
 from rich.console import Console
 from rich.progress import (
@@ -114,6 +115,8 @@ class DemoSettings:
         """
         defaults = cls()
         problems: list[tuple[str, str]] = []
+        # Where each setting was read from, so range problems name the key in the recipe.
+        paths: dict[str, str] = {}
         sections: Mapping[str, Any] = {
             "dataset": cfg.dataset,
             "architecture": cfg.architecture,
@@ -121,15 +124,18 @@ class DemoSettings:
         }
 
         def read(section: str, key: str, *, integer: bool, alias: str | None = None) -> Any:
-            default = getattr(defaults, key)
+            field = key
+            default = getattr(defaults, field)
             values = sections[section]
             if alias is not None and key not in values and alias in values:
                 key = alias
             value = values.get(key, default)
-            path = f"{section}.{key}"
+            path = paths[field] = f"{section}.{key}"
             kind = "an integer" if integer else "a number"
             if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-                problems.append((path, f"expected {kind}, found {value!r} ({type(value).__name__})"))
+                problems.append(
+                    (path, f"expected {kind}, found {value!r} ({type(value).__name__})")
+                )
                 return default
             if not integer and not math.isfinite(value):
                 problems.append((path, f"expected a finite number, found {value!r}"))
@@ -146,7 +152,7 @@ class DemoSettings:
             batch_size=read("training", "batch_size", integer=True),
             learning_rate=float(read("training", "learning_rate", integer=False, alias="lr")),
         )
-        problems.extend(settings._range_problems())
+        problems.extend(settings._range_problems(paths))
         if problems:
             source = str(cfg.source) if cfg.source is not None else None
             listing = "; ".join(f"{path}: {message}" for path, message in problems)
@@ -157,19 +163,19 @@ class DemoSettings:
             )
         return settings
 
-    def _range_problems(self) -> list[tuple[str, str]]:
+    def _range_problems(self, paths: Mapping[str, str]) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
         for path, value in (
-            ("training.epochs", self.epochs),
-            ("training.batch_size", self.batch_size),
-            ("architecture.channels", self.channels),
+            (paths["epochs"], self.epochs),
+            (paths["batch_size"], self.batch_size),
+            (paths["channels"], self.channels),
         ):
             if value < 1:
                 problems.append((path, f"expected an integer of at least 1, found {value}"))
         if self.image_size < 8 or self.image_size % 4:
             problems.append(
                 (
-                    "dataset.image_size",
+                    paths["image_size"],
                     f"expected a multiple of 4 of at least 8 (two 2x poolings), "
                     f"found {self.image_size}",
                 )
@@ -178,27 +184,27 @@ class DemoSettings:
         if not fraction_ok:
             problems.append(
                 (
-                    "dataset.val_fraction",
+                    paths["val_fraction"],
                     f"expected a number between 0 and 1 (exclusive), found {self.val_fraction}",
                 )
             )
         if self.num_samples < 2:
             problems.append(
-                ("dataset.num_samples", f"expected at least 2 images, found {self.num_samples}")
+                (paths["num_samples"], f"expected at least 2 images, found {self.num_samples}")
             )
         elif fraction_ok and self.num_samples - self.val_count < 1:
             problems.append(
                 (
-                    "dataset.num_samples",
+                    paths["num_samples"],
                     f"expected enough images for both a training and a validation split, "
                     f"found {self.num_samples} (validation takes {self.val_count})",
                 )
             )
         if self.noise < 0:
-            problems.append(("dataset.noise", f"expected a number >= 0, found {self.noise}"))
+            problems.append((paths["noise"], f"expected a number >= 0, found {self.noise}"))
         if self.learning_rate <= 0:
             problems.append(
-                ("training.learning_rate", f"expected a number > 0, found {self.learning_rate}")
+                (paths["learning_rate"], f"expected a number > 0, found {self.learning_rate}")
             )
         return problems
 
@@ -234,19 +240,24 @@ class DemoResult:
     checkpoint_path: Path | None
 
 
-def _shape_mask(shape: str, size: int, cx: float, cy: float, radius: float) -> np.ndarray:
+def _shape_mask(
+    shape: str, size: int, cx: float, cy: float, radius: float
+) -> npt.NDArray[np.bool_]:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     dx, dy = np.abs(xx - cx), np.abs(yy - cy)
+    mask: npt.NDArray[np.bool_]
     if shape == "square":  # outline only, so that it differs from the disk in more than size
         edge = np.maximum(dx, dy)
-        return (edge <= radius) & (edge >= radius - 1.0)
-    if shape == "disk":
-        return dx**2 + dy**2 <= radius**2
-    if shape == "cross":
-        return ((dx <= _STROKE) & (dy <= radius)) | ((dy <= _STROKE) & (dx <= radius))
-    if shape == "x":
-        return (np.abs(dx - dy) <= _STROKE) & (dx <= radius)
-    raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
+        mask = (edge <= radius) & (edge >= radius - 1.0)
+    elif shape == "disk":
+        mask = dx**2 + dy**2 <= radius**2
+    elif shape == "cross":
+        mask = ((dx <= _STROKE) & (dy <= radius)) | ((dy <= _STROKE) & (dx <= radius))
+    elif shape == "x":
+        mask = (np.abs(dx - dy) <= _STROKE) & (dx <= radius)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
+    return mask
 
 
 def make_shapes_dataset(
@@ -441,7 +452,7 @@ def train(orch: RootOrchestrator, *, console: Console | None = None) -> DemoResu
                 batch_images, batch_labels = batch_images.to(device), batch_labels.to(device)
                 optimizer.zero_grad()
                 loss = nn.functional.cross_entropy(model(batch_images), batch_labels)
-                loss.backward()
+                torch.autograd.backward(loss)  # Tensor.backward is untyped
                 optimizer.step()
                 loss_sum += loss.item() * len(batch_labels)
                 seen += len(batch_labels)

@@ -58,7 +58,7 @@ def _add_note(exc: BaseException, note: str) -> None:
     else:  # pragma: no cover - Python 3.10
         notes = list(getattr(exc, "__notes__", []))
         notes.append(note)
-        exc.__notes__ = notes  # type: ignore[attr-defined]
+        exc.__notes__ = notes
 
 
 @attrs.frozen
@@ -153,9 +153,7 @@ class LifecycleMachine:
     def _compile(self, spec: Mapping[str, Any]) -> dict[str, Any]:
         """Turn one table entry into the keyword arguments of a ``transitions`` Transition."""
         source: Any = (
-            list(non_terminal_states())
-            if spec["source"] == "*"
-            else LifecycleState(spec["source"])
+            list(non_terminal_states()) if spec["source"] == "*" else LifecycleState(spec["source"])
         )
         dest = LifecycleState(spec["dest"])
         compiled: dict[str, Any] = {

@@ -153,9 +153,7 @@ class RunPaths:
         """
         root = Path(root).absolute()
         if not root.exists():
-            raise FileNotFoundError(
-                errno.ENOENT, "the run directory does not exist", str(root)
-            )
+            raise FileNotFoundError(errno.ENOENT, "the run directory does not exist", str(root))
         if not root.is_dir():
             raise NotADirectoryError(
                 errno.ENOTDIR, "the run directory path is not a directory", str(root)

@@ -37,9 +37,7 @@ _state_lock = threading.Lock()
 class _UtcIsoFormatter(logging.Formatter):
     """Formats ``asctime`` as ISO-8601 UTC with milliseconds, like the run's other files."""
 
-    def formatTime(  # noqa: N802 - overrides logging.Formatter.formatTime
-        self, record: logging.LogRecord, datefmt: str | None = None
-    ) -> str:
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         moment = datetime.fromtimestamp(record.created, tz=timezone.utc)
         return moment.isoformat(timespec="milliseconds")
 
@@ -73,7 +71,9 @@ def _check_log_dir(log_dir: Path) -> None:
             str(log_dir),
         )
     if not log_dir.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "the log directory is not a directory", str(log_dir))
+        raise NotADirectoryError(
+            errno.ENOTDIR, "the log directory is not a directory", str(log_dir)
+        )
 
 
 def _mark(handler: logging.Handler) -> logging.Handler:

@@ -1,0 +1,268 @@
+"""Whatever a recipe file or an override holds, loading it gives a Config or a ConfigError.
+
+And every Config that loads survives its own serialization unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from orchestrator_fsm.config import Config, redact_secrets
+from orchestrator_fsm.errors import ConfigError
+
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+VALID_RECIPE = """\
+dataset:
+  name: digits
+architecture:
+  name: tiny_mlp
+training:
+  seed: 1
+hardware:
+  device: cpu
+"""
+
+HARDWARE_KEYS = [
+    "device",
+    "num_workers",
+    "cpu_threads",
+    "reproducible",
+    "deterministic_warn_only",
+    "project_name",
+    "allow_process_kill",
+]
+TELEMETRY_KEYS = ["output_dir", "log_level", "log_interval"]
+LOCK_KEYS = ["enabled", "timeout_s", "path"]
+
+# Values chosen to hit both sides of every owned field's rule.
+interesting_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-3, max_value=2**33),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(
+        ["cpu", "CUDA:1", "cuda:-1", "auto", "mps", "gpu", "info", "DEBUG", "loud", "yes", ""]
+    ),
+    st.sampled_from(["orchard_ml", "My Project", "outputs", "/tmp/x.lock", "a\x00b"]),
+    st.text(max_size=12),
+)
+
+plain_data = st.recursive(
+    interesting_scalars | st.dates(),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.text(max_size=8), children, max_size=4),
+        st.dictionaries(st.integers(-2, 2), children, max_size=2),
+    ),
+    max_leaves=20,
+)
+
+
+def owned_section(keys: list[str]) -> st.SearchStrategy[Any]:
+    names = st.sampled_from([*keys, "devcie", "log_levl", "extra"])
+    return st.one_of(
+        st.dictionaries(names, interesting_scalars, max_size=5),
+        interesting_scalars,
+    )
+
+
+recipes = st.fixed_dictionaries(
+    {
+        "dataset": st.fixed_dictionaries({"name": interesting_scalars}),
+        "architecture": st.fixed_dictionaries({"name": interesting_scalars}),
+        "training": st.fixed_dictionaries({"seed": interesting_scalars}),
+    },
+    optional={
+        "hardware": owned_section(HARDWARE_KEYS),
+        "telemetry": owned_section(TELEMETRY_KEYS),
+        "infrastructure": st.one_of(
+            st.fixed_dictionaries({"lock": owned_section(LOCK_KEYS)}),
+            owned_section(["lock"]),
+        ),
+        "augmentation": plain_data,
+        "task_type": interesting_scalars,
+        "hardwre": plain_data,
+    },
+)
+
+yaml_fragments = st.lists(
+    st.sampled_from(
+        [
+            "dataset:",
+            "  name: x",
+            "training:",
+            "  seed: 5",
+            "architecture: {name: m}",
+            "hardware:",
+            "  device: cuda:0",
+            "&a ",
+            "*a",
+            "[",
+            "]",
+            "{",
+            "}",
+            ": ",
+            "- ",
+            "\n",
+            "  ",
+            "!!python/object/apply:os.system ['true']",
+            "!!binary aGk=",
+            "!!set {a}",
+            "!!int x",
+            "2024-13-45",
+            ".nan",
+            "? ",
+            "---",
+            "'",
+            '"\\x00"',
+            "#",
+            "\t",
+            "<<: *a",
+        ]
+    ),
+    max_size=20,
+).map("".join)
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield tmp_path_factory.mktemp("fuzz")
+
+
+def load_or_config_error(path: Path, overrides: list[str] | None = None) -> Config | None:
+    """Load ``path``: a Config, or None after a ConfigError; anything else fails the test."""
+    try:
+        return Config.from_recipe(path, overrides=overrides or [])
+    except ConfigError as exc:
+        assert exc.problems, "a ConfigError must say what is wrong"
+        assert str(exc)
+        return None
+
+
+def assert_survives_serialization(cfg: Config, scratch: Path) -> None:
+    dumped = cfg.dump_serialized()
+    assert json.loads(json.dumps(dumped)) == dumped
+    assert Config.from_dict(dumped) == cfg
+    assert Config.from_dict(dumped).config_hash() == cfg.config_hash()
+    written = scratch / "written.yaml"
+    cfg.to_yaml(written)
+    assert Config.from_recipe(written) == cfg
+
+
+@FUZZ
+@given(text=st.text(max_size=300))
+def test_any_text_loads_or_is_a_config_error(scratch: Path, text: str) -> None:
+    path = scratch / "text.yaml"
+    path.write_text(text, encoding="utf-8")
+
+    cfg = load_or_config_error(path)
+
+    if cfg is not None:
+        assert_survives_serialization(cfg, scratch)
+
+
+@FUZZ
+@given(junk=st.binary(max_size=300))
+def test_any_bytes_load_or_are_a_config_error(scratch: Path, junk: bytes) -> None:
+    path = scratch / "junk.yaml"
+    path.write_bytes(junk)
+
+    load_or_config_error(path)
+
+
+@FUZZ
+@given(text=yaml_fragments)
+def test_yaml_shaped_text_loads_or_is_a_config_error(scratch: Path, text: str) -> None:
+    path = scratch / "fragments.yaml"
+    path.write_text(text, encoding="utf-8")
+
+    cfg = load_or_config_error(path)
+
+    if cfg is not None:
+        assert_survives_serialization(cfg, scratch)
+
+
+@FUZZ
+@given(recipe=recipes)
+def test_generated_recipes_load_or_are_a_config_error(
+    scratch: Path, recipe: dict[str, Any]
+) -> None:
+    path = scratch / "generated.yaml"
+    path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+
+    cfg = load_or_config_error(path)
+
+    if cfg is not None:
+        assert_survives_serialization(cfg, scratch)
+
+
+override_texts = st.one_of(
+    st.text(max_size=40),
+    st.builds(
+        lambda path, value: f"{path}={value}",
+        st.lists(
+            st.sampled_from(
+                ["hardware", "device", "training", "seed", "telemetry", "lock", "x", "", " "]
+            ),
+            min_size=1,
+            max_size=4,
+        ).map(".".join),
+        st.one_of(st.text(max_size=15), yaml_fragments),
+    ),
+)
+
+
+@FUZZ
+@given(overrides=st.lists(override_texts, max_size=4))
+def test_any_overrides_load_or_are_a_config_error(scratch: Path, overrides: list[str]) -> None:
+    path = scratch / "valid.yaml"
+    path.write_text(VALID_RECIPE, encoding="utf-8")
+
+    cfg = load_or_config_error(path, overrides)
+
+    if cfg is not None:
+        assert_survives_serialization(cfg, scratch)
+
+
+SECRET_KEY_NAMES = ["password", "API_KEY", "hf_token", "db-secret", "credentials"]
+
+
+@FUZZ
+@given(
+    data=st.recursive(
+        st.dictionaries(
+            st.sampled_from(SECRET_KEY_NAMES), st.text(min_size=1, max_size=8), min_size=1
+        ),
+        lambda children: st.one_of(
+            st.lists(children, min_size=1, max_size=3),
+            st.dictionaries(st.sampled_from(["a", "b", "nested"]), children, min_size=1),
+        ),
+        max_leaves=8,
+    )
+)
+def test_redaction_leaves_no_secret_value(data: Any) -> None:
+    redacted = redact_secrets(data)
+
+    def secrets_in(node: Any) -> list[Any]:
+        if isinstance(node, dict):
+            found = [value for key, value in node.items() if key in SECRET_KEY_NAMES]
+            return found + [item for value in node.values() for item in secrets_in(value)]
+        if isinstance(node, list):
+            return [item for value in node for item in secrets_in(value)]
+        return []
+
+    assert secrets_in(data)
+    assert set(secrets_in(redacted)) == {"***"}
