@@ -79,7 +79,7 @@ def owned_section(keys: list[str]) -> st.SearchStrategy[Any]:
     )
 
 
-recipes = st.fixed_dictionaries(
+any_recipes = st.fixed_dictionaries(
     {
         "dataset": st.fixed_dictionaries({"name": interesting_scalars}),
         "architecture": st.fixed_dictionaries({"name": interesting_scalars}),
@@ -95,6 +95,86 @@ recipes = st.fixed_dictionaries(
         "augmentation": plain_data,
         "task_type": interesting_scalars,
         "hardwre": plain_data,
+    },
+)
+
+
+def with_case_changes(strategy: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.one_of(strategy, strategy.map(str.upper), strategy.map(str.title))
+
+
+def allow_warn_only_only_when_reproducible(hardware: dict[str, Any]) -> dict[str, Any]:
+    if hardware.get("deterministic_warn_only"):
+        hardware["reproducible"] = True
+    return hardware
+
+
+non_blank_text = st.text(min_size=1, max_size=20).filter(lambda text: text.strip() != "")
+path_text = st.text(min_size=1, max_size=20).filter(lambda text: "\x00" not in text)
+json_data = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=10)
+    | st.dates(),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=15,
+)
+valid_recipes = st.fixed_dictionaries(
+    {
+        "dataset": st.fixed_dictionaries({"name": non_blank_text}, optional={"extra": json_data}),
+        "architecture": st.fixed_dictionaries({"name": non_blank_text}),
+        "training": st.fixed_dictionaries(
+            {"seed": st.integers(0, 2**32 - 1)}, optional={"schedule": json_data}
+        ),
+    },
+    optional={
+        "hardware": st.fixed_dictionaries(
+            {},
+            optional={
+                "device": with_case_changes(
+                    st.sampled_from(["auto", "cpu", "cuda", "mps"])
+                    | st.integers(0, 99).map("cuda:{}".format)
+                ),
+                "num_workers": st.none() | st.integers(0, 64),
+                "cpu_threads": st.none() | st.integers(1, 64),
+                "reproducible": st.booleans(),
+                "deterministic_warn_only": st.booleans(),
+                "project_name": st.from_regex(
+                    r"[a-z0-9]{1,8}(?:[_-][a-z0-9]{1,8}){0,3}", fullmatch=True
+                ),
+                "allow_process_kill": st.booleans(),
+            },
+        ).map(allow_warn_only_only_when_reproducible),
+        "telemetry": st.fixed_dictionaries(
+            {},
+            optional={
+                "output_dir": path_text,
+                "log_level": with_case_changes(
+                    st.sampled_from(["debug", "info", "warning", "error", "critical"])
+                ),
+                "log_interval": st.integers(1, 10**6),
+            },
+        ),
+        "infrastructure": st.fixed_dictionaries(
+            {},
+            optional={
+                "lock": st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "enabled": st.booleans(),
+                        "timeout_s": st.integers(0, 10**6) | st.floats(0, allow_nan=False),
+                        "path": st.none() | path_text,
+                    },
+                )
+            },
+        ),
+        "augmentation": json_data,
+        "task_type": json_data,
+        "optuna": json_data,
     },
 )
 
@@ -184,7 +264,7 @@ def test_any_bytes_load_or_are_a_config_error(scratch: Path, junk: bytes) -> Non
 
 
 @FUZZ
-@given(text=yaml_fragments)
+@given(text=yaml_fragments | yaml_fragments.map(VALID_RECIPE.__add__))
 def test_yaml_shaped_text_loads_or_is_a_config_error(scratch: Path, text: str) -> None:
     path = scratch / "fragments.yaml"
     path.write_text(text, encoding="utf-8")
@@ -196,7 +276,7 @@ def test_yaml_shaped_text_loads_or_is_a_config_error(scratch: Path, text: str) -
 
 
 @FUZZ
-@given(recipe=recipes)
+@given(recipe=any_recipes)
 def test_generated_recipes_load_or_are_a_config_error(
     scratch: Path, recipe: dict[str, Any]
 ) -> None:
@@ -207,6 +287,22 @@ def test_generated_recipes_load_or_are_a_config_error(
 
     if cfg is not None:
         assert_survives_serialization(cfg, scratch)
+
+
+@FUZZ
+@given(recipe=valid_recipes)
+def test_valid_recipes_load_and_survive_serialization(
+    scratch: Path, recipe: dict[str, Any]
+) -> None:
+    path = scratch / "valid-generated.yaml"
+    path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+
+    cfg = Config.from_recipe(path)
+
+    assert cfg.training.seed == recipe["training"]["seed"]
+    assert cfg.dataset.name == recipe["dataset"]["name"]
+    assert Config.from_dict(recipe) == cfg
+    assert_survives_serialization(cfg, scratch)
 
 
 override_texts = st.one_of(

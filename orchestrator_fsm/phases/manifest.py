@@ -68,8 +68,7 @@ def _redact(data: Any) -> Any:
 
 
 def _redact_url(url: str) -> str:
-    redacted = _redact({"url": url})
-    return str(redacted["url"])
+    return str(_redact(url))
 
 
 def _plain_key(key: object, where: str) -> object:
