@@ -7,8 +7,8 @@
 The CLI loads the recipe, enters the lifecycle, calls ``main(orch)`` at READY and
 cleans up afterwards, whatever happens; it prints the run directory and the final
 status and exits 0, 1 (failed), 2 (config error) or 130 (interrupted). Run as a
-script, this file does the same with its outputs in a new temporary directory
-(``--set telemetry.output_dir=DIR`` puts them elsewhere).
+script, this file does the same, with its outputs in a new temporary directory
+unless ``--set telemetry.output_dir=DIR`` is given.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def main(orch: RootOrchestrator) -> None:
 if __name__ == "__main__":
     from orchestrator_fsm.cli import main as cli_main
 
-    output_dir = tempfile.mkdtemp(prefix="orchestrator-fsm-entry-")
-    argv = ["run", str(RECIPE), "--entry", f"{Path(__file__).resolve()}:main"]
-    # Later --set options win, so the caller's own output_dir replaces the temporary one.
-    argv += ["--set", f"telemetry.output_dir={output_dir}", *sys.argv[1:]]
+    argv = ["run", str(RECIPE), "--entry", f"{Path(__file__).resolve()}:main", *sys.argv[1:]]
+    if not any(arg.startswith("telemetry.output_dir=") for arg in argv):
+        output_dir = tempfile.mkdtemp(prefix="orchestrator-fsm-entry-")
+        argv += ["--set", f"telemetry.output_dir={output_dir}"]
     raise SystemExit(cli_main(argv))

@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"device: {orch.get_device()}; run directory: {orch.paths.root}")
         result = train(orch)  # makes the environment report first, then trains
     print(f"state after the block: {orch.state.value}")
-    print(f"final validation accuracy: {result.final_accuracy:.1%}")
-    print(f"metrics: {result.metrics_path}")
+    print(f"trained {len(result.epochs)} epochs; metrics: {result.metrics_path}")
     print(f"checkpoint: {result.checkpoint_path}")
     return 0
 

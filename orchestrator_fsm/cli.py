@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from rich.traceback import Traceback
 
 from orchestrator_fsm import __version__
 from orchestrator_fsm._fs import atomic_write_text, slugify
@@ -248,23 +249,23 @@ def _sigterm_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be installed from the main thread
         return
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_directory_status(orch: RootOrchestrator | None) -> tuple[Path | None, str | None]:
+def _run_record(orch: RootOrchestrator | None) -> dict[str, Any] | None:
+    """The run's ``run.json``, or None when no run directory was made (or it is unreadable)."""
     if orch is None or orch.paths is None:
-        return None, None
+        return None
     from orchestrator_fsm.lifecycle.journal import read_run_file
 
     try:
-        status = str(read_run_file(orch.paths.root).get("status"))
+        return read_run_file(orch.paths.root)
     except (OSError, ValueError):
-        status = None
-    return orch.paths.root, status
+        return None
 
 
 def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -283,13 +284,15 @@ def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
             return EXIT_USAGE
         _say(out, f"recipe: {cfg.source or _recipe_label(args.recipe)}")
         _say(out, f"entry: {spec}")
-        orch, code = _run_entry(cfg, entry, args, err)
+        orch, failure = _run_entry(cfg, entry)
 
-    run_dir, status = _run_directory_status(orch)
+    run = _run_record(orch)
+    code = _report_failure(failure, run, cfg, err, debug=args.debug)
+    status = str(run.get("status")) if run is not None else None
     if status is None:
         status = {EXIT_OK: "completed", EXIT_INTERRUPTED: "interrupted"}.get(code, "failed")
-    if run_dir is not None:
-        _say(out, f"run directory: {run_dir}")
+    if orch is not None and orch.paths is not None:
+        _say(out, f"run directory: {orch.paths.root}")
     elif orch is not None and not orch.is_main_process:
         _say(out, f"run directory: none on rank {orch.rank} (rank 0 writes it)")
     else:
@@ -298,11 +301,9 @@ def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     return code
 
 
-def _run_entry(
-    cfg: Config, entry: Entry, args: argparse.Namespace, err: Console
-) -> tuple[RootOrchestrator | None, int]:
-    """Run ``entry`` inside a lifecycle; return the orchestrator (when one was made)
-    and the exit code. Errors are reported here."""
+def _run_entry(cfg: Config, entry: Entry) -> tuple[RootOrchestrator | None, BaseException | None]:
+    """Run ``entry`` inside a lifecycle; return the orchestrator (when one was made) and
+    what stopped the run (None when it completed)."""
     from orchestrator_fsm.orchestrator import RootOrchestrator
 
     orch: RootOrchestrator | None = None
@@ -311,44 +312,41 @@ def _run_entry(
             orch = RootOrchestrator(cfg)
             with orch:
                 entry(orch)
-    except KeyboardInterrupt as exc:
-        _say(err, f"interrupted{f' ({exc})' if str(exc) else ''}; the run was cleaned up", "red")
-        _maybe_traceback(args, err)
-        return orch, EXIT_INTERRUPTED
-    except ConfigError as exc:
-        _print_config_error(err, exc, str(cfg.source) if cfg.source else None)
-        _maybe_traceback(args, err)
-        return orch, EXIT_USAGE
-    except Exception as exc:
-        where = _failed_step(orch)
-        message = " ".join(f"{type(exc).__name__}: {exc}".split())
+    except (Exception, KeyboardInterrupt) as exc:
+        return orch, exc
+    return orch, None
+
+
+def _report_failure(
+    failure: BaseException | None,
+    run: dict[str, Any] | None,
+    cfg: Config,
+    err: Console,
+    *,
+    debug: bool,
+) -> int:
+    """Print what stopped the run (one line, or a traceback with ``debug``); the exit code."""
+    if failure is None:
+        return EXIT_OK
+    if isinstance(failure, KeyboardInterrupt):
+        reason = f" ({failure})" if str(failure) else ""
+        _say(err, f"interrupted{reason}; the run was cleaned up", "red")
+        code = EXIT_INTERRUPTED
+    elif isinstance(failure, ConfigError):
+        _print_config_error(err, failure, str(cfg.source) if cfg.source else None)
+        code = EXIT_USAGE
+    else:
+        error = run.get("error") if run is not None else None
+        step = error.get("step") if isinstance(error, dict) else None
+        where = f" in step {step!r}" if step else ""
+        message = " ".join(f"{type(failure).__name__}: {failure}".split())
         _say(err, f"error{where}: {message}", "red")
-        if args.debug:
-            _maybe_traceback(args, err)
-        else:
-            _say(err, "(run again with --debug for the traceback)", "dim")
-        return orch, EXIT_FAILURE
-    return orch, EXIT_OK
-
-
-def _failed_step(orch: RootOrchestrator | None) -> str:
-    root, _status = _run_directory_status(orch)
-    if root is None:
-        return ""
-    from orchestrator_fsm.lifecycle.journal import read_run_file
-
-    try:
-        error = read_run_file(root).get("error")
-    except (OSError, ValueError):
-        return ""
-    if isinstance(error, dict) and error.get("step"):
-        return f" in step {error['step']!r}"
-    return ""
-
-
-def _maybe_traceback(args: argparse.Namespace, err: Console) -> None:
-    if args.debug:
-        err.print_exception()
+        code = EXIT_FAILURE
+    if debug:
+        err.print(Traceback.from_exception(type(failure), failure, failure.__traceback__))
+    elif code == EXIT_FAILURE:
+        _say(err, "(run again with --debug for the traceback)", "dim")
+    return code
 
 
 # -- diagram ------------------------------------------------------------------------------------

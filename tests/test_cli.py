@@ -22,7 +22,7 @@ from orchestrator_fsm.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_U
 from orchestrator_fsm.diagrams import render_dot, render_mermaid
 from orchestrator_fsm.lifecycle.table import advance_path
 
-ENTRIES = '''
+ENTRIES = """
 import os
 import time
 
@@ -58,7 +58,7 @@ class Pipelines:
 
 
 NOT_CALLABLE = 42
-'''
+"""
 
 
 @pytest.fixture(autouse=True)
@@ -547,7 +547,14 @@ def test_inspect_of_something_that_is_not_a_run_exits_2(
 def test_validate_summarises_a_valid_recipe_with_overrides_applied(
     tmp_path: Path, recipe: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["validate", str(recipe), "--set", "training.seed=7", "--set", "hardware.reproducible=true"]
+    argv = [
+        "validate",
+        str(recipe),
+        "--set",
+        "training.seed=7",
+        "--set",
+        "hardware.reproducible=true",
+    ]
     assert main(argv) == EXIT_OK
 
     out = capsys.readouterr().out
@@ -566,8 +573,6 @@ def test_validate_summarises_a_valid_recipe_with_overrides_applied(
     assert run_dirs(tmp_path) == []
 
 
-def test_validate_shows_a_disabled_lock(
-    recipe: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_validate_shows_a_disabled_lock(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(recipe), "--set", "infrastructure.lock.enabled=false"]) == EXIT_OK
     assert "disabled" in capsys.readouterr().out

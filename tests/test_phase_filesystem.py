@@ -322,18 +322,21 @@ def test_relative_xdg_cache_home_is_ignored(
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "orchestrator-fsm"
 
 
-def test_unusable_home_falls_back_to_a_per_user_temp_dir(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def unusable_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HOME is a file, no XDG_CACHE_HOME: the cache must fall back to ``tmp_path/tmp``."""
     home = tmp_path / "home"
     home.write_text("a file where the home directory should be")
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    return tmp_path / "tmp"
 
+
+def test_unusable_home_falls_back_to_a_per_user_temp_dir(unusable_home: Path) -> None:
     cache = default_cache_dir()
 
-    assert cache.parent == tmp_path / "tmp"
+    assert cache.parent == unusable_home
     assert cache.name.startswith("orchestrator-fsm-")
 
 
@@ -350,15 +353,7 @@ def test_static_directories_are_created_idempotently(
     assert (default_lock_dir() / "held.lock").exists()
 
 
-def test_fallback_static_directory_is_private(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    home = tmp_path / "home"
-    home.write_text("")
-    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-
+def test_fallback_static_directory_is_private(unusable_home: Path) -> None:
     setup_static_directories()
 
     cache = default_cache_dir()
@@ -367,15 +362,8 @@ def test_fallback_static_directory_is_private(
 
 
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="ownership checks need POSIX uids")
-def test_fallback_planted_as_a_symlink_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    home = tmp_path / "home"
-    home.write_text("")
-    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
+def test_fallback_planted_as_a_symlink_is_refused(tmp_path: Path, unusable_home: Path) -> None:
+    unusable_home.mkdir()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     default_cache_dir().symlink_to(elsewhere)

@@ -16,6 +16,8 @@ from typing import Any
 import portalocker
 import pytest
 
+import orchestrator_fsm
+from orchestrator_fsm.config import Config
 from orchestrator_fsm.errors import InfrastructureError, LockContendedError
 from orchestrator_fsm.phases.guarding import (
     InfrastructureManager,
@@ -23,7 +25,7 @@ from orchestrator_fsm.phases.guarding import (
     resolve_lock_path,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(orchestrator_fsm.__file__).resolve().parent
 EXCLUSIVE_NO_WAIT = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
 
 # A separate Python process that takes the lock through InfrastructureManager, reports
@@ -33,6 +35,12 @@ EXCLUSIVE_NO_WAIT = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_
 HOLDER_SCRIPT = """
 import logging, os, sys, types
 from pathlib import Path
+
+# Import the lock module without running the package's __init__ (which pulls in torch
+# and everything else), so that a holder is up in a fraction of a second.
+package = types.ModuleType("orchestrator_fsm")
+package.__path__ = [sys.argv[4]]
+sys.modules["orchestrator_fsm"] = package
 from orchestrator_fsm.phases.guarding import InfrastructureManager
 
 path, run_id, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -77,15 +85,12 @@ def start_holder() -> Iterator[Callable[..., Holder]]:
     started: list[Holder] = []
 
     def start(path: Path, run_id: str = "run-held-elsewhere", mode: str = "hold") -> Holder:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         proc = subprocess.Popen(
-            [sys.executable, "-c", HOLDER_SCRIPT, str(path), run_id, mode],
+            [sys.executable, "-c", HOLDER_SCRIPT, str(path), run_id, mode, str(PACKAGE_DIR)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
         )
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -119,12 +124,30 @@ def make_cfg(
     timeout_s: float = 0.0,
     project_name: str = "demo-project",
     allow_process_kill: bool = False,
-) -> Any:
-    """A stand-in with exactly the attributes of Config the lock reads."""
+) -> Config:
+    return Config.from_dict(
+        {
+            "dataset": {"name": "toy"},
+            "architecture": {"name": "mlp"},
+            "training": {"seed": 1},
+            "hardware": {"project_name": project_name, "allow_process_kill": allow_process_kill},
+            "infrastructure": {
+                "lock": {
+                    "enabled": enabled,
+                    "timeout_s": timeout_s,
+                    "path": None if lock_path is None else str(lock_path),
+                }
+            },
+        }
+    )
+
+
+def stand_in_cfg(lock_path: Path | None, *, timeout_s: float = 0.0, project_name: str) -> Any:
+    """Duck-typed config for values the real Config refuses before the lock sees them."""
     return SimpleNamespace(
-        hardware=SimpleNamespace(project_name=project_name, allow_process_kill=allow_process_kill),
+        hardware=SimpleNamespace(project_name=project_name, allow_process_kill=False),
         infrastructure=SimpleNamespace(
-            lock=SimpleNamespace(enabled=enabled, timeout_s=timeout_s, path=lock_path)
+            lock=SimpleNamespace(enabled=True, timeout_s=timeout_s, path=lock_path)
         ),
     )
 
@@ -484,8 +507,10 @@ def test_uncreatable_lock_directory_raises_infrastructure_error_naming_the_path(
 def test_negative_timeout_is_rejected_naming_the_field(
     lock_path: Path, log: logging.Logger
 ) -> None:
+    cfg = stand_in_cfg(lock_path, timeout_s=-1.0, project_name="demo")
     with pytest.raises(InfrastructureError, match=r"infrastructure\.lock\.timeout_s"):
-        InfrastructureManager().prepare_environment(make_cfg(lock_path, timeout_s=-1.0), log)
+        InfrastructureManager().prepare_environment(cfg, log)
+    assert not lock_path.exists()
 
 
 def test_lock_file_replaced_while_waiting_is_reopened(lock_path: Path, log: logging.Logger) -> None:
@@ -517,8 +542,8 @@ def test_default_lock_path_is_in_the_user_cache_named_after_the_project(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log: logging.Logger
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    cfg = make_cfg(None, project_name="My Project/../v2")
-    expected = tmp_path / "cache" / "orchestrator-fsm" / "locks" / "my-project-v2.lock"
+    cfg = make_cfg(None, project_name="vision-team")
+    expected = tmp_path / "cache" / "orchestrator-fsm" / "locks" / "vision-team.lock"
 
     assert resolve_lock_path(cfg) == expected
     manager = InfrastructureManager()
@@ -528,6 +553,15 @@ def test_default_lock_path_is_in_the_user_cache_named_after_the_project(
         assert expected.is_file()
     finally:
         manager.release_resources(cfg, log)
+
+
+def test_default_lock_name_is_reduced_to_a_safe_file_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = stand_in_cfg(None, project_name="My Project/../v2")
+    expected = tmp_path / "cache" / "orchestrator-fsm" / "locks" / "my-project-v2.lock"
+    assert resolve_lock_path(cfg) == expected
 
 
 def test_configured_lock_path_is_used_verbatim(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from orchestrator_fsm.phases.determinism import SeedTree
 from orchestrator_fsm.phases.filesystem import RunPaths
@@ -100,6 +101,21 @@ def test_run_section_names_the_run_and_its_config(cfg: Any, paths: RunPaths) -> 
     assert run["architecture"] == cfg.architecture.name
     assert run["config_hash"] == cfg.config_hash()
     assert run["generated_at"].endswith("+00:00")
+
+
+def test_run_section_names_the_recipe_file(tmp_path: Path, paths: RunPaths) -> None:
+    from conftest import minimal_recipe
+
+    from orchestrator_fsm.config import Config
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(minimal_recipe(tmp_path)))
+    cfg = Config.from_recipe(recipe)
+
+    run = report_for(cfg, paths)["run"]
+
+    assert Path(run["recipe"]).resolve() == recipe.resolve()
+    assert report_for(Config.from_dict(minimal_recipe(tmp_path)), paths)["run"]["recipe"] is None
 
 
 def test_hardware_section_reports_device_and_cpus(cfg: Any, paths: RunPaths) -> None:

@@ -445,7 +445,7 @@ def train(orch: RootOrchestrator, *, console: Console | None = None) -> DemoResu
         )
         for epoch in range(1, settings.epochs + 1):
             started = time.perf_counter()
-            progress.update(task, description=f"epoch {epoch}/{settings.epochs}")
+            progress.update(task, description=f"epoch {epoch}/{settings.epochs}", refresh=True)
             model.train()
             loss_sum, seen = 0.0, 0
             for batch_images, batch_labels in train_loader:

@@ -183,10 +183,13 @@ class InfrastructureManager:
         Raises :class:`LockContendedError` (with ``.holder``) when another run holds it
         past ``infrastructure.lock.timeout_s``, and :class:`InfrastructureError` naming
         the path when the lock file cannot be created or locked for another reason.
-        Does nothing (but say so in the log) when ``infrastructure.lock.enabled`` is
-        false, and nothing at all when this manager already holds the lock.
+        Does nothing when this manager already holds the lock, and nothing but a log
+        line when ``infrastructure.lock.enabled`` is false.
         """
         log = logger if logger is not None else _log
+        if self._handle is not None:
+            log.debug("run lock %s is already held by this manager", self._lock_path)
+            return
         if cfg.hardware.allow_process_kill:
             log.warning(
                 "hardware.allow_process_kill is set; it is accepted for compatibility and "
@@ -199,9 +202,6 @@ class InfrastructureManager:
                 "of project %r are not kept apart",
                 cfg.hardware.project_name,
             )
-            return
-        if self._handle is not None:
-            log.debug("run lock %s is already held by this manager", self._lock_path)
             return
 
         timeout_s = float(lock_cfg.timeout_s)

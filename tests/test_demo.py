@@ -1,0 +1,238 @@
+"""The bundled demo: recipe, synthetic data, training, outputs and reproducibility."""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import minimal_recipe
+from rich.console import Console
+
+from orchestrator_fsm.cli import EXIT_OK, EXIT_USAGE, main
+from orchestrator_fsm.config import Config
+from orchestrator_fsm.demo import demo_recipe
+from orchestrator_fsm.demo.pipeline import (
+    METRICS_COLUMNS,
+    SHAPES,
+    DemoSettings,
+    MiniCNN,
+    make_shapes_dataset,
+    train,
+)
+from orchestrator_fsm.errors import ConfigError
+from orchestrator_fsm.orchestrator import RootOrchestrator
+
+# Few images and epochs: these tests check the plumbing, not how well the model learns.
+SMALL = ["--set", "dataset.num_samples=192", "--set", "training.epochs=2"]
+
+
+def isolated(tmp_path: Path) -> list[str]:
+    """Overrides that keep a demo run's outputs and lock inside ``tmp_path``."""
+    return [
+        "--set",
+        f"telemetry.output_dir={tmp_path / 'outputs'}",
+        "--set",
+        f"infrastructure.lock.path={tmp_path / 'x.lock'}",
+    ]
+
+
+def only_run_dir(output_dir: Path) -> Path:
+    dirs = [p for p in output_dir.iterdir() if p.is_dir()]
+    assert len(dirs) == 1, f"expected one run directory, found {dirs}"
+    return dirs[0]
+
+
+def read_metrics(root: Path) -> list[dict[str, str]]:
+    with open(root / "reports" / "metrics.csv", encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_bundled_recipe_is_the_synthetic_shapes_demo() -> None:
+    with demo_recipe() as path:
+        cfg = Config.from_recipe(path)
+    assert (cfg.dataset.name, cfg.architecture.name, cfg.training.seed) == (
+        "synthetic_shapes",
+        "mini_cnn",
+        42,
+    )
+    assert cfg.hardware.device == "cpu"
+    DemoSettings.from_config(cfg)  # every demo setting it holds is usable
+
+
+def test_demo_run_learns_the_shapes_and_writes_metrics_log_and_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The bundled recipe unchanged, apart from where it writes: what `orchestrator-fsm run` does.
+    assert main(["run", *isolated(tmp_path)]) == EXIT_OK
+
+    root = only_run_dir(tmp_path / "outputs")
+    with demo_recipe() as path:
+        epochs = DemoSettings.from_config(Config.from_recipe(path)).epochs
+    rows = read_metrics(root)
+    assert list(rows[0]) == list(METRICS_COLUMNS)
+    assert [int(row["epoch"]) for row in rows] == list(range(1, epochs + 1))
+    final = float(rows[-1]["val_accuracy"])
+    assert final > 2 / len(SHAPES)  # twice chance: it learned something
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+    out = capsys.readouterr().out
+    assert f"final validation accuracy: {final:.1%}" in out
+    assert out.rstrip().splitlines()[-1] == "status: completed"
+
+    log = (root / "logs" / "run.log").read_text(encoding="utf-8")
+    for epoch in range(1, epochs + 1):
+        assert f"epoch {epoch}/{epochs} train_loss=" in log
+
+    checkpoint = torch.load(root / "checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["epoch"] == epochs
+    assert checkpoint["classes"] == list(SHAPES)
+    model = MiniCNN(len(SHAPES), checkpoint["settings"]["image_size"])
+    model.load_state_dict(checkpoint["model_state"])
+    assert [p.name for p in (root / "checkpoints").iterdir()] == ["last.pt"]  # no temp files
+
+
+def run_strict_demo(tmp_path: Path, name: str) -> Path:
+    output_dir = tmp_path / name
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator_fsm",
+            "run",
+            "--set",
+            "hardware.reproducible=true",
+            "--set",
+            f"telemetry.output_dir={output_dir}",
+            "--set",
+            f"infrastructure.lock.path={tmp_path / 'x.lock'}",
+            *SMALL,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == EXIT_OK, result.stderr
+    return only_run_dir(output_dir)
+
+
+def test_two_strict_runs_of_the_demo_give_identical_losses(tmp_path: Path) -> None:
+    first = read_metrics(run_strict_demo(tmp_path, "first"))
+    second = read_metrics(run_strict_demo(tmp_path, "second"))
+
+    def losses(rows: list[dict[str, str]]) -> list[tuple[str, str, str]]:
+        return [(row["train_loss"], row["val_loss"], row["val_accuracy"]) for row in rows]
+
+    assert len(first) == 2
+    assert losses(first) == losses(second)
+
+
+def test_progress_bar_is_drawn_on_a_terminal_and_not_elsewhere(tmp_path: Path) -> None:
+    cfg = Config.from_dict(
+        minimal_recipe(
+            tmp_path,
+            dataset={"num_samples": 64},
+            training={"epochs": 1, "batch_size": 16},
+            hardware={"num_workers": 0},
+        )
+    )
+    screens = []
+    for is_terminal in (True, False):
+        buffer = io.StringIO()
+        console = Console(file=buffer, force_terminal=is_terminal, width=100)
+        with RootOrchestrator(cfg) as orch:
+            result = train(orch, console=console)
+        screens.append(buffer.getvalue())
+        assert result.final_accuracy == result.epochs[-1].val_accuracy
+    terminal, plain = screens
+    assert "epoch 1/1" in terminal
+    assert "epoch 1/1" not in plain
+    assert plain.startswith("final validation accuracy: ")
+
+
+def test_dataset_depends_only_on_its_seed() -> None:
+    images, labels = make_shapes_dataset(64, 16, 0.2, seed=3)
+    again_images, again_labels = make_shapes_dataset(64, 16, 0.2, seed=3)
+    other_images, _ = make_shapes_dataset(64, 16, 0.2, seed=4)
+
+    assert images.shape == (64, 1, 16, 16)
+    assert images.dtype == torch.float32
+    assert labels.dtype == torch.int64
+    assert torch.equal(images, again_images)
+    assert torch.equal(labels, again_labels)
+    assert not torch.equal(images, other_images)
+
+
+def test_dataset_classes_are_balanced_and_shuffled() -> None:
+    _, labels = make_shapes_dataset(103, 16, 0.0, seed=0)
+    counts = torch.bincount(labels, minlength=len(SHAPES)).tolist()
+    assert max(counts) - min(counts) <= 1
+    assert sum(counts) == 103
+    assert labels[: len(SHAPES)].tolist() != list(range(len(SHAPES)))
+
+
+def test_noiseless_shapes_of_different_classes_differ() -> None:
+    images, labels = make_shapes_dataset(200, 16, 0.0, seed=5)
+    for first in range(len(SHAPES)):
+        for second in range(first + 1, len(SHAPES)):
+            a = images[labels == first].flatten(1)
+            b = images[labels == second].flatten(1)
+            # No image of one class equals an image of another.
+            assert torch.cdist(a, b).min() > 0
+
+
+def settings_for(tmp_path: Path, **sections: dict[str, object]) -> DemoSettings:
+    return DemoSettings.from_config(
+        Config.from_dict(minimal_recipe(tmp_path, **sections), source="demo.yaml")
+    )
+
+
+def test_demo_settings_default_what_the_recipe_leaves_out(tmp_path: Path) -> None:
+    assert settings_for(tmp_path) == DemoSettings()
+    chosen = settings_for(tmp_path, training={"epochs": 4, "lr": 0.05}, dataset={"noise": 0})
+    assert (chosen.epochs, chosen.learning_rate, chosen.noise) == (4, 0.05, 0.0)
+    both = settings_for(tmp_path, training={"learning_rate": 0.2, "lr": 0.05})
+    assert both.learning_rate == 0.2
+
+
+def test_demo_settings_report_every_unusable_value_with_its_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_for(
+            tmp_path,
+            dataset={"image_size": 10, "val_fraction": 1.5, "noise": "loud"},
+            training={"epochs": 0, "batch_size": True, "lr": -1},
+        )
+    problems = dict(caught.value.problems)
+    assert set(problems) == {
+        "dataset.image_size",
+        "dataset.val_fraction",
+        "dataset.noise",
+        "training.epochs",
+        "training.batch_size",
+        "training.lr",
+    }
+    assert "multiple of 4" in problems["dataset.image_size"]
+    assert "found 'loud' (str)" in problems["dataset.noise"]
+    assert "found True (bool)" in problems["training.batch_size"]
+    assert caught.value.source == "demo.yaml"
+
+
+def test_demo_settings_need_images_for_both_splits(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_for(tmp_path, dataset={"num_samples": 3, "val_fraction": 0.9})
+    assert [path for path, _ in caught.value.problems] == ["dataset.num_samples"]
+    assert "validation takes 3" in caught.value.problems[0][1]
+
+
+def test_unusable_demo_setting_exits_2_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", *isolated(tmp_path), "--set", "training.epochs=0"]) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert "training.epochs: expected an integer of at least 1, found 0" in captured.err
+    assert captured.out.rstrip().splitlines()[-1] == "status: failed"

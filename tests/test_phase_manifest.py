@@ -1,0 +1,407 @@
+from __future__ import annotations
+
+import enum
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from orchestrator_fsm.phases.manifest import (
+    GIT_DIFF_CAP_BYTES,
+    GIT_DIFF_FILE_NAME,
+    AuditSaver,
+    record_invocation,
+)
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+class _Serializable:
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.data = data
+
+    def dump_serialized(self) -> Mapping[str, Any]:
+        return self.data
+
+
+def _load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def test_saved_config_redacts_secret_keys_and_url_passwords(tmp_path: Path) -> None:
+    target = tmp_path / "config.yaml"
+    data: dict[str, Any] = {
+        "dataset": {"name": "mnist", "url": "https://alice:pa55word@data.example.com/x.tar"},
+        "tracking": {"api_key": "sk-live-123", "Auth-Token": "abc", "password": None},
+        "training": {"seed": 1},
+    }
+
+    AuditSaver().save_config(data, target)
+
+    text = target.read_text(encoding="utf-8")
+    assert "pa55word" not in text and "sk-live-123" not in text and "abc\n" not in text
+    loaded = _load(target)
+    assert loaded["dataset"]["url"] == "https://alice:***@data.example.com/x.tar"
+    assert loaded["tracking"] == {"api_key": "***", "Auth-Token": "***", "password": None}
+    assert data["tracking"]["api_key"] == "sk-live-123"  # the caller's data is not changed
+
+
+def test_saved_config_keeps_key_order_and_unicode(tmp_path: Path) -> None:
+    target = tmp_path / "config.yaml"
+    data = {"zeta": 1, "alpha": {"name": "données", "b": 2, "a": 1}, "mid": [1, 2]}
+
+    AuditSaver().save_config(data, target)
+
+    loaded = _load(target)
+    assert loaded == data
+    assert list(loaded) == ["zeta", "alpha", "mid"]
+    assert list(loaded["alpha"]) == ["name", "b", "a"]
+    assert "données" in target.read_text(encoding="utf-8")
+
+
+def test_save_config_uses_dump_serialized_when_the_object_has_it(tmp_path: Path) -> None:
+    target = tmp_path / "config.yaml"
+
+    AuditSaver().save_config(_Serializable({"training": {"seed": 7}}), target)
+
+    assert _load(target) == {"training": {"seed": 7}}
+
+
+def test_paths_enums_and_tuples_are_written_as_plain_data(tmp_path: Path) -> None:
+    target = tmp_path / "config.yaml"
+
+    AuditSaver().save_config(
+        {"out": Path("/runs/x"), "colour": Colour.RED, "shape": (1, 2)}, target
+    )
+
+    assert _load(target) == {"out": "/runs/x", "colour": "red", "shape": [1, 2]}
+
+
+def test_non_plain_value_is_rejected_naming_its_path(tmp_path: Path) -> None:
+    target = tmp_path / "config.yaml"
+
+    with pytest.raises(TypeError, match=r"model\.layers\[1\]") as caught:
+        AuditSaver().save_config({"model": {"layers": [1, object()]}}, target)
+
+    assert "object" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_config_rejects_data_that_is_not_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="mapping"):
+        AuditSaver().save_config([1, 2], tmp_path / "config.yaml")  # type: ignore[arg-type]
+
+
+def test_save_config_replaces_atomically_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    target = tmp_path / "config.yaml"
+    target.write_text("old: true\n")
+
+    AuditSaver().save_config({"new": True}, target)
+
+    assert _load(target) == {"new": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+def _fake_distribution(
+    site: Path, name: str, version: str, direct_url: Mapping[str, Any] | None = None
+) -> None:
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n", encoding="utf-8"
+    )
+    if direct_url is not None:
+        (info / "direct_url.json").write_text(json.dumps(direct_url), encoding="utf-8")
+
+
+def _requirement_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line[:1] != "#"]
+
+
+def test_requirements_list_installed_numpy_under_a_python_header(tmp_path: Path) -> None:
+    target = tmp_path / "requirements.txt"
+
+    AuditSaver().dump_requirements(target)
+
+    text = target.read_text(encoding="utf-8")
+    header = text.splitlines()[:3]
+    assert all(line.startswith("# ") for line in header)
+    assert any(f"Python {platform.python_version()}" in line for line in header)
+    assert any(platform.system() in line for line in header)
+    assert f"numpy=={np.__version__}" in _requirement_lines(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["requirements.txt"]
+
+
+def test_requirements_are_sorted_case_insensitively_without_duplicates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    later, earlier = tmp_path / "later", tmp_path / "earlier"
+    _fake_distribution(later, "Dup.Pkg", "2.0")
+    _fake_distribution(earlier, "dup_pkg", "1.0")
+    _fake_distribution(earlier, "AAA-first", "0.1")
+    monkeypatch.syspath_prepend(str(later))
+    monkeypatch.syspath_prepend(str(earlier))
+    target = tmp_path / "requirements.txt"
+
+    AuditSaver().dump_requirements(target)
+
+    lines = _requirement_lines(target)
+    names = [line.split("==")[0] for line in lines]
+    assert names == sorted(names, key=str.lower)
+    normalized = [re.sub(r"[-_.]+", "-", n).lower() for n in names]
+    assert len(normalized) == len(set(normalized))
+    assert "dup_pkg==1.0" in lines  # the first on sys.path wins, as for imports
+    assert "Dup.Pkg==2.0" not in lines
+    assert "AAA-first==0.1" in lines
+
+
+def test_direct_url_installs_are_marked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = tmp_path / "site"
+    _fake_distribution(
+        site,
+        "fake-editable",
+        "2.0",
+        {"url": "file:///src/fake-editable", "dir_info": {"editable": True}},
+    )
+    _fake_distribution(site, "fake-local", "1.1", {"url": "file:///src/l", "dir_info": {}})
+    _fake_distribution(
+        site,
+        "fake-vcs",
+        "0.3",
+        {
+            "url": "https://bob:s3cret@git.example.com/fake.git",
+            "vcs_info": {"vcs": "git", "commit_id": "0123abcd"},
+        },
+    )
+    _fake_distribution(
+        site,
+        "fake-archive",
+        "4.0",
+        {"url": "https://example.com/fake.whl", "archive_info": {"hash": "sha256=00"}},
+    )
+    _fake_distribution(site, "fake-broken-url", "5.0")
+    (site / "fake_broken_url-5.0.dist-info" / "direct_url.json").write_text("{not json")
+    monkeypatch.syspath_prepend(str(site))
+    target = tmp_path / "requirements.txt"
+
+    AuditSaver().dump_requirements(target)
+
+    lines = _requirement_lines(target)
+    assert "fake-editable==2.0  # editable: file:///src/fake-editable" in lines
+    assert "fake-local==1.1  # local: file:///src/l" in lines
+    assert "fake-vcs==0.3  # vcs: git+https://bob:***@git.example.com/fake.git@0123abcd" in lines
+    assert "fake-archive==4.0  # archive: https://example.com/fake.whl" in lines
+    assert "fake-broken-url==5.0" in lines
+    assert "s3cret" not in target.read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def git_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Git isolated from the user's and the system's configuration."""
+    empty = tmp_path / "empty.gitconfig"
+    empty.write_text("")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(empty))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    for key in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    for role in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{role}_NAME", "Test")
+        monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.com")
+
+
+def _git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=repo, capture_output=True, check=True, text=True)
+    return done.stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path, git_env: None, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A git checkout with one commit on ``main``, and the working directory inside it."""
+    path = tmp_path / "repo"
+    path.mkdir()
+    _git(path, "init", "-q", "-b", "main")
+    (path / "train.py").write_text("print('hello')\n")
+    _git(path, "add", "train.py")
+    _git(path, "commit", "-q", "-m", "first")
+    monkeypatch.chdir(path)
+    return path
+
+
+@pytest.fixture
+def reports(tmp_path: Path) -> Path:
+    path = tmp_path / "reports"
+    path.mkdir()
+    return path
+
+
+def _record_git_info(reports: Path) -> dict[str, str]:
+    """Run dump_git_info into ``reports`` and parse the git_info.txt it wrote."""
+    AuditSaver().dump_git_info(reports / "git_info.txt")
+    lines = (reports / "git_info.txt").read_text(encoding="utf-8").splitlines()
+    return dict(line.split(": ", 1) for line in lines)
+
+
+@needs_git
+def test_git_info_of_a_clean_checkout(repo: Path, reports: Path) -> None:
+    info = _record_git_info(reports)
+    assert info["commit"] == _git(repo, "rev-parse", "HEAD")
+    assert info["branch"] == "main"
+    assert info["dirty"] == "false"
+    assert info["untracked_files"] == "0"
+    assert info["remote"] == "none"
+    assert Path(info["toplevel"]).resolve() == repo.resolve()
+    assert (reports / GIT_DIFF_FILE_NAME).read_bytes() == b""
+    assert sorted(p.name for p in reports.iterdir()) == [GIT_DIFF_FILE_NAME, "git_info.txt"]
+
+
+@needs_git
+def test_modified_checkout_is_dirty_and_its_diff_is_saved(repo: Path, reports: Path) -> None:
+    (repo / "train.py").write_text("print('changed')\n")
+    assert _record_git_info(reports)["dirty"] == "true"
+    patch = (reports / GIT_DIFF_FILE_NAME).read_text(encoding="utf-8")
+    assert "-print('hello')" in patch and "+print('changed')" in patch
+
+
+@needs_git
+def test_untracked_files_are_counted_but_do_not_make_the_checkout_dirty(
+    repo: Path, reports: Path
+) -> None:
+    (repo / "notes.txt").write_text("scratch")
+    info = _record_git_info(reports)
+    assert info["dirty"] == "false"
+    assert info["untracked_files"] == "1"
+
+
+@needs_git
+def test_remote_url_password_is_redacted(repo: Path, reports: Path) -> None:
+    _git(repo, "remote", "add", "origin", "https://bob:s3cret@git.example.com/r.git")
+    info = _record_git_info(reports)
+
+    assert info["remote"] == "origin https://bob:***@git.example.com/r.git"
+    assert "s3cret" not in (reports / "git_info.txt").read_text(encoding="utf-8")
+
+
+@needs_git
+def test_detached_head_is_named(repo: Path, reports: Path) -> None:
+    _git(repo, "checkout", "-q", "--detach")
+    assert _record_git_info(reports)["branch"] == "(detached HEAD)"
+
+
+@needs_git
+def test_checkout_without_commits_records_no_commit_and_no_diff(
+    tmp_path: Path, reports: Path, git_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty_repo = tmp_path / "fresh"
+    empty_repo.mkdir()
+    _git(empty_repo, "init", "-q", "-b", "trunk")
+    monkeypatch.chdir(empty_repo)
+    info = _record_git_info(reports)
+    assert info["commit"] == "none (no commits yet)"
+    assert info["branch"] == "trunk"
+    assert not (reports / GIT_DIFF_FILE_NAME).exists()
+
+
+@needs_git
+def test_large_diff_is_cut_at_one_mebibyte_with_a_note(repo: Path, reports: Path) -> None:
+    big = "".join(f"line {i} of a long generated file\n" for i in range(60_000))
+    (repo / "train.py").write_text(big)
+    full = subprocess.run(
+        ["git", "diff", "HEAD", "--no-color", "--no-ext-diff"],
+        cwd=repo,
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert len(full) > GIT_DIFF_CAP_BYTES
+    AuditSaver().dump_git_info(reports / "git_info.txt")
+
+    patch = (reports / GIT_DIFF_FILE_NAME).read_bytes()
+    kept, note = patch[:-1].rsplit(b"\n", 1)
+    kept += b"\n"
+    assert note.startswith(b"# orchestrator-fsm: diff truncated")
+    assert len(kept) <= GIT_DIFF_CAP_BYTES
+    assert full.startswith(kept)
+    assert len(kept) > GIT_DIFF_CAP_BYTES - 200  # cut at the last whole line, not earlier
+
+
+@needs_git
+def test_outside_a_checkout_nothing_is_written(
+    tmp_path: Path, reports: Path, git_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    monkeypatch.chdir(plain)
+    AuditSaver().dump_git_info(reports / "git_info.txt")
+
+    assert list(reports.iterdir()) == []
+
+
+@needs_git
+def test_without_git_on_path_nothing_is_written_or_raised(
+    repo: Path, tmp_path: Path, reports: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_tools = tmp_path / "no-tools"
+    no_tools.mkdir()
+    monkeypatch.setenv("PATH", str(no_tools))
+    AuditSaver().dump_git_info(reports / "git_info.txt")
+
+    assert list(reports.iterdir()) == []
+
+
+def test_invocation_record_describes_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["-c", "--flag"])
+
+    record = record_invocation()
+
+    assert record["argv"] == ["-c", "--flag"]
+    assert record["cwd"] == os.getcwd()
+    assert record["entry_point"] is None
+    assert record["python"] == platform.python_version()
+    assert record["python_executable"] == sys.executable
+    json.dumps(record)  # plain data, ready for run.json
+
+
+PROBE = """\
+import json
+from orchestrator_fsm.phases.manifest import record_invocation
+print(json.dumps(record_invocation()))
+"""
+
+
+def _probe(tmp_path: Path, *args: str) -> dict[str, Any]:
+    (tmp_path / "probe_invocation.py").write_text(PROBE)
+    done = subprocess.run(
+        [sys.executable, *args], cwd=tmp_path, capture_output=True, check=True, text=True
+    )
+    record: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return record
+
+
+def test_invocation_with_dash_m_names_the_module(tmp_path: Path) -> None:
+    record = _probe(tmp_path, "-m", "probe_invocation", "--epochs", "3")
+
+    assert record["entry_module"] == "probe_invocation"
+    assert record["entry_point"] == str((tmp_path / "probe_invocation.py").resolve())
+    assert record["argv"][1:] == ["--epochs", "3"]
+    assert Path(record["cwd"]).resolve() == tmp_path.resolve()
+
+
+def test_invocation_of_a_script_resolves_its_path(tmp_path: Path) -> None:
+    record = _probe(tmp_path, "probe_invocation.py")
+
+    assert record["entry_module"] is None
+    assert record["entry_point"] == str((tmp_path / "probe_invocation.py").resolve())
