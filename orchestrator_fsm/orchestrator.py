@@ -367,6 +367,9 @@ class RootOrchestrator:
     # -- journal --------------------------------------------------------------------------
 
     def _on_transition(self, record: TransitionRecord) -> None:
+        record_phase = getattr(self.time_tracker, "record", None)
+        if record.ok and callable(record_phase):
+            record_phase(record.step, record.duration_s)
         if self._journal is None:
             if self.is_main_process:
                 self._unjournaled.append(record)
@@ -374,7 +377,12 @@ class RootOrchestrator:
         self._journal.append(record)
         if record.dest in TERMINAL_STATES and record.step in ("cleanup", "rollback"):
             status, error = self._outcome or ("completed", None)
-            self._journal.finish(status, state=record.dest.value, error=error)
+            self._journal.finish(
+                status,
+                state=record.dest.value,
+                error=error,
+                elapsed_s=round(self.time_tracker.elapsed_seconds, 6),
+            )
 
     def _watched(self, step: str, work: Callable[[], Undo | None]) -> Callable[[], Undo | None]:
         """``work``, remembering the first error it raises as the run's outcome."""

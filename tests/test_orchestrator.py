@@ -346,3 +346,18 @@ def test_injected_failure_in_seed_setter_leaves_no_flags_behind(
     with pytest.raises(StepFailure):
         orch.__enter__()
     assert process_fingerprint() == before
+
+
+def test_time_tracker_receives_per_phase_durations(make_config: ConfigFactory) -> None:
+    from orchestrator_fsm.phases.timing import TimeTracker
+
+    tracker = TimeTracker()
+    deps = fake_dependencies(Calls())
+    deps["time_tracker"] = tracker
+    orch = RootOrchestrator(make_config(), **deps, rank=0)
+    with orch:
+        orch.log_environment_report()
+    assert set(tracker.phase_durations) == {r.step for r in orch.machine.history}
+    assert orch.paths is not None
+    run = read_run_file(orch.paths.root)
+    assert run["elapsed_s"] == pytest.approx(tracker.elapsed_seconds, abs=1e-5)

@@ -58,6 +58,7 @@ class RunJournal:
             "host": socket.gethostname(),
             "error": None,
             "phases": {},
+            "elapsed_s": None,
             "argv": list(sys.argv),
             "cwd": os.getcwd(),
             "entry_point": None,
@@ -92,8 +93,16 @@ class RunJournal:
             phases: dict[str, float] = self._data["phases"]
             phases[record.step] = round(phases.get(record.step, 0.0) + record.duration_s, 6)
 
-    def finish(self, status: str, *, state: str, error: Mapping[str, str] | None) -> None:
-        """Record the final status (``completed``, ``failed`` or ``interrupted``)."""
+    def finish(
+        self,
+        status: str,
+        *,
+        state: str,
+        error: Mapping[str, str] | None,
+        elapsed_s: float | None = None,
+    ) -> None:
+        """Record the final status (``completed``, ``failed`` or ``interrupted``) and the
+        run's wall time as the time tracker measured it."""
         if status not in STATUSES[1:]:
             raise ValueError(f"final status must be one of {STATUSES[1:]}, got {status!r}")
         self.update(
@@ -101,6 +110,7 @@ class RunJournal:
             state=state,
             ended_at=_utc_now(),
             error=dict(error) if error else None,
+            elapsed_s=elapsed_s,
         )
 
     def _write(self) -> None:
