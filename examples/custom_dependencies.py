@@ -11,21 +11,17 @@ the default ``set_seed``. Outputs go to a new temporary directory unless
 
 from __future__ import annotations
 
-import argparse
 import logging
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
+from quickstart import load_config  # the examples share one command line
 
 from orchestrator_fsm.config import Config
 from orchestrator_fsm.orchestrator import RootOrchestrator
 from orchestrator_fsm.phases.determinism import set_seed
 from orchestrator_fsm.phases.filesystem import RunPaths
 from orchestrator_fsm.protocols import ReporterProtocol
-
-RECIPE = Path(__file__).resolve().parent / "recipes" / "mini_cnn.yaml"
 
 
 class OneLineReporter:
@@ -64,20 +60,8 @@ class RecordingSeedSetter:
         print(f"seed setter: seed {seed}, strict={strict}, warn_only={warn_only}")
 
 
-def load_config(argv: list[str] | None) -> Config:
-    """The example recipe, writing under ``--output-dir`` (or a temporary directory)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output-dir", type=Path, help="where the run directory goes")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    output_dir = args.output_dir or Path(tempfile.mkdtemp(prefix="orchestrator-fsm-custom-"))
-    return Config.from_recipe(
-        RECIPE, overrides=[f"telemetry.output_dir={output_dir}", *args.overrides]
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
-    cfg = load_config(argv)
+    cfg = load_config(argv, __doc__)
     reporter = OneLineReporter()
     seed_setter = RecordingSeedSetter()
     assert isinstance(reporter, ReporterProtocol)  # structural: no base class needed

@@ -21,13 +21,14 @@ from orchestrator_fsm.orchestrator import RootOrchestrator
 RECIPE = Path(__file__).resolve().parent / "recipes" / "mini_cnn.yaml"
 
 
-def load_config(argv: list[str] | None) -> Config:
-    """The example recipe, writing under ``--output-dir`` (or a temporary directory)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def load_config(argv: list[str] | None, description: str = __doc__) -> Config:
+    """The example recipe with ``--set`` overrides, writing under ``--output-dir`` (or a
+    new temporary directory). The other examples take the same command line."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--output-dir", type=Path, help="where the run directory goes")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    output_dir = args.output_dir or Path(tempfile.mkdtemp(prefix="orchestrator-fsm-quickstart-"))
+    output_dir = args.output_dir or Path(tempfile.mkdtemp(prefix="orchestrator-fsm-example-"))
     return Config.from_recipe(
         RECIPE, overrides=[f"telemetry.output_dir={output_dir}", *args.overrides]
     )

@@ -9,32 +9,15 @@ temporary directory unless ``--output-dir`` is given.
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-from pathlib import Path
+from quickstart import load_config  # the examples share one command line
 
-from orchestrator_fsm.config import Config
 from orchestrator_fsm.errors import OrchestratorError
 from orchestrator_fsm.lifecycle.table import LifecycleState
 from orchestrator_fsm.orchestrator import RootOrchestrator
 
-RECIPE = Path(__file__).resolve().parent / "recipes" / "mini_cnn.yaml"
-
-
-def load_config(argv: list[str] | None) -> Config:
-    """The example recipe, writing under ``--output-dir`` (or a temporary directory)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output-dir", type=Path, help="where the run directory goes")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    output_dir = args.output_dir or Path(tempfile.mkdtemp(prefix="orchestrator-fsm-steps-"))
-    return Config.from_recipe(
-        RECIPE, overrides=[f"telemetry.output_dir={output_dir}", *args.overrides]
-    )
-
 
 def main(argv: list[str] | None = None) -> int:
-    orch = RootOrchestrator(load_config(argv))
+    orch = RootOrchestrator(load_config(argv, __doc__))
     machine = orch.machine
     print(f"start: {machine.state.value}")
     orch.time_tracker.start()  # the with-block would start it on entry

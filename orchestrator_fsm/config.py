@@ -462,8 +462,12 @@ class Config:
         The file loads back (:meth:`from_recipe`) to an equal config. Its directory
         must exist. Secrets are written as they are.
         """
-        text = yaml.safe_dump(
-            self.dump_serialized(), sort_keys=False, allow_unicode=True, default_flow_style=False
+        text = yaml.dump(
+            self.dump_serialized(),
+            Dumper=_RecipeDumper,
+            sort_keys=False,
+            allow_unicode=True,
+            default_flow_style=False,
         )
         atomic_write_text(Path(path), text)
 
@@ -664,6 +668,20 @@ class _RecipeLoader(yaml.SafeLoader):
 
 
 _RecipeLoader.add_constructor(None, _RecipeLoader.construct_undefined)
+
+
+class _RecipeDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, writing every string so that it reads back the same."""
+
+    def represent_str(self, data: str) -> yaml.ScalarNode:
+        if "\x85" in data:
+            # PyYAML may emit NEL (a YAML 1.1 line break) raw inside a plain or quoted
+            # scalar, where reading folds it to a space; double quotes escape it as \N.
+            return self.represent_scalar("tag:yaml.org,2002:str", data, style='"')
+        return super().represent_str(data)
+
+
+_RecipeDumper.add_representer(str, _RecipeDumper.represent_str)
 
 
 class _YamlProblem(Exception):

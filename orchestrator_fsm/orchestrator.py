@@ -81,6 +81,9 @@ def _restoring(state: _Restorable, work: Callable[[], None]) -> Undo:
 
 
 def _status_for(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        # sys.exit() from a pipeline: a clean exit code is a completed run
+        return "completed" if exc.code in (None, 0) else "failed"
     return "failed" if isinstance(exc, Exception) else "interrupted"
 
 
@@ -212,7 +215,9 @@ class RootOrchestrator:
     ) -> Literal[False]:
         self.time_tracker.stop()
         if exc_val is not None and self._outcome is None:
-            self._outcome = (_status_for(exc_val), _error_summary(exc_val, "pipeline"))
+            status = _status_for(exc_val)
+            if status != "completed":
+                self._outcome = (status, _error_summary(exc_val, "pipeline"))
         self.cleanup()
         return False
 

@@ -25,6 +25,16 @@ def minimal_recipe(output_dir: Path, **sections: Any) -> dict[str, Any]:
     return data
 
 
+def isolated(tmp_path: Path) -> list[str]:
+    """CLI overrides that keep a run's outputs and lock inside ``tmp_path``."""
+    return [
+        "--set",
+        f"telemetry.output_dir={tmp_path / 'outputs'}",
+        "--set",
+        f"infrastructure.lock.path={tmp_path / 'x.lock'}",
+    ]
+
+
 @pytest.fixture
 def make_config(tmp_path: Path) -> Callable[..., Any]:
     from orchestrator_fsm.config import Config

@@ -82,6 +82,11 @@ def entries(tmp_path: Path) -> Path:
     return path
 
 
+def run_entry(recipe: Path, entries: Path, function: str, *options: str) -> int:
+    """``orchestrator-fsm run RECIPE --entry ENTRIES:FUNCTION OPTIONS...``, in-process."""
+    return main(["run", str(recipe), "--entry", f"{entries}:{function}", *options])
+
+
 def run_dirs(tmp_path: Path) -> list[Path]:
     outputs = tmp_path / "outputs"
     return sorted(p for p in outputs.iterdir() if p.is_dir()) if outputs.exists() else []
@@ -131,7 +136,7 @@ def test_unknown_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_run_calls_the_entry_at_ready_and_ends_with_run_directory_and_status(
     tmp_path: Path, recipe: Path, entries: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["run", str(recipe), "--entry", f"{entries}:record"]) == EXIT_OK
+    assert run_entry(recipe, entries, "record") == EXIT_OK
 
     root = only_run_dir(tmp_path)
     assert (root / "exports" / "called.txt").read_text() == "ready"
@@ -143,7 +148,7 @@ def test_run_calls_the_entry_at_ready_and_ends_with_run_directory_and_status(
 def test_run_accepts_a_dotted_attribute_path_in_the_entry(
     tmp_path: Path, recipe: Path, entries: Path
 ) -> None:
-    assert main(["run", str(recipe), "--entry", f"{entries}:Pipelines.nested"]) == EXIT_OK
+    assert run_entry(recipe, entries, "Pipelines.nested") == EXIT_OK
     assert (only_run_dir(tmp_path) / "exports" / "called.txt").read_text() == "nested"
 
 
@@ -205,7 +210,7 @@ def test_entry_whose_import_fails_exits_2_naming_the_error(
 def test_pipeline_error_exits_1_with_one_line_and_the_run_marked_failed(
     tmp_path: Path, recipe: Path, entries: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["run", str(recipe), "--entry", f"{entries}:boom"]) == EXIT_FAILURE
+    assert run_entry(recipe, entries, "boom") == EXIT_FAILURE
 
     captured = capsys.readouterr()
     error_lines = [line for line in captured.err.splitlines() if line.startswith("error")]
@@ -225,7 +230,7 @@ def test_pipeline_error_exits_1_with_one_line_and_the_run_marked_failed(
 def test_debug_shows_the_traceback_of_a_failed_pipeline(
     recipe: Path, entries: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["run", str(recipe), "--entry", f"{entries}:boom", "--debug"]) == EXIT_FAILURE
+    assert run_entry(recipe, entries, "boom", "--debug") == EXIT_FAILURE
     err = capsys.readouterr().err
     assert "Traceback" in err
     assert "boom in the pipeline" in err
@@ -235,8 +240,7 @@ def test_lifecycle_failure_exits_1_naming_the_failed_step(
     tmp_path: Path, recipe: Path, entries: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # No machine has a 100th CUDA device, so device resolution fails everywhere.
-    argv = ["run", str(recipe), "--entry", f"{entries}:record", "--set", "hardware.device=cuda:99"]
-    assert main(argv) == EXIT_FAILURE
+    assert run_entry(recipe, entries, "record", "--set", "hardware.device=cuda:99") == EXIT_FAILURE
 
     captured = capsys.readouterr()
     assert "error in step 'resolve_device': DeviceError" in captured.err
@@ -248,7 +252,7 @@ def test_lifecycle_failure_exits_1_naming_the_failed_step(
 def test_config_error_raised_by_the_pipeline_exits_2_listing_its_problems(
     recipe: Path, entries: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["run", str(recipe), "--entry", f"{entries}:bad_setting"]) == EXIT_USAGE
+    assert run_entry(recipe, entries, "bad_setting") == EXIT_USAGE
     captured = capsys.readouterr()
     assert "pipeline-recipe.yaml: training.epochs: expected at least 1, found 0" in captured.err
     assert last_lines(captured.out, 1) == ["status: failed"]
@@ -299,7 +303,7 @@ def test_run_restores_the_previous_sigterm_handler(recipe: Path, entries: Path) 
 
     original = signal.signal(signal.SIGTERM, previous)
     try:
-        assert main(["run", str(recipe), "--entry", f"{entries}:record"]) == EXIT_OK
+        assert run_entry(recipe, entries, "record") == EXIT_OK
         assert signal.getsignal(signal.SIGTERM) is previous
     finally:
         signal.signal(signal.SIGTERM, original)
@@ -405,7 +409,7 @@ def test_diagram_rejects_an_unknown_format(capsys: pytest.CaptureFixture[str]) -
 def test_inspect_shows_status_timeline_and_files_of_a_completed_run(
     tmp_path: Path, recipe: Path, entries: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["run", str(recipe), "--entry", f"{entries}:record"]) == EXIT_OK
+    assert run_entry(recipe, entries, "record") == EXIT_OK
     root = only_run_dir(tmp_path)
     capsys.readouterr()
 
@@ -424,7 +428,7 @@ def test_inspect_shows_status_timeline_and_files_of_a_completed_run(
 def test_inspect_json_is_run_json_plus_effective_status_and_transitions(
     tmp_path: Path, recipe: Path, entries: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["run", str(recipe), "--entry", f"{entries}:record"]) == EXIT_OK
+    assert run_entry(recipe, entries, "record") == EXIT_OK
     root = only_run_dir(tmp_path)
     capsys.readouterr()
 
@@ -445,7 +449,7 @@ def test_inspect_json_is_run_json_plus_effective_status_and_transitions(
 def test_inspect_shows_the_failed_step_and_error(
     tmp_path: Path, recipe: Path, entries: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["run", str(recipe), "--entry", f"{entries}:boom"]) == EXIT_FAILURE
+    assert run_entry(recipe, entries, "boom") == EXIT_FAILURE
     root = only_run_dir(tmp_path)
     capsys.readouterr()
 
@@ -459,8 +463,7 @@ def test_inspect_shows_the_failed_step_and_error(
 def test_inspect_shows_a_failed_lifecycle_step_in_the_timeline(
     tmp_path: Path, recipe: Path, entries: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["run", str(recipe), "--entry", f"{entries}:record", "--set", "hardware.device=cuda:99"]
-    assert main(argv) == EXIT_FAILURE
+    assert run_entry(recipe, entries, "record", "--set", "hardware.device=cuda:99") == EXIT_FAILURE
     root = only_run_dir(tmp_path)
     capsys.readouterr()
 

@@ -1096,3 +1096,11 @@ def test_redacted_dump_of_a_recipe_hides_its_database_password() -> None:
 
     assert dumped["optuna"]["postgresql_url"] == "postgresql://optuna:***@db.internal:5432/studies"
     assert "hunter2" not in json.dumps(dumped)
+
+
+def test_to_yaml_keeps_strings_with_yaml_line_break_characters(tmp_path: Path) -> None:
+    cfg = Config.from_dict(minimal(dataset={"name": "a\x85b", "notes": ["\x85", "x\u2028y"]}))
+
+    cfg.to_yaml(tmp_path / "resolved.yaml")
+
+    assert Config.from_recipe(tmp_path / "resolved.yaml") == cfg

@@ -46,6 +46,7 @@ HARDWARE_KEYS = [
 ]
 TELEMETRY_KEYS = ["output_dir", "log_level", "log_interval"]
 LOCK_KEYS = ["enabled", "timeout_s", "path"]
+SLUG = r"[a-z0-9]{1,8}(?:[_-][a-z0-9]{1,8}){0,3}"
 
 # Values chosen to hit both sides of every owned field's rule.
 interesting_scalars = st.one_of(
@@ -217,6 +218,12 @@ yaml_fragments = st.lists(
 ).map("".join)
 
 
+def dump_yaml(data: Any) -> str:
+    # allow_unicode=False: with it, PyYAML writes NEL (\x85) raw and reads it back as a
+    # space; escaped output reads back exactly.
+    return yaml.safe_dump(data, allow_unicode=False)
+
+
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield tmp_path_factory.mktemp("fuzz")
@@ -281,7 +288,7 @@ def test_generated_recipes_load_or_are_a_config_error(
     scratch: Path, recipe: dict[str, Any]
 ) -> None:
     path = scratch / "generated.yaml"
-    path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    path.write_text(dump_yaml(recipe), encoding="utf-8")
 
     cfg = load_or_config_error(path)
 
@@ -295,7 +302,7 @@ def test_valid_recipes_load_and_survive_serialization(
     scratch: Path, recipe: dict[str, Any]
 ) -> None:
     path = scratch / "valid-generated.yaml"
-    path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    path.write_text(dump_yaml(recipe), encoding="utf-8")
 
     cfg = Config.from_recipe(path)
 

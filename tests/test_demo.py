@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import minimal_recipe
+from conftest import isolated, minimal_recipe
 from rich.console import Console
 
 from orchestrator_fsm.cli import EXIT_OK, EXIT_USAGE, main
@@ -29,16 +29,6 @@ from orchestrator_fsm.orchestrator import RootOrchestrator
 
 # Few images and epochs: these tests check the plumbing, not how well the model learns.
 SMALL = ["--set", "dataset.num_samples=192", "--set", "training.epochs=2"]
-
-
-def isolated(tmp_path: Path) -> list[str]:
-    """Overrides that keep a demo run's outputs and lock inside ``tmp_path``."""
-    return [
-        "--set",
-        f"telemetry.output_dir={tmp_path / 'outputs'}",
-        "--set",
-        f"infrastructure.lock.path={tmp_path / 'x.lock'}",
-    ]
 
 
 def only_run_dir(output_dir: Path) -> Path:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import isolated
+
+from orchestrator_fsm.lifecycle.table import advance_path
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -31,6 +35,7 @@ def run_python(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def example_args(tmp_path: Path) -> list[str]:
+    """The examples' own command line: ``--output-dir`` and ``--set`` overrides."""
     lock = ["--set", f"infrastructure.lock.path={tmp_path / 'x.lock'}"]
     return ["--output-dir", str(tmp_path / "outputs"), *lock, *FAST]
 
@@ -64,18 +69,10 @@ def test_step_by_step_prints_every_state_until_the_terminal_one(tmp_path: Path) 
     transitions = [
         tuple(line.split()[:3:2]) for line in out.splitlines() if " -> " in line and "step" in line
     ]
-    assert transitions == [
-        ("created", "seeded"),
-        ("seeded", "configured"),
-        ("configured", "provisioned"),
-        ("provisioned", "logged"),
-        ("logged", "persisted"),
-        ("persisted", "guarded"),
-        ("guarded", "ready"),
-        ("ready", "reported"),
-        ("reported", "cleaned"),
-    ]
-    assert out.rstrip().splitlines()[-1] == "terminal: cleaned after 9 transitions"
+    path = [state.value for state in advance_path(is_main_process=True)]
+    assert path[-1] == "cleaned"
+    assert transitions == list(itertools.pairwise(path))
+    assert out.rstrip().splitlines()[-1] == f"terminal: cleaned after {len(path) - 1} transitions"
     assert run_status(only_run_dir(tmp_path / "outputs")) == "completed"
 
 
@@ -94,22 +91,10 @@ def test_custom_dependencies_are_called_and_consume_no_randomness(tmp_path: Path
 
 @pytest.mark.parametrize("entry", ["examples.entry_point:main", "examples/entry_point.py:main"])
 def test_entry_point_runs_under_the_cli_as_module_or_file(tmp_path: Path, entry: str) -> None:
-    output_dir = tmp_path / "outputs"
-    out = run_python(
-        tmp_path,
-        "-m",
-        "orchestrator_fsm",
-        "run",
-        str(RECIPE),
-        "--entry",
-        entry,
-        "--set",
-        f"telemetry.output_dir={output_dir}",
-        "--set",
-        f"infrastructure.lock.path={tmp_path / 'x.lock'}",
-    ).stdout
+    argv = ["-m", "orchestrator_fsm", "run", str(RECIPE), "--entry", entry]
+    out = run_python(tmp_path, *argv, *isolated(tmp_path)).stdout
 
-    root = only_run_dir(output_dir)
+    root = only_run_dir(tmp_path / "outputs")
     summary = json.loads((root / "exports" / "summary.json").read_text(encoding="utf-8"))
     assert (summary["dataset"], summary["seed"]) == ("synthetic_shapes", 42)
     assert len(summary["sample"]) == 4
@@ -117,16 +102,8 @@ def test_entry_point_runs_under_the_cli_as_module_or_file(tmp_path: Path, entry:
 
 
 def test_entry_point_script_runs_itself_through_the_cli(tmp_path: Path) -> None:
-    output_dir = tmp_path / "outputs"
-    out = run_python(
-        tmp_path,
-        str(EXAMPLES / "entry_point.py"),
-        "--set",
-        f"telemetry.output_dir={output_dir}",
-        "--set",
-        f"infrastructure.lock.path={tmp_path / 'x.lock'}",
-    ).stdout
+    out = run_python(tmp_path, str(EXAMPLES / "entry_point.py"), *isolated(tmp_path)).stdout
 
-    root = only_run_dir(output_dir)
+    root = only_run_dir(tmp_path / "outputs")
     assert (root / "exports" / "summary.json").is_file()
     assert out.rstrip().splitlines()[-1] == "status: completed"

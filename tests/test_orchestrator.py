@@ -361,3 +361,14 @@ def test_time_tracker_receives_per_phase_durations(make_config: ConfigFactory) -
     assert orch.paths is not None
     run = read_run_file(orch.paths.root)
     assert run["elapsed_s"] == pytest.approx(tracker.elapsed_seconds, abs=1e-5)
+
+
+@pytest.mark.parametrize(("code", "status"), [(0, "completed"), (None, "completed"), (3, "failed")])
+def test_sys_exit_in_the_pipeline_is_judged_by_its_code(
+    make_config: ConfigFactory, code: int | None, status: str
+) -> None:
+    orch = build(make_config, Calls(), rank=0)
+    with pytest.raises(SystemExit), orch:
+        raise SystemExit(code)
+    assert orch.paths is not None
+    assert read_run_file(orch.paths.root)["status"] == status

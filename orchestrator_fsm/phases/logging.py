@@ -118,7 +118,7 @@ class Logger:
         file_handler = logging.FileHandler(log_dir / LOG_FILE_NAME, mode="a", encoding="utf-8")
         file_handler.setFormatter(_UtcIsoFormatter(FILE_FORMAT))
         console_handler = RichHandler(
-            console=Console(stderr=True),
+            console=Console(stderr=True, soft_wrap=True),
             markup=False,
             rich_tracebacks=False,
             show_path=False,

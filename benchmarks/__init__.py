@@ -1,0 +1,17 @@
+"""Performance benchmarks of orchestrator-fsm's lifecycle.
+
+Run them from the repository root with ``make bench`` or ``python -m benchmarks``
+(``--quick`` for a tiny run, ``--only SECTION`` for one section, ``--json PATH`` to keep
+the numbers). Sections:
+
+- ``warm``: enter -> report -> exit, many times in one process, with per-step medians;
+- ``floor``: the same system calls made by minimal hand-written code, and our ratio to it;
+- ``cold``: a fresh interpreter doing one round trip, minus one that only imports torch;
+- ``scale``: existing run directories, concurrent processes, and the bare machine's
+  cost per ``advance()``.
+
+Everything is written under a temporary directory that is removed afterwards, with
+``XDG_CACHE_HOME`` and the lock path pointing into it and the working directory set to
+it, so a run never touches the user's cache and never runs ``git`` on a checkout unless
+a measurement says it does. ``benchmarks/README.md`` holds the latest results.
+"""

@@ -1,0 +1,130 @@
+"""What every benchmark section shares: an isolated sandbox, recipes, statistics."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from orchestrator_fsm._process import EnvSnapshot
+
+__all__ = [
+    "REPO_ROOT",
+    "WORKER",
+    "Sandbox",
+    "quiet_stderr",
+    "summarize",
+]
+
+REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+#: The script that subprocess measurements run (by path, so the cwd can be anywhere).
+WORKER: Final = Path(__file__).resolve().with_name("_worker.py")
+
+_DATASET: Final = "bench_data"
+_ARCHITECTURE: Final = "bench_model"
+_SEED: Final = 1234
+
+
+def summarize(values_s: Sequence[float], *, scale: float = 1000.0) -> dict[str, float | int]:
+    """min / median / p90 / max of ``values_s`` (seconds) in ms (or ``scale`` units)."""
+    if not values_s:
+        raise ValueError("summarize() needs at least one measurement, got none")
+    ordered = sorted(values_s)
+    p90 = (
+        statistics.quantiles(ordered, n=10, method="inclusive")[8]
+        if len(ordered) > 1
+        else ordered[0]
+    )
+    return {
+        "n": len(ordered),
+        "min": round(ordered[0] * scale, 3),
+        "median": round(statistics.median(ordered) * scale, 3),
+        "p90": round(p90 * scale, 3),
+        "max": round(ordered[-1] * scale, 3),
+    }
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Send ``sys.stderr`` (the run's rich console handler writes there) to /dev/null.
+
+    The console handler still renders every line; only the terminal is spared.
+    """
+    with open(os.devnull, "w", encoding="utf-8") as sink, contextlib.redirect_stderr(sink):
+        yield
+
+
+class Sandbox:
+    """A temporary tree every benchmark writes into, removed on exit.
+
+    On enter: ``XDG_CACHE_HOME`` points at ``<root>/cache`` (so ``setup_static_directories``
+    never touches the user's cache) and the working directory is ``<root>/cwd``, which
+    is not inside a git checkout (so the manifest's git step only probes, once). Both
+    are restored on exit. :meth:`recipe` writes recipes whose outputs and lock file are
+    inside the sandbox too; :meth:`env` is the environment for child processes.
+    """
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+        self.root = Path()
+        self.cwd = Path()
+        self._old_cwd: str | None = None
+        self._env: EnvSnapshot | None = None
+
+    def __enter__(self) -> Sandbox:
+        self.root = Path(tempfile.mkdtemp(prefix=f"orchestrator-fsm-bench-{self._label}-"))
+        self.cwd = self.root / "cwd"
+        self.cwd.mkdir()
+        (self.root / "cache").mkdir()
+        self._env = EnvSnapshot.capture(["XDG_CACHE_HOME"])
+        os.environ["XDG_CACHE_HOME"] = str(self.root / "cache")
+        self._old_cwd = os.getcwd()
+        os.chdir(self.cwd)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._old_cwd is not None:
+            os.chdir(self._old_cwd)
+        if self._env is not None:
+            self._env.restore()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def env(self) -> dict[str, str]:
+        """The environment for a child process: ours, with the sandbox's cache dir."""
+        env = dict(os.environ)
+        env["XDG_CACHE_HOME"] = str(self.root / "cache")
+        return env
+
+    def recipe(self, name: str, *, output_dir: Path | None = None) -> Path:
+        """Write ``<root>/<name>.yaml``: a minimal CPU recipe with its own lock file.
+
+        Runs go to ``output_dir`` (default ``<root>/outputs``); the lock file is
+        ``<root>/locks/<name>.lock``, so recipes with different names never contend.
+        """
+        data: dict[str, Any] = {
+            "dataset": {"name": _DATASET},
+            "architecture": {"name": _ARCHITECTURE},
+            "training": {"seed": _SEED},
+            "hardware": {"device": "cpu"},
+            "telemetry": {
+                "output_dir": str(output_dir or self.root / "outputs"),
+                "log_level": "INFO",
+            },
+            "infrastructure": {"lock": {"path": str(self.root / "locks" / f"{name}.lock")}},
+        }
+        path = self.root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        return path
+
+
+def python_command(*args: str) -> list[str]:
+    """``[python, worker, *args]`` with this interpreter."""
+    return [sys.executable, str(WORKER), *args]
