@@ -1104,3 +1104,27 @@ def test_to_yaml_keeps_strings_with_yaml_line_break_characters(tmp_path: Path) -
     cfg.to_yaml(tmp_path / "resolved.yaml")
 
     assert Config.from_recipe(tmp_path / "resolved.yaml") == cfg
+
+
+def test_to_yaml_leaves_the_old_file_whole_when_writing_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "resolved.yaml"
+    Config.from_dict(minimal()).to_yaml(target)
+    before = target.read_bytes()
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="No space left"):
+        Config.from_dict(minimal(training={"seed": 2})).to_yaml(target)
+
+    assert target.read_bytes() == before
+    assert [path.name for path in tmp_path.iterdir()] == ["resolved.yaml"]
+
+
+def test_a_field_with_several_faults_is_reported_once() -> None:
+    error = config_error(minimal(dataset={"name": float("nan")}))
+
+    assert [path for path, _ in error.problems] == ["dataset.name"]

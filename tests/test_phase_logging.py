@@ -224,3 +224,15 @@ def test_log_dir_that_is_a_file_is_a_clear_error(tmp_path: Path, name: str) -> N
         Logger.setup(name, file, "INFO")
 
     assert str(file) in str(caught.value)
+
+
+def test_console_lines_are_not_wrapped_when_stderr_is_not_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logger = Logger.setup("orchestrator_fsm.test_plain_console", tmp_path, "INFO")
+    try:
+        long_message = "x" * 300
+        logger.info(long_message)
+        assert f"INFO     {long_message}\n" in capsys.readouterr().err
+    finally:
+        Logger.teardown(logger)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import sys
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = ["LOG_FILE_NAME", "Logger"]
 
 LOG_FILE_NAME: Final = "run.log"
 FILE_FORMAT: Final = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
+CONSOLE_PLAIN_FORMAT: Final = "%(levelname)-8s %(message)s"
 
 # Set on every handler this module creates, so a second setup or a teardown removes
 # those and nothing a user attached to the same logger.
@@ -92,6 +94,21 @@ def _detach_ours(logger: logging.Logger) -> None:
             handler.close()
 
 
+def _console_handler() -> logging.Handler:
+    """Rich output on a terminal; plain unwrapped lines when stderr is a file or pipe
+    (CI logs, ``2> file``), where rich would hard-wrap every line at 80 columns."""
+    if sys.stderr.isatty():
+        return RichHandler(
+            console=Console(stderr=True),
+            markup=False,
+            rich_tracebacks=False,
+            show_path=False,
+        )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(CONSOLE_PLAIN_FORMAT))
+    return handler
+
+
 class Logger:
     """Sets up (and tears down) the logger of one run."""
 
@@ -99,7 +116,8 @@ class Logger:
     def setup(name: str, log_dir: Path | str, level: str | int) -> logging.Logger:
         """Configure the logger ``name`` for a run and return it.
 
-        Adds a rich console handler (stderr, no markup interpretation) and a file
+        Adds a console handler on stderr (rich on a terminal, plain lines otherwise;
+        no markup interpretation) and a file
         handler appending to ``<log_dir>/run.log`` (UTF-8; each line has a UTC
         timestamp, the level and the logger name). ``level`` is a level name in any
         case or an integer. Sets ``propagate = False``. Calling it again for the same
@@ -117,12 +135,7 @@ class Logger:
 
         file_handler = logging.FileHandler(log_dir / LOG_FILE_NAME, mode="a", encoding="utf-8")
         file_handler.setFormatter(_UtcIsoFormatter(FILE_FORMAT))
-        console_handler = RichHandler(
-            console=Console(stderr=True, soft_wrap=True),
-            markup=False,
-            rich_tracebacks=False,
-            show_path=False,
-        )
+        console_handler = _console_handler()
 
         logger = logging.getLogger(name)
         with _state_lock:
