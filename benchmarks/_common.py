@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import statistics
@@ -20,6 +21,7 @@ __all__ = [
     "REPO_ROOT",
     "WORKER",
     "Sandbox",
+    "python_command",
     "quiet_stderr",
     "summarize",
 ]
@@ -52,13 +54,26 @@ def summarize(values_s: Sequence[float], *, scale: float = 1000.0) -> dict[str, 
     }
 
 
-@contextlib.contextmanager
-def quiet_stderr() -> Iterator[None]:
-    """Send ``sys.stderr`` (the run's rich console handler writes there) to /dev/null.
+class _TerminalSink(io.TextIOWrapper):
+    """/dev/null that says it is a terminal, so the run log's console goes rich."""
 
-    The console handler still renders every line; only the terminal is spared.
+    def isatty(self) -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def quiet_stderr(*, as_terminal: bool = False) -> Iterator[None]:
+    """Send ``sys.stderr`` (where the run's console log handler writes) to /dev/null.
+
+    Every line is still formatted and written; only the screen is spared. With
+    ``as_terminal`` the sink claims to be a terminal, so the console handler is the
+    rich one an interactive user gets; otherwise it is the plain one of batch jobs.
     """
-    with open(os.devnull, "w", encoding="utf-8") as sink, contextlib.redirect_stderr(sink):
+    if as_terminal:
+        sink: io.TextIOWrapper = _TerminalSink(open(os.devnull, "wb"), encoding="utf-8")  # noqa: SIM115
+    else:
+        sink = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+    with sink, contextlib.redirect_stderr(sink):
         yield
 
 
@@ -97,10 +112,19 @@ class Sandbox:
             self._env.restore()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def env(self) -> dict[str, str]:
-        """The environment for a child process: ours, with the sandbox's cache dir."""
+    def env(self, *, bytecode_cache: bool = False) -> dict[str, str]:
+        """The environment for a child process: ours, with the sandbox's cache dir.
+
+        With ``bytecode_cache``, compiled bytecode is written to and read from
+        ``<root>/pycache`` (``PYTHONPYCACHEPREFIX``) even where the calling environment
+        sets ``PYTHONDONTWRITEBYTECODE``: a user's interpreter has the package's
+        ``.pyc`` files, and recompiling it at every start would be measured otherwise.
+        """
         env = dict(os.environ)
         env["XDG_CACHE_HOME"] = str(self.root / "cache")
+        if bytecode_cache:
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = str(self.root / "pycache")
         return env
 
     def recipe(self, name: str, *, output_dir: Path | None = None) -> Path:

@@ -1,64 +1,99 @@
 """Child process of the cold-start and concurrency benchmarks (run by path, not imported).
 
-Usage: ``python _worker.py torch`` (import torch only), ``python _worker.py import``
-(import torch, then orchestrator_fsm) or ``python _worker.py roundtrip RECIPE [--wait]``
-(one enter -> report -> exit; with ``--wait`` it prints ``ready`` once imported and
-waits for a line on stdin before starting, so that many workers start together).
+Usage: ``python _worker.py MODE [RECIPE] [--collect] [--wait]`` where MODE is
+``torch`` (import torch only), ``import`` (import torch, then orchestrator_fsm) or
+``roundtrip`` (that, then load RECIPE and do one enter -> report -> exit).
+``--collect`` runs a full ``gc.collect()`` right after importing torch, paying the
+collection that torch's import leaves owed (see benchmarks/README.md). ``--wait``
+prints ``ready`` once imported and waits for a line on stdin before the round trip,
+so that many workers start it together, and after reporting waits for stdin to close
+before exiting, so that no worker's interpreter shutdown (a few hundred ms of CPU
+with torch loaded) competes with the round trips of the others.
 
 Prints one JSON line: the seconds spent importing, loading the recipe and in the round
-trip, and ``start`` / ``end`` of the round trip on ``time.monotonic`` (CLOCK_MONOTONIC
-on Linux, comparable across processes).
+trip (and in each of its steps), ``start`` / ``end`` of the round trip and
+``finished_at`` (just before the interpreter starts shutting down) on
+``time.monotonic`` (CLOCK_MONOTONIC on Linux, comparable across processes).
 """
 
 from __future__ import annotations
 
+import argparse
+import gc
 import json
+import os
 import sys
 import time
+from typing import Any
+
+# Run by path, Python puts this folder first on sys.path; its modules (floor, scale...)
+# must not shadow any top-level module that torch or the package might import.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
+
+def _finish(result: dict[str, Any]) -> int:
+    result["finished_at"] = time.monotonic()
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="_worker.py")
+    parser.add_argument("mode", choices=("torch", "import", "roundtrip"))
+    parser.add_argument("recipe", nargs="?")
+    parser.add_argument("--collect", action="store_true")
+    parser.add_argument("--wait", action="store_true")
+    args = parser.parse_args(argv)
+    if args.mode == "roundtrip" and args.recipe is None:
+        parser.error("roundtrip needs a RECIPE")
+    return args
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("torch", "import", "roundtrip"):
-        print(f"usage: _worker.py torch|import|roundtrip RECIPE [--wait]; got {argv}", file=sys.stderr)
-        return 2
-    mode = argv[0]
-    result: dict[str, float] = {}
+    args = _parse(argv)
+    result: dict[str, Any] = {}
     t0 = time.perf_counter()
     import torch  # noqa: F401  (the baseline every mode pays)
 
     result["import_torch_s"] = time.perf_counter() - t0
-    if mode == "torch":
-        print(json.dumps(result), flush=True)
-        return 0
+    if args.collect:
+        t0 = time.perf_counter()
+        gc.collect()
+        result["collect_s"] = time.perf_counter() - t0
+    if args.mode == "torch":
+        return _finish(result)
 
     t1 = time.perf_counter()
     from orchestrator_fsm import Config, RootOrchestrator
 
     result["import_package_s"] = time.perf_counter() - t1
-    if mode == "import":
-        print(json.dumps(result), flush=True)
-        return 0
+    if args.mode == "import":
+        return _finish(result)
 
-    if len(argv) < 2:
-        print("usage: _worker.py roundtrip RECIPE [--wait]", file=sys.stderr)
-        return 2
-    if "--wait" in argv[2:]:
+    if args.wait:
         print("ready", flush=True)
         sys.stdin.readline()
     start = time.monotonic()
     t2 = time.perf_counter()
-    cfg = Config.from_recipe(argv[1])
+    cfg = Config.from_recipe(args.recipe)
     t3 = time.perf_counter()
     with RootOrchestrator(cfg) as orch:
         orch.log_environment_report()
     end = time.monotonic()
+    steps: dict[str, float] = {}
+    for record in orch.machine.history:
+        steps[record.step] = steps.get(record.step, 0.0) + record.duration_s
     result.update(
         config_s=t3 - t2,
         roundtrip_s=time.perf_counter() - t3,
         start=start,
         end=end,
+        steps=steps,
     )
-    print(json.dumps(result), flush=True)
+    _finish(result)
+    if args.wait:
+        sys.stdin.read()
     return 0
 
 

@@ -1,9 +1,11 @@
 """Cold start: what a fresh interpreter pays for one round trip beyond ``import torch``.
 
-Three kinds of child process run the same script (``_worker.py``), interleaved: one
-that only imports torch, one that also imports orchestrator_fsm, and one that also
-loads a recipe and does one round trip. Wall time is measured from outside, spawn to
-exit; the children report their own split (import, recipe, round trip) too.
+Child processes run the same script (``_worker.py``), interleaved: one that only
+imports torch, one that also imports orchestrator_fsm, one that also loads a recipe
+and does one round trip, and the first and last again with a full garbage collection
+right after ``import torch``. Wall time is measured from outside, spawn to exit; the
+children report their own split (import, recipe, round trip, each step) too. Bytecode
+is cached, as on a user's machine, even where ``PYTHONDONTWRITEBYTECODE`` is set.
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ from benchmarks._common import Sandbox, python_command, summarize
 __all__ = ["import_time_top", "measure_cold"]
 
 _TIMEOUT_S: Final = 300.0
-_MODES: Final = ("torch", "import", "roundtrip")
 _IMPORTTIME_LINE: Final = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)")
 
 
-def _spawn(box: Sandbox, mode: str, *extra: str) -> tuple[float, dict[str, float]]:
+def _spawn(box: Sandbox, *args: str) -> tuple[float, dict[str, Any]]:
+    """Run one worker; its wall time and its own report, plus ``exit_s``: from its last
+    statement to the parent seeing it exit (interpreter shutdown)."""
     t0 = time.perf_counter()
     done = subprocess.run(
-        python_command(mode, *extra),
+        python_command(*args),
         cwd=box.cwd,
-        env=box.env(),
+        env=box.env(bytecode_cache=True),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -37,27 +40,30 @@ def _spawn(box: Sandbox, mode: str, *extra: str) -> tuple[float, dict[str, float
         check=False,
     )
     elapsed = time.perf_counter() - t0
+    exited_at = time.monotonic()
     if done.returncode != 0:
         raise RuntimeError(
-            f"benchmark worker {mode!r} exited with {done.returncode}; stderr:\n"
+            f"benchmark worker {' '.join(args)!r} exited with {done.returncode}; stderr:\n"
             f"{done.stderr[-4000:]}"
         )
-    inner: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    inner: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    inner["exit_s"] = exited_at - inner["finished_at"]
     return elapsed, inner
 
 
 def import_time_top(box: Sandbox, limit: int = 12) -> list[dict[str, Any]]:
     """What ``import orchestrator_fsm`` adds after torch, by top-level package.
 
-    From one ``python -X importtime`` run: the self time of every module imported after
-    torch, summed by the first component of its name (``rich``, ``cattrs``, ...);
-    largest first, at most ``limit`` entries, in ms.
+    From one ``python -X importtime`` run (with the collection torch leaves owed paid
+    first, so that no module's time includes it): the self time of every module
+    imported after torch, summed by the first component of its name (``rich``,
+    ``cattrs``, ...); largest first, at most ``limit`` entries, in ms.
     """
-    command = python_command("import")
+    command = python_command("import", "--collect")
     done = subprocess.run(
         [command[0], "-X", "importtime", *command[1:]],
         cwd=box.cwd,
-        env=box.env(),
+        env=box.env(bytecode_cache=True),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -85,32 +91,69 @@ def import_time_top(box: Sandbox, limit: int = 12) -> list[dict[str, Any]]:
 
 
 def measure_cold(runs: int) -> dict[str, Any]:
-    """``runs`` interleaved spawns of each mode; medians and the overhead over torch."""
+    """``runs`` interleaved spawns of each kind; medians and the overhead over torch.
+
+    Besides the plain kinds, ``torch`` and ``roundtrip`` also run with ``--collect``
+    (a full ``gc.collect()`` right after ``import torch``): torch's import leaves a
+    full collection owed that whatever allocates next pays, here our import. The
+    difference of that pair is our cost with that debt settled on both sides.
+    """
     with Sandbox("cold") as box:
-        recipe = box.recipe("cold")
-        walls: dict[str, list[float]] = {mode: [] for mode in _MODES}
+        recipe = str(box.recipe("cold"))
+        kinds: dict[str, tuple[str, ...]] = {
+            "torch": ("torch",),
+            "import": ("import",),
+            "roundtrip": ("roundtrip", recipe),
+            "torch_collected": ("torch", "--collect"),
+            "roundtrip_collected": ("roundtrip", recipe, "--collect"),
+        }
+        walls: dict[str, list[float]] = {kind: [] for kind in kinds}
+        exits: dict[str, list[float]] = {kind: [] for kind in kinds}
         inner: dict[str, list[float]] = {}
-        _spawn(box, "torch")  # warm the page cache, so the first sample is not an outlier
+        steps: dict[str, list[float]] = {}
+        # Compile every module into the sandbox's bytecode cache and warm the page
+        # cache, so that no sample pays for either.
+        _spawn(box, "roundtrip", recipe)
         for _ in range(runs):
-            for mode in _MODES:
-                extra = (str(recipe),) if mode == "roundtrip" else ()
-                elapsed, report = _spawn(box, mode, *extra)
-                walls[mode].append(elapsed)
-                if mode == "roundtrip":
+            for kind, args in kinds.items():
+                elapsed, report = _spawn(box, *args)
+                walls[kind].append(elapsed)
+                exits[kind].append(report["exit_s"])
+                if kind == "roundtrip":
                     for key in ("import_torch_s", "import_package_s", "config_s", "roundtrip_s"):
                         inner.setdefault(key, []).append(report[key])
-        medians = {mode: statistics.median(values) for mode, values in walls.items()}
+                    for step, seconds in report["steps"].items():
+                        steps.setdefault(step, []).append(seconds)
+                if kind == "torch_collected":
+                    inner.setdefault("gc_collect_after_torch_s", []).append(report["collect_s"])
+        medians = {kind: statistics.median(values) for kind, values in walls.items()}
+
+        def ms(seconds: float) -> float:
+            return round(seconds * 1000, 1)
+
         return {
             "runs": runs,
             "cwd": "temporary directory (not a git checkout)",
+            "bytecode": "cached (PYTHONPYCACHEPREFIX in the sandbox, compiled before sampling)",
             "import_torch_ms": summarize(walls["torch"]),
             "import_package_ms": summarize(walls["import"]),
             "round_trip_ms": summarize(walls["roundtrip"]),
-            "overhead_ms": round((medians["roundtrip"] - medians["torch"]) * 1000, 1),
-            "import_overhead_ms": round((medians["import"] - medians["torch"]) * 1000, 1),
+            "import_torch_collected_ms": summarize(walls["torch_collected"]),
+            "round_trip_collected_ms": summarize(walls["roundtrip_collected"]),
+            "overhead_ms": ms(medians["roundtrip"] - medians["torch"]),
+            "import_overhead_ms": ms(medians["import"] - medians["torch"]),
+            "overhead_collected_ms": ms(
+                medians["roundtrip_collected"] - medians["torch_collected"]
+            ),
             "inside_round_trip_process_median_ms": {
-                key.removesuffix("_s"): round(statistics.median(values) * 1000, 1)
+                key.removesuffix("_s"): ms(statistics.median(values))
                 for key, values in inner.items()
+            },
+            "first_round_trip_step_median_ms": {
+                step: round(statistics.median(values) * 1000, 2) for step, values in steps.items()
+            },
+            "interpreter_exit_median_ms": {
+                kind: ms(statistics.median(values)) for kind, values in exits.items()
             },
             "top_imports_beyond_torch": import_time_top(box),
         }

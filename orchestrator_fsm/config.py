@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import os
 import re
 import reprlib
@@ -108,18 +109,18 @@ class _MissingType:
 
 _MISSING: Any = _MissingType()
 
-_show_value = reprlib.Repr()
-_show_value.maxstring = 80
-_show_value.maxother = 80
-_show_value.maxlevel = 3
-_show_value.maxlist = _show_value.maxtuple = _show_value.maxdict = 6
+_short_repr = reprlib.Repr()
+_short_repr.maxstring = 80
+_short_repr.maxother = 80
+_short_repr.maxlevel = 3
+_short_repr.maxlist = _short_repr.maxtuple = _short_repr.maxdict = 6
 
 
 def _show(value: object) -> str:
     """``value`` as a short, unambiguous piece of an error message."""
     if value is _MISSING:
         return "nothing (it is missing)"
-    return _show_value.repr(value)
+    return _short_repr.repr(value)
 
 
 class _Problem(ValueError):
@@ -256,6 +257,7 @@ class HardwareConfig:
     cpu_threads: int | None = attrs.field(default=None, metadata=_checked(_count_or_auto(1)))
     """Torch intra-op threads; ``None`` lets the runtime phase decide."""
     reproducible: bool = attrs.field(default=False, metadata=_checked(_strict_bool))
+    """Deterministic algorithms on, data loaded in the main process."""
     deterministic_warn_only: bool = attrs.field(default=False, metadata=_checked(_strict_bool))
     """Only warn on non-deterministic operations; requires ``reproducible``."""
     project_name: str = attrs.field(default="orchestrator-fsm", metadata=_checked(_project_name))
@@ -473,6 +475,7 @@ class Config:
 
     def config_hash(self) -> str:
         """SHA-256 (hex) of :meth:`dump_serialized` as canonical JSON; stable across runs."""
+        # json.dumps escapes every non-ASCII character by default: the text is ASCII.
         canonical = json.dumps(self.dump_serialized(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
@@ -512,10 +515,11 @@ _converter = cattrs.Converter(detailed_validation=True)
 _converter.register_unstructure_hook(Path, str)
 
 _SectionT = TypeVar("_SectionT")
+_ErrorT = TypeVar("_ErrorT", bound=Exception)
 _Rule = Callable[[Mapping[Any, Any]], _Problem | None]
 
 
-def _at(name: str, error: Exception) -> Exception:
+def _at(name: str, error: _ErrorT) -> _ErrorT:
     """Mark ``error`` as being about attribute ``name``, the way cattrs marks its own."""
     note = AttributeValidationNote(f"Structuring @ attribute {name}", name, object)
     error.__notes__ = [*getattr(error, "__notes__", []), note]
@@ -573,7 +577,7 @@ def _warn_only_requires_reproducible(section: Mapping[Any, Any]) -> _Problem | N
             "relaxes the deterministic algorithms that only reproducible mode enables), "
             "got reproducible: false"
         )
-        return cast(_Problem, _at("deterministic_warn_only", problem))
+        return _at("deterministic_warn_only", problem)
     return None
 
 
@@ -610,6 +614,8 @@ _structure_config_fields = make_dict_structure_fn(
 
 
 def _structure_config(document: Mapping[str, Any], _type: object) -> Config:
+    # An absent required section is passed on as _MISSING, so that its own hook reports
+    # "expected ..., got nothing" instead of cattrs reporting a bare KeyError.
     fields: dict[str, Any] = {
         name: document.get(name, _MISSING) for name in _TYPED_PIPELINE_SECTIONS
     }
@@ -764,8 +770,9 @@ def _plain_data(document: object) -> tuple[Any, list[tuple[str, str]]]:
 
     Plain data is what JSON can hold: mappings with string keys, lists, strings,
     numbers (NaN excluded: it never equals itself), booleans and null. Tuples become
-    lists, dates and times their ISO-8601 text, path objects their string. Anything
-    else, recursive structures, and documents too big or too deep are problems.
+    lists, other number types int or float, dates and times their ISO-8601 text, path
+    objects their string. Anything else, recursive structures, and documents too big
+    or too deep are problems.
     """
     problems: list[tuple[str, str]] = []
     count = 0
@@ -812,9 +819,10 @@ def _plain_data(document: object) -> tuple[Any, list[tuple[str, str]]]:
                 ancestors.discard(id(node))
         if node is None or isinstance(node, bool):
             return node
-        if isinstance(node, int):
+        # numbers.Integral/Real also admit NumPy scalars, common in generated sweeps.
+        if isinstance(node, numbers.Integral):
             return int(node)
-        if isinstance(node, float):
+        if isinstance(node, numbers.Real):
             if math.isnan(node):
                 problems.append((path, "expected a number, got NaN (it never equals itself)"))
             return float(node)
@@ -922,10 +930,8 @@ def _misspelt_sections(document: Mapping[Any, Any]) -> list[tuple[str, str]]:
         if section in document:
             continue
         for key in others:
-            if (
-                key.lower() == section
-                or difflib.SequenceMatcher(None, key, section).ratio() >= 0.85
-            ):
+            similarity = difflib.SequenceMatcher(None, key.lower(), section).ratio()
+            if similarity >= _MISSPELT_SECTION_SIMILARITY:
                 problems.append(
                     (key, f"unknown top-level key {key!r}; did you mean the section {section!r}?")
                 )

@@ -15,6 +15,7 @@ import yaml
 
 from orchestrator_fsm import config as config_module
 from orchestrator_fsm.config import (
+    ArchitectureConfig,
     Config,
     DatasetConfig,
     HardwareConfig,
@@ -76,9 +77,6 @@ def recipe_error(
     return caught.value
 
 
-# --- recipes that load ------------------------------------------------------------------
-
-
 def test_reference_shaped_recipe_loads_unchanged() -> None:
     path = RECIPES / "orchard_like_mini_cnn.yaml"
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -136,7 +134,7 @@ def test_demo_recipe_trains_on_the_cpu_with_seed_42() -> None:
     assert cfg.training.seed == 42
     assert cfg.hardware.device == "cpu"
     assert cfg.telemetry.output_dir == Path("outputs")
-    assert {"epochs", "batch_size", "lr"} <= set(cfg.training)
+    assert {"epochs", "batch_size", "learning_rate"} <= set(cfg.training)
 
 
 def test_reproducible_example_turns_on_deterministic_mode() -> None:
@@ -202,7 +200,7 @@ def test_pipeline_holds_every_top_level_key_the_orchestrator_does_not_own() -> N
 
 
 def test_sections_of_different_kinds_with_equal_content_are_not_equal() -> None:
-    assert DatasetConfig({"name": "x"}) != config_module.ArchitectureConfig({"name": "x"})
+    assert DatasetConfig({"name": "x"}) != ArchitectureConfig({"name": "x"})
     assert DatasetConfig({"name": "x"}) == DatasetConfig({"name": "x"})
 
 
@@ -242,9 +240,6 @@ def test_yaml_byte_order_mark_is_accepted(tmp_path: Path) -> None:
     path = write_recipe(tmp_path, b"\xef\xbb\xbf" + MINIMAL.encode())
 
     assert Config.from_recipe(path).dataset.name == "digits"
-
-
-# --- the typed pipeline keys -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("seed", [-1, 2**32, True, "42", 4.0, None, [1]])
@@ -306,9 +301,6 @@ def test_pipeline_section_that_is_not_a_mapping_is_reported() -> None:
     )
 
 
-# --- strict owned sections ----------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     ("section", "typo", "meant"),
     [
@@ -364,9 +356,6 @@ def test_top_level_key_merely_related_to_an_owned_section_stays_pipeline_data() 
     cfg = Config.from_dict(minimal(hardware_profiles={"a100": {"memory_gb": 80}}))
 
     assert cfg.pipeline["hardware_profiles"] == {"a100": {"memory_gb": 80}}
-
-
-# --- hardware --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -485,9 +474,6 @@ def test_automatic_worker_count_leaves_one_cpu_and_caps_at_four(
     assert Config.from_dict(minimal()).hardware.effective_num_workers == workers
 
 
-# --- telemetry and infrastructure -------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     ("given", "stored"),
     [("debug", "DEBUG"), ("Info", "INFO"), ("WARNING", "WARNING"), ("warn", "WARN")],
@@ -551,9 +537,6 @@ def test_lock_settings_are_typed() -> None:
     error = config_error(minimal(infrastructure={"lock": {"enabled": "no", "path": ""}}))
     assert problem_at(error, "infrastructure.lock.enabled") == "expected true or false, got 'no'"
     assert problem_at(error, "infrastructure.lock.path") == "expected a non-empty path, got ''"
-
-
-# --- several problems at once -------------------------------------------------------------------
 
 
 def test_every_bad_field_is_reported_in_one_error(tmp_path: Path) -> None:
@@ -620,9 +603,6 @@ def test_a_very_long_problem_list_is_cut_in_the_message_but_kept_whole() -> None
 def test_from_dict_rejects_data_that_is_not_a_mapping() -> None:
     with pytest.raises(ConfigError, match=r"^<dict>: expected a mapping of recipe sections"):
         Config.from_dict([("dataset", {})])  # type: ignore[arg-type]
-
-
-# --- files that are not recipes ---------------------------------------------------------------
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
@@ -739,7 +719,7 @@ def test_recursive_yaml_alias_is_a_config_error(tmp_path: Path) -> None:
 
 def test_yaml_alias_bomb_is_a_config_error(tmp_path: Path) -> None:
     levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
-    for level in range(1, 9):
+    for level in range(1, 6):  # a5 alone stands for a million values
         below = f"*a{level - 1}"
         levels.append(f"a{level}: &a{level} [{', '.join([below] * 10)}]")
     error = recipe_error(tmp_path, MINIMAL + "\n".join(levels) + "\n")
@@ -750,7 +730,7 @@ def test_yaml_alias_bomb_is_a_config_error(tmp_path: Path) -> None:
 def test_deeply_nested_yaml_is_a_config_error(tmp_path: Path) -> None:
     error = recipe_error(tmp_path, MINIMAL + "deep: " + "[" * 5000 + "]" * 5000 + "\n")
 
-    assert isinstance(error, ConfigError)
+    assert str(error).endswith("invalid YAML: nested too deeply")
 
 
 def test_nesting_beyond_the_limit_is_a_config_error() -> None:
@@ -761,9 +741,6 @@ def test_nesting_beyond_the_limit_is_a_config_error() -> None:
     error = config_error(minimal(deep=deep))
 
     assert any("nested more than 100 levels" in message for _, message in error.problems)
-
-
-# --- overrides --------------------------------------------------------------------------------
 
 
 def test_overrides_set_owned_fields_with_yaml_scalars(tmp_path: Path) -> None:
@@ -927,9 +904,6 @@ def test_override_problems_are_reported_with_the_file_problems(tmp_path: Path) -
     ]
 
 
-# --- serialization -----------------------------------------------------------------------------
-
-
 def full_config() -> Config:
     return Config.from_recipe(
         RECIPES / "orchard_like_optuna.yaml",
@@ -1011,9 +985,6 @@ def test_config_hash_is_the_same_in_another_process() -> None:
 
     expected = Config.from_recipe(RECIPES / "orchard_like_optuna.yaml").config_hash()
     assert other.stdout.strip() == expected
-
-
-# --- redaction ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -1128,3 +1099,27 @@ def test_a_field_with_several_faults_is_reported_once() -> None:
     error = config_error(minimal(dataset={"name": float("nan")}))
 
     assert [path for path, _ in error.problems] == ["dataset.name"]
+
+
+def test_numpy_numbers_from_generated_sweeps_become_plain_numbers() -> None:
+    import numpy as np
+
+    cfg = Config.from_dict(
+        minimal(
+            training={"seed": np.int64(5), "lr": np.float32(0.5)},
+            hardware={"num_workers": np.int32(2)},
+        )
+    )
+
+    assert cfg.training.seed == 5
+    assert type(cfg.training.seed) is int
+    assert type(cfg.training["lr"]) is float
+    assert cfg.hardware.num_workers == 2
+    assert json.loads(json.dumps(cfg.dump_serialized())) == cfg.dump_serialized()
+
+
+def test_objects_that_are_not_plain_data_are_rejected() -> None:
+    error = config_error(minimal(training={"seed": 1, "callback": print, "blob": b"\x00"}))
+
+    assert problem_at(error, "training.callback").startswith("expected plain data")
+    assert problem_at(error, "training.blob").startswith("expected plain data")

@@ -1,0 +1,179 @@
+"""Scale: crowded output directories, concurrent processes, the bare machine.
+
+- ``existing_runs``: round trips into output directories already holding 0, 1,000 and
+  10,000 run directories, taken in turn (0, 1k, 10k, 0, ...) so load drifts hit all;
+- ``concurrency``: N processes that each import, wait at a barrier, then do one round
+  trip with their own lock file into one shared output directory; wall time from the
+  release to the end of the last round trip, per run, and the median round trip inside
+  the processes (no process exits before all have finished, so interpreter shutdowns
+  do not compete with the round trips);
+- ``advance``: ``LifecycleMachine`` with steps that do nothing, timed per ``advance()``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any, Final
+
+from benchmarks._common import Sandbox, python_command, quiet_stderr, summarize
+from benchmarks.warm import round_trip
+from orchestrator_fsm import Config, LifecycleMachine
+from orchestrator_fsm.lifecycle.table import TRANSITIONS
+
+__all__ = ["measure_advance", "measure_concurrency", "measure_existing_runs"]
+
+_WARMUP: Final = 2
+_FINISH_TIMEOUT_S: Final = 300.0
+
+
+def _fill(output_dir: Path, count: int) -> None:
+    """``count`` empty directories named like run ids of another day."""
+    output_dir.mkdir(parents=True)
+    for index in range(count):
+        (output_dir / f"20200101-000000-old_data-old_model-0a0a0a-{index:05x}").mkdir()
+
+
+def measure_existing_runs(counts: Sequence[int], iterations: int) -> list[dict[str, Any]]:
+    """Round trips into output directories holding ``counts`` existing runs each."""
+    with Sandbox("existing") as box, quiet_stderr():
+        configs: dict[int, Config] = {}
+        for count in counts:
+            output_dir = box.root / f"outputs-{count}"
+            _fill(output_dir, count)
+            configs[count] = Config.from_recipe(
+                box.recipe(f"existing-{count}", output_dir=output_dir)
+            )
+        for _ in range(_WARMUP):
+            for cfg in configs.values():
+                round_trip(cfg)
+        samples: dict[int, list[float]] = {count: [] for count in counts}
+        for _ in range(iterations):
+            for count, cfg in configs.items():
+                samples[count].append(round_trip(cfg)[0])
+    baseline = statistics.median(samples[counts[0]])
+    return [
+        {
+            "existing_runs": count,
+            "round_trip_ms": summarize(values),
+            "vs_first": round(statistics.median(values) / baseline, 3),
+        }
+        for count, values in samples.items()
+    ]
+
+
+def _worker_failed(worker: subprocess.Popen[str], err: IO[str], what: str) -> RuntimeError:
+    worker.kill()
+    worker.wait()
+    err.seek(0)
+    return RuntimeError(
+        f"benchmark worker {what} (exit status {worker.returncode}); stderr:\n{err.read()[-4000:]}"
+    )
+
+
+def _one_wave(box: Sandbox, processes: int, output_dir: Path) -> dict[str, Any]:
+    workers: list[subprocess.Popen[str]] = []
+    errors: list[IO[str]] = []
+    try:
+        for index in range(processes):
+            recipe = box.recipe(f"p{processes}-{index}", output_dir=output_dir)
+            err_path = box.root / f"worker-{processes}-{index}.err"
+            errors.append(open(err_path, "w+", encoding="utf-8"))  # noqa: SIM115
+            workers.append(
+                subprocess.Popen(
+                    python_command("roundtrip", str(recipe), "--wait"),
+                    cwd=box.cwd,
+                    env=box.env(),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=errors[-1],
+                    text=True,
+                )
+            )
+        for worker, err in zip(workers, errors, strict=True):
+            assert worker.stdout is not None
+            ready = worker.stdout.readline().strip()
+            if ready != "ready":
+                raise _worker_failed(worker, err, f"said {ready!r} instead of 'ready'")
+        released = time.monotonic()
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        reports = []
+        for worker, err in zip(workers, errors, strict=True):
+            assert worker.stdout is not None
+            line = worker.stdout.readline()
+            if not line.strip():
+                raise _worker_failed(worker, err, "failed in its round trip")
+            reports.append(json.loads(line))
+        # Only now may they exit: shutdowns must not overlap the round trips measured.
+        for worker, err in zip(workers, errors, strict=True):
+            assert worker.stdin is not None
+            worker.stdin.close()
+            if worker.wait(timeout=_FINISH_TIMEOUT_S) != 0:
+                raise _worker_failed(worker, err, "exited with an error after its round trip")
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        for err in errors:
+            err.close()
+    wall = max(report["end"] for report in reports) - released
+    return {
+        "processes": processes,
+        "wall_ms": round(wall * 1000, 1),
+        "wall_per_run_ms": round(wall / processes * 1000, 1),
+        "round_trip_median_ms": round(
+            statistics.median(report["roundtrip_s"] for report in reports) * 1000, 1
+        ),
+        "round_trip_max_ms": round(max(report["roundtrip_s"] for report in reports) * 1000, 1),
+        "step_median_ms": {
+            step: round(statistics.median(report["steps"][step] for report in reports) * 1000, 2)
+            for step in reports[0]["steps"]
+        },
+    }
+
+
+def measure_concurrency(process_counts: Sequence[int]) -> list[dict[str, Any]]:
+    """One wave of concurrent round trips per entry of ``process_counts``."""
+    with Sandbox("concurrency") as box:
+        output_dir = box.root / "outputs"
+        return [_one_wave(box, processes, output_dir) for processes in process_counts]
+
+
+def _noop() -> None:
+    return None
+
+
+def measure_advance(machines: int) -> dict[str, Any]:
+    """Per-``advance()`` cost of the bare machine: no-op steps, no listeners.
+
+    Builds ``machines`` machines, then times every ``advance()`` of each from CREATED
+    to CLEANED (rank 0 path). Construction is timed separately.
+    """
+    steps = {spec["step"]: _noop for spec in TRANSITIONS if spec["step"] != "rollback"}
+    steps.pop("cleanup")
+    construct: list[float] = []
+    built: list[LifecycleMachine] = []
+    for _ in range(machines):
+        t0 = time.perf_counter()
+        built.append(LifecycleMachine(steps))
+        construct.append(time.perf_counter() - t0)
+    per_advance: list[float] = []
+    for machine in built:
+        while not machine.is_terminal:
+            t0 = time.perf_counter()
+            machine.advance()
+            per_advance.append(time.perf_counter() - t0)
+    return {
+        "machines": machines,
+        "advances_per_machine": len(per_advance) // machines,
+        "advance_us": summarize(per_advance, scale=1e6),
+        "construct_us": summarize(construct, scale=1e6),
+    }

@@ -1,0 +1,322 @@
+"""Where the numbers were taken, how they compare with the targets, and how they print."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Final
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks._common import REPO_ROOT
+from orchestrator_fsm._fs import atomic_write_json
+
+__all__ = [
+    "collect_meta",
+    "evaluate_targets",
+    "load_average",
+    "print_results",
+    "render_markdown",
+    "result_rows",
+    "write_json",
+]
+
+WARM_VS_FLOOR_MAX: Final = 1.5
+COLD_OVERHEAD_MAX_MS: Final = 50.0
+CROWDED_DIR_MAX_RATIO: Final = 1.10
+ADVANCE_MAX_US: Final = 50.0
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages, where the OS has them."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def collect_meta(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Date, commit, machine and software the measurement ran on."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "tree_dirty": None if status is None else bool(status),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable,
+        "load_average_before": load_average(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "quick": bool(settings.get("quick")),
+    }
+
+
+def _target(text: str, measured: float, limit: float, unit: str) -> dict[str, Any]:
+    return {
+        "target": text,
+        "limit": limit,
+        "measured": measured,
+        "unit": unit,
+        "met": measured <= limit,
+    }
+
+
+def evaluate_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each target the measured sections allow judging, with the number and a verdict."""
+    targets: list[dict[str, Any]] = []
+    floor = results.get("floor", {})
+    if "ratio_median" in floor:
+        targets.append(
+            _target(
+                f"warm round trip <= {WARM_VS_FLOOR_MAX}x the floor (median ratio)",
+                floor["ratio_median"],
+                WARM_VS_FLOOR_MAX,
+                "x",
+            )
+        )
+    cold = results.get("cold_start")
+    if cold:
+        targets.append(
+            _target(
+                f"cold overhead beyond import torch <= {COLD_OVERHEAD_MAX_MS:.0f} ms",
+                cold["overhead_ms"],
+                COLD_OVERHEAD_MAX_MS,
+                "ms",
+            )
+        )
+    scale = results.get("scale", {})
+    existing = scale.get("existing_runs") or []
+    if len(existing) > 1:
+        first = existing[0]
+        crowded = max(existing, key=lambda entry: entry["existing_runs"])
+        targets.append(
+            _target(
+                f"round trip with {crowded['existing_runs']:,} existing runs within "
+                f"{(CROWDED_DIR_MAX_RATIO - 1) * 100:.0f} % of {first['existing_runs']:,}",
+                crowded["vs_first"],
+                CROWDED_DIR_MAX_RATIO,
+                "x",
+            )
+        )
+    advance = scale.get("advance")
+    if advance:
+        targets.append(
+            _target(
+                f"no-op advance() <= {ADVANCE_MAX_US:.0f} us (median)",
+                advance["advance_us"]["median"],
+                ADVANCE_MAX_US,
+                "us",
+            )
+        )
+    return targets
+
+
+def _stats(summary: Mapping[str, Any], unit: str = "ms") -> str:
+    return (
+        f"min {summary['min']:.1f} / median {summary['median']:.1f} / "
+        f"p90 {summary['p90']:.1f} {unit} (n={summary['n']})"
+    )
+
+
+def result_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """``(section, measurement, value)`` rows, in reading order."""
+    rows: list[tuple[str, str, str]] = []
+    warm = results.get("warm")
+    if warm:
+        rows.append(("warm", "round trip (enter -> report -> exit)", _stats(warm["round_trip_ms"])))
+        for step, ms in warm["step_median_ms"].items():
+            rows.append(("warm", f"step {step} (median)", f"{ms:.2f} ms"))
+        rows.append(
+            ("warm", "outside the steps (median)", f"{warm['outside_steps_median_ms']:.2f} ms")
+        )
+        for name, summary in warm["components_ms"].items():
+            rows.append(("warm", f"part: {name}", _stats(summary)))
+        terminal = warm["terminal"]
+        rows.append(("warm", "round trip, stderr a terminal", _stats(terminal["round_trip_ms"])))
+        rows.append(
+            (
+                "warm",
+                "step report, stderr a terminal (median)",
+                f"{terminal['report_step_median_ms']:.2f} ms",
+            )
+        )
+    floor = results.get("floor")
+    if floor:
+        rows.append(("floor", "hand-written round trip", _stats(floor["round_trip_ms"])))
+        if "ratio_median" in floor:
+            rows.append(
+                (
+                    "floor",
+                    "ours / floor",
+                    f"{floor['ratio_median']:.2f}x median, {floor['ratio_min']:.2f}x min",
+                )
+            )
+    cold = results.get("cold_start")
+    if cold:
+        rows.append(("cold", "python + import torch", _stats(cold["import_torch_ms"])))
+        rows.append(("cold", "+ import orchestrator_fsm", _stats(cold["import_package_ms"])))
+        rows.append(("cold", "+ recipe + one round trip", _stats(cold["round_trip_ms"])))
+        rows.append(("cold", "overhead beyond import torch", f"{cold['overhead_ms']:.1f} ms"))
+        rows.append(("cold", "of which importing", f"{cold['import_overhead_ms']:.1f} ms"))
+        rows.append(
+            (
+                "cold",
+                "overhead, gc.collect() after torch on both sides",
+                f"{cold['overhead_collected_ms']:.1f} ms (torch + collect "
+                f"{cold['import_torch_collected_ms']['median']:.1f} ms, round trip + collect "
+                f"{cold['round_trip_collected_ms']['median']:.1f} ms)",
+            )
+        )
+        inner = cold["inside_round_trip_process_median_ms"]
+        rows.append(
+            (
+                "cold",
+                "inside the process (median)",
+                ", ".join(f"{key} {value:.1f} ms" for key, value in inner.items()),
+            )
+        )
+        first = sorted(
+            cold["first_round_trip_step_median_ms"].items(), key=lambda item: item[1], reverse=True
+        )
+        rows.append(
+            (
+                "cold",
+                "first round trip, slowest steps (median)",
+                ", ".join(f"{step} {ms:.1f} ms" for step, ms in first[:3]),
+            )
+        )
+        exits = cold["interpreter_exit_median_ms"]
+        rows.append(
+            (
+                "cold",
+                "interpreter shutdown (median)",
+                f"torch only {exits['torch']:.1f} ms, after import {exits['import']:.1f} ms, "
+                f"after a round trip {exits['roundtrip']:.1f} ms; collected: "
+                f"{exits['torch_collected']:.1f} / {exits['roundtrip_collected']:.1f} ms",
+            )
+        )
+        top = cold["top_imports_beyond_torch"]
+        rows.append(
+            (
+                "cold",
+                "imports after torch, by package (self time, -X importtime)",
+                ", ".join(f"{entry['package']} {entry['self_ms']:.1f}" for entry in top[:8])
+                + " ms",
+            )
+        )
+    scale = results.get("scale")
+    if scale:
+        for entry in scale["existing_runs"]:
+            rows.append(
+                (
+                    "scale",
+                    f"{entry['existing_runs']:,} existing runs",
+                    f"{_stats(entry['round_trip_ms'])}; {entry['vs_first']:.2f}x",
+                )
+            )
+        for entry in scale["concurrency"]:
+            step, ms = max(entry["step_median_ms"].items(), key=lambda item: item[1])
+            rows.append(
+                (
+                    "scale",
+                    f"{entry['processes']} concurrent processes",
+                    f"wall {entry['wall_ms']:.0f} ms, {entry['wall_per_run_ms']:.1f} ms per run; "
+                    f"round trip median {entry['round_trip_median_ms']:.1f} ms, "
+                    f"max {entry['round_trip_max_ms']:.1f} ms; slowest step {step} "
+                    f"{ms:.1f} ms (median)",
+                )
+            )
+        advance = scale["advance"]
+        rows.append(("scale", "bare machine advance()", _stats(advance["advance_us"], "us")))
+        rows.append(("scale", "bare machine construction", _stats(advance["construct_us"], "us")))
+    return rows
+
+
+def _target_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    return [
+        (
+            target["target"],
+            f"{target['measured']:g} {target['unit']}",
+            "met" if target["met"] else "MISSED",
+        )
+        for target in results.get("targets", [])
+    ]
+
+
+def _heading(results: Mapping[str, Any]) -> str:
+    meta = results["meta"]
+    dirty = " (dirty tree)" if meta.get("tree_dirty") else ""
+    return (
+        f"{meta['date_utc']}, commit {meta['commit']}{dirty}, {meta['cpu_model']} "
+        f"({meta['usable_cpus']} usable CPUs), load {meta['load_average_before']} -> "
+        f"{meta.get('load_average_after')}, Python {meta['python']}, torch {meta['torch']}"
+        + (", QUICK mode" if meta.get("quick") else "")
+    )
+
+
+def print_results(console: Console, results: Mapping[str, Any]) -> None:
+    """The results and the targets as rich tables."""
+    table = Table(title="orchestrator-fsm benchmarks", caption=_heading(results))
+    for column in ("section", "measurement", "value"):
+        table.add_column(column, overflow="fold")
+    for row in result_rows(results):
+        table.add_row(*row)
+    console.print(table)
+    targets = _target_rows(results)
+    if targets:
+        verdicts = Table(title="targets")
+        for column in ("target", "measured", "verdict"):
+            verdicts.add_column(column)
+        for text, measured, verdict in targets:
+            style = "green" if verdict == "met" else "bold red"
+            verdicts.add_row(text, measured, f"[{style}]{verdict}[/{style}]")
+        console.print(verdicts)
+
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    """The results and the targets as Markdown tables, headed by where they were taken."""
+    lines = [f"Measured {_heading(results)}.", "", "| section | measurement | value |"]
+    lines.append("|---|---|---|")
+    lines.extend(f"| {a} | {b} | {c} |" for a, b, c in result_rows(results))
+    targets = _target_rows(results)
+    if targets:
+        lines += ["", "| target | measured | verdict |", "|---|---|---|"]
+        lines.extend(f"| {a} | {b} | {c} |" for a, b, c in targets)
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: Path, results: Mapping[str, Any]) -> None:
+    """Write ``results`` to ``path`` atomically (folders created as needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, results)

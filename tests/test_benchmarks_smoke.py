@@ -1,0 +1,124 @@
+"""The benchmark command keeps working: a quick run reports every section and cleans up.
+
+No timing is judged here (benchmarks are not tests); only that every section ran, said
+what it measured, and left nothing behind outside its own temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS_OF_A_ROUND_TRIP = {
+    "seed",
+    "configure_runtime",
+    "provision",
+    "init_logging",
+    "persist_manifest",
+    "acquire_lock",
+    "resolve_device",
+    "report",
+    "cleanup",
+}
+
+
+def run_quick_benchmarks(tmp_path: Path) -> tuple[dict[str, Any], Path, Path]:
+    """Run ``python -m benchmarks --quick`` with its own TMPDIR and XDG_CACHE_HOME."""
+    temp_root = tmp_path / "tmp"
+    user_cache = tmp_path / "user-cache"
+    temp_root.mkdir()
+    user_cache.mkdir()
+    output = tmp_path / "results" / "bench.json"
+    env = dict(os.environ, TMPDIR=str(temp_root), XDG_CACHE_HOME=str(user_cache))
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(output)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert "orchestrator-fsm benchmarks" in done.stdout
+    results: dict[str, Any] = json.loads(output.read_text(encoding="utf-8"))
+    return results, temp_root, user_cache
+
+
+def assert_stats(summary: dict[str, Any]) -> None:
+    assert summary["n"] >= 1
+    assert 0 < summary["min"] <= summary["median"] <= summary["p90"] <= summary["max"]
+
+
+def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    results, temp_root, user_cache = run_quick_benchmarks(tmp_path)
+
+    assert results["meta"]["quick"] is True
+    assert results["meta"]["date_utc"]
+
+    warm = results["warm"]
+    assert_stats(warm["round_trip_ms"])
+    assert set(warm["step_median_ms"]) == STEPS_OF_A_ROUND_TRIP
+    for name in (
+        "save_config",
+        "dump_requirements",
+        "dump_git_info_outside_checkout",
+        "dump_git_info_in_checkout",
+        "build_environment_report",
+        "log_report_lines",
+    ):
+        assert_stats(warm["components_ms"][name])
+    assert_stats(warm["terminal"]["round_trip_ms"])
+
+    floor = results["floor"]
+    assert_stats(floor["round_trip_ms"])
+    assert floor["ratio_median"] > 0
+
+    cold = results["cold_start"]
+    for kind in ("import_torch_ms", "import_package_ms", "round_trip_ms"):
+        assert_stats(cold[kind])
+    assert isinstance(cold["overhead_ms"], float)
+    assert set(cold["inside_round_trip_process_median_ms"]) == {
+        "import_torch",
+        "import_package",
+        "config",
+        "roundtrip",
+    }
+    assert cold["top_imports_beyond_torch"], "the -X importtime breakdown is empty"
+
+    scale = results["scale"]
+    assert [entry["existing_runs"] for entry in scale["existing_runs"]] == [0, 100]
+    for entry in scale["existing_runs"]:
+        assert_stats(entry["round_trip_ms"])
+    assert [entry["processes"] for entry in scale["concurrency"]] == [1, 2]
+    for entry in scale["concurrency"]:
+        assert entry["wall_ms"] > 0 and entry["round_trip_median_ms"] > 0
+    assert scale["advance"]["advances_per_machine"] == len(STEPS_OF_A_ROUND_TRIP)
+    assert_stats(scale["advance"]["advance_us"])
+
+    assert len(results["targets"]) == 4
+    assert all(isinstance(target["met"], bool) for target in results["targets"])
+
+    # Every sandbox was removed, and the user's cache directory was never written.
+    assert list(temp_root.iterdir()) == []
+    assert list(user_cache.iterdir()) == []
+
+
+def test_benchmark_command_rejects_an_unknown_section() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--only", "everything"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "invalid choice: 'everything'" in done.stderr
