@@ -70,16 +70,14 @@ DICT_SOURCE_LABEL = "<dict>"
 REDACTED = "***"
 """What :func:`redact_secrets` puts in place of a secret."""
 
-_SECRET_KEY_MARKERS = (
-    "password",
-    "passwd",
-    "secret",
-    "token",
-    "api_key",
-    "apikey",
-    "private_key",
-    "credentials",
-)
+# Markers that mean "secret" wherever they appear in a key, even run together with
+# other words ("dbpassword", "openaiapikey").
+_SECRET_KEY_MARKERS = ("password", "passwd", "secret", "apikey", "privatekey", "credentials")
+# "token" only as a word of its own ("hf_token", "accessToken", "token"): as a substring
+# it would hide ordinary settings such as "max_tokens" or "tokenizer".
+_SECRET_KEY_WORDS = frozenset({"token"})
+_KEY_WORD_BOUNDARY = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
 # scheme://user:password@host - the password may itself contain '@' (greedy up to the
 # last '@' before the path), never '/', '?', '#' or whitespace.
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*:)[^/?#\s]+@")
@@ -507,8 +505,9 @@ def redact_secrets(data: Any) -> Any:
 def _looks_secret(key: object) -> bool:
     if not isinstance(key, str):
         return False
-    folded = key.lower().replace("-", "_")
-    return any(marker in folded for marker in _SECRET_KEY_MARKERS)
+    words = [word.lower() for word in _KEY_WORD_BOUNDARY.split(key) if word]
+    joined = "".join(words)
+    return any(m in joined for m in _SECRET_KEY_MARKERS) or not _SECRET_KEY_WORDS.isdisjoint(words)
 
 
 _converter = cattrs.Converter(detailed_validation=True)

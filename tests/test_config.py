@@ -1123,3 +1123,18 @@ def test_objects_that_are_not_plain_data_are_rejected() -> None:
 
     assert problem_at(error, "training.callback").startswith("expected plain data")
     assert problem_at(error, "training.blob").startswith("expected plain data")
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["db_password", "dbPassword", "apiKey", "API_KEY", "openai-api-key", "private_key",
+     "token", "hf_token", "accessToken", "AUTH_TOKEN", "HFToken", "client_secret",
+     "gcp_credentials", "passwd"],
+)  # fmt: skip
+def test_secret_looking_keys_are_redacted(key: str) -> None:
+    assert redact_secrets({key: "s3cr3t"}) == {key: "***"}
+
+
+@pytest.mark.parametrize("key", ["max_tokens", "maxTokens", "tokenizer", "num_tokens", "seed"])
+def test_ordinary_keys_that_merely_contain_token_are_kept(key: str) -> None:
+    assert redact_secrets({key: 512}) == {key: 512}
