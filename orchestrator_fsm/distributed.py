@@ -9,6 +9,7 @@ the process is rank 0 of a world of 1. Nothing here initialises a process group.
 from __future__ import annotations
 
 import os
+from typing import Final
 
 __all__ = ["get_local_rank", "get_rank", "get_world_size"]
 
@@ -36,13 +37,20 @@ def _read_env_int(names: tuple[str, str], *, default: int, minimum: int, meaning
     return default
 
 
+RANK_VARS: Final = ("RANK", "SLURM_PROCID")
+LOCAL_RANK_VARS: Final = ("LOCAL_RANK", "SLURM_LOCALID")
+WORLD_SIZE_VARS: Final = ("WORLD_SIZE", "SLURM_NTASKS")
+#: Every variable a launcher (torchrun, SLURM) uses to tell a process where it stands.
+LAUNCHER_ENV_VARS: Final = RANK_VARS + LOCAL_RANK_VARS + WORLD_SIZE_VARS
+
+
 def get_rank() -> int:
     """Global rank of this process: ``RANK``, else ``SLURM_PROCID``, else 0.
 
     Raises ``ValueError`` naming the variable and its value when it is not an
     integer >= 0.
     """
-    return _read_env_int(("RANK", "SLURM_PROCID"), default=0, minimum=0, meaning="global rank")
+    return _read_env_int(RANK_VARS, default=0, minimum=0, meaning="global rank")
 
 
 def get_local_rank() -> int:
@@ -51,9 +59,7 @@ def get_local_rank() -> int:
     Raises ``ValueError`` naming the variable and its value when it is not an
     integer >= 0.
     """
-    return _read_env_int(
-        ("LOCAL_RANK", "SLURM_LOCALID"), default=0, minimum=0, meaning="local rank"
-    )
+    return _read_env_int(LOCAL_RANK_VARS, default=0, minimum=0, meaning="local rank")
 
 
 def get_world_size() -> int:
@@ -62,4 +68,4 @@ def get_world_size() -> int:
     Raises ``ValueError`` naming the variable and its value when it is not an
     integer >= 1.
     """
-    return _read_env_int(("WORLD_SIZE", "SLURM_NTASKS"), default=1, minimum=1, meaning="world size")
+    return _read_env_int(WORLD_SIZE_VARS, default=1, minimum=1, meaning="world size")

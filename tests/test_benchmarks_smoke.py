@@ -82,14 +82,30 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
     assert floor["ratio_median"] > 0
 
     cold = results["cold_start"]
-    for kind in ("import_torch_ms", "import_package_ms", "round_trip_ms"):
+    for kind in (
+        "import_torch_ms",
+        "import_package_ms",
+        "round_trip_ms",
+        "import_torch_collected_ms",
+        "round_trip_collected_ms",
+    ):
         assert_stats(cold[kind])
     assert isinstance(cold["overhead_ms"], float)
+    assert isinstance(cold["overhead_collected_ms"], float)
     assert set(cold["inside_round_trip_process_median_ms"]) == {
         "import_torch",
         "import_package",
         "config",
         "roundtrip",
+        "gc_collect_after_torch",
+    }
+    assert set(cold["first_round_trip_step_median_ms"]) == STEPS_OF_A_ROUND_TRIP
+    assert set(cold["interpreter_exit_median_ms"]) == {
+        "torch",
+        "import",
+        "roundtrip",
+        "torch_collected",
+        "roundtrip_collected",
     }
     assert cold["top_imports_beyond_torch"], "the -X importtime breakdown is empty"
 
@@ -100,6 +116,7 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
     assert [entry["processes"] for entry in scale["concurrency"]] == [1, 2]
     for entry in scale["concurrency"]:
         assert entry["wall_ms"] > 0 and entry["round_trip_median_ms"] > 0
+        assert set(entry["step_median_ms"]) == STEPS_OF_A_ROUND_TRIP
     assert scale["advance"]["advances_per_machine"] == len(STEPS_OF_A_ROUND_TRIP)
     assert_stats(scale["advance"]["advance_us"])
 

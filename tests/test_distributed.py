@@ -6,16 +6,13 @@ from collections.abc import Callable
 
 import pytest
 
-from orchestrator_fsm.distributed import get_local_rank, get_rank, get_world_size
-
-ALL_VARS = (
-    "RANK",
-    "LOCAL_RANK",
-    "WORLD_SIZE",
-    "SLURM_PROCID",
-    "SLURM_LOCALID",
-    "SLURM_NTASKS",
+from orchestrator_fsm.distributed import (
+    LAUNCHER_ENV_VARS,
+    get_local_rank,
+    get_rank,
+    get_world_size,
 )
+
 READERS: list[tuple[Callable[[], int], str, str]] = [
     (get_rank, "RANK", "SLURM_PROCID"),
     (get_local_rank, "LOCAL_RANK", "SLURM_LOCALID"),
@@ -25,7 +22,7 @@ READERS: list[tuple[Callable[[], int], str, str]] = [
 
 @pytest.fixture(autouse=True)
 def _no_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ALL_VARS:
+    for name in LAUNCHER_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from fakes import FAKE_ENV_VAR, Calls, StepFailure, fake_dependencies, process_fingerprint
 
+from orchestrator_fsm.distributed import LAUNCHER_ENV_VARS
 from orchestrator_fsm.errors import (
     DeviceError,
     InfrastructureError,
@@ -260,7 +261,7 @@ def test_rank_defaults_from_the_environment(
     env: dict[str, str],
     expected: tuple[int, int],
 ) -> None:
-    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "SLURM_LOCALID", "WORLD_SIZE"):
+    for name in LAUNCHER_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

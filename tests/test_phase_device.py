@@ -9,22 +9,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from orchestrator_fsm.distributed import LAUNCHER_ENV_VARS
 from orchestrator_fsm.errors import DeviceError, OrchestratorError
 from orchestrator_fsm.phases.device import available_devices, to_device_obj
-
-LAUNCHER_VARS = (
-    "RANK",
-    "LOCAL_RANK",
-    "WORLD_SIZE",
-    "SLURM_PROCID",
-    "SLURM_LOCALID",
-    "SLURM_NTASKS",
-)
 
 
 @pytest.fixture(autouse=True)
 def _single_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in LAUNCHER_VARS:
+    for name in LAUNCHER_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
 
 
