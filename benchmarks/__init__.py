@@ -15,3 +15,10 @@ Everything is written under a temporary directory that is removed afterwards, wi
 it, so a run never touches the user's cache and never runs ``git`` on a checkout unless
 a measurement says it does. ``benchmarks/README.md`` holds the latest results.
 """
+
+from __future__ import annotations
+
+from typing import Final
+
+#: The sections ``--only`` accepts, in the order they run.
+SECTIONS: Final = ("warm", "floor", "cold", "scale")

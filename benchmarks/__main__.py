@@ -14,17 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
-from benchmarks.suite import SECTIONS, BenchmarkSettings
-from benchmarks.summary import (
-    collect_meta,
-    evaluate_targets,
-    load_average,
-    print_results,
-    render_markdown,
-    write_json,
-)
+from benchmarks import SECTIONS
 
 __all__ = ["main"]
 
@@ -71,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cold-runs",
         type=_positive,
-        help="fresh interpreters per cold-start kind (default 7, quick 1)",
+        help="fresh interpreters per cold-start kind (default 9, quick 1)",
     )
     parser.add_argument(
         "--existing",
@@ -107,6 +97,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.processes is not None and 0 in args.processes:
         parser.error(f"--processes: every count must be >= 1, got {args.processes}")
+    # Imported once the arguments are known good: they load torch and the package.
+    from rich.console import Console
+
+    from benchmarks.suite import BenchmarkSettings
+    from benchmarks.summary import (
+        collect_meta,
+        evaluate_targets,
+        load_average,
+        print_results,
+        render_markdown,
+        write_json,
+    )
+
     settings = BenchmarkSettings.from_args(
         quick=args.quick,
         iterations=args.iterations,

@@ -5,15 +5,16 @@ Usage: ``python _worker.py MODE [RECIPE] [--collect] [--wait]`` where MODE is
 ``roundtrip`` (that, then load RECIPE and do one enter -> report -> exit).
 ``--collect`` runs a full ``gc.collect()`` right after importing torch, paying the
 collection that torch's import leaves owed (see benchmarks/README.md). ``--wait``
-prints ``ready`` once imported and waits for a line on stdin before the round trip,
-so that many workers start it together, and after reporting waits for stdin to close
-before exiting, so that no worker's interpreter shutdown (a few hundred ms of CPU
-with torch loaded) competes with the round trips of the others.
+prints ``ready`` once imported and the recipe loaded, and waits for a line on stdin
+before the round trip, so that many workers start it together; after reporting it
+waits for stdin to close before exiting, so that no worker's interpreter shutdown (a
+few hundred ms of CPU with torch loaded) competes with the round trips of the others.
 
 Prints one JSON line: the seconds spent importing, loading the recipe and in the round
-trip (and in each of its steps), ``start`` / ``end`` of the round trip and
-``finished_at`` (just before the interpreter starts shutting down) on
-``time.monotonic`` (CLOCK_MONOTONIC on Linux, comparable across processes).
+trip (and in each of its steps), and on ``time.monotonic`` (CLOCK_MONOTONIC on Linux,
+comparable across processes): ``torch_done_at`` (torch imported, and collected with
+``--collect``), ``start`` / ``end`` of the round trip and ``finished_at`` (just before
+the interpreter starts shutting down).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def main(argv: list[str]) -> int:
         t0 = time.perf_counter()
         gc.collect()
         result["collect_s"] = time.perf_counter() - t0
+    result["torch_done_at"] = time.monotonic()
     if args.mode == "torch":
         return _finish(result)
 
@@ -71,26 +73,22 @@ def main(argv: list[str]) -> int:
     if args.mode == "import":
         return _finish(result)
 
+    t2 = time.perf_counter()
+    cfg = Config.from_recipe(args.recipe)
+    result["config_s"] = time.perf_counter() - t2
     if args.wait:
         print("ready", flush=True)
         sys.stdin.readline()
     start = time.monotonic()
-    t2 = time.perf_counter()
-    cfg = Config.from_recipe(args.recipe)
     t3 = time.perf_counter()
     with RootOrchestrator(cfg) as orch:
         orch.log_environment_report()
+    result["roundtrip_s"] = time.perf_counter() - t3
     end = time.monotonic()
     steps: dict[str, float] = {}
     for record in orch.machine.history:
         steps[record.step] = steps.get(record.step, 0.0) + record.duration_s
-    result.update(
-        config_s=t3 - t2,
-        roundtrip_s=time.perf_counter() - t3,
-        start=start,
-        end=end,
-        steps=steps,
-    )
+    result.update(start=start, end=end, steps=steps)
     _finish(result)
     if args.wait:
         sys.stdin.read()

@@ -2,11 +2,11 @@
 
 - ``existing_runs``: round trips into output directories already holding 0, 1,000 and
   10,000 run directories, taken in turn (0, 1k, 10k, 0, ...) so load drifts hit all;
-- ``concurrency``: N processes that each import, wait at a barrier, then do one round
-  trip with their own lock file into one shared output directory; wall time from the
-  release to the end of the last round trip, per run, and the median round trip inside
-  the processes (no process exits before all have finished, so interpreter shutdowns
-  do not compete with the round trips);
+- ``concurrency``: N processes that each import, load the recipe, wait at a barrier,
+  then do one round trip with their own lock file into one shared output directory;
+  wall time from the release to the end of the last round trip, per run, and the
+  median round trip inside the processes (no process exits before all have finished,
+  so interpreter shutdowns do not compete with the round trips);
 - ``advance``: ``LifecycleMachine`` with steps that do nothing, timed per ``advance()``.
 """
 

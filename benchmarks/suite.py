@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import attrs
 from rich.console import Console
 
+from benchmarks import SECTIONS
 from benchmarks.cold import measure_cold
 from benchmarks.scale import measure_advance, measure_concurrency, measure_existing_runs
+from benchmarks.summary import load_average
 from benchmarks.warm import measure_warm
 
-__all__ = ["SECTIONS", "BenchmarkSettings"]
-
-SECTIONS: Final = ("warm", "floor", "cold", "scale")
+__all__ = ["BenchmarkSettings"]
 
 
 @attrs.frozen
@@ -48,7 +49,7 @@ class BenchmarkSettings:
         return cls(
             quick=quick,
             iterations=iterations or (5 if quick else 60),
-            cold_runs=cold_runs or (1 if quick else 7),
+            cold_runs=cold_runs or (1 if quick else 9),
             existing=tuple(existing or ((0, 100) if quick else (0, 1000, 10000))),
             processes=tuple(processes or ((1, 2) if quick else (1, 8, 32))),
             machines=machines or (50 if quick else 2000),
@@ -59,43 +60,49 @@ class BenchmarkSettings:
         return attrs.asdict(self)
 
     def run(self, console: Console) -> dict[str, Any]:
-        """Run the selected sections; a key per section in the result."""
+        """Run the selected sections; a key per section in the result, plus
+        ``progress``: each part's wall time and the load average when it started."""
         results: dict[str, Any] = {}
+        progress = _Progress(console)
         with_floor = "floor" in self.sections
         with_warm = "warm" in self.sections or with_floor
         if with_warm:
-            label = "warm round trips and the floor" if with_floor else "warm round trips"
-            with _step(console, label):
+            with progress.part("warm round trips" + (" and the floor" if with_floor else "")):
                 results.update(
                     measure_warm(self.iterations, with_ours=with_warm, with_floor=with_floor)
                 )
         if "cold" in self.sections:
-            with _step(console, "cold starts"):
+            with progress.part("cold starts"):
                 results["cold_start"] = measure_cold(self.cold_runs)
         if "scale" in self.sections:
             scale: dict[str, Any] = {}
-            with _step(console, "existing run directories"):
+            with progress.part("existing run directories"):
                 scale["existing_runs"] = measure_existing_runs(self.existing, self.iterations)
-            with _step(console, "concurrent processes"):
+            with progress.part("concurrent processes"):
                 scale["concurrency"] = measure_concurrency(self.processes)
-            with _step(console, "bare machine advance()"):
+            with progress.part("bare machine advance()"):
                 scale["advance"] = measure_advance(self.machines)
             results["scale"] = scale
+        results["progress"] = progress.parts
         return results
 
 
-class _step:
-    """Prints what is being measured and how long it took (to the console, not stderr)."""
+class _Progress:
+    """Says on the console what is being measured, and records how long each part took
+    and the load average when it started (other work on the machine skews numbers)."""
 
-    def __init__(self, console: Console, label: str) -> None:
+    def __init__(self, console: Console) -> None:
         self._console = console
-        self._label = label
-        self._t0 = 0.0
+        self.parts: list[dict[str, Any]] = []
 
-    def __enter__(self) -> None:
-        self._t0 = time.perf_counter()
-        self._console.print(f"[dim]measuring {self._label}...[/dim]")
-
-    def __exit__(self, *exc_info: object) -> None:
-        elapsed = time.perf_counter() - self._t0
-        self._console.print(f"[dim]  {self._label}: {elapsed:.1f} s[/dim]")
+    @contextlib.contextmanager
+    def part(self, label: str) -> Iterator[None]:
+        load = load_average()
+        self._console.print(f"[dim]measuring {label} (load average {load})...[/dim]")
+        t0 = time.perf_counter()
+        yield
+        elapsed = time.perf_counter() - t0
+        self.parts.append(
+            {"part": label, "load_average_at_start": load, "wall_s": round(elapsed, 1)}
+        )
+        self._console.print(f"[dim]  {label}: {elapsed:.1f} s[/dim]")

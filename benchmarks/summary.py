@@ -65,12 +65,14 @@ def load_average() -> list[float] | None:
 
 def collect_meta(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Date, commit, machine and software the measurement ran on."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    changed = _git("diff", "--name-only", "HEAD")  # tracked files differing from HEAD
+    dirty_files = sorted(line for line in (changed or "").splitlines() if line)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "commit": _git("rev-parse", "--short", "HEAD"),
-        "tree_dirty": None if status is None else bool(status),
+        "tree_dirty": None if changed is None else bool(dirty_files),
+        "dirty_files": dirty_files,
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "usable_cpus": usable,
@@ -187,15 +189,32 @@ def result_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("cold", "python + import torch", _stats(cold["import_torch_ms"])))
         rows.append(("cold", "+ import orchestrator_fsm", _stats(cold["import_package_ms"])))
         rows.append(("cold", "+ recipe + one round trip", _stats(cold["round_trip_ms"])))
-        rows.append(("cold", "overhead beyond import torch", f"{cold['overhead_ms']:.1f} ms"))
+        rows.append(
+            (
+                "cold",
+                "overhead beyond import torch",
+                f"{cold['overhead_ms']:.1f} ms (of medians; of minimums "
+                f"{cold['overhead_of_minimums_ms']:.1f} ms)",
+            )
+        )
         rows.append(("cold", "of which importing", f"{cold['import_overhead_ms']:.1f} ms"))
+        after = cold["after_torch_ms"]
+        rows.append(
+            (
+                "cold",
+                "process life after import torch (median)",
+                f"torch only {after['torch']['median']:.1f} ms, import "
+                f"{after['import']['median']:.1f} ms, round trip "
+                f"{after['roundtrip']['median']:.1f} ms",
+            )
+        )
         rows.append(
             (
                 "cold",
                 "overhead, gc.collect() after torch on both sides",
-                f"{cold['overhead_collected_ms']:.1f} ms (torch + collect "
-                f"{cold['import_torch_collected_ms']['median']:.1f} ms, round trip + collect "
-                f"{cold['round_trip_collected_ms']['median']:.1f} ms)",
+                f"{cold['overhead_collected_ms']:.1f} ms (after torch + collect: torch only "
+                f"{after['torch_collected']['median']:.1f} ms, round trip "
+                f"{after['roundtrip_collected']['median']:.1f} ms)",
             )
         )
         inner = cold["inside_round_trip_process_median_ms"]
@@ -276,12 +295,21 @@ def _target_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
 
 def _heading(results: Mapping[str, Any]) -> str:
     meta = results["meta"]
-    dirty = " (dirty tree)" if meta.get("tree_dirty") else ""
+    changed = meta.get("dirty_files") or []
+    dirty = f" (uncommitted changes in {', '.join(changed)})" if meta.get("tree_dirty") else ""
     return (
         f"{meta['date_utc']}, commit {meta['commit']}{dirty}, {meta['cpu_model']} "
         f"({meta['usable_cpus']} usable CPUs), load {meta['load_average_before']} -> "
         f"{meta.get('load_average_after')}, Python {meta['python']}, torch {meta['torch']}"
         + (", QUICK mode" if meta.get("quick") else "")
+    )
+
+
+def _progress_line(results: Mapping[str, Any]) -> str:
+    parts = results.get("progress", [])
+    return "Wall time and 1-minute load average at the start of each part: " + "; ".join(
+        f"{part['part']} {part['wall_s']:.0f} s, load {(part['load_average_at_start'] or ['?'])[0]}"
+        for part in parts
     )
 
 
@@ -293,6 +321,7 @@ def print_results(console: Console, results: Mapping[str, Any]) -> None:
     for row in result_rows(results):
         table.add_row(*row)
     console.print(table)
+    console.print(_progress_line(results))
     targets = _target_rows(results)
     if targets:
         verdicts = Table(title="targets")
@@ -306,7 +335,13 @@ def print_results(console: Console, results: Mapping[str, Any]) -> None:
 
 def render_markdown(results: Mapping[str, Any]) -> str:
     """The results and the targets as Markdown tables, headed by where they were taken."""
-    lines = [f"Measured {_heading(results)}.", "", "| section | measurement | value |"]
+    lines = [
+        f"Measured {_heading(results)}.",
+        "",
+        _progress_line(results) + ".",
+        "",
+        "| section | measurement | value |",
+    ]
     lines.append("|---|---|---|")
     lines.extend(f"| {a} | {b} | {c} |" for a, b, c in result_rows(results))
     targets = _target_rows(results)

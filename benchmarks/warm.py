@@ -11,6 +11,7 @@ import os
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -37,7 +38,7 @@ def round_trip(cfg: Config) -> tuple[float, dict[str, float]]:
     return elapsed, dict(steps)
 
 
-def _timed(work: Any, repeat: int) -> dict[str, float | int]:
+def _timed(work: Callable[[], object], repeat: int) -> dict[str, float | int]:
     samples = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -52,24 +53,25 @@ def _components(cfg: Config, box: Sandbox, repeat: int) -> dict[str, Any]:
     scratch = RunPaths.create(box.root / "components", "bench", "parts", cfg.config_hash())
     reports = scratch.reports
     report = build_environment_report(cfg, scratch, "cpu", 1, 0)
-    logger_name = "orchestrator_fsm_bench.report"
+    # A logger set up like the run's (console + run.log), outside the timing: the part
+    # measured is rendering and writing the report's lines, as the report step does.
+    log = Logger.setup("orchestrator_fsm_bench.report", scratch.logs, "INFO")
 
     def log_report_lines() -> None:
-        log = Logger.setup(logger_name, scratch.logs, "INFO")
-        try:
-            for line in render_report_lines(report):
-                log.info("%s", line)
-        finally:
-            Logger.teardown(log)
+        for line in render_report_lines(report):
+            log.info("%s", line)
 
-    parts = {
+    parts: dict[str, Callable[[], object]] = {
         "save_config": lambda: saver.save_config(cfg, reports / "config.yaml"),
         "dump_requirements": lambda: saver.dump_requirements(reports / "requirements.txt"),
         "dump_git_info_outside_checkout": lambda: saver.dump_git_info(reports / "git_info.txt"),
         "build_environment_report": lambda: build_environment_report(cfg, scratch, "cpu", 1, 0),
         "log_report_lines": log_report_lines,
     }
-    result: dict[str, Any] = {name: _timed(work, repeat) for name, work in parts.items()}
+    try:
+        result: dict[str, Any] = {name: _timed(work, repeat) for name, work in parts.items()}
+    finally:
+        Logger.teardown(log)
     # Measured explicitly in a checkout (this repository): the git subprocesses a run
     # started from a clone pays, which the sandboxed round trips above do not.
     here = os.getcwd()

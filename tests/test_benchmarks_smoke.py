@@ -92,6 +92,9 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
         assert_stats(cold[kind])
     assert isinstance(cold["overhead_ms"], float)
     assert isinstance(cold["overhead_collected_ms"], float)
+    assert isinstance(cold["overhead_of_minimums_ms"], float)
+    for kind in ("torch", "import", "roundtrip", "torch_collected", "roundtrip_collected"):
+        assert_stats(cold["after_torch_ms"][kind])
     assert set(cold["inside_round_trip_process_median_ms"]) == {
         "import_torch",
         "import_package",
@@ -120,6 +123,13 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
     assert scale["advance"]["advances_per_machine"] == len(STEPS_OF_A_ROUND_TRIP)
     assert_stats(scale["advance"]["advance_us"])
 
+    assert [part["part"] for part in results["progress"]] == [
+        "warm round trips and the floor",
+        "cold starts",
+        "existing run directories",
+        "concurrent processes",
+        "bare machine advance()",
+    ]
     assert len(results["targets"]) == 4
     assert all(isinstance(target["met"], bool) for target in results["targets"])
 
