@@ -28,13 +28,10 @@ _TIMEOUT_S: Final = 300.0
 _IMPORTTIME_LINE: Final = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)")
 
 
-def _spawn(box: Sandbox, *args: str) -> tuple[float, dict[str, Any]]:
-    """Run one worker; its wall time and its own report, plus ``exit_s`` (from its last
-    statement to the parent seeing it exit: interpreter shutdown) and ``after_torch_s``
-    (from torch imported to the parent seeing it exit)."""
-    t0 = time.perf_counter()
+def _run_worker(box: Sandbox, command: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run one worker process in the sandbox; a non-zero exit raises with its stderr."""
     done = subprocess.run(
-        python_command(*args),
+        command,
         cwd=box.cwd,
         env=box.env(bytecode_cache=True),
         stdin=subprocess.DEVNULL,
@@ -43,13 +40,22 @@ def _spawn(box: Sandbox, *args: str) -> tuple[float, dict[str, Any]]:
         timeout=_TIMEOUT_S,
         check=False,
     )
-    elapsed = time.perf_counter() - t0
-    exited_at = time.monotonic()
     if done.returncode != 0:
         raise RuntimeError(
-            f"benchmark worker {' '.join(args)!r} exited with {done.returncode}; stderr:\n"
+            f"benchmark worker {' '.join(command)!r} exited with {done.returncode}; stderr:\n"
             f"{done.stderr[-4000:]}"
         )
+    return done
+
+
+def _spawn(box: Sandbox, *args: str) -> tuple[float, dict[str, Any]]:
+    """Run one worker; its wall time and its own report, plus ``exit_s`` (from its last
+    statement to the parent seeing it exit: interpreter shutdown) and ``after_torch_s``
+    (from torch imported to the parent seeing it exit)."""
+    t0 = time.perf_counter()
+    done = _run_worker(box, python_command(*args))
+    elapsed = time.perf_counter() - t0
+    exited_at = time.monotonic()
     inner: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     inner["exit_s"] = exited_at - inner["finished_at"]
     inner["after_torch_s"] = exited_at - inner["torch_done_at"]
@@ -65,18 +71,7 @@ def import_time_top(box: Sandbox, limit: int = 12) -> list[dict[str, Any]]:
     ``cattrs``, ...); largest first, at most ``limit`` entries, in ms.
     """
     command = python_command("import", "--collect")
-    done = subprocess.run(
-        [command[0], "-X", "importtime", *command[1:]],
-        cwd=box.cwd,
-        env=box.env(bytecode_cache=True),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=_TIMEOUT_S,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"-X importtime run failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    done = _run_worker(box, [command[0], "-X", "importtime", *command[1:]])
     by_package: dict[str, int] = {}
     after_torch = False
     # Children are printed before their parent, so every line after torch's own
