@@ -1,0 +1,62 @@
+"""Questions about the machine and the process that several parts of the package ask.
+
+One answer each: how many CPUs this process may use, whether MPS is usable, whether a
+pid names a live process, and which version of a distribution is installed.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from importlib import metadata
+
+__all__ = ["available_cpu_count", "distribution_version", "mps_available", "pid_exists"]
+
+
+def available_cpu_count() -> int:
+    """CPUs this process may run on: its affinity mask where the OS has one, else all.
+
+    A container or ``taskset`` may allow fewer CPUs than the machine has; never below 1.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def mps_available() -> bool:
+    """Whether torch can use Apple's MPS backend in this process."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def pid_exists(pid: object) -> bool | None:
+    """Whether ``pid`` names a live process on this host; None when that cannot be told.
+
+    Uses signal 0, which checks for existence and delivers nothing. A process owned by
+    another user counts as alive. POSIX only: elsewhere (where ``os.kill`` would
+    terminate the target) the answer is None, as it is for a pid that is not a positive
+    integer.
+    """
+    if os.name != "posix" or isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return None
+    return True
+
+
+@cache
+def distribution_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, or None when it is not installed."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
