@@ -3,6 +3,7 @@
 Everything public is re-exported here; the modules behind these names are internal.
 """
 
+from orchestrator_fsm._version import __version__
 from orchestrator_fsm.config import (
     ArchitectureConfig,
     Config,
@@ -24,6 +25,7 @@ from orchestrator_fsm.errors import (
     OrchestratorError,
 )
 from orchestrator_fsm.lifecycle.machine import LifecycleMachine, TransitionRecord
+from orchestrator_fsm.lifecycle.record import ErrorSummary, RunRecord, infer_status, read_run
 from orchestrator_fsm.lifecycle.table import LifecycleState
 from orchestrator_fsm.orchestrator import RootOrchestrator
 from orchestrator_fsm.phases.determinism import (
@@ -47,8 +49,6 @@ from orchestrator_fsm.protocols import (
     TimeTrackerProtocol,
 )
 
-__version__ = "0.1.0"
-
 __all__ = [
     "ArchitectureConfig",
     "AuditSaver",
@@ -57,6 +57,7 @@ __all__ = [
     "ConfigError",
     "DatasetConfig",
     "DeviceError",
+    "ErrorSummary",
     "HardwareConfig",
     "InfraManagerProtocol",
     "InfrastructureConfig",
@@ -73,6 +74,7 @@ __all__ = [
     "ReporterProtocol",
     "RootOrchestrator",
     "RunPaths",
+    "RunRecord",
     "SeedTree",
     "TelemetryConfig",
     "TimeTracker",
@@ -85,7 +87,9 @@ __all__ = [
     "get_local_rank",
     "get_rank",
     "get_world_size",
+    "infer_status",
     "make_generator",
+    "read_run",
     "redact_secrets",
     "set_seed",
     "setup_static_directories",

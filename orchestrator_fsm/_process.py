@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol, TypeVar
 
-__all__ = ["EnvSnapshot", "LoggerSnapshot"]
+__all__ = ["EnvSnapshot", "LoggerSnapshot", "Restorable", "undoable"]
+
+T = TypeVar("T")
 
 
 class EnvSnapshot:
@@ -79,12 +82,12 @@ class LoggerSnapshot:
             )
         return cls(saved)
 
-    def added_handlers(self) -> list[logging.Handler]:
-        """Handlers attached to the captured loggers since the capture."""
-        added: list[logging.Handler] = []
-        for logger, handlers, _level, _propagate, _disabled in self._saved.values():
-            added.extend(h for h in logger.handlers if h not in handlers)
-        return added
+    def handlers_of(self, logger: logging.Logger) -> list[logging.Handler]:
+        """The handlers ``logger`` had at capture; none when it was not captured."""
+        for captured, handlers, _level, _propagate, _disabled in self._saved.values():
+            if captured is logger:
+                return list(handlers)
+        return []
 
     def restore(self) -> None:
         for logger, handlers, level, propagate, disabled in self._saved.values():
@@ -98,3 +101,40 @@ class LoggerSnapshot:
             logger.setLevel(level)
             logger.propagate = propagate
             logger.disabled = disabled
+
+
+class Restorable(Protocol):
+    """A snapshot of some process state that can put it back."""
+
+    def restore(self) -> None: ...
+
+
+def undoable(work: Callable[[], T], *states: Restorable) -> tuple[T, Callable[[], None]]:
+    """Run ``work`` and return its result with the undo of everything it changed.
+
+    ``states`` are snapshots taken just before (flags, thread counts, loggers); the
+    environment is captured here, whole, so every variable ``work`` sets, changes or
+    removes is put back, whoever wrote it. This is the one way lifecycle steps undo
+    process state. The undo restores the snapshots newest first, then the environment,
+    and runs them all even when one fails (the first failure is raised). When ``work``
+    raises, the undo runs at once: a step that fails leaves nothing behind.
+    """
+    env_before = dict(os.environ)
+
+    def undo() -> None:
+        failure: BaseException | None = None
+        for state in reversed(states):
+            try:
+                state.restore()
+            except BaseException as exc:
+                failure = failure or exc
+        EnvSnapshot.changes_since(env_before).restore()
+        if failure is not None:
+            raise failure
+
+    try:
+        result = work()
+    except BaseException:
+        undo()
+        raise
+    return result, undo

@@ -36,12 +36,14 @@ from rich.table import Table
 from rich.text import Text
 from rich.traceback import Traceback
 
-from orchestrator_fsm import __version__
 from orchestrator_fsm._fs import atomic_write_text, slugify
+from orchestrator_fsm._version import __version__
 from orchestrator_fsm.errors import ConfigError, OrchestratorError
 
 if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
+    from orchestrator_fsm.lifecycle.machine import TransitionRecord
+    from orchestrator_fsm.lifecycle.record import RunRecord
     from orchestrator_fsm.orchestrator import RootOrchestrator
 
 __all__ = [
@@ -256,14 +258,14 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_record(orch: RootOrchestrator | None) -> dict[str, Any] | None:
-    """The run's ``run.json``, or None when no run directory was made (or it is unreadable)."""
+def _run_record(orch: RootOrchestrator | None) -> RunRecord | None:
+    """The run's record, or None when no run directory was made (or it is unreadable)."""
     if orch is None or orch.paths is None:
         return None
-    from orchestrator_fsm.lifecycle.journal import read_run_file
+    from orchestrator_fsm.lifecycle.record import read_run
 
     try:
-        return read_run_file(orch.paths.root)
+        return read_run(orch.paths.root)
     except (OSError, ValueError):
         return None
 
@@ -288,7 +290,7 @@ def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     run = _run_record(orch)
     code = _report_failure(failure, run, cfg, err, debug=args.debug)
-    status = str(run.get("status")) if run is not None else None
+    status = run.status if run is not None else None
     if status is None:
         status = {EXIT_OK: "completed", EXIT_INTERRUPTED: "interrupted"}.get(code, "failed")
     if orch is not None and orch.paths is not None:
@@ -319,7 +321,7 @@ def _run_entry(cfg: Config, entry: Entry) -> tuple[RootOrchestrator | None, Base
 
 def _report_failure(
     failure: BaseException | None,
-    run: dict[str, Any] | None,
+    run: RunRecord | None,
     cfg: Config,
     err: Console,
     *,
@@ -336,8 +338,7 @@ def _report_failure(
         _print_config_error(err, failure, str(cfg.source) if cfg.source else None)
         code = EXIT_USAGE
     else:
-        error = run.get("error") if run is not None else None
-        step = error.get("step") if isinstance(error, dict) else None
+        step = run.error.step if run is not None and run.error is not None else None
         where = f" in step {step!r}" if step else ""
         message = " ".join(f"{type(failure).__name__}: {failure}".split())
         _say(err, f"error{where}: {message}", "red")
@@ -378,8 +379,8 @@ def _cmd_diagram(args: argparse.Namespace, out: Console, err: Console) -> int:
 # -- inspect -----------------------------------------------------------------------------------
 
 
-def _load_run(run_dir: Path) -> dict[str, Any]:
-    from orchestrator_fsm.lifecycle.journal import RUN_FILE, read_run_file
+def _load_run(run_dir: Path) -> RunRecord:
+    from orchestrator_fsm.lifecycle.record import RUN_FILE, read_run
 
     if not run_dir.is_dir():
         raise _UsageError(f"{run_dir} is not a directory; expected a run directory")
@@ -389,14 +390,9 @@ def _load_run(run_dir: Path) -> dict[str, Any]:
             "(<telemetry.output_dir>/<run_id>) written by orchestrator-fsm"
         )
     try:
-        data = read_run_file(run_dir)
+        return read_run(run_dir)
     except (OSError, ValueError) as exc:
         raise _UsageError(f"cannot read {run_dir / RUN_FILE}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise _UsageError(
-            f"{run_dir / RUN_FILE} holds a JSON {type(data).__name__}, expected an object"
-        )
-    return data
 
 
 def _run_files(run_dir: Path) -> dict[str, list[str]]:
@@ -423,95 +419,79 @@ def _format_seconds(seconds: object) -> str:
     return format_duration(float(seconds))
 
 
-def _run_duration(run: dict[str, Any]) -> str:
-    try:
-        started = datetime.fromisoformat(str(run["started_at"]))
-        ended = datetime.fromisoformat(str(run["ended_at"]))
-    except (KeyError, TypeError, ValueError):
-        return "-"
-    return _format_seconds((ended - started).total_seconds())
-
-
 def _cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from orchestrator_fsm.lifecycle.journal import effective_status, read_transitions
-
     run_dir = Path(args.run_dir)
     try:
         run = _load_run(run_dir)
     except _UsageError as exc:
         _say(err, f"error: {exc}", "red")
         return EXIT_USAGE
-    status = effective_status(run)
-    transitions = read_transitions(run_dir)
     files = _run_files(run_dir)
     if args.json:
         payload = {
-            **run,
-            "effective_status": status,
-            "transitions": transitions,
+            **run.to_json(),
+            "effective_status": run.effective_status,
+            "transitions": [record.to_json() for record in run.transitions],
             "files": files,
         }
         sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
         sys.stdout.flush()
         return EXIT_OK
 
-    out.print(_summary_table(run, status, run_dir))
-    out.print(_timeline_table(transitions))
-    error = run.get("error")
-    if isinstance(error, dict):
-        _say(
-            out,
-            f"failed step: {error.get('step', '?')}: {error.get('type', 'Error')}: "
-            f"{error.get('message', '')}",
-            "red",
-        )
+    out.print(_summary_table(run))
+    out.print(_timeline_table(run.transitions))
+    if run.error is not None:
+        _say(out, f"failed step: {run.error.step}: {run.error.type}: {run.error.message}", "red")
     out.print(_files_table(run_dir, files))
     return EXIT_OK
 
 
-def _status_text(run: dict[str, Any], status: str) -> Text:
+def _status_text(run: RunRecord) -> Text:
+    status = run.effective_status
     style = {"completed": "green", "running": "yellow"}.get(status, "red")
     text = Text(status, style=f"bold {style}")
-    if status != run.get("status"):
+    if status != run.status:
         text.append(
-            f" (run.json says {run.get('status')!r}, but process {run.get('pid')} is gone "
-            f"from {run.get('host')})",
+            f" (run.json says {run.status!r}, but process {run.pid} is gone from {run.host})",
             style="dim",
         )
     return text
 
 
-def _summary_table(run: dict[str, Any], status: str, run_dir: Path) -> Table:
-    table = Table(title=f"run {run.get('run_id', run_dir.name)}", show_header=False)
+def _or_dash(value: object) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def _summary_table(run: RunRecord) -> Table:
+    table = Table(title=f"run {run.run_id}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
+    started = None if run.started_at is None else run.started_at.isoformat()
+    ended = None if run.ended_at is None else run.ended_at.isoformat()
     rows: list[tuple[str, str | Text]] = [
-        ("run id", str(run.get("run_id", "-"))),
-        ("status", _status_text(run, status)),
-        ("state", str(run.get("state") or "-")),
-        ("started", str(run.get("started_at") or "-")),
-        ("ended", str(run.get("ended_at") or "-")),
-        ("duration", _run_duration(run)),
-        ("host / pid", f"{run.get('host', '-')} / {run.get('pid', '-')}"),
-        ("rank / world size", f"{run.get('rank', '-')} / {run.get('world_size', '-')}"),
-        ("device", str(run.get("device") or "-")),
-        ("entry point", str(run.get("entry_point") or "-")),
-        ("root", str(run.get("root") or run_dir)),
+        ("run id", run.run_id),
+        ("status", _status_text(run)),
+        ("state", _or_dash(run.state)),
+        ("started", _or_dash(started)),
+        ("ended", _or_dash(ended)),
+        ("duration", _format_seconds(run.duration_s)),
+        ("host / pid", f"{_or_dash(run.host)} / {_or_dash(run.pid)}"),
+        ("rank / world size", f"{_or_dash(run.rank)} / {_or_dash(run.world_size)}"),
+        ("device", _or_dash(run.device)),
+        ("entry point", _or_dash(run.entry_point)),
+        ("root", str(run.root)),
     ]
     for field, value in rows:
         table.add_row(field, value if isinstance(value, Text) else Text(value))
     return table
 
 
-def _clock_time(timestamp: object) -> str:
-    """``HH:MM:SS.mmm`` of an ISO-8601 timestamp (the date is in the run summary)."""
-    try:
-        return datetime.fromisoformat(str(timestamp)).strftime("%H:%M:%S.%f")[:-3]
-    except ValueError:
-        return str(timestamp)
+def _clock_time(moment: datetime) -> str:
+    """``HH:MM:SS.mmm`` of a timestamp (the date is in the run summary)."""
+    return moment.strftime("%H:%M:%S.%f")[:-3]
 
 
-def _timeline_table(transitions: list[dict[str, Any]]) -> Table:
+def _timeline_table(transitions: Sequence[TransitionRecord]) -> Table:
     # No rules and no row numbers: the five columns then fit in 80 characters.
     table = Table(title="lifecycle timeline", box=None, header_style="bold underline")
     table.add_column("at (UTC)", no_wrap=True)
@@ -520,13 +500,12 @@ def _timeline_table(transitions: list[dict[str, Any]]) -> Table:
     table.add_column("duration", justify="right", no_wrap=True)
     table.add_column("result", overflow="fold", min_width=6)
     for record in transitions:
-        ok = bool(record.get("ok"))
-        result = Text("ok", style="green") if ok else Text(f"error: {record.get('error')}", "red")
+        result = Text("ok", style="green") if record.ok else Text(f"error: {record.error}", "red")
         table.add_row(
-            _clock_time(record.get("started_at", "-")),
-            Text(f"{record.get('source', '?')} -> {record.get('dest', '?')}"),
-            Text(str(record.get("step", "-"))),
-            _format_seconds(record.get("duration_s")),
+            _clock_time(record.started_at),
+            Text(f"{record.source.value} -> {record.dest.value}"),
+            Text(record.step),
+            _format_seconds(record.duration_s),
             result,
         )
     if not transitions:
@@ -535,7 +514,7 @@ def _timeline_table(transitions: list[dict[str, Any]]) -> Table:
 
 
 def _files_table(run_dir: Path, files: dict[str, list[str]]) -> Table:
-    from orchestrator_fsm.lifecycle.journal import JOURNAL_FILE, RUN_FILE
+    from orchestrator_fsm.lifecycle.record import JOURNAL_FILE, RUN_FILE
 
     table = Table(title="files")
     table.add_column("path", no_wrap=True)

@@ -20,12 +20,23 @@ from orchestrator_fsm.errors import (
     LifecycleError,
     LockContendedError,
 )
-from orchestrator_fsm.lifecycle.journal import read_run_file, read_transitions
 from orchestrator_fsm.lifecycle.table import LifecycleState
 from orchestrator_fsm.orchestrator import RootOrchestrator
 
 S = LifecycleState
 ConfigFactory = Callable[..., Any]
+
+
+def read_run_file(root: Path) -> dict[str, Any]:
+    """run.json as it is on disk."""
+    data: dict[str, Any] = json.loads((root / "run.json").read_text(encoding="utf-8"))
+    return data
+
+
+def read_transitions(root: Path) -> list[dict[str, Any]]:
+    """Every line of lifecycle.jsonl as it is on disk."""
+    text = (root / "lifecycle.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
 
 
 def build(make_config: ConfigFactory, calls: Calls, **kwargs: Any) -> RootOrchestrator:

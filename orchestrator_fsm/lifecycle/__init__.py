@@ -1,1 +1,1 @@
-"""The lifecycle state machine: its transition table, the machine and the run journal."""
+"""The lifecycle state machine: its transition table, the machine and the run record."""

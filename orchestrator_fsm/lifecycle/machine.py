@@ -23,12 +23,17 @@ from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.lifecycle.table import (
     ADVANCE,
     CLEANUP,
+    CLEANUP_STEP,
+    CONDITION_LABELS,
     FAIL,
+    MACHINE_STEPS,
+    ROLLBACK_STEP,
     TERMINAL_STATES,
     TRANSITIONS,
     LifecycleState,
     advance_path,
     non_terminal_states,
+    table_steps,
 )
 
 __all__ = ["LifecycleMachine", "Step", "TransitionRecord", "Undo", "describe_error"]
@@ -39,10 +44,6 @@ Undo = Callable[[], None]
 #: A step does its work and returns the undo of that work, or None when there is none.
 Step = Callable[[], "Undo | None"]
 RecordListener = Callable[["TransitionRecord"], None]
-
-# Steps the machine performs itself: unwinding the undo stack. A caller may still
-# supply a "cleanup" step; it runs first, before the undos.
-_BUILTIN_STEPS = frozenset({"cleanup", "rollback"})
 
 
 def describe_error(exc: BaseException) -> str:
@@ -89,9 +90,30 @@ class TransitionRecord:
             "rank": self.rank,
         }
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TransitionRecord:
+        """The record of one ``lifecycle.jsonl`` line (``KeyError``/``ValueError`` when
+        it is not one)."""
+        error = data.get("error")
+        return cls(
+            source=LifecycleState(data["source"]),
+            dest=LifecycleState(data["dest"]),
+            trigger=str(data["trigger"]),
+            step=str(data["step"]),
+            started_at=datetime.fromisoformat(str(data["started_at"])),
+            duration_s=float(data["duration_s"]),
+            ok=bool(data["ok"]),
+            error=None if error is None else str(error),
+            rank=int(data.get("rank", 0)),
+        )
+
 
 class _Model:
-    """The object whose state ``transitions`` manages; trigger methods are bound to it."""
+    """The object whose state ``transitions`` manages; trigger methods are bound to it.
+
+    Each predicate the table names is an attribute of the model holding its truth value
+    for this run; ``transitions`` resolves conditions by name on the model.
+    """
 
     fsm_state: LifecycleState
 
@@ -99,8 +121,9 @@ class _Model:
 class LifecycleMachine:
     """The run's lifecycle as a finite state machine.
 
-    ``steps`` maps each step name of the table to the callable doing it. ``advance()``
-    performs exactly one step; ``run_until(state)`` advances until ``state`` is
+    ``steps`` maps each step name of the table to the callable doing it; a callable for
+    the cleanup step is optional and runs first when cleaning up, before the undos.
+    ``advance()`` performs exactly one step; ``run_until(state)`` advances until ``state`` is
     reached; ``cleanup()`` unwinds every registered undo and ends in CLEANED. When a
     step raises anything (``KeyboardInterrupt`` included), the undos run in reverse
     order, the machine moves to FAILED and the original exception propagates.
@@ -117,10 +140,18 @@ class LifecycleMachine:
         listeners: Iterable[RecordListener] = (),
         logger: logging.Logger | None = None,
     ) -> None:
-        needed = {spec["step"] for spec in TRANSITIONS} - _BUILTIN_STEPS
-        missing = sorted(needed - set(steps))
+        missing = [name for name in table_steps() if name not in steps]
         if missing:
             raise LifecycleError(f"LifecycleMachine needs a callable for steps {missing}")
+        unknown = sorted(set(steps) - set(table_steps()) - {CLEANUP_STEP})
+        if unknown:
+            raise LifecycleError(f"the transition table has no steps named {unknown}")
+        facts = {"is_main_process": is_main_process}
+        if set(facts) != set(CONDITION_LABELS):  # pragma: no cover - a table edit
+            raise LifecycleError(
+                f"the transition table names conditions {sorted(CONDITION_LABELS)}; "
+                f"the machine knows {sorted(facts)}"
+            )
         self._steps = dict(steps)
         self._is_main_process = is_main_process
         self._rank = rank
@@ -131,6 +162,8 @@ class LifecycleMachine:
         self._busy = False
         self._path = advance_path(is_main_process)
         self._model = _Model()
+        for name, value in facts.items():
+            setattr(self._model, name, value)
         self._machine = Machine(
             model=self._model,
             states=list(LifecycleState),
@@ -149,6 +182,10 @@ class LifecycleMachine:
         # interrupt met there, re-raised once the machine has reached CLEANED.
         self._unwind_problems: str | None = None
         self._deferred_interrupt: BaseException | None = None
+        # The exception that ended the run early: a failing step, an error the caller
+        # reported to cleanup(), or an interrupt met while cleaning up.
+        self._ended_by: BaseException | None = None
+        self._ended_in: str | None = None
 
     def _compile(self, spec: Mapping[str, Any]) -> dict[str, Any]:
         """Turn one table entry into the keyword arguments of a ``transitions`` Transition."""
@@ -164,13 +201,8 @@ class LifecycleMachine:
         }
         for key in ("conditions", "unless"):
             if key in spec:
-                compiled[key] = [self._predicate(spec[key])]
+                compiled[key] = [spec[key]]
         return compiled
-
-    def _predicate(self, name: str) -> Callable[[], bool]:
-        if name == "is_main_process":
-            return lambda: self._is_main_process
-        raise LifecycleError(f"transition table names an unknown condition {name!r}")
 
     # -- read-only views -------------------------------------------------------------
 
@@ -190,6 +222,17 @@ class LifecycleMachine:
     @property
     def is_main_process(self) -> bool:
         return self._is_main_process
+
+    @property
+    def ended_by(self) -> BaseException | None:
+        """What ended the run early: the error of the step that failed, the error given
+        to :meth:`cleanup`, or an interrupt met while cleaning up; None otherwise."""
+        return self._ended_by
+
+    @property
+    def ended_in(self) -> str | None:
+        """The step :attr:`ended_by` came from; None when the caller reported it."""
+        return self._ended_in
 
     @property
     def pending_undos(self) -> tuple[str, ...]:
@@ -233,12 +276,18 @@ class LifecycleMachine:
             self._fire(ADVANCE)
         return self._model.fsm_state
 
-    def cleanup(self) -> LifecycleState:
-        """Unwind every undo and end in CLEANED; a no-op once the run is terminal."""
+    def cleanup(self, ended_by: BaseException | None = None) -> LifecycleState:
+        """Unwind every undo and end in CLEANED; a no-op once the run is terminal.
+
+        ``ended_by`` is the exception that stopped the caller's work early, if any; it
+        becomes :attr:`ended_by`, from which the run's outcome is derived.
+        """
         if self.is_terminal:
             return self._model.fsm_state
         if self._busy:
             raise LifecycleError("cleanup() called while a step is running")
+        if ended_by is not None and self._ended_by is None:
+            self._ended_by = ended_by
         self._fire(CLEANUP)
         return self._model.fsm_state
 
@@ -263,17 +312,19 @@ class LifecycleMachine:
             duration = time.perf_counter() - t0
             step, dest = self._attempt or (trigger, source)
             self._record(source, dest, trigger, step, started_at, duration, describe_error(exc))
-            if step in _BUILTIN_STEPS:
+            if step in MACHINE_STEPS:
                 # Cleanup itself can only fail through its own hook or a re-raised
                 # interrupt; the undos have run, so the run still ends CLEANED.
                 self._busy = False
                 raise
-            self._fail(exc)
+            self._fail(exc, step)
             raise
         else:
             if not moved:  # pragma: no cover - the table always offers a way on
                 raise LifecycleError(f"no {trigger!r} transition from {source.value!r}")
             step, dest = self._attempt or (trigger, self._model.fsm_state)
+            if self._deferred_interrupt is not None and self._ended_by is None:
+                self._ended_by, self._ended_in = self._deferred_interrupt, step
             self._record(
                 source,
                 dest,
@@ -292,17 +343,17 @@ class LifecycleMachine:
     def _run_step(self, step: str, dest: LifecycleState) -> None:
         self._attempt = (step, dest)
         self._unwind_problems = None
-        if step == "cleanup":
+        if step == CLEANUP_STEP:
             self._cleanup_step()
             return
-        if step == "rollback":
+        if step == ROLLBACK_STEP:
             return  # unwinding on failure happens in _fail, with the original error
         undo = self._steps[step]()
         if undo is not None:
             self._undos.append((step, undo))
 
     def _cleanup_step(self) -> None:
-        hook = self._steps.get("cleanup")
+        hook = self._steps.get(CLEANUP_STEP)
         hook_error: BaseException | None = None
         if hook is not None:
             try:
@@ -322,11 +373,13 @@ class LifecycleMachine:
         # run and the move to CLEANED has to happen first: `_fire` re-raises it after.
         self._deferred_interrupt = next((e for e in errors if not isinstance(e, Exception)), None)
 
-    def _fail(self, original: BaseException) -> None:
+    def _fail(self, original: BaseException, step: str) -> None:
         """Roll back after ``original`` was raised by a step, then move to FAILED."""
         started_at = datetime.now(timezone.utc)
         t0 = time.perf_counter()
         source = self._model.fsm_state
+        if self._ended_by is None:
+            self._ended_by, self._ended_in = original, step
         failures = self._unwind()
         for name, error in failures:
             _add_note(original, f"during rollback, undo of {name} failed: {describe_error(error)}")
@@ -336,7 +389,7 @@ class LifecycleMachine:
             source,
             LifecycleState.FAILED,
             FAIL,
-            "rollback",
+            ROLLBACK_STEP,
             started_at,
             time.perf_counter() - t0,
             problems or None,

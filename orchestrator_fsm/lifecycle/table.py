@@ -18,15 +18,21 @@ from typing import Final, TypedDict
 __all__ = [
     "ADVANCE",
     "CLEANUP",
+    "CLEANUP_STEP",
     "CONDITION_LABELS",
     "FAIL",
     "LOCK_HELD_STATES",
+    "LOCK_STEP",
+    "MACHINE_STEPS",
+    "ROLLBACK_STEP",
     "TERMINAL_STATES",
     "TRANSITIONS",
     "LifecycleState",
     "TransitionSpec",
     "advance_path",
     "non_terminal_states",
+    "table_steps",
+    "takes_transition",
 ]
 
 
@@ -66,6 +72,15 @@ ADVANCE: Final = "advance"
 CLEANUP: Final = "cleanup"
 FAIL: Final = "fail"
 
+#: The two steps the machine performs itself by unwinding its undo stack: on cleanup
+#: (a caller may add a hook that runs first) and on rollback after a step raised.
+CLEANUP_STEP: Final = "cleanup"
+ROLLBACK_STEP: Final = "rollback"
+MACHINE_STEPS: Final = frozenset({CLEANUP_STEP, ROLLBACK_STEP})
+
+#: The step that takes the run lock; cleanup releases it.
+LOCK_STEP: Final = "acquire_lock"
+
 S = LifecycleState
 
 TRANSITIONS: Final[tuple[TransitionSpec, ...]] = (
@@ -84,26 +99,24 @@ TRANSITIONS: Final[tuple[TransitionSpec, ...]] = (
     {"trigger": ADVANCE, "source": S.LOGGED.value, "dest": S.PERSISTED.value,
      "step": "persist_manifest", "label": "5 persist config, requirements, git"},
     {"trigger": ADVANCE, "source": S.PERSISTED.value, "dest": S.GUARDED.value,
-     "step": "acquire_lock", "label": "6 take the run lock"},
+     "step": LOCK_STEP, "label": "6 take the run lock"},
     {"trigger": ADVANCE, "source": S.GUARDED.value, "dest": S.READY.value,
      "step": "resolve_device", "label": "resolve the device"},
     {"trigger": ADVANCE, "source": S.READY.value, "dest": S.REPORTED.value,
      "step": "report", "label": "7 environment report"},
     {"trigger": ADVANCE, "source": S.REPORTED.value, "dest": S.CLEANED.value,
-     "step": "cleanup", "label": "cleanup"},
+     "step": CLEANUP_STEP, "label": "cleanup"},
     {"trigger": CLEANUP, "source": "*", "dest": S.CLEANED.value,
-     "step": "cleanup", "label": "cleanup()"},
+     "step": CLEANUP_STEP, "label": "cleanup()"},
     {"trigger": FAIL, "source": "*", "dest": S.FAILED.value,
-     "step": "rollback", "label": "a step raised, roll back"},
+     "step": ROLLBACK_STEP, "label": "a step raised, roll back"},
 )  # fmt: skip
 
-#: How each predicate named in the table reads in a diagram.
+#: Every predicate the table names, with how it reads in a diagram. A machine must be
+#: given a truth value for each of them (see ``LifecycleMachine``).
 CONDITION_LABELS: Final[dict[str, str]] = {"is_main_process": "rank 0"}
 
 TERMINAL_STATES: Final = frozenset({S.CLEANED, S.FAILED})
-
-#: The states in which the run lock is held (between acquiring and cleanup).
-LOCK_HELD_STATES: Final = frozenset({S.GUARDED, S.READY, S.REPORTED})
 
 
 def non_terminal_states() -> tuple[LifecycleState, ...]:
@@ -111,19 +124,45 @@ def non_terminal_states() -> tuple[LifecycleState, ...]:
     return tuple(state for state in LifecycleState if state not in TERMINAL_STATES)
 
 
+def table_steps() -> tuple[str, ...]:
+    """Every step name of the table that the machine is given a callable for, in order."""
+    names: dict[str, None] = {}
+    for spec in TRANSITIONS:
+        if spec["step"] not in MACHINE_STEPS:
+            names.setdefault(spec["step"])
+    return tuple(names)
+
+
+def takes_transition(spec: TransitionSpec, facts: dict[str, bool]) -> bool:
+    """Whether ``spec``'s condition holds given the truth value of each predicate."""
+    if "conditions" in spec and not facts[spec["conditions"]]:
+        return False
+    return not ("unless" in spec and facts[spec["unless"]])
+
+
 def advance_path(is_main_process: bool) -> tuple[LifecycleState, ...]:
     """The states one rank visits when only ``advance`` is triggered, start to end."""
+    facts = {"is_main_process": is_main_process}
     path = [S.CREATED]
     while True:
         current = path[-1].value
         for spec in TRANSITIONS:
-            if spec["trigger"] != ADVANCE or spec["source"] != current:
-                continue
-            if "conditions" in spec and not is_main_process:
-                continue
-            if "unless" in spec and is_main_process:
-                continue
-            path.append(LifecycleState(spec["dest"]))
-            break
+            on_path = spec["trigger"] == ADVANCE and spec["source"] == current
+            if on_path and takes_transition(spec, facts):
+                path.append(LifecycleState(spec["dest"]))
+                break
         else:
             return tuple(path)
+
+
+def _lock_held_states() -> frozenset[LifecycleState]:
+    # From the state the lock step reaches up to cleanup, on rank 0's path.
+    path = advance_path(is_main_process=True)
+    guarded = next(
+        LifecycleState(spec["dest"]) for spec in TRANSITIONS if spec["step"] == LOCK_STEP
+    )
+    return frozenset(path[path.index(guarded) : path.index(S.CLEANED)])
+
+
+#: The states in which the run lock is held (between taking it and cleanup).
+LOCK_HELD_STATES: Final = _lock_held_states()

@@ -15,14 +15,18 @@ import operator
 import os
 import random
 from collections.abc import Callable
-from typing import Any, Final, SupportsIndex
+from typing import TYPE_CHECKING, Any, Final, SupportsIndex
 
 import attrs
 import numpy as np
 import torch
 
-from orchestrator_fsm._process import EnvSnapshot
+from orchestrator_fsm._process import EnvSnapshot, undoable
 from orchestrator_fsm.distributed import get_rank
+
+if TYPE_CHECKING:
+    from orchestrator_fsm.lifecycle.machine import Undo
+    from orchestrator_fsm.phases.context import RunContext
 
 __all__ = [
     "CUBLAS_WORKSPACE_CONFIG",
@@ -31,6 +35,7 @@ __all__ = [
     "last_seed_sequence",
     "make_generator",
     "set_seed",
+    "step",
     "worker_init_fn",
 ]
 
@@ -390,3 +395,21 @@ class DeterminismState:
                 node.fp32_precision = precision
         EnvSnapshot(dict(self.environment)).restore()
         _recorded_seed = self.recorded_seed
+
+
+def step(run: RunContext) -> Undo:
+    """Phase 1: seed every generator with ``training.seed`` (strict in reproducible mode).
+
+    Calls the seed setter as ``seed_setter(seed, strict=..., warn_only=...)``; the undo
+    puts back the flags and environment variables seeding changed (not RNG state).
+    """
+    hardware = run.cfg.hardware
+    _, undo = undoable(
+        lambda: run.deps.seed_setter(
+            run.cfg.training.seed,
+            strict=hardware.use_deterministic_algorithms,
+            warn_only=hardware.deterministic_warn_only,
+        ),
+        DeterminismState.capture(),
+    )
+    return undo

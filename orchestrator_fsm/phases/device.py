@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import torch
 
 from orchestrator_fsm.distributed import get_world_size
 from orchestrator_fsm.errors import DeviceError
 
-__all__ = ["available_devices", "to_device_obj"]
+if TYPE_CHECKING:
+    from orchestrator_fsm.phases.context import RunContext
+
+__all__ = ["available_devices", "resolve_device", "step", "to_device_obj"]
 
 _CUDA_INDEX: Final = re.compile(r"cuda:(\d+)")
 _ACCEPTED: Final = "auto, cpu, cuda, cuda:N, mps"
@@ -123,3 +126,25 @@ def to_device_obj(device_str: str, local_rank: int = 0) -> torch.device:
         f"unknown device {device_str!r}: expected one of {_ACCEPTED}; "
         f"available: {', '.join(available_devices())}"
     )
+
+
+def resolve_device(run: RunContext) -> torch.device:
+    """``device_resolver(device_str=hardware.device, local_rank=...)`` as a ``torch.device``.
+
+    Any failure is raised as a ``DeviceError`` whose text begins "Device resolution
+    failed at runtime (config requested '<device>')", with the original as its cause.
+    """
+    requested = run.cfg.hardware.device
+    try:
+        device = run.deps.device_resolver(device_str=requested, local_rank=run.local_rank)
+    except Exception as exc:
+        raise DeviceError(
+            f"Device resolution failed at runtime (config requested '{requested}'): {exc} "
+            f"(local rank {run.local_rank})"
+        ) from exc
+    return device if isinstance(device, torch.device) else torch.device(device)
+
+
+def step(run: RunContext) -> None:
+    """Resolve the run's device on every rank; it changes no process state (no undo)."""
+    run.device = resolve_device(run)

@@ -25,11 +25,14 @@ import stat
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
 
 from orchestrator_fsm._fs import slugify
+
+if TYPE_CHECKING:
+    from orchestrator_fsm.phases.context import RunContext
 
 __all__ = [
     "RUN_SUBDIRECTORIES",
@@ -37,6 +40,7 @@ __all__ = [
     "default_cache_dir",
     "default_lock_dir",
     "setup_static_directories",
+    "step",
 ]
 
 RUN_SUBDIRECTORIES: Final = ("logs", "reports", "checkpoints", "figures", "exports", "database")
@@ -298,3 +302,17 @@ def setup_static_directories() -> None:
     if is_fallback:
         _check_private_fallback(cache_dir)
     (cache_dir / "locks").mkdir(exist_ok=True)
+
+
+def step(run: RunContext) -> None:
+    """Phase 3: the shared static directories, then this run's fresh directory.
+
+    No undo: a run directory is never removed, so a failed run stays auditable.
+    """
+    run.deps.static_dir_setup()
+    run.paths = RunPaths.create(
+        output_dir=run.cfg.telemetry.output_dir,
+        dataset=run.cfg.dataset.name,
+        architecture=run.cfg.architecture.name,
+        config_hash=run.cfg.config_hash(),
+    )

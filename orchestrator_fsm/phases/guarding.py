@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 import portalocker
 
@@ -29,8 +29,10 @@ from orchestrator_fsm.errors import InfrastructureError, LockContendedError
 
 if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
+    from orchestrator_fsm.lifecycle.machine import Undo
+    from orchestrator_fsm.phases.context import RunContext
 
-__all__ = ["InfrastructureManager", "read_lock_holder", "resolve_lock_path"]
+__all__ = ["InfrastructureManager", "RunBinding", "read_lock_holder", "resolve_lock_path", "step"]
 
 _log = logging.getLogger(__name__)
 
@@ -372,3 +374,43 @@ def _still_at_path(handle: BinaryIO, path: Path) -> bool:
         return False
     ours = os.fstat(handle.fileno())
     return (ours.st_dev, ours.st_ino) == (at_path.st_dev, at_path.st_ino)
+
+
+@runtime_checkable
+class RunBinding(Protocol):
+    """An infrastructure manager that can name the run holding its lock."""
+
+    def bind_run(self, run_id: str) -> None: ...
+
+
+def step(run: RunContext) -> Undo:
+    """Phase 6: ``infra.prepare_environment(cfg, logger=...)`` takes the run lock.
+
+    A manager that supports :class:`RunBinding` is told the run id first. Any failure
+    other than an ``InfrastructureError`` is raised as one (the original is the
+    cause). The undo is ``infra.release_resources(cfg, logger=...)``; when it fails the
+    failure is logged as an error on the run logger ("Failed to release system lock")
+    and re-raised, so the lifecycle records it and still runs the other undos.
+    """
+    paths = run.require_paths()
+    infra = run.deps.infra
+    if isinstance(infra, RunBinding):
+        infra.bind_run(paths.run_id)
+    try:
+        infra.prepare_environment(run.cfg, logger=run.logger)
+    except InfrastructureError:
+        raise
+    except Exception as exc:
+        raise InfrastructureError(
+            f"could not guard the run (project {run.cfg.hardware.project_name!r}): {exc}"
+        ) from exc
+
+    def release_lock() -> None:
+        log = run.log
+        try:
+            infra.release_resources(run.cfg, logger=log)
+        except Exception as exc:
+            log.error("Failed to release system lock: %s", exc)
+            raise
+
+    return release_lock

@@ -15,12 +15,20 @@ import sys
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final, cast
 
 from rich.console import Console
 from rich.logging import RichHandler
 
-__all__ = ["LOG_FILE_NAME", "Logger"]
+from orchestrator_fsm._process import LoggerSnapshot, undoable
+from orchestrator_fsm.errors import LifecycleError
+from orchestrator_fsm.phases.context import LOGGER_NAME
+
+if TYPE_CHECKING:
+    from orchestrator_fsm.lifecycle.machine import Undo
+    from orchestrator_fsm.phases.context import RunContext
+
+__all__ = ["LOGGER_NAME", "LOG_FILE_NAME", "Logger", "step"]
 
 LOG_FILE_NAME: Final = "run.log"
 FILE_FORMAT: Final = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
@@ -166,3 +174,41 @@ class Logger:
                 level, propagate = saved
                 logger.setLevel(level)
                 logger.propagate = propagate
+
+
+def step(run: RunContext) -> Undo:
+    """Phase 4: ``log_initializer(name=..., log_dir=paths.logs, level=...)``.
+
+    The returned logger becomes ``run.logger``. The undo closes and removes every
+    handler of that logger (whatever its name), puts back the package and root loggers
+    as they were, and clears ``run.logger``. An initializer that returns None stops
+    the run here with a ``LifecycleError``.
+    """
+    paths = run.require_paths()
+    before = LoggerSnapshot.capture(LOGGER_NAME, "")
+
+    def start_logging() -> logging.Logger:
+        made = run.deps.log_initializer(
+            name=LOGGER_NAME, log_dir=paths.logs, level=run.cfg.telemetry.log_level
+        )
+        if made is None:
+            raise LifecycleError(
+                "the log_initializer returned None; it must return the logging.Logger "
+                "the run writes to (Logger.setup does)"
+            )
+        return cast(logging.Logger, made)
+
+    made, restore = undoable(start_logging, before)
+    run.logger = made
+
+    def stop_logging() -> None:
+        try:
+            for handler in list(made.handlers):
+                if handler not in before.handlers_of(made):
+                    made.removeHandler(handler)
+                    handler.close()
+        finally:
+            run.logger = None
+            restore()
+
+    return stop_logging

@@ -29,20 +29,28 @@ import threading
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path, PurePath
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 import yaml
 
 from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_text
 
+if TYPE_CHECKING:
+    from orchestrator_fsm.phases.context import RunContext
+
 __all__ = [
     "GIT_DIFF_CAP_BYTES",
     "GIT_DIFF_FILE_NAME",
+    "GIT_INFO_FILE_NAME",
+    "REQUIREMENTS_FILE_NAME",
     "AuditSaver",
     "record_invocation",
+    "step",
 ]
 
 GIT_DIFF_FILE_NAME: Final = "git_diff.patch"
+GIT_INFO_FILE_NAME: Final = "git_info.txt"
+REQUIREMENTS_FILE_NAME: Final = "requirements.txt"
 GIT_DIFF_CAP_BYTES: Final = 1024 * 1024
 """The most bytes of ``git diff HEAD`` kept in ``git_diff.patch``."""
 
@@ -387,3 +395,17 @@ def record_invocation() -> dict[str, Any]:
         "python_executable": sys.executable,
         "python_implementation": platform.python_implementation(),
     }
+
+
+def step(run: RunContext) -> None:
+    """Phase 5: the resolved config, the installed distributions and the git state.
+
+    The audit saver is called as ``save_config(data=cfg, yaml_path=...)``,
+    ``dump_requirements(path)`` and ``dump_git_info(path)``. Files written stay on
+    rollback, like the run directory.
+    """
+    paths = run.require_paths()
+    saver = run.deps.audit_saver
+    saver.save_config(data=run.cfg, yaml_path=paths.get_config_path())
+    saver.dump_requirements(paths.reports / REQUIREMENTS_FILE_NAME)
+    saver.dump_git_info(paths.reports / GIT_INFO_FILE_NAME)

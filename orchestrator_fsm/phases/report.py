@@ -27,6 +27,7 @@ from orchestrator_fsm._fs import atomic_write_json
 
 if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
+    from orchestrator_fsm.phases.context import RunContext
     from orchestrator_fsm.phases.filesystem import RunPaths
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "Reporter",
     "build_environment_report",
     "render_report_lines",
+    "step",
 ]
 
 REPORT_FILE_NAME: Final = "environment.json"
@@ -291,3 +293,21 @@ class Reporter:
         for line in render_report_lines(report):
             logger_instance.info("%s", line)
         logger_instance.info("environment report saved to %s", target)
+
+
+def step(run: RunContext) -> None:
+    """Phase 7: ``reporter.log_initial_status(...)`` on rank 0; a no-op on other ranks."""
+    if not run.is_main_process:
+        return
+    from orchestrator_fsm.phases.device import resolve_device
+
+    if run.device is None:
+        run.device = resolve_device(run)
+    run.deps.reporter.log_initial_status(
+        logger_instance=run.log,
+        cfg=run.cfg,
+        paths=run.require_paths(),
+        device=run.device,
+        applied_threads=run.applied_threads,
+        num_workers=run.cfg.hardware.effective_num_workers,
+    )

@@ -11,12 +11,16 @@ import logging
 import os
 import sys
 import warnings
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import attrs
 import torch
 
-from orchestrator_fsm._process import EnvSnapshot
+from orchestrator_fsm._process import EnvSnapshot, undoable
+
+if TYPE_CHECKING:
+    from orchestrator_fsm.lifecycle.machine import Undo
+    from orchestrator_fsm.phases.context import RunContext
 
 __all__ = [
     "QUIETED_WARNINGS",
@@ -25,6 +29,7 @@ __all__ = [
     "apply_cpu_threads",
     "available_cpu_count",
     "configure_system_libraries",
+    "step",
 ]
 
 logger = logging.getLogger(__name__)
@@ -190,3 +195,18 @@ class RuntimeState:
             and _matplotlib_backend() != self.matplotlib_backend
         ):
             matplotlib.use(self.matplotlib_backend)
+
+
+def step(run: RunContext) -> Undo:
+    """Phase 2: ``thread_applier(num_workers)`` then ``system_configurator()``.
+
+    Records the applied thread count on ``run``; the undo restores thread counts,
+    warning filters, the matplotlib backend and every environment variable set.
+    """
+
+    def configure() -> None:
+        run.applied_threads = int(run.deps.thread_applier(run.cfg.hardware.effective_num_workers))
+        run.deps.system_configurator()
+
+    _, undo = undoable(configure, RuntimeState.capture())
+    return undo

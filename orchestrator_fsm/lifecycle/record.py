@@ -1,0 +1,403 @@
+"""The run record: ``run.json`` and ``lifecycle.jsonl``, written by one owner and read back.
+
+``RunRecorder`` listens to a ``LifecycleMachine`` and is the only writer of both files.
+It starts the record when the run directory appears (back-filling the transitions made
+before from ``machine.history``), appends every later transition, and finishes the
+record exactly once, when the machine reaches CLEANED or FAILED, with a status derived
+from the machine alone: the exception that ended the run (``machine.ended_by``) and the
+step it ended in. ``run.json`` is rewritten atomically (temporary file, fsync, rename).
+
+``read_run(root)`` gives back a frozen ``RunRecord``; ``infer_status`` is the one place
+that decides a ``running`` record whose process is gone is ``crashed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from orchestrator_fsm._fs import atomic_write_json
+from orchestrator_fsm._system import pid_exists
+from orchestrator_fsm._version import __version__
+from orchestrator_fsm.lifecycle.machine import TransitionRecord
+from orchestrator_fsm.lifecycle.table import MACHINE_STEPS, TERMINAL_STATES
+
+if TYPE_CHECKING:
+    from orchestrator_fsm.lifecycle.machine import LifecycleMachine
+    from orchestrator_fsm.phases.context import RunContext
+
+__all__ = [
+    "JOURNAL_FILE",
+    "PIPELINE_STEP",
+    "RUN_FILE",
+    "STATUSES",
+    "ErrorSummary",
+    "RunRecord",
+    "RunRecorder",
+    "infer_status",
+    "outcome_of",
+    "read_run",
+    "status_for",
+]
+
+RUN_FILE: Final = "run.json"
+JOURNAL_FILE: Final = "lifecycle.jsonl"
+
+#: Every status ``run.json`` can hold; readers add ``crashed`` (see :func:`infer_status`).
+STATUSES: Final = ("running", "completed", "failed", "interrupted")
+
+#: The name errors raised by the caller's own work (the with-block) are recorded under.
+PIPELINE_STEP: Final = "pipeline"
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+@attrs.frozen
+class ErrorSummary:
+    """The error that ended a run: its type, its message and the step it came from."""
+
+    type: str
+    message: str
+    step: str
+
+    @classmethod
+    def of(cls, exc: BaseException, step: str) -> ErrorSummary:
+        return cls(type=type(exc).__name__, message=str(exc), step=step)
+
+    def to_json(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message, "step": self.step}
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+
+def status_for(exc: BaseException | None) -> str:
+    """The final status of a run ended by ``exc`` (None: it ran to the end)."""
+    if exc is None:
+        return "completed"
+    if isinstance(exc, SystemExit):
+        # sys.exit() from a pipeline: a clean exit code is a completed run.
+        return "completed" if exc.code in (None, 0) else "failed"
+    return "failed" if isinstance(exc, Exception) else "interrupted"
+
+
+def outcome_of(machine: LifecycleMachine) -> tuple[str, ErrorSummary | None]:
+    """The run's status and error summary as the machine knows them now."""
+    exc = machine.ended_by
+    status = status_for(exc)
+    if exc is None or status == "completed":
+        return status, None
+    return status, ErrorSummary.of(exc, machine.ended_in or PIPELINE_STEP)
+
+
+def _optional_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _optional_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _optional_float(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _timestamp(value: object) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+@attrs.frozen
+class RunRecord:
+    """What one run directory says about its run (``run.json`` + ``lifecycle.jsonl``).
+
+    ``status`` is what the record holds; :attr:`effective_status` is what to show
+    (``crashed`` for a ``running`` run whose process is gone). Keys of ``run.json``
+    this version does not know are kept in ``extra``.
+    """
+
+    run_id: str
+    root: Path
+    status: str
+    state: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    rank: int | None = None
+    world_size: int | None = None
+    pid: int | None = None
+    host: str | None = None
+    device: str | None = None
+    error: ErrorSummary | None = None
+    phases: Mapping[str, float] = attrs.field(factory=dict)
+    elapsed_s: float | None = None
+    argv: tuple[str, ...] = ()
+    cwd: str | None = None
+    entry_point: str | None = None
+    entry_module: str | None = None
+    python: str | None = None
+    package_version: str | None = None
+    transitions: tuple[TransitionRecord, ...] = ()
+    extra: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def effective_status(self) -> str:
+        return infer_status(self)
+
+    @property
+    def duration_s(self) -> float | None:
+        """Wall time from start to end as the timestamps say; None while unfinished."""
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return (self.ended_at - self.started_at).total_seconds()
+
+    @classmethod
+    def from_json(
+        cls,
+        data: Mapping[str, Any],
+        root: Path,
+        transitions: tuple[TransitionRecord, ...] = (),
+    ) -> RunRecord:
+        """The record of ``run.json``'s ``data``; missing or mistyped fields become None."""
+        error = data.get("error")
+        summary = None
+        if isinstance(error, Mapping):
+            summary = ErrorSummary(
+                type=str(error.get("type") or "Error"),
+                message=str(error.get("message") or ""),
+                step=str(error.get("step") or "?"),
+            )
+        phases = data.get("phases")
+        argv = data.get("argv")
+        known = {field.name for field in attrs.fields(cls)}
+        return cls(
+            run_id=str(data.get("run_id") or Path(root).name),
+            root=Path(root),
+            status=str(data.get("status") or "unknown"),
+            state=_optional_str(data.get("state")),
+            started_at=_timestamp(data.get("started_at")),
+            ended_at=_timestamp(data.get("ended_at")),
+            rank=_optional_int(data.get("rank")),
+            world_size=_optional_int(data.get("world_size")),
+            pid=_optional_int(data.get("pid")),
+            host=_optional_str(data.get("host")),
+            device=_optional_str(data.get("device")),
+            error=summary,
+            phases={
+                str(k): float(v)
+                for k, v in (phases.items() if isinstance(phases, Mapping) else ())
+                if _optional_float(v) is not None
+            },
+            elapsed_s=_optional_float(data.get("elapsed_s")),
+            argv=tuple(str(a) for a in argv) if isinstance(argv, list) else (),
+            cwd=_optional_str(data.get("cwd")),
+            entry_point=_optional_str(data.get("entry_point")),
+            entry_module=_optional_str(data.get("entry_module")),
+            python=_optional_str(data.get("python")),
+            package_version=_optional_str(data.get("package_version")),
+            transitions=transitions,
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``run.json`` form of the record (without the transitions)."""
+        data: dict[str, Any] = dict(self.extra)
+        data.update(
+            run_id=self.run_id,
+            root=str(self.root),
+            status=self.status,
+            state=self.state,
+            started_at=None if self.started_at is None else self.started_at.isoformat(),
+            ended_at=None if self.ended_at is None else self.ended_at.isoformat(),
+            rank=self.rank,
+            world_size=self.world_size,
+            pid=self.pid,
+            host=self.host,
+            device=self.device,
+            error=None if self.error is None else self.error.to_json(),
+            phases=dict(self.phases),
+            elapsed_s=self.elapsed_s,
+            argv=list(self.argv),
+            cwd=self.cwd,
+            entry_point=self.entry_point,
+            entry_module=self.entry_module,
+            python=self.python,
+            package_version=self.package_version,
+        )
+        return data
+
+
+def infer_status(record: RunRecord) -> str:
+    """The status to show for ``record``: ``crashed`` when it says ``running`` but its
+    process is gone. Only a run started on this host can be judged; elsewhere (or when
+    the pid cannot be probed) ``running`` stays."""
+    if record.status != "running" or record.host != socket.gethostname():
+        return record.status
+    return "crashed" if pid_exists(record.pid) is False else record.status
+
+
+def _read_transitions(root: Path) -> tuple[TransitionRecord, ...]:
+    # A torn last line (the writer died mid-append) or a foreign line is skipped.
+    path = root / JOURNAL_FILE
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ()
+    records: list[TransitionRecord] = []
+    for line in text.splitlines():
+        try:
+            data = json.loads(line)
+            records.append(TransitionRecord.from_json(data))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue
+    return tuple(records)
+
+
+def read_run(root: Path | str) -> RunRecord:
+    """The record of the run directory ``root``.
+
+    Raises ``FileNotFoundError`` when ``root`` holds no ``run.json`` and ``ValueError``
+    naming the file when it is not a JSON object.
+    """
+    root = Path(root)
+    path = root / RUN_FILE
+    with open(path, encoding="utf-8") as handle:
+        try:
+            data = json.load(handle)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, expected an object")
+    return RunRecord.from_json(data, root, _read_transitions(root))
+
+
+class RunRecorder:
+    """The one writer of a run's ``run.json`` and ``lifecycle.jsonl``.
+
+    Give it the run's context and the machine (:meth:`observe`); it does the rest from
+    the machine's transitions. Ranks other than 0 never write. ``elapsed`` reports the
+    run's wall time for the final record (the time tracker's, usually).
+    """
+
+    def __init__(self, run: RunContext, elapsed: Any) -> None:
+        self._run = run
+        self._elapsed = elapsed
+        self._machine: LifecycleMachine | None = None
+        self._root: Path | None = None
+        self._written = 0
+        self._finished = False
+        self._data: dict[str, Any] = {}
+
+    @property
+    def root(self) -> Path | None:
+        """The run directory once the record exists."""
+        return self._root
+
+    def observe(self, machine: LifecycleMachine) -> None:
+        """Listen to ``machine`` from now on."""
+        self._machine = machine
+        machine.add_listener(self._on_transition)
+
+    def announce_end(self) -> None:
+        """Log how the run ended on the run logger (the machine's cleanup hook)."""
+        run = self._run
+        if run.logger is None or run.paths is None or self._machine is None:
+            return
+        status, _ = outcome_of(self._machine)
+        run.logger.info(
+            "run %s %s after %.2fs; outputs in %s",
+            run.paths.run_id,
+            status,
+            self._elapsed_s(),
+            run.paths.root,
+        )
+
+    def _elapsed_s(self) -> float:
+        return round(float(self._elapsed()), 6)
+
+    def _on_transition(self, record: TransitionRecord) -> None:
+        if self._machine is None or self._finished or not self._run.is_main_process:
+            return
+        if self._root is None:
+            if self._run.paths is None:
+                return
+            self._start(self._run.paths.root, self._run.paths.run_id)
+        self._journal_new_transitions()
+        if record.ok and record.step not in MACHINE_STEPS:
+            self._data["state"] = record.dest.value
+        if self._run.device is not None:
+            self._data["device"] = str(self._run.device)
+        if record.dest in TERMINAL_STATES and record.step in MACHINE_STEPS:
+            self._finish(record)
+        else:
+            self._write()
+
+    def _start(self, root: Path, run_id: str) -> None:
+        from orchestrator_fsm.phases.manifest import record_invocation
+
+        assert self._machine is not None
+        history = self._machine.history
+        started = history[0].started_at.isoformat() if history else _utc_now()
+        self._root = root
+        self._data = {
+            "run_id": run_id,
+            "status": "running",
+            "state": None,
+            "started_at": started,
+            "ended_at": None,
+            "rank": self._run.rank,
+            "world_size": self._run.world_size,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "device": None,
+            "error": None,
+            "phases": {},
+            "elapsed_s": None,
+            **record_invocation(),
+            "package_version": __version__,
+            "root": str(root),
+        }
+
+    def _journal_new_transitions(self) -> None:
+        assert self._machine is not None and self._root is not None
+        history = self._machine.history
+        fresh, self._written = history[self._written :], len(history)
+        if not fresh:
+            return
+        phases: dict[str, float] = self._data["phases"]
+        lines = []
+        for item in fresh:
+            lines.append(json.dumps(dict(item.to_json(), pid=os.getpid()), sort_keys=True))
+            if item.ok:
+                phases[item.step] = round(phases.get(item.step, 0.0) + item.duration_s, 6)
+        with open(self._root / JOURNAL_FILE, "a", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+
+    def _finish(self, record: TransitionRecord) -> None:
+        assert self._machine is not None
+        status, error = outcome_of(self._machine)
+        self._finished = True
+        self._data.update(
+            status=status,
+            state=record.dest.value,
+            ended_at=_utc_now(),
+            error=None if error is None else error.to_json(),
+            elapsed_s=self._elapsed_s(),
+        )
+        self._write()
+
+    def _write(self) -> None:
+        assert self._root is not None
+        atomic_write_json(self._root / RUN_FILE, self._data)

@@ -1,0 +1,82 @@
+"""``RunContext``: what every lifecycle step is given, and what the steps fill in.
+
+A step is a plain function ``step(run) -> Undo | None`` in the module of its phase. It
+reads the config and the injected dependencies from ``run`` and records what it
+produced (paths, logger, device, applied thread count) back on it, so the next steps
+and the orchestrator's public attributes see the same values.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+if TYPE_CHECKING:
+    import torch
+
+    from orchestrator_fsm.config import Config
+    from orchestrator_fsm.phases.determinism import SeedTree
+    from orchestrator_fsm.phases.filesystem import RunPaths
+    from orchestrator_fsm.protocols import (
+        AuditSaverProtocol,
+        InfraManagerProtocol,
+        ReporterProtocol,
+        TimeTrackerProtocol,
+    )
+
+__all__ = ["LOGGER_NAME", "Dependencies", "RunContext"]
+
+#: The package's logger: the run's console and file handlers are attached here.
+LOGGER_NAME: Final = "orchestrator_fsm"
+
+
+@attrs.frozen
+class Dependencies:
+    """The parts a run is built from, each either injected or the package's default."""
+
+    infra: InfraManagerProtocol
+    reporter: ReporterProtocol
+    time_tracker: TimeTrackerProtocol
+    audit_saver: AuditSaverProtocol
+    log_initializer: Callable[..., Any]
+    seed_setter: Callable[..., Any]
+    thread_applier: Callable[..., Any]
+    system_configurator: Callable[..., Any]
+    static_dir_setup: Callable[..., Any]
+    device_resolver: Callable[..., Any]
+
+
+@attrs.define(eq=False)
+class RunContext:
+    """One run's config, dependencies and place in the job, plus what its steps made."""
+
+    cfg: Config
+    deps: Dependencies
+    rank: int
+    local_rank: int
+    world_size: int
+    seed_tree: SeedTree
+    paths: RunPaths | None = None
+    logger: logging.Logger | None = None
+    device: torch.device | None = None
+    applied_threads: int = 0
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def log(self) -> logging.Logger:
+        """The run's logger once phase 4 made it, else the package's logger."""
+        return self.logger if self.logger is not None else logging.getLogger(LOGGER_NAME)
+
+    def require_paths(self) -> RunPaths:
+        """The run directory; the table orders every step that needs it after phase 3."""
+        if self.paths is None:
+            from orchestrator_fsm.errors import LifecycleError
+
+            raise LifecycleError("this step needs the run directory, which phase 3 creates")
+        return self.paths
