@@ -23,7 +23,7 @@ from typing import IO, Any, Final
 from benchmarks._common import Sandbox, python_command, quiet_stderr, summarize
 from benchmarks.warm import round_trip
 from orchestrator_fsm import Config, LifecycleMachine
-from orchestrator_fsm.lifecycle.table import TRANSITIONS
+from orchestrator_fsm.lifecycle.table import table_steps
 
 __all__ = ["measure_advance", "measure_concurrency", "measure_existing_runs"]
 
@@ -157,8 +157,7 @@ def measure_advance(machines: int) -> dict[str, Any]:
     Builds ``machines`` machines, then times every ``advance()`` of each from CREATED
     to CLEANED (rank 0 path). Construction is timed separately.
     """
-    steps = {spec["step"]: _noop for spec in TRANSITIONS if spec["step"] != "rollback"}
-    steps.pop("cleanup")
+    steps = dict.fromkeys(table_steps(), _noop)
     construct: list[float] = []
     built: list[LifecycleMachine] = []
     for _ in range(machines):

@@ -10,6 +10,8 @@ from typing import Final
 
 from orchestrator_fsm.errors import OrchestratorError
 from orchestrator_fsm.lifecycle.table import (
+    ADVANCE,
+    CLEANUP,
     CONDITION_LABELS,
     TERMINAL_STATES,
     TRANSITIONS,
@@ -43,8 +45,8 @@ def _edge_label(spec: TransitionSpec) -> str:
         label += f" [{CONDITION_LABELS[spec['conditions']]}]"
     if "unless" in spec:
         label += f" [not {CONDITION_LABELS[spec['unless']]}]"
-    if spec["trigger"] != "advance":
-        label = f"{spec['trigger']}: {label}" if spec["trigger"] != "cleanup" else label
+    if spec["trigger"] not in (ADVANCE, CLEANUP):
+        label = f"{spec['trigger']}: {label}"
     return label
 
 

@@ -13,18 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from orchestrator_fsm.lifecycle.table import CLEANUP_STEP, table_steps
+
 REPO = Path(__file__).resolve().parent.parent
-STEPS_OF_A_ROUND_TRIP = {
-    "seed",
-    "configure_runtime",
-    "provision",
-    "init_logging",
-    "persist_manifest",
-    "acquire_lock",
-    "resolve_device",
-    "report",
-    "cleanup",
-}
+STEPS_OF_A_ROUND_TRIP = {*table_steps(), CLEANUP_STEP}
 
 
 def run_quick_benchmarks(tmp_path: Path) -> tuple[dict[str, Any], Path, Path]:

@@ -10,14 +10,17 @@ from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.lifecycle.machine import LifecycleMachine, TransitionRecord, Undo
 from orchestrator_fsm.lifecycle.table import (
     ADVANCE,
+    CLEANUP_STEP,
+    ROLLBACK_STEP,
     TERMINAL_STATES,
     TRANSITIONS,
     LifecycleState,
     advance_path,
+    table_steps,
 )
 
 S = LifecycleState
-STEP_NAMES = sorted({spec["step"] for spec in TRANSITIONS} - {"cleanup", "rollback"})
+STEP_NAMES = sorted(table_steps())
 
 
 def make_steps(
@@ -135,7 +138,7 @@ def test_a_failing_step_rolls_back_earlier_steps_in_reverse(failing: str) -> Non
     assert failed[0].step == failing
     assert failed[0].error == f"ValueError: {failing} broke"
     assert machine.history[-1].dest is S.FAILED
-    assert machine.history[-1].step == "rollback"
+    assert machine.history[-1].step == ROLLBACK_STEP
 
 
 def test_keyboard_interrupt_in_a_step_rolls_back_and_propagates() -> None:
@@ -174,7 +177,7 @@ def test_a_failing_undo_is_isolated_recorded_and_noted_on_the_original_error() -
     notes = getattr(caught.value, "__notes__", [])
     assert any("undo of init_logging failed" in note for note in notes)
     rollback = machine.history[-1]
-    assert rollback.step == "rollback" and not rollback.ok
+    assert rollback.step == ROLLBACK_STEP and not rollback.ok
     assert rollback.error is not None and "handler refused to close" in rollback.error
 
 
@@ -210,7 +213,7 @@ def test_cleanup_with_a_failing_undo_still_ends_cleaned_and_records_it() -> None
     machine.run_until(S.CONFIGURED)
     assert machine.cleanup() is S.CLEANED
     last = machine.history[-1]
-    assert last.step == "cleanup" and not last.ok
+    assert last.step == CLEANUP_STEP and not last.ok
     assert last.error is not None and "cannot restore flags" in last.error
     assert "undo configure_runtime" in log
 

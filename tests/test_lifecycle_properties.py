@@ -19,6 +19,7 @@ from orchestrator_fsm.config import Config
 from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.lifecycle.table import (
     LOCK_HELD_STATES,
+    MACHINE_STEPS,
     TERMINAL_STATES,
     TRANSITIONS,
     LifecycleState,
@@ -135,7 +136,7 @@ class LifecycleProperties(RuleBasedStateMachine):
         for record in self.orch.machine.history:
             assert record.source is state
             assert (record.trigger, record.source.value, record.dest.value) in ALLOWED
-            if record.ok or record.step in ("cleanup", "rollback"):
+            if record.ok or record.step in MACHINE_STEPS:
                 state = record.dest
         assert state is self.orch.state
 

@@ -1,0 +1,132 @@
+"""The run record: one writer, a status derived from the machine, read back as RunRecord."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakes import Calls, StepFailure, fake_dependencies
+
+from orchestrator_fsm import RunRecord, infer_status, read_run
+from orchestrator_fsm.lifecycle.record import RUN_FILE
+from orchestrator_fsm.lifecycle.table import LifecycleState
+from orchestrator_fsm.orchestrator import RootOrchestrator
+
+ConfigFactory = Callable[..., Any]
+
+
+def build(make_config: ConfigFactory, calls: Calls, **overrides: Any) -> RootOrchestrator:
+    deps = fake_dependencies(calls)
+    deps.update(overrides)
+    return RootOrchestrator(make_config(), rank=0, local_rank=0, **deps)
+
+
+def test_read_run_gives_the_record_with_every_transition_of_the_machine(
+    make_config: ConfigFactory,
+) -> None:
+    orch = build(make_config, Calls())
+    with orch:
+        orch.log_environment_report()
+    assert orch.paths is not None
+    record = read_run(orch.paths.root)
+    assert isinstance(record, RunRecord)
+    assert (record.status, record.state, record.error) == ("completed", "cleaned", None)
+    assert record.run_id == orch.paths.run_id and record.root == orch.paths.root
+    assert record.pid == os.getpid() and record.host == socket.gethostname()
+    assert record.device == "cpu"
+    assert [(t.source, t.dest, t.step) for t in record.transitions] == [
+        (t.source, t.dest, t.step) for t in orch.machine.history
+    ]
+    assert record.started_at == orch.machine.history[0].started_at
+    assert record.duration_s is not None and record.duration_s >= 0
+    with pytest.raises(AttributeError):
+        record.status = "failed"  # type: ignore[misc]
+
+
+def test_an_interrupt_while_releasing_the_lock_is_recorded_as_interrupted(
+    make_config: ConfigFactory,
+) -> None:
+    calls = Calls()
+    orch = build(make_config, calls)
+    orch.__enter__()
+    calls.fail["release_resources"] = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        orch.__exit__(None, None, None)
+    assert orch.state is LifecycleState.CLEANED
+    assert orch.paths is not None
+    record = read_run(orch.paths.root)
+    assert record.status == "interrupted"
+    assert record.error is not None
+    assert (record.error.type, record.error.step) == ("KeyboardInterrupt", "cleanup")
+
+
+def test_the_error_of_the_step_that_failed_is_the_outcome_not_a_later_one(
+    make_config: ConfigFactory,
+) -> None:
+    calls = Calls()
+    calls.fail["dump_git_info"] = StepFailure("no git")
+    calls.fail["release_resources"] = OSError("never reached: the lock was not taken")
+    orch = build(make_config, calls)
+    with pytest.raises(StepFailure):
+        orch.__enter__()
+    assert orch.paths is not None
+    record = read_run(orch.paths.root)
+    assert record.status == "failed"
+    assert record.error is not None
+    assert (record.error.step, record.error.type) == ("persist_manifest", "StepFailure")
+
+
+def test_the_record_is_finished_exactly_once(make_config: ConfigFactory) -> None:
+    orch = build(make_config, Calls())
+    with orch:
+        pass
+    assert orch.paths is not None
+    first = (orch.paths.root / RUN_FILE).read_text()
+    orch.cleanup()  # a no-op once terminal: the record must not change
+    with pytest.raises(Exception, match="re-initialize"):
+        orch.initialize_core_services()
+    assert (orch.paths.root / RUN_FILE).read_text() == first
+
+
+def test_transitions_before_the_run_directory_are_back_filled_once(
+    make_config: ConfigFactory,
+) -> None:
+    orch = build(make_config, Calls())
+    with orch:
+        pass
+    assert orch.paths is not None
+    lines = (orch.paths.root / "lifecycle.jsonl").read_text().splitlines()
+    assert len(lines) == len(orch.machine.history)
+    assert [json.loads(line)["step"] for line in lines[:3]] == [
+        "seed",
+        "configure_runtime",
+        "provision",
+    ]
+
+
+def test_a_running_record_whose_process_is_gone_is_crashed(tmp_path: Path) -> None:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                           capture_output=True, text=True)  # fmt: skip
+    gone_pid = int(child.stdout)
+    base = {"run_id": "r", "status": "running", "host": socket.gethostname()}
+    gone = RunRecord.from_json({**base, "pid": gone_pid}, tmp_path)
+    alive = RunRecord.from_json({**base, "pid": os.getpid()}, tmp_path)
+    elsewhere = RunRecord.from_json({**base, "pid": gone_pid, "host": "not-this-host"}, tmp_path)
+    assert infer_status(gone) == gone.effective_status == "crashed"
+    assert infer_status(alive) == "running"
+    assert infer_status(elsewhere) == "running"
+
+
+def test_read_run_names_the_file_when_it_is_not_a_json_object(tmp_path: Path) -> None:
+    (tmp_path / RUN_FILE).write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"run\.json holds a JSON list"):
+        read_run(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        read_run(tmp_path / "missing")
