@@ -39,10 +39,6 @@ class EnvSnapshot:
         changed.update(name for name in now if name not in before)
         return cls({name: before.get(name) for name in changed})
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(self._saved)
-
     def restore(self) -> None:
         for name, value in self._saved.items():
             if value is None:

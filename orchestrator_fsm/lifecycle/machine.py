@@ -234,11 +234,6 @@ class LifecycleMachine:
         """The step :attr:`ended_by` came from; None when the caller reported it."""
         return self._ended_in
 
-    @property
-    def pending_undos(self) -> tuple[str, ...]:
-        """Names of the steps whose undo is still registered, oldest first."""
-        return tuple(name for name, _ in self._undos)
-
     def can_advance(self) -> bool:
         return not self.is_terminal
 
