@@ -51,3 +51,31 @@ def test_readme_quickstart_runs_and_ends_cleaned(tmp_path: Path) -> None:
     for run in runs:
         assert (run / "run.json").is_file()
         assert (run / "reports" / "config.yaml").is_file()
+
+
+def test_readme_reading_a_run_back_works_on_a_real_run(tmp_path: Path) -> None:
+    from orchestrator_fsm import Config, RootOrchestrator
+
+    reading = python_blocks()[2]
+    assert "read_run(" in reading
+    cfg = Config.from_dict(
+        {
+            "dataset": {"name": "synthetic_shapes"},
+            "architecture": {"name": "mini_cnn"},
+            "training": {"seed": 7},
+            "telemetry": {"output_dir": str(tmp_path / "outputs")},
+            "infrastructure": {"lock": {"path": str(tmp_path / "run.lock")}},
+        }
+    )
+    with RootOrchestrator(cfg) as orch:
+        pass
+    assert orch.paths is not None
+    script = re.sub(r'read_run\("[^"]*"\)', f"read_run({str(orch.paths.root)!r})", reading)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    first, *timeline = result.stdout.splitlines()
+    assert first.startswith("completed None {")
+    assert timeline[0].startswith("created -> seeded seed")
+    assert timeline[-1].startswith("ready -> cleaned cleanup")
