@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from typing import Final
 
-from orchestrator_fsm.errors import OrchestratorError
+from orchestrator_fsm.errors import GraphvizNotFoundError, OrchestratorError
 from orchestrator_fsm.lifecycle.table import (
     ADVANCE,
     CLEANUP,
@@ -33,10 +33,6 @@ FORMATS: Final = ("mermaid", "dot", "svg")
 #: Stands for "every non-terminal state" (the table's "*" source) in drawings.
 _ANY_LIVE: Final = "any_live"
 _ANY_LIVE_LABEL: Final = "any non-terminal state"
-
-
-class GraphvizNotFoundError(OrchestratorError):
-    """SVG output was asked for but Graphviz's ``dot`` program is not installed."""
 
 
 def _edge_label(spec: TransitionSpec) -> str:

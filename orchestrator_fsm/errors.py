@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DeviceError",
+    "GraphvizNotFoundError",
     "InfrastructureError",
     "LifecycleError",
     "LockContendedError",
@@ -54,3 +55,7 @@ class LockContendedError(InfrastructureError):
 
 class DeviceError(OrchestratorError):
     """The requested compute device does not exist or cannot be used."""
+
+
+class GraphvizNotFoundError(OrchestratorError):
+    """SVG output was asked for but Graphviz's ``dot`` program is not installed."""
