@@ -12,7 +12,6 @@ from orchestrator_fsm.config import (
     LockConfig,
     TelemetryConfig,
     TrainingConfig,
-    redact_secrets,
 )
 from orchestrator_fsm.distributed import get_local_rank, get_rank, get_world_size
 from orchestrator_fsm.errors import (
@@ -46,6 +45,7 @@ from orchestrator_fsm.protocols import (
     ReporterProtocol,
     TimeTrackerProtocol,
 )
+from orchestrator_fsm.redaction import redact_secrets
 
 __version__ = "0.1.0"
 
