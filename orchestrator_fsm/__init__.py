@@ -13,7 +13,6 @@ from orchestrator_fsm.config import (
     LockConfig,
     TelemetryConfig,
     TrainingConfig,
-    redact_secrets,
 )
 from orchestrator_fsm.distributed import get_local_rank, get_rank, get_world_size
 from orchestrator_fsm.errors import (
@@ -48,6 +47,7 @@ from orchestrator_fsm.protocols import (
     ReporterProtocol,
     TimeTrackerProtocol,
 )
+from orchestrator_fsm.redaction import redact_secrets
 
 __all__ = [
     "ArchitectureConfig",

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator_fsm import config as config_module
 from orchestrator_fsm.config import (
     ArchitectureConfig,
     Config,
     DatasetConfig,
     HardwareConfig,
     redact_secrets,
+    sections,
 )
 from orchestrator_fsm.errors import ConfigError
 
@@ -469,7 +469,7 @@ def test_explicit_worker_count_is_used_when_not_reproducible() -> None:
 def test_automatic_worker_count_leaves_one_cpu_and_caps_at_four(
     monkeypatch: pytest.MonkeyPatch, cpus: int, workers: int
 ) -> None:
-    monkeypatch.setattr(config_module, "_available_cpus", lambda: cpus)
+    monkeypatch.setattr(sections, "available_cpu_count", lambda: cpus)
 
     assert Config.from_dict(minimal()).hardware.effective_num_workers == workers
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 import yaml
 
 from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_text
+from orchestrator_fsm.redaction import redact_secrets, redact_url
 
 if TYPE_CHECKING:
     from orchestrator_fsm.phases.context import RunContext
@@ -69,14 +70,11 @@ class SerializableConfig(Protocol):
 
 
 def _redact(data: Any) -> Any:
-    # Imported here: the config module imports much more than this phase needs.
-    from orchestrator_fsm.config import redact_secrets
-
     return redact_secrets(data)
 
 
 def _redact_url(url: str) -> str:
-    return str(_redact(url))
+    return redact_url(url)
 
 
 def _plain_key(key: object, where: str) -> object:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from orchestrator_fsm._fs import atomic_write_json
+from orchestrator_fsm.redaction import redact_secrets
 
 if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
@@ -125,8 +126,6 @@ def _read_git_info(reports_dir: Path) -> dict[str, str] | None:
         key, sep, value = line.partition(":")
         if sep and key.strip() and not key.lstrip().startswith("#"):
             info[key.strip()] = value.strip()
-    from orchestrator_fsm.config import redact_secrets
-
     # A remote URL may carry credentials (https://user:token@host/...).
     redacted: dict[str, str] = redact_secrets(info)
     return redacted

@@ -1,0 +1,523 @@
+"""The recipe's sections as frozen attrs classes, and the cattrs converter that builds them.
+
+Each field of an owned section names its check in its metadata; the structure hooks
+run every check and gather every problem, so that one ConfigError reports them all.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar, cast
+
+import attrs
+import cattrs
+from cattrs.errors import AttributeValidationNote, ClassValidationError
+from cattrs.gen import make_dict_structure_fn, override
+
+from orchestrator_fsm._fs import atomic_write_text, slugify
+from orchestrator_fsm._system import available_cpu_count
+from orchestrator_fsm.config.problems import (
+    MISSING,
+    Invalid,
+    Problem,
+    UnknownKey,
+    config_error,
+    misspelt_sections,
+    problems_from,
+    with_origins,
+)
+from orchestrator_fsm.config.recipe import apply_overrides, dump_yaml, plain_data, read_recipe
+
+__all__ = [
+    "DICT_SOURCE_LABEL",
+    "ArchitectureConfig",
+    "Config",
+    "DatasetConfig",
+    "HardwareConfig",
+    "InfrastructureConfig",
+    "LockConfig",
+    "PipelineSection",
+    "TelemetryConfig",
+    "TrainingConfig",
+]
+
+DICT_SOURCE_LABEL = "<dict>"
+"""How errors name the origin of a config built by :meth:`Config.from_dict` without a source."""
+
+_DEVICE = re.compile(r"auto|cpu|cuda|cuda:(?P<index>[0-9]+)|mps", re.ASCII)
+_DEVICE_CHOICES = "one of auto, cpu, cuda, cuda:N (N a non-negative integer), mps"
+_PROJECT_NAME_MAX = 80
+_SEED_LIMIT = 2**32
+
+_CHECK = "orchestrator_fsm.config.check"
+
+
+def _checked(check: Callable[[object], object]) -> dict[str, object]:
+    """Field metadata naming the function that validates and normalizes the field's value."""
+    return {_CHECK: check}
+
+
+def _strict_bool(value: object) -> bool:
+    # YAML's own booleans (true/false, yes/no, on/off unquoted) arrive as bool; a quoted
+    # "yes", 1 or "false" must not pass as truthy or falsy.
+    if isinstance(value, bool):
+        return value
+    raise Invalid("true or false", value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count_or_auto(minimum: int) -> Callable[[object], int | None]:
+    def check(value: object) -> int | None:
+        if value is None:
+            return None
+        if _is_int(value) and cast(int, value) >= minimum:
+            return int(cast(int, value))
+        raise Invalid(f"an integer >= {minimum}, or null for automatic", value)
+
+    return check
+
+
+def _positive_int(value: object) -> int:
+    if _is_int(value) and cast(int, value) >= 1:
+        return int(cast(int, value))
+    raise Invalid("an integer >= 1", value)
+
+
+def _device(value: object) -> str:
+    if isinstance(value, str):
+        match = _DEVICE.fullmatch(value.lower())
+        if match is not None:
+            index = match.group("index")
+            return match.group(0) if index is None else f"cuda:{int(index)}"
+    raise Invalid(_DEVICE_CHOICES, value)
+
+
+def _project_name(value: object) -> str:
+    # The name becomes part of the lock file's name, so it must already be a slug.
+    if isinstance(value, str) and value and slugify(value, max_length=_PROJECT_NAME_MAX) == value:
+        return value
+    expected = (
+        f"a slug of at most {_PROJECT_NAME_MAX} characters from [a-z0-9_-], "
+        "not starting or ending with '-' or '_'"
+    )
+    if isinstance(value, str) and value.strip():
+        expected += f" (such as {slugify(value, max_length=_PROJECT_NAME_MAX)!r})"
+    raise Invalid(expected, value)
+
+
+def _path(value: object) -> Path:
+    text = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if isinstance(text, str) and text and "\x00" not in text:
+        return Path(text)
+    raise Invalid("a non-empty path", value)
+
+
+def _optional_path(value: object) -> Path | None:
+    return None if value is None else _path(value)
+
+
+def _log_level(value: object) -> str:
+    if isinstance(value, str) and value.strip():
+        name = value.upper()
+        # getLevelName maps a registered name to its number and anything else to a string.
+        if isinstance(logging.getLevelName(name), int):
+            return name
+    raise Invalid("a logging level name (DEBUG, INFO, WARNING, ERROR or CRITICAL)", value)
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    raise Invalid("a number of seconds >= 0 (0 = fail at once)", value)
+
+
+def _section_name(value: object) -> str:
+    if isinstance(value, str) and value.strip():
+        return value
+    raise Invalid("a non-empty string", value)
+
+
+def _seed(value: object) -> int:
+    if _is_int(value) and 0 <= cast(int, value) < _SEED_LIMIT:
+        return int(cast(int, value))
+    raise Invalid("an integer in [0, 2**32)", value)
+
+
+@attrs.frozen
+class HardwareConfig:
+    """The ``hardware`` section: device, parallelism, determinism and lock naming.
+
+    Build it through :meth:`Config.from_recipe` or :meth:`Config.from_dict`, which
+    validate and normalize every field; constructing it directly checks nothing.
+    """
+
+    device: str = attrs.field(default="auto", metadata=_checked(_device))
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (stored lower-case)."""
+    num_workers: int | None = attrs.field(default=None, metadata=_checked(_count_or_auto(0)))
+    """DataLoader workers; ``None`` picks a number from the available CPUs."""
+    cpu_threads: int | None = attrs.field(default=None, metadata=_checked(_count_or_auto(1)))
+    """Torch intra-op threads; ``None`` lets the runtime phase decide."""
+    reproducible: bool = attrs.field(default=False, metadata=_checked(_strict_bool))
+    """Deterministic algorithms on, data loaded in the main process."""
+    deterministic_warn_only: bool = attrs.field(default=False, metadata=_checked(_strict_bool))
+    """Only warn on non-deterministic operations; requires ``reproducible``."""
+    project_name: str = attrs.field(default="orchestrator-fsm", metadata=_checked(_project_name))
+    """A slug; runs of the same project share one lock."""
+    allow_process_kill: bool = attrs.field(default=False, metadata=_checked(_strict_bool))
+    """Accepted for compatibility with the reference system; nothing is ever killed."""
+
+    @property
+    def use_deterministic_algorithms(self) -> bool:
+        """Whether torch must use deterministic algorithms: exactly when ``reproducible``."""
+        return self.reproducible
+
+    @property
+    def effective_num_workers(self) -> int:
+        """DataLoader workers to use.
+
+        0 when ``reproducible`` (worker processes make data order depend on
+        scheduling), else ``num_workers`` when set, else ``min(4, available CPUs - 1)``.
+        """
+        if self.reproducible:
+            return 0
+        if self.num_workers is not None:
+            return self.num_workers
+        return min(4, max(0, available_cpu_count() - 1))
+
+
+@attrs.frozen
+class TelemetryConfig:
+    """The ``telemetry`` section: where runs are written and how much they log."""
+
+    output_dir: Path = attrs.field(default=Path("outputs"), metadata=_checked(_path))
+    """Parent of every run directory; a relative path is relative to the working directory."""
+    log_level: str = attrs.field(default="INFO", metadata=_checked(_log_level))
+    """An upper-case :mod:`logging` level name (given case-insensitively)."""
+    log_interval: int = attrs.field(default=10, metadata=_checked(_positive_int))
+    """Log every this many steps (read by pipelines)."""
+
+
+@attrs.frozen
+class LockConfig:
+    """``infrastructure.lock``: the per-project run lock."""
+
+    enabled: bool = attrs.field(default=True, metadata=_checked(_strict_bool))
+    timeout_s: float = attrs.field(default=0.0, metadata=_checked(_seconds))
+    """How long to wait for another run to release the lock; 0 fails at once."""
+    path: Path | None = attrs.field(default=None, metadata=_checked(_optional_path))
+    """The lock file; ``None`` derives it from ``hardware.project_name``."""
+
+
+@attrs.frozen
+class InfrastructureConfig:
+    """The ``infrastructure`` section."""
+
+    lock: LockConfig = attrs.field(factory=LockConfig)
+
+
+@attrs.frozen
+class PipelineSection(Mapping[str, Any]):
+    """A pipeline-owned section, kept verbatim and read-only.
+
+    It is a mapping: ``section["key"]``, ``section.get("key", default)``, ``"key" in
+    section``, ``dict(section)``. Values come back as copies, so changing them never
+    changes the config. ``params`` is the whole section as a new dict.
+    """
+
+    _data: dict[str, Any] = attrs.field(factory=dict)
+    _required: ClassVar[Mapping[str, Callable[[object], object]]] = {}
+    _expected: ClassVar[str] = "a mapping"
+
+    def __getitem__(self, key: str) -> Any:
+        return copy.deepcopy(self._data[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The whole section as recipe-given (typed keys included), as a new dict."""
+        return copy.deepcopy(self._data)
+
+
+@attrs.frozen
+class DatasetConfig(PipelineSection):
+    """The ``dataset`` section; ``name`` is required."""
+
+    _required: ClassVar[Mapping[str, Callable[[object], object]]] = {"name": _section_name}
+    _expected: ClassVar[str] = "a mapping with a non-empty string 'name'"
+
+    @property
+    def name(self) -> str:
+        return cast(str, self._data["name"])
+
+
+@attrs.frozen
+class ArchitectureConfig(PipelineSection):
+    """The ``architecture`` section; ``name`` is required."""
+
+    _required: ClassVar[Mapping[str, Callable[[object], object]]] = {"name": _section_name}
+    _expected: ClassVar[str] = "a mapping with a non-empty string 'name'"
+
+    @property
+    def name(self) -> str:
+        return cast(str, self._data["name"])
+
+
+@attrs.frozen
+class TrainingConfig(PipelineSection):
+    """The ``training`` section; ``seed`` (an integer in ``[0, 2**32)``) is required."""
+
+    _required: ClassVar[Mapping[str, Callable[[object], object]]] = {"seed": _seed}
+    _expected: ClassVar[str] = "a mapping with an integer 'seed' in [0, 2**32)"
+
+    @property
+    def seed(self) -> int:
+        return cast(int, self._data["seed"])
+
+
+_OWNED_SECTIONS = ("hardware", "telemetry", "infrastructure")
+_TYPED_PIPELINE_SECTIONS = ("dataset", "architecture", "training")
+_SECTIONS = _TYPED_PIPELINE_SECTIONS + _OWNED_SECTIONS
+
+
+@attrs.frozen
+class Config:
+    """One run's validated configuration.
+
+    Build it with :meth:`from_recipe` or :meth:`from_dict`. Two configs are equal when
+    their contents are (``source`` is not compared).
+    """
+
+    dataset: DatasetConfig
+    architecture: ArchitectureConfig
+    training: TrainingConfig
+    hardware: HardwareConfig = attrs.field(factory=HardwareConfig)
+    telemetry: TelemetryConfig = attrs.field(factory=TelemetryConfig)
+    infrastructure: InfrastructureConfig = attrs.field(factory=InfrastructureConfig)
+    _extra: dict[str, Any] = attrs.field(factory=dict, alias="extra")
+    source: Path | None = attrs.field(default=None, eq=False)
+    """The recipe file (absolute) this config was read from, if any."""
+
+    @classmethod
+    def from_recipe(cls, path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Config:
+        """Read, override and validate the YAML recipe at ``path``.
+
+        ``overrides`` are ``"a.b.c=value"`` strings; each value is read as a YAML
+        scalar (``7``, ``true``, ``null``, ``'quoted'``; ``[..]``/``{..}`` for lists
+        and mappings) and set in the recipe before validation, so it is checked like
+        the file. Raises :class:`ConfigError` listing every problem found.
+        """
+        label = os.fspath(path)
+        recipe = Path(path)
+        document = read_recipe(recipe, label)
+        return _build(
+            document, label=label, source=Path(os.path.abspath(recipe)), overrides=overrides
+        )
+
+    @classmethod
+    def from_dict(
+        cls, mapping: Mapping[str, Any], source: str | os.PathLike[str] | None = None
+    ) -> Config:
+        """Validate ``mapping`` (shaped like a recipe); ``mapping`` is not modified.
+
+        ``source`` names where the data came from, in errors and as ``cfg.source``.
+        Raises :class:`ConfigError` listing every problem found.
+        """
+        if source is None:
+            return _build(mapping, label=DICT_SOURCE_LABEL, source=None, overrides=())
+        return _build(mapping, label=os.fspath(source), source=Path(source), overrides=())
+
+    @property
+    def pipeline(self) -> dict[str, Any]:
+        """Everything the orchestrator does not own, verbatim, as a new dict.
+
+        That is ``dataset``, ``architecture``, ``training`` and every other top-level
+        key of the recipe (``augmentation``, ``task_type``, ...).
+        """
+        return {
+            "dataset": self.dataset.params,
+            "architecture": self.architecture.params,
+            "training": self.training.params,
+            **copy.deepcopy(self._extra),
+        }
+
+    def dump_serialized(self) -> dict[str, Any]:
+        """The whole config as plain JSON-able data (paths as strings).
+
+        ``Config.from_dict(cfg.dump_serialized()) == cfg``. Secrets are included; pass
+        the result through :func:`redact_secrets` before persisting it for others.
+        """
+        data = self.pipeline
+        for name in _OWNED_SECTIONS:
+            data[name] = _converter.unstructure(getattr(self, name))
+        return data
+
+    def to_yaml(self, path: str | os.PathLike[str]) -> None:
+        """Atomically write :meth:`dump_serialized` as YAML to ``path``.
+
+        The file loads back (:meth:`from_recipe`) to an equal config. Its directory
+        must exist. Secrets are written as they are.
+        """
+        atomic_write_text(Path(path), dump_yaml(self.dump_serialized()))
+
+    def config_hash(self) -> str:
+        """SHA-256 (hex) of :meth:`dump_serialized` as canonical JSON; stable across runs."""
+        # json.dumps escapes every non-ASCII character by default: the text is ASCII.
+        canonical = json.dumps(self.dump_serialized(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+_converter = cattrs.Converter(detailed_validation=True)
+_converter.register_unstructure_hook(Path, str)
+
+_SectionT = TypeVar("_SectionT")
+_ErrorT = TypeVar("_ErrorT", bound=Exception)
+_Rule = Callable[[Mapping[Any, Any]], Problem | None]
+
+
+def _at(name: str, error: _ErrorT) -> _ErrorT:
+    """Mark ``error`` as being about attribute ``name``, the way cattrs marks its own."""
+    note = AttributeValidationNote(f"Structuring @ attribute {name}", name, object)
+    error.__notes__ = [*getattr(error, "__notes__", []), note]
+    return error
+
+
+def _register_owned_section(cls: type[_SectionT], *rules: _Rule) -> None:
+    """Structure ``cls`` strictly: each field through its check, unknown keys rejected.
+
+    ``rules`` check relations between fields on the raw section; they run even when
+    single fields are bad, so that one ConfigError reports everything.
+    """
+    fields = attrs.fields(cast(Any, cls))
+    known = [field.name for field in fields]
+    field_hooks: dict[str, Any] = {
+        field.name: override(struct_hook=_field_hook(field.metadata[_CHECK]))
+        for field in fields
+        if _CHECK in field.metadata
+    }
+    structure_fields = make_dict_structure_fn(
+        cls, _converter, _cattrs_forbid_extra_keys=False, **field_hooks
+    )
+
+    def structure(value: object, _type: object) -> _SectionT:
+        if value is None:  # an empty section ("hardware:" alone) means all defaults
+            value = {}
+        if not isinstance(value, Mapping):
+            raise Invalid(f"a mapping of settings ({', '.join(known)})", value)
+        errors: list[Exception] = [
+            _at(str(key), UnknownKey(key, known)) for key in value if key not in known
+        ]
+        given = {key: item for key, item in value.items() if key in known}
+        instance: _SectionT | None = None
+        try:
+            instance = structure_fields(given, cls)
+        except ClassValidationError as exc:
+            errors.extend(exc.exceptions)
+        errors.extend(problem for rule in rules if (problem := rule(given)) is not None)
+        if errors or instance is None:
+            raise ClassValidationError(f"While structuring {cls.__name__}", errors, cls)
+        return instance
+
+    _converter.register_structure_hook(cls, structure)
+
+
+def _field_hook(check: Callable[[object], object]) -> Callable[[object, object], object]:
+    return lambda value, _type: check(value)
+
+
+def _warn_only_requires_reproducible(section: Mapping[Any, Any]) -> Problem | None:
+    reproducible = section.get("reproducible", False)
+    if section.get("deterministic_warn_only") is True and reproducible is False:
+        problem = Problem(
+            "deterministic_warn_only: true requires reproducible: true (warn-only mode "
+            "relaxes the deterministic algorithms that only reproducible mode enables), "
+            "got reproducible: false"
+        )
+        return _at("deterministic_warn_only", problem)
+    return None
+
+
+def _register_pipeline_section(cls: type[PipelineSection]) -> None:
+    def structure(value: object, _type: object) -> PipelineSection:
+        if not isinstance(value, Mapping):
+            raise Invalid(cls._expected, value)
+        errors: list[Exception] = []
+        for key, check in cls._required.items():
+            try:
+                check(value.get(key, MISSING))
+            except Problem as exc:
+                errors.append(_at(key, exc))
+        if errors:
+            raise ClassValidationError(f"While structuring {cls.__name__}", errors, cls)
+        return cls(dict(value))
+
+    _converter.register_structure_hook(cls, structure)
+
+
+_register_owned_section(HardwareConfig, _warn_only_requires_reproducible)
+_register_owned_section(TelemetryConfig)
+_register_owned_section(LockConfig)
+_register_owned_section(InfrastructureConfig)
+for _section_cls in (DatasetConfig, ArchitectureConfig, TrainingConfig):
+    _register_pipeline_section(_section_cls)
+
+_structure_config_fields = make_dict_structure_fn(
+    Config,
+    _converter,
+    _extra=override(struct_hook=lambda value, _type: dict(value)),
+    source=override(omit=True),
+)
+
+
+def _structure_config(document: Mapping[str, Any], _type: object) -> Config:
+    # An absent required section is passed on as MISSING, so that its own hook reports
+    # "expected ..., got nothing" instead of cattrs reporting a bare KeyError.
+    fields: dict[str, Any] = {
+        name: document.get(name, MISSING) for name in _TYPED_PIPELINE_SECTIONS
+    }
+    fields.update((name, document[name]) for name in _OWNED_SECTIONS if name in document)
+    fields["_extra"] = {key: value for key, value in document.items() if key not in _SECTIONS}
+    return _structure_config_fields(fields, Config)
+
+
+_converter.register_structure_hook(Config, _structure_config)
+
+
+def _build(
+    document: object, *, label: str, source: Path | None, overrides: Iterable[str]
+) -> Config:
+    error_source = None if source is None else label
+    if not isinstance(document, Mapping):
+        expected = "a mapping of recipe sections (dataset, architecture, training, ...)"
+        raise config_error(label, [("", str(Invalid(expected, document)))], error_source)
+    data, problems = plain_data(document)
+    if not isinstance(data, dict):  # too big to look at any further
+        raise config_error(label, problems, error_source)
+    set_by, override_problems = apply_overrides(data, overrides)
+    problems += override_problems
+    problems += misspelt_sections(data, _SECTIONS)
+    config: Config | None = None
+    try:
+        config = _converter.structure(data, Config)
+    except (ClassValidationError, Problem) as exc:
+        problems += problems_from(exc)
+    if problems or config is None:
+        raise config_error(label, with_origins(problems, set_by), error_source)
+    return attrs.evolve(config, source=source)
