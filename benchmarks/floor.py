@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import yaml
 
+from orchestrator_fsm._system import available_cpu_count
+
 __all__ = ["FloorRun", "floor_round_trip"]
 
 _SUBDIRECTORIES: Final = ("logs", "reports", "checkpoints", "figures", "exports", "database")
@@ -73,7 +75,7 @@ def floor_round_trip(run: FloorRun) -> None:
     random.seed(run.seed)
     np.random.seed(run.seed)
     torch.manual_seed(run.seed)
-    threads = max(1, len(os.sched_getaffinity(0)))
+    threads = available_cpu_count()
     torch.set_num_threads(threads)
 
     run.cache_dir.mkdir(parents=True, exist_ok=True)

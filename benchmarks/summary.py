@@ -16,6 +16,7 @@ from rich.table import Table
 
 from benchmarks._common import REPO_ROOT
 from orchestrator_fsm._fs import atomic_write_json
+from orchestrator_fsm._system import available_cpu_count
 
 __all__ = [
     "collect_meta",
@@ -67,7 +68,6 @@ def collect_meta(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Date, commit, machine and software the measurement ran on."""
     changed = _git("diff", "--name-only", "HEAD")  # tracked files differing from HEAD
     dirty_files = sorted(line for line in (changed or "").splitlines() if line)
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "commit": _git("rev-parse", "--short", "HEAD"),
@@ -75,7 +75,7 @@ def collect_meta(settings: Mapping[str, Any]) -> dict[str, Any]:
         "dirty_files": dirty_files,
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "usable_cpus": usable,
+        "usable_cpus": available_cpu_count(),
         "load_average_before": load_average(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -19,6 +19,7 @@ import yaml
 from benchmarks._common import REPO_ROOT, Sandbox, quiet_stderr, summarize
 from benchmarks.floor import FloorRun, floor_round_trip
 from orchestrator_fsm import AuditSaver, Config, Logger, RootOrchestrator, RunPaths
+from orchestrator_fsm._process import LoggerSnapshot
 from orchestrator_fsm.phases.report import build_environment_report, render_report_lines
 
 __all__ = ["measure_warm"]
@@ -55,6 +56,7 @@ def _components(cfg: Config, box: Sandbox, repeat: int) -> dict[str, Any]:
     report = build_environment_report(cfg, scratch, "cpu", 1, 0)
     # A logger set up like the run's (console + run.log), outside the timing: the part
     # measured is rendering and writing the report's lines, as the report step does.
+    log_before = LoggerSnapshot.capture("orchestrator_fsm_bench.report")
     log = Logger.setup("orchestrator_fsm_bench.report", scratch.logs, "INFO")
 
     def log_report_lines() -> None:
@@ -71,7 +73,7 @@ def _components(cfg: Config, box: Sandbox, repeat: int) -> dict[str, Any]:
     try:
         result: dict[str, Any] = {name: _timed(work, repeat) for name, work in parts.items()}
     finally:
-        Logger.teardown(log)
+        log_before.restore()
     # Measured explicitly in a checkout (this repository): the git subprocesses a run
     # started from a clone pays, which the sandboxed round trips above do not.
     here = os.getcwd()

@@ -44,11 +44,11 @@ class ReporterProtocol(Protocol):
 
 @runtime_checkable
 class TimeTrackerProtocol(Protocol):
-    """Measures the wall time of the whole run."""
+    """Measures the wall time of the whole run; ``stop()`` returns the seconds measured."""
 
     def start(self) -> None: ...
 
-    def stop(self) -> None: ...
+    def stop(self) -> float: ...
 
     @property
     def elapsed_seconds(self) -> float: ...
@@ -58,7 +58,9 @@ class TimeTrackerProtocol(Protocol):
 class AuditSaverProtocol(Protocol):
     """Persists the run manifest: config, dependency snapshot, git state."""
 
-    def save_config(self, data: Any, yaml_path: Path) -> None: ...
+    # ``Path | None``: the default saver returns the file it wrote; savers written
+    # before that (returning None) still satisfy the protocol.
+    def save_config(self, data: Any, yaml_path: Path) -> Path | None: ...
 
     def dump_requirements(self, path: Path) -> None: ...
 

@@ -68,8 +68,9 @@ class FakeTimeTracker:
     def start(self) -> None:
         self.started += 1
 
-    def stop(self) -> None:
+    def stop(self) -> float:
         self.stopped += 1
+        return 0.0
 
     @property
     def elapsed_seconds(self) -> float:

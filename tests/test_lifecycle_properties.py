@@ -80,7 +80,8 @@ class LifecycleProperties(RuleBasedStateMachine):
             # after the run reached CLEANED
             assert self.orch.state in TERMINAL_STATES
         except Exception as exc:  # wrapped lock/device failures
-            assert exc.__cause__ is not None or isinstance(exc, StepFailure)
+            # StepFailure itself was handled above, so anything here must wrap a cause.
+            assert exc.__cause__ is not None, f"unwrapped {type(exc).__name__}: {exc}"
             assert self.orch.state is S.FAILED
 
     @rule(call=st.sampled_from(FAKE_CALLS), interrupt=st.booleans())

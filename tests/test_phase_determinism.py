@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -27,11 +28,20 @@ from orchestrator_fsm.phases.determinism import (
 )
 
 LOGGER_NAME = "orchestrator_fsm.phases.determinism"
+HASH_SEED_WARNING = "PYTHONHASHSEED was"
+
+# Strict seeding warns when the interpreter did not start with PYTHONHASHSEED equal to
+# the seed, which is how the test suite runs. The tests about that warning catch it with
+# pytest.warns (which sees warnings whatever the filters); elsewhere it is expected.
+pytestmark = pytest.mark.filterwarnings(f"ignore:{HASH_SEED_WARNING}:UserWarning")
 
 
 @pytest.fixture(autouse=True)
 def _restore_determinism(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    # As if the interpreter started without PYTHONHASHSEED, whatever launched pytest.
+    monkeypatch.setattr(determinism, "_HASH_SEED_AT_START", None)
     state = DeterminismState.capture()
     python_state, numpy_state, torch_state = (
         random.getstate(),
@@ -137,30 +147,97 @@ def test_cublas_setting_before_cuda_initialised_is_silent(
 
 
 @pytest.mark.parametrize("hash_seed", [None, "0", "random"])
-def test_strict_mode_warns_when_pythonhashseed_differs_from_the_seed(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, hash_seed: str | None
+def test_strict_mode_warns_when_the_interpreter_started_with_another_pythonhashseed(
+    monkeypatch: pytest.MonkeyPatch, hash_seed: str | None
 ) -> None:
-    if hash_seed is None:
-        monkeypatch.delenv("PYTHONHASHSEED", raising=False)
-    else:
-        monkeypatch.setenv("PYTHONHASHSEED", hash_seed)
-    with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
+    monkeypatch.setattr(determinism, "_HASH_SEED_AT_START", hash_seed)
+    with pytest.warns(UserWarning) as caught:
         set_seed(17, strict=True)
-    warned = [r.getMessage() for r in caplog.records if "PYTHONHASHSEED" in r.getMessage()]
+    warned = [w for w in caught if HASH_SEED_WARNING in str(w.message)]
     assert len(warned) == 1
-    assert "interpreter start" in warned[0]
-    assert "PYTHONHASHSEED=17" in warned[0]
+    message = str(warned[0].message)
+    assert "interpreter start" in message
+    assert "PYTHONHASHSEED=17" in message
+    # Attributed to the caller of set_seed, not to the determinism module.
+    assert warned[0].filename == __file__
+
+
+def test_pythonhashseed_warning_repeats_after_strict_mode_exported_it() -> None:
+    # The export reaches child processes only; this interpreter still hashes unseeded.
+    with pytest.warns(UserWarning, match=HASH_SEED_WARNING):
+        set_seed(17, strict=True)
+    assert os.environ["PYTHONHASHSEED"] == "17"
+    with pytest.warns(UserWarning, match=HASH_SEED_WARNING):
+        set_seed(17, strict=True)
 
 
 def test_no_pythonhashseed_warning_when_it_matches_or_outside_strict_mode(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("PYTHONHASHSEED", "17")
-    with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
+    monkeypatch.setattr(determinism, "_HASH_SEED_AT_START", "17")
+    with (
+        caplog.at_level(logging.WARNING, logger=LOGGER_NAME),
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
         set_seed(17, strict=True)
-        monkeypatch.setenv("PYTHONHASHSEED", "0")
+        monkeypatch.setattr(determinism, "_HASH_SEED_AT_START", "0")
         set_seed(17, strict=False)
+    assert not [w for w in caught if "PYTHONHASHSEED" in str(w.message)]
     assert not [r for r in caplog.records if "PYTHONHASHSEED" in r.getMessage()]
+
+
+def _child_hash(env: dict[str, str]) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", "print(hash('orchestrator-fsm'))"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_strict_mode_exports_pythonhashseed_so_child_processes_hash_alike() -> None:
+    set_seed(23, strict=False)
+    assert "PYTHONHASHSEED" not in os.environ
+
+    set_seed(23, strict=True)
+
+    assert os.environ["PYTHONHASHSEED"] == "23"
+    inherited = dict(os.environ)
+    assert _child_hash(inherited) == _child_hash(inherited)
+    assert _child_hash(inherited) != _child_hash({**inherited, "PYTHONHASHSEED": "24"})
+
+
+def test_strict_mode_warns_that_mps_determinism_is_partial(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(determinism, "_HASH_SEED_AT_START", "5")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda seed: None)
+
+    with pytest.warns(UserWarning) as caught:
+        set_seed(5, strict=True)
+
+    mps_warnings = [w for w in caught if "MPS" in str(w.message)]
+    assert len(mps_warnings) == 1
+    message = str(mps_warnings[0].message)
+    assert "MPS determinism is partial" in message
+    assert mps_warnings[0].filename == __file__
+
+
+@pytest.mark.parametrize(("strict", "mps"), [(False, True), (True, False)])
+def test_no_mps_warning_outside_strict_mode_or_without_mps(
+    monkeypatch: pytest.MonkeyPatch, strict: bool, mps: bool
+) -> None:
+    monkeypatch.setattr(determinism, "_HASH_SEED_AT_START", "5")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda seed: None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        set_seed(5, strict=strict)
+    assert not [w for w in caught if "MPS" in str(w.message)]
 
 
 @pytest.mark.parametrize("bad", [-1, 2**32, 1.5, "3", None, True])
@@ -215,6 +292,7 @@ def test_restore_undoes_strict_seeding() -> None:
 
     assert DeterminismState.capture() == before
     assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    assert "PYTHONHASHSEED" not in os.environ
     # The legacy TF32 flags stay readable: restore must not mix torch's two TF32 APIs.
     assert torch.backends.cuda.matmul.allow_tf32 == before.matmul_allow_tf32
     assert torch.backends.cudnn.allow_tf32 == before.cudnn_allow_tf32
@@ -222,6 +300,7 @@ def test_restore_undoes_strict_seeding() -> None:
 
 def test_restore_puts_back_flags_that_were_already_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
+    monkeypatch.setenv("PYTHONHASHSEED", "99")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -232,6 +311,7 @@ def test_restore_puts_back_flags_that_were_already_set(monkeypatch: pytest.Monke
 
     assert DeterminismState.capture() == before
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":0:0"
+    assert os.environ["PYTHONHASHSEED"] == "99"
     assert torch.is_deterministic_algorithms_warn_only_enabled()
     assert torch.backends.cudnn.benchmark is True
     assert torch.backends.cuda.matmul.allow_tf32 is True

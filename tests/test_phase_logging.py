@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator_fsm._process import LoggerSnapshot
 from orchestrator_fsm.phases.logging import LOG_FILE_NAME, Logger
 
 LINE = re.compile(
@@ -18,14 +19,11 @@ LINE = re.compile(
 
 @pytest.fixture
 def name() -> Iterator[str]:
-    """A fresh logger name per test, torn down afterwards whatever the test did."""
+    """A fresh logger name per test, put back afterwards whatever the test did."""
     logger_name = f"orchestrator_fsm.test_logging.{uuid.uuid4().hex}"
+    snapshot = LoggerSnapshot.capture(logger_name)
     yield logger_name
-    logger = logging.getLogger(logger_name)
-    Logger.teardown(logger)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+    snapshot.restore()
 
 
 def _log_lines(log_dir: Path) -> list[str]:
@@ -127,59 +125,44 @@ def test_second_setup_with_another_dir_moves_the_file_output(tmp_path: Path, nam
     assert _log_lines(second)[0].endswith("goes to the second run")
 
 
-def test_teardown_keeps_user_handlers_and_restores_level_and_propagate(
-    tmp_path: Path, name: str
-) -> None:
+def test_logger_snapshot_undoes_setup_and_keeps_user_handlers(tmp_path: Path, name: str) -> None:
     logger = logging.getLogger(name)
     user_stream = io.StringIO()
     user_handler = logging.StreamHandler(user_stream)
     logger.addHandler(user_handler)
     logger.setLevel(logging.WARNING)
+    before = LoggerSnapshot.capture(name)
     Logger.setup(name, tmp_path, "DEBUG")
     Logger.setup(name, tmp_path, "INFO")
     ours = [h for h in logger.handlers if h is not user_handler]
 
-    Logger.teardown(logger)
-    logger.warning("after teardown")
+    before.restore()
+    logger.warning("after the undo")
 
     assert logger.handlers == [user_handler]
     assert logger.level == logging.WARNING
     assert logger.propagate is True
-    assert "after teardown" in user_stream.getvalue()
-    assert not any("after teardown" in line for line in _log_lines(tmp_path))
+    assert "after the undo" in user_stream.getvalue()
+    assert not any("after the undo" in line for line in _log_lines(tmp_path))
     file_handlers = [h for h in ours if isinstance(h, logging.FileHandler)]
     assert len(file_handlers) == 1
     assert file_handlers[0].stream is None  # closed
 
 
-def test_setup_after_an_external_undo_remembers_the_new_state(tmp_path: Path, name: str) -> None:
-    logger = Logger.setup(name, tmp_path, "INFO")
-    # Someone else removes our handlers without teardown (e.g. a logging snapshot restore).
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
-    logger.setLevel(logging.ERROR)
-    logger.propagate = True
-
-    Logger.setup(name, tmp_path, "DEBUG")
-    Logger.teardown(logger)
-
-    assert logger.level == logging.ERROR
-    assert logger.propagate is True
-
-
-def test_teardown_of_a_logger_never_set_up_changes_nothing(name: str) -> None:
+def test_repeated_setup_replaces_only_its_own_handlers(tmp_path: Path, name: str) -> None:
     logger = logging.getLogger(name)
-    handler = logging.NullHandler()
-    logger.addHandler(handler)
-    logger.setLevel(logging.ERROR)
-    logger.propagate = False
+    user_handler = logging.NullHandler()
+    logger.addHandler(user_handler)
+    first = Logger.setup(name, tmp_path, "DEBUG")
+    replaced = [h for h in first.handlers if h is not user_handler]
 
-    Logger.teardown(logger)
+    Logger.setup(name, tmp_path, "WARNING")
 
-    assert logger.handlers == [handler]
-    assert logger.level == logging.ERROR
-    assert logger.propagate is False
+    assert logger.handlers[0] is user_handler
+    assert len(logger.handlers) == 3
+    assert not set(replaced) & set(logger.handlers)
+    assert all(h.stream is None for h in replaced if isinstance(h, logging.FileHandler))
+    assert logger.level == logging.WARNING
 
 
 def test_root_logger_is_never_touched(tmp_path: Path, name: str) -> None:
@@ -188,10 +171,11 @@ def test_root_logger_is_never_touched(tmp_path: Path, name: str) -> None:
     seen = io.StringIO()
     catcher = logging.StreamHandler(seen)
     root.addHandler(catcher)
+    before = LoggerSnapshot.capture(name)
     try:
         logger = Logger.setup(name, tmp_path, "DEBUG")
         logger.error("only in the run's handlers")
-        Logger.teardown(logger)
+        before.restore()
     finally:
         root.removeHandler(catcher)
 
@@ -229,10 +213,11 @@ def test_log_dir_that_is_a_file_is_a_clear_error(tmp_path: Path, name: str) -> N
 def test_console_lines_are_not_wrapped_when_stderr_is_not_a_terminal(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    before = LoggerSnapshot.capture("orchestrator_fsm.test_plain_console")
     logger = Logger.setup("orchestrator_fsm.test_plain_console", tmp_path, "INFO")
     try:
         long_message = "x" * 300
         logger.info(long_message)
         assert f"INFO     {long_message}\n" in capsys.readouterr().err
     finally:
-        Logger.teardown(logger)
+        before.restore()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import os
 import platform
@@ -106,6 +107,16 @@ def test_save_config_rejects_data_that_is_not_a_mapping(tmp_path: Path) -> None:
         AuditSaver().save_config([1, 2], tmp_path / "config.yaml")  # type: ignore[arg-type]
 
 
+def test_save_config_returns_the_path_it_wrote(tmp_path: Path) -> None:
+    target = tmp_path / "reports" / "config.yaml"
+    target.parent.mkdir()
+
+    written = AuditSaver().save_config({"training": {"seed": 3}}, str(target))  # type: ignore[arg-type]
+
+    assert written == target  # a Path, though a str was passed
+    assert _load(written) == {"training": {"seed": 3}}
+
+
 def test_save_config_replaces_atomically_and_leaves_no_temp_files(tmp_path: Path) -> None:
     target = tmp_path / "config.yaml"
     target.write_text("old: true\n")
@@ -132,16 +143,17 @@ def _requirement_lines(path: Path) -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line[:1] != "#"]
 
 
-def test_requirements_list_installed_numpy_under_a_python_header(tmp_path: Path) -> None:
+def test_requirements_start_with_the_python_version_line(tmp_path: Path) -> None:
     target = tmp_path / "requirements.txt"
 
     AuditSaver().dump_requirements(target)
 
-    text = target.read_text(encoding="utf-8")
-    header = text.splitlines()[:3]
+    lines = target.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == f"# Python {platform.python_version()}"
+    header = list(itertools.takewhile(lambda line: line.startswith("#"), lines))
+    assert len(header) > 1
     assert all(line.startswith("# ") for line in header)
-    assert any(f"Python {platform.python_version()}" in line for line in header)
-    assert any(platform.system() in line for line in header)
+    assert any(platform.system() in line for line in header[1:])
     assert f"numpy=={np.__version__}" in _requirement_lines(target)
     assert [p.name for p in tmp_path.iterdir()] == ["requirements.txt"]
 

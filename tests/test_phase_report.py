@@ -17,6 +17,8 @@ import pytest
 import torch
 import yaml
 
+from orchestrator_fsm._version import __version__
+from orchestrator_fsm.phases import report as report_module
 from orchestrator_fsm.phases.determinism import SeedTree
 from orchestrator_fsm.phases.filesystem import RunPaths
 from orchestrator_fsm.phases.report import (
@@ -127,6 +129,17 @@ def test_hardware_section_reports_device_and_cpus(cfg: Any, paths: RunPaths) -> 
     assert hardware["cuda"]["available"] is torch.cuda.is_available()
 
 
+def test_hardware_section_counts_the_cpus_this_process_may_use_and_mps(
+    cfg: Any, paths: RunPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A taskset/container restriction to three CPUs, and an Apple GPU that is not here.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 5, 7}, raising=False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    hardware = report_for(cfg, paths)["hardware"]
+    assert hardware["usable_cpus"] == 3
+    assert hardware["mps_available"] is True
+
+
 def test_hardware_section_lists_cuda_devices_when_available(
     cfg: Any, paths: RunPaths, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -226,6 +239,14 @@ def test_versions_section_names_the_installed_versions(cfg: Any, paths: RunPaths
     assert versions["numpy"] == np.__version__
     assert versions["orchestrator_fsm"] == metadata.version("orchestrator-fsm")
     assert versions["platform"] == platform.platform()
+
+
+def test_versions_section_falls_back_to_the_source_version_when_not_installed(
+    cfg: Any, paths: RunPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Run from a source tree without installing: no distribution metadata to read.
+    monkeypatch.setattr(report_module, "distribution_version", lambda name: None)
+    assert report_for(cfg, paths)["versions"]["orchestrator_fsm"] == __version__
 
 
 def test_distributed_section_reads_the_launch_environment(

@@ -55,26 +55,33 @@ def test_elapsed_while_running_is_time_since_start(tracker: TimeTracker, clock: 
     assert tracker.elapsed_seconds == pytest.approx(3.5)
 
 
-def test_stop_freezes_elapsed(tracker: TimeTracker, clock: FakeClock) -> None:
+def test_stop_freezes_elapsed_and_returns_it(tracker: TimeTracker, clock: FakeClock) -> None:
     tracker.start()
     clock.advance(4.0)
-    tracker.stop()
+    assert tracker.stop() == pytest.approx(4.0)
     clock.advance(100.0)
     assert not tracker.running
     assert tracker.elapsed_seconds == pytest.approx(4.0)
 
 
-def test_second_stop_keeps_the_first(tracker: TimeTracker, clock: FakeClock) -> None:
+def test_second_stop_keeps_and_returns_the_first(tracker: TimeTracker, clock: FakeClock) -> None:
     tracker.start()
     clock.advance(4.0)
     tracker.stop()
     clock.advance(6.0)
-    tracker.stop()
+    second = tracker.stop()
+    assert isinstance(second, float)
+    assert second == pytest.approx(4.0)
     assert tracker.elapsed_seconds == pytest.approx(4.0)
 
 
-def test_stop_before_start_does_nothing(tracker: TimeTracker, clock: FakeClock) -> None:
-    tracker.stop()
+def test_stop_before_start_returns_zero_and_does_nothing(
+    tracker: TimeTracker, clock: FakeClock
+) -> None:
+    clock.advance(7.0)
+    before = tracker.stop()
+    assert isinstance(before, float)
+    assert before == 0.0
     tracker.start()
     clock.advance(3.0)
     assert tracker.running
@@ -119,13 +126,17 @@ def test_default_clock_is_monotonic_and_non_negative() -> None:
     assert 0.0 <= first <= second <= tracker.elapsed_seconds
 
 
-def test_elapsed_formatted_uses_minutes_and_padded_seconds(
-    tracker: TimeTracker, clock: FakeClock
+@pytest.mark.parametrize(
+    ("elapsed", "expected"),
+    [(45.5, "45.5s"), (125.2, "2m 5s"), (3725.0, "1h 2m 5s")],
+)
+def test_elapsed_formatted_reads_seconds_then_minutes_then_hours(
+    tracker: TimeTracker, clock: FakeClock, elapsed: float, expected: str
 ) -> None:
     tracker.start()
-    clock.advance(63.24)
+    clock.advance(elapsed)
     tracker.stop()
-    assert tracker.elapsed_formatted == "1m 03.2s"
+    assert tracker.elapsed_formatted == expected
 
 
 @pytest.mark.parametrize(
@@ -134,16 +145,30 @@ def test_elapsed_formatted_uses_minutes_and_padded_seconds(
         (0.0, "0.0s"),
         (0.46, "0.5s"),
         (4.2, "4.2s"),
+        (45.5, "45.5s"),
         (59.94, "59.9s"),
-        (59.96, "1m 00.0s"),
-        (600.0, "10m 00.0s"),
-        (3600.0, "1h 00m 00.0s"),
-        (7505.5, "2h 05m 05.5s"),
+        (59.96, "1m 0s"),
+        (60.0, "1m 0s"),
+        (125.0, "2m 5s"),
+        (125.4, "2m 5s"),
+        (125.6, "2m 6s"),
+        (600.0, "10m 0s"),
+        (3599.6, "1h 0m 0s"),
+        (3600.0, "1h 0m 0s"),
+        (3725.0, "1h 2m 5s"),
+        (7505.5, "2h 5m 6s"),
+        (90061.0, "25h 1m 1s"),
         (-3.0, "0.0s"),
     ],
 )
 def test_format_duration(seconds: float, expected: str) -> None:
     assert format_duration(seconds) == expected
+
+
+@pytest.mark.parametrize("seconds", [math.nan, math.inf, -math.inf])
+def test_format_duration_rejects_non_finite_durations(seconds: float) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        format_duration(seconds)
 
 
 def test_record_collects_phase_durations_in_first_seen_order(tracker: TimeTracker) -> None:

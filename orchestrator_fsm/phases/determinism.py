@@ -14,6 +14,7 @@ import logging
 import operator
 import os
 import random
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, SupportsIndex
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from orchestrator_fsm._process import EnvSnapshot, undoable
+from orchestrator_fsm._system import mps_available
 from orchestrator_fsm.distributed import get_rank
 
 if TYPE_CHECKING:
@@ -46,7 +48,14 @@ logger = logging.getLogger(__name__)
 CUBLAS_WORKSPACE_CONFIG: Final = ":4096:8"
 _DETERMINISTIC_CUBLAS_CONFIGS: Final = frozenset({":4096:8", ":16:8"})
 _CUBLAS_ENV: Final = "CUBLAS_WORKSPACE_CONFIG"
-_ENV_VARS: Final = (_CUBLAS_ENV,)
+_HASH_SEED_ENV: Final = "PYTHONHASHSEED"
+_ENV_VARS: Final = (_CUBLAS_ENV, _HASH_SEED_ENV)
+
+# Python reads PYTHONHASHSEED once, when the interpreter starts, and this module is
+# imported before any lifecycle step runs; so the value seen here is the one that
+# governs str/bytes hashing in this process. The live variable cannot be trusted for
+# that: strict set_seed exports it for child processes.
+_HASH_SEED_AT_START: Final = os.environ.get(_HASH_SEED_ENV)
 
 _SEED_LIMIT: Final = 2**32
 _PURPOSE_KIND: Final = 0
@@ -93,8 +102,15 @@ def set_seed(seed: int, strict: bool = False, warn_only: bool = False) -> None:
     ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (a value already set to one of NVIDIA's two
     deterministic settings is kept) and turns TF32 off for cuBLAS matmuls and cuDNN. The
     variable only counts if set before CUDA initialises; a warning is logged when CUDA
-    already has. A warning is also logged when ``PYTHONHASHSEED`` differs from ``seed``:
-    string hashing is fixed at interpreter start and cannot be changed from here.
+    already has. Strict mode also exports ``PYTHONHASHSEED=<seed>``, which seeds string
+    hashing in child processes (DataLoader workers started by spawn, subprocesses).
+
+    Strict mode issues a ``UserWarning`` when this interpreter started with a
+    ``PYTHONHASHSEED`` other than ``seed``: its own string hashing was fixed at
+    start and cannot be changed from here. It issues another when MPS is available:
+    torch has no deterministic implementation of every MPS operation, so runs on MPS
+    are only partly reproducible. These two are warnings, not log lines: seeding comes
+    before the run's logging exists, and a log line as well would print twice.
 
     Undo with :class:`DeterminismState` (captured before the call). Raises
     ``ValueError`` unless ``0 <= seed < 2**32``.
@@ -138,16 +154,25 @@ def set_seed(seed: int, strict: bool = False, warn_only: bool = False) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 
-    hash_seed = os.environ.get("PYTHONHASHSEED")
-    if hash_seed != str(seed):
-        logger.warning(
-            "PYTHONHASHSEED is %s, not %r: the iteration order of sets of str/bytes (and "
-            "of anything derived from their hashes) may differ between runs. Python reads "
-            "it only at interpreter start; export PYTHONHASHSEED=%d before launching for "
-            "full reproducibility.",
-            "unset" if hash_seed is None else repr(hash_seed),
-            str(seed),
-            seed,
+    os.environ[_HASH_SEED_ENV] = str(seed)
+    if str(seed) != _HASH_SEED_AT_START:
+        started_with = "unset" if _HASH_SEED_AT_START is None else repr(_HASH_SEED_AT_START)
+        warnings.warn(
+            f"PYTHONHASHSEED was {started_with} when this interpreter started, not "
+            f"{str(seed)!r}: the iteration order of sets of str/bytes (and of anything "
+            "derived from their hashes) may differ between runs. Python reads it only at "
+            f"interpreter start; export PYTHONHASHSEED={seed} before launching for full "
+            "reproducibility (child processes already get it).",
+            UserWarning,
+            stacklevel=2,
+        )
+    if mps_available():
+        warnings.warn(
+            "MPS determinism is partial: torch has no deterministic implementation of "
+            "every MPS operation, so results on the mps device may differ between runs "
+            "even in strict mode. Use the CPU (or CUDA) for bit-exact reproducibility.",
+            UserWarning,
+            stacklevel=2,
         )
 
 
@@ -326,8 +351,8 @@ class DeterminismState:
     ``capture()`` before seeding, ``restore()`` afterwards: torch's deterministic-
     algorithms mode and its warn-only switch, cuDNN's deterministic and benchmark flags,
     the cuBLAS/cuDNN TF32 flags (and, on torch >= 2.9, the ``fp32_precision`` settings
-    behind them), ``CUBLAS_WORKSPACE_CONFIG`` and the seed recorded for
-    :func:`last_seed_sequence`. Restore writes only what differs from the snapshot.
+    behind them), ``CUBLAS_WORKSPACE_CONFIG``, ``PYTHONHASHSEED`` and the seed recorded
+    for :func:`last_seed_sequence`. Restore writes only what differs from the snapshot.
 
     RNG *state* is deliberately not captured or restored: the generators belong to the
     user's pipeline once seeded, and rewinding them at cleanup would silently replay

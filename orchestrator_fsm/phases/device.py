@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Final
 
 import torch
 
+from orchestrator_fsm._system import mps_available
 from orchestrator_fsm.distributed import get_world_size
 from orchestrator_fsm.errors import DeviceError
 
@@ -28,15 +29,11 @@ def _cuda_count() -> int:
     return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
 
 
-def _mps_available() -> bool:
-    return bool(torch.backends.mps.is_available())
-
-
 def available_devices() -> list[str]:
     """Names of the devices this process can use, e.g. ``["cpu", "cuda:0", "cuda:1"]``."""
     names = ["cpu"]
     names.extend(f"cuda:{index}" for index in range(_cuda_count()))
-    if _mps_available():
+    if mps_available():
         names.append("mps")
     return names
 
@@ -96,13 +93,13 @@ def to_device_obj(device_str: str, local_rank: int = 0) -> torch.device:
     if requested == "auto":
         if _cuda_count() > 0:
             return _bind_cuda(device_str, local_rank)
-        if _mps_available():
+        if mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     if requested == "cuda":
         return _bind_cuda(device_str, local_rank)
     if requested == "mps":
-        if not _mps_available():
+        if not mps_available():
             reason = (
                 "this torch build has no MPS support"
                 if not torch.backends.mps.is_built()

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 import portalocker
 
 from orchestrator_fsm._fs import slugify
+from orchestrator_fsm._system import pid_exists
 from orchestrator_fsm.errors import InfrastructureError, LockContendedError
 
 if TYPE_CHECKING:
@@ -85,23 +86,6 @@ def _parse_holder(raw: bytes) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
-def _pid_is_gone(pid: object) -> bool:
-    """True only when ``pid`` certainly names no process on this host.
-
-    Uses signal 0, which checks for existence and delivers nothing. POSIX only: on
-    Windows ``os.kill`` terminates the target whatever the signal number.
-    """
-    if os.name != "posix" or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
-
-
 def _describe_holder(path: Path, holder: dict[str, object] | None, raw_size: int) -> str:
     if holder is None:
         if raw_size < 0:
@@ -121,7 +105,7 @@ def _describe_holder(path: Path, holder: dict[str, object] | None, raw_size: int
     text = f"pid {pid} on host {host} (run {run_id}, since {since}) holds {path}"
     if pid == os.getpid() and host == socket.gethostname():
         text += " - that is this process, through another InfrastructureManager"
-    elif host == socket.gethostname() and _pid_is_gone(pid):
+    elif host == socket.gethostname() and pid_exists(pid) is False:
         # flock belongs to the open file description, which a forked child inherits.
         text += (
             f"; pid {pid} is no longer running, so a process it forked still has the lock file open"

@@ -3,8 +3,10 @@
 ``Logger.setup`` attaches two handlers to one named logger (never to the root logger):
 a rich console handler on stderr and a UTF-8 file handler at ``<log_dir>/run.log``.
 It turns propagation off so that handlers on the root logger do not print every line a
-second time. ``Logger.teardown`` is its undo: it closes and detaches exactly the
-handlers ``setup`` added and puts back the logger's earlier level and propagation.
+second time. The module keeps no state of its own: the undo is a
+:class:`orchestrator_fsm._process.LoggerSnapshot` of the logger taken before ``setup``,
+whose ``restore()`` closes and detaches the handlers added since and puts back the
+level and propagation (the orchestrator does exactly that at cleanup).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import errno
 import logging
 import sys
-import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, cast
@@ -34,14 +35,9 @@ LOG_FILE_NAME: Final = "run.log"
 FILE_FORMAT: Final = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
 CONSOLE_PLAIN_FORMAT: Final = "%(levelname)-8s %(message)s"
 
-# Set on every handler this module creates, so a second setup or a teardown removes
-# those and nothing a user attached to the same logger.
+# Set on every handler this module creates, so a second setup removes those and
+# nothing a user attached to the same logger.
 _HANDLER_MARK: Final = "_orchestrator_fsm_run_handler"
-
-# The level and propagate flag a logger had before setup, by logger name.
-# Guarded by _state_lock so that concurrent setups of one logger stay consistent.
-_saved_states: dict[str, tuple[int, bool]] = {}
-_state_lock = threading.Lock()
 
 
 class _UtcIsoFormatter(logging.Formatter):
@@ -118,7 +114,7 @@ def _console_handler() -> logging.Handler:
 
 
 class Logger:
-    """Sets up (and tears down) the logger of one run."""
+    """Sets up the logger of one run (undo: a ``LoggerSnapshot`` taken before)."""
 
     @staticmethod
     def setup(name: str, log_dir: Path | str, level: str | int) -> logging.Logger:
@@ -133,7 +129,8 @@ class Logger:
 
         Raises ``ValueError`` for an unknown level and ``FileNotFoundError`` (or
         ``NotADirectoryError``) naming ``log_dir`` when it is not an existing directory;
-        the logger is left unchanged then.
+        the logger is left unchanged then. To undo it, capture
+        ``LoggerSnapshot.capture(name)`` before the first call and ``restore()`` it.
         """
         if not name:
             raise ValueError("the run logger needs a name; the root logger is never configured")
@@ -146,34 +143,12 @@ class Logger:
         console_handler = _console_handler()
 
         logger = logging.getLogger(name)
-        with _state_lock:
-            # Remember the state only when none of our handlers is attached: a repeated
-            # setup must keep what the logger had before the first one, while after an
-            # external undo (handlers removed without teardown) the current state is it.
-            if name not in _saved_states or not any(map(_is_ours, logger.handlers)):
-                _saved_states[name] = (logger.level, logger.propagate)
-            _detach_ours(logger)
-            logger.addHandler(_mark(console_handler))
-            logger.addHandler(_mark(file_handler))
-            logger.setLevel(numeric_level)
-            logger.propagate = False
+        _detach_ours(logger)
+        logger.addHandler(_mark(console_handler))
+        logger.addHandler(_mark(file_handler))
+        logger.setLevel(numeric_level)
+        logger.propagate = False
         return logger
-
-    @staticmethod
-    def teardown(logger: logging.Logger) -> None:
-        """Undo :meth:`setup` on ``logger``: close and detach its handlers, restore state.
-
-        Handlers that ``setup`` did not add stay attached. The level and propagation
-        flag go back to what they were before the first ``setup``. A logger that was
-        never set up is left alone.
-        """
-        with _state_lock:
-            _detach_ours(logger)
-            saved = _saved_states.pop(logger.name, None)
-            if saved is not None:
-                level, propagate = saved
-                logger.setLevel(level)
-                logger.propagate = propagate
 
 
 def step(run: RunContext) -> Undo:

@@ -171,11 +171,12 @@ def _requirement_lines() -> list[str]:
 
 
 def _requirements_header() -> list[str]:
+    # The first line is exactly "# Python <version>", so tools can read it back alone.
     return [
-        "# Installed distributions (importlib.metadata), recorded by orchestrator-fsm",
-        f"# Python {platform.python_version()} ({platform.python_implementation()}) "
-        f"at {sys.executable}",
+        f"# Python {platform.python_version()}",
+        f"# Interpreter {platform.python_implementation()} at {sys.executable}",
         f"# Platform {platform.platform()}",
+        "# Installed distributions (importlib.metadata), recorded by orchestrator-fsm",
     ]
 
 
@@ -277,8 +278,8 @@ def _remote_url(git: str, cwd: Path) -> str | None:
 class AuditSaver:
     """Writes the run manifest: config, installed distributions and git state."""
 
-    def save_config(self, data: Mapping[str, Any] | SerializableConfig, yaml_path: Path) -> None:
-        """Write ``data`` as YAML to ``yaml_path`` atomically, secrets redacted.
+    def save_config(self, data: Mapping[str, Any] | SerializableConfig, yaml_path: Path) -> Path:
+        """Write ``data`` as YAML to ``yaml_path`` atomically, secrets redacted; return the path.
 
         ``data`` is a mapping, or an object with ``dump_serialized()`` (a ``Config``)
         whose result is written. Keys keep their order. Values of secret-looking keys
@@ -295,14 +296,17 @@ class AuditSaver:
             )
         plain = _redact(_to_plain(data, ""))
         text = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True, default_flow_style=False)
-        atomic_write_text(Path(yaml_path), text)
+        target = Path(yaml_path)
+        atomic_write_text(target, text)
+        return target
 
     def dump_requirements(self, path: Path) -> None:
         """Write every installed distribution to ``path`` as ``name==version`` lines.
 
         Read from ``importlib.metadata`` (no pip subprocess), one line per distribution
         name (the first found on ``sys.path`` wins), sorted case-insensitively, under
-        a header naming the Python version and platform. Installs from a direct URL
+        a header whose first line is ``# Python <version>`` and whose next lines name
+        the interpreter and the platform. Installs from a direct URL
         carry a comment: ``# editable: file:///...``, ``# local: ...``,
         ``# archive: ...`` or ``# vcs: git+https://...@<commit>``.
         """

@@ -16,7 +16,6 @@ import platform
 import socket
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -24,6 +23,8 @@ import numpy as np
 import torch
 
 from orchestrator_fsm._fs import atomic_write_json
+from orchestrator_fsm._system import available_cpu_count, distribution_version, mps_available
+from orchestrator_fsm._version import __version__
 from orchestrator_fsm.redaction import redact_secrets
 
 if TYPE_CHECKING:
@@ -78,18 +79,6 @@ def _cuda_summary() -> dict[str, Any]:
     return summary
 
 
-def _mps_available() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    return bool(mps is not None and mps.is_available())
-
-
-def _usable_cpus() -> int | None:
-    sched_getaffinity = getattr(os, "sched_getaffinity", None)
-    if sched_getaffinity is None:
-        return os.cpu_count()
-    return len(sched_getaffinity(0))
-
-
 def _device_type(device: Any) -> str | None:
     try:
         return torch.device(device).type
@@ -129,15 +118,6 @@ def _read_git_info(reports_dir: Path) -> dict[str, str] | None:
     # A remote URL may carry credentials (https://user:token@host/...).
     redacted: dict[str, str] = redact_secrets(info)
     return redacted
-
-
-def _package_version() -> str:
-    try:
-        return metadata.version(_DISTRIBUTION_NAME)
-    except metadata.PackageNotFoundError:
-        import orchestrator_fsm
-
-        return str(getattr(orchestrator_fsm, "__version__", "unknown"))
 
 
 def _reported_env() -> dict[str, str]:
@@ -181,9 +161,9 @@ def build_environment_report(
             "device": str(device),
             "device_type": _device_type(device),
             "cpu_count": os.cpu_count(),
-            "usable_cpus": _usable_cpus(),
+            "usable_cpus": available_cpu_count(),
             "cuda": _cuda_summary(),
-            "mps_available": _mps_available(),
+            "mps_available": mps_available(),
         },
         "determinism": {
             "reproducible": hardware.reproducible,
@@ -214,7 +194,7 @@ def build_environment_report(
             "platform": platform.platform(),
             "torch": torch.__version__,
             "numpy": np.__version__,
-            "orchestrator_fsm": _package_version(),
+            "orchestrator_fsm": distribution_version(_DISTRIBUTION_NAME) or __version__,
         },
         "distributed": {
             "rank": rank,

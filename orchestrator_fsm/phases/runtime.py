@@ -17,6 +17,7 @@ import attrs
 import torch
 
 from orchestrator_fsm._process import EnvSnapshot, undoable
+from orchestrator_fsm._system import available_cpu_count
 
 if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.machine import Undo
@@ -55,13 +56,6 @@ QUIETED_WARNINGS: Final[tuple[tuple[str, type[Warning]], ...]] = (
     (r"Matplotlib is currently using agg, which is a non-GUI backend", UserWarning),
     (r"FigureCanvasAgg is non-interactive, and thus cannot be shown", UserWarning),
 )
-
-
-def available_cpu_count() -> int:
-    """CPUs this process may run on: its affinity mask where the OS has one, else all."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def apply_cpu_threads(num_workers: int, cpu_threads: int | None = None) -> int:

@@ -15,19 +15,24 @@ def _utc_now() -> datetime:
 
 
 def format_duration(seconds: float) -> str:
-    """Render a duration for people, to a tenth of a second.
+    """Render a duration for people.
 
-    ``"4.2s"``, ``"1m 03.2s"``, ``"2h 05m 00.0s"``. Negative input is shown as 0.
+    Under a minute to a tenth of a second (``"45.5s"``), under an hour in whole minutes
+    and seconds (``"2m 5s"``), above that with hours too (``"1h 2m 5s"``). Which of the
+    three applies is decided after rounding, so 59.96 s reads ``"1m 0s"``, not
+    ``"60.0s"``. Negative input is shown as 0; non-finite input raises ``ValueError``.
     """
-    tenths = max(0, round(seconds * 10))
-    minutes, tenths_of_minute = divmod(tenths, 600)
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be a finite number of seconds, got {seconds!r}")
+    seconds = max(0.0, float(seconds))
+    tenths = f"{seconds:.1f}"
+    if float(tenths) < 60:
+        return f"{tenths}s"
+    minutes, secs = divmod(math.floor(seconds + 0.5), 60)
     hours, minutes = divmod(minutes, 60)
-    secs = f"{tenths_of_minute // 10:02d}.{tenths_of_minute % 10}s"
     if hours:
-        return f"{hours}h {minutes:02d}m {secs}"
-    if minutes:
-        return f"{minutes}m {secs}"
-    return f"{tenths_of_minute // 10}.{tenths_of_minute % 10}s"
+        return f"{hours}h {minutes}m {secs}s"
+    return f"{minutes}m {secs}s"
 
 
 class TimeTracker:
@@ -58,10 +63,15 @@ class TimeTracker:
         self._stopped = None
         self._start_wall = self._wall_clock()
 
-    def stop(self) -> None:
-        """Stop measuring. Does nothing before ``start()`` or when already stopped."""
+    def stop(self) -> float:
+        """Stop measuring and return :attr:`elapsed_seconds`.
+
+        Only the first ``stop()`` after a ``start()`` ends the measurement; a later one
+        returns the duration already recorded, and one before any ``start()`` returns 0.
+        """
         if self._started is not None and self._stopped is None:
             self._stopped = self._clock()
+        return self.elapsed_seconds
 
     @property
     def running(self) -> bool:
@@ -78,7 +88,7 @@ class TimeTracker:
 
     @property
     def elapsed_formatted(self) -> str:
-        """``elapsed_seconds`` for people, e.g. ``"1m 03.2s"`` (see :func:`format_duration`)."""
+        """``elapsed_seconds`` for people, e.g. ``"2m 5s"`` (see :func:`format_duration`)."""
         return format_duration(self.elapsed_seconds)
 
     @property
