@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from orchestrator_fsm._process import undoable
 from orchestrator_fsm.phases import determinism
 from orchestrator_fsm.phases.determinism import (
     CUBLAS_WORKSPACE_CONFIG,
@@ -279,16 +280,17 @@ def test_the_recorded_seed_sequence_follows_the_last_seed() -> None:
     assert [child.generate_state(2).tolist() for child in again.spawn(2)] == children
 
 
-def test_restore_undoes_strict_seeding() -> None:
+def test_the_phase_undo_reverts_strict_seeding_flags_and_environment() -> None:
     before = DeterminismState.capture()
 
-    set_seed(5, strict=True, warn_only=True)
+    _, undo = undoable(lambda: set_seed(5, strict=True, warn_only=True), before)
     changed = DeterminismState.capture()
     assert changed != before
     assert changed.deterministic_algorithms and changed.deterministic_warn_only
     assert changed.recorded_seed == 5
+    assert os.environ["PYTHONHASHSEED"] == "5"
 
-    before.restore()
+    undo()
 
     assert DeterminismState.capture() == before
     assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
@@ -306,8 +308,8 @@ def test_restore_puts_back_flags_that_were_already_set(monkeypatch: pytest.Monke
     torch.backends.cuda.matmul.allow_tf32 = True
     before = DeterminismState.capture()
 
-    set_seed(5, strict=True)
-    before.restore()
+    _, undo = undoable(lambda: set_seed(5, strict=True), before)
+    undo()
 
     assert DeterminismState.capture() == before
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":0:0"

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from orchestrator_fsm._process import undoable
 from orchestrator_fsm.phases.runtime import (
     THREAD_ENV_VARS,
     RuntimeState,
@@ -132,18 +133,22 @@ def test_invalid_cpu_threads_is_rejected(bad: object) -> None:
         apply_cpu_threads(0, cpu_threads=bad)  # type: ignore[arg-type]
 
 
-def test_restore_undoes_threads_environment_and_warning_filters(
+def test_the_phase_undo_reverts_threads_environment_and_warning_filters(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("MKL_NUM_THREADS", "13")
     before = RuntimeState.capture()
     filters_before = list(warnings.filters)
 
-    apply_cpu_threads(0, cpu_threads=1 if before.num_threads != 1 else 2)
-    configure_system_libraries()
-    assert RuntimeState.capture() != before
+    def configure() -> None:
+        apply_cpu_threads(0, cpu_threads=1 if before.num_threads != 1 else 2)
+        configure_system_libraries()
 
-    before.restore()
+    _, undo = undoable(configure, before)
+    assert RuntimeState.capture() != before
+    assert os.environ["MKL_NUM_THREADS"] != "13"
+
+    undo()
 
     assert RuntimeState.capture() == before
     assert torch.get_num_threads() == before.num_threads
@@ -169,7 +174,9 @@ def test_restore_logs_an_interop_refusal_and_restores_the_rest(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     before = RuntimeState.capture()
-    apply_cpu_threads(0, cpu_threads=1 if before.num_threads != 1 else 2)
+    _, undo = undoable(
+        lambda: apply_cpu_threads(0, cpu_threads=1 if before.num_threads != 1 else 2), before
+    )
     attempted: list[int] = []
 
     def refuse(count: int) -> None:
@@ -179,7 +186,7 @@ def test_restore_logs_an_interop_refusal_and_restores_the_rest(
     monkeypatch.setattr(torch, "get_num_interop_threads", lambda: before.num_interop_threads + 3)
     monkeypatch.setattr(torch, "set_num_interop_threads", refuse)
     with caplog.at_level(logging.WARNING, logger="orchestrator_fsm.phases.runtime"):
-        before.restore()
+        undo()
 
     assert attempted == [before.num_interop_threads]
     assert "could not restore torch inter-op threads" in caplog.text
@@ -234,11 +241,11 @@ def test_imported_matplotlib_is_switched_to_agg_and_switched_back_on_restore() -
     before = RuntimeState.capture()
     assert before.matplotlib_backend == "TkAgg"
 
-    configure_system_libraries()
+    _, undo = undoable(configure_system_libraries, before)
     assert matplotlib.get_backend() == "Agg"
     assert os.environ["MPLBACKEND"] == "Agg"
 
-    before.restore()
+    undo()
     assert matplotlib.get_backend() == "TkAgg"
     assert matplotlib.calls == ["Agg", "TkAgg"]
     assert "MPLBACKEND" not in os.environ

@@ -22,7 +22,7 @@ import attrs
 import numpy as np
 import torch
 
-from orchestrator_fsm._process import EnvSnapshot, undoable
+from orchestrator_fsm._process import undoable
 from orchestrator_fsm._system import mps_available
 from orchestrator_fsm.distributed import get_rank
 
@@ -49,7 +49,6 @@ CUBLAS_WORKSPACE_CONFIG: Final = ":4096:8"
 _DETERMINISTIC_CUBLAS_CONFIGS: Final = frozenset({":4096:8", ":16:8"})
 _CUBLAS_ENV: Final = "CUBLAS_WORKSPACE_CONFIG"
 _HASH_SEED_ENV: Final = "PYTHONHASHSEED"
-_ENV_VARS: Final = (_CUBLAS_ENV, _HASH_SEED_ENV)
 
 # Python reads PYTHONHASHSEED once, when the interpreter starts, and this module is
 # imported before any lifecycle step runs; so the value seen here is the one that
@@ -112,7 +111,8 @@ def set_seed(seed: int, strict: bool = False, warn_only: bool = False) -> None:
     are only partly reproducible. These two are warnings, not log lines: seeding comes
     before the run's logging exists, and a log line as well would print twice.
 
-    Undo with :class:`DeterminismState` (captured before the call). Raises
+    Undo with ``undoable(lambda: set_seed(...), DeterminismState.capture())`` from
+    :mod:`orchestrator_fsm._process` (flags and environment), as phase 1 does. Raises
     ``ValueError`` unless ``0 <= seed < 2**32``.
     """
     global _recorded_seed
@@ -346,13 +346,16 @@ def _fp32_precision_nodes() -> dict[str, Any]:
 
 @attrs.frozen
 class DeterminismState:
-    """The reproducibility flags and environment that :func:`set_seed` changes.
+    """The reproducibility flags that :func:`set_seed` changes.
 
     ``capture()`` before seeding, ``restore()`` afterwards: torch's deterministic-
     algorithms mode and its warn-only switch, cuDNN's deterministic and benchmark flags,
     the cuBLAS/cuDNN TF32 flags (and, on torch >= 2.9, the ``fp32_precision`` settings
-    behind them), ``CUBLAS_WORKSPACE_CONFIG``, ``PYTHONHASHSEED`` and the seed recorded
-    for :func:`last_seed_sequence`. Restore writes only what differs from the snapshot.
+    behind them) and the seed recorded for :func:`last_seed_sequence`. Restore writes
+    only what differs from the snapshot. The variables strict seeding exports
+    (``CUBLAS_WORKSPACE_CONFIG``, ``PYTHONHASHSEED``) are not part of it: the step
+    undoes them with the rest of the environment, through
+    :func:`orchestrator_fsm._process.undoable`.
 
     RNG *state* is deliberately not captured or restored: the generators belong to the
     user's pipeline once seeded, and rewinding them at cleanup would silently replay
@@ -367,12 +370,11 @@ class DeterminismState:
     matmul_allow_tf32: bool | None
     cudnn_allow_tf32: bool | None
     fp32_precision: tuple[tuple[str, str], ...]
-    environment: tuple[tuple[str, str | None], ...]
     recorded_seed: int | None
 
     @classmethod
     def capture(cls) -> DeterminismState:
-        """Snapshot the current flags, environment variables and recorded seed."""
+        """Snapshot the current flags and recorded seed."""
         return cls(
             deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
             deterministic_warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
@@ -383,7 +385,6 @@ class DeterminismState:
             fp32_precision=tuple(
                 (name, str(node.fp32_precision)) for name, node in _fp32_precision_nodes().items()
             ),
-            environment=tuple((name, os.environ.get(name)) for name in _ENV_VARS),
             recorded_seed=_recorded_seed,
         )
 
@@ -418,7 +419,6 @@ class DeterminismState:
             node = nodes.get(name)
             if node is not None and node.fp32_precision != precision:
                 node.fp32_precision = precision
-        EnvSnapshot(dict(self.environment)).restore()
         _recorded_seed = self.recorded_seed
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import attrs
 import torch
 
-from orchestrator_fsm._process import EnvSnapshot, undoable
+from orchestrator_fsm._process import undoable
 from orchestrator_fsm._system import available_cpu_count
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ THREAD_ENV_VARS: Final = (
 )
 _MPLBACKEND: Final = "MPLBACKEND"
 _HEADLESS_BACKEND: Final = "Agg"
-_ENV_VARS: Final = (*THREAD_ENV_VARS, _MPLBACKEND)
 
 #: ``(message regex, category)`` of warnings that ``configure_system_libraries``
 #: silences because the lifecycle already made the choice they warn about: the worker
@@ -64,9 +63,9 @@ def apply_cpu_threads(num_workers: int, cpu_threads: int | None = None) -> int:
     ``cpu_threads`` when given, else the CPUs available to this process minus the
     ``num_workers`` DataLoader workers that will compete for them, at least 1. The same
     number is exported as ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``,
-    ``OPENBLAS_NUM_THREADS`` and ``NUMEXPR_NUM_THREADS`` for child processes. Undo with
-    :class:`RuntimeState`. Raises ``ValueError`` for a negative ``num_workers`` or a
-    ``cpu_threads`` below 1.
+    ``OPENBLAS_NUM_THREADS`` and ``NUMEXPR_NUM_THREADS`` for child processes. Undo as
+    phase 2 does: ``undoable(work, RuntimeState.capture())``. Raises ``ValueError`` for a
+    negative ``num_workers`` or a ``cpu_threads`` below 1.
     """
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
@@ -94,8 +93,8 @@ def configure_system_libraries() -> None:
     When matplotlib is installed, ``MPLBACKEND=Agg`` is exported (it takes effect when
     matplotlib is first imported) and, only if matplotlib is already imported,
     ``matplotlib.use("Agg")`` switches it now; matplotlib is never imported here. The
-    warnings in :data:`QUIETED_WARNINGS` get ``ignore`` filters. Undo with
-    :class:`RuntimeState`, which restores the variable, the backend and the filters.
+    warnings in :data:`QUIETED_WARNINGS` get ``ignore`` filters. Undo as phase 2
+    does (``undoable`` with :class:`RuntimeState`): filters, backend and the variable.
     """
     if _matplotlib_installed():
         os.environ[_MPLBACKEND] = _HEADLESS_BACKEND
@@ -137,28 +136,28 @@ def _mark_warning_filters_changed() -> None:
 class RuntimeState:
     """What the runtime phase changes, captured so that cleanup can put it back.
 
-    Covers torch's intra-op and inter-op thread counts, the variables
-    :data:`THREAD_ENV_VARS` and ``MPLBACKEND``, the list of warning filters, and the
-    backend of matplotlib when it is imported at capture time. Restore writes only what
+    Covers torch's intra-op and inter-op thread counts, the list of warning filters,
+    and the backend of matplotlib when it is imported at capture time. The variables
+    the phase exports (:data:`THREAD_ENV_VARS`, ``MPLBACKEND``) are not part of it: the
+    step undoes them with the rest of the environment, through
+    :func:`orchestrator_fsm._process.undoable`. Restore writes only what
     differs. torch accepts ``set_num_interop_threads`` at most once per process and
     never after parallel work started, so the inter-op count is only written when it
     really changed, and a refusal is logged rather than raised. A matplotlib first
-    imported after capture keeps its backend (its ``MPLBACKEND`` is restored).
+    imported after capture keeps its backend.
     """
 
     num_threads: int
     num_interop_threads: int
-    environment: tuple[tuple[str, str | None], ...]
     warning_filters: tuple[Any, ...]
     matplotlib_backend: str | None
 
     @classmethod
     def capture(cls) -> RuntimeState:
-        """Snapshot thread counts, environment variables, warning filters, backend."""
+        """Snapshot thread counts, warning filters and the matplotlib backend."""
         return cls(
             num_threads=torch.get_num_threads(),
             num_interop_threads=torch.get_num_interop_threads(),
-            environment=tuple((name, os.environ.get(name)) for name in _ENV_VARS),
             warning_filters=tuple(warnings.filters),
             matplotlib_backend=_matplotlib_backend(),
         )
@@ -177,7 +176,6 @@ class RuntimeState:
                     torch.get_num_interop_threads(),
                     error,
                 )
-        EnvSnapshot(dict(self.environment)).restore()
         if list(warnings.filters) != list(self.warning_filters):
             # In place: code that holds a reference to the list keeps seeing the truth.
             cast(list[Any], warnings.filters)[:] = self.warning_filters
