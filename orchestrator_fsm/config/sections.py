@@ -257,8 +257,8 @@ class PipelineSection(Mapping[str, Any]):
 
 
 @attrs.frozen
-class DatasetConfig(PipelineSection):
-    """The ``dataset`` section; ``name`` is required."""
+class _NamedSection(PipelineSection):
+    """A pipeline section whose ``name`` (a non-empty string) is required."""
 
     _required: ClassVar[Mapping[str, Callable[[object], object]]] = {"name": _section_name}
     _expected: ClassVar[str] = "a mapping with a non-empty string 'name'"
@@ -269,15 +269,13 @@ class DatasetConfig(PipelineSection):
 
 
 @attrs.frozen
-class ArchitectureConfig(PipelineSection):
+class DatasetConfig(_NamedSection):
+    """The ``dataset`` section; ``name`` is required."""
+
+
+@attrs.frozen
+class ArchitectureConfig(_NamedSection):
     """The ``architecture`` section; ``name`` is required."""
-
-    _required: ClassVar[Mapping[str, Callable[[object], object]]] = {"name": _section_name}
-    _expected: ClassVar[str] = "a mapping with a non-empty string 'name'"
-
-    @property
-    def name(self) -> str:
-        return cast(str, self._data["name"])
 
 
 @attrs.frozen
