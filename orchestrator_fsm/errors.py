@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DeviceError",
+    "EntryPointError",
     "InfrastructureError",
     "LifecycleError",
     "LockContendedError",
@@ -54,3 +55,7 @@ class LockContendedError(InfrastructureError):
 
 class DeviceError(OrchestratorError):
     """The requested compute device does not exist or cannot be used."""
+
+
+class EntryPointError(OrchestratorError):
+    """An ``--entry`` spec does not name a callable that can be imported."""
