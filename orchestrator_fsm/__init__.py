@@ -18,6 +18,7 @@ from orchestrator_fsm.distributed import get_local_rank, get_rank, get_world_siz
 from orchestrator_fsm.errors import (
     ConfigError,
     DeviceError,
+    EntryPointError,
     InfrastructureError,
     LifecycleError,
     LockContendedError,
@@ -57,6 +58,7 @@ __all__ = [
     "ConfigError",
     "DatasetConfig",
     "DeviceError",
+    "EntryPointError",
     "ErrorSummary",
     "HardwareConfig",
     "InfraManagerProtocol",

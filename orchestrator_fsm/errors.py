@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DeviceError",
+    "EntryPointError",
     "GraphvizNotFoundError",
     "InfrastructureError",
     "LifecycleError",
@@ -55,6 +56,10 @@ class LockContendedError(InfrastructureError):
 
 class DeviceError(OrchestratorError):
     """The requested compute device does not exist or cannot be used."""
+
+
+class EntryPointError(OrchestratorError):
+    """An ``--entry`` spec does not name a callable that can be imported."""
 
 
 class GraphvizNotFoundError(OrchestratorError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -444,6 +445,40 @@ def test_inspect_json_is_run_json_plus_effective_status_and_transitions(
     assert [t["dest"] for t in report["transitions"]] == expected[1:]
     assert all(t["ok"] for t in report["transitions"])
     assert report["files"]["exports"] == ["called.txt"]
+
+
+def test_inspect_formats_a_run_record_without_printing(
+    tmp_path: Path, recipe: Path, entries: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rich.console import Console
+
+    from orchestrator_fsm.cli.inspect import (
+        RunFiles,
+        format_error,
+        format_files,
+        format_summary,
+        format_timeline,
+    )
+    from orchestrator_fsm.lifecycle.record import read_run
+
+    assert run_entry(recipe, entries, "boom") == EXIT_FAILURE
+    run = read_run(only_run_dir(tmp_path))
+    capsys.readouterr()
+
+    files = RunFiles(records={"run.json": True}, folders={"exports": []})
+    renderables = [format_summary(run), format_timeline(run.transitions), format_files(files)]
+    error = format_error(run)
+    assert capsys.readouterr() == ("", "")
+    console = Console(record=True, width=250, file=io.StringIO())
+    for renderable in renderables:
+        console.print(renderable)
+    text = console.export_text()
+    assert run.run_id in text
+    assert "failed" in text
+    assert "exports/" in text
+    assert "(empty)" in text
+    assert error is not None
+    assert error.plain == "failed step: pipeline: RuntimeError: boom in the pipeline"
 
 
 def test_inspect_shows_the_failed_step_and_error(

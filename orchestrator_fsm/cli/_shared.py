@@ -1,0 +1,84 @@
+"""What every sub-command shares: the exit codes, plain printing, loading the recipe."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from orchestrator_fsm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
+    from orchestrator_fsm.config import Config
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "config_or_exit_code",
+    "print_config_error",
+    "recipe_label",
+    "say",
+]
+
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
+
+
+def say(console: Console, text: str | Text, style: str | None = None) -> None:
+    """Print without markup, highlighting or wrapping: paths and messages stay intact."""
+    from rich.text import Text
+
+    console.print(
+        text if isinstance(text, Text) else Text(text, style=style or ""),
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+def print_config_error(err: Console, exc: ConfigError, fallback_source: str | None) -> None:
+    """Every problem of ``exc``, one line each, prefixed with the file it is in."""
+    source = exc.source or fallback_source or "<in-memory config>"
+    if not exc.problems:
+        say(err, f"error: invalid config in {source}: {exc}", "red")
+        return
+    count = len(exc.problems)
+    say(err, f"error: invalid config in {source} ({count} problem{'s' * (count != 1)}):", "red")
+    for path, message in exc.problems:
+        say(err, f"  {source}: {path}: {message}" if path else f"  {source}: {message}")
+
+
+def _load_config(recipe: str | None, overrides: Sequence[str]) -> Config:
+    from orchestrator_fsm.config import Config
+
+    if recipe is not None:
+        return Config.from_recipe(Path(recipe), overrides=overrides)
+    from orchestrator_fsm.demo import demo_recipe
+
+    with demo_recipe() as path:
+        return Config.from_recipe(path, overrides=overrides)
+
+
+def recipe_label(recipe: str | None) -> str:
+    """How messages name the ``RECIPE`` argument (absent: the bundled demo recipe)."""
+    return recipe if recipe is not None else "the bundled demo recipe"
+
+
+def config_or_exit_code(args: argparse.Namespace, err: Console) -> Config | int:
+    """The config of ``args.recipe`` with ``args.overrides``; or, once the problem is
+    printed, the exit code for a recipe that is invalid or cannot be read."""
+    try:
+        return _load_config(args.recipe, args.overrides)
+    except ConfigError as exc:
+        print_config_error(err, exc, args.recipe)
+        return EXIT_USAGE
+    except OSError as exc:
+        say(err, f"error: cannot read the recipe {recipe_label(args.recipe)}: {exc}", "red")
+        return EXIT_USAGE

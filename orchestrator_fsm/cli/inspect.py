@@ -1,0 +1,252 @@
+"""``orchestrator-fsm inspect``: a run's status, lifecycle timeline, error and files.
+
+The run is read once into a :class:`~orchestrator_fsm.lifecycle.record.RunRecord` and a
+:class:`RunFiles`; the ``format_*`` functions turn those into rich renderables or text
+and print nothing; :func:`print_run` and :func:`print_run_json` write them out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import attrs
+
+from orchestrator_fsm.cli._shared import EXIT_OK, EXIT_USAGE, say
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from orchestrator_fsm.lifecycle.machine import TransitionRecord
+    from orchestrator_fsm.lifecycle.record import RunRecord
+
+__all__ = [
+    "RunFiles",
+    "cmd_inspect",
+    "format_error",
+    "format_files",
+    "format_json",
+    "format_seconds",
+    "format_status",
+    "format_summary",
+    "format_timeline",
+    "print_run",
+    "print_run_json",
+]
+
+#: How many files of one run sub-folder ``inspect`` lists before summarising the rest.
+_FILES_SHOWN: Final = 12
+
+
+class _UsageError(Exception):
+    """A problem with what the user asked for: message printed, exit code 2."""
+
+
+@attrs.frozen
+class RunFiles:
+    """What a run directory holds besides the record itself.
+
+    ``records``: whether ``run.json`` and the journal are present, by file name;
+    ``folders``: the files in each run sub-folder, relative to it, sorted (absent
+    folders omitted).
+    """
+
+    records: dict[str, bool]
+    folders: dict[str, list[str]]
+
+
+def _load_run(run_dir: Path) -> RunRecord:
+    from orchestrator_fsm.lifecycle.record import RUN_FILE, read_run
+
+    if not run_dir.is_dir():
+        raise _UsageError(f"{run_dir} is not a directory; expected a run directory")
+    if not (run_dir / RUN_FILE).is_file():
+        raise _UsageError(
+            f"{run_dir} holds no {RUN_FILE}; expected a run directory "
+            "(<telemetry.output_dir>/<run_id>) written by orchestrator-fsm"
+        )
+    try:
+        return read_run(run_dir)
+    except (OSError, ValueError) as exc:
+        raise _UsageError(f"cannot read {run_dir / RUN_FILE}: {exc}") from exc
+
+
+def _run_files(run_dir: Path) -> RunFiles:
+    from orchestrator_fsm.lifecycle.record import JOURNAL_FILE, RUN_FILE
+    from orchestrator_fsm.phases.filesystem import RUN_SUBDIRECTORIES
+
+    folders: dict[str, list[str]] = {}
+    for name in RUN_SUBDIRECTORIES:
+        folder = run_dir / name
+        if folder.is_dir():
+            folders[name] = sorted(
+                str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
+            )
+    records = {name: (run_dir / name).is_file() for name in (RUN_FILE, JOURNAL_FILE)}
+    return RunFiles(records=records, folders=folders)
+
+
+def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """Show the run in ``args.run_dir`` (as JSON with ``args.json``); the exit code."""
+    run_dir = Path(args.run_dir)
+    try:
+        run = _load_run(run_dir)
+    except _UsageError as exc:
+        say(err, f"error: {exc}", "red")
+        return EXIT_USAGE
+    files = _run_files(run_dir)
+    if args.json:
+        print_run_json(run, files)
+    else:
+        print_run(out, run, files)
+    return EXIT_OK
+
+
+def print_run_json(run: RunRecord, files: RunFiles) -> None:
+    """Write :func:`format_json` to stdout, unstyled, for other programs to read."""
+    sys.stdout.write(format_json(run, files))
+    sys.stdout.flush()
+
+
+def print_run(out: Console, run: RunRecord, files: RunFiles) -> None:
+    """Print the summary, the timeline, the failed step (if any) and the files."""
+    out.print(format_summary(run))
+    out.print(format_timeline(run.transitions))
+    error = format_error(run)
+    if error is not None:
+        say(out, error)
+    out.print(format_files(files))
+
+
+def format_json(run: RunRecord, files: RunFiles) -> str:
+    """The record, its effective status, its transitions and its files as one JSON object."""
+    payload = {
+        **run.to_json(),
+        "effective_status": run.effective_status,
+        "transitions": [record.to_json() for record in run.transitions],
+        "files": files.folders,
+    }
+    return json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def format_seconds(seconds: object) -> str:
+    """A duration for people: milliseconds below one second, ``-`` when unknown."""
+    if not isinstance(seconds, (int, float)):
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.1f} ms"
+    from orchestrator_fsm.phases.timing import format_duration
+
+    return format_duration(float(seconds))
+
+
+def format_status(run: RunRecord) -> Text:
+    """The effective status, coloured; says why when it differs from ``run.json``'s."""
+    from rich.text import Text
+
+    status = run.effective_status
+    style = {"completed": "green", "running": "yellow"}.get(status, "red")
+    text = Text(status, style=f"bold {style}")
+    if status != run.status:
+        text.append(
+            f" (run.json says {run.status!r}, but process {run.pid} is gone from {run.host})",
+            style="dim",
+        )
+    return text
+
+
+def _or_dash(value: object) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def format_summary(run: RunRecord) -> Table:
+    """One row per field of the record: id, status, state, times, host, rank, device."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"run {run.run_id}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    started = None if run.started_at is None else run.started_at.isoformat()
+    ended = None if run.ended_at is None else run.ended_at.isoformat()
+    rows: list[tuple[str, str | Text]] = [
+        ("run id", run.run_id),
+        ("status", format_status(run)),
+        ("state", _or_dash(run.state)),
+        ("started", _or_dash(started)),
+        ("ended", _or_dash(ended)),
+        ("duration", format_seconds(run.duration_s)),
+        ("host / pid", f"{_or_dash(run.host)} / {_or_dash(run.pid)}"),
+        ("rank / world size", f"{_or_dash(run.rank)} / {_or_dash(run.world_size)}"),
+        ("device", _or_dash(run.device)),
+        ("entry point", _or_dash(run.entry_point)),
+        ("root", str(run.root)),
+    ]
+    for field, value in rows:
+        table.add_row(field, value if isinstance(value, Text) else Text(value))
+    return table
+
+
+def _clock_time(moment: datetime) -> str:
+    """``HH:MM:SS.mmm`` of a timestamp (the date is in the run summary)."""
+    return moment.strftime("%H:%M:%S.%f")[:-3]
+
+
+def format_timeline(transitions: Sequence[TransitionRecord]) -> Table:
+    """One row per transition: when, from and to which state, its step, duration, result."""
+    from rich.table import Table
+    from rich.text import Text
+
+    # No rules and no row numbers: the five columns then fit in 80 characters.
+    table = Table(title="lifecycle timeline", box=None, header_style="bold underline")
+    table.add_column("at (UTC)", no_wrap=True)
+    table.add_column("transition", no_wrap=True)
+    table.add_column("step", no_wrap=True)
+    table.add_column("duration", justify="right", no_wrap=True)
+    table.add_column("result", overflow="fold", min_width=6)
+    for record in transitions:
+        result = Text("ok", style="green") if record.ok else Text(f"error: {record.error}", "red")
+        table.add_row(
+            _clock_time(record.started_at),
+            Text(f"{record.source.value} -> {record.dest.value}"),
+            Text(record.step),
+            format_seconds(record.duration_s),
+            result,
+        )
+    if not transitions:
+        table.add_row("-", Text("no transitions recorded"), "-", "-", "-")
+    return table
+
+
+def format_error(run: RunRecord) -> Text | None:
+    """The step that failed and its error, or None when the run recorded no error."""
+    if run.error is None:
+        return None
+    from rich.text import Text
+
+    return Text(f"failed step: {run.error.step}: {run.error.type}: {run.error.message}", "red")
+
+
+def format_files(files: RunFiles) -> Table:
+    """Whether the record files are present, and the first files of each sub-folder."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="files")
+    table.add_column("path", no_wrap=True)
+    table.add_column("contents", overflow="fold")
+    for name, present in files.records.items():
+        table.add_row(Text(name), Text("present" if present else "missing"))
+    for folder, names in files.folders.items():
+        shown = ", ".join(names[:_FILES_SHOWN]) or "(empty)"
+        if len(names) > _FILES_SHOWN:
+            shown += f", ... and {len(names) - _FILES_SHOWN} more"
+        table.add_row(Text(f"{folder}/"), Text(shown))
+    return table

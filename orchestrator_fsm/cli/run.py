@@ -1,0 +1,146 @@
+"""``orchestrator-fsm run``: a pipeline inside the lifecycle, its failure and final status."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import threading
+import types
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, NoReturn
+
+from orchestrator_fsm.cli._shared import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    config_or_exit_code,
+    print_config_error,
+    recipe_label,
+    say,
+)
+from orchestrator_fsm.entry import Entry, entry_search_path, resolve_entry
+from orchestrator_fsm.errors import ConfigError, EntryPointError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from orchestrator_fsm.config import Config
+    from orchestrator_fsm.lifecycle.record import RunRecord
+    from orchestrator_fsm.orchestrator import RootOrchestrator
+
+__all__ = ["cmd_run"]
+
+
+def _raise_keyboard_interrupt(signum: int, frame: types.FrameType | None) -> NoReturn:
+    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM raises KeyboardInterrupt, so the run is rolled back or
+    cleaned up and recorded as interrupted; the previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_record(orch: RootOrchestrator | None) -> RunRecord | None:
+    """The run's record, or None when no run directory was made (or it is unreadable)."""
+    if orch is None or orch.paths is None:
+        return None
+    from orchestrator_fsm.lifecycle.record import read_run
+
+    try:
+        return read_run(orch.paths.root)
+    except (OSError, ValueError):
+        return None
+
+
+def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """Run ``args.entry`` (default: the demo pipeline) on ``args.recipe``; the exit code."""
+    loaded = config_or_exit_code(args, err)
+    if isinstance(loaded, int):
+        return loaded
+    cfg = loaded
+    from orchestrator_fsm.demo import DEMO_ENTRY
+
+    spec = args.entry or DEMO_ENTRY
+    with entry_search_path(spec):
+        try:
+            entry = resolve_entry(spec)
+        except EntryPointError as exc:
+            say(err, f"error: {exc}", "red")
+            return EXIT_USAGE
+        say(out, f"recipe: {cfg.source or recipe_label(args.recipe)}")
+        say(out, f"entry: {spec}")
+        orch, failure = _run_entry(cfg, entry)
+
+    run = _run_record(orch)
+    code = _report_failure(failure, run, cfg, err, debug=args.debug)
+    status = run.status if run is not None else None
+    if status is None:
+        status = {EXIT_OK: "completed", EXIT_INTERRUPTED: "interrupted"}.get(code, "failed")
+    if orch is not None and orch.paths is not None:
+        say(out, f"run directory: {orch.paths.root}")
+    elif orch is not None and not orch.is_main_process:
+        say(out, f"run directory: none on rank {orch.rank} (rank 0 writes it)")
+    else:
+        say(out, "run directory: none (the run ended before creating it)")
+    say(out, f"status: {status}", "green" if status == "completed" else "red")
+    return code
+
+
+def _run_entry(cfg: Config, entry: Entry) -> tuple[RootOrchestrator | None, BaseException | None]:
+    """Run ``entry`` inside a lifecycle; return the orchestrator (when one was made) and
+    what stopped the run (None when it completed)."""
+    from orchestrator_fsm.orchestrator import RootOrchestrator
+
+    orch: RootOrchestrator | None = None
+    try:
+        with _sigterm_interrupts():
+            orch = RootOrchestrator(cfg)
+            with orch:
+                entry(orch)
+    except (Exception, KeyboardInterrupt) as exc:
+        return orch, exc
+    return orch, None
+
+
+def _report_failure(
+    failure: BaseException | None,
+    run: RunRecord | None,
+    cfg: Config,
+    err: Console,
+    *,
+    debug: bool,
+) -> int:
+    """Print what stopped the run (one line, or a traceback with ``debug``); the exit code."""
+    if failure is None:
+        return EXIT_OK
+    if isinstance(failure, KeyboardInterrupt):
+        reason = f" ({failure})" if str(failure) else ""
+        say(err, f"interrupted{reason}; the run was cleaned up", "red")
+        code = EXIT_INTERRUPTED
+    elif isinstance(failure, ConfigError):
+        print_config_error(err, failure, str(cfg.source) if cfg.source else None)
+        code = EXIT_USAGE
+    else:
+        step = run.error.step if run is not None and run.error is not None else None
+        where = f" in step {step!r}" if step else ""
+        message = " ".join(f"{type(failure).__name__}: {failure}".split())
+        say(err, f"error{where}: {message}", "red")
+        code = EXIT_FAILURE
+    if debug:
+        from rich.traceback import Traceback
+
+        err.print(Traceback.from_exception(type(failure), failure, failure.__traceback__))
+    elif code == EXIT_FAILURE:
+        say(err, "(run again with --debug for the traceback)", "dim")
+    return code

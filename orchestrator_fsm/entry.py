@@ -1,0 +1,141 @@
+"""Entry points: the pipeline callable that ``--entry module:function`` names.
+
+:func:`resolve_entry` imports the module (or the file ``path/to/file.py``) and walks
+to the callable; :func:`entry_search_path` puts the directories it is looked up in
+first on ``sys.path`` for as long as the run needs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib
+import importlib.util
+import os
+import sys
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator_fsm._fs import slugify
+from orchestrator_fsm.errors import EntryPointError
+
+if TYPE_CHECKING:
+    from orchestrator_fsm.orchestrator import RootOrchestrator
+
+__all__ = ["Entry", "entry_search_dirs", "entry_search_path", "resolve_entry"]
+
+#: A pipeline: called once with the orchestrator, at READY; what it returns is ignored.
+Entry = Callable[["RootOrchestrator"], object]
+
+
+def _looks_like_file(module_part: str) -> bool:
+    return module_part.endswith(".py") or "/" in module_part or os.sep in module_part
+
+
+def _split_entry(spec: str) -> tuple[str, str]:
+    module_part, sep, attr_path = spec.rpartition(":")
+    if not sep or not module_part or not attr_path:
+        raise EntryPointError(
+            f"--entry must be 'module:function' or 'path/to/file.py:function'; got {spec!r}"
+        )
+    return module_part, attr_path
+
+
+def entry_search_dirs(spec: str) -> list[str]:
+    """Where the entry's module (and what it imports) is found: like ``python -m`` or
+    ``python file.py``, the working directory or the file's own directory."""
+    module_part = spec.rpartition(":")[0]
+    if module_part and _looks_like_file(module_part):
+        return [str(Path(module_part).expanduser().resolve().parent)]
+    return [os.getcwd()]
+
+
+@contextlib.contextmanager
+def entry_search_path(spec: str) -> Iterator[None]:
+    """Within the block, :func:`entry_search_dirs` of ``spec`` come first on ``sys.path``
+    (those not there already; they are removed again after)."""
+    added = [d for d in entry_search_dirs(spec) if d not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for directory in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(directory)
+
+
+def _import_file(path_text: str) -> types.ModuleType:
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        raise EntryPointError(f"entry file not found: {path_text!r} (looked for {path.absolute()})")
+    name = "orchestrator_fsm_entry_" + slugify(path.stem, fallback="module").replace("-", "_")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise EntryPointError(f"cannot import {path_text!r} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    # Registered before running, as `import` would: dataclasses and pickling look it up.
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        sys.modules.pop(name, None)
+        if not isinstance(exc, Exception):
+            raise
+        raise EntryPointError(
+            f"importing entry file {path_text!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    return module
+
+
+def _import_module(name: str) -> types.ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if name == missing or name.startswith(missing + "."):
+            raise EntryPointError(
+                f"entry module {name!r} not found (looked in the working directory "
+                f"{os.getcwd()} and on sys.path); a file is given as 'path/to/file.py:function'"
+            ) from exc
+        raise EntryPointError(
+            f"importing entry module {name!r} failed: ModuleNotFoundError: {exc}"
+        ) from exc
+    except Exception as exc:
+        raise EntryPointError(
+            f"importing entry module {name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def resolve_entry(spec: str) -> Entry:
+    """The callable named by ``spec``: ``module:function`` or ``path/to/file.py:function``.
+
+    ``function`` may be a dotted path (``module:Class.method``). A module is looked up
+    on ``sys.path``; run from the CLI, the working directory is searched first. Raises
+    ``EntryPointError`` saying what is wrong: no colon, module or file not found, an
+    import that failed, a missing attribute (with close matches), or not a callable.
+    """
+    module_part, attr_path = _split_entry(spec)
+    if _looks_like_file(module_part):
+        module = _import_file(module_part)
+    else:
+        module = _import_module(module_part)
+    target: Any = module
+    walked: list[str] = []
+    for name in attr_path.split("."):
+        if not hasattr(target, name):
+            where = ".".join([module_part, *walked]) if walked else module_part
+            candidates = [n for n in dir(target) if not n.startswith("_")]
+            close = difflib.get_close_matches(name, candidates, n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise EntryPointError(f"{where!r} has no attribute {name!r} (--entry {spec!r}){hint}")
+        target = getattr(target, name)
+        walked.append(name)
+    if not callable(target):
+        raise EntryPointError(
+            f"--entry {spec!r} names an object of type {type(target).__name__}, not a "
+            "callable; it must be a function taking the orchestrator"
+        )
+    entry: Entry = target
+    return entry
