@@ -330,18 +330,24 @@ class RunRecorder:
     def _on_transition(self, record: TransitionRecord) -> None:
         if self._machine is None or self._finished or not self._run.is_main_process:
             return
-        if self._root is None:
+        starting = self._root is None
+        if starting:
             if self._run.paths is None:
                 return
             self._start(self._run.paths.root, self._run.paths.run_id)
         self._journal_new_transitions()
         if record.ok and record.step not in MACHINE_STEPS:
             self._data["state"] = record.dest.value
-        if self._run.device is not None:
-            self._data["device"] = str(self._run.device)
+        device = None if self._run.device is None else str(self._run.device)
+        # run.json is rewritten (fsync + rename) only when a reader would learn something
+        # new: that the run exists, where it runs, how it ended. Per-step progress is in
+        # lifecycle.jsonl.
+        found_device = device is not None and self._data["device"] != device
+        if found_device:
+            self._data["device"] = device
         if record.dest in TERMINAL_STATES and record.step in MACHINE_STEPS:
             self._finish(record)
-        else:
+        elif starting or found_device:
             self._write()
 
     def _start(self, root: Path, run_id: str) -> None:
