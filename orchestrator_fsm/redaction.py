@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["REDACTED", "looks_secret", "redact_secrets", "redact_url"]
+__all__ = ["REDACTED", "looks_secret", "redact_argv", "redact_secrets", "redact_url"]
 
 REDACTED = "***"
 """What :func:`redact_secrets` puts in place of a secret."""
@@ -19,9 +19,13 @@ REDACTED = "***"
 # Markers that mean "secret" wherever they appear in a key, even run together with
 # other words ("dbpassword", "openaiapikey").
 _SECRET_KEY_MARKERS = ("password", "passwd", "secret", "apikey", "privatekey", "credentials")
-# "token" only as a word of its own ("hf_token", "accessToken", "token"): as a substring
-# it would hide ordinary settings such as "max_tokens" or "tokenizer".
-_SECRET_KEY_WORDS = frozenset({"token"})
+# A key whose last word is or ends in "token"/"tokens" ("hf_token", "accessToken",
+# "authtoken", "tokens") holds tokens, unless a quantity comes first ("max_tokens",
+# "num_tokens"): those count them. "tokenizer" or "token_limit" end in other words.
+_TOKEN_ENDINGS = ("token", "tokens")
+_QUANTITY_WORDS = frozenset({"max", "min", "num", "n", "total", "count"})
+# "--set key=value" (or "--set=key=value") on a command line.
+_SET_OPTIONS = ("--set",)
 _KEY_WORD_BOUNDARY = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 # scheme://user:password@host - the password may itself contain '@' (greedy up to the
@@ -61,10 +65,39 @@ def redact_url(text: str) -> str:
 def looks_secret(key: object) -> bool:
     """Whether the value of mapping key ``key`` is a secret (see :func:`redact_secrets`).
 
-    Only strings can look secret; ``token`` counts only as a word of its own.
+    Only strings can look secret. Tokens are recognised by the key's last word
+    (``tokens``, ``auth_token``, ``authtoken``, ``accessToken``), except after a
+    quantity word (``max_tokens``, ``num_tokens`` count tokens; they hold none).
     """
     if not isinstance(key, str):
         return False
     words = [word.lower() for word in _KEY_WORD_BOUNDARY.split(key) if word]
-    joined = "".join(words)
-    return any(m in joined for m in _SECRET_KEY_MARKERS) or not _SECRET_KEY_WORDS.isdisjoint(words)
+    if not words:
+        return False
+    if any(marker in "".join(words) for marker in _SECRET_KEY_MARKERS):
+        return True
+    return words[-1].endswith(_TOKEN_ENDINGS) and _QUANTITY_WORDS.isdisjoint(words[:-1])
+
+
+def _redact_assignment(text: str) -> str:
+    key, sep, value = text.partition("=")
+    if sep and value and looks_secret(key.rsplit(".", 1)[-1]):
+        return f"{key}={REDACTED}"
+    return redact_url(text)
+
+
+def redact_argv(argv: list[str] | tuple[str, ...]) -> list[str]:
+    """A command line with the values of secret ``--set key=value`` overrides and the
+    passwords of URLs replaced by ``"***"`` (``--set=key=value`` too)."""
+    redacted: list[str] = []
+    after_set = False
+    for arg in argv:
+        if after_set:
+            redacted.append(_redact_assignment(arg))
+        elif any(arg.startswith(f"{option}=") for option in _SET_OPTIONS):
+            option, _, assignment = arg.partition("=")
+            redacted.append(f"{option}={_redact_assignment(assignment)}")
+        else:
+            redacted.append(redact_url(arg))
+        after_set = arg in _SET_OPTIONS
+    return redacted

@@ -9,7 +9,13 @@ import textwrap
 import pytest
 
 from orchestrator_fsm import redaction
-from orchestrator_fsm.redaction import REDACTED, looks_secret, redact_secrets, redact_url
+from orchestrator_fsm.redaction import (
+    REDACTED,
+    looks_secret,
+    redact_argv,
+    redact_secrets,
+    redact_url,
+)
 
 
 @pytest.mark.parametrize(
@@ -61,3 +67,32 @@ def test_redaction_module_needs_neither_config_nor_torch() -> None:
     )
 
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "key", ["tokens", "authtoken", "auth_token", "AUTH_TOKENS", "hfToken", "api_tokens"]
+)
+def test_plural_and_joined_token_keys_are_secret(key: str) -> None:
+    assert looks_secret(key)
+
+
+@pytest.mark.parametrize("key", ["max_tokens", "num_tokens", "token_limit", "tokenizer"])
+def test_keys_that_count_or_configure_tokens_are_not_secret(key: str) -> None:
+    assert not looks_secret(key)
+
+
+def test_redact_argv_hides_secret_overrides_and_url_passwords() -> None:
+    argv = [
+        "orchestrator-fsm", "run", "r.yaml",
+        "--set", "tracking.api_key=sk-live-1",
+        "--set=db.password=hunter2",
+        "--set", "training.epochs=3",
+        "--set", "dataset.url=https://me:pw@example.org/d",
+    ]  # fmt: skip
+    assert redact_argv(argv) == [
+        "orchestrator-fsm", "run", "r.yaml",
+        "--set", f"tracking.api_key={REDACTED}",
+        f"--set=db.password={REDACTED}",
+        "--set", "training.epochs=3",
+        "--set", f"dataset.url=https://me:{REDACTED}@example.org/d",
+    ]  # fmt: skip

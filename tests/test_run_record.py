@@ -130,3 +130,24 @@ def test_read_run_names_the_file_when_it_is_not_a_json_object(tmp_path: Path) ->
         read_run(tmp_path)
     with pytest.raises(FileNotFoundError):
         read_run(tmp_path / "missing")
+
+
+def test_secrets_on_the_command_line_and_in_names_never_reach_the_record(
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orchestrator_fsm.cli import main
+
+    monkeypatch.setattr(
+        sys, "argv", ["orchestrator-fsm", "run", "--set", "tracking.auth_token=hunter2"]
+    )
+    cfg = make_config(dataset={"name": "https://me:hunter2@data.example.org/digits"})
+    orch = RootOrchestrator(cfg, rank=0, local_rank=0, **fake_dependencies(Calls()))
+    with orch:
+        pass
+    assert orch.paths is not None
+    assert "hunter2" not in orch.paths.run_id
+    for name in (RUN_FILE, "lifecycle.jsonl"):
+        assert "hunter2" not in (orch.paths.root / name).read_text()
+    assert read_run(orch.paths.root).argv[-1] == "tracking.auth_token=***"
+    assert main(["inspect", str(orch.paths.root), "--json"]) == 0
+    assert "hunter2" not in capsys.readouterr().out

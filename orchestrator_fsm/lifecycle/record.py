@@ -28,6 +28,7 @@ from orchestrator_fsm._system import pid_exists
 from orchestrator_fsm._version import __version__
 from orchestrator_fsm.lifecycle.machine import TransitionRecord
 from orchestrator_fsm.lifecycle.table import MACHINE_STEPS, TERMINAL_STATES
+from orchestrator_fsm.redaction import redact_argv, redact_secrets
 
 if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.machine import LifecycleMachine
@@ -357,6 +358,8 @@ class RunRecorder:
         history = self._machine.history
         started = history[0].started_at.isoformat() if history else _utc_now()
         self._root = root
+        invocation = record_invocation()
+        invocation["argv"] = redact_argv(invocation["argv"])
         self._data = {
             "run_id": run_id,
             "status": "running",
@@ -371,7 +374,7 @@ class RunRecorder:
             "error": None,
             "phases": {},
             "elapsed_s": None,
-            **record_invocation(),
+            **invocation,
             "package_version": __version__,
             "root": str(root),
         }
@@ -385,7 +388,8 @@ class RunRecorder:
         phases: dict[str, float] = self._data["phases"]
         lines = []
         for item in fresh:
-            lines.append(json.dumps(dict(item.to_json(), pid=os.getpid()), sort_keys=True))
+            line = redact_secrets(dict(item.to_json(), pid=os.getpid()))
+            lines.append(json.dumps(line, sort_keys=True))
             if item.ok:
                 phases[item.step] = round(phases.get(item.step, 0.0) + item.duration_s, 6)
         with open(self._root / JOURNAL_FILE, "a", encoding="utf-8") as handle:
@@ -406,4 +410,4 @@ class RunRecorder:
 
     def _write(self) -> None:
         assert self._root is not None
-        atomic_write_json(self._root / RUN_FILE, self._data)
+        atomic_write_json(self._root / RUN_FILE, redact_secrets(self._data))

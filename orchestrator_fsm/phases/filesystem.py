@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from orchestrator_fsm._fs import slugify
+from orchestrator_fsm.redaction import redact_url
 
 if TYPE_CHECKING:
     from orchestrator_fsm.phases.context import RunContext
@@ -179,10 +180,10 @@ class RunPaths:
         ``output_dir`` is created (with parents) when missing. The run id is
         ``YYYYMMDD-HHMMSS-<dataset>-<architecture>-<hash6>-<rand4>``: the UTC time
         (``now``, default the current time; a naive ``now`` is taken as UTC), the two
-        names reduced to ``[a-z0-9_-]``, the first six hex digits of ``config_hash`` and
-        four random hex digits. When the name is taken, another suffix is drawn; after
-        32 taken names ``FileExistsError`` is raised. Cost does not depend on how many
-        runs ``output_dir`` already holds.
+        names (any URL password dropped) reduced to ``[a-z0-9_-]``, the first six hex
+        digits of ``config_hash`` and four random hex digits. When the name is taken,
+        another suffix is drawn; after 32 taken names ``FileExistsError`` is raised.
+        Cost does not depend on how many runs ``output_dir`` already holds.
 
         Raises ``ValueError`` when ``config_hash`` does not start with six hex digits,
         and an ``OSError`` naming the path when ``output_dir`` is a file or is not
@@ -192,8 +193,8 @@ class RunPaths:
         prefix = "-".join(
             (
                 _utc_timestamp(now),
-                slugify(dataset, max_length=_NAME_SLUG_MAX, fallback="dataset"),
-                slugify(architecture, max_length=_NAME_SLUG_MAX, fallback="model"),
+                slugify(redact_url(dataset), max_length=_NAME_SLUG_MAX, fallback="dataset"),
+                slugify(redact_url(architecture), max_length=_NAME_SLUG_MAX, fallback="model"),
                 _hash_prefix(config_hash),
             )
         )
