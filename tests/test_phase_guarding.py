@@ -577,3 +577,44 @@ def test_infrastructure_manager_satisfies_the_orchestrator_protocol() -> None:
     from orchestrator_fsm.protocols import InfraManagerProtocol
 
     assert isinstance(InfrastructureManager(), InfraManagerProtocol)
+
+
+class _InterruptOn(logging.Handler):
+    """Raises KeyboardInterrupt when a record's message contains ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            raise KeyboardInterrupt
+
+
+def test_an_interrupt_right_after_the_lock_is_taken_does_not_leak_it(
+    make_config: Callable[..., Any],
+) -> None:
+    from fakes import Calls, fake_dependencies
+
+    from orchestrator_fsm.lifecycle.table import LifecycleState
+    from orchestrator_fsm.orchestrator import RootOrchestrator
+
+    cfg = make_config()
+    interrupting = logging.getLogger("interrupts_after_locking")
+    handler = _InterruptOn("acquired run lock")
+    interrupting.addHandler(handler)
+    interrupting.setLevel(logging.INFO)
+    deps = fake_dependencies(Calls())
+    manager = InfrastructureManager()
+    deps.update(infra_manager=manager, log_initializer=lambda **_: interrupting)
+    orch = RootOrchestrator(cfg, rank=0, local_rank=0, **deps)
+    with pytest.raises(KeyboardInterrupt):
+        orch.__enter__()
+    assert orch.state is LifecycleState.FAILED
+    assert not manager.held
+    # The same process can take the lock again at once: nothing holds it.
+    again = InfrastructureManager()
+    again.prepare_environment(cfg)
+    assert again.held
+    again.release_resources(cfg)
+    assert handler not in interrupting.handlers

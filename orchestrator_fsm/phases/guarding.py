@@ -11,6 +11,7 @@ runs lock two different files of the same name).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -199,17 +200,22 @@ class InfrastructureManager:
         path = resolve_lock_path(cfg)
         self._project = cfg.hardware.project_name
         started = self._clock()
-        handle = self._acquire(path, timeout_s, log)
-        self._handle = handle
-        self._lock_path = path
-        self._since = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self._write_holder_info(handle, path, log)
-        log.info(
-            "acquired run lock %s (pid %d, waited %.2fs)",
-            path,
-            os.getpid(),
-            max(0.0, self._clock() - started),
-        )
+        self._handle = handle = self._acquire(path, timeout_s, log)
+        try:
+            self._lock_path = path
+            self._since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            self._write_holder_info(handle, path, log)
+            log.info(
+                "acquired run lock %s (pid %d, waited %.2fs)",
+                path,
+                os.getpid(),
+                max(0.0, self._clock() - started),
+            )
+        except BaseException:
+            # Interrupted after locking: nobody will call release for a lock that
+            # prepare_environment never reported as taken.
+            self.release_resources(cfg, logger=log)
+            raise
 
     def release_resources(self, cfg: Config, logger: logging.Logger | None = None) -> None:
         """Release the lock taken by :meth:`prepare_environment`.
@@ -388,6 +394,12 @@ def step(run: RunContext) -> Undo:
         raise InfrastructureError(
             f"could not guard the run (project {run.cfg.hardware.project_name!r}): {exc}"
         ) from exc
+    except BaseException:
+        # An interrupt may have landed after the lock was taken but before this step
+        # could register its undo: release now, or the lock would outlive the run.
+        with contextlib.suppress(Exception):
+            infra.release_resources(run.cfg, logger=run.log)
+        raise
 
     def release_lock() -> None:
         log = run.log
