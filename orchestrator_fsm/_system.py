@@ -10,7 +10,14 @@ import os
 from functools import cache
 from importlib import metadata
 
-__all__ = ["available_cpu_count", "distribution_version", "mps_available", "pid_exists"]
+__all__ = [
+    "available_cpu_count",
+    "boot_id",
+    "distribution_version",
+    "mps_available",
+    "pid_exists",
+    "process_start_ticks",
+]
 
 
 def available_cpu_count() -> int:
@@ -51,6 +58,38 @@ def pid_exists(pid: object) -> bool | None:
     except OSError:
         return None
     return True
+
+
+def boot_id() -> str | None:
+    """An id of this boot of the machine (Linux), or None where the OS offers none.
+
+    A pid recorded under another boot id names no process of this boot.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux), or None.
+
+    Together with the pid and the boot id it identifies one process: a pid reused by a
+    later process has another start time.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces; start time is
+    # field 22, the 20th after the closing parenthesis.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
 
 
 @cache

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from fakes import Calls, StepFailure, fake_dependencies
 
@@ -151,3 +152,18 @@ def test_secrets_on_the_command_line_and_in_names_never_reach_the_record(
     assert read_run(orch.paths.root).argv[-1] == "tracking.auth_token=***"
     assert main(["inspect", str(orch.paths.root), "--json"]) == 0
     assert "hunter2" not in capsys.readouterr().out
+
+
+def test_a_running_record_whose_pid_now_names_another_process_is_crashed(
+    make_config: ConfigFactory,
+) -> None:
+    orch = build(make_config, Calls())
+    with orch:
+        assert orch.paths is not None
+        live = read_run(orch.paths.root)
+        assert live.boot_id is not None and live.process_start_ticks is not None
+        assert infer_status(live) == "running"
+        reused = attrs.evolve(live, process_start_ticks=live.process_start_ticks - 1)
+        rebooted = attrs.evolve(live, boot_id="00000000-0000-0000-0000-000000000000")
+        assert infer_status(reused) == "crashed"
+        assert infer_status(rebooted) == "crashed"

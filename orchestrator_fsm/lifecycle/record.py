@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from orchestrator_fsm._fs import atomic_write_json
-from orchestrator_fsm._system import pid_exists
+from orchestrator_fsm._system import boot_id, pid_exists, process_start_ticks
 from orchestrator_fsm._version import __version__
 from orchestrator_fsm.lifecycle.machine import TransitionRecord
 from orchestrator_fsm.lifecycle.table import MACHINE_STEPS, TERMINAL_STATES
@@ -140,6 +140,8 @@ class RunRecord:
     world_size: int | None = None
     pid: int | None = None
     host: str | None = None
+    boot_id: str | None = None
+    process_start_ticks: int | None = None
     device: str | None = None
     error: ErrorSummary | None = None
     phases: Mapping[str, float] = attrs.field(factory=dict)
@@ -194,6 +196,8 @@ class RunRecord:
             world_size=_optional_int(data.get("world_size")),
             pid=_optional_int(data.get("pid")),
             host=_optional_str(data.get("host")),
+            boot_id=_optional_str(data.get("boot_id")),
+            process_start_ticks=_optional_int(data.get("process_start_ticks")),
             device=_optional_str(data.get("device")),
             error=summary,
             phases={
@@ -226,6 +230,8 @@ class RunRecord:
             world_size=self.world_size,
             pid=self.pid,
             host=self.host,
+            boot_id=self.boot_id,
+            process_start_ticks=self.process_start_ticks,
             device=self.device,
             error=None if self.error is None else self.error.to_json(),
             phases=dict(self.phases),
@@ -242,11 +248,22 @@ class RunRecord:
 
 def infer_status(record: RunRecord) -> str:
     """The status to show for ``record``: ``crashed`` when it says ``running`` but its
-    process is gone. Only a run started on this host can be judged; elsewhere (or when
-    the pid cannot be probed) ``running`` stays."""
+    process is gone: the machine rebooted since (another boot id), no process has its
+    pid, or the process with that pid is a later one (another start time). Only a run
+    started on this host can be judged; elsewhere (or when nothing can be probed)
+    ``running`` stays."""
     if record.status != "running" or record.host != socket.gethostname():
         return record.status
-    return "crashed" if pid_exists(record.pid) is False else record.status
+    current_boot = boot_id()
+    if record.boot_id is not None and current_boot is not None and record.boot_id != current_boot:
+        return "crashed"
+    if pid_exists(record.pid) is False:
+        return "crashed"
+    if record.pid is not None and record.process_start_ticks is not None:
+        started = process_start_ticks(record.pid)
+        if started is not None and started != record.process_start_ticks:
+            return "crashed"
+    return record.status
 
 
 def _read_transitions(root: Path) -> tuple[TransitionRecord, ...]:
@@ -370,6 +387,8 @@ class RunRecorder:
             "world_size": self._run.world_size,
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            "boot_id": boot_id(),
+            "process_start_ticks": process_start_ticks(os.getpid()),
             "device": None,
             "error": None,
             "phases": {},
