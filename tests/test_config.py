@@ -423,11 +423,22 @@ def test_yaml_booleans_are_real_booleans(tmp_path: Path) -> None:
 def test_worker_and_thread_counts_have_a_minimum_or_are_automatic(field: str, minimum: int) -> None:
     assert getattr(Config.from_dict(minimal(hardware={field: minimum})).hardware, field) == minimum
     assert getattr(Config.from_dict(minimal(hardware={field: None})).hardware, field) is None
-    for bad in (minimum - 1, True, "2", 2.0):
+    assert getattr(Config.from_dict(minimal(hardware={field: 32768})).hardware, field) == 32768
+    for bad in (minimum - 1, True, "2", 2.0, 32769, 99999999999999999999):
         error = config_error(minimal(hardware={field: bad}))
         assert problem_at(error, f"hardware.{field}") == (
-            f"expected an integer >= {minimum}, or null for automatic, got {bad!r}"
+            f"expected an integer from {minimum} to 32768, or null for automatic, got {bad!r}"
         )
+
+
+def test_an_override_path_deeper_than_a_recipe_may_be_is_a_config_error(
+    tmp_path: Path,
+) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(minimal()), encoding="utf-8")
+    deep = ".".join(["a"] * 1000) + "=1"
+    with pytest.raises(ConfigError, match="nested more than 100 levels deep"):
+        Config.from_recipe(recipe, overrides=[deep])
 
 
 @pytest.mark.parametrize("name", ["orchard_ml", "vision-experiment", "p1", "a" * 80])

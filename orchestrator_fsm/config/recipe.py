@@ -250,7 +250,12 @@ def _parse_override(text: object) -> tuple[list[str], Any]:
     path_text, equals, value_text = text.partition("=")
     if not equals:
         raise Problem(f"malformed override {text!r}: no '=' (expected 'dotted.path=value')")
-    segments = [segment.strip() for segment in path_text.split(".")]
+    segments = [segment.strip() for segment in path_text.split(".", _MAX_DEPTH)]
+    if len(segments) > _MAX_DEPTH:
+        raise Problem(
+            f"malformed override {path_text[:60]!r}...: the path is nested more than "
+            f"{_MAX_DEPTH} levels deep"
+        )
     if not all(segments):
         raise Problem(
             f"malformed override {text!r}: empty key in path {path_text.strip()!r} "

@@ -76,13 +76,18 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# The most threads or loader workers a count may ask for: Linux's default pid_max, so no
+# larger count can be honoured (torch itself overflows a C int far above it).
+_MAX_COUNT = 32768
+
+
 def _count_or_auto(minimum: int) -> Callable[[object], int | None]:
     def check(value: object) -> int | None:
         if value is None:
             return None
-        if _is_int(value) and cast(int, value) >= minimum:
+        if _is_int(value) and minimum <= cast(int, value) <= _MAX_COUNT:
             return int(cast(int, value))
-        raise Invalid(f"an integer >= {minimum}, or null for automatic", value)
+        raise Invalid(f"an integer from {minimum} to {_MAX_COUNT}, or null for automatic", value)
 
     return check
 
