@@ -19,6 +19,7 @@ from orchestrator_fsm.distributed import get_local_rank, get_rank, get_world_siz
 from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.lifecycle.machine import LifecycleMachine, RecordListener, TransitionRecord
 from orchestrator_fsm.lifecycle.record import RunRecorder
+from orchestrator_fsm.lifecycle.signals import SignalGuard
 from orchestrator_fsm.lifecycle.table import CLEANUP_STEP, LifecycleState
 from orchestrator_fsm.phases.context import LOGGER_NAME, Dependencies, RunContext
 from orchestrator_fsm.phases.determinism import SeedTree, set_seed
@@ -153,6 +154,7 @@ class RootOrchestrator:
             logger=logging.getLogger(LOGGER_NAME),
         )
         self._recorder.observe(self.machine)
+        self._signals = SignalGuard(on_held=self.machine.note_interrupt)
 
     # -- what the steps produced --------------------------------------------------------
 
@@ -184,6 +186,8 @@ class RootOrchestrator:
     # -- the reference API ------------------------------------------------------------
 
     def __enter__(self) -> RootOrchestrator:
+        # SIGINT, SIGTERM and SIGHUP end the run as an interrupt until cleanup is done.
+        self._signals.install()
         try:
             self.time_tracker.start()
             self.initialize_core_services()
@@ -200,8 +204,7 @@ class RootOrchestrator:
         exc_tb: TracebackType | None,
     ) -> Literal[False]:
         self.time_tracker.stop()
-        if not self.machine.is_terminal:
-            self.machine.cleanup(ended_by=exc_val)
+        self._clean_up(ended_by=exc_val)
         return False
 
     def initialize_core_services(self) -> RunPaths | None:
@@ -226,8 +229,16 @@ class RootOrchestrator:
     def cleanup(self) -> None:
         """Release the lock, write the final status, close the run's log handlers and
         restore the process state; a no-op once the run has ended."""
-        if not self.machine.is_terminal:
-            self.machine.cleanup()
+        self._clean_up(ended_by=None)
+
+    def _clean_up(self, ended_by: BaseException | None) -> None:
+        # A signal arriving now is held until the record is final, then raised.
+        self._signals.hold()
+        try:
+            if not self.machine.is_terminal:
+                self.machine.cleanup(ended_by=ended_by)
+        finally:
+            self._signals.restore()
 
     def get_device(self) -> torch.device:
         """The resolved compute device (resolved on first use if needed)."""

@@ -19,7 +19,7 @@ import yaml
 from conftest import minimal_recipe
 
 from orchestrator_fsm import __version__
-from orchestrator_fsm.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
+from orchestrator_fsm.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
 from orchestrator_fsm.diagrams import render_dot, render_mermaid
 from orchestrator_fsm.lifecycle.table import advance_path
 
@@ -356,7 +356,7 @@ def launch() -> Iterator[Callable[..., subprocess.Popen[str]]]:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_during_the_pipeline_exits_130_with_the_run_marked_interrupted(
+def test_signal_during_the_pipeline_exits_128_plus_signum_with_the_run_marked_interrupted(
     tmp_path: Path,
     recipe: Path,
     entries: Path,
@@ -368,12 +368,12 @@ def test_signal_during_the_pipeline_exits_130_with_the_run_marked_interrupted(
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
 
-    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert proc.returncode == 128 + signum, err
     root = marker.parent
     run = read_json(root / "run.json")
     assert run["status"] == "interrupted"
     assert run["state"] == "cleaned"
-    assert run["error"]["type"] == "KeyboardInterrupt"
+    assert (run["error"]["type"], run["error"]["message"]) == ("RunInterrupted", signum.name)
     assert "Traceback" not in err
     assert last_lines(out, 2) == [f"run directory: {root}", "status: interrupted"]
 

@@ -22,6 +22,7 @@ from orchestrator_fsm.cli._shared import (
 )
 from orchestrator_fsm.entry import Entry, entry_search_path, resolve_entry
 from orchestrator_fsm.errors import ConfigError, EntryPointError
+from orchestrator_fsm.lifecycle.signals import RunInterrupted
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -33,18 +34,19 @@ if TYPE_CHECKING:
 __all__ = ["cmd_run"]
 
 
-def _raise_keyboard_interrupt(signum: int, frame: types.FrameType | None) -> NoReturn:
-    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+def _raise_run_interrupted(signum: int, frame: types.FrameType | None) -> NoReturn:
+    raise RunInterrupted(signum)
 
 
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
-    """Within the block, SIGTERM raises KeyboardInterrupt, so the run is rolled back or
-    cleaned up and recorded as interrupted; the previous handler comes back after."""
+    """Within the block, SIGTERM raises ``RunInterrupted`` (before the run is live; the
+    run's own handlers take over from ``__enter__`` to cleanup); the previous handler
+    comes back after."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be installed from the main thread
         return
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    previous = signal.signal(signal.SIGTERM, _raise_run_interrupted)
     try:
         yield
     finally:
@@ -86,7 +88,10 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     code = _report_failure(failure, run, cfg, err, debug=args.debug)
     status = run.status if run is not None else None
     if status is None:
-        status = {EXIT_OK: "completed", EXIT_INTERRUPTED: "interrupted"}.get(code, "failed")
+        if isinstance(failure, KeyboardInterrupt):
+            status = "interrupted"
+        else:
+            status = "completed" if code == EXIT_OK else "failed"
     if orch is not None and orch.paths is not None:
         say(out, f"run directory: {orch.paths.root}")
     elif orch is not None and not orch.is_main_process:
@@ -127,7 +132,8 @@ def _report_failure(
     if isinstance(failure, KeyboardInterrupt):
         reason = f" ({failure})" if str(failure) else ""
         say(err, f"interrupted{reason}; the run was cleaned up", "red")
-        code = EXIT_INTERRUPTED
+        # 128 + the signal's number, as shells report a process ended by that signal.
+        code = 128 + failure.signum if isinstance(failure, RunInterrupted) else EXIT_INTERRUPTED
     elif isinstance(failure, ConfigError):
         print_config_error(err, failure, str(cfg.source) if cfg.source else None)
         code = EXIT_USAGE

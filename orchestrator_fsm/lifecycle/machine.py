@@ -234,6 +234,12 @@ class LifecycleMachine:
         """The step :attr:`ended_by` came from; None when the caller reported it."""
         return self._ended_in
 
+    def note_interrupt(self, interrupt: BaseException) -> None:
+        """Record ``interrupt``, met while cleaning up, as what ended the run (unless
+        something already did); the caller raises it once cleanup is over."""
+        if self._ended_by is None:
+            self._ended_by, self._ended_in = interrupt, CLEANUP_STEP
+
     def can_advance(self) -> bool:
         return not self.is_terminal
 

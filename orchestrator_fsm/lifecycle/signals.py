@@ -1,0 +1,84 @@
+"""Termination signals as lifecycle events while a run is live.
+
+Between ``__enter__`` and the end of cleanup, SIGINT, SIGTERM and SIGHUP raise
+``RunInterrupted`` in the main thread, so a ``with`` block unwinds, the lifecycle
+cleans up (or rolls back) and the run is recorded ``interrupted`` with the signal's
+name. A handler the caller had installed (not Python's default ones) is called first.
+While cleaning up, a signal is held back until the record is final and raised then:
+it is never lost, and it never cuts the record short.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, Final
+
+__all__ = ["INTERRUPTING_SIGNALS", "RunInterrupted", "SignalGuard"]
+
+#: The signals that end a live run.
+INTERRUPTING_SIGNALS: Final = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A termination signal arrived while the run was live; ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _chains(handler: Any) -> bool:
+    # Python's own defaults and "ignore"/"default" are replaced, not chained.
+    return callable(handler) and handler is not signal.default_int_handler
+
+
+class SignalGuard:
+    """Installs the run's signal handlers (main thread only) and puts the old ones back."""
+
+    def __init__(self, on_held: Callable[[RunInterrupted], None] | None = None) -> None:
+        self._on_held = on_held
+        self._previous: dict[int, Any] = {}
+        self._holding = False
+        self._held: int | None = None
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._previous)
+
+    def install(self) -> None:
+        """Take over the interrupting signals; a no-op outside the main thread."""
+        if self._previous or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in INTERRUPTING_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def hold(self) -> None:
+        """From now on keep a signal for :meth:`restore` instead of raising it (telling
+        ``on_held`` at once, so the run's outcome can say it was interrupted)."""
+        self._holding = True
+
+    def restore(self) -> None:
+        """Put the previous handlers back, then raise a signal held since :meth:`hold`."""
+        previous, self._previous = self._previous, {}
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        held, self._held, self._holding = self._held, None, False
+        if held is not None:
+            raise RunInterrupted(held)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        previous = self._previous.get(signum)
+        if previous is not None and _chains(previous):
+            previous(signum, frame)
+        if self._holding:
+            if self._held is None:
+                self._held = signum
+                if self._on_held is not None:
+                    self._on_held(RunInterrupted(signum))
+            return
+        raise RunInterrupted(signum)

@@ -1,0 +1,97 @@
+"""Termination signals end a live run as an interrupt, in library use too."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import minimal_recipe
+from fakes import Calls, fake_dependencies
+
+from orchestrator_fsm import read_run
+from orchestrator_fsm.lifecycle.signals import RunInterrupted
+from orchestrator_fsm.orchestrator import RootOrchestrator
+
+ConfigFactory = Callable[..., Any]
+
+LIBRARY_RUN = textwrap.dedent(
+    """
+    import json, signal, sys, time
+    from pathlib import Path
+    from orchestrator_fsm import Config, RootOrchestrator
+    from orchestrator_fsm.lifecycle.signals import RunInterrupted
+
+    cfg = Config.from_dict(json.loads(sys.argv[1]))
+    try:
+        with RootOrchestrator(cfg) as orch:
+            (orch.paths.root / "entered").write_text("yes")
+            time.sleep(60)
+    except RunInterrupted as exc:
+        restored = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        print(exc.signum, restored)
+        sys.exit(3)
+    """
+)
+
+
+def test_sigterm_in_library_use_unwinds_and_is_recorded(tmp_path: Path) -> None:
+    recipe = json.dumps(minimal_recipe(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LIBRARY_RUN, recipe],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not list((tmp_path / "outputs").glob("*/entered")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run never reached its with-block"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, err
+    assert out.split() == [str(int(signal.SIGTERM)), "True"]
+    (root,) = (tmp_path / "outputs").iterdir()
+    record = read_run(root)
+    assert (record.status, record.state) == ("interrupted", "cleaned")
+    assert record.error is not None
+    assert (record.error.type, record.error.message) == ("RunInterrupted", "SIGTERM")
+
+
+def test_a_signal_during_cleanup_is_held_until_the_record_is_final(
+    make_config: ConfigFactory,
+) -> None:
+    calls = Calls()
+    deps = fake_dependencies(calls)
+    infra = deps["infra_manager"]
+    release = infra.release_resources
+
+    def release_then_get_signalled(cfg: Any, logger: Any = None) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered while cleanup runs
+        release(cfg, logger=logger)
+
+    infra.release_resources = release_then_get_signalled
+    orch = RootOrchestrator(make_config(), rank=0, local_rank=0, **deps)
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RunInterrupted) as caught, orch:
+        pass
+    assert caught.value.signum == signal.SIGTERM
+    assert "release_resources" in calls.names()  # the undo finished after the signal
+    assert orch.paths is not None
+    record = read_run(orch.paths.root)
+    assert (record.status, record.state) == ("interrupted", "cleaned")
+    assert record.error is not None and record.error.step == "cleanup"
+    assert signal.getsignal(signal.SIGTERM) is previous
