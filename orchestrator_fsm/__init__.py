@@ -23,6 +23,7 @@ from orchestrator_fsm.errors import (
     LifecycleError,
     LockContendedError,
     OrchestratorError,
+    RunInterrupted,
 )
 from orchestrator_fsm.lifecycle.machine import LifecycleMachine, TransitionRecord
 from orchestrator_fsm.lifecycle.record import ErrorSummary, RunRecord, infer_status, read_run
@@ -75,6 +76,7 @@ __all__ = [
     "Reporter",
     "ReporterProtocol",
     "RootOrchestrator",
+    "RunInterrupted",
     "RunPaths",
     "RunRecord",
     "SeedTree",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 __all__ = [
     "ConfigError",
     "DeviceError",
@@ -11,6 +13,7 @@ __all__ = [
     "LifecycleError",
     "LockContendedError",
     "OrchestratorError",
+    "RunInterrupted",
 ]
 
 
@@ -64,3 +67,15 @@ class EntryPointError(OrchestratorError):
 
 class GraphvizNotFoundError(OrchestratorError):
     """SVG output was asked for but Graphviz's ``dot`` program is not installed."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A termination signal (SIGINT, SIGTERM, SIGHUP) ended a live run.
+
+    A ``KeyboardInterrupt``, so code that handles Ctrl-C handles it too; ``signum``
+    says which signal it was, and the message is its name.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum

@@ -18,7 +18,7 @@ from conftest import minimal_recipe
 from fakes import Calls, fake_dependencies
 
 from orchestrator_fsm import read_run
-from orchestrator_fsm.lifecycle.signals import RunInterrupted
+from orchestrator_fsm.errors import RunInterrupted
 from orchestrator_fsm.orchestrator import RootOrchestrator
 
 ConfigFactory = Callable[..., Any]

@@ -21,8 +21,7 @@ from orchestrator_fsm.cli._shared import (
     say,
 )
 from orchestrator_fsm.entry import Entry, entry_search_path, resolve_entry
-from orchestrator_fsm.errors import ConfigError, EntryPointError
-from orchestrator_fsm.lifecycle.signals import RunInterrupted
+from orchestrator_fsm.errors import ConfigError, EntryPointError, RunInterrupted
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -16,20 +16,14 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, Final
 
-__all__ = ["INTERRUPTING_SIGNALS", "RunInterrupted", "SignalGuard"]
+from orchestrator_fsm.errors import RunInterrupted
+
+__all__ = ["INTERRUPTING_SIGNALS", "SignalGuard"]
 
 #: The signals that end a live run.
 INTERRUPTING_SIGNALS: Final = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """A termination signal arrived while the run was live; ``signum`` says which."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def _chains(handler: Any) -> bool:
