@@ -95,3 +95,33 @@ def test_a_signal_during_cleanup_is_held_until_the_record_is_final(
     assert (record.status, record.state) == ("interrupted", "cleaned")
     assert record.error is not None and record.error.step == "cleanup"
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_an_enclosing_guard_does_not_cut_the_hold_during_cleanup_short(
+    make_config: ConfigFactory,
+) -> None:
+    from orchestrator_fsm.lifecycle.signals import SignalGuard
+
+    calls = Calls()
+    deps = fake_dependencies(calls)
+    infra = deps["infra_manager"]
+    release = infra.release_resources
+
+    def release_then_get_signalled(cfg: Any, logger: Any = None) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        release(cfg, logger=logger)
+
+    infra.release_resources = release_then_get_signalled
+    outer = SignalGuard(signals=(signal.SIGTERM,))  # what the CLI installs around a run
+    outer.install()
+    try:
+        outer_handler = signal.getsignal(signal.SIGTERM)
+        orch = RootOrchestrator(make_config(), rank=0, local_rank=0, **deps)
+        with pytest.raises(RunInterrupted), orch:
+            pass
+        assert "release_resources" in calls.names()  # the undo ran to its end
+        assert signal.getsignal(signal.SIGTERM) == outer_handler
+    finally:
+        outer.restore()
+    assert orch.paths is not None
+    assert read_run(orch.paths.root).status == "interrupted"

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-import threading
-import types
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from orchestrator_fsm.cli._shared import (
     EXIT_FAILURE,
@@ -22,6 +20,7 @@ from orchestrator_fsm.cli._shared import (
 )
 from orchestrator_fsm.entry import Entry, entry_search_path, resolve_entry
 from orchestrator_fsm.errors import ConfigError, EntryPointError, RunInterrupted
+from orchestrator_fsm.lifecycle.signals import SignalGuard
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -33,23 +32,17 @@ if TYPE_CHECKING:
 __all__ = ["cmd_run"]
 
 
-def _raise_run_interrupted(signum: int, frame: types.FrameType | None) -> NoReturn:
-    raise RunInterrupted(signum)
-
-
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """Within the block, SIGTERM raises ``RunInterrupted`` (before the run is live; the
-    run's own handlers take over from ``__enter__`` to cleanup); the previous handler
+    run's own guard takes over from ``__enter__`` to cleanup); the previous handler
     comes back after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be installed from the main thread
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_run_interrupted)
+    guard = SignalGuard(signals=(signal.SIGTERM,))
+    guard.install()
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        guard.restore()
 
 
 def _run_record(orch: RootOrchestrator | None) -> RunRecord | None:

@@ -27,28 +27,33 @@ INTERRUPTING_SIGNALS: Final = tuple(
 
 
 def _chains(handler: Any) -> bool:
-    # Python's own defaults and "ignore"/"default" are replaced, not chained.
-    return callable(handler) and handler is not signal.default_int_handler
+    # Python's own defaults and "ignore"/"default" are replaced, not chained; so is an
+    # enclosing guard (the CLI's), which would raise before this one could hold.
+    if not callable(handler) or handler is signal.default_int_handler:
+        return False
+    return not isinstance(getattr(handler, "__self__", None), SignalGuard)
 
 
 class SignalGuard:
-    """Installs the run's signal handlers (main thread only) and puts the old ones back."""
+    """Installs handlers that raise ``RunInterrupted`` for ``signals`` (main thread only)
+    and puts the old ones back."""
 
-    def __init__(self, on_held: Callable[[RunInterrupted], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_held: Callable[[RunInterrupted], None] | None = None,
+        signals: tuple[int, ...] = INTERRUPTING_SIGNALS,
+    ) -> None:
         self._on_held = on_held
+        self._signals = signals
         self._previous: dict[int, Any] = {}
         self._holding = False
         self._held: int | None = None
-
-    @property
-    def installed(self) -> bool:
-        return bool(self._previous)
 
     def install(self) -> None:
         """Take over the interrupting signals; a no-op outside the main thread."""
         if self._previous or threading.current_thread() is not threading.main_thread():
             return
-        for signum in INTERRUPTING_SIGNALS:
+        for signum in self._signals:
             self._previous[signum] = signal.signal(signum, self._on_signal)
 
     def hold(self) -> None:
