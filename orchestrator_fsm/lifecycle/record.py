@@ -58,10 +58,6 @@ STATUSES: Final = ("running", "completed", "failed", "interrupted")
 PIPELINE_STEP: Final = "pipeline"
 
 
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat()
-
-
 @attrs.frozen
 class ErrorSummary:
     """The error that ended a run: its type, its message and the step it came from."""
@@ -305,23 +301,19 @@ class RunRecorder:
     """The one writer of a run's ``run.json`` and ``lifecycle.jsonl``.
 
     Give it the run's context and the machine (:meth:`observe`); it does the rest from
-    the machine's transitions. Ranks other than 0 never write. ``elapsed`` reports the
-    run's wall time for the final record (the time tracker's, usually).
+    the machine's transitions. What it writes is a :class:`RunRecord` in its
+    ``to_json`` form, so ``read_run`` reads back exactly the shape written. Ranks other
+    than 0 never write. ``elapsed`` reports the run's wall time for the final record
+    (the time tracker's, usually).
     """
 
     def __init__(self, run: RunContext, elapsed: Any) -> None:
         self._run = run
         self._elapsed = elapsed
         self._machine: LifecycleMachine | None = None
-        self._root: Path | None = None
-        self._written = 0
+        self._record: RunRecord | None = None
+        self._journaled = 0
         self._finished = False
-        self._data: dict[str, Any] = {}
-
-    @property
-    def root(self) -> Path | None:
-        """The run directory once the record exists."""
-        return self._root
 
     def observe(self, machine: LifecycleMachine) -> None:
         """Listen to ``machine`` from now on."""
@@ -348,85 +340,88 @@ class RunRecorder:
     def _on_transition(self, record: TransitionRecord) -> None:
         if self._machine is None or self._finished or not self._run.is_main_process:
             return
-        starting = self._root is None
-        if starting:
+        starting = self._record is None
+        if self._record is None:
             if self._run.paths is None:
                 return
-            self._start(self._run.paths.root, self._run.paths.run_id)
-        self._journal_new_transitions()
-        if record.ok and record.step not in MACHINE_STEPS:
-            self._data["state"] = record.dest.value
+            self._record = self._start(self._run.paths.root, self._run.paths.run_id)
+        before = self._record
+        phases = self._journal_new_transitions(before.root, dict(before.phases))
+        moved = record.ok and record.step not in MACHINE_STEPS
         device = None if self._run.device is None else str(self._run.device)
+        self._record = attrs.evolve(
+            before,
+            phases=phases,
+            state=record.dest.value if moved else before.state,
+            device=device or before.device,
+        )
         # run.json is rewritten (fsync + rename) only when a reader would learn something
         # new: that the run exists, where it runs, how it ended. Per-step progress is in
         # lifecycle.jsonl.
-        found_device = device is not None and self._data["device"] != device
-        if found_device:
-            self._data["device"] = device
         if record.dest in TERMINAL_STATES and record.step in MACHINE_STEPS:
             self._finish(record)
-        elif starting or found_device:
+        elif starting or self._record.device != before.device:
             self._write()
 
-    def _start(self, root: Path, run_id: str) -> None:
+    def _start(self, root: Path, run_id: str) -> RunRecord:
         from orchestrator_fsm.phases.manifest import record_invocation
 
         assert self._machine is not None
         history = self._machine.history
-        started = history[0].started_at.isoformat() if history else _utc_now()
-        self._root = root
         invocation = record_invocation()
-        invocation["argv"] = redact_argv(invocation["argv"])
-        self._data = {
-            "run_id": run_id,
-            "status": "running",
-            "state": None,
-            "started_at": started,
-            "ended_at": None,
-            "rank": self._run.rank,
-            "world_size": self._run.world_size,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "boot_id": boot_id(),
-            "process_start_ticks": process_start_ticks(os.getpid()),
-            "device": None,
-            "error": None,
-            "phases": {},
-            "elapsed_s": None,
-            **invocation,
-            "package_version": __version__,
-            "root": str(root),
-        }
+        known = {field.name for field in attrs.fields(RunRecord)}
+        pid = os.getpid()
+        return RunRecord(
+            run_id=run_id,
+            root=root,
+            status="running",
+            started_at=history[0].started_at if history else datetime.now(timezone.utc),
+            rank=self._run.rank,
+            world_size=self._run.world_size,
+            pid=pid,
+            host=socket.gethostname(),
+            boot_id=boot_id(),
+            process_start_ticks=process_start_ticks(pid),
+            argv=tuple(redact_argv(invocation["argv"])),
+            cwd=invocation["cwd"],
+            entry_point=invocation["entry_point"],
+            entry_module=invocation["entry_module"],
+            python=invocation["python"],
+            package_version=__version__,
+            extra={key: value for key, value in invocation.items() if key not in known},
+        )
 
-    def _journal_new_transitions(self) -> None:
-        assert self._machine is not None and self._root is not None
+    def _journal_new_transitions(self, root: Path, phases: dict[str, float]) -> dict[str, float]:
+        """Append what the machine did since the last call; ``phases`` plus its durations."""
+        assert self._machine is not None
         history = self._machine.history
-        fresh, self._written = history[self._written :], len(history)
+        fresh, self._journaled = history[self._journaled :], len(history)
         if not fresh:
-            return
-        phases: dict[str, float] = self._data["phases"]
+            return phases
         lines = []
         for item in fresh:
             line = redact_secrets(dict(item.to_json(), pid=os.getpid()))
             lines.append(json.dumps(line, sort_keys=True))
             if item.ok:
                 phases[item.step] = round(phases.get(item.step, 0.0) + item.duration_s, 6)
-        with open(self._root / JOURNAL_FILE, "a", encoding="utf-8") as handle:
+        with open(root / JOURNAL_FILE, "a", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")
+        return phases
 
     def _finish(self, record: TransitionRecord) -> None:
-        assert self._machine is not None
+        assert self._machine is not None and self._record is not None
         status, error = outcome_of(self._machine)
         self._finished = True
-        self._data.update(
+        self._record = attrs.evolve(
+            self._record,
             status=status,
             state=record.dest.value,
-            ended_at=_utc_now(),
-            error=None if error is None else error.to_json(),
+            ended_at=datetime.now(timezone.utc),
+            error=error,
             elapsed_s=self._elapsed_s(),
         )
         self._write()
 
     def _write(self) -> None:
-        assert self._root is not None
-        atomic_write_json(self._root / RUN_FILE, redact_secrets(self._data))
+        assert self._record is not None
+        atomic_write_json(self._record.root / RUN_FILE, redact_secrets(self._record.to_json()))
