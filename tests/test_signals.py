@@ -71,10 +71,8 @@ def test_sigterm_in_library_use_unwinds_and_is_recorded(tmp_path: Path) -> None:
     assert (record.error.type, record.error.message) == ("RunInterrupted", "SIGTERM")
 
 
-def test_a_signal_during_cleanup_is_held_until_the_record_is_final(
-    make_config: ConfigFactory,
-) -> None:
-    calls = Calls()
+def signalled_while_releasing(calls: Calls) -> dict[str, Any]:
+    """Fake dependencies whose lock release gets a SIGTERM, then finishes its work."""
     deps = fake_dependencies(calls)
     infra = deps["infra_manager"]
     release = infra.release_resources
@@ -84,6 +82,14 @@ def test_a_signal_during_cleanup_is_held_until_the_record_is_final(
         release(cfg, logger=logger)
 
     infra.release_resources = release_then_get_signalled
+    return deps
+
+
+def test_a_signal_during_cleanup_is_held_until_the_record_is_final(
+    make_config: ConfigFactory,
+) -> None:
+    calls = Calls()
+    deps = signalled_while_releasing(calls)
     orch = RootOrchestrator(make_config(), rank=0, local_rank=0, **deps)
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(RunInterrupted) as caught, orch:
@@ -103,15 +109,7 @@ def test_an_enclosing_guard_does_not_cut_the_hold_during_cleanup_short(
     from orchestrator_fsm.lifecycle.signals import SignalGuard
 
     calls = Calls()
-    deps = fake_dependencies(calls)
-    infra = deps["infra_manager"]
-    release = infra.release_resources
-
-    def release_then_get_signalled(cfg: Any, logger: Any = None) -> None:
-        os.kill(os.getpid(), signal.SIGTERM)
-        release(cfg, logger=logger)
-
-    infra.release_resources = release_then_get_signalled
+    deps = signalled_while_releasing(calls)
     outer = SignalGuard(signals=(signal.SIGTERM,))  # what the CLI installs around a run
     outer.install()
     try:

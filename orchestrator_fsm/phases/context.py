@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from orchestrator_fsm.errors import LifecycleError
+
 if TYPE_CHECKING:
     import torch
 
@@ -76,7 +78,5 @@ class RunContext:
     def require_paths(self) -> RunPaths:
         """The run directory; the table orders every step that needs it after phase 3."""
         if self.paths is None:
-            from orchestrator_fsm.errors import LifecycleError
-
             raise LifecycleError("this step needs the run directory, which phase 3 creates")
         return self.paths

@@ -25,6 +25,7 @@ import torch
 from orchestrator_fsm._fs import atomic_write_json
 from orchestrator_fsm._system import available_cpu_count, distribution_version, mps_available
 from orchestrator_fsm._version import __version__
+from orchestrator_fsm.phases.device import resolve_device
 from orchestrator_fsm.redaction import redact_secrets
 
 if TYPE_CHECKING:
@@ -278,8 +279,6 @@ def step(run: RunContext) -> None:
     """Phase 7: ``reporter.log_initial_status(...)`` on rank 0; a no-op on other ranks."""
     if not run.is_main_process:
         return
-    from orchestrator_fsm.phases.device import resolve_device
-
     if run.device is None:
         run.device = resolve_device(run)
     run.deps.reporter.log_initial_status(
