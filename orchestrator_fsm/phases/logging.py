@@ -177,9 +177,10 @@ def step(run: RunContext) -> Undo:
     run.logger = made
 
     def stop_logging() -> None:
+        kept = before.handlers_of(made)  # put back by the snapshot, not closed
         try:
             for handler in list(made.handlers):
-                if handler not in before.handlers_of(made):
+                if handler not in kept:
                     made.removeHandler(handler)
                     handler.close()
         finally:
