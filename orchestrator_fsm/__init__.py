@@ -26,7 +26,13 @@ from orchestrator_fsm.errors import (
     RunInterrupted,
 )
 from orchestrator_fsm.lifecycle.machine import LifecycleMachine, TransitionRecord
-from orchestrator_fsm.lifecycle.record import ErrorSummary, RunRecord, infer_status, read_run
+from orchestrator_fsm.lifecycle.record import (
+    ErrorSummary,
+    RunRecord,
+    infer_status,
+    read_run,
+    run_status,
+)
 from orchestrator_fsm.lifecycle.table import LifecycleState
 from orchestrator_fsm.orchestrator import RootOrchestrator
 from orchestrator_fsm.phases.determinism import (
@@ -95,6 +101,7 @@ __all__ = [
     "make_generator",
     "read_run",
     "redact_secrets",
+    "run_status",
     "set_seed",
     "setup_static_directories",
     "to_device_obj",

@@ -10,7 +10,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "slugify"]
+__all__ = [
+    "append_whole",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "slugify",
+]
 
 _SLUG_DROP = re.compile(r"[^a-z0-9_-]+")
 _SLUG_DASHES = re.compile(r"-{2,}")
@@ -47,6 +53,28 @@ def atomic_write_json(path: Path, payload: Any, *, fsync: bool = True) -> None:
     """Atomically write ``payload`` as indented, key-sorted JSON with a final newline."""
     text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
     atomic_write_text(path, text, fsync=fsync)
+
+
+def append_whole(path: Path, text: str) -> None:
+    """Append ``text`` (UTF-8) to ``path`` entirely or not at all.
+
+    When the write fails part-way (a full disk), the file is cut back to its previous
+    length, so readers never see half a line; the error is raised.
+    """
+    data = text.encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        before = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, before)
+            raise
+    finally:
+        os.close(fd)
 
 
 def slugify(value: object, *, max_length: int = 40, fallback: str = "x") -> str:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import torch
 
     from orchestrator_fsm.config import Config
+    from orchestrator_fsm.lifecycle.record import RunRecord
     from orchestrator_fsm.phases.filesystem import RunPaths
     from orchestrator_fsm.protocols import (
         AuditSaverProtocol,
@@ -142,8 +143,13 @@ class RootOrchestrator:
             world_size=self.world_size,
             seed_tree=SeedTree(cfg.training.seed, self.rank, self.world_size),
         )
-        self._recorder = RunRecorder(self._run, lambda: self.time_tracker.elapsed_seconds)
+        self._recorder = RunRecorder(
+            self._run,
+            lambda: self.time_tracker.elapsed_seconds,
+            heartbeat_s=cfg.telemetry.heartbeat_s,
+        )
         run = self._run
+        run.start_record = self._recorder.start
         timer = _phase_timer(self.time_tracker)
         self.machine = LifecycleMachine(
             {name: partial(step, run) for name, step in STEPS.items()}
@@ -167,6 +173,13 @@ class RootOrchestrator:
     def run_logger(self) -> logging.Logger | None:
         """The run's logger (rank 0, from phase 4 until cleanup); None otherwise."""
         return self._run.logger
+
+    @property
+    def record(self) -> RunRecord | None:
+        """The run record as this process knows it (rank 0, from phase 3 on; None
+        before or elsewhere). It is what ``run.json`` holds unless writing that failed
+        (a full disk), in which case this is the truth and the failure was reported."""
+        return self._recorder.record
 
     @property
     def state(self) -> LifecycleState:

@@ -167,3 +167,115 @@ def test_a_running_record_whose_pid_now_names_another_process_is_crashed(
         rebooted = attrs.evolve(live, boot_id="00000000-0000-0000-0000-000000000000")
         assert infer_status(reused) == "crashed"
         assert infer_status(rebooted) == "crashed"
+
+
+def _heartbeat_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if "heartbeat" in t.name]
+
+
+def test_a_live_run_refreshes_its_heartbeat_until_cleanup(make_config: ConfigFactory) -> None:
+    import time
+
+    orch = RootOrchestrator(make_config(telemetry={"heartbeat_s": 0.1}), rank=0, local_rank=0)
+    with orch:
+        assert orch.paths is not None
+        first = read_run(orch.paths.root)
+        assert first.heartbeat_s == 0.1 and first.heartbeat_at is not None
+        assert _heartbeat_threads() == ["orchestrator-fsm-heartbeat"]
+        deadline = time.monotonic() + 30
+        while read_run(orch.paths.root).heartbeat_at == first.heartbeat_at:
+            assert time.monotonic() < deadline, "the heartbeat never refreshed run.json"
+            time.sleep(0.05)
+        assert read_run(orch.paths.root).status == "running"
+    assert _heartbeat_threads() == []
+    final = read_run(orch.paths.root)
+    assert final.status == "completed"
+    time.sleep(0.3)  # a stopped heartbeat never rewrites the final record
+    assert read_run(orch.paths.root) == final
+
+
+def test_a_zero_heartbeat_starts_no_thread(make_config: ConfigFactory) -> None:
+    with RootOrchestrator(make_config(telemetry={"heartbeat_s": 0}), rank=0, local_rank=0) as orch:
+        assert _heartbeat_threads() == []
+        assert orch.record is not None and orch.record.heartbeat_at is None
+
+
+def test_the_heartbeat_decides_for_a_run_on_another_host(tmp_path: Path) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from orchestrator_fsm.lifecycle.record import stale_after
+
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
+    bound = stale_after(30.0)
+    base = {"run_id": "r", "status": "running", "host": "node-17", "heartbeat_s": 30.0}
+
+    def at(seconds_ago: float) -> RunRecord:
+        beat = (now - timedelta(seconds=seconds_ago)).isoformat()
+        return RunRecord.from_json({**base, "heartbeat_at": beat}, tmp_path)
+
+    assert infer_status(at(5), now=now) == "running"
+    assert infer_status(at(bound - 1), now=now) == "running"
+    assert infer_status(at(bound + 1), now=now) == "crashed"
+    silent = RunRecord.from_json({**base, "heartbeat_s": None}, tmp_path)
+    assert infer_status(silent, now=now) == "running"  # nothing to judge by
+
+
+def test_a_live_process_on_this_host_is_running_however_old_its_heartbeat(
+    make_config: ConfigFactory,
+) -> None:
+    from datetime import datetime, timezone
+
+    with build(make_config, Calls()) as orch:
+        assert orch.paths is not None
+        live = read_run(orch.paths.root)
+        old = attrs.evolve(
+            live, heartbeat_s=1.0, heartbeat_at=datetime(2000, 1, 1, tzinfo=timezone.utc)
+        )
+        assert infer_status(old) == "running"  # e.g. a suspended job: identity decides
+
+
+def test_run_status_is_the_true_status_of_a_run_directory(tmp_path: Path) -> None:
+    from orchestrator_fsm import run_status
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                           capture_output=True, text=True)  # fmt: skip
+    root = tmp_path / "run"
+    root.mkdir()
+    record = {"run_id": "run", "status": "running", "host": socket.gethostname()}
+    (root / RUN_FILE).write_text(json.dumps({**record, "pid": int(child.stdout)}))
+    assert run_status(root) == "crashed"
+    (root / RUN_FILE).write_text(json.dumps({**record, "status": "completed"}))
+    assert run_status(str(root)) == "completed"
+    with pytest.raises(FileNotFoundError):
+        run_status(tmp_path / "missing")
+
+
+def test_a_killed_run_is_crashed_by_its_identity(tmp_path: Path) -> None:
+    """SIGKILL a real run in the middle of its pipeline: the record says running, the
+    reader says crashed."""
+    import signal
+    import textwrap
+
+    import yaml
+    from conftest import minimal_recipe
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(minimal_recipe(tmp_path)))
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from orchestrator_fsm import Config, RootOrchestrator
+        with RootOrchestrator(Config.from_recipe({str(recipe)!r})) as orch:
+            print(orch.paths.root, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == -signal.SIGKILL
+    root = Path(result.stdout.strip())
+    assert read_run(root).status == "running"
+    assert infer_status(read_run(root)) == "crashed"

@@ -176,6 +176,9 @@ def format_summary(run: RunRecord) -> Table:
     table.add_column("value", overflow="fold")
     started = None if run.started_at is None else run.started_at.isoformat()
     ended = None if run.ended_at is None else run.ended_at.isoformat()
+    beat = "-"
+    if run.heartbeat_at is not None:
+        beat = f"{run.heartbeat_at.isoformat()} (every {format_seconds(run.heartbeat_s)})"
     rows: list[tuple[str, str | Text]] = [
         ("run id", run.run_id),
         ("status", format_status(run)),
@@ -183,6 +186,7 @@ def format_summary(run: RunRecord) -> Table:
         ("started", _or_dash(started)),
         ("ended", _or_dash(ended)),
         ("duration", format_seconds(run.duration_s)),
+        ("heartbeat", beat),
         ("host / pid", f"{_or_dash(run.host)} / {_or_dash(run.pid)}"),
         ("rank / world size", f"{_or_dash(run.rank)} / {_or_dash(run.world_size)}"),
         ("device", _or_dash(run.device)),

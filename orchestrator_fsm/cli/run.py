@@ -20,6 +20,7 @@ from orchestrator_fsm.cli._shared import (
 )
 from orchestrator_fsm.entry import Entry, entry_search_path, resolve_entry
 from orchestrator_fsm.errors import ConfigError, EntryPointError, RunInterrupted
+from orchestrator_fsm.lifecycle.record import outcome_of
 from orchestrator_fsm.lifecycle.signals import SignalGuard
 
 if TYPE_CHECKING:
@@ -46,15 +47,9 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 def _run_record(orch: RootOrchestrator | None) -> RunRecord | None:
-    """The run's record, or None when no run directory was made (or it is unreadable)."""
-    if orch is None or orch.paths is None:
-        return None
-    from orchestrator_fsm.lifecycle.record import read_run
-
-    try:
-        return read_run(orch.paths.root)
-    except (OSError, ValueError):
-        return None
+    """The run's record as the run knows it (what run.json holds, unless writing it
+    failed, which the recorder reported); None when no run directory was made."""
+    return None if orch is None else orch.record
 
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -77,7 +72,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         orch, failure = _run_entry(cfg, entry)
 
     run = _run_record(orch)
-    code = _report_failure(failure, run, cfg, err, debug=args.debug)
+    code = _report_failure(failure, orch, cfg, err, debug=args.debug)
     status = run.status if run is not None else None
     if status is None:
         if isinstance(failure, KeyboardInterrupt):
@@ -112,7 +107,7 @@ def _run_entry(cfg: Config, entry: Entry) -> tuple[RootOrchestrator | None, Base
 
 def _report_failure(
     failure: BaseException | None,
-    run: RunRecord | None,
+    orch: RootOrchestrator | None,
     cfg: Config,
     err: Console,
     *,
@@ -130,7 +125,8 @@ def _report_failure(
         print_config_error(err, failure, str(cfg.source) if cfg.source else None)
         code = EXIT_USAGE
     else:
-        step = run.error.step if run is not None and run.error is not None else None
+        error = outcome_of(orch.machine)[1] if orch is not None else None
+        step = error.step if error is not None else None
         where = f" in step {step!r}" if step else ""
         message = " ".join(f"{type(failure).__name__}: {failure}".split())
         say(err, f"error{where}: {message}", "red")

@@ -146,6 +146,20 @@ def _seconds(value: object) -> float:
     raise Invalid("a number of seconds >= 0 (0 = fail at once)", value)
 
 
+# A day: a heartbeat rarer than that tells a reader nothing.
+_MAX_HEARTBEAT_S = 86400.0
+
+
+def _heartbeat(value: object) -> float:
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (value == 0 or 0.1 <= value <= _MAX_HEARTBEAT_S)
+    ):
+        return float(value)
+    raise Invalid(f"a number of seconds from 0.1 to {_MAX_HEARTBEAT_S:g}, or 0 for none", value)
+
+
 def _section_name(value: object) -> str:
     if isinstance(value, str) and value.strip():
         return value
@@ -210,6 +224,8 @@ class TelemetryConfig:
     """An upper-case :mod:`logging` level name (given case-insensitively)."""
     log_interval: int = attrs.field(default=10, metadata=_checked(_positive_int))
     """Log every this many steps (read by pipelines)."""
+    heartbeat_s: float = attrs.field(default=30.0, metadata=_checked(_heartbeat))
+    """How often a live run refreshes ``heartbeat_at`` in run.json (0: never)."""
 
 
 @attrs.frozen

@@ -65,6 +65,8 @@ class RunContext:
     logger: logging.Logger | None = None
     device: torch.device | None = None
     applied_threads: int = 0
+    start_record: Callable[[], None] = attrs.field(default=lambda: None)
+    """Writes the run's first record into the directory phase 3 just made."""
 
     @property
     def is_main_process(self) -> bool:

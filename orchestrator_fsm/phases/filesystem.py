@@ -17,6 +17,7 @@ that failed half-way stays on disk for auditing, with whatever it managed to rec
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import getpass
 import os
@@ -305,15 +306,34 @@ def setup_static_directories() -> None:
     (cache_dir / "locks").mkdir(exist_ok=True)
 
 
-def step(run: RunContext) -> None:
-    """Phase 3: the shared static directories, then this run's fresh directory.
+def _discard_fresh(paths: RunPaths) -> None:
+    # Only what create() made, and only while it is still empty.
+    for name in RUN_SUBDIRECTORIES:
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(paths.root / name)
+    os.rmdir(paths.root)
 
-    No undo: a run directory is never removed, so a failed run stays auditable.
+
+def step(run: RunContext) -> None:
+    """Phase 3: the shared static directories, then this run's fresh directory with
+    its first record in it.
+
+    No undo: a run directory is never removed, so a failed run stays auditable. The
+    one exception is a directory whose record cannot be written (a full disk): it is
+    removed again at once, so no run directory is ever left without a ``run.json``.
     """
     run.deps.static_dir_setup()
-    run.paths = RunPaths.create(
+    paths = RunPaths.create(
         output_dir=run.cfg.telemetry.output_dir,
         dataset=run.cfg.dataset.name,
         architecture=run.cfg.architecture.name,
         config_hash=run.cfg.config_hash(),
     )
+    run.paths = paths
+    try:
+        run.start_record()
+    except BaseException:
+        run.paths = None
+        with contextlib.suppress(OSError):
+            _discard_fresh(paths)
+        raise

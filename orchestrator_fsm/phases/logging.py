@@ -11,6 +11,7 @@ level and propagation (the orchestrator does exactly that at cleanup).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import sys
@@ -113,6 +114,25 @@ def _console_handler() -> logging.Handler:
     return handler
 
 
+class _RunLogFileHandler(logging.FileHandler):
+    """A file handler that reports a failed write (a full disk) once, as one line on
+    stderr, instead of a traceback per log record."""
+
+    _reported = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self._reported or not logging.raiseExceptions:
+            return
+        self._reported = True
+        error = sys.exc_info()[1]
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(
+                f"orchestrator-fsm: could not write to the log file {self.baseFilename} "
+                f"({error}); later lines may be missing from it\n"
+            )
+            sys.stderr.flush()
+
+
 class Logger:
     """Sets up the logger of one run (undo: a ``LoggerSnapshot`` taken before)."""
 
@@ -138,7 +158,7 @@ class Logger:
         log_dir = Path(log_dir)
         _check_log_dir(log_dir)
 
-        file_handler = logging.FileHandler(log_dir / LOG_FILE_NAME, mode="a", encoding="utf-8")
+        file_handler = _RunLogFileHandler(log_dir / LOG_FILE_NAME, mode="a", encoding="utf-8")
         file_handler.setFormatter(_UtcIsoFormatter(FILE_FORMAT))
         console_handler = _console_handler()
 
