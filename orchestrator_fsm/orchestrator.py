@@ -160,7 +160,9 @@ class RootOrchestrator:
             logger=logging.getLogger(LOGGER_NAME),
         )
         self._recorder.observe(self.machine)
-        self._signals = SignalGuard(on_held=self.machine.note_interrupt)
+        self._signals = SignalGuard(
+            on_held=self.machine.note_interrupt, defer=self.machine.defers_interrupt
+        )
 
     # -- what the steps produced --------------------------------------------------------
 
@@ -204,9 +206,9 @@ class RootOrchestrator:
         try:
             self.time_tracker.start()
             self.initialize_core_services()
-        except BaseException:
+        except BaseException as exc:
             self.time_tracker.stop()
-            self.cleanup()
+            self._clean_up(ended_by=exc)
             raise
         return self
 

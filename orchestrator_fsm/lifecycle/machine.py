@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from functools import partial
+from types import FrameType
 from typing import Any
 
 import attrs
@@ -182,6 +183,7 @@ class LifecycleMachine:
         # interrupt met there, re-raised once the machine has reached CLEANED.
         self._unwind_problems: str | None = None
         self._deferred_interrupt: BaseException | None = None
+        self._recording = False
         # The exception that ended the run early: a failing step, an error the caller
         # reported to cleanup(), or an interrupt met while cleaning up.
         self._ended_by: BaseException | None = None
@@ -239,6 +241,23 @@ class LifecycleMachine:
         something already did); the caller raises it once cleanup is over."""
         if self._ended_by is None:
             self._ended_by, self._ended_in = interrupt, CLEANUP_STEP
+
+    def defers_interrupt(self, frame: FrameType | None, interrupt: BaseException) -> bool:
+        """Whether ``interrupt``, raised by a signal handler with ``frame`` innermost,
+        is kept until the current transition is complete (True) instead of raised now.
+
+        An interrupt is kept while the machine does its own bookkeeping (between a step
+        returning and its undo being registered, while rolling back, while telling the
+        listeners, which write the run record) and raised at the end of the transition;
+        anywhere else, including inside a step, it is raised at once.
+        """
+        if not self._busy:
+            return False
+        if not (self._recording or (frame is not None and frame.f_code in _BOOKKEEPING)):
+            return False
+        if self._deferred_interrupt is None:
+            self._deferred_interrupt = interrupt
+        return True
 
     def can_advance(self) -> bool:
         return not self.is_terminal
@@ -312,6 +331,10 @@ class LifecycleMachine:
         except BaseException as exc:
             duration = time.perf_counter() - t0
             step, dest = self._attempt or (trigger, source)
+            late = self._deferred_interrupt
+            if late is not None and late is not exc:
+                # A signal kept while this step was failing: the run ends anyway.
+                _add_note(exc, f"also interrupted while failing: {describe_error(late)}")
             self._record(source, dest, trigger, step, started_at, duration, describe_error(exc))
             if step in MACHINE_STEPS:
                 # Cleanup itself can only fail through its own hook or a re-raised
@@ -319,6 +342,7 @@ class LifecycleMachine:
                 self._busy = False
                 raise
             self._fail(exc, step)
+            self._deferred_interrupt = None
             raise
         else:
             if not moved:  # pragma: no cover - the table always offers a way on
@@ -339,6 +363,8 @@ class LifecycleMachine:
             self._busy = False
         interrupt, self._deferred_interrupt = self._deferred_interrupt, None
         if interrupt is not None:
+            if self._ended_by is None:  # kept while the listeners were told
+                self._ended_by, self._ended_in = interrupt, step
             raise interrupt
 
     def _run_step(self, step: str, dest: LifecycleState) -> None:
@@ -349,9 +375,14 @@ class LifecycleMachine:
             return
         if step == ROLLBACK_STEP:
             return  # unwinding on failure happens in _fail, with the original error
-        undo = self._steps[step]()
-        if undo is not None:
-            self._undos.append((step, undo))
+        undo = None
+        try:
+            undo = self._steps[step]()
+        finally:
+            # Registered even when an interrupt lands right after the step returned, so
+            # what the step did (a lock taken) is still undone by the rollback.
+            if undo is not None:
+                self._undos.append((step, undo))
 
     def _cleanup_step(self) -> None:
         hook = self._steps.get(CLEANUP_STEP)
@@ -381,20 +412,27 @@ class LifecycleMachine:
         source = self._model.fsm_state
         if self._ended_by is None:
             self._ended_by, self._ended_in = original, step
-        failures = self._unwind()
-        for name, error in failures:
-            _add_note(original, f"during rollback, undo of {name} failed: {describe_error(error)}")
-        self._triggers[FAIL]()
-        problems = "; ".join(f"undo of {name} failed: {describe_error(e)}" for name, e in failures)
-        self._record(
-            source,
-            LifecycleState.FAILED,
-            FAIL,
-            ROLLBACK_STEP,
-            started_at,
-            time.perf_counter() - t0,
-            problems or None,
-        )
+        self._recording = True  # signals wait until the rollback is recorded
+        try:
+            failures = self._unwind()
+            for name, error in failures:
+                note = f"during rollback, undo of {name} failed: {describe_error(error)}"
+                _add_note(original, note)
+            self._triggers[FAIL]()
+            problems = "; ".join(
+                f"undo of {name} failed: {describe_error(e)}" for name, e in failures
+            )
+            self._record(
+                source,
+                LifecycleState.FAILED,
+                FAIL,
+                ROLLBACK_STEP,
+                started_at,
+                time.perf_counter() - t0,
+                problems or None,
+            )
+        finally:
+            self._recording = False
 
     def _unwind(self) -> list[tuple[str, BaseException]]:
         failures: list[tuple[str, BaseException]] = []
@@ -429,8 +467,26 @@ class LifecycleMachine:
             rank=self._rank,
         )
         self._history.append(record)
-        for listener in self._listeners:
-            try:
-                listener(record)
-            except Exception as exc:
-                self._logger.warning("transition listener failed: %s", describe_error(exc))
+        recording, self._recording = self._recording, True
+        try:
+            for listener in self._listeners:
+                try:
+                    listener(record)
+                except Exception as exc:
+                    self._logger.warning("transition listener failed: %s", describe_error(exc))
+        finally:
+            self._recording = recording
+
+
+# The machine's own code: a signal landing here (not inside a step) is kept until the
+# transition is complete; see LifecycleMachine.defers_interrupt.
+_BOOKKEEPING = frozenset(
+    method.__code__
+    for method in (
+        LifecycleMachine._fire,
+        LifecycleMachine._run_step,
+        LifecycleMachine._fail,
+        LifecycleMachine._unwind,
+        LifecycleMachine._record,
+    )
+)

@@ -36,14 +36,20 @@ def _chains(handler: Any) -> bool:
 
 class SignalGuard:
     """Installs handlers that raise ``RunInterrupted`` for ``signals`` (main thread only)
-    and puts the old ones back."""
+    and puts the old ones back.
+
+    ``defer(frame, interrupt)`` may take an interrupt to raise later, at a safe point
+    of its own (True); the lifecycle machine does so while it does its bookkeeping.
+    """
 
     def __init__(
         self,
         on_held: Callable[[RunInterrupted], None] | None = None,
         signals: tuple[int, ...] = INTERRUPTING_SIGNALS,
+        defer: Callable[[FrameType | None, RunInterrupted], bool] | None = None,
     ) -> None:
         self._on_held = on_held
+        self._defer = defer
         self._signals = signals
         self._previous: dict[int, Any] = {}
         self._holding = False
@@ -80,4 +86,7 @@ class SignalGuard:
                 if self._on_held is not None:
                     self._on_held(RunInterrupted(signum))
             return
-        raise RunInterrupted(signum)
+        interrupt = RunInterrupted(signum)
+        if self._defer is not None and self._defer(frame, interrupt):
+            return  # the run raises it at its next safe point
+        raise interrupt

@@ -384,6 +384,15 @@ def step(run: RunContext) -> Undo:
     """
     paths = run.require_paths()
     infra = run.deps.infra
+
+    def release_lock() -> None:
+        log = run.log
+        try:
+            infra.release_resources(run.cfg, logger=log)
+        except Exception as exc:
+            log.error("Failed to release system lock: %s", exc)
+            raise
+
     if isinstance(infra, RunBinding):
         infra.bind_run(paths.run_id)
     try:
@@ -396,17 +405,8 @@ def step(run: RunContext) -> Undo:
         ) from exc
     except BaseException:
         # An interrupt may have landed after the lock was taken but before this step
-        # could register its undo: release now, or the lock would outlive the run.
+        # returned its undo: release now, or the lock would outlive the run.
         with contextlib.suppress(Exception):
             infra.release_resources(run.cfg, logger=run.log)
         raise
-
-    def release_lock() -> None:
-        log = run.log
-        try:
-            infra.release_resources(run.cfg, logger=log)
-        except Exception as exc:
-            log.error("Failed to release system lock: %s", exc)
-            raise
-
     return release_lock
