@@ -2,7 +2,8 @@
 
 :func:`resolve_entry` imports the module (or the file ``path/to/file.py``) and walks
 to the callable; :func:`entry_search_path` puts the directories it is looked up in
-first on ``sys.path`` for as long as the run needs them.
+first on ``sys.path`` for as long as the run needs them. Other callables named the same
+way (the recipe's signal callbacks) go through :func:`resolve_callable`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from orchestrator_fsm.errors import EntryPointError
 if TYPE_CHECKING:
     from orchestrator_fsm.orchestrator import RootOrchestrator
 
-__all__ = ["Entry", "entry_search_dirs", "entry_search_path", "resolve_entry"]
+__all__ = [
+    "Entry",
+    "entry_search_dirs",
+    "entry_search_path",
+    "is_entry_spec",
+    "resolve_callable",
+    "resolve_entry",
+]
 
 #: A pipeline: called once with the orchestrator, at READY; what it returns is ignored.
 Entry = Callable[["RootOrchestrator"], object]
@@ -34,12 +42,21 @@ def _looks_like_file(module_part: str) -> bool:
     return module_part.endswith(".py") or "/" in module_part or os.sep in module_part
 
 
-def _split_entry(spec: str) -> tuple[str, str]:
+def is_entry_spec(spec: object) -> bool:
+    """Whether ``spec`` is a string of the shape :func:`resolve_callable` reads:
+    ``module:function`` or ``path/to/file.py:function``."""
+    if not isinstance(spec, str):
+        return False
     module_part, sep, attr_path = spec.rpartition(":")
-    if not sep or not module_part or not attr_path:
+    return bool(sep and module_part and attr_path)
+
+
+def _split_entry(spec: str, named_by: str) -> tuple[str, str]:
+    if not is_entry_spec(spec):
         raise EntryPointError(
-            f"--entry must be 'module:function' or 'path/to/file.py:function'; got {spec!r}"
+            f"{named_by} must be 'module:function' or 'path/to/file.py:function'; got {spec!r}"
         )
+    module_part, _, attr_path = spec.rpartition(":")
     return module_part, attr_path
 
 
@@ -116,7 +133,16 @@ def resolve_entry(spec: str) -> Entry:
     ``EntryPointError`` saying what is wrong: no colon, module or file not found, an
     import that failed, a missing attribute (with close matches), or not a callable.
     """
-    module_part, attr_path = _split_entry(spec)
+    entry: Entry = resolve_callable(spec)
+    return entry
+
+
+def resolve_callable(
+    spec: str, *, named_by: str = "--entry", takes: str = "the orchestrator"
+) -> Callable[..., object]:
+    """:func:`resolve_entry` for any callable: ``named_by`` says, in errors, what gave
+    ``spec`` (an option, a recipe field) and ``takes`` what the callable is called with."""
+    module_part, attr_path = _split_entry(spec, named_by)
     if _looks_like_file(module_part):
         module = _import_file(module_part)
     else:
@@ -129,13 +155,15 @@ def resolve_entry(spec: str) -> Entry:
             candidates = [n for n in dir(target) if not n.startswith("_")]
             close = difflib.get_close_matches(name, candidates, n=3)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise EntryPointError(f"{where!r} has no attribute {name!r} (--entry {spec!r}){hint}")
+            raise EntryPointError(
+                f"{where!r} has no attribute {name!r} ({named_by} {spec!r}){hint}"
+            )
         target = getattr(target, name)
         walked.append(name)
     if not callable(target):
         raise EntryPointError(
-            f"--entry {spec!r} names an object of type {type(target).__name__}, not a "
-            "callable; it must be a function taking the orchestrator"
+            f"{named_by} {spec!r} names an object of type {type(target).__name__}, not a "
+            f"callable; it must be a function taking {takes}"
         )
-    entry: Entry = target
-    return entry
+    found: Callable[..., object] = target
+    return found

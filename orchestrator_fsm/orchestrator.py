@@ -10,13 +10,14 @@ module of its phase.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from orchestrator_fsm.distributed import get_local_rank, get_rank, get_world_size
 from orchestrator_fsm.errors import LifecycleError
+from orchestrator_fsm.lifecycle.callbacks import SignalCallback, SignalCallbacks
 from orchestrator_fsm.lifecycle.machine import LifecycleMachine, RecordListener, TransitionRecord
 from orchestrator_fsm.lifecycle.record import RunRecorder
 from orchestrator_fsm.lifecycle.signals import SignalGuard
@@ -107,6 +108,8 @@ class RootOrchestrator:
         device_resolver: Callable[..., Any] | None = None,
         rank: int | None = None,
         local_rank: int | None = None,
+        *,
+        signal_callbacks: Mapping[int | str, SignalCallback] | None = None,
     ) -> None:
         self.cfg = cfg
         self.rank: int = _given_or(rank, get_rank)
@@ -163,6 +166,9 @@ class RootOrchestrator:
         self._signals = SignalGuard(
             on_held=self.machine.note_interrupt, defer=self.machine.defers_interrupt
         )
+        self._signal_callbacks = SignalCallbacks(self, log=lambda: run.log)
+        for key, callback in (signal_callbacks or {}).items():
+            self._signal_callbacks.attach(key, callback)
 
     # -- what the steps produced --------------------------------------------------------
 
@@ -201,6 +207,9 @@ class RootOrchestrator:
     # -- the reference API ------------------------------------------------------------
 
     def __enter__(self) -> RootOrchestrator:
+        # The recipe's signal callbacks are imported first: one that cannot be is a
+        # ConfigError before anything has started.
+        self._signal_callbacks.install()
         # SIGINT, SIGTERM and SIGHUP end the run as an interrupt until cleanup is done.
         self._signals.install()
         try:
@@ -247,12 +256,15 @@ class RootOrchestrator:
         self._clean_up(ended_by=None)
 
     def _clean_up(self, ended_by: BaseException | None) -> None:
-        # A signal arriving now is held until the record is final, then raised.
+        # A signal arriving now is held until the record is final, then raised; a
+        # SIGUSR1/SIGUSR2 is only logged.
         self._signals.hold()
+        self._signal_callbacks.hold()
         try:
             if not self.machine.is_terminal:
                 self.machine.cleanup(ended_by=ended_by)
         finally:
+            self._signal_callbacks.restore()
             self._signals.restore()
 
     def get_device(self) -> torch.device:
@@ -260,3 +272,17 @@ class RootOrchestrator:
         if self._run.device is None:
             self._run.device = resolve_device(self._run)
         return self._run.device
+
+    def on_signal(self, signum: int | str, callback: SignalCallback) -> None:
+        """**(beyond)** Call ``callback(orchestrator, signum)`` when SIGUSR1 or SIGUSR2
+        arrives while the run is live (from ``__enter__`` to the end of cleanup), e.g. to
+        checkpoint before a preemption. ``signum`` is ``signal.SIGUSR1``, ``"SIGUSR1"``
+        or ``"USR1"`` (and the same for SIGUSR2); a callback attached to it before, or
+        named in ``infrastructure.signal_callbacks``, is replaced. Works before and
+        during the run; raises ``ValueError`` for any other signal and
+        ``LifecycleError`` once the run has ended."""
+        if self.machine.is_terminal:
+            raise LifecycleError(
+                f"cannot attach a signal callback: this run is {self.machine.state.value}"
+            )
+        self._signal_callbacks.attach(signum, callback)

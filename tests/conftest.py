@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,23 @@ def isolated(tmp_path: Path) -> list[str]:
         "--set",
         f"infrastructure.lock.path={tmp_path / 'x.lock'}",
     ]
+
+
+def wait_for(
+    found: Callable[[], list[Path]], proc: subprocess.Popen[str], timeout_s: float = 120.0
+) -> list[Path]:
+    """What ``found()`` returns once it is not empty; fails if ``proc`` exits first or
+    ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        hits = found()
+        if hits:
+            return hits
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the run exited with {proc.returncode} too early:\n{out}\n{err}")
+        time.sleep(0.05)
+    pytest.fail("the run never reached the point waited for")
 
 
 @pytest.fixture

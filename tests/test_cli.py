@@ -9,14 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import minimal_recipe
+from conftest import minimal_recipe, wait_for
 
 from orchestrator_fsm import __version__
 from orchestrator_fsm.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
@@ -315,21 +314,6 @@ def _default_sigint() -> None:
     # Python then installs no KeyboardInterrupt handler; Ctrl-C in a terminal never has
     # that problem, so the test gives the child the terminal's default disposition.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def wait_for(
-    found: Callable[[], list[Path]], proc: subprocess.Popen[str], timeout_s: float = 120.0
-) -> list[Path]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        hits = found()
-        if hits:
-            return hits
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"the run exited with {proc.returncode} too early:\n{out}\n{err}")
-        time.sleep(0.05)
-    pytest.fail("the run never reached its pipeline")
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -71,14 +72,16 @@ def test_sigterm_in_library_use_unwinds_and_is_recorded(tmp_path: Path) -> None:
     assert (record.error.type, record.error.message) == ("RunInterrupted", "SIGTERM")
 
 
-def signalled_while_releasing(calls: Calls) -> dict[str, Any]:
-    """Fake dependencies whose lock release gets a SIGTERM, then finishes its work."""
+def signalled_while_releasing(
+    calls: Calls, signum: signal.Signals = signal.SIGTERM
+) -> dict[str, Any]:
+    """Fake dependencies whose lock release gets ``signum``, then finishes its work."""
     deps = fake_dependencies(calls)
     infra = deps["infra_manager"]
     release = infra.release_resources
 
     def release_then_get_signalled(cfg: Any, logger: Any = None) -> None:
-        os.kill(os.getpid(), signal.SIGTERM)  # delivered while cleanup runs
+        os.kill(os.getpid(), signum)  # delivered while cleanup runs
         release(cfg, logger=logger)
 
     infra.release_resources = release_then_get_signalled
@@ -123,3 +126,27 @@ def test_an_enclosing_guard_does_not_cut_the_hold_during_cleanup_short(
         outer.restore()
     assert orch.paths is not None
     assert read_run(orch.paths.root).status == "interrupted"
+
+
+def test_a_sigusr1_during_cleanup_is_logged_and_its_callback_not_called(
+    make_config: ConfigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = Calls()
+    deps = signalled_while_releasing(calls, signal.SIGUSR1)
+    checkpoints: list[int] = []
+    orch = RootOrchestrator(
+        make_config(),
+        rank=0,
+        local_rank=0,
+        signal_callbacks={"SIGUSR1": lambda orch, signum: checkpoints.append(signum)},
+        **deps,
+    )
+    previous = signal.getsignal(signal.SIGUSR1)
+    with caplog.at_level(logging.INFO, logger="orchestrator_fsm"), orch:
+        pass
+    assert checkpoints == []
+    assert "received SIGUSR1 while cleaning up; not calling" in caplog.text
+    assert "release_resources" in calls.names()
+    assert orch.paths is not None
+    assert read_run(orch.paths.root).status == "completed"
+    assert signal.getsignal(signal.SIGUSR1) is previous

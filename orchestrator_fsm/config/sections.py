@@ -34,6 +34,8 @@ from orchestrator_fsm.config.problems import (
     with_origins,
 )
 from orchestrator_fsm.config.recipe import apply_overrides, dump_yaml, plain_data, read_recipe
+from orchestrator_fsm.entry import is_entry_spec
+from orchestrator_fsm.lifecycle.signals import callback_signal
 
 __all__ = [
     "DICT_SOURCE_LABEL",
@@ -172,6 +174,37 @@ def _seed(value: object) -> int:
     raise Invalid("an integer in [0, 2**32)", value)
 
 
+_CALLBACK_SPEC = "a 'module:function' or 'path/to/file.py:function' string"
+
+
+def _signal_callbacks(value: object) -> dict[str, str]:
+    # Keys are stored as the signal's full name, so USR1 and SIGUSR1 are one setting;
+    # each bad key is its own problem, at its own path (signal_callbacks.SIGFOO).
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise Invalid(f"a mapping of signal name (SIGUSR1, SIGUSR2) to {_CALLBACK_SPEC}", value)
+    callbacks: dict[str, str] = {}
+    given_as: dict[str, str] = {}
+    errors: list[Exception] = []
+    for key, spec in value.items():
+        try:
+            name = callback_signal(key).name  # keys are strings here (plain_data checked)
+        except ValueError as exc:
+            errors.append(_at(str(key), Problem(str(exc))))
+            continue
+        if name in callbacks:
+            problem = Problem(f"the same signal as {given_as[name]!r}; give each signal once")
+            errors.append(_at(str(key), problem))
+        elif not is_entry_spec(spec):
+            errors.append(_at(str(key), Invalid(_CALLBACK_SPEC, spec)))
+        else:
+            callbacks[name], given_as[name] = cast(str, spec), str(key)
+    if errors:
+        raise ClassValidationError("While structuring signal_callbacks", errors, dict)
+    return callbacks
+
+
 @attrs.frozen
 class HardwareConfig:
     """The ``hardware`` section: device, parallelism, determinism and lock naming.
@@ -244,6 +277,11 @@ class InfrastructureConfig:
     """The ``infrastructure`` section."""
 
     lock: LockConfig = attrs.field(factory=LockConfig)
+    signal_callbacks: dict[str, str] = attrs.field(
+        factory=dict, metadata=_checked(_signal_callbacks)
+    )
+    """Signal name (``SIGUSR1``, ``SIGUSR2``) to the ``module:function`` called when that
+    signal arrives during the run; imported when the run starts."""
 
 
 @attrs.frozen

@@ -6,6 +6,10 @@ cleans up (or rolls back) and the run is recorded ``interrupted`` with the signa
 name. A handler the caller had installed (not Python's default ones) is called first.
 While cleaning up, a signal is held back until the record is final and raised then:
 it is never lost, and it never cuts the record short.
+
+SIGUSR1 and SIGUSR2 are the signals a user callback can be attached to instead
+(:mod:`orchestrator_fsm.lifecycle.callbacks`): schedulers send them ahead of a
+preemption, as a request to checkpoint rather than to stop.
 """
 
 from __future__ import annotations
@@ -18,15 +22,61 @@ from typing import Any, Final
 
 from orchestrator_fsm.errors import RunInterrupted
 
-__all__ = ["INTERRUPTING_SIGNALS", "SignalGuard"]
+__all__ = [
+    "CALLBACK_SIGNALS",
+    "INTERRUPTING_SIGNALS",
+    "SignalGuard",
+    "callback_signal",
+    "is_chained",
+]
 
 #: The signals that end a live run.
 INTERRUPTING_SIGNALS: Final = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
 
+#: The signals a user callback can be attached to (absent where the platform lacks them).
+CALLBACK_SIGNALS: Final[tuple[signal.Signals, ...]] = tuple(
+    getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2") if hasattr(signal, name)
+)
 
-def _chains(handler: Any) -> bool:
+
+def _callback_choices() -> str:
+    names = [member.name for member in CALLBACK_SIGNALS]
+    short = [name.removeprefix("SIG") for name in names]
+    return f"{' or '.join(names)} (or {', '.join(short)})" if names else "none on this platform"
+
+
+def callback_signal(key: object) -> signal.Signals:
+    """The signal a callback is attached to, named by ``key``: a signal number or
+    ``signal.Signals`` member, or a name with or without its ``SIG`` prefix, in any case.
+
+    Raises ``ValueError`` naming ``key`` and the allowed signals for anything that is
+    not SIGUSR1 or SIGUSR2: the interrupting signals already mean "end the run".
+    """
+    found: signal.Signals | None = None
+    if isinstance(key, str):
+        name = key.strip().upper()
+        found = getattr(signal, name if name.startswith("SIG") else f"SIG{name}", None)
+        if not isinstance(found, signal.Signals):
+            found = None
+    elif isinstance(key, int) and not isinstance(key, bool):
+        try:
+            found = signal.Signals(key)
+        except ValueError:
+            found = None
+    if found is not None and found in CALLBACK_SIGNALS:
+        return found
+    given = found.name if found is not None else repr(key)
+    why = " (SIGINT, SIGTERM and SIGHUP end the run)" if found in INTERRUPTING_SIGNALS else ""
+    raise ValueError(
+        f"a signal callback can be attached to {_callback_choices()} only, not {given}{why}"
+    )
+
+
+def is_chained(handler: Any) -> bool:
+    """Whether ``handler``, found installed when a run took a signal over, is called
+    too when the signal arrives: any Python callable the caller installed."""
     # Python's own defaults and "ignore"/"default" are replaced, not chained; so is an
     # enclosing guard (the CLI's), which would raise before this one could hold.
     if not callable(handler) or handler is signal.default_int_handler:
@@ -78,7 +128,7 @@ class SignalGuard:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         previous = self._previous.get(signum)
-        if previous is not None and _chains(previous):
+        if previous is not None and is_chained(previous):
             previous(signum, frame)
         if self._holding:
             if self._held is None:
