@@ -23,6 +23,7 @@ import os
 import secrets
 import stat
 import tempfile
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -174,6 +175,7 @@ class RunPaths:
         config_hash: str,
         *,
         now: datetime | None = None,
+        on_claimed: Callable[[RunPaths], None] | None = None,
     ) -> RunPaths:
         """Create a fresh run directory with all its sub-folders and return its layout.
 
@@ -184,6 +186,10 @@ class RunPaths:
         digits of ``config_hash`` and four random hex digits. When the name is taken,
         another suffix is drawn; after 32 taken names ``FileExistsError`` is raised.
         Cost does not depend on how many runs ``output_dir`` already holds.
+
+        ``on_claimed`` is called with the layout as soon as the directory is claimed,
+        before the sub-folders are made: whatever stops the run from then on, the
+        caller knows the directory exists (and can record the run in it).
 
         Raises ``ValueError`` when ``config_hash`` does not start with six hex digits,
         and an ``OSError`` naming the path when ``output_dir`` is a file or is not
@@ -201,6 +207,8 @@ class RunPaths:
         _ensure_output_dir(output_dir)
         root = _claim_run_directory(output_dir, prefix)
         paths = cls._layout(root)
+        if on_claimed is not None:
+            on_claimed(paths)
         for name in RUN_SUBDIRECTORIES:
             os.mkdir(root / name)
         return paths
@@ -308,12 +316,19 @@ def setup_static_directories() -> None:
 def step(run: RunContext) -> None:
     """Phase 3: the shared static directories, then this run's fresh directory.
 
-    No undo: a run directory is never removed, so a failed run stays auditable.
+    No undo: a run directory is never removed, so a failed run stays auditable. The
+    run knows its directory from the moment it is claimed, so a failure (or a signal)
+    while the sub-folders are made is still recorded in it.
     """
+
+    def claimed(paths: RunPaths) -> None:
+        run.paths = paths
+
     run.deps.static_dir_setup()
     run.paths = RunPaths.create(
         output_dir=run.cfg.telemetry.output_dir,
         dataset=run.cfg.dataset.name,
         architecture=run.cfg.architecture.name,
         config_hash=run.cfg.config_hash(),
+        on_claimed=claimed,
     )
