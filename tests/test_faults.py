@@ -35,9 +35,7 @@ from conftest import minimal_recipe
 
 from orchestrator_fsm.config import Config
 from orchestrator_fsm.lifecycle.record import (
-    JOURNAL_FILE,
     PIPELINE_STEP,
-    RUN_FILE,
     infer_status,
     read_run,
 )
@@ -115,6 +113,50 @@ CHILD = textwrap.dedent(
 
         STEPS[target] = faulty
         return lambda: STEPS.__setitem__(target, real)
+
+
+    # Where each step's work ends: the dependency it calls last. A "late" fault fires
+    # once that dependency has done its work, so the step has something to undo.
+    LATE = {
+        "seed": ("orchestrator_fsm.orchestrator", None, "set_seed"),
+        "configure_runtime": ("orchestrator_fsm.orchestrator", None, "configure_system_libraries"),
+        "provision": ("orchestrator_fsm.phases.filesystem", "RunPaths", "create"),
+        "init_logging": ("orchestrator_fsm.phases.logging", "Logger", "setup"),
+        "persist_manifest": ("orchestrator_fsm.phases.manifest", "AuditSaver", "dump_git_info"),
+        "acquire_lock": ("orchestrator_fsm.phases.guarding", "InfrastructureManager",
+                         "prepare_environment"),
+        "resolve_device": ("orchestrator_fsm.orchestrator", None, "to_device_obj"),
+        "report": ("orchestrator_fsm.phases.report", "Reporter", "log_initial_status"),
+    }
+
+
+    def arm_late(target, fault):
+        """Make the last dependency of ``target`` do its work, then fault; the undo."""
+        import importlib
+
+        module_name, class_name, attr = LATE[target]
+        owner = importlib.import_module(module_name)
+        if class_name is not None:
+            owner = getattr(owner, class_name)
+        raw = owner.__dict__[attr] if class_name is not None else getattr(owner, attr)
+        real = getattr(owner, attr)
+
+        def done_then_fault(*args, **kwargs):
+            result = real(*args, **kwargs)
+            fire(fault)
+            return result
+
+        if isinstance(raw, classmethod):
+            wrapped = classmethod(lambda cls, *a, **k: done_then_fault(*a, **k))
+        elif isinstance(raw, staticmethod):
+            wrapped = staticmethod(done_then_fault)
+        elif class_name is not None:
+            wrapped = lambda self, *a, **k: (real_unbound(self, *a, **k), fire(fault))[0]
+            real_unbound = raw
+        else:
+            wrapped = done_then_fault
+        setattr(owner, attr, wrapped)
+        return lambda: setattr(owner, attr, raw)
 
 
     def double_sigterm(gap_ms, started=None):
@@ -256,8 +298,10 @@ CHILD = textwrap.dedent(
             lock_path = resolve_lock_path(cfg).resolve()
             before = snapshot()
             disarm = lambda: None
-            if case["target"] != "pipeline":
-                disarm = arm(case["target"], case["fault"], case.get("position", "before"))
+            if case.get("position") == "late":
+                disarm = arm_late(case["target"], case["fault"])
+            elif case["target"] != "pipeline":
+                disarm = arm(case["target"], case["fault"])
             try:
                 caught, _ = run_once(cfg, case["target"], case["fault"])
             finally:
@@ -316,8 +360,8 @@ CHILD = textwrap.dedent(
                 "state": record.state if record else None,
                 "leaks": [x for x in leaks(before, lock_path) if not x.startswith("signals")],
             }), flush=True)
-        print("SIGNALS " + json.dumps({"sent": len(SENT), "received_by_own_handler": len(received)}),
-              flush=True)
+        counts = {"sent": len(SENT), "received_by_own_handler": len(received)}
+        print("SIGNALS " + json.dumps(counts), flush=True)
 
 
     if __name__ == "__main__":
@@ -505,7 +549,8 @@ def check_crashed(case_dir: Path, target: str) -> None:
     assert infer_status(record) == "crashed"
 
 
-#: Faults injected, signals sent and runs launched by this module's tests so far.
+#: Faults injected, signals sent and runs launched by this module's tests so far
+#: (conftest.py prints it at the end of the session).
 TALLY: dict[str, int] = {}
 
 
@@ -581,6 +626,17 @@ def test_the_matrix_covers_every_step_of_the_table() -> None:
     assert BEFORE_RUN_DIR == ("seed", "configure_runtime", "provision")
 
 
+#: (target, fault, position): "start" fires as the step starts (the STEPS entry is
+#: wrapped); "late" once the step's last dependency has done its work (see LATE).
+LIBRARY_CASES = [
+    (target, fault, position)
+    for target in TARGETS
+    for position in ("start", "late")
+    for fault in STATUS_AFTER
+    if position == "start" or target != PIPELINE_STEP
+]
+
+
 @pytest.fixture(scope="module")
 def library_verdicts(
     code_dir: Path, tmp_path_factory: pytest.TempPathFactory
@@ -589,22 +645,23 @@ def library_verdicts(
     turn (each followed by a clean run in the same process); the verdicts and dirs."""
     base = tmp_path_factory.mktemp("library-matrix")
     cases_by_target: dict[str, list[dict[str, Any]]] = {}
-    for target in TARGETS:
-        for fault in STATUS_AFTER:
-            case_dir = base / f"{target}-{fault}"
-            recipe = case_recipe(case_dir)
-            again = case_recipe(case_dir / "again")
-            again["infrastructure"] = recipe["infrastructure"]
-            cases_by_target.setdefault(target, []).append(
-                {
-                    "name": f"{target}-{fault}",
-                    "target": target,
-                    "fault": fault,
-                    "recipe": recipe,
-                    "again": again,
-                    "dir": str(case_dir),
-                }
-            )
+    for target, fault, position in LIBRARY_CASES:
+        name = f"{target}-{fault}-{position}"
+        case_dir = base / name
+        recipe = case_recipe(case_dir)
+        again = case_recipe(case_dir / "again")
+        again["infrastructure"] = recipe["infrastructure"]
+        cases_by_target.setdefault(target, []).append(
+            {
+                "name": name,
+                "target": target,
+                "fault": fault,
+                "position": position,
+                "recipe": recipe,
+                "again": again,
+                "dir": str(case_dir),
+            }
+        )
 
     def one_child(target: str) -> tuple[str, subprocess.CompletedProcess[str]]:
         return target, run_child(code_dir, {"mode": "cases", "cases": cases_by_target[target]})
@@ -620,12 +677,11 @@ def library_verdicts(
     yield results
 
 
-@pytest.mark.parametrize("fault", list(STATUS_AFTER))
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize(("target", "fault", "position"), LIBRARY_CASES)
 def test_library_fault_leaves_a_true_record_and_no_trace(
-    library_verdicts: dict[str, Any], target: str, fault: str
+    library_verdicts: dict[str, Any], target: str, fault: str, position: str
 ) -> None:
-    name = f"{target}-{fault}"
+    name = f"{target}-{fault}-{position}"
     child = library_verdicts["children"][target]
     assert child.returncode == 0, child.stderr[-3000:]
     verdict = library_verdicts["verdicts"][name]
@@ -642,53 +698,86 @@ def test_library_fault_leaves_a_true_record_and_no_trace(
     case_dir, recipe = library_verdicts["dirs"][name]
     check_disk(case_dir, recipe, killed=False)
     dirs = run_dirs(case_dir)
-    if target in BEFORE_RUN_DIR:
+    if target in BEFORE_RUN_DIR and not (position == "late" and target == "provision"):
         assert dirs == []
     else:
         (root,) = dirs
         check_record(root, target, fault)
 
 
+def in_parallel(work: Any, items: Sequence[Any], workers: int = 2) -> dict[Any, Any]:
+    """``work(item)`` for every item, ``workers`` child processes at a time."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(zip(items, pool.map(work, items), strict=True))
+
+
+@pytest.fixture(scope="module")
+def sigkill_results(code_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[Any, Any]:
+    base = tmp_path_factory.mktemp("library-sigkill")
+
+    def one(target: str) -> tuple[Path, dict[str, Any], subprocess.CompletedProcess[str]]:
+        case_dir = base / target
+        recipe = case_recipe(case_dir)
+        case = {"name": target, "target": target, "fault": "sigkill", "recipe": recipe}
+        case["again"] = recipe
+        return case_dir, recipe, run_child(code_dir, {"mode": "cases", "cases": [case]})
+
+    return in_parallel(one, TARGETS)
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_library_sigkill_leaves_a_crashed_record_and_a_free_lock(
-    code_dir: Path, tmp_path: Path, target: str
+    sigkill_results: dict[Any, Any], target: str
 ) -> None:
-    recipe = case_recipe(tmp_path)
-    case = {"name": target, "target": target, "fault": "sigkill", "recipe": recipe}
-    case["again"] = recipe
-    proc = run_child(code_dir, {"mode": "cases", "cases": [case]})
+    case_dir, recipe, proc = sigkill_results[target]
     tally(faults=1, signals=1, runs=1)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    check_disk(tmp_path, recipe, killed=True)
-    check_crashed(tmp_path, target)
+    check_disk(case_dir, recipe, killed=True)
+    check_crashed(case_dir, target)
 
 
 # -- 1b. the same faults through the CLI ---------------------------------------------------
 
+#: One step before the run directory exists, the lock, the step the pipeline calls, and
+#: the pipeline itself (an --entry file that faults itself: a real user path).
 CLI_TARGETS = ("seed", "acquire_lock", "report", PIPELINE_STEP)
+CLI_CASES = [(target, fault) for target in CLI_TARGETS for fault in FAULTS]
 
 
-@pytest.mark.parametrize("fault", FAULTS)
-@pytest.mark.parametrize("target", CLI_TARGETS)
+@pytest.fixture(scope="module")
+def cli_results(code_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[Any, Any]:
+    base = tmp_path_factory.mktemp("cli-matrix")
+
+    def one(case: tuple[str, str]) -> tuple[Path, dict[str, Any], int | None, str, str]:
+        target, fault = case
+        case_dir = base / f"{target}-{fault}"
+        recipe = case_recipe(case_dir)
+        if target == PIPELINE_STEP:
+            proc = cli(code_dir, recipe, case_dir, f"fault_{fault}")
+        else:
+            plan = {"target": target, "fault": fault}
+            proc = cli(code_dir, recipe, case_dir, "calm", plan=plan)
+        out, err = finish(proc)
+        return case_dir, recipe, proc.returncode, out, err
+
+    return in_parallel(one, CLI_CASES)
+
+
+@pytest.mark.parametrize(("target", "fault"), CLI_CASES)
 def test_cli_fault_exits_with_its_code_and_leaves_a_true_record(
-    code_dir: Path, tmp_path: Path, target: str, fault: str
+    cli_results: dict[Any, Any], target: str, fault: str
 ) -> None:
-    recipe = case_recipe(tmp_path)
-    if target == PIPELINE_STEP:  # a real user path: the --entry file faults itself
-        proc = cli(code_dir, recipe, tmp_path, f"fault_{fault}")
-    else:
-        proc = cli(code_dir, recipe, tmp_path, "calm", plan={"target": target, "fault": fault})
-    out, err = finish(proc)
+    case_dir, recipe, code, out, err = cli_results[(target, fault)]
     tally(faults=1, signals=fault.startswith("sig"), runs=1)
     killed = fault == "sigkill"
-    check_disk(tmp_path, recipe, killed=killed)
+    check_disk(case_dir, recipe, killed=killed)
     if killed:
-        assert proc.returncode == -signal.SIGKILL, err
-        check_crashed(tmp_path, target)
+        assert code == -signal.SIGKILL, err
+        check_crashed(case_dir, target)
         return
-    assert proc.returncode == CLI_EXIT[fault], err
+    assert code == CLI_EXIT[fault], err
     assert out.rstrip().splitlines()[-1] == f"status: {STATUS_AFTER[fault]}"
-    dirs = run_dirs(tmp_path)
+    dirs = run_dirs(case_dir)
     if target in BEFORE_RUN_DIR:
         assert dirs == []
     else:
@@ -699,7 +788,7 @@ def test_cli_fault_exits_with_its_code_and_leaves_a_true_record(
 # -- 2. two SIGTERMs a few ms apart ---------------------------------------------------------
 
 LIBRARY_RACE_ITERATIONS = 40
-CLI_RACE_ITERATIONS = 20
+CLI_RACE_ITERATIONS = 16
 
 
 def race_cases(count: int) -> list[tuple[str, int]]:
@@ -775,9 +864,8 @@ def test_double_sigterm_through_the_cli_always_exits_143_interrupted(
             killed_while_reporting.append((moment, gap))
             continue
         assert code == 128 + signal.SIGTERM, where
-    print(
-        f"\nCLI double SIGTERM: {len(killed_while_reporting)} of {len(results)} killed while reporting"
-    )
+    late = len(killed_while_reporting)
+    print(f"\nCLI double SIGTERM: {late} of {len(results)} killed while reporting")
 
 
 @pytest.mark.xfail(
@@ -805,6 +893,8 @@ LAUNCHES = 32
 def launch_all(
     code_dir: Path, tmp_path: Path, recipes: Sequence[dict[str, Any]], function: str, **env: str
 ) -> list[subprocess.Popen[str]]:
+    # One thread each while importing: 32 processes share 2 cores here.
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **env}
     return [
         cli(code_dir, recipe, tmp_path / f"launch-{index}", function, extra_env=env)
         for index, recipe in enumerate(recipes)
@@ -859,7 +949,7 @@ def test_32_concurrent_launches_on_one_lock_let_exactly_one_run(
     outputs = [finish(proc, timeout=240) for proc in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0] + [1] * (LAUNCHES - 1), [o[1][-500:] for o in outputs]
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (_out, err) in zip(procs, outputs, strict=True):
         if proc.returncode == 1:
             assert "the run lock is taken" in err and "LockContendedError" in err, err
     dirs = run_dirs(shared)
@@ -874,8 +964,3 @@ def test_32_concurrent_launches_on_one_lock_let_exactly_one_run(
     assert temp_files(tmp_path) == []
     lock_path = tmp_path / "locks" / "run.lock"
     assert lock_is_free(lock_path) and read_lock_holder(lock_path) is None
-
-
-def test_zz_the_tally_counted_what_ran() -> None:
-    # Printed with -s (or in -rA); the numbers go into reports on this suite.
-    print("\nfault tally:", json.dumps(TALLY, sort_keys=True))
