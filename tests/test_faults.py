@@ -858,9 +858,10 @@ def test_double_sigterm_through_the_cli_always_exits_143_interrupted(
         (root,) = run_dirs(case_dir)
         assert read_run(root).status == "interrupted", where
         check_disk(case_dir, case_recipe(case_dir), killed=False)
-        if code == -signal.SIGTERM and "status: interrupted" in output:
+        if code == -signal.SIGTERM:
             # The second SIGTERM came after the CLI had put SIG_DFL back, while it was
-            # reporting the run: pinned by the xfail test below, tolerated here only.
+            # reporting the (already final) run: pinned by the xfail test below and
+            # tolerated here only. What it had printed may be lost with its buffers.
             killed_while_reporting.append((moment, gap))
             continue
         assert code == 128 + signal.SIGTERM, where
