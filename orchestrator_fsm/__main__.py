@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator_fsm.cli import main
+from orchestrator_fsm.cli.main import console
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console()

@@ -54,6 +54,15 @@ def wait_for(
     pytest.fail("the run never reached the point waited for")
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How many faults, signals and runs test_faults.py injected, sent and launched."""
+    faults = sys.modules.get("test_faults")
+    tally = getattr(faults, "TALLY", None)
+    if tally:
+        counts = ", ".join(f"{key}: {value}" for key, value in sorted(tally.items()))
+        terminalreporter.write_line(f"fault tally: {counts}")
+
+
 @pytest.fixture
 def make_config(tmp_path: Path) -> Callable[..., Any]:
     from orchestrator_fsm.config import Config

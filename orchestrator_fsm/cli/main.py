@@ -85,13 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
+def main(argv: list[str] | None = None, *, exiting: bool = False) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit code.
+
+    ``exiting``: the process ends once this returns (the console command), so a signal
+    arriving after the run's outcome is settled ends it at once with that outcome.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args.exiting = exiting
     handler: Callable[[argparse.Namespace, Console, Console], int] | None = getattr(
         args, "handler", None
     )
@@ -105,3 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted", style="red")
         return EXIT_INTERRUPTED
+
+
+def console() -> None:
+    """The ``orchestrator-fsm`` command itself: :func:`main`, then exit with its code."""
+    raise SystemExit(main(exiting=True))

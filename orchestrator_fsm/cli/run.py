@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
-from collections.abc import Iterator
+import os
+import sys
+from collections.abc import Callable
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from orchestrator_fsm.cli._shared import (
@@ -33,19 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["cmd_run"]
 
 
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Within the block, SIGTERM raises ``RunInterrupted`` (before the run is live; the
-    run's own guard takes over from ``__enter__`` to cleanup); the previous handler
-    comes back after."""
-    guard = SignalGuard(signals=(signal.SIGTERM,))
-    guard.install()
-    try:
-        yield
-    finally:
-        guard.restore()
-
-
 def _run_record(orch: RootOrchestrator | None) -> RunRecord | None:
     """The run's record as the run knows it (what run.json holds, unless writing it
     failed, which the recorder reported); None when no run directory was made."""
@@ -69,10 +58,49 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
             return EXIT_USAGE
         say(out, f"recipe: {cfg.source or recipe_label(args.recipe)}")
         say(out, f"entry: {spec}")
-        orch, failure = _run_entry(cfg, entry)
+        # SIGINT, SIGTERM and SIGHUP end the run as an interrupt before the run is live
+        # too (the run's own guard takes over from __enter__ to cleanup); once the run
+        # has ended, one is held while the outcome is reported and sets the exit code.
+        guard = SignalGuard()
+        guard.install()
+        code = EXIT_OK
+        try:
+            orch, failure = _run_entry(cfg, entry)
+            guard.hold()
+            code = _report_outcome(orch, failure, cfg, out, err, debug=args.debug)
+        finally:
+            # The process ends after this command: from here a signal ends it at once
+            # with the code the run earned, whatever still runs (the user's threads).
+            then = _exit_at_once(lambda: code) if args.exiting else None
+            try:
+                guard.restore(then)
+            except RunInterrupted as late:
+                code = code if code != EXIT_OK else 128 + late.signum
+    return code
 
+
+def _exit_at_once(code: Callable[[], int]) -> Callable[[int, FrameType | None], None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code() or 128 + signum)
+
+    return handler
+
+
+def _report_outcome(
+    orch: RootOrchestrator | None,
+    failure: BaseException | None,
+    cfg: Config,
+    out: Console,
+    err: Console,
+    *,
+    debug: bool,
+) -> int:
+    """Print what stopped the run, its directory and its final status; the exit code."""
     run = _run_record(orch)
-    code = _report_failure(failure, orch, cfg, err, debug=args.debug)
+    code = _report_failure(failure, orch, cfg, err, debug=debug)
     status = run.status if run is not None else None
     if status is None:
         if isinstance(failure, KeyboardInterrupt):
@@ -96,10 +124,9 @@ def _run_entry(cfg: Config, entry: Entry) -> tuple[RootOrchestrator | None, Base
 
     orch: RootOrchestrator | None = None
     try:
-        with _sigterm_interrupts():
-            orch = RootOrchestrator(cfg)
-            with orch:
-                entry(orch)
+        orch = RootOrchestrator(cfg)
+        with orch:
+            entry(orch)
     except (Exception, KeyboardInterrupt) as exc:
         return orch, exc
     return orch, None

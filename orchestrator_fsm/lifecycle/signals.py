@@ -117,11 +117,13 @@ class SignalGuard:
         ``on_held`` at once, so the run's outcome can say it was interrupted)."""
         self._holding = True
 
-    def restore(self) -> None:
-        """Put the previous handlers back, then raise a signal held since :meth:`hold`."""
+    def restore(self, then: Callable[[int, FrameType | None], Any] | None = None) -> None:
+        """Put the previous handlers back (or ``then`` instead, with no moment between
+        in which a signal would meet the default action), then raise a signal held
+        since :meth:`hold`."""
         previous, self._previous = self._previous, {}
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, handler if then is None else then)
         held, self._held, self._holding = self._held, None, False
         if held is not None:
             raise RunInterrupted(held)

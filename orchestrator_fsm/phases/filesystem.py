@@ -24,6 +24,7 @@ import os
 import secrets
 import stat
 import tempfile
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -175,6 +176,7 @@ class RunPaths:
         config_hash: str,
         *,
         now: datetime | None = None,
+        on_claimed: Callable[[RunPaths], None] | None = None,
     ) -> RunPaths:
         """Create a fresh run directory with all its sub-folders and return its layout.
 
@@ -185,6 +187,10 @@ class RunPaths:
         digits of ``config_hash`` and four random hex digits. When the name is taken,
         another suffix is drawn; after 32 taken names ``FileExistsError`` is raised.
         Cost does not depend on how many runs ``output_dir`` already holds.
+
+        ``on_claimed`` is called with the layout as soon as the directory is claimed,
+        before the sub-folders are made: whatever stops the run from then on, the
+        caller knows the directory exists (and can record the run in it).
 
         Raises ``ValueError`` when ``config_hash`` does not start with six hex digits,
         and an ``OSError`` naming the path when ``output_dir`` is a file or is not
@@ -202,6 +208,8 @@ class RunPaths:
         _ensure_output_dir(output_dir)
         root = _claim_run_directory(output_dir, prefix)
         paths = cls._layout(root)
+        if on_claimed is not None:
+            on_claimed(paths)
         for name in RUN_SUBDIRECTORIES:
             os.mkdir(root / name)
         return paths
@@ -319,21 +327,27 @@ def step(run: RunContext) -> None:
     its first record in it.
 
     No undo: a run directory is never removed, so a failed run stays auditable. The
-    one exception is a directory whose record cannot be written (a full disk): it is
-    removed again at once, so no run directory is ever left without a ``run.json``.
+    run knows its directory, and its record is started, the moment the directory is
+    claimed, so a failure (or a signal) while the sub-folders are made is recorded in
+    it. The one exception is a directory whose record cannot be written (a full disk):
+    it is removed again at once, so no run directory is left without a ``run.json``.
     """
+
+    def claimed(paths: RunPaths) -> None:
+        run.paths = paths
+        try:
+            run.start_record()
+        except BaseException:
+            run.paths = None
+            with contextlib.suppress(OSError):
+                _discard_fresh(paths)
+            raise
+
     run.deps.static_dir_setup()
-    paths = RunPaths.create(
+    RunPaths.create(
         output_dir=run.cfg.telemetry.output_dir,
         dataset=run.cfg.dataset.name,
         architecture=run.cfg.architecture.name,
         config_hash=run.cfg.config_hash(),
+        on_claimed=claimed,
     )
-    run.paths = paths
-    try:
-        run.start_record()
-    except BaseException:
-        run.paths = None
-        with contextlib.suppress(OSError):
-            _discard_fresh(paths)
-        raise

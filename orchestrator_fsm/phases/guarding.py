@@ -378,9 +378,11 @@ def step(run: RunContext) -> Undo:
 
     A manager that supports :class:`RunBinding` is told the run id first. Any failure
     other than an ``InfrastructureError`` is raised as one (the original is the
-    cause). The undo is ``infra.release_resources(cfg, logger=...)``; when it fails the
-    failure is logged as an error on the run logger ("Failed to release system lock")
-    and re-raised, so the lifecycle records it and still runs the other undos.
+    cause), after ``release_resources``: a manager that failed that way (or was
+    interrupted) may have taken the lock already. The undo is
+    ``infra.release_resources(cfg, logger=...)``; when it fails the failure is logged
+    as an error on the run logger ("Failed to release system lock") and re-raised, so
+    the lifecycle records it and still runs the other undos.
     """
     paths = run.require_paths()
     infra = run.deps.infra
@@ -398,15 +400,16 @@ def step(run: RunContext) -> Undo:
     try:
         infra.prepare_environment(run.cfg, logger=run.logger)
     except InfrastructureError:
-        raise
-    except Exception as exc:
+        raise  # the manager's own "not taken" (contention, an unusable lock file)
+    except BaseException as exc:
+        # The manager may have taken the lock before it raised, or an interrupt may
+        # have landed after it did: this step registers no undo, so release now, or the
+        # lock would outlive the run (and block the next run of this process).
+        with contextlib.suppress(Exception):
+            infra.release_resources(run.cfg, logger=run.log)
+        if not isinstance(exc, Exception):
+            raise
         raise InfrastructureError(
             f"could not guard the run (project {run.cfg.hardware.project_name!r}): {exc}"
         ) from exc
-    except BaseException:
-        # An interrupt may have landed after the lock was taken but before this step
-        # returned its undo: release now, or the lock would outlive the run.
-        with contextlib.suppress(Exception):
-            infra.release_resources(run.cfg, logger=run.log)
-        raise
     return release_lock
