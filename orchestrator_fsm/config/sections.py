@@ -141,8 +141,13 @@ def _log_level(value: object) -> str:
 
 
 def _seconds(value: object) -> float:
+    # Infinity is accepted: the lock waits in capped sleeps, so it simply never gives up.
+    # An integer beyond every float is not a float the lock could wait for.
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            pass
     raise Invalid("a number of seconds >= 0 (0 = fail at once)", value)
 
 
