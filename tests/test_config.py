@@ -423,11 +423,11 @@ def test_yaml_booleans_are_real_booleans(tmp_path: Path) -> None:
 def test_worker_and_thread_counts_have_a_minimum_or_are_automatic(field: str, minimum: int) -> None:
     assert getattr(Config.from_dict(minimal(hardware={field: minimum})).hardware, field) == minimum
     assert getattr(Config.from_dict(minimal(hardware={field: None})).hardware, field) is None
-    assert getattr(Config.from_dict(minimal(hardware={field: 32768})).hardware, field) == 32768
-    for bad in (minimum - 1, True, "2", 2.0, 32769, 99999999999999999999):
+    assert getattr(Config.from_dict(minimal(hardware={field: 1024})).hardware, field) == 1024
+    for bad in (minimum - 1, True, "2", 2.0, 1025, 32768, 99999999999999999999):
         error = config_error(minimal(hardware={field: bad}))
         assert problem_at(error, f"hardware.{field}") == (
-            f"expected an integer from {minimum} to 32768, or null for automatic, got {bad!r}"
+            f"expected an integer from {minimum} to 1024, or null for automatic, got {bad!r}"
         )
 
 
