@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from orchestrator_fsm.config import Config, redact_secrets
@@ -369,3 +369,156 @@ def test_redaction_leaves_no_secret_value(data: Any) -> None:
 
     assert secrets_in(data)
     assert set(secrets_in(redacted)) == {"***"}
+
+
+HOSTILE_FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+MAX_RECIPE_BYTES = 2 * 1024 * 1024
+MAX_VALUES = 100_000
+
+# Every character, lone surrogates included: Python strings can hold them, UTF-8 not.
+any_character = st.characters(exclude_categories=())
+shared_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.sampled_from(["x" * 1000, "y" * 300_000]),
+)
+
+
+@st.composite
+def data_with_shared_parts(draw: st.DrawFn) -> Any:
+    """Plain data whose parts recur (YAML writes them as anchors and aliases).
+
+    Each level repeats earlier ones up to a dozen times, so some documents multiply far
+    past a recipe's bounds; now and then a part holds itself (a recursive alias).
+    """
+    pool: list[Any] = [draw(shared_scalars)]
+    for _ in range(draw(st.integers(1, 8))):
+        if draw(st.booleans()):  # the level below, again and again
+            parts = [pool[-1]] * draw(st.integers(2, 12))
+        else:
+            parts = draw(st.lists(st.sampled_from(pool) | shared_scalars, max_size=12))
+        node: Any = parts if draw(st.booleans()) else {f"k{i}": p for i, p in enumerate(parts)}
+        if draw(st.integers(0, 9)) == 0:
+            if isinstance(node, list):
+                node.append(node)
+            else:
+                node["self"] = node
+        pool.append(node)
+    return pool[-1]
+
+
+def expanded_weight(data: Any) -> tuple[int, int, bool]:
+    """``(values, characters, recursive)`` of ``data`` with every repeat written out.
+
+    Values as a recipe counts them (a key is not one); characters are those of every
+    scalar's text as YAML holds it (before quoting), keys included.
+    """
+    weights: dict[int, tuple[int, int, bool]] = {}
+    inside: set[int] = set()
+
+    def weigh(node: Any) -> tuple[int, int, bool]:
+        if not isinstance(node, (list, dict)):
+            return 1, len(yaml.representer.SafeRepresenter().represent_data(node).value), False
+        if id(node) in inside:
+            return 1, 0, True
+        if id(node) not in weights:
+            inside.add(id(node))
+            values, characters, recursive = 1, 0, False
+            for key, item in node.items() if isinstance(node, dict) else enumerate(node):
+                item_values, item_characters, item_recursive = weigh(item)
+                values += item_values
+                characters += item_characters + (len(key) if isinstance(key, str) else 0)
+                recursive = recursive or item_recursive
+            inside.discard(id(node))
+            weights[id(node)] = values, characters, recursive
+        return weights[id(node)]
+
+    return weigh(data)
+
+
+@pytest.mark.timeout(300)
+@HOSTILE_FUZZ
+@given(extra=data_with_shared_parts())
+def test_recipes_with_anchors_and_aliases_load_exactly_when_within_the_bounds(
+    scratch: Path, extra: Any
+) -> None:
+    recipe = {
+        "dataset": {"name": "d"},
+        "architecture": {"name": "a"},
+        "training": {"seed": 1},
+        "extra": extra,
+    }
+    path = scratch / "shared.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    values, characters, recursive = expanded_weight(recipe)
+    within = (
+        not recursive
+        and values <= MAX_VALUES
+        and characters <= MAX_RECIPE_BYTES
+        and path.stat().st_size <= MAX_RECIPE_BYTES
+    )
+
+    cfg = load_or_config_error(path)
+
+    event("loaded" if cfg is not None else "refused")
+    for reason, applies in [
+        ("recursive", recursive),
+        ("too many values", values > MAX_VALUES),
+        ("too much text", characters > MAX_RECIPE_BYTES),
+    ]:
+        if applies:
+            event(reason)
+    assert (cfg is not None) == within
+    if cfg is not None:
+        assert cfg.pipeline["extra"] == extra
+
+
+hostile_texts = st.one_of(
+    st.binary(max_size=400),
+    st.text(any_character, max_size=300).map(lambda text: text.encode("utf-8", "surrogatepass")),
+    yaml_fragments.map(str.encode),
+    data_with_shared_parts().map(lambda data: yaml.safe_dump(data).encode("utf-8")),
+)
+
+
+@pytest.mark.timeout(300)
+@HOSTILE_FUZZ
+@given(content=hostile_texts)
+def test_any_recipe_file_loads_or_is_a_config_error(scratch: Path, content: bytes) -> None:
+    path = scratch / "hostile.yaml"
+    path.write_bytes(content)
+
+    load_or_config_error(path)
+
+
+hostile_overrides = st.builds(
+    "{}={}".format,
+    st.sampled_from(["training.grid", "hardware.cpu_threads", "a." * 60 + "b", "x"]),
+    st.one_of(
+        st.text(any_character, max_size=40),
+        yaml_fragments,
+        data_with_shared_parts().map(
+            lambda data: "[" + yaml.safe_dump(data, default_flow_style=True) + "]"
+        ),
+        st.integers().map(str),
+    ),
+) | st.text(any_character, max_size=60)
+
+
+@pytest.mark.timeout(300)
+@HOSTILE_FUZZ
+@given(overrides=st.lists(hostile_overrides, max_size=4))
+def test_any_hostile_overrides_load_or_are_a_config_error(
+    scratch: Path, overrides: list[str]
+) -> None:
+    path = scratch / "valid.yaml"
+    path.write_text(VALID_RECIPE, encoding="utf-8")
+
+    load_or_config_error(path, overrides)

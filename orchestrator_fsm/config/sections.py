@@ -78,9 +78,12 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# The most threads or loader workers a count may ask for: Linux's default pid_max, so no
-# larger count can be honoured (torch itself overflows a C int far above it).
-_MAX_COUNT = 32768
+# The most threads or loader workers a count may ask for. Thousands cannot be honoured:
+# torch's OpenMP runtime ends the process when it fails to start its threads (16384 on
+# a 2-CPU Linux box; 32768, Linux's default pid_max, crashes it), and a per-user limit of
+# 4096 processes is common. 1024 is more than all but the largest machines have CPUs;
+# null (automatic) follows the CPUs actually available, however many.
+_MAX_COUNT = 1024
 
 
 def _count_or_auto(minimum: int) -> Callable[[object], int | None]:
@@ -143,8 +146,13 @@ def _log_level(value: object) -> str:
 
 
 def _seconds(value: object) -> float:
+    # Infinity is accepted: the lock waits in capped sleeps, so it simply never gives up.
+    # An integer beyond every float is not a float the lock could wait for.
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            pass
     raise Invalid("a number of seconds >= 0 (0 = fail at once)", value)
 
 
