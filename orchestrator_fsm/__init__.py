@@ -14,7 +14,13 @@ from orchestrator_fsm.config import (
     TelemetryConfig,
     TrainingConfig,
 )
-from orchestrator_fsm.distributed import get_local_rank, get_rank, get_world_size
+from orchestrator_fsm.distributed import (
+    Launch,
+    discover_launch,
+    get_local_rank,
+    get_rank,
+    get_world_size,
+)
 from orchestrator_fsm.errors import (
     ConfigError,
     DeviceError,
@@ -72,6 +78,7 @@ __all__ = [
     "InfrastructureConfig",
     "InfrastructureError",
     "InfrastructureManager",
+    "Launch",
     "LifecycleError",
     "LifecycleMachine",
     "LifecycleState",
@@ -94,6 +101,7 @@ __all__ = [
     "__version__",
     "apply_cpu_threads",
     "configure_system_libraries",
+    "discover_launch",
     "get_local_rank",
     "get_rank",
     "get_world_size",

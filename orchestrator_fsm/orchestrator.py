@@ -15,7 +15,7 @@ from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
-from orchestrator_fsm.distributed import get_local_rank, get_rank, get_world_size
+from orchestrator_fsm.distributed import Launch, discover_launch
 from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.lifecycle.callbacks import SignalCallback, SignalCallbacks
 from orchestrator_fsm.lifecycle.machine import LifecycleMachine, RecordListener, TransitionRecord
@@ -110,11 +110,16 @@ class RootOrchestrator:
         local_rank: int | None = None,
         *,
         signal_callbacks: Mapping[int | str, SignalCallback] | None = None,
+        world_size: int | None = None,
     ) -> None:
         self.cfg = cfg
-        self.rank: int = _given_or(rank, get_rank)
-        self.local_rank: int = _given_or(local_rank, get_local_rank)
-        self.world_size: int = max(get_world_size(), self.rank + 1)
+        # Explicit rank, local_rank and world_size win over what the launcher says.
+        self.launch: Launch = discover_launch(
+            rank=rank, local_rank=local_rank, world_size=world_size
+        )
+        self.rank: int = self.launch.rank
+        self.local_rank: int = self.launch.local_rank
+        self.world_size: int = self.launch.world_size
         self.is_main_process: bool = self.rank == 0
         self.repro_mode: bool = cfg.hardware.use_deterministic_algorithms
         self.warn_only_mode: bool = cfg.hardware.deterministic_warn_only
@@ -145,6 +150,7 @@ class RootOrchestrator:
             local_rank=self.local_rank,
             world_size=self.world_size,
             seed_tree=SeedTree(cfg.training.seed, self.rank, self.world_size),
+            launch=self.launch,
         )
         self._recorder = RunRecorder(
             self._run,

@@ -261,10 +261,15 @@ def test_other_ranks_skip_filesystem_logging_manifest_lock_and_report(
     ("env", "expected"),
     [
         ({}, (0, 0)),
-        ({"RANK": "3", "LOCAL_RANK": "1"}, (3, 1)),
-        ({"SLURM_PROCID": "5", "SLURM_LOCALID": "2"}, (5, 2)),
-        ({"RANK": "1", "SLURM_PROCID": "7", "LOCAL_RANK": "0"}, (1, 0)),
+        ({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"}, (3, 1)),
+        (
+            {"SLURM_STEP_ID": "0", "SLURM_PROCID": "5", "SLURM_LOCALID": "2", "SLURM_NTASKS": "8"},
+            (5, 2),
+        ),
+        ({"SLURM_JOB_ID": "9", "SLURM_PROCID": "5", "SLURM_NTASKS": "8"}, (0, 0)),
+        ({"RANK": "1", "WORLD_SIZE": "2", "SLURM_PROCID": "7", "LOCAL_RANK": "0"}, (1, 0)),
     ],
+    ids=["no launcher", "torchrun", "srun step", "sbatch batch script", "srun torchrun"],
 )
 def test_rank_defaults_from_the_environment(
     make_config: ConfigFactory,
@@ -279,6 +284,79 @@ def test_rank_defaults_from_the_environment(
     orch = RootOrchestrator(make_config(), **fake_dependencies(Calls()))
     assert (orch.rank, orch.local_rank) == expected
     assert orch.is_main_process is (expected[0] == 0)
+
+
+def clear_launcher(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    for name in LAUNCHER_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_constructor_arguments_win_over_the_launcher(
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clear_launcher(monkeypatch, RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+    orch = build(make_config, Calls(), rank=0, local_rank=0, world_size=1)
+    assert (orch.rank, orch.local_rank, orch.world_size, orch.is_main_process) == (0, 0, 1, True)
+    assert (orch.launch.rank, orch.launch.world_size) == (0, 1)
+    assert (orch.seed_tree.rank, orch.seed_tree.world_size) == (0, 1)
+
+
+def test_the_run_carries_the_launch_with_the_job_identity(
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clear_launcher(
+        monkeypatch,
+        SLURM_JOB_ID="4242",
+        SLURM_STEP_ID="0",
+        SLURM_PROCID="1",
+        SLURM_LOCALID="1",
+        SLURM_STEP_NUM_TASKS="2",
+        SLURM_STEP_TASKS_PER_NODE="2",
+        SLURM_RESTART_COUNT="1",
+    )
+    orch = build(make_config, Calls())
+    assert (orch.launch.launcher, orch.launch.job_id, orch.launch.restart_count) == (
+        "slurm",
+        "4242.0",
+        1,
+    )
+    assert (orch.rank, orch.local_rank, orch.world_size) == (1, 1, 2)
+    assert orch._run.launch is orch.launch
+
+
+def test_a_local_rank_without_a_global_rank_stops_the_run_before_it_starts(
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clear_launcher(monkeypatch, LOCAL_RANK="1", WORLD_SIZE="2")
+    with pytest.raises(ValueError, match="no RANK"):
+        build(make_config, Calls())
+    assert build(make_config, Calls(), rank=1).rank == 1
+
+
+def test_an_explicit_rank_outside_the_explicit_world_is_refused(
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clear_launcher(monkeypatch)
+    with pytest.raises(ValueError, match=r"rank=2 is not below world_size=2"):
+        build(make_config, Calls(), rank=2, world_size=2)
+
+
+def test_the_report_describes_the_run_not_the_environment(
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clear_launcher(monkeypatch, RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", TORCHELASTIC_RUN_ID="e")
+    with RootOrchestrator(make_config(), rank=0, local_rank=0) as orch:
+        order = orch.seed_tree.shared_seed("data_order")
+        orch.log_environment_report()
+        assert orch.paths is not None
+        report = json.loads((orch.paths.reports / "environment.json").read_text("utf-8"))
+    distributed = report["distributed"]
+    assert (distributed["rank"], distributed["local_rank"], distributed["world_size"]) == (0, 0, 2)
+    assert (distributed["launcher"], distributed["job_id"]) == ("torchrun", "e")
+    assert (report["seeds"]["rank"], report["seeds"]["world_size"]) == (0, 2)
+    assert report["seeds"]["derived"]["shared/data_order"] == order
 
 
 def test_a_with_block_leaves_no_trace_in_the_process(make_config: ConfigFactory) -> None:

@@ -14,12 +14,13 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
 from orchestrator_fsm._process import undoable
 from orchestrator_fsm.phases import determinism
 from orchestrator_fsm.phases.determinism import (
     CUBLAS_WORKSPACE_CONFIG,
+    STANDARD_SHARED_PURPOSES,
     DeterminismState,
     SeedTree,
     last_seed_sequence,
@@ -360,10 +361,46 @@ def test_seed_tree_does_not_touch_the_global_generators() -> None:
     assert first_draws() == expected
 
 
+def test_a_shared_seed_is_the_same_on_every_rank_and_apart_from_per_rank_seeds() -> None:
+    trees = [SeedTree(123, rank=rank, world_size=4) for rank in range(4)]
+    shared = {tree.shared_seed("data_order") for tree in trees}
+    per_rank = {tree.seed_for("data_order") for tree in trees}
+
+    assert len(shared) == 1
+    assert len(per_rank) == 4
+    assert shared.isdisjoint(per_rank)
+    assert trees[0].shared_seed("data_order") != trees[0].shared_seed("model_init")
+    assert trees[0].shared_seed("data_order") != SeedTree(124).shared_seed("data_order")
+    assert 0 <= trees[0].shared_seed("model_init") < 2**32
+
+
+def epoch_indices(seed_of: str, *, world_size: int = 2, samples: int = 256) -> list[int]:
+    """Every index the ranks' DistributedSamplers hand out in one epoch, all ranks."""
+    indices: list[int] = []
+    for rank in range(world_size):
+        tree = SeedTree(1234, rank=rank, world_size=world_size)
+        seed = getattr(tree, seed_of)("data_order")
+        sampler = DistributedSampler(
+            range(samples),  # type: ignore[arg-type]
+            num_replicas=world_size,
+            rank=rank,
+            seed=seed,
+        )
+        indices.extend(sampler)
+    return indices
+
+
+def test_a_distributed_sampler_seeded_with_the_shared_seed_covers_every_sample_once() -> None:
+    assert sorted(epoch_indices("shared_seed")) == list(range(256))
+    # With a seed per rank each rank shuffles differently: some samples twice, some never.
+    assert len(set(epoch_indices("seed_for"))) == 185
+
+
 def test_seed_tree_as_dict_lists_standard_and_handed_out_seeds() -> None:
     tree = SeedTree(77, rank=1, world_size=2)
     augment = tree.seed_for("augment")
     worker = tree.worker_seed(0)
+    order = tree.shared_seed("data_order")
 
     summary = tree.as_dict()
 
@@ -372,17 +409,25 @@ def test_seed_tree_as_dict_lists_standard_and_handed_out_seeds() -> None:
     assert (summary["rank"], summary["world_size"]) == (1, 2)
     assert summary["dataloader"] == SeedTree(77, 1, 2).seed_for("dataloader")
     assert summary["rank_seed"] == SeedTree(77, 1, 2).seed_for("rank")
-    assert summary["derived"] == {"augment": augment, "dataloader/worker/0": worker}
+    assert summary["shared"] == {
+        purpose: SeedTree(77, 0, 2).shared_seed(purpose) for purpose in STANDARD_SHARED_PURPOSES
+    }
+    assert summary["shared"]["data_order"] == order
+    assert summary["derived"] == {
+        "augment": augment,
+        "dataloader/worker/0": worker,
+        "shared/data_order": order,
+    }
 
 
 def test_seed_tree_seeds_are_identical_in_another_interpreter_with_another_hash_seed() -> None:
     code = (
         "import json; from orchestrator_fsm.phases.determinism import SeedTree; "
         "t = SeedTree(99, rank=2, world_size=3); "
-        "print(json.dumps([t.seed_for('augment'), t.worker_seed(4)]))"
+        "print(json.dumps([t.seed_for('augment'), t.worker_seed(4), t.shared_seed('init')]))"
     )
     here = SeedTree(99, rank=2, world_size=3)
-    expected = [here.seed_for("augment"), here.worker_seed(4)]
+    expected = [here.seed_for("augment"), here.worker_seed(4), here.shared_seed("init")]
     for hash_seed in ("1", "2"):
         result = subprocess.run(
             [sys.executable, "-c", code],
@@ -437,6 +482,7 @@ def test_make_generator_without_seed_follows_set_seed_and_draws_nothing_global()
 
 def test_make_generator_defaults_to_the_launcher_rank(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
     assert make_generator(6).initial_seed() == make_generator(6, rank=3).initial_seed()
     assert make_generator(6).initial_seed() != make_generator(6, rank=0).initial_seed()
 

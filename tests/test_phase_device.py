@@ -16,7 +16,7 @@ from orchestrator_fsm.phases.device import available_devices, to_device_obj
 
 @pytest.fixture(autouse=True)
 def _single_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in LAUNCHER_ENV_VARS:
+    for name in (*LAUNCHER_ENV_VARS, "CUDA_VISIBLE_DEVICES"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -44,37 +44,44 @@ def test_auto_on_this_machine_matches_what_torch_reports() -> None:
 
 def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_hardware(monkeypatch, cuda=2, mps=True)
-    assert to_device_obj("auto") == torch.device("cuda")
+    assert to_device_obj("auto") == torch.device("cuda", 0)
     fake_hardware(monkeypatch, cuda=0, mps=True)
     assert to_device_obj("auto") == torch.device("mps")
     fake_hardware(monkeypatch, cuda=0, mps=False)
     assert to_device_obj("auto") == torch.device("cpu")
 
 
-def test_cuda_without_a_launcher_is_the_current_device(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_single_process_gets_the_first_visible_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_hardware(monkeypatch, cuda=4)
-    assert to_device_obj("cuda") == torch.device("cuda")
+    assert to_device_obj("cuda") == torch.device("cuda", 0)
 
 
 @pytest.mark.parametrize("device_str", ["auto", "cuda"])
 @pytest.mark.parametrize(("local_rank", "expected"), [(0, 0), (1, 1), (2, 0), (5, 1)])
-def test_under_torchrun_each_local_rank_binds_its_own_gpu(
+def test_each_local_rank_binds_its_own_gpu(
     monkeypatch: pytest.MonkeyPatch, device_str: str, local_rank: int, expected: int
 ) -> None:
     fake_hardware(monkeypatch, cuda=2)
-    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
     assert to_device_obj(device_str, local_rank=local_rank) == torch.device("cuda", expected)
 
 
-def test_a_world_size_above_one_counts_as_distributed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_task_that_sees_one_gpu_uses_it_whatever_its_local_rank(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # srun --gpus-per-task=1: each task's CUDA_VISIBLE_DEVICES holds its own GPU only.
+    fake_hardware(monkeypatch, cuda=1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert to_device_obj("cuda", local_rank=3) == torch.device("cuda", 0)
+
+
+def test_the_device_follows_the_local_rank_given_not_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     fake_hardware(monkeypatch, cuda=2)
-    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
     assert to_device_obj("cuda", local_rank=0) == torch.device("cuda", 0)
-
-
-def test_a_non_zero_local_rank_binds_its_gpu_without_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_hardware(monkeypatch, cuda=4)
-    assert to_device_obj("cuda", local_rank=3) == torch.device("cuda", 3)
+    assert to_device_obj("auto", local_rank=1) == torch.device("cuda", 1)
 
 
 def test_explicit_cuda_index_is_used_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,6 +100,20 @@ def test_cuda_index_beyond_the_visible_devices_lists_what_is_there(
     assert str(raised.value) == (
         "requested device 'cuda:3' but only 2 CUDA devices (cuda:0, cuda:1) are visible; "
         "available: cpu, cuda:0, cuda:1"
+    )
+
+
+def test_cuda_index_beyond_the_visible_devices_names_cuda_visible_devices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_hardware(monkeypatch, cuda=2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    with pytest.raises(DeviceError) as raised:
+        to_device_obj("cuda:2")
+    assert str(raised.value) == (
+        "requested device 'cuda:2' but only 2 CUDA devices (cuda:0, cuda:1) are visible "
+        "(CUDA_VISIBLE_DEVICES='4,5' hides the other GPUs and numbers the visible ones "
+        "from 0); available: cpu, cuda:0, cuda:1"
     )
 
 

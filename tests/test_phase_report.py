@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from orchestrator_fsm._version import __version__
+from orchestrator_fsm.distributed import LAUNCHER_ENV_VARS, Launch
 from orchestrator_fsm.phases import report as report_module
 from orchestrator_fsm.phases.determinism import SeedTree
 from orchestrator_fsm.phases.filesystem import RunPaths
@@ -61,9 +62,8 @@ def paths(tmp_path: Path, cfg: Any) -> RunPaths:
 
 @pytest.fixture(autouse=True)
 def _single_process_launch(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_LOCALID"):
+    for name in LAUNCHER_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("SLURM_NTASKS", raising=False)
 
 
 @pytest.fixture
@@ -262,10 +262,37 @@ def test_distributed_section_reads_the_launch_environment(
         "rank": 0,
         "local_rank": 0,
         "world_size": 2,
+        "launcher": "torchrun",
+        "local_world_size": 2,
+        "node_rank": 0,
+        "job_id": None,
+        "restart_count": 0,
         "pid": os.getpid(),
         "host": distributed["host"],
     }
     assert distributed["host"]
+
+
+def test_distributed_and_seeds_sections_describe_the_launch_and_seed_tree_given(
+    cfg: Any, paths: RunPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    launch = Launch("slurm", 0, 0, 4, 2, 0, job_id="4242.0", restart_count=1)
+    tree = SeedTree(4242, 0, 4)
+    tree.shared_seed("data_order")
+
+    report = report_for(cfg, paths, launch=launch, seed_tree=tree)
+
+    distributed = report["distributed"]
+    assert (distributed["rank"], distributed["world_size"], distributed["job_id"]) == (
+        0,
+        4,
+        "4242.0",
+    )
+    assert distributed["restart_count"] == 1
+    assert report["seeds"] == tree.as_dict()
+    assert "shared/data_order" in report["seeds"]["derived"]
 
 
 def test_environment_section_lists_only_the_named_variables_that_are_set(

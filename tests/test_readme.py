@@ -79,3 +79,12 @@ def test_readme_reading_a_run_back_works_on_a_real_run(tmp_path: Path) -> None:
     assert first.startswith("completed None {")
     assert timeline[0].startswith("created -> seeded seed")
     assert timeline[-1].startswith("ready -> cleaned cleanup")
+
+
+def test_readme_sampler_example_covers_every_sample_once() -> None:
+    (example,) = [block for block in python_blocks() if "DistributedSampler(" in block]
+    result = subprocess.run(
+        [sys.executable, "-c", example], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True"]

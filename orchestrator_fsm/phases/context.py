@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from orchestrator_fsm.distributed import Launch
 from orchestrator_fsm.errors import LifecycleError
 
 if TYPE_CHECKING:
@@ -61,6 +62,9 @@ class RunContext:
     local_rank: int
     world_size: int
     seed_tree: SeedTree
+    launch: Launch = attrs.field(factory=Launch)
+    """The launch this run is part of (launcher, ranks, ``job_id``, ``restart_count``);
+    its ranks and world size are the ones above."""
     paths: RunPaths | None = None
     logger: logging.Logger | None = None
     device: torch.device | None = None

@@ -2,9 +2,10 @@
 
 ``set_seed`` is the default seeding step; ``DeterminismState`` is its undo. The seed
 tree (``SeedTree``, ``make_generator``, ``worker_init_fn``) hands out the *other* seeds a
-run needs — per purpose, per rank, per DataLoader worker — derived from the one recipe
-seed with ``numpy.random.SeedSequence`` so they are independent, stable across Python
-processes and never drawn from (hence never disturbing) the global generators.
+run needs — per purpose, per rank or shared by all ranks, per DataLoader worker —
+derived from the one recipe seed with ``numpy.random.SeedSequence`` so they are
+independent, stable across Python processes and never drawn from (hence never
+disturbing) the global generators.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CUBLAS_WORKSPACE_CONFIG",
+    "STANDARD_SHARED_PURPOSES",
     "DeterminismState",
     "SeedTree",
     "last_seed_sequence",
@@ -60,6 +62,9 @@ _SEED_LIMIT: Final = 2**32
 _PURPOSE_KIND: Final = 0
 _WORKER_KIND: Final = 1
 _WORKER_INIT_KIND: Final = 2
+_SHARED_KIND: Final = 3
+#: Purposes whose shared seed ``SeedTree.as_dict`` always lists.
+STANDARD_SHARED_PURPOSES: Final = ("data_order", "model_init")
 
 # The seed of the last ``set_seed`` call, from which ``last_seed_sequence`` rebuilds the
 # recorded SeedSequence. Module state on purpose: ``DeterminismState`` restores it.
@@ -209,6 +214,11 @@ def _purpose_seed(entropy: int, purpose: str, rank: int) -> int:
     return _derive(entropy, (_PURPOSE_KIND, *_purpose_words(purpose), rank))
 
 
+def _shared_seed(entropy: int, purpose: str) -> int:
+    # No rank in the key: every rank derives the same value.
+    return _derive(entropy, (_SHARED_KIND, *_purpose_words(purpose)))
+
+
 def _worker_seed(entropy: int, purpose: str, rank: int, worker_id: int) -> int:
     return _derive(entropy, (_WORKER_KIND, *_purpose_words(purpose), rank, worker_id))
 
@@ -218,8 +228,19 @@ class SeedTree:
 
     Seeds depend only on ``(seed, purpose, rank[, worker_id])`` — never on call order,
     on the process, or on the global generators — so two runs with the same recipe get
-    the same seeds and different ranks get different ones. The base seed itself is what
-    :func:`set_seed` gives Python, NumPy and torch on every rank.
+    the same seeds. Two kinds are handed out:
+
+    - :meth:`seed_for` (and :meth:`worker_seed`, :meth:`generator`) differ per rank:
+      for randomness each rank should draw on its own, such as augmentation, dropout
+      or noise.
+    - :meth:`shared_seed` is the same on every rank: for what the ranks must agree
+      on, such as the initial weights or the shuffled order a
+      ``DistributedSampler`` splits between them (``seed=tree.shared_seed("data_order")``;
+      a per-rank seed there makes the ranks shuffle differently, so some samples are
+      seen twice in an epoch and others never).
+
+    The base seed itself is what :func:`set_seed` gives Python, NumPy and torch on
+    every rank.
 
     ``as_dict()`` lists the standard seeds plus every one handed out so far, for the
     run's report. Raises ``ValueError`` for a seed outside ``[0, 2**32)``, a
@@ -249,6 +270,15 @@ class SeedTree:
         self._handed_out[purpose] = value
         return value
 
+    def shared_seed(self, purpose: str) -> int:
+        """The 32-bit seed of ``purpose`` (e.g. ``"data_order"``), equal on every rank.
+
+        Independent of every :meth:`seed_for` value, including rank 0's.
+        """
+        value = _shared_seed(self.seed, purpose)
+        self._handed_out[f"shared/{purpose}"] = value
+        return value
+
     def worker_seed(self, worker_id: int, purpose: str = "dataloader") -> int:
         """The 32-bit seed of DataLoader worker ``worker_id`` for ``purpose`` on this rank."""
         worker_id = _validate_index(worker_id, name="worker_id")
@@ -265,9 +295,11 @@ class SeedTree:
 
         Keys: ``seed``, ``rank``, ``world_size``, ``python``/``numpy``/``torch`` (the
         base seed each global generator got), ``dataloader`` and ``rank_seed`` (the
-        seeds of the purposes ``"dataloader"`` and ``"rank"`` on this rank) and
-        ``derived`` (``{name: seed}`` for every seed handed out, in order; worker seeds
-        are named ``"<purpose>/worker/<id>"``).
+        seeds of the purposes ``"dataloader"`` and ``"rank"`` on this rank), ``shared``
+        (``{purpose: seed}``, the same on every rank, for
+        :data:`STANDARD_SHARED_PURPOSES`) and ``derived`` (``{name: seed}`` for every
+        seed handed out, in order; shared seeds are named ``"shared/<purpose>"``, worker
+        seeds ``"<purpose>/worker/<id>"``).
         """
         return {
             "seed": self.seed,
@@ -278,6 +310,9 @@ class SeedTree:
             "torch": self.seed,
             "dataloader": _purpose_seed(self.seed, "dataloader", self.rank),
             "rank_seed": _purpose_seed(self.seed, "rank", self.rank),
+            "shared": {
+                purpose: _shared_seed(self.seed, purpose) for purpose in STANDARD_SHARED_PURPOSES
+            },
             "derived": dict(self._handed_out),
         }
 

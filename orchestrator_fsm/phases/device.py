@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Final
 import torch
 
 from orchestrator_fsm._system import mps_available
-from orchestrator_fsm.distributed import get_world_size
 from orchestrator_fsm.errors import DeviceError
 
 if TYPE_CHECKING:
@@ -38,20 +37,29 @@ def available_devices() -> list[str]:
     return names
 
 
-def _launched_distributed(local_rank: int) -> bool:
-    """Whether each process should bind its own GPU (torchrun, SLURM, explicit rank)."""
-    return local_rank != 0 or "LOCAL_RANK" in os.environ or get_world_size() > 1
-
-
 def _unavailable(requested: str, reason: str) -> DeviceError:
     return DeviceError(
         f"requested device {requested!r} but {reason}; available: {', '.join(available_devices())}"
     )
 
 
-def _no_cuda_reason() -> str:
+def _visible_hint() -> str:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    hint = "" if visible is None else f" (CUDA_VISIBLE_DEVICES={visible!r})"
+    return "" if visible is None else f" (CUDA_VISIBLE_DEVICES={visible!r})"
+
+
+def _renumbered() -> str:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return ""
+    return (
+        f" (CUDA_VISIBLE_DEVICES={visible!r} hides the other GPUs and numbers the visible "
+        "ones from 0)"
+    )
+
+
+def _no_cuda_reason() -> str:
+    hint = _visible_hint()
     if torch.version.cuda is None:
         return "this torch build has no CUDA support"
     return f"CUDA is not available: no visible CUDA device or driver{hint}"
@@ -61,20 +69,22 @@ def _bind_cuda(requested: str, local_rank: int) -> torch.device:
     count = _cuda_count()
     if count == 0:
         raise _unavailable(requested, _no_cuda_reason())
-    if _launched_distributed(local_rank):
-        return torch.device("cuda", local_rank % count)
-    return torch.device("cuda")
+    # Modulo, not an error: when the scheduler gives each task its own GPU
+    # (srun --gpus-per-task=1), every task sees one device, numbered 0.
+    return torch.device("cuda", local_rank % count)
 
 
 def to_device_obj(device_str: str, local_rank: int = 0) -> torch.device:
     """The ``torch.device`` for ``device_str`` (``auto|cpu|cuda|cuda:N|mps``).
 
-    ``auto`` prefers CUDA, then MPS, then the CPU. Under a distributed launch (a
-    ``LOCAL_RANK`` variable, a world size above 1, or a non-zero ``local_rank``) CUDA
-    resolves to ``cuda:{local_rank % device_count}``, so each process of a node gets its
-    own GPU; otherwise to plain ``cuda`` (the current device). ``cuda:N`` is used as
-    given once ``N`` is checked against the visible devices. Case and surrounding
-    spaces are ignored.
+    ``auto`` prefers CUDA, then MPS, then the CPU. ``cuda`` (and ``auto`` on a machine
+    with CUDA) resolves to ``cuda:{local_rank % device_count}``, so each process of a
+    node gets its own GPU while there are as many GPUs as processes, and a single
+    process gets ``cuda:0``. ``device_count`` counts the devices this process can see,
+    so it honours ``CUDA_VISIBLE_DEVICES`` (which renumbers them from 0). ``cuda:N`` is
+    used as given, on every rank, once ``N`` is checked against the visible devices.
+    Nothing is read from the environment here: ``local_rank`` is the run's. Case and
+    surrounding spaces are ignored.
 
     Raises ``DeviceError`` naming the request and the available devices when the
     device is unknown or not usable here.
@@ -117,7 +127,9 @@ def to_device_obj(device_str: str, local_rank: int = 0) -> torch.device:
             listing = ", ".join(f"cuda:{i}" for i in range(count))
             noun = "device" if count == 1 else "devices"
             verb = "is" if count == 1 else "are"
-            raise _unavailable(device_str, f"only {count} CUDA {noun} ({listing}) {verb} visible")
+            raise _unavailable(
+                device_str, f"only {count} CUDA {noun} ({listing}) {verb} visible{_renumbered()}"
+            )
         return torch.device("cuda", index)
     raise DeviceError(
         f"unknown device {device_str!r}: expected one of {_ACCEPTED}; "

@@ -16,6 +16,7 @@ import platform
 import socket
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -30,7 +31,9 @@ from orchestrator_fsm.redaction import redact_secrets
 
 if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
+    from orchestrator_fsm.distributed import Launch
     from orchestrator_fsm.phases.context import RunContext
+    from orchestrator_fsm.phases.determinism import SeedTree
     from orchestrator_fsm.phases.filesystem import RunPaths
 
 __all__ = [
@@ -131,20 +134,28 @@ def build_environment_report(
     device: Any,
     applied_threads: int,
     num_workers: int,
+    *,
+    launch: Launch | None = None,
+    seed_tree: SeedTree | None = None,
 ) -> dict[str, Any]:
     """The phase 7 report as plain JSON-able data, one key per section.
 
     Sections: ``run, hardware, determinism, seeds, threads, paths, git, versions,
-    distributed, environment``. ``seeds`` is ``SeedTree(training.seed, rank,
-    world_size).as_dict()``; ``git`` holds the ``key: value`` lines of
+    distributed, environment``. ``distributed`` describes ``launch`` (the run's, as the
+    lifecycle passes it; :func:`~orchestrator_fsm.distributed.discover_launch` when
+    None) and ``seeds`` is ``seed_tree.as_dict()`` (default ``SeedTree(training.seed,
+    rank, world_size)``); ``git`` holds the ``key: value`` lines of
     ``reports/git_info.txt`` (``None`` when there is no such file); ``environment`` holds
     only those of :data:`REPORTED_ENV_VARS` that are set. Values describe this process
     as it is now (torch's flags as actually set, not as requested).
     """
-    from orchestrator_fsm.distributed import get_local_rank, get_rank, get_world_size
+    from orchestrator_fsm.distributed import discover_launch
     from orchestrator_fsm.phases.determinism import SeedTree
 
-    rank, local_rank, world_size = get_rank(), get_local_rank(), get_world_size()
+    if launch is None:
+        launch = discover_launch()
+    if seed_tree is None:
+        seed_tree = SeedTree(cfg.training.seed, launch.rank, launch.world_size)
     hardware = cfg.hardware
     source = cfg.source
     return {
@@ -171,7 +182,7 @@ def build_environment_report(
             "warn_only": hardware.deterministic_warn_only,
             "torch": _torch_determinism(),
         },
-        "seeds": SeedTree(cfg.training.seed, rank, world_size).as_dict(),
+        "seeds": seed_tree.as_dict(),
         "threads": {
             "applied_threads": applied_threads,
             "torch_num_threads": torch.get_num_threads(),
@@ -198,9 +209,14 @@ def build_environment_report(
             "orchestrator_fsm": distribution_version(_DISTRIBUTION_NAME) or __version__,
         },
         "distributed": {
-            "rank": rank,
-            "local_rank": local_rank,
-            "world_size": world_size,
+            "rank": launch.rank,
+            "local_rank": launch.local_rank,
+            "world_size": launch.world_size,
+            "launcher": launch.launcher,
+            "local_world_size": launch.local_world_size,
+            "node_rank": launch.node_rank,
+            "job_id": launch.job_id,
+            "restart_count": launch.restart_count,
             "pid": os.getpid(),
             "host": socket.gethostname(),
         },
@@ -260,13 +276,18 @@ class Reporter:
         device: Any,
         applied_threads: int,
         num_workers: int,
+        *,
+        launch: Launch | None = None,
+        seed_tree: SeedTree | None = None,
     ) -> None:
         """Build the report (see :func:`build_environment_report`), save it, log it.
 
         The JSON file is written atomically before anything is logged, so a report that
         appears in the log is also on disk.
         """
-        report = build_environment_report(cfg, paths, device, applied_threads, num_workers)
+        report = build_environment_report(
+            cfg, paths, device, applied_threads, num_workers, launch=launch, seed_tree=seed_tree
+        )
         target = paths.reports / REPORT_FILE_NAME
         atomic_write_json(target, report)
         logger_instance.info("environment report for run %s", paths.run_id)
@@ -281,7 +302,15 @@ def step(run: RunContext) -> None:
         return
     if run.device is None:
         run.device = resolve_device(run)
-    run.deps.reporter.log_initial_status(
+    reporter = run.deps.reporter
+    # The package's reporter reports the run's own launch and seeds; an injected
+    # reporter is called with the arguments its protocol names, nothing more.
+    log_initial_status: Callable[..., None] = (
+        partial(reporter.log_initial_status, launch=run.launch, seed_tree=run.seed_tree)
+        if isinstance(reporter, Reporter)
+        else reporter.log_initial_status
+    )
+    log_initial_status(
         logger_instance=run.log,
         cfg=run.cfg,
         paths=run.require_paths(),
