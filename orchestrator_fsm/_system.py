@@ -7,6 +7,7 @@ pid names a live process, and which version of a distribution is installed.
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 from functools import cache
 from importlib import metadata
 
@@ -17,6 +18,7 @@ __all__ = [
     "mps_available",
     "pid_exists",
     "process_start_ticks",
+    "process_started_at",
 ]
 
 
@@ -90,6 +92,24 @@ def process_start_ticks(pid: int) -> int | None:
         return int(fields[19])
     except (IndexError, ValueError):
         return None
+
+
+_IMPORTED_AT = datetime.now(timezone.utc)
+
+
+def process_started_at() -> datetime:
+    """When this process started (UTC), from the kernel where it says (Linux); else
+    when this module was imported, which is no earlier."""
+    ticks = process_start_ticks(os.getpid())
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            boot = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
+        per_second = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, StopIteration, IndexError):
+        return _IMPORTED_AT
+    if ticks is None or per_second <= 0:
+        return _IMPORTED_AT
+    return datetime.fromtimestamp(boot + ticks / per_second, tz=timezone.utc)
 
 
 @cache

@@ -19,7 +19,7 @@ from orchestrator_fsm.distributed import Launch, discover_launch
 from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.lifecycle.callbacks import SignalCallback, SignalCallbacks
 from orchestrator_fsm.lifecycle.machine import LifecycleMachine, RecordListener, TransitionRecord
-from orchestrator_fsm.lifecycle.record import RunRecorder
+from orchestrator_fsm.lifecycle.recorder import RunRecorder
 from orchestrator_fsm.lifecycle.signals import SignalGuard
 from orchestrator_fsm.lifecycle.table import CLEANUP_STEP, LifecycleState
 from orchestrator_fsm.phases.context import LOGGER_NAME, Dependencies, RunContext

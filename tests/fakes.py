@@ -155,3 +155,47 @@ def process_fingerprint() -> dict[str, Any]:
         "handlers": (list(package_logger.handlers), list(root.handlers)),
         "levels": (package_logger.level, root.level, package_logger.propagate),
     }
+
+
+def pretend_rank_zero_is_ready(cfg: Any, launch: Any, host_pid: int | None = None) -> Path:
+    """Make, by hand, what rank 0 of ``launch``'s job leaves for the other ranks: its run
+    directory with a READY record and the job's entry naming it. Returns the directory."""
+    import json
+    import os
+    import socket
+    from datetime import datetime, timezone
+
+    from orchestrator_fsm.lifecycle.record import RUN_FILE
+    from orchestrator_fsm.phases.filesystem import RunPaths
+    from orchestrator_fsm.phases.joining import JobEntry, job_entry_path, job_key
+
+    key = job_key(launch, cfg.config_hash())
+    assert key is not None, "the launch names no job"
+    paths = RunPaths.create(
+        cfg.telemetry.output_dir, cfg.dataset.name, cfg.architecture.name, cfg.config_hash()
+    )
+    now = datetime.now(timezone.utc)
+    record = {
+        "run_id": paths.run_id,
+        "status": "running",
+        "state": "ready",
+        "rank": 0,
+        "pid": host_pid or os.getpid(),
+        "host": socket.gethostname(),
+        "restart_count": launch.restart_count,
+        "attempts": [{"number": 1, "restart_count": launch.restart_count}],
+    }
+    (paths.root / RUN_FILE).write_text(json.dumps(record), encoding="utf-8")
+    entry = JobEntry(
+        job=key,
+        restart_count=launch.restart_count,
+        written_at=now,
+        root=paths.root,
+        run_id=paths.run_id,
+        attempt=1,
+        config_hash=cfg.config_hash(),
+    )
+    where = job_entry_path(cfg.telemetry.output_dir, key)
+    where.parent.mkdir(parents=True, exist_ok=True)
+    where.write_text(json.dumps(entry.to_json()), encoding="utf-8")
+    return paths.root

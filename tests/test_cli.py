@@ -223,6 +223,7 @@ def test_pipeline_error_exits_1_with_one_line_and_the_run_marked_failed(
         "type": "RuntimeError",
         "message": "boom in the pipeline",
         "step": "pipeline",
+        "where": f"{entries}:13 in boom",
     }
     assert last_lines(captured.out, 2) == [f"run directory: {root}", "status: failed"]
 

@@ -11,6 +11,7 @@ from orchestrator_fsm.lifecycle.machine import LifecycleMachine, TransitionRecor
 from orchestrator_fsm.lifecycle.table import (
     ADVANCE,
     CLEANUP_STEP,
+    JOIN_STEP,
     ROLLBACK_STEP,
     TERMINAL_STATES,
     TRANSITIONS,
@@ -66,8 +67,20 @@ def test_other_ranks_take_the_guarded_shortcut() -> None:
     log: list[str] = []
     machine = LifecycleMachine(make_steps(log), is_main_process=False, rank=3)
     assert machine.run_until(S.READY) is S.READY
-    assert log == ["do seed", "do configure_runtime", "do resolve_device"]
-    assert [r.dest for r in machine.history] == [S.SEEDED, S.CONFIGURED, S.READY]
+    assert log == [
+        "do seed",
+        "do configure_runtime",
+        "do join",
+        "do init_logging",
+        "do resolve_device",
+    ]
+    assert [r.dest for r in machine.history] == [
+        S.SEEDED,
+        S.CONFIGURED,
+        S.PROVISIONED,
+        S.LOGGED,
+        S.READY,
+    ]
     assert all(r.rank == 3 for r in machine.history)
 
 
@@ -75,7 +88,7 @@ def test_run_until_a_state_off_this_ranks_path_is_refused_before_doing_anything(
     log: list[str] = []
     machine = LifecycleMachine(make_steps(log), is_main_process=False, rank=1)
     with pytest.raises(LifecycleError, match="not on the lifecycle path"):
-        machine.run_until(S.PROVISIONED)
+        machine.run_until(S.PERSISTED)
     assert log == []
     assert machine.state is S.CREATED
 
@@ -125,7 +138,9 @@ def test_terminal_states_are_single_use(trigger: str, ending: str) -> None:
 def test_a_failing_step_rolls_back_earlier_steps_in_reverse(failing: str) -> None:
     log: list[str] = []
     error = ValueError(f"{failing} broke")
-    machine = LifecycleMachine(make_steps(log, {failing: error}))
+    # Every step fails on a rank whose path takes it (join: ranks other than 0).
+    steps = make_steps(log, {failing: error})
+    machine = LifecycleMachine(steps, is_main_process=failing != JOIN_STEP)
     with pytest.raises(ValueError) as caught:
         while machine.can_advance():
             machine.advance()

@@ -4,6 +4,7 @@ keeps the machine's invariants."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,7 +12,13 @@ from typing import Any
 
 import hypothesis.strategies as st
 from conftest import minimal_recipe
-from fakes import Calls, StepFailure, fake_dependencies, process_fingerprint
+from fakes import (
+    Calls,
+    StepFailure,
+    fake_dependencies,
+    pretend_rank_zero_is_ready,
+    process_fingerprint,
+)
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -54,6 +61,8 @@ ALLOWED = {
 class LifecycleProperties(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
+        # One job: a rank other than 0 joins the directory its rank 0 made (by hand).
+        os.environ["SLURM_JOB_ID"] = "77"
         self.workdir = Path(tempfile.mkdtemp(prefix="fsm-props-"))
         self.calls = Calls()
         self.baseline = process_fingerprint()
@@ -66,6 +75,8 @@ class LifecycleProperties(RuleBasedStateMachine):
         self.orch = RootOrchestrator(
             cfg, **fake_dependencies(self.calls), rank=rank, local_rank=rank
         )
+        if rank != 0:
+            pretend_rank_zero_is_ready(cfg, self.orch.launch)
 
     def _drive(self, action: Any) -> None:
         was_terminal = self.orch.machine.is_terminal

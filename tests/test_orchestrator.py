@@ -188,7 +188,9 @@ def test_lock_contention_propagates_and_rolls_back(make_config: ConfigFactory) -
         "type": "LockContendedError",
         "message": "held by pid 42",
         "step": "acquire_lock",
+        "where": run["error"]["where"],
     }
+    assert run["error"]["where"].endswith("fakes.py:30 in hit")
 
 
 def test_any_other_lock_failure_is_an_infrastructure_error_with_the_cause(
@@ -230,31 +232,50 @@ def test_failure_in_manifest_rolls_back_logging(make_config: ConfigFactory) -> N
     assert orch.state is S.FAILED
 
 
-def test_other_ranks_skip_filesystem_logging_manifest_lock_and_report(
-    make_config: ConfigFactory,
+def test_other_ranks_join_rank_0s_run_directory_and_skip_manifest_lock_and_report(
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = Calls()
-    orch = build(make_config, calls, rank=2, local_rank=1)
-    with orch:
-        orch.log_environment_report()
-        assert orch.paths is None and orch.run_logger is None
-        assert not orch.is_main_process
-    assert calls.names() == [
-        "seed_setter",
-        "thread_applier",
-        "system_configurator",
-        "device_resolver",
-    ]
-    assert dict(calls.log)["device_resolver"] == {"device_str": "cpu", "local_rank": 1}
-    assert [r.dest for r in orch.machine.history] == [
-        S.SEEDED,
-        S.CONFIGURED,
-        S.READY,
-        S.REPORTED,
-        S.CLEANED,
-    ]
-    output_dir = Path(orch.cfg.telemetry.output_dir)
-    assert not output_dir.exists() or not any(output_dir.iterdir())
+    from orchestrator_fsm.lifecycle.record import rank_file, read_run
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")  # one job: the ranks belong together
+    with build(make_config, Calls(), rank=0, local_rank=0, world_size=3) as main_run:
+        assert main_run.paths is not None
+        calls = Calls()
+        orch = build(make_config, calls, rank=2, local_rank=1, world_size=3)
+        with orch:
+            orch.log_environment_report()
+            assert orch.paths == main_run.paths
+            assert not orch.is_main_process
+        assert calls.names() == [
+            "seed_setter",
+            "thread_applier",
+            "system_configurator",
+            "log_initializer",
+            "device_resolver",
+        ]
+        assert dict(calls.log)["device_resolver"] == {"device_str": "cpu", "local_rank": 1}
+        assert [r.dest for r in orch.machine.history] == [
+            S.SEEDED,
+            S.CONFIGURED,
+            S.PROVISIONED,
+            S.LOGGED,
+            S.READY,
+            S.REPORTED,
+            S.CLEANED,
+        ]
+        own = read_run(main_run.paths.root).ranks
+        assert [(r.rank, r.status) for r in own] == [(2, "completed")]
+        assert rank_file(main_run.paths.root, 2).is_file()
+        assert not (main_run.paths.root / "reports" / "rank2").exists()
+
+
+def test_a_rank_without_a_job_to_join_fails_clearly(make_config: ConfigFactory) -> None:
+    from orchestrator_fsm.errors import InfrastructureError
+
+    orch = build(make_config, Calls(), rank=1, local_rank=0, world_size=2)
+    with pytest.raises(InfrastructureError, match="the launcher names no job"), orch:
+        pass
+    assert orch.machine.ended_in == "join"
 
 
 @pytest.mark.parametrize(

@@ -290,6 +290,8 @@ class InfrastructureConfig:
     )
     """Signal name (``SIGUSR1``, ``SIGUSR2``) to the ``module:function`` called when that
     signal arrives during the run; imported when the run starts."""
+    join_timeout_s: float = attrs.field(default=300.0, metadata=_checked(_seconds))
+    """How long a rank other than 0 waits for rank 0's run directory to be ready."""
 
 
 @attrs.frozen

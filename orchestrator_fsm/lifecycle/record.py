@@ -1,53 +1,41 @@
-"""The run record: ``run.json`` and ``lifecycle.jsonl``, written by one owner and read back.
+"""The run record as data: ``run.json``, ``lifecycle.jsonl`` and the ranks' records, read back.
 
-``RunRecorder`` listens to a ``LifecycleMachine`` and is the only writer of both files.
-It starts the record when the run directory appears (back-filling the transitions made
-before from ``machine.history``), appends every later transition, and finishes the
-record exactly once, when the machine reaches CLEANED or FAILED, with a status derived
-from the machine alone: the exception that ended the run (``machine.ended_by``) and the
-step it ended in. ``run.json`` is rewritten atomically (temporary file, fsync, rename).
-
-``read_run(root)`` gives back a frozen ``RunRecord``; ``infer_status`` is the one place
-that decides a ``running`` record whose process is gone is ``crashed``.
+``read_run(root)`` gives a frozen ``RunRecord``: rank 0's record of the run (its
+attempts, its transitions) with the records other ranks keep in ``ranks/``.
+``infer_status`` is the one place that decides what a record's status truly is: a
+``running`` record whose process is gone is ``crashed``, and a job is as bad as its
+worst rank. The writer is ``lifecycle/recorder.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import socket
-import sys
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from orchestrator_fsm._fs import append_whole, atomic_write_text
 from orchestrator_fsm._system import boot_id, pid_exists, process_start_ticks
-from orchestrator_fsm._version import __version__
 from orchestrator_fsm.lifecycle.machine import TransitionRecord
-from orchestrator_fsm.lifecycle.table import MACHINE_STEPS, TERMINAL_STATES
-from orchestrator_fsm.redaction import redact_argv, redact_secrets
 
 if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.machine import LifecycleMachine
-    from orchestrator_fsm.phases.context import RunContext
 
 __all__ = [
     "JOURNAL_FILE",
     "PIPELINE_STEP",
-    "RESERVE_FILE",
+    "RANKS_DIR",
     "RUN_FILE",
     "STATUSES",
+    "Attempt",
     "ErrorSummary",
     "RunRecord",
-    "RunRecorder",
     "infer_status",
     "outcome_of",
+    "rank_file",
     "read_run",
     "run_status",
     "stale_after",
@@ -56,6 +44,8 @@ __all__ = [
 
 RUN_FILE: Final = "run.json"
 JOURNAL_FILE: Final = "lifecycle.jsonl"
+#: The folder of the run directory where each rank other than 0 keeps its record.
+RANKS_DIR: Final = "ranks"
 
 #: Every status ``run.json`` can hold; readers add ``crashed`` (see :func:`infer_status`).
 STATUSES: Final = ("running", "completed", "failed", "interrupted")
@@ -66,21 +56,82 @@ PIPELINE_STEP: Final = "pipeline"
 
 @attrs.frozen
 class ErrorSummary:
-    """The error that ended a run: its type, its message and the step it came from."""
+    """The error that ended a run: its type, its message, the step it came from and
+    where it was raised (``file:line in function`` of the innermost frame)."""
 
     type: str
     message: str
     step: str
+    where: str | None = None
 
     @classmethod
     def of(cls, exc: BaseException, step: str) -> ErrorSummary:
-        return cls(type=type(exc).__name__, message=str(exc), step=step)
+        return cls(type=type(exc).__name__, message=str(exc), step=step, where=_raised_at(exc))
 
-    def to_json(self) -> dict[str, str]:
-        return {"type": self.type, "message": self.message, "step": self.step}
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ErrorSummary:
+        return cls(
+            type=str(data.get("type") or "Error"),
+            message=str(data.get("message") or ""),
+            step=str(data.get("step") or "?"),
+            where=_optional_str(data.get("where")),
+        )
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"type": self.type, "message": self.message, "step": self.step, "where": self.where}
 
     def __str__(self) -> str:
         return f"{self.type}: {self.message}" if self.message else self.type
+
+
+def _raised_at(exc: BaseException) -> str | None:
+    tb = exc.__traceback__
+    if tb is None:
+        return None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f"{code.co_filename}:{tb.tb_lineno} in {code.co_name}"
+
+
+@attrs.frozen
+class Attempt:
+    """One launch of a run: the first, or a restart or requeue that reopened it."""
+
+    number: int
+    restart_count: int = 0
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    status: str = "running"
+    reason: str | None = None
+    """Why this attempt ended early (``preempted``, ``crashed``, the error), if it did."""
+    pid: int | None = None
+    host: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Attempt:
+        return cls(
+            number=_optional_int(data.get("number")) or 1,
+            restart_count=_optional_int(data.get("restart_count")) or 0,
+            started_at=_timestamp(data.get("started_at")),
+            ended_at=_timestamp(data.get("ended_at")),
+            status=str(data.get("status") or "unknown"),
+            reason=_optional_str(data.get("reason")),
+            pid=_optional_int(data.get("pid")),
+            host=_optional_str(data.get("host")),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "restart_count": self.restart_count,
+            "started_at": None if self.started_at is None else self.started_at.isoformat(),
+            "ended_at": None if self.ended_at is None else self.ended_at.isoformat(),
+            "status": self.status,
+            "reason": self.reason,
+            "pid": self.pid,
+            "host": self.host,
+        }
 
 
 def status_for(exc: BaseException | None) -> str:
@@ -156,12 +207,33 @@ class RunRecord:
     entry_module: str | None = None
     python: str | None = None
     package_version: str | None = None
+    job: str | None = None
+    restart_count: int = 0
+    attempts: tuple[Attempt, ...] = ()
     transitions: tuple[TransitionRecord, ...] = ()
+    ranks: tuple[RunRecord, ...] = ()
+    """The records of ranks other than 0 (``ranks/rank<N>.json``) for this attempt."""
     extra: Mapping[str, Any] = attrs.field(factory=dict)
 
     @property
     def effective_status(self) -> str:
+        """The job's true status: this record's and every rank's (see :func:`infer_status`)."""
         return infer_status(self)
+
+    @property
+    def first_failure(self) -> RunRecord | None:
+        """The record (this one, or a rank's) that went wrong first: failed, interrupted
+        or crashed, earliest end first; None when none did."""
+        gone = [
+            record
+            for record in (self, *self.ranks)
+            if _own_status(record, None) in ("failed", "interrupted", "crashed")
+        ]
+        if not gone:
+            return None
+        failed = [record for record in gone if record.status == "failed"] or gone
+        far = datetime.max.replace(tzinfo=timezone.utc)
+        return min(failed, key=lambda record: record.ended_at or far)
 
     @property
     def duration_s(self) -> float | None:
@@ -176,16 +248,12 @@ class RunRecord:
         data: Mapping[str, Any],
         root: Path,
         transitions: tuple[TransitionRecord, ...] = (),
+        ranks: tuple[RunRecord, ...] = (),
     ) -> RunRecord:
         """The record of ``run.json``'s ``data``; missing or mistyped fields become None."""
         error = data.get("error")
-        summary = None
-        if isinstance(error, Mapping):
-            summary = ErrorSummary(
-                type=str(error.get("type") or "Error"),
-                message=str(error.get("message") or ""),
-                step=str(error.get("step") or "?"),
-            )
+        summary = ErrorSummary.from_json(error) if isinstance(error, Mapping) else None
+        attempts = data.get("attempts")
         phases = data.get("phases")
         argv = data.get("argv")
         known = {field.name for field in attrs.fields(cls)}
@@ -218,7 +286,15 @@ class RunRecord:
             entry_module=_optional_str(data.get("entry_module")),
             python=_optional_str(data.get("python")),
             package_version=_optional_str(data.get("package_version")),
+            job=_optional_str(data.get("job")),
+            restart_count=_optional_int(data.get("restart_count")) or 0,
+            attempts=tuple(
+                Attempt.from_json(item)
+                for item in (attempts if isinstance(attempts, list) else ())
+                if isinstance(item, Mapping)
+            ),
             transitions=transitions,
+            ranks=ranks,
             extra={k: v for k, v in data.items() if k not in known},
         )
 
@@ -250,6 +326,9 @@ class RunRecord:
             entry_module=self.entry_module,
             python=self.python,
             package_version=self.package_version,
+            job=self.job,
+            restart_count=self.restart_count,
+            attempts=[attempt.to_json() for attempt in self.attempts],
         )
         return data
 
@@ -259,18 +338,8 @@ def stale_after(heartbeat_s: float) -> float:
     return 3 * heartbeat_s + 60.0
 
 
-def infer_status(record: RunRecord, now: datetime | None = None) -> str:
-    """The status to show for ``record``: ``crashed`` when it says ``running`` but its
-    process is gone.
-
-    On the host that ran it, the process identity decides: the machine rebooted since
-    (another boot id), no process has the pid, or the process with that pid is a later
-    one (another start time) means crashed; a live process with the recorded identity
-    means running, however old its heartbeat (it may be suspended). Elsewhere (a
-    shared file system read from another node), or when nothing can be probed, the
-    heartbeat decides: none for longer than :func:`stale_after` its interval means
-    crashed. ``now`` is the time to judge the heartbeat by (default: the current time).
-    """
+def _own_status(record: RunRecord, now: datetime | None) -> str:
+    """What one record's status truly is, its ranks aside."""
     if record.status != "running":
         return record.status
     if record.host == socket.gethostname():
@@ -291,6 +360,27 @@ def infer_status(record: RunRecord, now: datetime | None = None) -> str:
         if (now - record.heartbeat_at).total_seconds() > stale_after(record.heartbeat_s):
             return "crashed"
     return "running"
+
+
+# When ranks disagree, the job is what its worst rank is.
+_WORST_FIRST: Final = ("failed", "interrupted", "crashed", "running")
+
+
+def infer_status(record: RunRecord, now: datetime | None = None) -> str:
+    """The true status of the job ``record`` describes: ``crashed`` for a record that
+    says ``running`` but whose process is gone, and the worst of every rank's status
+    (failed, interrupted, crashed, running, completed) when ranks disagree.
+
+    On the host that ran a process, its identity decides: the machine rebooted since
+    (another boot id), no process has the pid, or the process with that pid is a later
+    one (another start time) means crashed; a live process with the recorded identity
+    means running, however old its heartbeat (it may be suspended). Elsewhere (a
+    shared file system read from another node), or when nothing can be probed, the
+    heartbeat decides: none for longer than :func:`stale_after` its interval means
+    crashed. ``now`` is the time to judge the heartbeat by (default: the current time).
+    """
+    statuses = {_own_status(item, now) for item in (record, *record.ranks)}
+    return next((status for status in _WORST_FIRST if status in statuses), record.status)
 
 
 def run_status(root: Path | str) -> str:
@@ -335,284 +425,25 @@ def read_run(root: Path | str) -> RunRecord:
             raise ValueError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, expected an object")
-    return RunRecord.from_json(data, root, _read_transitions(root))
+    record = RunRecord.from_json(data, root, _read_transitions(root))
+    return attrs.evolve(record, ranks=_read_ranks(root, record.restart_count))
 
 
-#: Space kept aside in the run directory for the record's last writes (see RunRecorder).
-RESERVE_FILE: Final = ".run.json.reserve"
-_MIN_RESERVE_BYTES = 64 * 1024
-
-
-def _say_on_stderr(line: str) -> None:
-    # The record's writer cannot log about its own failures: the log file may sit on
-    # the same full disk. One plain line on stderr reaches the user whatever happened.
-    try:
-        sys.stderr.write(f"orchestrator-fsm: {line}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):
-        pass
-
-
-class RunRecorder:
-    """The one writer of a run's ``run.json`` and ``lifecycle.jsonl``.
-
-    :meth:`start` writes the first record as soon as the run directory exists (if it
-    cannot, the run must not go on: the directory would have no record); from then
-    on the recorder follows the machine's transitions (:meth:`observe`) and finishes
-    the record exactly once. What it writes is a :class:`RunRecord` in its ``to_json``
-    form, so ``read_run`` reads back exactly the shape written. Ranks other than 0
-    never write. ``elapsed`` reports the run's wall time for the final record.
-
-    Faults while writing never cut the record short or leave half a file: ``run.json``
-    is replaced atomically (a failed write keeps the previous complete file), a failed
-    append to the journal is cut back, and each failure is one line on stderr. Space
-    for the last writes is kept aside at start (:data:`RESERVE_FILE`) and handed back
-    just before them, so a run that fills its disk still ends with its true status.
-    A daemon thread refreshes ``heartbeat_at`` every ``heartbeat_s`` seconds (0: none)
-    until the record is final.
-    """
-
-    def __init__(
-        self,
-        run: RunContext,
-        elapsed: Any,
-        *,
-        heartbeat_s: float = 0.0,
-        report: Callable[[str], None] = _say_on_stderr,
-    ) -> None:
-        self._run = run
-        self._elapsed = elapsed
-        self._heartbeat_s = heartbeat_s
-        self._report = report
-        self._machine: LifecycleMachine | None = None
-        self._record: RunRecord | None = None
-        self._journaled = 0
-        self._finished = False
-        self._reported: set[str] = set()
-        self._written = True
-        self._lock = threading.RLock()
-        self._stop_beating = threading.Event()
-        self._beater: threading.Thread | None = None
-
-    @property
-    def record(self) -> RunRecord | None:
-        """The record as this process knows it (None before the run directory exists)."""
-        return self._record
-
-    @property
-    def on_disk(self) -> bool:
-        """Whether ``run.json`` holds :attr:`record` (False after a failed write)."""
-        return self._written
-
-    def observe(self, machine: LifecycleMachine) -> None:
-        """Listen to ``machine`` from now on."""
-        self._machine = machine
-        machine.add_listener(self._on_transition)
-
-    def start(self) -> None:
-        """Write the first record of the run directory just made, keep space aside for
-        the last writes, and start the heartbeat. Raises the ``OSError`` of a failed
-        write; nothing of the recorder's is left in the directory then."""
-        paths = self._run.paths
-        if paths is None or self._record is not None or not self._run.is_main_process:
-            return
-        record = self._first_record(paths.root, paths.run_id)
-        text = _run_json_text(record)
+def _read_ranks(root: Path, restart_count: int) -> tuple[RunRecord, ...]:
+    # Other ranks' records of this attempt; unreadable or earlier ones are left out.
+    ranks: list[RunRecord] = []
+    for path in sorted((root / RANKS_DIR).glob("rank*.json")):
         try:
-            atomic_write_text(paths.root / RUN_FILE, text)
-            _fill(paths.root / RESERVE_FILE, max(_MIN_RESERVE_BYTES, 8 * len(text)))
-        except BaseException as exc:
-            for name in (RUN_FILE, RESERVE_FILE):
-                with contextlib.suppress(OSError):
-                    os.unlink(paths.root / name)
-            if isinstance(exc, OSError):
-                raise type(exc)(
-                    exc.errno, f"cannot write the run record ({exc.strerror})", str(paths.root)
-                ) from exc
-            raise
-        self._record = record
-        if self._heartbeat_s > 0:
-            self._beater = threading.Thread(
-                target=self._beat, name="orchestrator-fsm-heartbeat", daemon=True
-            )
-            self._beater.start()
-
-    def announce_end(self) -> None:
-        """Log how the run ended on the run logger (the machine's cleanup hook)."""
-        run = self._run
-        if run.logger is None or run.paths is None or self._machine is None:
-            return
-        status, _ = outcome_of(self._machine)
-        run.logger.info(
-            "run %s %s after %.2fs; outputs in %s",
-            run.paths.run_id,
-            status,
-            self._elapsed_s(),
-            run.paths.root,
-        )
-
-    def _elapsed_s(self) -> float:
-        return round(float(self._elapsed()), 6)
-
-    def _on_transition(self, record: TransitionRecord) -> None:
-        if self._machine is None or self._finished or self._record is None:
-            return
-        final = record.dest in TERMINAL_STATES and record.step in MACHINE_STEPS
-        if final:
-            self._stop_heartbeat()
-            self._release_reserve()
-        with self._lock:
-            before = self._record
-            phases = self._journal_new_transitions(before.root, dict(before.phases))
-            moved = record.ok and record.step not in MACHINE_STEPS
-            device = None if self._run.device is None else str(self._run.device)
-            self._record = attrs.evolve(
-                before,
-                phases=phases,
-                state=record.dest.value if moved else before.state,
-                device=device or before.device,
-            )
-            # run.json is rewritten (fsync + rename) only when a reader would learn
-            # something new: where the run runs, how it ended. Per-step progress is in
-            # lifecycle.jsonl; liveness is the heartbeat's.
-            if final:
-                self._finish(record)
-            elif self._record.device != before.device:
-                self._update()
-
-    def _first_record(self, root: Path, run_id: str) -> RunRecord:
-        from orchestrator_fsm.phases.manifest import record_invocation
-
-        assert self._machine is not None
-        history = self._machine.history
-        invocation = record_invocation()
-        known = {field.name for field in attrs.fields(RunRecord)}
-        pid = os.getpid()
-        now = datetime.now(timezone.utc)
-        return RunRecord(
-            run_id=run_id,
-            root=root,
-            status="running",
-            started_at=history[0].started_at if history else now,
-            rank=self._run.rank,
-            world_size=self._run.world_size,
-            pid=pid,
-            host=socket.gethostname(),
-            boot_id=boot_id(),
-            process_start_ticks=process_start_ticks(pid),
-            heartbeat_at=now if self._heartbeat_s > 0 else None,
-            heartbeat_s=self._heartbeat_s if self._heartbeat_s > 0 else None,
-            argv=tuple(redact_argv(invocation["argv"])),
-            cwd=invocation["cwd"],
-            entry_point=invocation["entry_point"],
-            entry_module=invocation["entry_module"],
-            python=invocation["python"],
-            package_version=__version__,
-            extra={key: value for key, value in invocation.items() if key not in known},
-        )
-
-    def _journal_new_transitions(self, root: Path, phases: dict[str, float]) -> dict[str, float]:
-        """Append what the machine did since the last call; ``phases`` plus its durations."""
-        assert self._machine is not None
-        history = self._machine.history
-        fresh = history[self._journaled :]
-        if not fresh:
-            return phases
-        lines = []
-        for item in fresh:
-            line = redact_secrets(dict(item.to_json(), pid=os.getpid()))
-            lines.append(json.dumps(line, sort_keys=True))
-        try:
-            append_whole(root / JOURNAL_FILE, "\n".join(lines) + "\n")
-        except OSError as exc:
-            # Kept for the next append: the journal stays a prefix of the history.
-            self._report_once("journal", f"could not append to {root / JOURNAL_FILE} ({exc})")
-        else:
-            self._journaled = len(history)
-        for item in fresh:
-            if item.ok:
-                phases[item.step] = round(phases.get(item.step, 0.0) + item.duration_s, 6)
-        return phases
-
-    def _finish(self, record: TransitionRecord) -> None:
-        assert self._machine is not None and self._record is not None
-        status, error = outcome_of(self._machine)
-        self._finished = True
-        self._record = attrs.evolve(
-            self._record,
-            status=status,
-            state=record.dest.value,
-            ended_at=datetime.now(timezone.utc),
-            error=error,
-            elapsed_s=self._elapsed_s(),
-        )
-        failure = self._write()
-        if failure is not None:
-            self._report(
-                f"the run ended {status}, but {self._record.root / RUN_FILE} could not be "
-                f"updated ({failure}); it still holds the record written before"
-            )
-
-    def _write(self) -> OSError | None:
-        """Replace ``run.json`` with the record; the error when that failed."""
-        assert self._record is not None
-        try:
-            atomic_write_text(self._record.root / RUN_FILE, _run_json_text(self._record))
-        except OSError as exc:
-            self._written = False
-            return exc
-        self._written = True
-        return None
-
-    def _update(self) -> None:
-        # A record written while the run goes on: on failure the previous one stands
-        # (the final write will try again); said once, not at every heartbeat.
-        failure = self._write()
-        if failure is not None:
-            path = self._record.root / RUN_FILE if self._record else RUN_FILE
-            self._report_once(
-                "update", f"could not update {path} ({failure}); it keeps the previous record"
-            )
-
-    def _report_once(self, kind: str, line: str) -> None:
-        if kind not in self._reported:
-            self._reported.add(kind)
-            self._report(line)
-
-    def _beat(self) -> None:
-        while not self._stop_beating.wait(self._heartbeat_s):
-            with self._lock:
-                if self._finished or self._record is None:
-                    return
-                self._record = attrs.evolve(self._record, heartbeat_at=datetime.now(timezone.utc))
-                self._update()
-
-    def _stop_heartbeat(self) -> None:
-        self._stop_beating.set()
-        beater, self._beater = self._beater, None
-        if beater is not None and beater is not threading.current_thread():
-            beater.join()
-
-    def _release_reserve(self) -> None:
-        if self._record is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self._record.root / RESERVE_FILE)
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            rank = RunRecord.from_json(data, root)
+            if rank.restart_count == restart_count and rank.rank not in (None, 0):
+                ranks.append(rank)
+    return tuple(sorted(ranks, key=lambda rank: rank.rank or 0))
 
 
-def _run_json_text(record: RunRecord) -> str:
-    return (
-        json.dumps(redact_secrets(record.to_json()), indent=2, sort_keys=True, default=str) + "\n"
-    )
-
-
-def _fill(path: Path, size: int) -> None:
-    """Create ``path`` holding ``size`` bytes of real disk space (raises when there is none)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        block = bytes(min(size, 64 * 1024))
-        left = size
-        while left > 0:
-            left -= os.write(fd, block[:left])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def rank_file(root: Path, rank: int) -> Path:
+    """Where rank ``rank`` (> 0) keeps its own record in the run directory ``root``."""
+    return root / RANKS_DIR / f"rank{rank}.json"

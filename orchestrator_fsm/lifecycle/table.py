@@ -21,6 +21,7 @@ __all__ = [
     "CLEANUP_STEP",
     "CONDITION_LABELS",
     "FAIL",
+    "JOIN_STEP",
     "LOCK_HELD_STATES",
     "LOCK_STEP",
     "MACHINE_STEPS",
@@ -81,6 +82,9 @@ MACHINE_STEPS: Final = frozenset({CLEANUP_STEP, ROLLBACK_STEP})
 #: The step that takes the run lock; cleanup releases it.
 LOCK_STEP: Final = "acquire_lock"
 
+#: The step by which a rank other than 0 finds the run directory rank 0 made.
+JOIN_STEP: Final = "join"
+
 S = LifecycleState
 
 TRANSITIONS: Final[tuple[TransitionSpec, ...]] = (
@@ -91,13 +95,17 @@ TRANSITIONS: Final[tuple[TransitionSpec, ...]] = (
     {"trigger": ADVANCE, "source": S.CONFIGURED.value, "dest": S.PROVISIONED.value,
      "step": "provision", "label": "3 create the run directory",
      "conditions": "is_main_process"},
-    {"trigger": ADVANCE, "source": S.CONFIGURED.value, "dest": S.READY.value,
-     "step": "resolve_device", "label": "resolve the device only",
+    {"trigger": ADVANCE, "source": S.CONFIGURED.value, "dest": S.PROVISIONED.value,
+     "step": JOIN_STEP, "label": "3 join rank 0's run directory",
      "unless": "is_main_process"},
     {"trigger": ADVANCE, "source": S.PROVISIONED.value, "dest": S.LOGGED.value,
      "step": "init_logging", "label": "4 start the run log"},
     {"trigger": ADVANCE, "source": S.LOGGED.value, "dest": S.PERSISTED.value,
-     "step": "persist_manifest", "label": "5 persist config, requirements, git"},
+     "step": "persist_manifest", "label": "5 persist config, requirements, git",
+     "conditions": "is_main_process"},
+    {"trigger": ADVANCE, "source": S.LOGGED.value, "dest": S.READY.value,
+     "step": "resolve_device", "label": "resolve the device",
+     "unless": "is_main_process"},
     {"trigger": ADVANCE, "source": S.PERSISTED.value, "dest": S.GUARDED.value,
      "step": LOCK_STEP, "label": "6 take the run lock"},
     {"trigger": ADVANCE, "source": S.GUARDED.value, "dest": S.READY.value,

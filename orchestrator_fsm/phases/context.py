@@ -69,6 +69,8 @@ class RunContext:
     logger: logging.Logger | None = None
     device: torch.device | None = None
     applied_threads: int = 0
+    resumed: bool = False
+    """Whether phase 3 reopened the run directory of an earlier attempt of the job."""
     start_record: Callable[[], None] = attrs.field(default=lambda: None)
     """Writes the run's first record into the directory phase 3 just made."""
 

@@ -331,6 +331,8 @@ def step(run: RunContext) -> None:
     claimed, so a failure (or a signal) while the sub-folders are made is recorded in
     it. The one exception is a directory whose record cannot be written (a full disk):
     it is removed again at once, so no run directory is left without a ``run.json``.
+    A restart or requeue of a job reopens the job's directory instead (see
+    ``phases/joining.py``), as the run's next attempt.
     """
 
     def claimed(paths: RunPaths) -> None:
@@ -343,7 +345,15 @@ def step(run: RunContext) -> None:
                 _discard_fresh(paths)
             raise
 
+    from orchestrator_fsm.phases.joining import restarted_run
+
     run.deps.static_dir_setup()
+    earlier = restarted_run(run)
+    if earlier is not None:
+        # A restart or requeue of the job: the same directory, a new attempt in it.
+        run.paths, run.resumed = earlier, True
+        run.start_record()
+        return
     RunPaths.create(
         output_dir=run.cfg.telemetry.output_dir,
         dataset=run.cfg.dataset.name,
