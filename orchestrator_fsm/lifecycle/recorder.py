@@ -67,15 +67,19 @@ def _now() -> datetime:
 
 
 def _ended_early(previous: RunRecord) -> str | None:
-    """Why the attempt ``previous`` describes ended early, as the next attempt sees it."""
-    status = infer_status(attrs.evolve(previous, ranks=()))
-    if status == "interrupted":
-        return "preempted"
+    """Why the attempt ``previous`` describes (rank 0's record and its ranks') ended
+    early, as the next attempt sees it; None when it did not."""
+    status = infer_status(previous)
+    if status == "completed":
+        return None
     if status in ("crashed", "running"):
         return "crashed"
-    if status == "failed":
-        return str(previous.error) if previous.error else "failed"
-    return None
+    first = previous.first_failure
+    who = "" if first is None or not first.rank else f"rank {first.rank}: "
+    if status == "interrupted":
+        return f"{who}preempted"
+    error = first.error if first is not None else previous.error
+    return f"{who}{error}" if error else f"{who}failed"
 
 
 class RunRecorder:
@@ -251,14 +255,13 @@ class RunRecorder:
             earlier = previous.attempts or (
                 Attempt(number=1, started_at=previous.started_at, pid=previous.pid),
             )
-            last = earlier[-1]
-            if last.ended_at is None or last.status == "running":
-                last = attrs.evolve(
-                    last,
-                    ended_at=previous.ended_at or previous.heartbeat_at,
-                    status=infer_status(attrs.evolve(previous, ranks=())),
-                )
-            last = attrs.evolve(last, reason=last.reason or _ended_early(previous))
+            # The attempt before, as the whole job lived it: its ranks included.
+            last = attrs.evolve(
+                earlier[-1],
+                ended_at=earlier[-1].ended_at or previous.ended_at or previous.heartbeat_at,
+                status=infer_status(previous),
+                reason=_ended_early(previous),
+            )
             attempts = (*earlier[:-1], last)
         attempts += (
             Attempt(
