@@ -230,6 +230,16 @@ def test_a_slurm_step_and_its_requeue_are_one_run_with_two_attempts(tmp_path: Pa
     assert [(a.number, a.status) for a in run.attempts] == [(1, "completed"), (2, "completed")]
     assert run.effective_status == "completed"
     assert [(r.rank, r.restart_count) for r in run.ranks] == [(1, 1)]
+    shown = subprocess.run(
+        [sys.executable, "-m", "orchestrator_fsm", "inspect", str(root)],
+        env={**env(), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_TIMEOUT_S,
+        check=False,
+    )
+    assert "1 completed, 2 completed" in shown.stdout, shown.stdout
+    assert "1 completed" in shown.stdout.split("other ranks", 1)[1]
     # Another job with the same recipe is another run.
     srun_like(script, recipe, tasks=2, job="8813")
     assert len(run_dirs(tmp_path)) == 2

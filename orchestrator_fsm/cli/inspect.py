@@ -131,6 +131,7 @@ def format_json(run: RunRecord, files: RunFiles) -> str:
         **run.to_json(),
         "effective_status": run.effective_status,
         "transitions": [record.to_json() for record in run.transitions],
+        "ranks": [rank.to_json() for rank in run.ranks],
         "files": files.folders,
     }
     return json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
@@ -187,6 +188,8 @@ def format_summary(run: RunRecord) -> Table:
         ("ended", _or_dash(ended)),
         ("duration", format_seconds(run.duration_s)),
         ("heartbeat", beat),
+        ("attempts", _attempts(run)),
+        ("other ranks", _ranks(run)),
         ("host / pid", f"{_or_dash(run.host)} / {_or_dash(run.pid)}"),
         ("rank / world size", f"{_or_dash(run.rank)} / {_or_dash(run.world_size)}"),
         ("device", _or_dash(run.device)),
@@ -196,6 +199,24 @@ def format_summary(run: RunRecord) -> Table:
     for field, value in rows:
         table.add_row(field, value if isinstance(value, Text) else Text(value))
     return table
+
+
+def _attempts(run: RunRecord) -> str:
+    """``1 interrupted (preempted), 2 running``: each attempt with how it ended."""
+    parts = []
+    for attempt in run.attempts:
+        reason = f" ({attempt.reason})" if attempt.reason else ""
+        parts.append(f"{attempt.number} {attempt.status}{reason}")
+    return ", ".join(parts) or "-"
+
+
+def _ranks(run: RunRecord) -> str:
+    """``1 completed, 2 failed: ValueError: ...``: every other rank's own status."""
+    parts = []
+    for rank in run.ranks:
+        error = f": {rank.error}" if rank.error is not None else ""
+        parts.append(f"{rank.rank} {rank.effective_status}{error}")
+    return ", ".join(parts) or "-"
 
 
 def _clock_time(moment: datetime) -> str:
