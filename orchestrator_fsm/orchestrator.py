@@ -10,8 +10,10 @@ module of its phase.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from functools import partial
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -111,6 +113,8 @@ class RootOrchestrator:
         *,
         signal_callbacks: Mapping[int | str, SignalCallback] | None = None,
         world_size: int | None = None,
+        resume: str | os.PathLike[str] | None = None,
+        force_resume: bool = False,
     ) -> None:
         self.cfg = cfg
         # Explicit rank, local_rank and world_size win over what the launcher says.
@@ -151,6 +155,8 @@ class RootOrchestrator:
             world_size=self.world_size,
             seed_tree=SeedTree(cfg.training.seed, self.rank, self.world_size),
             launch=self.launch,
+            resume_from=None if resume is None else Path(resume),
+            force_resume=force_resume,
         )
         self._recorder = RunRecorder(
             self._run,

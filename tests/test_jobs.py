@@ -301,3 +301,61 @@ def test_the_cli_under_torchrun_exits_with_the_jobs_truth(tmp_path: Path) -> Non
     assert run.first_failure is not None and run.first_failure.rank == 1
     assert "rank 1 ran out of data" in result.stderr
     assert "status: completed" not in result.stdout
+
+
+def test_resuming_a_named_run_directory_adds_an_attempt(tmp_path: Path) -> None:
+    from orchestrator_fsm import Config, RootOrchestrator
+
+    recipe, _ = write(tmp_path)
+    cfg = Config.from_recipe(recipe)
+    with RootOrchestrator(cfg) as first:
+        assert first.paths is not None
+        root = first.paths.root
+        (root / "checkpoints" / "last.pt").write_bytes(b"weights")
+    with RootOrchestrator(cfg, resume=root) as again:
+        assert again.paths == first.paths
+        assert (root / "checkpoints" / "last.pt").read_bytes() == b"weights"
+    run = read_run(root)
+    assert [(a.number, a.status) for a in run.attempts] == [(1, "completed"), (2, "completed")]
+    assert run_dirs(tmp_path) == [root]
+
+
+def test_resuming_a_run_of_another_config_is_refused_unless_forced(tmp_path: Path) -> None:
+    from orchestrator_fsm import Config, RootOrchestrator
+    from orchestrator_fsm.errors import InfrastructureError
+
+    recipe, _ = write(tmp_path)
+    with RootOrchestrator(Config.from_recipe(recipe)) as first:
+        assert first.paths is not None
+        root = first.paths.root
+    other = Config.from_recipe(recipe, ["training.seed=99"])
+    refused = RootOrchestrator(other, resume=root)
+    with pytest.raises(InfrastructureError, match="it ran another config"), refused:
+        pass
+    assert len(read_run(root).attempts) == 1
+    with RootOrchestrator(other, resume=root, force_resume=True):
+        pass
+    assert len(read_run(root).attempts) == 2
+
+
+def test_run_resume_on_the_command_line(tmp_path: Path) -> None:
+    recipe, _ = write(tmp_path)
+    entries = tmp_path / "entries.py"
+    entries.write_text(ENTRIES, encoding="utf-8")
+
+    def cli(*extra: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "orchestrator_fsm", "run", str(recipe)]
+        command += ["--entry", f"{entries}:calm", *extra]
+        return subprocess.run(
+            command, env=env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S
+        )
+
+    assert cli().returncode == 0
+    (root,) = run_dirs(tmp_path)
+    resumed = cli("--resume", str(root))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"run directory: {root}" in resumed.stdout
+    assert len(read_run(root).attempts) == 2
+    missing = cli("--resume", str(tmp_path / "nope"))
+    assert missing.returncode == 1
+    assert "cannot resume" in missing.stderr

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[overrides],
         help="run a pipeline inside the lifecycle (default: the bundled demo)",
         description="Run a pipeline inside the lifecycle. Exit codes: 0 completed, "
-        "1 failed, 2 config or --entry error, 130 interrupted.",
+        "1 failed, 2 config or --entry error, 128 + the signal's number when a signal "
+        "ended it (130 for Ctrl-C).",
     )
     run.add_argument(
         "recipe", nargs="?", metavar="RECIPE", help="YAML recipe (default: the bundled demo)"
@@ -59,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
         "path/to/file.py (default: the bundled demo pipeline)",
     )
     run.add_argument("--debug", action="store_true", help="show the traceback when the run fails")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue this run directory as its next attempt instead of making a new one",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: continue it even though it ran another config",
+    )
     run.set_defaults(handler=cmd_run)
 
     diagram = commands.add_parser(

@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         guard.install()
         code = EXIT_OK
         try:
-            orch, failure = _run_entry(cfg, entry)
+            orch, failure = _run_entry(cfg, entry, resume=args.resume, force=args.force)
             guard.hold()
             code = _report_outcome(orch, failure, cfg, out, err, debug=args.debug)
         finally:
@@ -166,14 +166,16 @@ def _job_record(run: RunRecord | None) -> RunRecord | None:
         time.sleep(0.1)
 
 
-def _run_entry(cfg: Config, entry: Entry) -> tuple[RootOrchestrator | None, BaseException | None]:
-    """Run ``entry`` inside a lifecycle; return the orchestrator (when one was made) and
-    what stopped the run (None when it completed)."""
+def _run_entry(
+    cfg: Config, entry: Entry, *, resume: str | None, force: bool
+) -> tuple[RootOrchestrator | None, BaseException | None]:
+    """Run ``entry`` inside a lifecycle (continuing ``resume`` when given); return the
+    orchestrator (when one was made) and what stopped the run (None when it completed)."""
     from orchestrator_fsm.orchestrator import RootOrchestrator
 
     orch: RootOrchestrator | None = None
     try:
-        orch = RootOrchestrator(cfg)
+        orch = RootOrchestrator(cfg, resume=resume, force_resume=force)
         with orch:
             entry(orch)
     except (Exception, KeyboardInterrupt) as exc:

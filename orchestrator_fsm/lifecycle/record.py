@@ -208,6 +208,7 @@ class RunRecord:
     python: str | None = None
     package_version: str | None = None
     job: str | None = None
+    config_hash: str | None = None
     restart_count: int = 0
     attempts: tuple[Attempt, ...] = ()
     transitions: tuple[TransitionRecord, ...] = ()
@@ -287,6 +288,7 @@ class RunRecord:
             python=_optional_str(data.get("python")),
             package_version=_optional_str(data.get("package_version")),
             job=_optional_str(data.get("job")),
+            config_hash=_optional_str(data.get("config_hash")),
             restart_count=_optional_int(data.get("restart_count")) or 0,
             attempts=tuple(
                 Attempt.from_json(item)
@@ -327,6 +329,7 @@ class RunRecord:
             python=self.python,
             package_version=self.package_version,
             job=self.job,
+            config_hash=self.config_hash,
             restart_count=self.restart_count,
             attempts=[attempt.to_json() for attempt in self.attempts],
         )

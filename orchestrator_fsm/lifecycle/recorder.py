@@ -293,6 +293,7 @@ class RunRecorder:
             python=invocation["python"],
             package_version=__version__,
             job=job_key(run.launch, run.cfg.config_hash()),
+            config_hash=run.cfg.config_hash(),
             restart_count=run.launch.restart_count,
             attempts=attempts if run.is_main_process else (),
             extra={key: value for key, value in invocation.items() if key not in known},

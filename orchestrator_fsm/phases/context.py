@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -69,6 +70,10 @@ class RunContext:
     logger: logging.Logger | None = None
     device: torch.device | None = None
     applied_threads: int = 0
+    resume_from: Path | None = None
+    """A run directory the caller asked to continue (``resume=``, ``run --resume``)."""
+    force_resume: bool = False
+    """Continue ``resume_from`` even when its config differs from this one."""
     resumed: bool = False
     """Whether phase 3 reopened the run directory of an earlier attempt of the job."""
     start_record: Callable[[], None] = attrs.field(default=lambda: None)

@@ -115,9 +115,41 @@ def read_job_entry(path: Path) -> JobEntry | None:
         return None
 
 
+def _resumable(run: RunContext, root: Path) -> RunPaths:
+    """``root`` as the run to continue, after checking it may be: it holds a record,
+    that run is not live, and it ran this config (unless ``force_resume``)."""
+    from orchestrator_fsm.lifecycle.record import read_run
+
+    try:
+        paths = RunPaths.from_root(root)
+        record = read_run(paths.root)
+    except (OSError, ValueError) as exc:
+        raise InfrastructureError(f"cannot resume {root}: {exc}") from exc
+    status = record.effective_status
+    if status == "running":
+        raise InfrastructureError(
+            f"cannot resume {paths.root}: its run is still running (pid {record.pid} on "
+            f"{record.host})"
+        )
+    ours = run.cfg.config_hash()
+    if record.config_hash not in (None, ours) and not run.force_resume:
+        raise InfrastructureError(
+            f"cannot resume {paths.root}: it ran another config (hash "
+            f"{record.config_hash[:12]}, this one {ours[:12]}); resume with force to "
+            "continue it anyway"
+        )
+    return paths
+
+
 def restarted_run(run: RunContext) -> RunPaths | None:
-    """The run directory an earlier attempt of this job made, when this is a restart
-    (torchrun restart, SLURM requeue) of a job whose entry names one; else None."""
+    """The run directory to continue as a new attempt: the one the caller named
+    (``resume``), or the one an earlier attempt of this job made when this is a restart
+    (torchrun restart, SLURM requeue) of a job whose entry names one; else None.
+
+    Raises ``InfrastructureError`` when the named directory cannot be resumed.
+    """
+    if run.resume_from is not None:
+        return _resumable(run, run.resume_from)
     key = job_key(run.launch, run.cfg.config_hash())
     if key is None or run.launch.restart_count == 0:
         return None
