@@ -175,12 +175,15 @@ class RootOrchestrator:
             logger=logging.getLogger(LOGGER_NAME),
         )
         self._recorder.observe(self.machine)
-        self._signals = SignalGuard(
-            on_held=self.machine.note_interrupt, defer=self.machine.defers_interrupt
-        )
+        self._signals = SignalGuard(on_held=self._on_held, defer=self.machine.defers_interrupt)
         self._signal_callbacks = SignalCallbacks(self, log=lambda: run.log)
         for key, callback in (signal_callbacks or {}).items():
             self._signal_callbacks.attach(key, callback)
+
+    def _on_held(self, interrupt: BaseException) -> None:
+        # A signal while cleaning up: the run ends interrupted, and ends now.
+        self.machine.note_interrupt(interrupt)
+        self._recorder.stop_waiting()
 
     # -- what the steps produced --------------------------------------------------------
 

@@ -6,12 +6,9 @@ import argparse
 import contextlib
 import os
 import sys
-import time
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
-
-import attrs
 
 from orchestrator_fsm.cli._shared import (
     EXIT_FAILURE,
@@ -106,19 +103,16 @@ def _report_outcome(
     *,
     debug: bool,
 ) -> int:
-    """Print what stopped the run, its directory and the job's final status (rank 0,
-    once every rank has ended or a grace period has passed); the exit code."""
+    """Print what stopped the run (on rank 0: the job), its directory and its final
+    status; the exit code."""
     run = _run_record(orch)
     code = _report_failure(failure, orch, cfg, err, debug=debug)
-    job = _job_record(run)
-    if job is not None and job.ranks and code == EXIT_OK:
-        first = job.first_failure
-        if job.effective_status != "completed" and first is not None:
-            where = f" in step {first.error.step!r}" if first.error is not None else ""
-            what = f": {first.error}" if first.error is not None else ""
-            say(err, f"error on rank {first.rank}{where}{what}", "red")
-            code = EXIT_FAILURE
-    status = job.effective_status if job is not None else None
+    if run is not None and run.failed_rank is not None and code == EXIT_OK:
+        where = f" in step {run.error.step!r}" if run.error is not None else ""
+        what = f": {run.error}" if run.error is not None else ""
+        say(err, f"error on rank {run.failed_rank}{where}{what}", "red")
+        code = EXIT_FAILURE
+    status = run.status if run is not None else None
     if status is None:
         if isinstance(failure, KeyboardInterrupt):
             status = "interrupted"
@@ -141,29 +135,6 @@ def _is_other_rank() -> bool:
         return not discover_launch().is_main_process
     except ValueError:
         return False  # the run itself reports the malformed variable
-
-
-# How long rank 0 waits, after its own end, for the other ranks' records to be final.
-_RANKS_GRACE_S = 30.0
-
-
-def _job_record(run: RunRecord | None) -> RunRecord | None:
-    """Rank 0's record with every other rank's final one, waiting up to
-    :data:`_RANKS_GRACE_S` for them; ``run`` itself on other ranks or alone."""
-    if run is None or not run.world_size or run.world_size < 2 or run.rank != 0:
-        return run
-    from orchestrator_fsm.lifecycle.record import read_run
-
-    deadline = time.monotonic() + _RANKS_GRACE_S
-    while True:
-        try:
-            job = attrs.evolve(run, ranks=read_run(run.root).ranks)
-        except (OSError, ValueError):
-            return run
-        ended = [rank for rank in job.ranks if rank.effective_status != "running"]
-        if len(ended) >= run.world_size - 1 or time.monotonic() >= deadline:
-            return job
-        time.sleep(0.1)
 
 
 def _run_entry(

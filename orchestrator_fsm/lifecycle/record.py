@@ -36,6 +36,7 @@ __all__ = [
     "infer_status",
     "outcome_of",
     "rank_file",
+    "read_ranks",
     "read_run",
     "run_status",
     "stale_after",
@@ -199,6 +200,8 @@ class RunRecord:
     heartbeat_s: float | None = None
     device: str | None = None
     error: ErrorSummary | None = None
+    failed_rank: int | None = None
+    """The rank whose failure ended the job, when it was not rank 0."""
     phases: Mapping[str, float] = attrs.field(factory=dict)
     elapsed_s: float | None = None
     argv: tuple[str, ...] = ()
@@ -275,6 +278,7 @@ class RunRecord:
             heartbeat_s=_optional_float(data.get("heartbeat_s")),
             device=_optional_str(data.get("device")),
             error=summary,
+            failed_rank=_optional_int(data.get("failed_rank")),
             phases={
                 str(k): float(v)
                 for k, v in (phases.items() if isinstance(phases, Mapping) else ())
@@ -320,6 +324,7 @@ class RunRecord:
             heartbeat_s=self.heartbeat_s,
             device=self.device,
             error=None if self.error is None else self.error.to_json(),
+            failed_rank=self.failed_rank,
             phases=dict(self.phases),
             elapsed_s=self.elapsed_s,
             argv=list(self.argv),
@@ -429,11 +434,12 @@ def read_run(root: Path | str) -> RunRecord:
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, expected an object")
     record = RunRecord.from_json(data, root, _read_transitions(root))
-    return attrs.evolve(record, ranks=_read_ranks(root, record.restart_count))
+    return attrs.evolve(record, ranks=read_ranks(root, record.restart_count))
 
 
-def _read_ranks(root: Path, restart_count: int) -> tuple[RunRecord, ...]:
-    # Other ranks' records of this attempt; unreadable or earlier ones are left out.
+def read_ranks(root: Path, restart_count: int) -> tuple[RunRecord, ...]:
+    """The records other ranks keep in ``root`` for the attempt of ``restart_count``;
+    unreadable ones and those of other attempts are left out."""
     ranks: list[RunRecord] = []
     for path in sorted((root / RANKS_DIR).glob("rank*.json")):
         try:

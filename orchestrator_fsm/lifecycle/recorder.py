@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,12 +31,15 @@ from orchestrator_fsm._system import boot_id, process_start_ticks
 from orchestrator_fsm._version import __version__
 from orchestrator_fsm.lifecycle.record import (
     JOURNAL_FILE,
+    PIPELINE_STEP,
     RUN_FILE,
     Attempt,
+    ErrorSummary,
     RunRecord,
     infer_status,
     outcome_of,
     rank_file,
+    read_ranks,
     read_run,
 )
 from orchestrator_fsm.lifecycle.table import MACHINE_STEPS, TERMINAL_STATES, LifecycleState
@@ -45,7 +49,10 @@ if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.machine import LifecycleMachine, TransitionRecord
     from orchestrator_fsm.phases.context import RunContext
 
-__all__ = ["RESERVE_FILE", "RunRecorder"]
+__all__ = ["RANKS_GRACE_S", "RESERVE_FILE", "RunRecorder"]
+
+#: How long rank 0, at its end, waits for the other ranks' records to be final.
+RANKS_GRACE_S: Final = 30.0
 
 #: Space kept aside in the run directory for the record's last writes (see RunRecorder).
 RESERVE_FILE: Final = ".run.json.reserve"
@@ -122,6 +129,7 @@ class RunRecorder:
         self._written = True
         self._lock = threading.RLock()
         self._stop_beating = threading.Event()
+        self._stop_waiting = threading.Event()
         self._beater: threading.Thread | None = None
 
     @property
@@ -352,9 +360,46 @@ class RunRecorder:
                 phases[item.step] = round(phases.get(item.step, 0.0) + item.duration_s, 6)
         return phases
 
+    def stop_waiting(self, *_: object) -> None:
+        """Stop waiting for the other ranks' records (a signal came: end now)."""
+        self._stop_waiting.set()
+
+    def _job_outcome(
+        self, status: str, error: ErrorSummary | None
+    ) -> tuple[str, ErrorSummary | None, int | None]:
+        """Rank 0's outcome folded with the other ranks' records: the job is failed (or
+        interrupted) when any rank was, with the error of the rank that went wrong
+        first. A rank 0 that completed waits up to :data:`RANKS_GRACE_S` for the ranks
+        to end (not once a signal asks this process to end)."""
+        assert self._record is not None
+        run = self._run
+        if not run.is_main_process or run.world_size < 2:
+            return status, error, None
+        root, attempt = self._record.root, run.launch.restart_count
+        # Only a rank 0 that ended well waits: one that is failing or interrupted (a
+        # launcher tearing the job down) writes its record at once, before it is killed.
+        deadline = time.monotonic() + (RANKS_GRACE_S if status == "completed" else 0.0)
+        ranks = read_ranks(root, attempt)
+        while not self._stop_waiting.is_set() and time.monotonic() < deadline:
+            if len([r for r in ranks if r.effective_status != "running"]) >= run.world_size - 1:
+                break
+            self._stop_waiting.wait(0.1)
+            ranks = read_ranks(root, attempt)
+        mine = attrs.evolve(self._record, status=status, error=error, ended_at=_now())
+        first = attrs.evolve(mine, ranks=ranks).first_failure
+        if first is None or first.rank in (None, 0):
+            return status, error, None
+        if first.status == "running":  # its process vanished
+            summary = ErrorSummary("RankCrashed", f"rank {first.rank} is gone", PIPELINE_STEP)
+        else:
+            summary = first.error or ErrorSummary("RankFailed", "", PIPELINE_STEP)
+        worst = "interrupted" if first.status == "interrupted" else "failed"
+        return worst, summary, first.rank
+
     def _finish(self, record: TransitionRecord) -> None:
         assert self._machine is not None and self._record is not None
         status, error = outcome_of(self._machine)
+        status, error, failed_rank = self._job_outcome(status, error)
         self._finished = True
         ended = _now()
         attempts = self._record.attempts
@@ -374,6 +419,7 @@ class RunRecorder:
             state=record.dest.value,
             ended_at=ended,
             error=error,
+            failed_rank=failed_rank,
             elapsed_s=self._elapsed_s(),
             attempts=attempts,
         )
