@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import isolated, minimal_recipe
+from conftest import isolated, minimal_recipe, run_torchrun
 from rich.console import Console
 
 from orchestrator_fsm.cli import EXIT_OK, EXIT_USAGE, main
@@ -26,7 +25,6 @@ from orchestrator_fsm.demo.pipeline import (
     make_shapes_dataset,
     train,
 )
-from orchestrator_fsm.distributed import LAUNCHER_ENV_VARS
 from orchestrator_fsm.errors import ConfigError
 from orchestrator_fsm.orchestrator import RootOrchestrator
 from orchestrator_fsm.phases.determinism import SeedTree
@@ -276,31 +274,6 @@ print(json.dumps({
 """
 
 
-def run_under_torchrun(tmp_path: Path, script: Path, *argv: str, nproc: int) -> tuple[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for name in LAUNCHER_ENV_VARS:
-        env.pop(name, None)  # a launcher around the test run must not leak into the ranks
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={nproc}",
-            str(script),
-            *argv,
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result.stdout, result.stderr
-
-
 @pytest.mark.slow
 def test_demo_under_torchrun_shards_the_data_and_reports_the_global_accuracy(
     tmp_path: Path,
@@ -311,7 +284,7 @@ def test_demo_under_torchrun_shards_the_data_and_reports_the_global_accuracy(
     shards.mkdir()
     output_dir = tmp_path / "outputs"
 
-    out, err = run_under_torchrun(
+    out, err = run_torchrun(
         tmp_path, script, str(output_dir), str(tmp_path / "x.lock"), str(shards), nproc=2
     )
 
@@ -364,4 +337,4 @@ def test_demo_under_torchrun_shards_the_data_and_reports_the_global_accuracy(
     assert dealt[0, 1] != dealt[0, 2]
 
     # The console holds rank 0's lines; no other rank's INFO lines reach it.
-    assert "[rank 1] INFO" not in err
+    assert "[rank1] INFO" not in err

@@ -19,7 +19,7 @@ from orchestrator_fsm.phases.filesystem import RunPaths
 from orchestrator_fsm.phases.logging import LOG_FILE_NAME, Logger, log_file_name
 
 LINE = re.compile(
-    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 \[rank (?P<rank>\d+)\] "
+    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 \[rank(?P<rank>\d+)\] "
     r"(?P<level>[A-Z]+) +(?P<name>\S+): (?P<msg>.*)$"
 )
 
@@ -266,8 +266,8 @@ def test_two_ranks_sharing_one_logs_folder_never_share_a_file(tmp_path: Path) ->
         snapshot.restore()
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rank1.log", "run.log"]
-    assert "[rank 0] INFO" in (tmp_path / "run.log").read_text(encoding="utf-8")
-    assert "[rank 1]" not in (tmp_path / "run.log").read_text(encoding="utf-8")
+    assert "[rank0] INFO" in (tmp_path / "run.log").read_text(encoding="utf-8")
+    assert "[rank1]" not in (tmp_path / "run.log").read_text(encoding="utf-8")
     assert "hello from 1" in (tmp_path / "rank1.log").read_text(encoding="utf-8")
 
 
@@ -281,7 +281,7 @@ def test_other_ranks_print_only_warnings_and_errors_on_the_console(
     logger.error("out of memory")
 
     err = capsys.readouterr().err.splitlines()
-    assert err == ["[rank 1] WARNING  loss is nan", "[rank 1] ERROR    out of memory"]
+    assert err == ["[rank1] WARNING  loss is nan", "[rank1] ERROR    out of memory"]
     in_file = (tmp_path / "rank1.log").read_text(encoding="utf-8")
     assert "epoch 1 done" in in_file  # the console leaves it out, the file keeps it
 
@@ -293,7 +293,7 @@ def test_rank_zero_prints_at_the_configured_level_with_its_rank(
 
     logger.info("epoch 1 done")
 
-    assert capsys.readouterr().err.splitlines() == ["[rank 0] INFO     epoch 1 done"]
+    assert capsys.readouterr().err.splitlines() == ["[rank0] INFO     epoch 1 done"]
 
 
 def test_a_higher_configured_level_also_holds_on_other_ranks(
@@ -304,7 +304,7 @@ def test_a_higher_configured_level_also_holds_on_other_ranks(
     logger.warning("below the run's level")
     logger.error("shown")
 
-    assert capsys.readouterr().err.splitlines() == ["[rank 2] ERROR    shown"]
+    assert capsys.readouterr().err.splitlines() == ["[rank2] ERROR    shown"]
 
 
 def test_a_warning_is_printed_once_even_with_a_root_handler_on_stderr(
@@ -401,8 +401,8 @@ def test_step_on_rank_one_logs_to_rank1_log_and_its_undo_restores_the_loggers(
         "INFO     orchestrator_fsm: joined rank 0's run",
         "WARNING  orchestrator_fsm: this node is slow",
     ]
-    assert all("[rank 1]" in line for line in lines)
-    assert capsys.readouterr().err.splitlines() == ["[rank 1] WARNING  this node is slow"]
+    assert all("[rank1]" in line for line in lines)
+    assert capsys.readouterr().err.splitlines() == ["[rank1] WARNING  this node is slow"]
 
 
 def test_step_passes_the_rank_to_initializers_that_take_it(

@@ -3,7 +3,8 @@
 ``Logger.setup`` attaches two handlers to one named logger (never to the root logger):
 a rich console handler on stderr and a UTF-8 file handler at ``<log_dir>/run.log`` on
 rank 0 and ``<log_dir>/rank<N>.log`` on rank N. Every line, in the file and on the
-console, carries ``[rank N]``. Rank 0's console shows the configured level; the other
+console, carries ``[rankN]`` (the prefix torch's own distributed messages use, so
+one ``grep -F '[rank1]'`` finds both). Rank 0's console shows the configured level; the other
 ranks' consoles show warnings and errors only, so a torchrun job's console holds rank
 0's lines and every rank's problems, each once. Propagation is turned off so that
 handlers on the root logger do not print every line a second time. The module keeps
@@ -42,10 +43,10 @@ __all__ = ["LOGGER_NAME", "LOG_FILE_NAME", "Logger", "log_file_name", "step"]
 #: Rank 0's log file; rank N writes ``rank<N>.log`` beside it (:func:`log_file_name`).
 LOG_FILE_NAME: Final = "run.log"
 # "{rank}" is filled in by setup; the rest is logging's own %-style.
-FILE_FORMAT: Final = "%(asctime)s [rank {rank}] %(levelname)-8s %(name)s: %(message)s"
-CONSOLE_PLAIN_FORMAT: Final = "[rank {rank}] %(levelname)-8s %(message)s"
+FILE_FORMAT: Final = "%(asctime)s [rank{rank}] %(levelname)-8s %(name)s: %(message)s"
+CONSOLE_PLAIN_FORMAT: Final = "[rank{rank}] %(levelname)-8s %(message)s"
 # Rich draws the level in a column of its own.
-CONSOLE_RICH_FORMAT: Final = "[rank {rank}] %(message)s"
+CONSOLE_RICH_FORMAT: Final = "[rank{rank}] %(message)s"
 
 #: The least a rank other than 0 prints on the console; its own file has every line.
 OTHER_RANKS_CONSOLE_LEVEL: Final = logging.WARNING
@@ -176,8 +177,8 @@ class Logger:
         Adds a console handler on stderr (rich on a terminal, plain lines otherwise;
         no markup interpretation) and a file handler appending to
         ``<log_dir>/run.log`` on rank 0, ``<log_dir>/rank<N>.log`` on rank N (UTF-8;
-        each line has a UTC timestamp, ``[rank N]``, the level and the logger name).
-        Console lines carry ``[rank N]`` too; on ranks other than 0 the console shows
+        each line has a UTC timestamp, ``[rankN]``, the level and the logger name).
+        Console lines carry ``[rankN]`` too; on ranks other than 0 the console shows
         only WARNING and above. ``level`` is a level name in any case or an integer.
         Sets ``propagate = False``. Calling it again for the same logger replaces the
         handlers the previous call added instead of stacking them.
