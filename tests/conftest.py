@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -35,6 +36,28 @@ def isolated(tmp_path: Path) -> list[str]:
         "--set",
         f"infrastructure.lock.path={tmp_path / 'x.lock'}",
     ]
+
+
+def run_torchrun(cwd: Path, script: Path, *argv: str, nproc: int) -> tuple[str, str]:
+    """``stdout, stderr`` of ``torchrun --standalone --nproc_per_node=nproc script argv``
+    run in ``cwd``, one intra-op thread per rank; fails unless every rank exits 0 within
+    180 s. A launcher around the test run (its RANK, SLURM_PROCID, ...) is not passed on."""
+    from orchestrator_fsm.distributed import LAUNCHER_ENV_VARS
+
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV_VARS}
+    env["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    result = subprocess.run(
+        [*command, f"--nproc_per_node={nproc}", str(script), *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result.stdout, result.stderr
 
 
 def wait_for(

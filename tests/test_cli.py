@@ -89,7 +89,11 @@ def run_entry(recipe: Path, entries: Path, function: str, *options: str) -> int:
 
 def run_dirs(tmp_path: Path) -> list[Path]:
     outputs = tmp_path / "outputs"
-    return sorted(p for p in outputs.iterdir() if p.is_dir()) if outputs.exists() else []
+    return (
+        sorted(p for p in outputs.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if outputs.exists()
+        else []
+    )
 
 
 def only_run_dir(tmp_path: Path) -> Path:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import isolated, minimal_recipe
+from conftest import isolated, minimal_recipe, run_torchrun
 from rich.console import Console
 
 from orchestrator_fsm.cli import EXIT_OK, EXIT_USAGE, main
@@ -26,13 +27,14 @@ from orchestrator_fsm.demo.pipeline import (
 )
 from orchestrator_fsm.errors import ConfigError
 from orchestrator_fsm.orchestrator import RootOrchestrator
+from orchestrator_fsm.phases.determinism import SeedTree
 
 # Few images and epochs: these tests check the plumbing, not how well the model learns.
 SMALL = ["--set", "dataset.num_samples=192", "--set", "training.epochs=2"]
 
 
 def only_run_dir(output_dir: Path) -> Path:
-    dirs = [p for p in output_dir.iterdir() if p.is_dir()]
+    dirs = [p for p in output_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(dirs) == 1, f"expected one run directory, found {dirs}"
     return dirs[0]
 
@@ -226,3 +228,113 @@ def test_unusable_demo_setting_exits_2_naming_the_field(
     captured = capsys.readouterr()
     assert "training.epochs: expected an integer of at least 1, found 0" in captured.err
     assert captured.out.rstrip().splitlines()[-1] == "status: failed"
+
+
+# Run by every rank under torchrun: the bundled recipe, shrunk, through the demo's train
+# inside the lifecycle. Each rank records the training indices its sampler dealt it per
+# epoch and prints what train returned as one JSON line.
+DDP_SCRIPT = """
+import json
+import sys
+from pathlib import Path
+
+from orchestrator_fsm import Config, RootOrchestrator
+from orchestrator_fsm.demo import demo_recipe, pipeline
+
+output_dir, lock, shards = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+
+
+class RecordingSampler(pipeline.DistributedSampler):
+    def __iter__(self):
+        indices = list(super().__iter__())
+        name = f"rank{self.rank}-epoch{self.epoch}.json"
+        (shards / name).write_text(json.dumps(indices), encoding="utf-8")
+        return iter(indices)
+
+
+pipeline.DistributedSampler = RecordingSampler
+overrides = [
+    f"telemetry.output_dir={output_dir}",
+    f"infrastructure.lock.path={lock}",
+    "hardware.num_workers=0",
+    "dataset.num_samples=192",
+    "training.epochs=2",
+]
+with demo_recipe() as path:
+    cfg = Config.from_recipe(path, overrides=overrides)
+with RootOrchestrator(cfg) as orch:
+    result = pipeline.train(orch)
+print(json.dumps({
+    "rank": orch.rank,
+    "world_size": orch.world_size,
+    "accuracies": [row.val_accuracy for row in result.epochs],
+    "metrics_path": None if result.metrics_path is None else str(result.metrics_path),
+    "state": orch.state.value,
+}))
+"""
+
+
+@pytest.mark.slow
+def test_demo_under_torchrun_shards_the_data_and_reports_the_global_accuracy(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "ddp_demo.py"
+    script.write_text(DDP_SCRIPT, encoding="utf-8")
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    output_dir = tmp_path / "outputs"
+
+    out, err = run_torchrun(
+        tmp_path, script, str(output_dir), str(tmp_path / "x.lock"), str(shards), nproc=2
+    )
+
+    results = sorted(
+        (json.loads(line) for line in out.splitlines() if line.startswith("{")),
+        key=lambda result: result["rank"],
+    )
+    assert [(r["rank"], r["world_size"], r["state"]) for r in results] == [
+        (0, 2, "cleaned"),
+        (1, 2, "cleaned"),
+    ]
+    root = only_run_dir(output_dir)  # one run directory for the whole job
+    assert results[0]["metrics_path"] == str(root / "reports" / "metrics.csv")
+    assert results[1]["metrics_path"] is None  # only rank 0 writes
+    # Every rank returns the accuracy over all validation images, and it is rank 0's row.
+    assert results[0]["accuracies"] == results[1]["accuracies"]
+    rows = read_metrics(root)
+    assert [float(row["val_accuracy"]) for row in rows] == results[0]["accuracies"]
+    assert out.count("final validation accuracy: ") == 1
+
+    # The global accuracy is the checkpointed model's on the whole validation split.
+    with demo_recipe() as path:
+        cfg = Config.from_recipe(path, overrides=["dataset.num_samples=192"])
+    settings = DemoSettings.from_config(cfg)
+    images, labels = make_shapes_dataset(
+        192, settings.image_size, settings.noise, seed=SeedTree(42).shared_seed("dataset")
+    )
+    checkpoint = torch.load(root / "checkpoints" / "last.pt", weights_only=True)
+    model = MiniCNN(len(SHAPES), settings.image_size, settings.channels)
+    model.load_state_dict(checkpoint["model_state"])
+    model.eval()
+    val = settings.val_count
+    with torch.no_grad():
+        correct = int((model(images[:val]).argmax(dim=1) == labels[:val]).sum())
+    assert results[0]["accuracies"][-1] == correct / val
+
+    # Each epoch the two ranks train on disjoint halves that cover the training split,
+    # in an order that changes from one epoch to the next.
+    train_count = 192 - val
+    dealt = {
+        (rank, epoch): json.loads((shards / f"rank{rank}-epoch{epoch}.json").read_text())
+        for rank in range(2)
+        for epoch in (1, 2)
+    }
+    for epoch in (1, 2):
+        first, second = dealt[0, epoch], dealt[1, epoch]
+        assert len(first) == len(second) == train_count // 2
+        assert not set(first) & set(second)
+        assert sorted(first + second) == list(range(train_count))
+    assert dealt[0, 1] != dealt[0, 2]
+
+    # The console holds rank 0's lines; no other rank's INFO lines reach it.
+    assert "[rank1] INFO" not in err

@@ -510,7 +510,11 @@ def unparsable_files(directory: Path, *, torn_last_line_ok: bool) -> list[str]:
 
 def run_dirs(case_dir: Path) -> list[Path]:
     outputs = case_dir / "outputs"
-    return sorted(p for p in outputs.iterdir() if p.is_dir()) if outputs.exists() else []
+    return (
+        sorted(p for p in outputs.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if outputs.exists()
+        else []
+    )
 
 
 def check_disk(case_dir: Path, recipe: dict[str, Any], *, killed: bool) -> None:

@@ -123,7 +123,11 @@ def run_cli(tmp_path: Path, recipe: Path, entry: str) -> subprocess.CompletedPro
 
 
 def run_dirs(output_dir: Path) -> list[Path]:
-    return sorted(p for p in output_dir.iterdir() if p.is_dir()) if output_dir.exists() else []
+    return (
+        sorted(p for p in output_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if output_dir.exists()
+        else []
+    )
 
 
 def assert_record_is_whole(root: Path) -> None:

@@ -4,16 +4,23 @@ import io
 import logging
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestrator_fsm._process import LoggerSnapshot
-from orchestrator_fsm.phases.logging import LOG_FILE_NAME, Logger
+from orchestrator_fsm.errors import LifecycleError
+from orchestrator_fsm.phases import logging as logging_phase
+from orchestrator_fsm.phases.context import LOGGER_NAME, Dependencies, RunContext
+from orchestrator_fsm.phases.determinism import SeedTree
+from orchestrator_fsm.phases.filesystem import RunPaths
+from orchestrator_fsm.phases.logging import LOG_FILE_NAME, Logger, log_file_name
 
 LINE = re.compile(
-    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 (?P<level>[A-Z]+) +(?P<name>\S+): (?P<msg>.*)$"
+    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 \[rank(?P<rank>\d+)\] "
+    r"(?P<level>[A-Z]+) +(?P<name>\S+): (?P<msg>.*)$"
 )
 
 
@@ -40,6 +47,7 @@ def test_setup_writes_timestamped_lines_to_run_log(tmp_path: Path, name: str) ->
     assert len(lines) == 1
     match = LINE.match(lines[0])
     assert match is not None, lines[0]
+    assert match["rank"] == "0"
     assert match["level"] == "INFO"
     assert match["name"] == name
     assert match["msg"] == "epoch 3 done"
@@ -221,3 +229,215 @@ def test_console_lines_are_not_wrapped_when_stderr_is_not_a_terminal(
         assert f"INFO     {long_message}\n" in capsys.readouterr().err
     finally:
         before.restore()
+
+
+def test_rank_zero_keeps_run_log_and_other_ranks_get_their_own_file() -> None:
+    assert log_file_name(0) == LOG_FILE_NAME == "run.log"
+    assert log_file_name(1) == "rank1.log"
+    assert log_file_name(12) == "rank12.log"
+    for bad in (-1, True, "1"):
+        with pytest.raises(ValueError, match="rank"):
+            log_file_name(bad)  # type: ignore[arg-type]
+
+
+def test_rank_n_writes_rank_n_log_with_the_rank_on_every_line(tmp_path: Path, name: str) -> None:
+    logger = Logger.setup(name, tmp_path, "DEBUG", rank=3)
+
+    logger.debug("shard ready")
+    logger.warning("slow disk")
+
+    assert not (tmp_path / LOG_FILE_NAME).exists()
+    lines = (tmp_path / "rank3.log").read_text(encoding="utf-8").splitlines()
+    matches = [LINE.match(line) for line in lines]
+    assert all(matches), lines
+    assert [(m["rank"], m["level"], m["msg"]) for m in matches if m] == [
+        ("3", "DEBUG", "shard ready"),
+        ("3", "WARNING", "slow disk"),
+    ]
+
+
+def test_two_ranks_sharing_one_logs_folder_never_share_a_file(tmp_path: Path) -> None:
+    names = [f"orchestrator_fsm.test_logging.{uuid.uuid4().hex}" for _ in range(2)]
+    snapshot = LoggerSnapshot.capture(*names)
+    try:
+        for rank, logger_name in enumerate(names):
+            Logger.setup(logger_name, tmp_path, "INFO", rank=rank).info("hello from %d", rank)
+    finally:
+        snapshot.restore()
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank1.log", "run.log"]
+    assert "[rank0] INFO" in (tmp_path / "run.log").read_text(encoding="utf-8")
+    assert "[rank1]" not in (tmp_path / "run.log").read_text(encoding="utf-8")
+    assert "hello from 1" in (tmp_path / "rank1.log").read_text(encoding="utf-8")
+
+
+def test_other_ranks_print_only_warnings_and_errors_on_the_console(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logger = Logger.setup(name, tmp_path, "INFO", rank=1)
+
+    logger.info("epoch 1 done")
+    logger.warning("loss is nan")
+    logger.error("out of memory")
+
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["[rank1] WARNING  loss is nan", "[rank1] ERROR    out of memory"]
+    in_file = (tmp_path / "rank1.log").read_text(encoding="utf-8")
+    assert "epoch 1 done" in in_file  # the console leaves it out, the file keeps it
+
+
+def test_rank_zero_prints_at_the_configured_level_with_its_rank(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logger = Logger.setup(name, tmp_path, "INFO")
+
+    logger.info("epoch 1 done")
+
+    assert capsys.readouterr().err.splitlines() == ["[rank0] INFO     epoch 1 done"]
+
+
+def test_a_higher_configured_level_also_holds_on_other_ranks(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logger = Logger.setup(name, tmp_path, "ERROR", rank=2)
+
+    logger.warning("below the run's level")
+    logger.error("shown")
+
+    assert capsys.readouterr().err.splitlines() == ["[rank2] ERROR    shown"]
+
+
+def test_a_warning_is_printed_once_even_with_a_root_handler_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A child logger (as the demo's "orchestrator_fsm.demo") reaches the run's handlers
+    # and stops there: neither a root handler nor logging's last resort prints it again.
+    parent = f"orchestrator_fsm.test_logging.{uuid.uuid4().hex}"
+    root = logging.getLogger()
+    snapshot = LoggerSnapshot.capture(parent, "")
+    root.addHandler(logging.StreamHandler())  # stderr, as logging.basicConfig does
+    try:
+        Logger.setup(parent, tmp_path, "INFO", rank=1)
+        logging.getLogger(f"{parent}.demo").warning("gradient overflow")
+    finally:
+        snapshot.restore()
+
+    assert capsys.readouterr().err.count("gradient overflow") == 1
+    assert (tmp_path / "rank1.log").read_text(encoding="utf-8").count("gradient overflow") == 1
+
+
+def test_rank_n_setup_is_undone_by_the_snapshot(tmp_path: Path, name: str) -> None:
+    logger = logging.getLogger(name)
+    user_handler = logging.NullHandler()
+    logger.addHandler(user_handler)
+    before = LoggerSnapshot.capture(name)
+    Logger.setup(name, tmp_path, "INFO", rank=1)
+    ours = [h for h in logger.handlers if h is not user_handler]
+
+    before.restore()
+
+    assert logger.handlers == [user_handler]
+    assert logger.propagate is True
+    assert all(h.stream is None for h in ours if isinstance(h, logging.FileHandler))
+
+
+def _unused(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("the logging step calls only the log initializer")
+
+
+def run_on_rank(
+    tmp_path: Path,
+    make_config: Callable[..., Any],
+    rank: int,
+    log_initializer: Callable[..., Any] = Logger.setup,
+) -> RunContext:
+    """A RunContext of rank ``rank`` of 2 whose run directory is ``tmp_path/run``."""
+    root = tmp_path / "run"
+    (root / "logs").mkdir(parents=True)
+    deps = Dependencies(
+        infra=_unused,  # type: ignore[arg-type]
+        reporter=_unused,  # type: ignore[arg-type]
+        time_tracker=_unused,  # type: ignore[arg-type]
+        audit_saver=_unused,  # type: ignore[arg-type]
+        log_initializer=log_initializer,
+        seed_setter=_unused,
+        thread_applier=_unused,
+        system_configurator=_unused,
+        static_dir_setup=_unused,
+        device_resolver=_unused,
+    )
+    return RunContext(
+        cfg=make_config(),
+        deps=deps,
+        rank=rank,
+        local_rank=rank,
+        world_size=2,
+        seed_tree=SeedTree(1234, rank, 2),
+        paths=RunPaths.from_root(root),
+    )
+
+
+def test_step_on_rank_one_logs_to_rank1_log_and_its_undo_restores_the_loggers(
+    tmp_path: Path, make_config: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = run_on_rank(tmp_path, make_config, rank=1)
+    package = logging.getLogger(LOGGER_NAME)
+    root = logging.getLogger()
+    before = (list(package.handlers), package.level, package.propagate, list(root.handlers))
+
+    undo = logging_phase.step(run)
+    assert run.logger is package
+    run.log.info("joined rank 0's run")
+    run.log.warning("this node is slow")
+    undo()
+
+    assert run.logger is None
+    after = (list(package.handlers), package.level, package.propagate, list(root.handlers))
+    assert after == before
+    logs = tmp_path / "run" / "logs"
+    assert [p.name for p in logs.iterdir()] == ["rank1.log"]
+    lines = (logs / "rank1.log").read_text(encoding="utf-8").splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        "INFO     orchestrator_fsm: joined rank 0's run",
+        "WARNING  orchestrator_fsm: this node is slow",
+    ]
+    assert all("[rank1]" in line for line in lines)
+    assert capsys.readouterr().err.splitlines() == ["[rank1] WARNING  this node is slow"]
+
+
+def test_step_passes_the_rank_to_initializers_that_take_it(
+    tmp_path: Path, make_config: Callable[..., Any]
+) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def with_rank(name: str, log_dir: Path, level: str, *, rank: int) -> logging.Logger:
+        calls.append({"rank": rank})
+        return logging.getLogger(name)
+
+    logging_phase.step(run_on_rank(tmp_path, make_config, rank=1, log_initializer=with_rank))()
+
+    assert calls == [{"rank": 1}]
+
+
+def test_step_calls_a_reference_initializer_without_the_rank(
+    tmp_path: Path, make_config: Callable[..., Any]
+) -> None:
+    calls: list[tuple[str, Path, str]] = []
+
+    def reference(name: str, log_dir: Path, level: str) -> logging.Logger:
+        calls.append((name, log_dir, level))
+        return logging.getLogger(name)
+
+    logging_phase.step(run_on_rank(tmp_path, make_config, rank=1, log_initializer=reference))()
+
+    assert calls == [(LOGGER_NAME, tmp_path / "run" / "logs", "INFO")]
+
+
+def test_step_still_refuses_an_initializer_returning_none_on_other_ranks(
+    tmp_path: Path, make_config: Callable[..., Any]
+) -> None:
+    run = run_on_rank(tmp_path, make_config, rank=1, log_initializer=lambda **_: None)
+
+    with pytest.raises(LifecycleError, match="returned None"):
+        logging_phase.step(run)
+    assert run.logger is None

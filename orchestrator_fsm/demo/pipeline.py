@@ -4,14 +4,23 @@
 It is also a compact example of a pipeline that leans on the orchestrator for
 everything a reproducible run needs:
 
-- the data are drawn from a NumPy generator seeded by ``orch.seed_tree``, the
-  DataLoaders shuffle with generators from ``make_generator`` and seed their workers
-  with ``worker_init_fn``, and the model's initial weights come from torch's global
-  generator, which the lifecycle seeded; so two runs of one recipe with
-  ``hardware.reproducible: true`` produce the same losses, digit for digit;
+- the data are drawn from a NumPy generator and the initial weights from torch's,
+  both seeded with ``orch.seed_tree.shared_seed``; the DataLoaders shuffle with
+  generators from ``make_generator`` and seed their workers with ``worker_init_fn``;
+  so two runs of one recipe with ``hardware.reproducible: true`` produce the same
+  losses, digit for digit;
 - ``orch.num_workers`` and ``orch.get_device()`` decide where the work happens;
 - per-epoch metrics go to the run log and to ``reports/metrics.csv``, the model to
   ``checkpoints/last.pt``, both rewritten atomically after every epoch.
+
+Under torchrun (``orch.world_size > 1``) it is data-parallel: it starts a process
+group (gloo, or NCCL on CUDA) unless one is running, every rank builds the same
+dataset and the same initial weights, a ``DistributedSampler`` seeded with
+``shared_seed("data_order")`` deals each rank its own share of every epoch, the model
+is wrapped in ``DistributedDataParallel`` and each rank validates its own slice of
+the validation images. Losses and accuracies are summed over the ranks, so every rank
+logs the global figures; only rank 0 writes the metrics and the checkpoint and prints
+the final accuracy. A process group the demo started is destroyed when it returns.
 
 Recipe keys it reads (all optional; the defaults train in a few seconds on 2 cores):
 
@@ -36,7 +45,8 @@ import io
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -44,6 +54,7 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.distributed as dist
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -53,10 +64,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 
 from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_text
-from orchestrator_fsm.errors import ConfigError
+from orchestrator_fsm.errors import ConfigError, LifecycleError
 from orchestrator_fsm.phases.determinism import make_generator, worker_init_fn
 
 if TYPE_CHECKING:
@@ -232,7 +244,8 @@ class EpochMetrics:
 
 @attrs.frozen
 class DemoResult:
-    """What :func:`train` returns. Paths are None on ranks other than 0 (no run directory)."""
+    """What :func:`train` returns: the global metrics on every rank. The paths are None
+    on ranks other than 0, which write neither file."""
 
     final_accuracy: float
     epochs: tuple[EpochMetrics, ...]
@@ -346,7 +359,8 @@ def _save_checkpoint(
 
 def _evaluate(
     model: nn.Module, loader: DataLoader[tuple[torch.Tensor, ...]], device: torch.device
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
+    """Summed loss, correct predictions and images seen (sums, so ranks can add them)."""
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     with torch.no_grad():
@@ -356,10 +370,79 @@ def _evaluate(
             loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
             correct += int((logits.argmax(dim=1) == labels).sum())
             seen += len(labels)
-    return loss_sum / seen, correct / seen
+    return loss_sum, float(correct), float(seen)
 
 
-def _progress(console: Console) -> Progress:
+@attrs.frozen
+class _Ranks:
+    """The processes training together: ``world_size`` of them, this one ``rank``."""
+
+    rank: int
+    world_size: int
+    # Where the values to sum must live: NCCL reduces CUDA tensors only.
+    reduce_device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def total(self, *values: float) -> tuple[float, ...]:
+        """Each of ``values`` summed over the ranks (as given, on a single process)."""
+        if not self.distributed:
+            return values
+        summed = torch.tensor(values, dtype=torch.float64, device=self.reduce_device)
+        dist.all_reduce(summed)
+        return tuple(float(value) for value in summed.tolist())
+
+
+def _group_running() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+@contextmanager
+def _process_group(orch: RootOrchestrator, device: torch.device) -> Iterator[_Ranks]:
+    """The ranks of this run; starts (and at the end destroys) a process group when
+    the run has more than one rank and none is running yet."""
+    started = False
+    if orch.world_size > 1 and not _group_running():
+        cuda = device.type == "cuda"
+        dist.init_process_group(
+            "nccl" if cuda else "gloo",
+            rank=orch.rank,
+            world_size=orch.world_size,
+            device_id=device if cuda else None,
+        )
+        started = True
+    try:
+        if not _group_running():
+            yield _Ranks(rank=0, world_size=1, reduce_device=device)
+            return
+        if (dist.get_rank(), dist.get_world_size()) != (orch.rank, orch.world_size):
+            raise LifecycleError(
+                f"the running process group has this process as rank {dist.get_rank()} of "
+                f"{dist.get_world_size()}, but the run is rank {orch.rank} of "
+                f"{orch.world_size}"
+            )
+        on_cuda = dist.get_backend() == "nccl"
+        yield _Ranks(
+            rank=orch.rank,
+            world_size=orch.world_size,
+            reduce_device=device if on_cuda else torch.device("cpu"),
+        )
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _build_model(settings: DemoSettings, seed: int) -> MiniCNN:
+    """The initial model, the same for one ``seed`` on every rank. Drawn from a fork of
+    torch's CPU generator, so the global one is left as the lifecycle seeded it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MiniCNN(len(SHAPES), settings.image_size, settings.channels)
+
+
+def _progress(console: Console, *, shown: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -368,7 +451,7 @@ def _progress(console: Console) -> Progress:
         TimeElapsedColumn(),
         console=console,
         transient=True,
-        disable=not console.is_terminal,
+        disable=not (shown and console.is_terminal),
     )
 
 
@@ -377,22 +460,35 @@ def train(orch: RootOrchestrator, *, console: Console | None = None) -> DemoResu
 
     ``orch`` must be at READY (inside its with-block); ``train`` makes the phase 7
     environment report first. Progress goes to ``console`` (stdout by default; the bar
-    is shown only on a terminal), per-epoch metrics to the run log and, on rank 0, to
-    ``reports/metrics.csv`` and ``checkpoints/last.pt``. Raises ``ConfigError`` when
-    the recipe's demo settings are unusable.
+    is shown only on a terminal, and only by rank 0), per-epoch metrics to the run log
+    and, on rank 0, to ``reports/metrics.csv`` and ``checkpoints/last.pt``. With more
+    than one rank it trains data-parallel (see the module's description) and every
+    rank returns the global metrics. Raises ``ConfigError`` when the recipe's demo
+    settings are unusable.
     """
     orch.log_environment_report()
     settings = DemoSettings.from_config(orch.cfg)
-    console = console or Console()
-    log = orch.run_logger or _log
     device = orch.get_device()
+    with _process_group(orch, device) as ranks:
+        return _train(orch, settings, device, ranks, console or Console())
+
+
+def _train(
+    orch: RootOrchestrator,
+    settings: DemoSettings,
+    device: torch.device,
+    ranks: _Ranks,
+    console: Console,
+) -> DemoResult:
+    log = orch.run_logger or _log
     seeds = orch.seed_tree
 
+    # One dataset for every rank: the sampler below splits it between them.
     images, labels = make_shapes_dataset(
         settings.num_samples,
         settings.image_size,
         settings.noise,
-        seed=seeds.seed_for("dataset"),
+        seed=seeds.shared_seed("dataset"),
     )
     val_count = settings.val_count
     val_set = TensorDataset(images[:val_count], labels[:val_count])
@@ -405,23 +501,43 @@ def train(orch: RootOrchestrator, *, console: Console | None = None) -> DemoResu
         "persistent_workers": workers > 0,
     }
     seed = orch.cfg.training.seed
+    sampler: DistributedSampler[tuple[torch.Tensor, ...]] | None = None
+    if ranks.distributed:
+        sampler = DistributedSampler(
+            train_set,
+            num_replicas=ranks.world_size,
+            rank=ranks.rank,
+            shuffle=True,
+            seed=seeds.shared_seed("data_order"),
+        )
+        # Every rank validates its own images, none twice (a sampler would pad).
+        val_shard: TensorDataset | Subset[tuple[torch.Tensor, ...]] = Subset(
+            val_set, range(ranks.rank, val_count, ranks.world_size)
+        )
+    else:
+        val_shard = val_set
     train_loader = DataLoader(
         train_set,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         generator=make_generator(seed, purpose="train_loader", rank=orch.rank),
         **loader_options,
     )
     val_loader = DataLoader(
-        val_set,
+        val_shard,
         shuffle=False,
         generator=make_generator(seed, purpose="val_loader", rank=orch.rank),
         **loader_options,
     )
 
-    # Initial weights come from torch's global generator, which the lifecycle seeded.
-    model = MiniCNN(len(SHAPES), settings.image_size, settings.channels).to(device)
+    module = _build_model(settings, seeds.shared_seed("model_init")).to(device)
+    model: nn.Module = module
+    if ranks.distributed:
+        model = DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None
+        )
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    paths = orch.paths
+    paths = orch.paths if orch.is_main_process else None
     metrics_path = paths.reports / METRICS_FILE_NAME if paths is not None else None
     checkpoint_path = paths.checkpoints / CHECKPOINT_FILE_NAME if paths is not None else None
     log.info(
@@ -436,16 +552,26 @@ def train(orch: RootOrchestrator, *, console: Console | None = None) -> DemoResu
         device,
         workers,
     )
+    if sampler is not None:
+        log.info(
+            "demo: rank %d of %d trains on %d and validates %d images per epoch",
+            ranks.rank,
+            ranks.world_size,
+            len(sampler),
+            len(val_shard),
+        )
 
     history: list[EpochMetrics] = []
     steps_per_epoch = len(train_loader)
-    with _progress(console) as progress:
+    with _progress(console, shown=orch.is_main_process) as progress:
         task = progress.add_task(
             "training", total=settings.epochs * steps_per_epoch, loss=float("nan")
         )
         for epoch in range(1, settings.epochs + 1):
             started = time.perf_counter()
             progress.update(task, description=f"epoch {epoch}/{settings.epochs}", refresh=True)
+            if sampler is not None:
+                sampler.set_epoch(epoch)  # a new order each epoch, the same on every rank
             model.train()
             loss_sum, seen = 0.0, 0
             for batch_images, batch_labels in train_loader:
@@ -457,12 +583,14 @@ def train(orch: RootOrchestrator, *, console: Console | None = None) -> DemoResu
                 loss_sum += loss.item() * len(batch_labels)
                 seen += len(batch_labels)
                 progress.update(task, advance=1, loss=loss.item())
-            val_loss, val_accuracy = _evaluate(model, val_loader, device)
+            train_loss_sum, train_seen, val_loss_sum, correct, val_seen = ranks.total(
+                loss_sum, seen, *_evaluate(model, val_loader, device)
+            )
             row = EpochMetrics(
                 epoch=epoch,
-                train_loss=loss_sum / seen,
-                val_loss=val_loss,
-                val_accuracy=val_accuracy,
+                train_loss=train_loss_sum / train_seen,
+                val_loss=val_loss_sum / val_seen,
+                val_accuracy=correct / val_seen,
                 seconds=time.perf_counter() - started,
             )
             history.append(row)
@@ -478,7 +606,7 @@ def train(orch: RootOrchestrator, *, console: Console | None = None) -> DemoResu
             if metrics_path is not None and checkpoint_path is not None:
                 _write_metrics(metrics_path, history)
                 _save_checkpoint(
-                    checkpoint_path, model, optimizer, history, settings, orch.cfg.config_hash()
+                    checkpoint_path, module, optimizer, history, settings, orch.cfg.config_hash()
                 )
 
     final = history[-1].val_accuracy
