@@ -361,3 +361,55 @@ def test_run_resume_on_the_command_line(tmp_path: Path) -> None:
     missing = cli("--resume", str(tmp_path / "nope"))
     assert missing.returncode == 1
     assert "cannot resume" in missing.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_two_torchrun_agents_on_localhost_form_one_two_node_job(tmp_path: Path) -> None:
+    """Two agents meeting through c10d rendezvous stand in for two nodes."""
+    recipe, script = write(tmp_path)
+    port = _free_port()
+    agents = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc_per_node=1",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint=127.0.0.1:{port}",
+                "--rdzv-id=two-node-job",
+                "--max-restarts=0",
+                str(script),
+                str(recipe),
+                "{}",
+            ],
+            env=env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = []
+    try:
+        for agent in agents:
+            outputs.append(agent.communicate(timeout=LAUNCH_TIMEOUT_S))
+    finally:
+        for agent in agents:
+            agent.kill()
+    assert [agent.returncode for agent in agents] == [0, 0], [err[-2000:] for _, err in outputs]
+    (root,) = run_dirs(tmp_path)
+    seen = [v for out, _ in outputs for v in verdicts(out)]
+    assert sorted(v["rank"] for v in seen) == [0, 1]
+    assert {v["root"] for v in seen} == {str(root)}
+    run = read_run(root)
+    assert run.world_size == 2 and run.effective_status == "completed"
+    assert [(r.rank, r.status) for r in run.ranks] == [(1, "completed")]
