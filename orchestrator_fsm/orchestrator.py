@@ -175,14 +175,18 @@ class RootOrchestrator:
             logger=logging.getLogger(LOGGER_NAME),
         )
         self._recorder.observe(self.machine)
+        self._cleaning = False
         self._signals = SignalGuard(on_held=self._on_held, defer=self.machine.defers_interrupt)
         self._signal_callbacks = SignalCallbacks(self, log=lambda: run.log)
         for key, callback in (signal_callbacks or {}).items():
             self._signal_callbacks.attach(key, callback)
 
     def _on_held(self, interrupt: BaseException) -> None:
-        # A signal while cleaning up: the run ends interrupted, and ends now.
-        self.machine.note_interrupt(interrupt)
+        # A signal while cleaning up: the run ends interrupted, and ends now. One held
+        # while an earlier interrupt unwinds the with-block changes nothing: that one
+        # reaches cleanup as what ended the run.
+        if self._cleaning:
+            self.machine.note_interrupt(interrupt)
         self._recorder.stop_waiting()
 
     # -- what the steps produced --------------------------------------------------------
@@ -273,6 +277,7 @@ class RootOrchestrator:
     def _clean_up(self, ended_by: BaseException | None) -> None:
         # A signal arriving now is held until the record is final, then raised; a
         # SIGUSR1/SIGUSR2 is only logged.
+        self._cleaning = True
         self._signals.hold()
         self._signal_callbacks.hold()
         try:

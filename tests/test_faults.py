@@ -39,14 +39,16 @@ from orchestrator_fsm.lifecycle.record import (
     infer_status,
     read_run,
 )
-from orchestrator_fsm.lifecycle.table import advance_path, table_steps
+from orchestrator_fsm.lifecycle.table import JOIN_STEP, advance_path, table_steps
 from orchestrator_fsm.phases.guarding import read_lock_holder, resolve_lock_path
 from orchestrator_fsm.phases.steps import STEPS
 
 pytestmark = pytest.mark.slow
 
-#: Every step of the table that does work, in table order, then the user's with-block.
-TARGETS: tuple[str, ...] = (*table_steps(), PIPELINE_STEP)
+#: Every step of the table that does work on rank 0 (a single process), in table order,
+#: then the user's with-block. (``join`` is the other ranks' phase 3: tests/test_jobs.py.)
+RANK0_STEPS: tuple[str, ...] = tuple(step for step in table_steps() if step != JOIN_STEP)
+TARGETS: tuple[str, ...] = (*RANK0_STEPS, PIPELINE_STEP)
 FAULTS = ("exception", "keyboard_interrupt", "sigterm", "sigkill")
 #: The status ``run.json`` ends in after each fault a process survives.
 STATUS_AFTER = {
@@ -64,7 +66,7 @@ def _steps_before_run_dir() -> tuple[str, ...]:
     # The steps whose fault (fired as the step starts) comes before the run directory
     # exists: those on rank 0's path up to and including the one reaching PROVISIONED.
     path = advance_path(is_main_process=True)
-    order = list(table_steps())
+    order = list(RANK0_STEPS)
     provisioned = path.index(next(s for s in path if s.value == "provisioned"))
     return tuple(order[:provisioned])
 
@@ -626,7 +628,7 @@ def finish(proc: subprocess.Popen[str], timeout: float = CHILD_TIMEOUT_S) -> tup
 
 def test_the_matrix_covers_every_step_of_the_table() -> None:
     assert set(table_steps()) == set(STEPS)
-    assert len(TARGETS) == len(STEPS) + 1
+    assert set(TARGETS) == set(STEPS) - {JOIN_STEP} | {PIPELINE_STEP}
     assert BEFORE_RUN_DIR == ("seed", "configure_runtime", "provision")
 
 

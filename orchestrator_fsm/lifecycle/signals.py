@@ -141,4 +141,8 @@ class SignalGuard:
         interrupt = RunInterrupted(signum)
         if self._defer is not None and self._defer(frame, interrupt):
             return  # the run raises it at its next safe point
+        # The run is ending from now on: a second signal (schedulers often send two)
+        # must not land while the with-block unwinds towards cleanup, before cleanup
+        # could hold it, and cut the cleanup out. It is held like one during cleanup.
+        self._holding = True
         raise interrupt
