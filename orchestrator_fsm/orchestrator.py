@@ -90,9 +90,10 @@ class RootOrchestrator:
             ...  # train, writing under orch.paths
 
     or drive ``orch.machine`` step by step. Every dependency can be injected; the
-    defaults are this package's own phase implementations. Only rank 0 provisions the
-    run directory, logs to it, persists the manifest and takes the lock; other ranks
-    seed, configure and resolve their device. An orchestrator is single-use.
+    defaults are this package's own phase implementations. Only rank 0 creates the
+    run directory, persists the manifest and takes the lock; other ranks join rank 0's
+    directory, log to their own file in it and resolve their device. An orchestrator
+    is single-use.
     """
 
     def __init__(
@@ -193,19 +194,22 @@ class RootOrchestrator:
 
     @property
     def paths(self) -> RunPaths | None:
-        """The run directory's layout (rank 0, from phase 3 on); None before or elsewhere."""
+        """The run directory's layout from phase 3 on (on every rank: the one rank 0
+        made, which other ranks join); None before."""
         return self._run.paths
 
     @property
     def run_logger(self) -> logging.Logger | None:
-        """The run's logger (rank 0, from phase 4 until cleanup); None otherwise."""
+        """The run's logger from phase 4 until cleanup (every rank writes its own log
+        file); None otherwise."""
         return self._run.logger
 
     @property
     def record(self) -> RunRecord | None:
-        """The run record as this process knows it (rank 0, from phase 3 on; None
-        before or elsewhere). It is what ``run.json`` holds unless writing that failed
-        (a full disk), in which case this is the truth and the failure was reported."""
+        """The run record as this process knows it, from phase 3 on (rank 0: run.json;
+        another rank: its ``ranks/rank<N>.json``); None before. It is what the file
+        holds unless writing that failed (a full disk), in which case this is the truth
+        and the failure was reported."""
         return self._recorder.record
 
     @property

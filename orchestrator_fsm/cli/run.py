@@ -120,8 +120,6 @@ def _report_outcome(
             status = "completed" if code == EXIT_OK else "failed"
     if orch is not None and orch.paths is not None:
         say(out, f"run directory: {orch.paths.root}")
-    elif orch is not None and not orch.is_main_process:
-        say(out, f"run directory: none on rank {orch.rank} (rank 0 writes it)")
     else:
         say(out, "run directory: none (the run ended before creating it)")
     say(out, f"status: {status}", "green" if status == "completed" else "red")
