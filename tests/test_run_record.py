@@ -16,6 +16,7 @@ import pytest
 from fakes import Calls, StepFailure, fake_dependencies
 
 from orchestrator_fsm import RunRecord, infer_status, read_run
+from orchestrator_fsm.errors import InfrastructureError
 from orchestrator_fsm.lifecycle.record import RUN_FILE
 from orchestrator_fsm.lifecycle.table import LifecycleState
 from orchestrator_fsm.orchestrator import RootOrchestrator
@@ -279,3 +280,37 @@ def test_a_killed_run_is_crashed_by_its_identity(tmp_path: Path) -> None:
     root = Path(result.stdout.strip())
     assert read_run(root).status == "running"
     assert infer_status(read_run(root)) == "crashed"
+
+
+def test_the_error_that_ends_a_run_is_in_its_log_with_the_traceback(
+    make_config: ConfigFactory,
+) -> None:
+    def train() -> None:
+        raise ValueError("the loss went to nan")
+
+    orch = RootOrchestrator(make_config(), rank=0, local_rank=0)
+    with pytest.raises(ValueError), orch:
+        train()
+    assert orch.paths is not None
+    log = (orch.paths.logs / "run.log").read_text(encoding="utf-8")
+    assert "the run failed in pipeline: the loss went to nan" in log
+    assert "Traceback (most recent call last)" in log
+    assert "in train" in log
+    error = read_run(orch.paths.root).error
+    assert error is not None and error.where is not None and error.where.endswith("in train")
+
+
+def test_a_failing_steps_traceback_is_in_the_log_before_the_rollback_closes_it(
+    make_config: ConfigFactory,
+) -> None:
+    calls = Calls()
+    calls.fail["prepare_environment"] = StepFailure("prepare_environment")
+    deps = fake_dependencies(calls)
+    del deps["log_initializer"]  # the real run log
+    orch = RootOrchestrator(make_config(), rank=0, local_rank=0, **deps)
+    with pytest.raises(InfrastructureError), orch:
+        pass
+    assert orch.paths is not None
+    log = (orch.paths.logs / "run.log").read_text(encoding="utf-8")
+    assert "step 'acquire_lock' failed" in log
+    assert "Traceback (most recent call last)" in log

@@ -43,6 +43,7 @@ from orchestrator_fsm.lifecycle.record import (
     read_run,
 )
 from orchestrator_fsm.lifecycle.table import MACHINE_STEPS, TERMINAL_STATES, LifecycleState
+from orchestrator_fsm.phases.logging import FILE_ONLY
 from orchestrator_fsm.redaction import redact_argv, redact_secrets
 
 if TYPE_CHECKING:
@@ -198,6 +199,16 @@ class RunRecorder:
         if run.logger is None or run.paths is None or self._machine is None:
             return
         status, _ = outcome_of(self._machine)
+        exc = self._machine.ended_by
+        if isinstance(exc, Exception) and status == "failed":
+            # The error the with-block raised, with its traceback, where users look.
+            run.logger.error(
+                "the run failed in %s: %s",
+                self._machine.ended_in or PIPELINE_STEP,
+                exc,
+                exc_info=(type(exc), exc, exc.__traceback__),
+                extra=FILE_ONLY,
+            )
         run.logger.info(
             "run %s %s after %.2fs; outputs in %s",
             run.paths.run_id,
@@ -221,6 +232,17 @@ class RunRecorder:
                 _, error = outcome_of(self._machine)
                 self._tell_job(failed=str(error) if error else "the run ended early")
             return
+        if not record.ok and record.step not in MACHINE_STEPS and self._run.logger is not None:
+            # Told from inside the machine's handler of the step's error: it is the one
+            # being handled, and the run's log is still open (the rollback comes next).
+            exc = sys.exc_info()[1]
+            if isinstance(exc, Exception):
+                self._run.logger.error(
+                    "step %r failed: %s",
+                    record.step,
+                    exc,
+                    exc_info=(type(exc), exc, exc.__traceback__),
+                )
         if final:
             self._stop_heartbeat()
             self._release_reserve()

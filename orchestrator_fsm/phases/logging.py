@@ -38,7 +38,11 @@ if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.machine import Undo
     from orchestrator_fsm.phases.context import RunContext
 
-__all__ = ["LOGGER_NAME", "LOG_FILE_NAME", "Logger", "log_file_name", "step"]
+__all__ = ["FILE_ONLY", "LOGGER_NAME", "LOG_FILE_NAME", "Logger", "log_file_name", "step"]
+
+#: ``extra=`` for a record meant for the log file alone, e.g. the traceback of the error
+#: that ended a run, which the console (or the CLI) already says in one line.
+FILE_ONLY: Final = {"orchestrator_fsm_file_only": True}
 
 #: Rank 0's log file; rank N writes ``rank<N>.log`` beside it (:func:`log_file_name`).
 LOG_FILE_NAME: Final = "run.log"
@@ -126,6 +130,10 @@ def _detach_ours(logger: logging.Logger) -> None:
             handler.close()
 
 
+def _not_file_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "orchestrator_fsm_file_only", False)
+
+
 def _console_handler(rank: int) -> logging.Handler:
     """Rich output on a terminal; plain unwrapped lines when stderr is a file or pipe
     (CI logs, ``2> file``), where rich would hard-wrap every line at 80 columns.
@@ -199,6 +207,7 @@ class Logger:
         file_handler = _RunLogFileHandler(log_dir / file_name, mode="a", encoding="utf-8")
         file_handler.setFormatter(_UtcIsoFormatter(_with_rank(FILE_FORMAT, rank)))
         console_handler = _console_handler(rank)
+        console_handler.addFilter(_not_file_only)
 
         logger = logging.getLogger(name)
         _detach_ours(logger)
