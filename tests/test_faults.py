@@ -162,20 +162,24 @@ CHILD = textwrap.dedent(
 
 
     def double_sigterm(gap_ms, started=None):
-        """One SIGTERM now, a second one ``gap_ms`` later from a thread (started, and
-        added to ``started``, first: the first signal may raise here)."""
+        """One SIGTERM now, a second one ``gap_ms`` later, both sent from a thread
+        (added to ``started``), so that each is counted exactly when it is sent: the
+        main thread, where the handlers run, may be interrupted at any bytecode."""
+        first_sent = threading.Event()
 
-        def second():
+        def send_both():
+            SENT.append("sigterm")
+            os.kill(os.getpid(), signal.SIGTERM)
+            first_sent.set()
             time.sleep(gap_ms / 1000)
             SENT.append("sigterm")
             os.kill(os.getpid(), signal.SIGTERM)
 
-        thread = threading.Thread(target=second, daemon=True)
-        thread.start()
+        thread = threading.Thread(target=send_both, daemon=True)
         if started is not None:
             started.append(thread)
-        SENT.append("sigterm")
-        os.kill(os.getpid(), signal.SIGTERM)
+        thread.start()
+        first_sent.wait()  # the first signal is raised (or held) here at the latest
         return thread
 
 
