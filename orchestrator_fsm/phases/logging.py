@@ -306,7 +306,7 @@ class _TeeFile:
             try:
                 self._file.write(text)
             except (OSError, ValueError) as exc:
-                self._give_up(exc)
+                self._give_up(self._file, exc)
 
     def flush(self) -> None:
         with self._lock:
@@ -315,7 +315,7 @@ class _TeeFile:
             try:
                 self._file.flush()
             except (OSError, ValueError) as exc:
-                self._give_up(exc)
+                self._give_up(self._file, exc)
 
     def close(self) -> None:
         with self._lock:
@@ -324,9 +324,9 @@ class _TeeFile:
                     self._file.close()
                 self._file = None
 
-    def _give_up(self, error: Exception) -> None:
+    def _give_up(self, file: IO[str], error: Exception) -> None:
         with contextlib.suppress(OSError, ValueError):
-            self._file.close()  # type: ignore[union-attr]  # only called while open
+            file.close()
         self._file = None
         with contextlib.suppress(OSError, ValueError):
             self._report_to.write(
