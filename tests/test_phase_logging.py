@@ -3,7 +3,9 @@ from __future__ import annotations
 import io
 import logging
 import re
+import sys
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -505,3 +507,22 @@ def test_step_passes_the_console_level_to_initializers_that_take_it(
     logging_phase.step(run)()
 
     assert calls == ["INFO"]
+
+
+def test_a_tee_that_cannot_open_its_file_leaves_nothing_behind(
+    tmp_path: Path, make_config: Callable[..., Any]
+) -> None:
+    run = run_on_rank(tmp_path, make_config, rank=0)
+    run.cfg = make_config(telemetry={"capture_stdout": True})
+    (tmp_path / "run" / "logs" / logging_phase.STDOUT_LOG_NAME).mkdir()
+    root, package = logging.getLogger(), logging.getLogger(LOGGER_NAME)
+    before = (list(root.handlers), root.level, list(package.handlers), package.propagate)
+    showwarning, streams = warnings.showwarning, (sys.stdout, sys.stderr)
+
+    with pytest.raises(IsADirectoryError):
+        logging_phase.step(run)
+
+    assert (list(root.handlers), root.level, list(package.handlers), package.propagate) == before
+    assert warnings.showwarning is showwarning
+    assert (sys.stdout, sys.stderr) == streams
+    assert run.logger is None
