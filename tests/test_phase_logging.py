@@ -3,7 +3,9 @@ from __future__ import annotations
 import io
 import logging
 import re
+import sys
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -440,4 +442,87 @@ def test_step_still_refuses_an_initializer_returning_none_on_other_ranks(
 
     with pytest.raises(LifecycleError, match="returned None"):
         logging_phase.step(run)
+    assert run.logger is None
+
+
+def test_console_level_apart_from_the_file_level(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logger = Logger.setup(name, tmp_path, "INFO", console_level="warning")
+
+    logger.info("only in the file")
+    logger.warning("in both")
+
+    assert capsys.readouterr().err.splitlines() == ["[rank0] WARNING  in both"]
+    assert [line.rsplit(": ", 1)[1] for line in _log_lines(tmp_path)] == [
+        "only in the file",
+        "in both",
+    ]
+
+
+def test_a_console_below_the_file_level_lowers_the_logger_but_not_the_file(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logger = Logger.setup(name, tmp_path, "WARNING", console_level="DEBUG")
+
+    logger.debug("only on the console")
+
+    assert logger.level == logging.DEBUG
+    assert capsys.readouterr().err.splitlines() == ["[rank0] DEBUG    only on the console"]
+    assert _log_lines(tmp_path) == []
+
+
+def test_step_on_rank_one_sends_user_loggers_to_rank1_log_while_live(
+    tmp_path: Path, make_config: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = run_on_rank(tmp_path, make_config, rank=1)
+    user = logging.getLogger(f"mytrain{uuid.uuid4().hex}")
+
+    undo = logging_phase.step(run)
+    user.info("shard 1 loaded")
+    user.warning("shard 1 is small")
+    undo()
+    user.warning("after the run")
+
+    lines = (tmp_path / "run" / "logs" / "rank1.log").read_text(encoding="utf-8").splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        f"INFO     {user.name}: shard 1 loaded",
+        f"WARNING  {user.name}: shard 1 is small",
+    ]
+    err = capsys.readouterr().err
+    assert err.count("shard 1 is small") == 1
+    assert "shard 1 loaded" not in err
+
+
+def test_step_passes_the_console_level_to_initializers_that_take_it(
+    tmp_path: Path, make_config: Callable[..., Any]
+) -> None:
+    calls: list[str] = []
+
+    def with_console(name: str, log_dir: Path, level: str, *, console_level: str) -> Any:
+        calls.append(console_level)
+        return logging.getLogger(name)
+
+    run = run_on_rank(tmp_path, make_config, rank=1, log_initializer=with_console)
+    logging_phase.step(run)()
+
+    assert calls == ["INFO"]
+
+
+def test_a_tee_that_cannot_open_its_file_leaves_nothing_behind(
+    tmp_path: Path, make_config: Callable[..., Any]
+) -> None:
+    run = run_on_rank(tmp_path, make_config, rank=0)
+    run.cfg = make_config(telemetry={"capture_stdout": True})
+    (tmp_path / "run" / "logs" / logging_phase.STDOUT_LOG_NAME).mkdir()
+    root, package = logging.getLogger(), logging.getLogger(LOGGER_NAME)
+    before = (list(root.handlers), root.level, list(package.handlers), package.propagate)
+    showwarning, streams = warnings.showwarning, (sys.stdout, sys.stderr)
+
+    with pytest.raises(IsADirectoryError):
+        logging_phase.step(run)
+
+    assert (list(root.handlers), root.level, list(package.handlers), package.propagate) == before
+    assert warnings.showwarning is showwarning
+    assert (sys.stdout, sys.stderr) == streams
     assert run.logger is None

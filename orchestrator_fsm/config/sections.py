@@ -145,6 +145,10 @@ def _log_level(value: object) -> str:
     raise Invalid("a logging level name (DEBUG, INFO, WARNING, ERROR or CRITICAL)", value)
 
 
+def _optional_log_level(value: object) -> str | None:
+    return None if value is None else _log_level(value)
+
+
 def _seconds(value: object) -> float:
     # Infinity is accepted: the lock waits in capped sleeps, so it simply never gives up.
     # An integer beyond every float is not a float the lock could wait for.
@@ -262,11 +266,22 @@ class TelemetryConfig:
     output_dir: Path = attrs.field(default=Path("outputs"), metadata=_checked(_path))
     """Parent of every run directory; a relative path is relative to the working directory."""
     log_level: str = attrs.field(default="INFO", metadata=_checked(_log_level))
-    """An upper-case :mod:`logging` level name (given case-insensitively)."""
+    """The level of the run's log file: an upper-case :mod:`logging` level name (given
+    case-insensitively)."""
     log_interval: int = attrs.field(default=10, metadata=_checked(_positive_int))
     """Log every this many steps (read by pipelines)."""
     heartbeat_s: float = attrs.field(default=30.0, metadata=_checked(_heartbeat))
     """How often a live run refreshes ``heartbeat_at`` in run.json (0: never)."""
+    console_level: str | None = attrs.field(default=None, metadata=_checked(_optional_log_level))
+    """The level of the console, like ``log_level``; ``None`` (the default) means
+    ``log_level``. ``WARNING`` quiets the console while the file keeps every line."""
+    capture_stdout: bool = attrs.field(default=False, metadata=_checked(_strict_bool))
+    """Also copy what the run prints on stdout and stderr into ``logs/stdout.log``."""
+
+    @property
+    def effective_console_level(self) -> str:
+        """The console's level: ``console_level`` when set, else ``log_level``."""
+        return self.log_level if self.console_level is None else self.console_level
 
 
 @attrs.frozen

@@ -1,5 +1,12 @@
 """Phase 4, logging: the run's logger, writing to the console and to one file per rank.
 
+While the run is live, the step also captures the user's work: the run's handlers go
+on the root logger as well, so every logger that propagates (``logging.getLogger(
+"mytrain")`` included) reaches the run's file and console; ``warnings.warn`` is routed
+into logging (``logging.captureWarnings``); and with ``telemetry.capture_stdout``,
+``sys.stdout`` and ``sys.stderr`` are teed into ``logs/stdout.log``. All of it is
+put back at cleanup.
+
 ``Logger.setup`` attaches two handlers to one named logger (never to the root logger):
 a rich console handler on stderr and a UTF-8 file handler at ``<log_dir>/run.log`` on
 rank 0 and ``<log_dir>/rank<N>.log`` on rank N. Every line, in the file and on the
@@ -21,28 +28,33 @@ import errno
 import inspect
 import logging
 import sys
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import IO, TYPE_CHECKING, Any, Final, TextIO, cast
 
 from rich.console import Console
 from rich.logging import RichHandler
 
-from orchestrator_fsm._process import LoggerSnapshot, undoable
+from orchestrator_fsm._process import LoggerSnapshot, Restorable, undoable
 from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.phases.context import LOGGER_NAME
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable, Mapping
 
     from orchestrator_fsm.lifecycle.machine import Undo
     from orchestrator_fsm.phases.context import RunContext
 
-__all__ = ["FILE_ONLY", "LOGGER_NAME", "LOG_FILE_NAME", "Logger", "log_file_name", "step"]
-
-#: ``extra=`` for a record meant for the log file alone, e.g. the traceback of the error
-#: that ended a run, which the console (or the CLI) already says in one line.
-FILE_ONLY: Final = {"orchestrator_fsm_file_only": True}
+__all__ = [
+    "FILE_ONLY",
+    "LOGGER_NAME",
+    "LOG_FILE_NAME",
+    "STDOUT_LOG_NAME",
+    "Logger",
+    "log_file_name",
+    "step",
+]
 
 #: Rank 0's log file; rank N writes ``rank<N>.log`` beside it (:func:`log_file_name`).
 LOG_FILE_NAME: Final = "run.log"
@@ -52,8 +64,22 @@ CONSOLE_PLAIN_FORMAT: Final = "[rank{rank}] %(levelname)-8s %(message)s"
 # Rich draws the level in a column of its own.
 CONSOLE_RICH_FORMAT: Final = "[rank{rank}] %(message)s"
 
+#: Where ``telemetry.capture_stdout`` copies stdout and stderr, beside the run's log.
+STDOUT_LOG_NAME: Final = "stdout.log"
+
+_FILE_ONLY_KEY: Final = "orchestrator_fsm_file_only"
+#: ``logger.info(..., extra=FILE_ONLY)`` writes a line to the run's file and keeps it
+#: off the console, unless the console's level is DEBUG (the full environment report
+#: is logged this way).
+FILE_ONLY: Final[Mapping[str, object]] = {_FILE_ONLY_KEY: True}
+
 #: The least a rank other than 0 prints on the console; its own file has every line.
 OTHER_RANKS_CONSOLE_LEVEL: Final = logging.WARNING
+
+# The state machine library logs every callback at INFO; with root opened to INFO
+# for the user's loggers, those lines would bury the run's own. Quieted while the
+# run is live, unless someone set that logger's level themselves.
+_QUIETED_LIBRARY_LOGGERS: Final = ("transitions",)
 
 # Set on every handler this module creates, so a second setup removes those and
 # nothing a user attached to the same logger.
@@ -130,19 +156,25 @@ def _detach_ours(logger: logging.Logger) -> None:
             handler.close()
 
 
-def _not_file_only(record: logging.LogRecord) -> bool:
-    return not getattr(record, "orchestrator_fsm_file_only", False)
+class _DropFileOnly(logging.Filter):
+    """Keeps records logged with ``extra=FILE_ONLY`` off the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, _FILE_ONLY_KEY, False) is not True
 
 
-def _console_handler(rank: int) -> logging.Handler:
+def _console_handler(rank: int, level: int) -> logging.Handler:
     """Rich output on a terminal; plain unwrapped lines when stderr is a file or pipe
     (CI logs, ``2> file``), where rich would hard-wrap every line at 80 columns.
 
-    On ranks other than 0 it lets through warnings and errors only."""
+    It shows ``level`` and above (on ranks other than 0, never less than warnings) and
+    drops ``FILE_ONLY`` records unless ``level`` is DEBUG or lower."""
     handler: logging.Handler
     if sys.stderr.isatty():
         handler = RichHandler(
-            console=Console(stderr=True),
+            # The stream of now, not sys.stderr at each write: a stdout tee installed
+            # later must not copy log lines (already in the log file) into stdout.log.
+            console=Console(file=sys.stderr),
             markup=False,
             rich_tracebacks=False,
             show_path=False,
@@ -151,9 +183,19 @@ def _console_handler(rank: int) -> logging.Handler:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(_with_rank(CONSOLE_PLAIN_FORMAT, rank)))
-    if rank != 0:
-        handler.setLevel(OTHER_RANKS_CONSOLE_LEVEL)
+    handler.setLevel(max(level, OTHER_RANKS_CONSOLE_LEVEL) if rank != 0 else level)
+    if level > logging.DEBUG:
+        handler.addFilter(_DropFileOnly())
     return handler
+
+
+def _writes_to_console(handler: logging.Handler) -> bool:
+    if isinstance(handler, RichHandler):
+        return True
+    if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+        consoles = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+        return any(handler.stream is stream for stream in consoles)
+    return False
 
 
 class _RunLogFileHandler(logging.FileHandler):
@@ -179,7 +221,14 @@ class Logger:
     """Sets up the logger of one run (undo: a ``LoggerSnapshot`` taken before)."""
 
     @staticmethod
-    def setup(name: str, log_dir: Path | str, level: str | int, *, rank: int = 0) -> logging.Logger:
+    def setup(
+        name: str,
+        log_dir: Path | str,
+        level: str | int,
+        *,
+        rank: int = 0,
+        console_level: str | int | None = None,
+    ) -> logging.Logger:
         """Configure the logger ``name`` for rank ``rank`` of a run and return it.
 
         Adds a console handler on stderr (rich on a terminal, plain lines otherwise;
@@ -187,9 +236,13 @@ class Logger:
         ``<log_dir>/run.log`` on rank 0, ``<log_dir>/rank<N>.log`` on rank N (UTF-8;
         each line has a UTC timestamp, ``[rankN]``, the level and the logger name).
         Console lines carry ``[rankN]`` too; on ranks other than 0 the console shows
-        only WARNING and above. ``level`` is a level name in any case or an integer.
-        Sets ``propagate = False``. Calling it again for the same logger replaces the
-        handlers the previous call added instead of stacking them.
+        only WARNING and above. ``level`` (the file's) and ``console_level`` (the
+        console's; ``None`` means ``level``) are level names in any case or integers;
+        the logger's own level is the lower of the two. Records logged with
+        ``extra=FILE_ONLY`` stay off the console unless ``console_level`` is DEBUG.
+        Sets ``propagate = False``; the root logger is left alone. Calling it again
+        for the same logger replaces the handlers the previous call added instead of
+        stacking them.
 
         Raises ``ValueError`` for an unknown level or a negative rank and
         ``FileNotFoundError`` (or ``NotADirectoryError``) naming ``log_dir`` when it is
@@ -199,68 +252,228 @@ class Logger:
         """
         if not name:
             raise ValueError("the run logger needs a name; the root logger is never configured")
-        numeric_level = _parse_level(level)
+        file_level = _parse_level(level)
+        shown_level = file_level if console_level is None else _parse_level(console_level)
         file_name = log_file_name(rank)
         log_dir = Path(log_dir)
         _check_log_dir(log_dir)
 
         file_handler = _RunLogFileHandler(log_dir / file_name, mode="a", encoding="utf-8")
         file_handler.setFormatter(_UtcIsoFormatter(_with_rank(FILE_FORMAT, rank)))
-        console_handler = _console_handler(rank)
-        console_handler.addFilter(_not_file_only)
+        file_handler.setLevel(file_level)
+        console_handler = _console_handler(rank, shown_level)
 
         logger = logging.getLogger(name)
         _detach_ours(logger)
         logger.addHandler(_mark(console_handler))
         logger.addHandler(_mark(file_handler))
-        logger.setLevel(numeric_level)
+        logger.setLevel(min(file_level, shown_level))
         logger.propagate = False
         return logger
 
 
-def _takes_rank(initializer: Callable[..., Any]) -> bool:
-    """Whether ``initializer`` accepts ``rank=`` (a parameter of that name, or ``**``)."""
+class _WarningsCapture:
+    """Whether ``logging.captureWarnings`` is on; ``restore()`` puts that state back."""
+
+    __slots__ = ("_on",)
+
+    def __init__(self, on: bool) -> None:
+        self._on = on
+
+    @classmethod
+    def capture(cls) -> _WarningsCapture:
+        # logging keeps the showwarning it replaced here exactly while it captures.
+        return cls(getattr(logging, "_warnings_showwarning", None) is not None)
+
+    def restore(self) -> None:
+        logging.captureWarnings(self._on)
+
+
+class _TeeFile:
+    """The file both tees write to: line-buffered, one writer at a time, and a failed
+    write (a full disk) reported once on the real stderr instead of raised."""
+
+    def __init__(self, path: Path, report_to: TextIO) -> None:
+        self._path = path
+        self._report_to = report_to
+        self._lock = threading.Lock()
+        self._file: IO[str] | None = path.open("a", encoding="utf-8", buffering=1)
+
+    def write(self, text: str) -> None:
+        with self._lock:
+            if self._file is None or not text:
+                return
+            try:
+                self._file.write(text)
+            except (OSError, ValueError) as exc:
+                self._give_up(self._file, exc)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._file is None:
+                return
+            try:
+                self._file.flush()
+            except (OSError, ValueError) as exc:
+                self._give_up(self._file, exc)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    self._file.close()
+                self._file = None
+
+    def _give_up(self, file: IO[str], error: Exception) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            file.close()
+        self._file = None
+        with contextlib.suppress(OSError, ValueError):
+            self._report_to.write(
+                f"orchestrator-fsm: could not write to {self._path} ({error}); "
+                "later output is missing from it\n"
+            )
+            self._report_to.flush()
+
+
+class _Tee:
+    """Stands in for ``sys.stdout`` or ``sys.stderr``: writes go to the original stream
+    (as before) and to the tee file; everything else is the original's."""
+
+    def __init__(self, original: TextIO, copy: _TeeFile) -> None:
+        self._original = original
+        self._copy = copy
+
+    def write(self, text: str) -> int:
+        written = self._original.write(text)
+        self._copy.write(text)
+        return written
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        self._original.flush()
+        self._copy.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._original, name)
+
+
+class _StandardStreamsTee:
+    """Tees ``sys.stdout`` and ``sys.stderr`` into one file once started; ``restore()``
+    puts back the streams of the moment it was made and closes the file."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._saved = (sys.stdout, sys.stderr)
+        self._copy: _TeeFile | None = None
+
+    def start(self) -> None:
+        stdout, stderr = self._saved
+        self._copy = _TeeFile(self._path, report_to=stderr)
+        sys.stdout = cast(TextIO, _Tee(stdout, self._copy))
+        sys.stderr = cast(TextIO, _Tee(stderr, self._copy))
+
+    def restore(self) -> None:
+        sys.stdout, sys.stderr = self._saved
+        if self._copy is not None:
+            self._copy.close()
+            self._copy = None
+
+
+def _capture_root(made: logging.Logger, before: LoggerSnapshot) -> None:
+    """Put the handlers the initializer gave ``made`` on the root logger too, and let
+    root pass ``made``'s level, so every propagating logger reaches the run's file and
+    console. ``made`` keeps ``propagate = False``, so its own lines are written once.
+    The ``transitions`` library's per-callback INFO lines are held at WARNING.
+
+    A console handler is left off root when root already has one of the user's own
+    (``logging.basicConfig``): those lines are printed by that one, never twice. A
+    logger that still propagates reaches root anyway and is left alone."""
+    root = logging.getLogger()
+    if made is root or made.propagate:
+        return
+    user_console = any(_writes_to_console(handler) for handler in root.handlers)
+    kept = before.handlers_of(made)
+    for handler in made.handlers:
+        if handler in kept or handler in root.handlers:
+            continue
+        if user_console and _writes_to_console(handler):
+            continue
+        root.addHandler(handler)
+    level = made.getEffectiveLevel()
+    if root.level > level:
+        root.setLevel(level)
+    for name in _QUIETED_LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        if library.level == logging.NOTSET:
+            library.setLevel(logging.WARNING)
+
+
+def _accepts(initializer: Callable[..., Any], keyword: str) -> bool:
+    """Whether ``initializer`` accepts ``keyword=`` (a parameter of that name, or ``**``)."""
     try:
         parameters = inspect.signature(initializer).parameters.values()
     except (TypeError, ValueError):  # no signature to read (some builtins)
         return False
     return any(
         parameter.kind is inspect.Parameter.VAR_KEYWORD
-        or (parameter.name == "rank" and parameter.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        or (parameter.name == keyword and parameter.kind is not inspect.Parameter.POSITIONAL_ONLY)
         for parameter in parameters
     )
 
 
 def step(run: RunContext) -> Undo:
-    """Phase 4: ``log_initializer(name=..., log_dir=paths.logs, level=..., rank=...)``.
+    """Phase 4: ``log_initializer(name=..., log_dir=paths.logs, level=..., rank=...,
+    console_level=...)``, then the capture of the user's logging, warnings and output.
 
     Runs on every rank; ``paths.logs`` is the run's one ``logs/`` folder, and each rank
     writes its own file there (:func:`log_file_name`). ``rank=run.rank`` is passed to
     initializers that accept it (``Logger.setup`` does); one with the reference
     signature ``(name, log_dir, level)`` is called with those three only, and decides
-    itself where a rank's lines go. The returned logger becomes ``run.logger``. The
-    undo closes and removes every handler of that logger (whatever its name), puts back
-    the package and root loggers as they were, and clears ``run.logger``. An
-    initializer that returns None stops the run here with a ``LifecycleError``.
+    itself where a rank's lines go; ``console_level=telemetry.effective_console_level``
+    likewise. The returned logger becomes ``run.logger``; the handlers the initializer
+    gave it are put on the root logger as well (see :func:`_capture_root`), warnings are
+    captured into logging, and with ``telemetry.capture_stdout`` stdout and stderr are
+    teed into ``logs/stdout.log``. The undo closes and removes every handler of that
+    logger (whatever its name), puts back the package and root loggers, the warnings
+    capture and ``sys.stdout``/``sys.stderr`` as they were, and clears ``run.logger``.
+    An initializer that returns None stops the run here with a ``LifecycleError``.
     """
     paths = run.require_paths()
-    before = LoggerSnapshot.capture(LOGGER_NAME, "")
+    telemetry = run.cfg.telemetry
+    before = LoggerSnapshot.capture(LOGGER_NAME, "", *_QUIETED_LIBRARY_LOGGERS)
+    states: list[Restorable] = [before, _WarningsCapture.capture()]
+    tee = _StandardStreamsTee(paths.logs / STDOUT_LOG_NAME) if telemetry.capture_stdout else None
+    if tee is not None:
+        states.append(tee)
 
     initializer = run.deps.log_initializer
-    options: dict[str, Any] = {"rank": run.rank} if _takes_rank(initializer) else {}
+    options: dict[str, Any] = {}
+    if _accepts(initializer, "rank"):
+        options["rank"] = run.rank
+    if _accepts(initializer, "console_level"):
+        options["console_level"] = telemetry.effective_console_level
 
     def start_logging() -> logging.Logger:
         made = initializer(
-            name=LOGGER_NAME, log_dir=paths.logs, level=run.cfg.telemetry.log_level, **options
+            name=LOGGER_NAME, log_dir=paths.logs, level=telemetry.log_level, **options
         )
         if made is None:
             raise LifecycleError(
                 "the log_initializer returned None; it must return the logging.Logger "
                 "the run writes to (Logger.setup does)"
             )
-        return cast(logging.Logger, made)
+        logger = cast(logging.Logger, made)
+        _capture_root(logger, before)
+        logging.captureWarnings(True)
+        if tee is not None:
+            tee.start()
+        return logger
 
-    made, restore = undoable(start_logging, before)
+    made, restore = undoable(start_logging, *states)
     run.logger = made
 
     def stop_logging() -> None:

@@ -27,6 +27,7 @@ from orchestrator_fsm._fs import atomic_write_json
 from orchestrator_fsm._system import available_cpu_count, distribution_version, mps_available
 from orchestrator_fsm._version import __version__
 from orchestrator_fsm.phases.device import resolve_device
+from orchestrator_fsm.phases.logging import FILE_ONLY
 from orchestrator_fsm.redaction import redact_secrets
 
 if TYPE_CHECKING:
@@ -265,8 +266,27 @@ def render_report_lines(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _summary_lines(report: Mapping[str, Any]) -> list[str]:
+    """The few lines of the report the console shows (the file has them all)."""
+    run, hardware, versions = report["run"], report["hardware"], report["versions"]
+    threads, launch = report["threads"], report["distributed"]
+    return [
+        f"device {hardware['device']} (requested {hardware['requested_device']}), "
+        f"torch {versions['torch']}, python {versions['python']}",
+        f"rank {launch['rank']} of {launch['world_size']} ({launch['launcher']}), "
+        f"{threads['applied_threads']} threads, {threads['num_workers']} data workers",
+        f"reproducible {report['determinism']['reproducible']}, "
+        f"config {str(run['config_hash'])[:12]}",
+    ]
+
+
 class Reporter:
-    """Phase 7: logs the environment report and saves it as ``reports/environment.json``."""
+    """Phase 7: logs the environment report and saves it as ``reports/environment.json``.
+
+    The run's file gets every line of the report; the console gets a short summary
+    (the detail lines are logged with ``extra=FILE_ONLY``), or everything when
+    ``telemetry.console_level`` is DEBUG.
+    """
 
     def log_initial_status(
         self,
@@ -291,8 +311,10 @@ class Reporter:
         target = paths.reports / REPORT_FILE_NAME
         atomic_write_json(target, report)
         logger_instance.info("environment report for run %s", paths.run_id)
-        for line in render_report_lines(report):
+        for line in _summary_lines(report):
             logger_instance.info("%s", line)
+        for line in render_report_lines(report):
+            logger_instance.info("%s", line, extra=FILE_ONLY)
         logger_instance.info("environment report saved to %s", target)
 
 
