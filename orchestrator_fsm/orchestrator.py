@@ -297,6 +297,21 @@ class RootOrchestrator:
             self._run.device = resolve_device(self._run)
         return self._run.device
 
+    def log_metrics(self, values: Mapping[str, float], step: int | None = None) -> None:
+        """**(beyond)** Record ``values`` (names to finite numbers) at ``step``: one JSON
+        line appended to this rank's ``metrics.jsonl`` (rank N: ``metrics.rank<N>.jsonl``)
+        in the run directory, and each name's last value and step in the record's
+        ``metrics`` (in ``run.json`` from its next write on). Raises ``ValueError``
+        naming a bad key or value, ``LifecycleError`` before the run directory exists
+        or after the run has ended."""
+        self._recorder.log_metrics(values, step)
+
+    def log_summary(self, values: Mapping[str, float]) -> None:
+        """**(beyond)** Record the run's final figures (e.g. ``{"final_acc": 0.93}``): a
+        summary line in the metrics file and the record's ``summary``; the same rules
+        as :meth:`log_metrics`."""
+        self._recorder.log_summary(values)
+
     def on_signal(self, signum: int | str, callback: SignalCallback) -> None:
         """**(beyond)** Call ``callback(orchestrator, signum)`` when SIGUSR1 or SIGUSR2
         arrives while the run is live (from ``__enter__`` to the end of cleanup), e.g. to
