@@ -213,6 +213,34 @@ def _signal_callbacks(value: object) -> dict[str, str]:
     return callbacks
 
 
+_OBSERVER_SPEC = "a 'module:factory' or 'path/to/file.py:factory' string"
+
+
+def _observers(value: object) -> dict[str, dict[str, Any]]:
+    # A list of specs, or specs mapped to their options: stored as the mapping.
+    if value is None:
+        return {}
+    if isinstance(value, list):
+        value = {item: {} for item in value} if all(isinstance(i, str) for i in value) else None
+    if not isinstance(value, Mapping):
+        raise Invalid(
+            f"a list of observers ({_OBSERVER_SPEC}) or a mapping of each to its options",
+            value,
+        )
+    observers: dict[str, dict[str, Any]] = {}
+    errors: list[Exception] = []
+    for spec, options in value.items():
+        if not is_entry_spec(spec):
+            errors.append(_at(str(spec), Invalid(_OBSERVER_SPEC, spec)))
+        elif options is not None and not isinstance(options, Mapping):
+            errors.append(_at(str(spec), Invalid("a mapping of options, or nothing", options)))
+        else:
+            observers[str(spec)] = dict(options or {})
+    if errors:
+        raise ClassValidationError("While structuring observers", errors, dict)
+    return observers
+
+
 @attrs.frozen
 class HardwareConfig:
     """The ``hardware`` section: device, parallelism, determinism and lock naming.
@@ -267,6 +295,10 @@ class TelemetryConfig:
     """Log every this many steps (read by pipelines)."""
     heartbeat_s: float = attrs.field(default=30.0, metadata=_checked(_heartbeat))
     """How often a live run refreshes ``heartbeat_at`` in run.json (0: never)."""
+    observers: dict[str, dict[str, Any]] = attrs.field(factory=dict, metadata=_checked(_observers))
+    """Observer factories (``module:factory``) to their keyword options: each is called
+    as ``factory(cfg, **options)`` when the orchestrator is made, and the object it
+    returns observes the run (see :mod:`orchestrator_fsm.observers`)."""
 
 
 @attrs.frozen

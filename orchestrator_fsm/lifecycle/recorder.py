@@ -21,7 +21,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -48,6 +48,7 @@ from orchestrator_fsm.lifecycle.record import (
     read_run,
 )
 from orchestrator_fsm.lifecycle.table import MACHINE_STEPS, TERMINAL_STATES, LifecycleState
+from orchestrator_fsm.observers import Observers
 from orchestrator_fsm.redaction import redact_argv, redact_secrets
 
 if TYPE_CHECKING:
@@ -124,6 +125,7 @@ class RunRecorder:
         *,
         heartbeat_s: float = 0.0,
         report: Callable[[str], None] = _say_on_stderr,
+        observers: Iterable[object] = (),
     ) -> None:
         self._run = run
         self._elapsed = elapsed
@@ -141,6 +143,7 @@ class RunRecorder:
         self._beater: threading.Thread | None = None
         self._last: dict[str, LastMetric] = {}
         self._summary: dict[str, float] = {}
+        self._observers = Observers(observers, report)
 
     @property
     def record(self) -> RunRecord | None:
@@ -192,6 +195,11 @@ class RunRecorder:
             else:
                 for name, value in checked.items():
                     self._last[name] = LastMetric(value, step)
+        if self._observers:
+            if kind == "summary":
+                self._observers.notify("summary", dict(checked))
+            else:
+                self._observers.notify("metrics", dict(checked), step)
 
     @property
     def _path(self) -> Path:
@@ -232,6 +240,7 @@ class RunRecorder:
             raise
         if main:
             self._tell_job(failed=None)
+        self._observers.notify("run_started", record)
         if self._heartbeat_s > 0:
             self._beater = threading.Thread(
                 target=self._beat, name="orchestrator-fsm-heartbeat", daemon=True
@@ -290,6 +299,10 @@ class RunRecorder:
                 self._finish(record)
             elif moved and record.dest is LifecycleState.READY:
                 self._update()
+        self._observers.notify("transition", record)
+        if final:
+            assert self._record is not None
+            self._observers.notify("run_ended", self.record)
 
     def _first_record(self, root: Path, run_id: str) -> RunRecord:
         from orchestrator_fsm.phases.joining import job_key
