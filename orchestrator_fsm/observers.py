@@ -22,7 +22,10 @@ if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.machine import TransitionRecord
     from orchestrator_fsm.lifecycle.record import RunRecord
 
-__all__ = ["OBSERVER_METHODS", "Observer", "Observers", "configured_observers"]
+__all__ = ["KNOWN_OBSERVERS", "OBSERVER_METHODS", "Observer", "Observers", "configured_observers"]
+
+#: Observers the recipe may name by a short name instead of ``module:factory``.
+KNOWN_OBSERVERS: Final = {"mlflow": "orchestrator_fsm.mlflow_observer:MlflowObserver"}
 
 #: What an observer may be told, in the order a run tells it.
 OBSERVER_METHODS: Final = ("run_started", "transition", "metrics", "summary", "run_ended")
@@ -41,9 +44,10 @@ def configured_observers(cfg: Config) -> list[object]:
     observers: list[object] = []
     for spec, options in cfg.telemetry.observers.items():
         try:
-            with entry_search_path(spec):
+            target = KNOWN_OBSERVERS.get(spec, spec)
+            with entry_search_path(target):
                 factory = resolve_callable(
-                    spec, named_by="observer", takes="the config and the observer's options"
+                    target, named_by="observer", takes="the config and the observer's options"
                 )
             observers.append(factory(cfg, **options))
         except Exception as exc:

@@ -36,6 +36,7 @@ from orchestrator_fsm.config.problems import (
 from orchestrator_fsm.config.recipe import apply_overrides, dump_yaml, plain_data, read_recipe
 from orchestrator_fsm.entry import is_entry_spec
 from orchestrator_fsm.lifecycle.signals import callback_signal
+from orchestrator_fsm.observers import KNOWN_OBSERVERS
 
 __all__ = [
     "DICT_SOURCE_LABEL",
@@ -213,7 +214,9 @@ def _signal_callbacks(value: object) -> dict[str, str]:
     return callbacks
 
 
-_OBSERVER_SPEC = "a 'module:factory' or 'path/to/file.py:factory' string"
+_OBSERVER_SPEC = (
+    f"{', '.join(KNOWN_OBSERVERS)}, or a 'module:factory' or 'path/to/file.py:factory' string"
+)
 
 
 def _observers(value: object) -> dict[str, dict[str, Any]]:
@@ -230,7 +233,7 @@ def _observers(value: object) -> dict[str, dict[str, Any]]:
     observers: dict[str, dict[str, Any]] = {}
     errors: list[Exception] = []
     for spec, options in value.items():
-        if not is_entry_spec(spec):
+        if spec not in KNOWN_OBSERVERS and not is_entry_spec(spec):
             errors.append(_at(str(spec), Invalid(_OBSERVER_SPEC, spec)))
         elif options is not None and not isinstance(options, Mapping):
             errors.append(_at(str(spec), Invalid("a mapping of options, or nothing", options)))
