@@ -34,12 +34,14 @@ from orchestrator_fsm.errors import (
 from orchestrator_fsm.lifecycle.machine import LifecycleMachine, TransitionRecord
 from orchestrator_fsm.lifecycle.record import (
     ErrorSummary,
+    LastMetric,
     RunRecord,
     infer_status,
     read_run,
     run_status,
 )
 from orchestrator_fsm.lifecycle.table import LifecycleState
+from orchestrator_fsm.observers import Observer
 from orchestrator_fsm.orchestrator import RootOrchestrator
 from orchestrator_fsm.phases.determinism import (
     SeedTree,
@@ -78,6 +80,7 @@ __all__ = [
     "InfrastructureConfig",
     "InfrastructureError",
     "InfrastructureManager",
+    "LastMetric",
     "Launch",
     "LifecycleError",
     "LifecycleMachine",
@@ -85,6 +88,7 @@ __all__ = [
     "LockConfig",
     "LockContendedError",
     "Logger",
+    "Observer",
     "OrchestratorError",
     "Reporter",
     "ReporterProtocol",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +24,7 @@ from orchestrator_fsm.lifecycle.machine import LifecycleMachine, RecordListener,
 from orchestrator_fsm.lifecycle.recorder import RunRecorder
 from orchestrator_fsm.lifecycle.signals import SignalGuard
 from orchestrator_fsm.lifecycle.table import CLEANUP_STEP, LifecycleState
+from orchestrator_fsm.observers import configured_observers
 from orchestrator_fsm.phases.context import LOGGER_NAME, Dependencies, RunContext
 from orchestrator_fsm.phases.determinism import SeedTree, set_seed
 from orchestrator_fsm.phases.device import resolve_device, to_device_obj
@@ -89,7 +90,10 @@ class RootOrchestrator:
             orch.log_environment_report()
             ...  # train, writing under orch.paths
 
-    or drive ``orch.machine`` step by step. Every dependency can be injected; the
+    or drive ``orch.machine`` step by step. ``observers`` (see
+    :mod:`orchestrator_fsm.observers`), after those of ``telemetry.observers``, are told
+    what the run records as it records it.
+    Every dependency can be injected; the
     defaults are this package's own phase implementations. Only rank 0 creates the
     run directory, persists the manifest and takes the lock; other ranks join rank 0's
     directory, log to their own file in it and resolve their device. An orchestrator
@@ -116,6 +120,7 @@ class RootOrchestrator:
         world_size: int | None = None,
         resume: str | os.PathLike[str] | None = None,
         force_resume: bool = False,
+        observers: Iterable[object] = (),
     ) -> None:
         self.cfg = cfg
         # Explicit rank, local_rank and world_size win over what the launcher says.
@@ -163,6 +168,7 @@ class RootOrchestrator:
             self._run,
             lambda: self.time_tracker.elapsed_seconds,
             heartbeat_s=cfg.telemetry.heartbeat_s,
+            observers=[*configured_observers(cfg), *observers],
         )
         run = self._run
         run.start_record = self._recorder.start
@@ -296,6 +302,21 @@ class RootOrchestrator:
         if self._run.device is None:
             self._run.device = resolve_device(self._run)
         return self._run.device
+
+    def log_metrics(self, values: Mapping[str, float], step: int | None = None) -> None:
+        """**(beyond)** Record ``values`` (names to finite numbers) at ``step``: one JSON
+        line appended to this rank's ``metrics.jsonl`` (rank N: ``metrics.rank<N>.jsonl``)
+        in the run directory, and each name's last value and step in the record's
+        ``metrics`` (in ``run.json`` from its next write on). Raises ``ValueError``
+        naming a bad key or value, ``LifecycleError`` before the run directory exists
+        or after the run has ended."""
+        self._recorder.log_metrics(values, step)
+
+    def log_summary(self, values: Mapping[str, float]) -> None:
+        """**(beyond)** Record the run's final figures (e.g. ``{"final_acc": 0.93}``): a
+        summary line in the metrics file and the record's ``summary``; the same rules
+        as :meth:`log_metrics`."""
+        self._recorder.log_summary(values)
 
     def on_signal(self, signum: int | str, callback: SignalCallback) -> None:
         """**(beyond)** Call ``callback(orchestrator, signum)`` when SIGUSR1 or SIGUSR2

@@ -603,3 +603,20 @@ def test_validate_summarises_a_valid_recipe_with_overrides_applied(
 def test_validate_shows_a_disabled_lock(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(recipe), "--set", "infrastructure.lock.enabled=false"]) == EXIT_OK
     assert "disabled" in capsys.readouterr().out
+
+
+def test_inspect_shows_the_summary_and_the_last_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orchestrator_fsm import Config, RootOrchestrator
+
+    cfg = Config.from_dict(minimal_recipe(tmp_path / "outputs"))
+    with RootOrchestrator(cfg, rank=0, local_rank=0) as orch:
+        orch.log_metrics({"loss": 0.25}, step=7)
+        orch.log_summary({"final_acc": 0.875})
+    assert orch.paths is not None
+    capsys.readouterr()
+    assert main(["inspect", str(orch.paths.root)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "final_acc=0.875" in out
+    assert "loss=0.25 (step 7)" in out

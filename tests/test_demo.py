@@ -26,6 +26,7 @@ from orchestrator_fsm.demo.pipeline import (
     train,
 )
 from orchestrator_fsm.errors import ConfigError
+from orchestrator_fsm.lifecycle.record import read_run
 from orchestrator_fsm.orchestrator import RootOrchestrator
 from orchestrator_fsm.phases.determinism import SeedTree
 
@@ -75,6 +76,14 @@ def test_demo_run_learns_the_shapes_and_writes_metrics_log_and_checkpoint(
     out = capsys.readouterr().out
     assert f"final validation accuracy: {final:.1%}" in out
     assert out.rstrip().splitlines()[-1] == "status: completed"
+    assert f"summary: final_accuracy={final:.6g}" in out
+
+    record = read_run(root)
+    assert record.summary == {"final_accuracy": final}
+    assert record.metrics["val_accuracy"].last == final
+    assert record.metrics["val_accuracy"].step == epochs
+    lines = (root / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [*range(1, epochs + 1), None]
 
     log = (root / "logs" / "run.log").read_text(encoding="utf-8")
     for epoch in range(1, epochs + 1):

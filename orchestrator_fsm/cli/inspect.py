@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -37,6 +37,7 @@ __all__ = [
     "format_status",
     "format_summary",
     "format_timeline",
+    "format_values",
     "print_run",
     "print_run_json",
 ]
@@ -193,12 +194,27 @@ def format_summary(run: RunRecord) -> Table:
         ("host / pid", f"{_or_dash(run.host)} / {_or_dash(run.pid)}"),
         ("rank / world size", f"{_or_dash(run.rank)} / {_or_dash(run.world_size)}"),
         ("device", _or_dash(run.device)),
+        ("summary", format_values(run.summary) or "-"),
+        ("last metrics", _last_metrics(run) or "-"),
         ("entry point", _or_dash(run.entry_point)),
         ("root", str(run.root)),
     ]
     for field, value in rows:
         table.add_row(field, value if isinstance(value, Text) else Text(value))
     return table
+
+
+def format_values(values: Mapping[str, float]) -> str:
+    """``final_acc=0.93, loss=0.3``: names and numbers, in the order they were logged."""
+    return ", ".join(f"{name}={value:.6g}" for name, value in values.items())
+
+
+def _last_metrics(run: RunRecord) -> str:
+    """``loss=0.3 (step 20), acc=0.91 (step 20)``: each metric's last value."""
+    return ", ".join(
+        f"{name}={item.last:.6g}" + ("" if item.step is None else f" (step {item.step})")
+        for name, item in run.metrics.items()
+    )
 
 
 def _attempts(run: RunRecord) -> str:

@@ -118,6 +118,10 @@ def _report_outcome(
             status = "interrupted"
         else:
             status = "completed" if code == EXIT_OK else "failed"
+    if run is not None and run.summary:
+        from orchestrator_fsm.cli.inspect import format_values
+
+        say(out, f"summary: {format_values(run.summary)}")
     if orch is not None and orch.paths is not None:
         say(out, f"run directory: {orch.paths.root}")
     else:

@@ -36,6 +36,7 @@ from orchestrator_fsm.config.problems import (
 from orchestrator_fsm.config.recipe import apply_overrides, dump_yaml, plain_data, read_recipe
 from orchestrator_fsm.entry import is_entry_spec
 from orchestrator_fsm.lifecycle.signals import callback_signal
+from orchestrator_fsm.observers import KNOWN_OBSERVERS
 
 __all__ = [
     "DICT_SOURCE_LABEL",
@@ -217,6 +218,36 @@ def _signal_callbacks(value: object) -> dict[str, str]:
     return callbacks
 
 
+_OBSERVER_SPEC = (
+    f"{', '.join(KNOWN_OBSERVERS)}, or a 'module:factory' or 'path/to/file.py:factory' string"
+)
+
+
+def _observers(value: object) -> dict[str, dict[str, Any]]:
+    # A list of specs, or specs mapped to their options: stored as the mapping.
+    if value is None:
+        return {}
+    if isinstance(value, list):
+        value = {item: {} for item in value} if all(isinstance(i, str) for i in value) else None
+    if not isinstance(value, Mapping):
+        raise Invalid(
+            f"a list of observers ({_OBSERVER_SPEC}) or a mapping of each to its options",
+            value,
+        )
+    observers: dict[str, dict[str, Any]] = {}
+    errors: list[Exception] = []
+    for spec, options in value.items():
+        if spec not in KNOWN_OBSERVERS and not is_entry_spec(spec):
+            errors.append(_at(str(spec), Invalid(_OBSERVER_SPEC, spec)))
+        elif options is not None and not isinstance(options, Mapping):
+            errors.append(_at(str(spec), Invalid("a mapping of options, or nothing", options)))
+        else:
+            observers[str(spec)] = dict(options or {})
+    if errors:
+        raise ClassValidationError("While structuring observers", errors, dict)
+    return observers
+
+
 @attrs.frozen
 class HardwareConfig:
     """The ``hardware`` section: device, parallelism, determinism and lock naming.
@@ -277,6 +308,10 @@ class TelemetryConfig:
     ``log_level``. ``WARNING`` quiets the console while the file keeps every line."""
     capture_stdout: bool = attrs.field(default=False, metadata=_checked(_strict_bool))
     """Also copy what the run prints on stdout and stderr into ``logs/stdout.log``."""
+    observers: dict[str, dict[str, Any]] = attrs.field(factory=dict, metadata=_checked(_observers))
+    """Observer factories (``module:factory``) to their keyword options: each is called
+    as ``factory(cfg, **options)`` when the orchestrator is made, and the object it
+    returns observes the run (see :mod:`orchestrator_fsm.observers`)."""
 
     @property
     def effective_console_level(self) -> str:

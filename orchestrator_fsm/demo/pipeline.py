@@ -10,8 +10,10 @@ everything a reproducible run needs:
   so two runs of one recipe with ``hardware.reproducible: true`` produce the same
   losses, digit for digit;
 - ``orch.num_workers`` and ``orch.get_device()`` decide where the work happens;
-- per-epoch metrics go to the run log and to ``reports/metrics.csv``, the model to
-  ``checkpoints/last.pt``, both rewritten atomically after every epoch.
+- per-epoch metrics go to the run log, to ``orch.log_metrics`` (``metrics.jsonl``, the
+  record's ``metrics``) and to ``reports/metrics.csv``, the model to
+  ``checkpoints/last.pt``, both rewritten atomically after every epoch; the final
+  accuracy to ``orch.log_summary`` (the record's ``summary``).
 
 Under torchrun (``orch.world_size > 1``) it is data-parallel: it starts a process
 group (gloo, or NCCL on CUDA) unless one is running, every rank builds the same
@@ -461,7 +463,8 @@ def train(orch: RootOrchestrator, *, console: Console | None = None) -> DemoResu
     ``orch`` must be at READY (inside its with-block); ``train`` makes the phase 7
     environment report first. Progress goes to ``console`` (stdout by default; the bar
     is shown only on a terminal, and only by rank 0), per-epoch metrics to the run log
-    and, on rank 0, to ``reports/metrics.csv`` and ``checkpoints/last.pt``. With more
+    and, on rank 0, to ``orch.log_metrics`` (step: the epoch), ``reports/metrics.csv`` and
+    ``checkpoints/last.pt``, the final accuracy to ``orch.log_summary``. With more
     than one rank it trains data-parallel (see the module's description) and every
     rank returns the global metrics. Raises ``ConfigError`` when the recipe's demo
     settings are unusable.
@@ -603,6 +606,16 @@ def _train(
                 row.val_accuracy,
                 row.seconds,
             )
+            if orch.is_main_process:
+                orch.log_metrics(
+                    {
+                        "train_loss": row.train_loss,
+                        "val_loss": row.val_loss,
+                        "val_accuracy": row.val_accuracy,
+                        "epoch_seconds": row.seconds,
+                    },
+                    step=epoch,
+                )
             if metrics_path is not None and checkpoint_path is not None:
                 _write_metrics(metrics_path, history)
                 _save_checkpoint(
@@ -612,6 +625,7 @@ def _train(
     final = history[-1].val_accuracy
     log.info("demo: final validation accuracy %.4f", final)
     if orch.is_main_process:
+        orch.log_summary({"final_accuracy": final})
         console.print(
             f"final validation accuracy: {final:.1%} "
             f"({round(final * val_count)}/{val_count} images)",

@@ -26,14 +26,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "JOURNAL_FILE",
+    "METRICS_FILE",
     "PIPELINE_STEP",
     "RANKS_DIR",
     "RUN_FILE",
     "STATUSES",
     "Attempt",
     "ErrorSummary",
+    "LastMetric",
     "RunRecord",
     "infer_status",
+    "metrics_file",
     "outcome_of",
     "rank_file",
     "read_ranks",
@@ -45,6 +48,8 @@ __all__ = [
 
 RUN_FILE: Final = "run.json"
 JOURNAL_FILE: Final = "lifecycle.jsonl"
+#: Rank 0's metrics log in the run directory; rank N writes ``metrics.rank<N>.jsonl``.
+METRICS_FILE: Final = "metrics.jsonl"
 #: The folder of the run directory where each rank other than 0 keeps its record.
 RANKS_DIR: Final = "ranks"
 
@@ -135,6 +140,35 @@ class Attempt:
         }
 
 
+@attrs.frozen
+class LastMetric:
+    """The last value logged for one metric, and the step it was logged at (if any)."""
+
+    last: float
+    step: int | None = None
+
+    def to_json(self) -> dict[str, float | int | None]:
+        return {"last": self.last, "step": self.step}
+
+
+def _last_metrics(data: object) -> dict[str, LastMetric]:
+    metrics: dict[str, LastMetric] = {}
+    for name, item in data.items() if isinstance(data, Mapping) else ():
+        if isinstance(item, Mapping):
+            last = _optional_float(item.get("last"))
+            if last is not None:
+                metrics[str(name)] = LastMetric(last, _optional_int(item.get("step")))
+    return metrics
+
+
+def _numbers(data: object) -> dict[str, float]:
+    return {
+        str(k): float(v)
+        for k, v in (data.items() if isinstance(data, Mapping) else ())
+        if _optional_float(v) is not None
+    }
+
+
 def status_for(exc: BaseException | None) -> str:
     """The final status of a run ended by ``exc`` (None: it ran to the end)."""
     if exc is None:
@@ -217,6 +251,10 @@ class RunRecord:
     transitions: tuple[TransitionRecord, ...] = ()
     ranks: tuple[RunRecord, ...] = ()
     """The records of ranks other than 0 (``ranks/rank<N>.json``) for this attempt."""
+    metrics: Mapping[str, LastMetric] = attrs.field(factory=dict)
+    """Per metric this rank logged with ``log_metrics``: its last value and step."""
+    summary: Mapping[str, float] = attrs.field(factory=dict)
+    """What this rank logged with ``log_summary`` (a later value of a name wins)."""
     extra: Mapping[str, Any] = attrs.field(factory=dict)
 
     @property
@@ -279,11 +317,7 @@ class RunRecord:
             device=_optional_str(data.get("device")),
             error=summary,
             failed_rank=_optional_int(data.get("failed_rank")),
-            phases={
-                str(k): float(v)
-                for k, v in (phases.items() if isinstance(phases, Mapping) else ())
-                if _optional_float(v) is not None
-            },
+            phases=_numbers(phases),
             elapsed_s=_optional_float(data.get("elapsed_s")),
             argv=tuple(str(a) for a in argv) if isinstance(argv, list) else (),
             cwd=_optional_str(data.get("cwd")),
@@ -301,6 +335,8 @@ class RunRecord:
             ),
             transitions=transitions,
             ranks=ranks,
+            metrics=_last_metrics(data.get("metrics")),
+            summary=_numbers(data.get("summary")),
             extra={k: v for k, v in data.items() if k not in known},
         )
 
@@ -337,6 +373,8 @@ class RunRecord:
             config_hash=self.config_hash,
             restart_count=self.restart_count,
             attempts=[attempt.to_json() for attempt in self.attempts],
+            metrics={name: item.to_json() for name, item in self.metrics.items()},
+            summary=dict(self.summary),
         )
         return data
 
@@ -451,6 +489,11 @@ def read_ranks(root: Path, restart_count: int) -> tuple[RunRecord, ...]:
             if rank.restart_count == restart_count and rank.rank not in (None, 0):
                 ranks.append(rank)
     return tuple(sorted(ranks, key=lambda rank: rank.rank or 0))
+
+
+def metrics_file(root: Path, rank: int) -> Path:
+    """Where rank ``rank`` appends its metrics in the run directory ``root``."""
+    return root / (METRICS_FILE if rank == 0 else f"metrics.rank{rank}.jsonl")
 
 
 def rank_file(root: Path, rank: int) -> Path:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import numbers
 import os
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -29,20 +31,24 @@ import attrs
 from orchestrator_fsm._fs import append_whole, atomic_write_text
 from orchestrator_fsm._system import boot_id, process_start_ticks
 from orchestrator_fsm._version import __version__
+from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.lifecycle.record import (
     JOURNAL_FILE,
     PIPELINE_STEP,
     RUN_FILE,
     Attempt,
     ErrorSummary,
+    LastMetric,
     RunRecord,
     infer_status,
+    metrics_file,
     outcome_of,
     rank_file,
     read_ranks,
     read_run,
 )
 from orchestrator_fsm.lifecycle.table import MACHINE_STEPS, TERMINAL_STATES, LifecycleState
+from orchestrator_fsm.observers import Observers
 from orchestrator_fsm.phases.logging import FILE_ONLY
 from orchestrator_fsm.redaction import redact_argv, redact_secrets
 
@@ -58,6 +64,9 @@ RANKS_GRACE_S: Final = 30.0
 #: Space kept aside in the run directory for the record's last writes (see RunRecorder).
 RESERVE_FILE: Final = ".run.json.reserve"
 _MIN_RESERVE_BYTES = 64 * 1024
+
+#: The fields of a metrics line besides the values; no metric may take these names.
+_METRIC_LINE_FIELDS: Final = frozenset({"time", "step", "rank", "kind"})
 
 
 def _say_on_stderr(line: str) -> None:
@@ -117,6 +126,7 @@ class RunRecorder:
         *,
         heartbeat_s: float = 0.0,
         report: Callable[[str], None] = _say_on_stderr,
+        observers: Iterable[object] = (),
     ) -> None:
         self._run = run
         self._elapsed = elapsed
@@ -132,11 +142,19 @@ class RunRecorder:
         self._stop_beating = threading.Event()
         self._stop_waiting = threading.Event()
         self._beater: threading.Thread | None = None
+        self._last: dict[str, LastMetric] = {}
+        self._summary: dict[str, float] = {}
+        self._observers = Observers(observers, report)
 
     @property
     def record(self) -> RunRecord | None:
-        """The record as this process knows it (None before the run directory exists)."""
-        return self._record
+        """The record as this process knows it (None before the run directory exists),
+        with the metrics and summary logged so far."""
+        record = self._record
+        if record is not None and (self._last or self._summary):
+            with self._lock:
+                record = attrs.evolve(record, metrics=dict(self._last), summary=dict(self._summary))
+        return record
 
     @property
     def on_disk(self) -> bool:
@@ -147,6 +165,42 @@ class RunRecorder:
         """Listen to ``machine`` from now on."""
         self._machine = machine
         machine.add_listener(self._on_transition)
+
+    def log_metrics(self, values: Mapping[str, object], step: int | None = None) -> None:
+        """Append one line of ``values`` (at ``step``) to this rank's metrics file and
+        remember each as the metric's last value; ``run.json`` gets them at its next
+        write (the heartbeat's, the final one), not at every call."""
+        self._append("metrics", values, step)
+
+    def log_summary(self, values: Mapping[str, object]) -> None:
+        """Append one summary line of ``values`` to this rank's metrics file; they
+        become the record's ``summary`` (a name logged again replaces its value)."""
+        self._append("summary", values, None)
+
+    def _append(self, kind: str, values: Mapping[str, object], step: int | None) -> None:
+        checked = _checked_values(values)
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+            raise ValueError(f"step must be an integer >= 0 or None, got {step!r}")
+        with self._lock:
+            record = self._record
+            if record is None or self._finished:
+                where = "has ended" if self._finished else "has no run directory yet"
+                raise LifecycleError(f"cannot log {kind}: the run {where}")
+            line = {"time": _now().isoformat(), "kind": kind, "rank": self._run.rank}
+            line["step"] = step
+            line.update(checked)
+            # One whole line or none: a reader never sees half of it (a full disk).
+            append_whole(metrics_file(record.root, self._run.rank), json.dumps(line) + "\n")
+            if kind == "summary":
+                self._summary.update(checked)
+            else:
+                for name, value in checked.items():
+                    self._last[name] = LastMetric(value, step)
+        if self._observers:
+            if kind == "summary":
+                self._observers.notify("summary", dict(checked))
+            else:
+                self._observers.notify("metrics", dict(checked), step)
 
     @property
     def _path(self) -> Path:
@@ -187,6 +241,7 @@ class RunRecorder:
             raise
         if main:
             self._tell_job(failed=None)
+        self._observers.notify("run_started", record)
         if self._heartbeat_s > 0:
             self._beater = threading.Thread(
                 target=self._beat, name="orchestrator-fsm-heartbeat", daemon=True
@@ -266,6 +321,10 @@ class RunRecorder:
                 self._finish(record)
             elif moved and record.dest is LifecycleState.READY:
                 self._update()
+        self._observers.notify("transition", record)
+        if final:
+            assert self._record is not None
+            self._observers.notify("run_ended", self.record)
 
     def _first_record(self, root: Path, run_id: str) -> RunRecord:
         from orchestrator_fsm.phases.joining import job_key
@@ -455,6 +514,10 @@ class RunRecorder:
     def _write(self) -> OSError | None:
         """Replace the record's file with the record; the error when that failed."""
         assert self._record is not None
+        if self._last or self._summary:
+            self._record = attrs.evolve(
+                self._record, metrics=dict(self._last), summary=dict(self._summary)
+            )
         try:
             atomic_write_text(self._path, _record_text(self._record))
         except OSError as exc:
@@ -495,6 +558,31 @@ class RunRecorder:
         if self._record is not None and self._run.is_main_process:
             with contextlib.suppress(OSError):
                 os.unlink(self._record.root / RESERVE_FILE)
+
+
+def _checked_values(values: Mapping[str, object]) -> dict[str, float | int]:
+    """``values`` when every key is a string and every value a finite number (not a
+    bool); otherwise ``ValueError`` naming the first bad key."""
+    if not isinstance(values, Mapping) or not values:
+        raise ValueError(f"expected a non-empty mapping of names to numbers, got {values!r}")
+    checked: dict[str, float | int] = {}
+    for key, value in values.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"metric names must be non-empty strings, got {key!r}")
+        if key in _METRIC_LINE_FIELDS:
+            raise ValueError(
+                f"metric {key!r}: the name is one of the line's own fields "
+                f"({', '.join(sorted(_METRIC_LINE_FIELDS))}); choose another"
+            )
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(
+                f"metric {key!r}: expected a finite number, got {type(value).__name__} {value!r}"
+            )
+        number = value if isinstance(value, (int, float)) else float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"metric {key!r}: expected a finite number, got {number!r}")
+        checked[key] = number
+    return checked
 
 
 def _record_text(record: RunRecord) -> str:

@@ -1,0 +1,123 @@
+"""Observers: objects told what a run does, to mirror it elsewhere (a tracker, a dashboard).
+
+An observer is any object with some of the methods of :class:`Observer`; subclassing it
+gives no-op defaults for the rest. The run recorder calls them, on the rank they were
+given to, after its own write: ``run_started(record)`` once the first record is on
+disk, ``transition(step)`` for each step of the machine, ``metrics(values, step)`` and
+``summary(values)`` for each ``log_metrics`` / ``log_summary`` call, and
+``run_ended(record)`` with the final record (its status is the run's true final one).
+An observer that raises is reported once per method (one ``orchestrator-fsm: observer
+... failed`` line on stderr, like the recorder's own write failures: the run's log may
+be closed by then) and called again next time; it never breaks the run.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from orchestrator_fsm.config import Config
+    from orchestrator_fsm.lifecycle.machine import TransitionRecord
+    from orchestrator_fsm.lifecycle.record import RunRecord
+
+__all__ = ["KNOWN_OBSERVERS", "OBSERVER_METHODS", "Observer", "Observers", "configured_observers"]
+
+#: Observers the recipe may name by a short name instead of ``module:factory``.
+KNOWN_OBSERVERS: Final = {"mlflow": "orchestrator_fsm.mlflow_observer:MlflowObserver"}
+
+#: What an observer may be told, in the order a run tells it.
+OBSERVER_METHODS: Final = ("run_started", "transition", "metrics", "summary", "run_ended")
+
+
+def configured_observers(cfg: Config) -> list[object]:
+    """The observers ``telemetry.observers`` names: ``factory(cfg, **options)`` for each.
+
+    Raises ``ConfigError`` at ``telemetry.observers.<spec>`` when a factory cannot be
+    imported or raises."""
+    from orchestrator_fsm.config.problems import config_error
+    from orchestrator_fsm.config.sections import DICT_SOURCE_LABEL
+    from orchestrator_fsm.entry import entry_search_path, resolve_callable
+    from orchestrator_fsm.errors import EntryPointError
+
+    observers: list[object] = []
+    for spec, options in cfg.telemetry.observers.items():
+        try:
+            target = KNOWN_OBSERVERS.get(spec, spec)
+            with entry_search_path(target):
+                factory = resolve_callable(
+                    target, named_by="observer", takes="the config and the observer's options"
+                )
+            observers.append(factory(cfg, **options))
+        except Exception as exc:
+            label = str(cfg.source) if cfg.source is not None else DICT_SOURCE_LABEL
+            source = None if cfg.source is None else label
+            problem = (
+                str(exc)
+                if isinstance(exc, EntryPointError)
+                else (f"{spec} raised {type(exc).__name__}: {exc}")
+            )
+            raise config_error(label, [(f"telemetry.observers.{spec}", problem)], source) from exc
+    return observers
+
+
+def _say_on_stderr(line: str) -> None:
+    try:
+        sys.stderr.write(f"orchestrator-fsm: {line}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+class Observer:
+    """An observer that does nothing: override the methods you need."""
+
+    def run_started(self, record: RunRecord) -> None:
+        """The run's first record is written (the run directory exists)."""
+
+    def transition(self, step: TransitionRecord) -> None:
+        """The machine took a step (the line just appended to ``lifecycle.jsonl``)."""
+
+    def metrics(self, values: Mapping[str, float], step: int | None) -> None:
+        """``log_metrics(values, step)`` was called and its line written."""
+
+    def summary(self, values: Mapping[str, float]) -> None:
+        """``log_summary(values)`` was called and its line written."""
+
+    def run_ended(self, record: RunRecord) -> None:
+        """The final record is written: ``record.status`` is how the run ended."""
+
+
+class Observers:
+    """The observers of one run, each called in turn; failures reported once each."""
+
+    def __init__(
+        self, observers: Iterable[object] = (), report: Callable[[str], None] = _say_on_stderr
+    ) -> None:
+        self._observers = tuple(observers)
+        self._report_line = report
+        self._failed: set[tuple[int, str]] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self._observers)
+
+    def notify(self, method: str, *args: object) -> None:
+        """Call ``method(*args)`` on every observer that has it."""
+        for index, observer in enumerate(self._observers):
+            call = getattr(observer, method, None)
+            if call is None:
+                continue
+            try:
+                call(*args)
+            except Exception as exc:
+                self._report(index, observer, method, exc)
+
+    def _report(self, index: int, observer: object, method: str, exc: Exception) -> None:
+        if (index, method) in self._failed:
+            return
+        self._failed.add((index, method))
+        self._report_line(
+            f"observer {type(observer).__name__}.{method} failed "
+            f"({type(exc).__name__}: {exc}); the run goes on"
+        )
