@@ -7,9 +7,11 @@ pid names a live process, and which version of a distribution is installed.
 from __future__ import annotations
 
 import os
+import sys
 from datetime import datetime, timezone
 from functools import cache
 from importlib import metadata
+from typing import TextIO
 
 __all__ = [
     "available_cpu_count",
@@ -19,6 +21,7 @@ __all__ = [
     "pid_exists",
     "process_start_ticks",
     "process_started_at",
+    "say_on_stderr",
 ]
 
 
@@ -119,3 +122,18 @@ def distribution_version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
+
+
+def say_on_stderr(line: str, stream: TextIO | None = None) -> None:
+    """Write ``orchestrator-fsm: <line>`` on ``stream`` (default: ``sys.stderr`` now).
+
+    For the package's own failures while writing a run's files: the log file may sit on
+    the same full disk, so one plain line on stderr is what surely reaches the user. A
+    stream that cannot take it either is left alone.
+    """
+    try:
+        target = sys.stderr if stream is None else stream
+        target.write(f"orchestrator-fsm: {line}\n")
+        target.flush()
+    except (OSError, ValueError, AttributeError):
+        pass

@@ -13,9 +13,10 @@ be closed by then) and called again next time; it never breaks the run.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Final
+
+from orchestrator_fsm._system import say_on_stderr
 
 if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
@@ -62,14 +63,6 @@ def configured_observers(cfg: Config) -> list[object]:
     return observers
 
 
-def _say_on_stderr(line: str) -> None:
-    try:
-        sys.stderr.write(f"orchestrator-fsm: {line}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):
-        pass
-
-
 class Observer:
     """An observer that does nothing: override the methods you need."""
 
@@ -93,7 +86,7 @@ class Observers:
     """The observers of one run, each called in turn; failures reported once each."""
 
     def __init__(
-        self, observers: Iterable[object] = (), report: Callable[[str], None] = _say_on_stderr
+        self, observers: Iterable[object] = (), report: Callable[[str], None] = say_on_stderr
     ) -> None:
         self._observers = tuple(observers)
         self._report_line = report

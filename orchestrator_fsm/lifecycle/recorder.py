@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from orchestrator_fsm._fs import append_whole, atomic_write_text
-from orchestrator_fsm._system import boot_id, process_start_ticks
+from orchestrator_fsm._system import boot_id, process_start_ticks, say_on_stderr
 from orchestrator_fsm._version import __version__
 from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.lifecycle.record import (
@@ -67,16 +67,6 @@ _MIN_RESERVE_BYTES = 64 * 1024
 
 #: The fields of a metrics line besides the values; no metric may take these names.
 _METRIC_LINE_FIELDS: Final = frozenset({"time", "step", "rank", "kind"})
-
-
-def _say_on_stderr(line: str) -> None:
-    # The record's writer cannot log about its own failures: the log file may sit on
-    # the same full disk. One plain line on stderr reaches the user whatever happened.
-    try:
-        sys.stderr.write(f"orchestrator-fsm: {line}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 def _now() -> datetime:
@@ -125,7 +115,7 @@ class RunRecorder:
         elapsed: Any,
         *,
         heartbeat_s: float = 0.0,
-        report: Callable[[str], None] = _say_on_stderr,
+        report: Callable[[str], None] = say_on_stderr,
         observers: Iterable[object] = (),
     ) -> None:
         self._run = run

@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from orchestrator_fsm._process import LoggerSnapshot, Restorable, undoable
+from orchestrator_fsm._system import say_on_stderr
 from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.phases.context import LOGGER_NAME
 
@@ -209,12 +210,10 @@ class _RunLogFileHandler(logging.FileHandler):
             return
         self._reported = True
         error = sys.exc_info()[1]
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.write(
-                f"orchestrator-fsm: could not write to the log file {self.baseFilename} "
-                f"({error}); later lines may be missing from it\n"
-            )
-            sys.stderr.flush()
+        say_on_stderr(
+            f"could not write to the log file {self.baseFilename} ({error}); later lines "
+            "may be missing from it"
+        )
 
 
 class Logger:
@@ -328,12 +327,10 @@ class _TeeFile:
         with contextlib.suppress(OSError, ValueError):
             file.close()
         self._file = None
-        with contextlib.suppress(OSError, ValueError):
-            self._report_to.write(
-                f"orchestrator-fsm: could not write to {self._path} ({error}); "
-                "later output is missing from it\n"
-            )
-            self._report_to.flush()
+        say_on_stderr(
+            f"could not write to {self._path} ({error}); later output is missing from it",
+            self._report_to,
+        )
 
 
 class _Tee:
