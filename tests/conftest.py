@@ -38,10 +38,13 @@ def isolated(tmp_path: Path) -> list[str]:
     ]
 
 
-def run_torchrun(cwd: Path, script: Path, *argv: str, nproc: int) -> tuple[str, str]:
+def run_torchrun(
+    cwd: Path, script: Path, *argv: str, nproc: int, timeout_s: float = 180
+) -> tuple[str, str]:
     """``stdout, stderr`` of ``torchrun --standalone --nproc_per_node=nproc script argv``
     run in ``cwd``, one intra-op thread per rank; fails unless every rank exits 0 within
-    180 s. A launcher around the test run (its RANK, SLURM_PROCID, ...) is not passed on."""
+    ``timeout_s``. A launcher around the test run (its RANK, SLURM_PROCID, ...) is not
+    passed on."""
     from orchestrator_fsm.distributed import LAUNCHER_ENV_VARS
 
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV_VARS}
@@ -53,7 +56,7 @@ def run_torchrun(cwd: Path, script: Path, *argv: str, nproc: int) -> tuple[str, 
         env=env,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=timeout_s,
         check=False,
     )
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
+from conftest import run_torchrun
 
 from orchestrator_fsm.distributed import (
     LAUNCHER_ENV_VARS,
@@ -343,27 +341,9 @@ print(json.dumps(discover_launch().as_dict()), flush=True)
 def test_a_real_torchrun_launch_gives_each_worker_its_place(tmp_path: Path) -> None:
     script = tmp_path / "print_launch.py"
     script.write_text(PRINT_LAUNCH, encoding="utf-8")
-    env = {name: value for name, value in os.environ.items() if name not in LAUNCHER_ENV_VARS}
-    env["OMP_NUM_THREADS"] = "1"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(script),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    stdout, _ = run_torchrun(tmp_path, script, nproc=2, timeout_s=120)
     launches = sorted(
-        (json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")),
+        (json.loads(line) for line in stdout.splitlines() if line.startswith("{")),
         key=lambda launch: launch["rank"],
     )
     assert [launch["rank"] for launch in launches] == [0, 1]
