@@ -107,3 +107,26 @@ def test_readme_metrics_example_logs_and_reads_back(tmp_path: Path) -> None:
     assert result.stdout.split() == [str(1.0 / 3), "3", "0.9"]
     (run,) = (tmp_path / "outputs").iterdir()
     assert len((run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()) == 4
+
+
+def test_readme_progress_example_runs_with_its_bars_and_log_lines(tmp_path: Path) -> None:
+    (example,) = [block for block in python_blocks() if "orch.progress(" in block]
+    shutil.copytree(ROOT / "examples" / "recipes", tmp_path / "examples" / "recipes")
+    script = tmp_path / "bars.py"
+    script.write_text(example, encoding="utf-8")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    for epoch in (1, 2, 3):
+        assert f"[rank0] INFO     epoch {epoch} done" in lines
+        assert any(re.fullmatch(rf"epoch {epoch}/3 50/50 \d+\.\ds", line) for line in lines)
+    assert any(re.fullmatch(r"training 3/3 loss=0\.3333 \d+\.\ds", line) for line in lines)
