@@ -21,6 +21,7 @@ crashed run directory, sets it to FAILED (:func:`reconcile_runs`,
 from __future__ import annotations
 
 import importlib.util
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
@@ -34,9 +35,12 @@ from orchestrator_fsm.redaction import redact_secrets
 
 if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
+    from orchestrator_fsm.lifecycle.machine import TransitionRecord
     from orchestrator_fsm.lifecycle.record import RunRecord
 
 __all__ = [
+    "FLUSH_EVERY",
+    "FLUSH_EVERY_S",
     "MLFLOW_STATUS",
     "RECONCILED_TAG",
     "RUN_DIR_TAG",
@@ -64,6 +68,11 @@ TRACKER: Final = "mlflow"
 _MAX_KEY: Final = 250
 _MAX_VALUE: Final = 6000
 _BATCH: Final = 100
+_MAX_METRICS_PER_BATCH: Final = 1000  # MLflow's own limit for one log_batch
+#: ``log_metrics`` / ``log_summary`` calls buffered before one ``log_batch`` sends them.
+FLUSH_EVERY: Final = 100
+#: Seconds after which the next call sends what is buffered, however few calls.
+FLUSH_EVERY_S: Final = 10.0
 _GIT_TAGS: Final = {"commit": "mlflow.source.git.commit", "branch": "mlflow.source.git.branch"}
 
 
@@ -183,11 +192,31 @@ def reconcile_record(record: RunRecord) -> str | None:
 class MlflowObserver(Observer):
     """Mirrors a run into MLflow at ``tracking_uri`` (default ``sqlite:///<output_dir>/
     mlflow.db``, artifacts in ``<output_dir>/mlartifacts``), in ``experiment`` (default
-    ``hardware.project_name``)."""
+    ``hardware.project_name``).
+
+    Metrics are buffered and sent with one ``log_batch`` every ``flush_every`` calls
+    (1: at each call), at the first call ``flush_every_s`` seconds after the last send,
+    at every step of the machine and at the end (completed, failed or interrupted);
+    a run killed outright (SIGKILL) loses what was not sent yet (``metrics.jsonl`` has
+    it all)."""
 
     def __init__(
-        self, cfg: Config, *, tracking_uri: str | None = None, experiment: str | None = None
+        self,
+        cfg: Config,
+        *,
+        tracking_uri: str | None = None,
+        experiment: str | None = None,
+        flush_every: int = FLUSH_EVERY,
+        flush_every_s: float = FLUSH_EVERY_S,
     ) -> None:
+        if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
+            raise ValueError(f"flush_every must be an integer >= 1, got {flush_every!r}")
+        if (
+            isinstance(flush_every_s, bool)
+            or not isinstance(flush_every_s, (int, float))
+            or flush_every_s < 0
+        ):
+            raise ValueError(f"flush_every_s must be a number >= 0, got {flush_every_s!r}")
         if importlib.util.find_spec("mlflow") is None:
             raise ModuleNotFoundError(
                 "mlflow is not installed; pip install 'orchestrator-fsm[mlflow]'"
@@ -200,6 +229,12 @@ class MlflowObserver(Observer):
         self._client: Any = None
         self.run_id: str | None = None
         """The MLflow run's id, once the run started (rank 0 only)."""
+        self._flush_every = flush_every
+        self._flush_every_s = float(flush_every_s)
+        self._pending: list[Any] = []
+        self._pending_calls = 0
+        self._flushed_at = time.monotonic()
+        self._lock = threading.Lock()
 
     def run_started(self, record: RunRecord) -> None:
         if record.rank not in (None, 0):
@@ -243,20 +278,44 @@ class MlflowObserver(Observer):
     def summary(self, values: Mapping[str, float]) -> None:
         self._log(values, 0)
 
+    def transition(self, step: TransitionRecord) -> None:
+        # A step of the machine is rare and often the last sign of life: send the tail.
+        self.flush()
+
     def _log(self, values: Mapping[str, float], step: int) -> None:
         if self._client is None:
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(name, float(value), now, step) for name, value in values.items()]
-        self._client.log_batch(self.run_id, metrics=metrics)
+        with self._lock:
+            self._pending.extend(Metric(name, float(v), now, step) for name, v in values.items())
+            self._pending_calls += 1
+            due = self._pending_calls >= self._flush_every or (
+                time.monotonic() - self._flushed_at >= self._flush_every_s
+            )
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the metrics buffered since the last flush (one ``log_batch`` per
+        :data:`_MAX_METRICS_PER_BATCH`)."""
+        with self._lock:
+            pending, self._pending, self._pending_calls = self._pending, [], 0
+            self._flushed_at = time.monotonic()
+        if self._client is None or not pending:
+            return
+        for start in range(0, len(pending), _MAX_METRICS_PER_BATCH):
+            self._client.log_batch(
+                self.run_id, metrics=pending[start : start + _MAX_METRICS_PER_BATCH]
+            )
 
     def run_ended(self, record: RunRecord) -> None:
         client, run_id = self._client, self.run_id
         if client is None or run_id is None:
             return
         try:
+            self.flush()
             for tag, value in _git_info(record.root / "reports").items():
                 client.set_tag(run_id, tag, value)
             for folder in ("reports", "logs"):

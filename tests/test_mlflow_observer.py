@@ -136,9 +136,11 @@ sys.path.insert(0, sys.argv[2])
 from conftest import minimal_recipe
 from orchestrator_fsm import Config, RootOrchestrator
 
-recipe = minimal_recipe(Path(sys.argv[1]), telemetry={"observers": ["mlflow"]})
+observers = {"mlflow": {"flush_every": 2}}
+recipe = minimal_recipe(Path(sys.argv[1]), telemetry={"observers": observers})
 with RootOrchestrator(Config.from_dict(recipe), rank=0, local_rank=0) as orch:
-    orch.log_metrics({"loss": 0.5}, step=1)
+    for step, loss in ((1, 0.5), (2, 0.25), (3, 0.125)):
+        orch.log_metrics({"loss": loss}, step=step)
     print(orch.paths.root, flush=True)
     time.sleep(600)
 """
@@ -196,7 +198,11 @@ def test_a_sigkilled_run_is_set_failed_by_the_next_run_or_by_inspect(
     assert killed.info.end_time is not None
     assert killed.info.end_time >= killed.info.start_time
     assert "says crashed" in killed.data.tags[RECONCILED_TAG]
-    assert killed.data.metrics == {"loss": 0.5}
+    # Sent every 2 calls: the third, still buffered when the process was killed, is
+    # only in metrics.jsonl.
+    history = client.get_metric_history(mlflow_run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.25)]
+    assert len((root / "metrics.jsonl").read_text(encoding="utf-8").splitlines()) == 3
     # Reconciling again changes nothing.
     assert main(["inspect", str(root)]) == 0
     assert client.get_run(mlflow_run_id).info.end_time == killed.info.end_time
@@ -240,3 +246,37 @@ def test_inspect_never_imports_mlflow_for_a_run_that_names_no_mlflow_run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert "IMPORTED []" in done.stdout
+
+
+def test_metrics_are_sent_in_batches_of_flush_every_calls(
+    make_config: ConfigFactory,
+) -> None:
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    cfg = make_config(telemetry={"observers": {"mlflow": {"flush_every": 3}}})
+    client = MlflowClient(tracking_uri=_store(cfg))
+    sent = []
+    with RootOrchestrator(cfg, rank=0, local_rank=0) as orch:
+        for step in range(1, 5):
+            orch.log_metrics({"loss": 1.0 / step}, step=step)
+            (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+            sent.append(len(client.get_metric_history(run.info.run_id, "loss")))
+    assert sent == [0, 0, 3, 3]
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 4
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [({"flush_every": 0}, "flush_every"), ({"flush_every_s": -1}, "flush_every_s")],
+)
+def test_a_bad_flush_option_is_a_config_error_at_the_observer(
+    make_config: ConfigFactory, options: dict[str, Any], named: str
+) -> None:
+    pytest.importorskip("mlflow")
+    from orchestrator_fsm import ConfigError
+
+    cfg = make_config(telemetry={"observers": {"mlflow": options}})
+    with pytest.raises(ConfigError, match=r"telemetry\.observers\.mlflow") as caught:
+        RootOrchestrator(cfg, rank=0, local_rank=0)
+    assert named in str(caught.value)
