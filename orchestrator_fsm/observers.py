@@ -34,7 +34,10 @@ __all__ = [
 ]
 
 #: Observers the recipe may name by a short name instead of ``module:factory``.
-KNOWN_OBSERVERS: Final = {"mlflow": "orchestrator_fsm.mlflow_observer:MlflowObserver"}
+KNOWN_OBSERVERS: Final = {
+    "mlflow": "orchestrator_fsm.mlflow_observer:MlflowObserver",
+    "tensorboard": "orchestrator_fsm.tensorboard_observer:TensorBoardObserver",
+}
 
 #: What an observer may be told, in the order a run tells it.
 OBSERVER_METHODS: Final = ("run_started", "transition", "metrics", "summary", "run_ended")
