@@ -19,10 +19,12 @@ from orchestrator_fsm.orchestrator import RootOrchestrator
 ConfigFactory = Callable[..., Any]
 
 
-def test_importing_the_package_never_imports_mlflow() -> None:
+def test_importing_the_package_never_imports_mlflow_or_tensorboard() -> None:
     code = (
         "import sys, orchestrator_fsm, orchestrator_fsm.mlflow_observer, orchestrator_fsm.cli\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))"
+        "import orchestrator_fsm.tensorboard_observer\n"
+        "trackers = ('mlflow', 'tensorboard')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in trackers))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -53,14 +52,3 @@ def test_tensorboard_configured_but_missing_is_a_config_error_naming_the_field(
     message = str(caught.value)
     assert "telemetry.observers.tensorboard" in message
     assert "pip install 'orchestrator-fsm[tensorboard]'" in message
-
-
-def test_importing_the_package_never_imports_tensorboard() -> None:
-    code = (
-        "import sys, orchestrator_fsm, orchestrator_fsm.tensorboard_observer\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorboard'))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert done.stdout.strip() == "[]"
