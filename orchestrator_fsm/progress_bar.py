@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from orchestrator_fsm.phases.context import LOGGER_NAME
+from orchestrator_fsm.phases.logging import run_console_handler
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -54,16 +55,12 @@ _live: weakref.WeakKeyDictionary[Console, list[Any]] = weakref.WeakKeyDictionary
 def run_console() -> Console | IO[str] | None:
     """Where the live run's console log handler writes: its rich ``Console`` on a
     terminal, its plain stream otherwise; None when no run is live in this process."""
-    for handler in logging.getLogger(LOGGER_NAME).handlers:
-        if not getattr(handler, "_orchestrator_fsm_run_handler", False):
-            continue
-        if isinstance(handler, RichHandler):
-            return handler.console
-        if isinstance(handler, logging.StreamHandler) and not isinstance(
-            handler, logging.FileHandler
-        ):
-            stream: IO[str] = handler.stream
-            return stream
+    handler = run_console_handler(logging.getLogger(LOGGER_NAME))
+    if isinstance(handler, RichHandler):
+        return handler.console
+    if isinstance(handler, logging.StreamHandler):
+        stream: IO[str] = handler.stream
+        return stream
     return None
 
 

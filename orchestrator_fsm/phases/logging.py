@@ -55,6 +55,7 @@ __all__ = [
     "STDOUT_LOG_NAME",
     "Logger",
     "log_file_name",
+    "run_console_handler",
     "step",
 ]
 
@@ -214,6 +215,15 @@ def _console_handler(rank: int, level: int) -> logging.Handler:
     if level > logging.DEBUG:
         handler.addFilter(_DropFileOnly())
     return handler
+
+
+def run_console_handler(logger: logging.Logger) -> logging.Handler | None:
+    """The console handler :meth:`Logger.setup` gave ``logger`` (a rich one on a
+    terminal, a plain stream handler otherwise); None when it has none."""
+    for handler in logger.handlers:
+        if _is_ours(handler) and not isinstance(handler, logging.FileHandler):
+            return handler
+    return None
 
 
 def _writes_to_console(handler: logging.Handler) -> bool:
