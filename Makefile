@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[test,dev,mlflow]"
+	$(BIN)/python -m pip install --quiet -e ".[test,dev,mlflow,tensorboard]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -11,6 +11,7 @@ import attrs
 from rich.console import Console
 
 from benchmarks import SECTIONS
+from benchmarks.capture import measure_capture, measure_mlflow_metrics
 from benchmarks.cold import measure_cold
 from benchmarks.scale import measure_advance, measure_concurrency, measure_existing_runs
 from benchmarks.summary import load_average
@@ -83,6 +84,10 @@ class BenchmarkSettings:
             with progress.part("bare machine advance()"):
                 scale["advance"] = measure_advance(self.machines)
             results["scale"] = scale
+        if "capture" in self.sections:
+            with progress.part("capture and metrics unused, MLflow per call"):
+                results["capture"] = measure_capture(self.iterations)
+                results["capture"]["mlflow"] = measure_mlflow_metrics(100 if self.quick else 1000)
         results["progress"] = progress.parts
         return results
 

@@ -279,6 +279,30 @@ def result_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         advance = scale["advance"]
         rows.append(("scale", "bare machine advance()", _stats(advance["advance_us"], "us")))
         rows.append(("scale", "bare machine construction", _stats(advance["construct_us"], "us")))
+    capture = results.get("capture")
+    if capture:
+        rows.append(("capture", "round trip, capture unused", _stats(capture["unused_ms"])))
+        rows.append(("capture", "round trip, capture bypassed", _stats(capture["bypassed_ms"])))
+        rows.append(
+            (
+                "capture",
+                "difference of medians",
+                f"{capture['median_difference_ms']:.2f} ms (bypassed IQR "
+                f"{capture['bypassed_iqr_ms']:.2f} ms: "
+                f"{'measurable' if capture['measurable'] else 'not measurable'})",
+            )
+        )
+        for kind, label in (("every_call", "every call"), ("buffered", "buffered")):
+            mlflow = (capture.get("mlflow") or {}).get(kind)
+            if mlflow:
+                rows.append(
+                    (
+                        "capture",
+                        f"MLflow log_metrics, {label} (flush_every {mlflow['flush_every']})",
+                        f"{_stats(mlflow['log_metrics_us'], 'us')}; mean {mlflow['mean_us']:.0f} "
+                        f"us; exit {mlflow['exit_ms']:.0f} ms",
+                    )
+                )
     return rows
 
 

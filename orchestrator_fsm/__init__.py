@@ -57,6 +57,7 @@ from orchestrator_fsm.phases.manifest import AuditSaver
 from orchestrator_fsm.phases.report import Reporter
 from orchestrator_fsm.phases.runtime import apply_cpu_threads, configure_system_libraries
 from orchestrator_fsm.phases.timing import TimeTracker
+from orchestrator_fsm.progress_bar import ProgressBar, progress
 from orchestrator_fsm.protocols import (
     AuditSaverProtocol,
     InfraManagerProtocol,
@@ -90,6 +91,7 @@ __all__ = [
     "Logger",
     "Observer",
     "OrchestratorError",
+    "ProgressBar",
     "Reporter",
     "ReporterProtocol",
     "RootOrchestrator",
@@ -111,6 +113,7 @@ __all__ = [
     "get_world_size",
     "infer_status",
     "make_generator",
+    "progress",
     "read_run",
     "redact_secrets",
     "run_status",

@@ -9,31 +9,70 @@ recipe, flattened and redacted, as params (cut to MLflow's length limits); every
 commit and branch as ``mlflow.source.git.*`` tags (when known), the run directory's
 ``reports/`` and ``logs/`` as artifacts, and the status: FINISHED, FAILED or KILLED for
 ``completed``, ``failed`` or ``interrupted``.
+
+A run killed outright (SIGKILL, a lost node) leaves its MLflow run RUNNING. The record
+keeps the tracking URI and the MLflow run id (``run.json``'s ``trackers``), so the next
+run that starts in the same tracking store, or ``orchestrator-fsm inspect`` on the
+crashed run directory, sets it to FAILED (:func:`reconcile_runs`,
+:func:`reconcile_record`), with the run's last sign of life as its end time and a
+``orchestrator_fsm.reconciled`` tag saying why.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import threading
 import time
 from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from orchestrator_fsm._system import say_on_stderr
+from orchestrator_fsm.lifecycle.record import infer_status, read_run
 from orchestrator_fsm.observers import Observer
 from orchestrator_fsm.redaction import redact_secrets
 
 if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
+    from orchestrator_fsm.lifecycle.machine import TransitionRecord
     from orchestrator_fsm.lifecycle.record import RunRecord
 
-__all__ = ["MLFLOW_STATUS", "MlflowObserver", "flat_params"]
+__all__ = [
+    "FLUSH_EVERY",
+    "FLUSH_EVERY_S",
+    "MLFLOW_STATUS",
+    "RECONCILED_TAG",
+    "RUN_DIR_TAG",
+    "TRACKER",
+    "MlflowObserver",
+    "flat_params",
+    "reconcile_record",
+    "reconcile_runs",
+]
 
-#: The MLflow run status for each final status of run.json.
-MLFLOW_STATUS: Final = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+#: The MLflow run status for each final status of run.json (a crashed run: FAILED).
+MLFLOW_STATUS: Final = {
+    "completed": "FINISHED",
+    "failed": "FAILED",
+    "interrupted": "KILLED",
+    "crashed": "FAILED",
+}
+#: The tag naming the run directory an MLflow run mirrors.
+RUN_DIR_TAG: Final = "orchestrator_fsm.run_dir"
+#: The tag set on an MLflow run that reconciliation ended: why it did.
+RECONCILED_TAG: Final = "orchestrator_fsm.reconciled"
+#: The tracker's name in the record's ``trackers``.
+TRACKER: Final = "mlflow"
 
 _MAX_KEY: Final = 250
 _MAX_VALUE: Final = 6000
 _BATCH: Final = 100
+_MAX_METRICS_PER_BATCH: Final = 1000  # MLflow's own limit for one log_batch
+#: ``log_metrics`` / ``log_summary`` calls buffered before one ``log_batch`` sends them.
+FLUSH_EVERY: Final = 100
+#: Seconds after which the next call sends what is buffered, however few calls.
+FLUSH_EVERY_S: Final = 10.0
 _GIT_TAGS: Final = {"commit": "mlflow.source.git.commit", "branch": "mlflow.source.git.branch"}
 
 
@@ -62,14 +101,122 @@ def _git_info(reports: Path) -> dict[str, str]:
     return found
 
 
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _last_sign_of_life(record: RunRecord) -> datetime:
+    """When the run was last known alive: its end, heartbeat or last step (any rank's)."""
+    candidates = [record.ended_at, record.heartbeat_at, *(t.started_at for t in record.transitions)]
+    candidates += [rank.heartbeat_at or rank.started_at for rank in record.ranks]
+    moments = [moment for moment in candidates if moment is not None]
+    return max(moments) if moments else datetime.now(timezone.utc)
+
+
+def _status_of(mlflow_started_ms: int, run_dir: Path) -> tuple[str, RunRecord] | None:
+    """How the run an MLflow run (started at ``mlflow_started_ms``) mirrors ended, from
+    its run directory; None while it is still running or when the directory cannot be
+    read (another host's)."""
+    try:
+        record = read_run(run_dir)
+    except (OSError, ValueError):
+        return None
+    starts = [(_ms(a.started_at), a.status) for a in record.attempts if a.started_at]
+    if len(starts) > 1 and mlflow_started_ms < starts[-1][0]:
+        # A later attempt reopened the directory: this MLflow run mirrored an earlier
+        # one, which is over, as that attempt's entry says (crashed when it does not).
+        earlier = [status for started, status in starts if started <= mlflow_started_ms]
+        status = earlier[-1] if earlier else "crashed"
+        return (status if status in MLFLOW_STATUS else "crashed"), record
+    status = infer_status(record)
+    return (status, record) if status in MLFLOW_STATUS else None
+
+
+def _end(client: Any, mlflow_run_id: str, status: str, record: RunRecord) -> str:
+    mlflow_status = MLFLOW_STATUS[status]
+    client.set_tag(
+        mlflow_run_id,
+        RECONCILED_TAG,
+        f"the run directory {record.root} says {status}, but this MLflow run was still "
+        f"RUNNING (its process ended without closing it); set {mlflow_status} by "
+        "orchestrator-fsm",
+    )
+    client.set_terminated(mlflow_run_id, mlflow_status, end_time=_ms(_last_sign_of_life(record)))
+    return mlflow_status
+
+
+def reconcile_runs(client: Any, *, skip: str | None = None) -> dict[str, str]:
+    """End every RUNNING MLflow run of ``client``'s store whose run directory (its
+    ``orchestrator_fsm.run_dir`` tag) says the run is over: FAILED for a crashed or
+    failed run, KILLED for an interrupted one, FINISHED for a completed one. Runs still
+    live, runs of other tools and unreadable directories are left alone; ``skip`` is
+    a run id never touched (the one being started). Returns ``{mlflow run id: status
+    set}``."""
+    from mlflow.entities import ViewType
+
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    ended: dict[str, str] = {}
+    if not experiments:
+        return ended
+    running = client.search_runs(
+        experiments, filter_string="attributes.status = 'RUNNING'", max_results=1000
+    )
+    for run in running:
+        run_dir = run.data.tags.get(RUN_DIR_TAG)
+        if run.info.run_id == skip or not run_dir:
+            continue
+        found = _status_of(run.info.start_time, Path(run_dir))
+        if found is not None:
+            ended[run.info.run_id] = _end(client, run.info.run_id, *found)
+    return ended
+
+
+def reconcile_record(record: RunRecord) -> str | None:
+    """End the MLflow run ``record`` names in its ``trackers`` when the run is over
+    but the MLflow run is still RUNNING (see :func:`reconcile_runs`); the status set,
+    or None when there was nothing to do. Imports mlflow: call it only for a record
+    that names an MLflow run."""
+    link = record.trackers.get(TRACKER)
+    if not link or "run_id" not in link or "tracking_uri" not in link:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=link["tracking_uri"])
+    info = client.get_run(link["run_id"]).info
+    if info.status != "RUNNING":
+        return None
+    found = _status_of(info.start_time, record.root)
+    return None if found is None else _end(client, link["run_id"], *found)
+
+
 class MlflowObserver(Observer):
     """Mirrors a run into MLflow at ``tracking_uri`` (default ``sqlite:///<output_dir>/
     mlflow.db``, artifacts in ``<output_dir>/mlartifacts``), in ``experiment`` (default
-    ``hardware.project_name``)."""
+    ``hardware.project_name``).
+
+    Metrics are buffered and sent with one ``log_batch`` every ``flush_every`` calls
+    (1: at each call), at the first call ``flush_every_s`` seconds after the last send,
+    at every step of the machine and at the end (completed, failed or interrupted);
+    a run killed outright (SIGKILL) loses what was not sent yet (``metrics.jsonl`` has
+    it all)."""
 
     def __init__(
-        self, cfg: Config, *, tracking_uri: str | None = None, experiment: str | None = None
+        self,
+        cfg: Config,
+        *,
+        tracking_uri: str | None = None,
+        experiment: str | None = None,
+        flush_every: int = FLUSH_EVERY,
+        flush_every_s: float = FLUSH_EVERY_S,
     ) -> None:
+        if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
+            raise ValueError(f"flush_every must be an integer >= 1, got {flush_every!r}")
+        if (
+            isinstance(flush_every_s, bool)
+            or not isinstance(flush_every_s, (int, float))
+            or flush_every_s < 0
+        ):
+            raise ValueError(f"flush_every_s must be a number >= 0, got {flush_every_s!r}")
         if importlib.util.find_spec("mlflow") is None:
             raise ModuleNotFoundError(
                 "mlflow is not installed; pip install 'orchestrator-fsm[mlflow]'"
@@ -82,6 +229,12 @@ class MlflowObserver(Observer):
         self._client: Any = None
         self.run_id: str | None = None
         """The MLflow run's id, once the run started (rank 0 only)."""
+        self._flush_every = flush_every
+        self._flush_every_s = float(flush_every_s)
+        self._pending: list[Any] = []
+        self._pending_calls = 0
+        self._flushed_at = time.monotonic()
+        self._lock = threading.Lock()
 
     def run_started(self, record: RunRecord) -> None:
         if record.rank not in (None, 0):
@@ -102,12 +255,22 @@ class MlflowObserver(Observer):
         run = client.create_run(
             experiment_id,
             run_name=record.run_id,
-            tags={"orchestrator_fsm.run_dir": str(record.root)},
+            tags={RUN_DIR_TAG: str(record.root)},
         )
         self._client, self.run_id = client, run.info.run_id
         params = [Param(k, v) for k, v in flat_params(redact_secrets(self._cfg.dump_serialized()))]
         for start in range(0, len(params), _BATCH):
             client.log_batch(self.run_id, params=params[start : start + _BATCH])
+        try:
+            reconcile_runs(client, skip=self.run_id)
+        except Exception as exc:  # never a reason to stop mirroring this run
+            say_on_stderr(f"could not reconcile the MLflow runs of {self.tracking_uri} ({exc})")
+
+    def tracker_link(self) -> tuple[str, Mapping[str, str]] | None:
+        """Where this run is mirrored, once it started (kept in ``run.json``)."""
+        if self.run_id is None:
+            return None
+        return TRACKER, {"tracking_uri": self.tracking_uri, "run_id": self.run_id}
 
     def metrics(self, values: Mapping[str, float], step: int | None) -> None:
         self._log(values, step or 0)
@@ -115,20 +278,44 @@ class MlflowObserver(Observer):
     def summary(self, values: Mapping[str, float]) -> None:
         self._log(values, 0)
 
+    def transition(self, step: TransitionRecord) -> None:
+        # A step of the machine is rare and often the last sign of life: send the tail.
+        self.flush()
+
     def _log(self, values: Mapping[str, float], step: int) -> None:
         if self._client is None:
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(name, float(value), now, step) for name, value in values.items()]
-        self._client.log_batch(self.run_id, metrics=metrics)
+        with self._lock:
+            self._pending.extend(Metric(name, float(v), now, step) for name, v in values.items())
+            self._pending_calls += 1
+            due = self._pending_calls >= self._flush_every or (
+                time.monotonic() - self._flushed_at >= self._flush_every_s
+            )
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the metrics buffered since the last flush (one ``log_batch`` per
+        :data:`_MAX_METRICS_PER_BATCH`)."""
+        with self._lock:
+            pending, self._pending, self._pending_calls = self._pending, [], 0
+            self._flushed_at = time.monotonic()
+        if self._client is None or not pending:
+            return
+        for start in range(0, len(pending), _MAX_METRICS_PER_BATCH):
+            self._client.log_batch(
+                self.run_id, metrics=pending[start : start + _MAX_METRICS_PER_BATCH]
+            )
 
     def run_ended(self, record: RunRecord) -> None:
         client, run_id = self._client, self.run_id
         if client is None or run_id is None:
             return
         try:
+            self.flush()
             for tag, value in _git_info(record.root / "reports").items():
                 client.set_tag(run_id, tag, value)
             for folder in ("reports", "logs"):

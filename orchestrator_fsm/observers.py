@@ -14,7 +14,7 @@ be closed by then) and called again next time; it never breaks the run.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol, TypeGuard, runtime_checkable
 
 from orchestrator_fsm._system import say_on_stderr
 
@@ -23,10 +23,21 @@ if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.machine import TransitionRecord
     from orchestrator_fsm.lifecycle.record import RunRecord
 
-__all__ = ["KNOWN_OBSERVERS", "OBSERVER_METHODS", "Observer", "Observers", "configured_observers"]
+__all__ = [
+    "KNOWN_OBSERVERS",
+    "OBSERVER_METHODS",
+    "Observer",
+    "Observers",
+    "TrackerLink",
+    "configured_observers",
+    "links_a_tracker",
+]
 
 #: Observers the recipe may name by a short name instead of ``module:factory``.
-KNOWN_OBSERVERS: Final = {"mlflow": "orchestrator_fsm.mlflow_observer:MlflowObserver"}
+KNOWN_OBSERVERS: Final = {
+    "mlflow": "orchestrator_fsm.mlflow_observer:MlflowObserver",
+    "tensorboard": "orchestrator_fsm.tensorboard_observer:TensorBoardObserver",
+}
 
 #: What an observer may be told, in the order a run tells it.
 OBSERVER_METHODS: Final = ("run_started", "transition", "metrics", "summary", "run_ended")
@@ -82,6 +93,20 @@ class Observer:
         """The final record is written: ``record.status`` is how the run ended."""
 
 
+@runtime_checkable
+class TrackerLink(Protocol):
+    """An observer that mirrors the run into a tracker and can say where, once the run
+    started: ``(tracker name, {"tracking_uri": ..., "run_id": ...})``, or None. The
+    recorder keeps it in the record's ``trackers`` so a crashed run can be reconciled."""
+
+    def tracker_link(self) -> tuple[str, Mapping[str, str]] | None: ...
+
+
+def links_a_tracker(observer: object) -> TypeGuard[TrackerLink]:
+    """Whether ``observer`` can say where it mirrors the run (:class:`TrackerLink`)."""
+    return isinstance(observer, TrackerLink)
+
+
 class Observers:
     """The observers of one run, each called in turn; failures reported once each."""
 
@@ -105,6 +130,21 @@ class Observers:
                 call(*args)
             except Exception as exc:
                 self._report(index, observer, method, exc)
+
+    def tracker_links(self) -> dict[str, dict[str, str]]:
+        """Where the observers that are :class:`TrackerLink` mirror the run, by tracker."""
+        links: dict[str, dict[str, str]] = {}
+        for index, observer in enumerate(self._observers):
+            if not links_a_tracker(observer):
+                continue
+            try:
+                link = observer.tracker_link()
+            except Exception as exc:
+                self._report(index, observer, "tracker_link", exc)
+                continue
+            if link is not None:
+                links[link[0]] = {str(key): str(value) for key, value in link[1].items()}
+        return links
 
     def _report(self, index: int, observer: object, method: str, exc: Exception) -> None:
         if (index, method) in self._failed:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from orchestrator_fsm.distributed import Launch, discover_launch
 from orchestrator_fsm.errors import LifecycleError
@@ -36,9 +36,11 @@ from orchestrator_fsm.phases.report import Reporter
 from orchestrator_fsm.phases.runtime import apply_cpu_threads, configure_system_libraries
 from orchestrator_fsm.phases.steps import STEPS
 from orchestrator_fsm.phases.timing import TimeTracker
+from orchestrator_fsm.progress_bar import PLAIN_EVERY_S, ProgressBar, progress
 
 if TYPE_CHECKING:
     import torch
+    from rich.console import Console
 
     from orchestrator_fsm.config import Config
     from orchestrator_fsm.lifecycle.record import RunRecord
@@ -317,6 +319,28 @@ class RootOrchestrator:
         summary line in the metrics file and the record's ``summary``; the same rules
         as :meth:`log_metrics`."""
         self._recorder.log_summary(values)
+
+    def progress(
+        self,
+        iterable: Iterable[_T] | None = None,
+        *,
+        total: float | None = None,
+        description: str = "",
+        console: Console | IO[str] | None = None,
+        plain_every_s: float = PLAIN_EVERY_S,
+    ) -> ProgressBar[_T]:
+        """**(beyond)** A progress bar for the user's loop (see
+        :func:`orchestrator_fsm.progress`), drawn on the run's console below its log
+        lines (or on ``console``), and shown on rank 0 only (the other ranks' bars do
+        nothing)."""
+        return progress(
+            iterable,
+            total=total,
+            description=description,
+            console=console,
+            disable=not self._run.is_main_process,
+            plain_every_s=plain_every_s,
+        )
 
     def on_signal(self, signum: int | str, callback: SignalCallback) -> None:
         """**(beyond)** Call ``callback(orchestrator, signum)`` when SIGUSR1 or SIGUSR2

@@ -122,7 +122,17 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
         "existing run directories",
         "concurrent processes",
         "bare machine advance()",
+        "capture and metrics unused, MLflow per call",
     ]
+    capture = results["capture"]
+    assert_stats(capture["unused_ms"])
+    assert_stats(capture["bypassed_ms"])
+    assert isinstance(capture["median_difference_ms"], float)
+    assert isinstance(capture["measurable"], bool)
+    if capture["mlflow"] is not None:
+        assert capture["mlflow"]["every_call"]["flush_every"] == 1
+        assert capture["mlflow"]["buffered"]["calls"] == 100
+        assert_stats(capture["mlflow"]["buffered"]["log_metrics_us"])
     assert len(results["targets"]) == 4
     assert all(isinstance(target["met"], bool) for target in results["targets"])
 

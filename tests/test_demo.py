@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -151,9 +152,12 @@ def test_progress_bar_is_drawn_on_a_terminal_and_not_elsewhere(tmp_path: Path) -
         screens.append(buffer.getvalue())
         assert result.final_accuracy == result.epochs[-1].val_accuracy
     terminal, plain = screens
-    assert "epoch 1/1" in terminal
-    assert "epoch 1/1" not in plain
-    assert plain.startswith("final validation accuracy: ")
+    assert "epoch 1/1" in terminal and "━" in terminal
+    # Not a terminal: the bar is one plain line at its end, then the result.
+    bar_line, result_line = plain.splitlines()
+    assert re.fullmatch(r"epoch 1/1 3/3 loss=\S+ \d+\.\ds", bar_line)
+    assert "\x1b" not in plain
+    assert result_line.startswith("final validation accuracy: ")
 
 
 def test_dataset_depends_only_on_its_seed() -> None:

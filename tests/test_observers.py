@@ -126,3 +126,41 @@ def test_an_observer_factory_that_cannot_be_made_is_a_config_error(
     cfg = make_config(telemetry={"observers": ["orchestrator_fsm.observers:Nothing"]})
     with pytest.raises(ConfigError, match=r"telemetry\.observers\.orchestrator_fsm"):
         RootOrchestrator(cfg, rank=0, local_rank=0)
+
+
+class Linking(Observer):
+    def __init__(self, link: Any) -> None:
+        self.link = link
+
+    def tracker_link(self) -> Any:
+        if isinstance(self.link, Exception):
+            raise self.link
+        return self.link
+
+
+def test_a_tracker_link_is_kept_in_run_json(make_config: ConfigFactory) -> None:
+    from orchestrator_fsm import read_run
+
+    linked = Linking(("mytracker", {"run_id": "abc", "tracking_uri": "file:///t"}))
+    with RootOrchestrator(make_config(), rank=0, local_rank=0, observers=[linked]) as orch:
+        assert orch.paths is not None
+        assert read_run(orch.paths.root).trackers == {
+            "mytracker": {"run_id": "abc", "tracking_uri": "file:///t"}
+        }
+    assert read_run(orch.paths.root).trackers["mytracker"]["run_id"] == "abc"
+
+
+def test_a_failing_tracker_link_is_reported_and_the_run_goes_on(
+    make_config: ConfigFactory, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from orchestrator_fsm import read_run
+
+    broken = Linking(RuntimeError("no tracker"))
+    with RootOrchestrator(make_config(), rank=0, local_rank=0, observers=[broken]) as orch:
+        pass
+    assert orch.paths is not None
+    record = read_run(orch.paths.root)
+    assert record.status == "completed" and record.trackers == {}
+    assert (
+        "observer Linking.tracker_link failed (RuntimeError: no tracker)" in capfd.readouterr().err
+    )

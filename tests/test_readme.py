@@ -17,11 +17,12 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
 
 
-def test_readme_quickstart_runs_and_ends_cleaned(tmp_path: Path) -> None:
-    quickstart, step_by_step = python_blocks()[:2]
+def run_example(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run as a script in ``tmp_path`` (holding a copy of examples/recipes),
+    with its own cache directory; it must succeed."""
     shutil.copytree(ROOT / "examples" / "recipes", tmp_path / "examples" / "recipes")
-    script = tmp_path / "quickstart.py"
-    script.write_text(quickstart + step_by_step, encoding="utf-8")
+    script = tmp_path / "example.py"
+    script.write_text(code, encoding="utf-8")
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
     result = subprocess.run(
         [sys.executable, str(script)],
@@ -33,6 +34,12 @@ def test_readme_quickstart_runs_and_ends_cleaned(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_readme_quickstart_runs_and_ends_cleaned(tmp_path: Path) -> None:
+    quickstart, step_by_step = python_blocks()[:2]
+    result = run_example(tmp_path, quickstart + step_by_step)
     lines = result.stdout.split()
     assert lines[0] == "cleaned"
     assert lines[1:] == [
@@ -107,3 +114,12 @@ def test_readme_metrics_example_logs_and_reads_back(tmp_path: Path) -> None:
     assert result.stdout.split() == [str(1.0 / 3), "3", "0.9"]
     (run,) = (tmp_path / "outputs").iterdir()
     assert len((run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()) == 4
+
+
+def test_readme_progress_example_runs_with_its_bars_and_log_lines(tmp_path: Path) -> None:
+    (example,) = [block for block in python_blocks() if "orch.progress(" in block]
+    lines = run_example(tmp_path, example).stderr.splitlines()
+    for epoch in (1, 2, 3):
+        assert f"[rank0] INFO     epoch {epoch} done" in lines
+        assert any(re.fullmatch(rf"epoch {epoch}/3 50/50 \d+\.\ds", line) for line in lines)
+    assert any(re.fullmatch(r"training 3/3 loss=0\.3333 \d+\.\ds", line) for line in lines)

@@ -102,12 +102,34 @@ def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
     except _UsageError as exc:
         say(err, f"error: {exc}", "red")
         return EXIT_USAGE
+    _reconcile_trackers(run, err)
     files = _run_files(run_dir)
     if args.json:
         print_run_json(run, files)
     else:
         print_run(out, run, files)
     return EXIT_OK
+
+
+def _reconcile_trackers(run: RunRecord, err: Console) -> None:
+    """A crashed run whose record names an MLflow run: end that run as FAILED when it
+    is still RUNNING. mlflow is imported only then, and only when it is installed."""
+    import importlib.util
+
+    if "mlflow" not in run.trackers or run.effective_status != "crashed":
+        return
+    if importlib.util.find_spec("mlflow") is None:
+        return
+    from orchestrator_fsm.mlflow_observer import reconcile_record
+
+    try:
+        ended = reconcile_record(run)
+    except Exception as exc:  # the tracker is unreachable: inspect shows the run anyway
+        say(err, f"note: could not reconcile the MLflow run of {run.root} ({exc})", "yellow")
+        return
+    if ended is not None:
+        link = run.trackers["mlflow"]
+        say(err, f"mlflow: run {link['run_id']} was still RUNNING; set {ended}", "yellow")
 
 
 def print_run_json(run: RunRecord, files: RunFiles) -> None:

@@ -58,13 +58,6 @@ import numpy.typing as npt
 import torch
 import torch.distributed as dist
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
@@ -72,6 +65,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDatas
 from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_text
 from orchestrator_fsm.errors import ConfigError, LifecycleError
 from orchestrator_fsm.phases.determinism import make_generator, worker_init_fn
+from orchestrator_fsm.progress_bar import ProgressBar
 
 if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
@@ -444,25 +438,14 @@ def _build_model(settings: DemoSettings, seed: int) -> MiniCNN:
         return MiniCNN(len(SHAPES), settings.image_size, settings.channels)
 
 
-def _progress(console: Console, *, shown: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not (shown and console.is_terminal),
-    )
-
-
 def train(orch: RootOrchestrator, *, console: Console | None = None) -> DemoResult:
     """Train :class:`MiniCNN` on the synthetic shapes inside a running lifecycle.
 
     ``orch`` must be at READY (inside its with-block); ``train`` makes the phase 7
-    environment report first. Progress goes to ``console`` (stdout by default; the bar
-    is shown only on a terminal, and only by rank 0), per-epoch metrics to the run log
+    environment report first. Progress is an ``orch.progress`` bar on the run's console
+    (on ``console`` when one is given; shown by rank 0 only, a plain line when not a
+    terminal), the final accuracy is printed on ``console`` (stdout by default),
+    per-epoch metrics go to the run log
     and, on rank 0, to ``orch.log_metrics`` (step: the epoch), ``reports/metrics.csv`` and
     ``checkpoints/last.pt``, the final accuracy to ``orch.log_summary``. With more
     than one rank it trains data-parallel (see the module's description) and every
@@ -473,7 +456,7 @@ def train(orch: RootOrchestrator, *, console: Console | None = None) -> DemoResu
     settings = DemoSettings.from_config(orch.cfg)
     device = orch.get_device()
     with _process_group(orch, device) as ranks:
-        return _train(orch, settings, device, ranks, console or Console())
+        return _train(orch, settings, device, ranks, console)
 
 
 def _train(
@@ -481,7 +464,7 @@ def _train(
     settings: DemoSettings,
     device: torch.device,
     ranks: _Ranks,
-    console: Console,
+    console: Console | None,
 ) -> DemoResult:
     log = orch.run_logger or _log
     seeds = orch.seed_tree
@@ -566,13 +549,14 @@ def _train(
 
     history: list[EpochMetrics] = []
     steps_per_epoch = len(train_loader)
-    with _progress(console, shown=orch.is_main_process) as progress:
-        task = progress.add_task(
-            "training", total=settings.epochs * steps_per_epoch, loss=float("nan")
-        )
+    total_steps = settings.epochs * steps_per_epoch
+    bar: ProgressBar[None] = orch.progress(
+        total=total_steps, description="training", console=console
+    )
+    with bar:
         for epoch in range(1, settings.epochs + 1):
             started = time.perf_counter()
-            progress.update(task, description=f"epoch {epoch}/{settings.epochs}", refresh=True)
+            bar.update(description=f"epoch {epoch}/{settings.epochs}")
             if sampler is not None:
                 sampler.set_epoch(epoch)  # a new order each epoch, the same on every rank
             model.train()
@@ -585,7 +569,7 @@ def _train(
                 optimizer.step()
                 loss_sum += loss.item() * len(batch_labels)
                 seen += len(batch_labels)
-                progress.update(task, advance=1, loss=loss.item())
+                bar.advance(loss=loss.item())
             train_loss_sum, train_seen, val_loss_sum, correct, val_seen = ranks.total(
                 loss_sum, seen, *_evaluate(model, val_loader, device)
             )
@@ -626,7 +610,7 @@ def _train(
     log.info("demo: final validation accuracy %.4f", final)
     if orch.is_main_process:
         orch.log_summary({"final_accuracy": final})
-        console.print(
+        (console or Console()).print(
             f"final validation accuracy: {final:.1%} "
             f"({round(final * val_count)}/{val_count} images)",
             markup=False,

@@ -209,6 +209,16 @@ def _timestamp(value: object) -> datetime | None:
         return None
 
 
+def _trackers(value: object) -> dict[str, dict[str, str]]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {
+        str(name): {str(key): str(item) for key, item in link.items()}
+        for name, link in value.items()
+        if isinstance(link, Mapping)
+    }
+
+
 @attrs.frozen
 class RunRecord:
     """What one run directory says about its run (``run.json`` + ``lifecycle.jsonl``).
@@ -255,6 +265,9 @@ class RunRecord:
     """Per metric this rank logged with ``log_metrics``: its last value and step."""
     summary: Mapping[str, float] = attrs.field(factory=dict)
     """What this rank logged with ``log_summary`` (a later value of a name wins)."""
+    trackers: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
+    """Where observers mirror the run, by tracker (``{"mlflow": {"tracking_uri": ...,
+    "run_id": ...}}``), as they said when it started; how a crashed run is found again."""
     extra: Mapping[str, Any] = attrs.field(factory=dict)
 
     @property
@@ -337,6 +350,7 @@ class RunRecord:
             ranks=ranks,
             metrics=_last_metrics(data.get("metrics")),
             summary=_numbers(data.get("summary")),
+            trackers=_trackers(data.get("trackers")),
             extra={k: v for k, v in data.items() if k not in known},
         )
 
@@ -375,6 +389,7 @@ class RunRecord:
             attempts=[attempt.to_json() for attempt in self.attempts],
             metrics={name: item.to_json() for name, item in self.metrics.items()},
             summary=dict(self.summary),
+            trackers={name: dict(link) for name, link in self.trackers.items()},
         )
         return data
 

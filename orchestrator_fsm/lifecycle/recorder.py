@@ -232,11 +232,23 @@ class RunRecorder:
         if main:
             self._tell_job(failed=None)
         self._observers.notify("run_started", record)
+        self._keep_tracker_links()
         if self._heartbeat_s > 0:
             self._beater = threading.Thread(
                 target=self._beat, name="orchestrator-fsm-heartbeat", daemon=True
             )
             self._beater.start()
+
+    def _keep_tracker_links(self) -> None:
+        """Put where the observers mirror the run into the record (one more write, only
+        when one of them links a tracker), so a crashed run can be reconciled there."""
+        links = self._observers.tracker_links() if self._observers else {}
+        if not links:
+            return
+        with self._lock:
+            assert self._record is not None
+            self._record = attrs.evolve(self._record, trackers=links)
+            self._update()
 
     def announce_end(self) -> None:
         """Log how the run ended on the run logger (the machine's cleanup hook)."""
