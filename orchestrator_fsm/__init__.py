@@ -11,9 +11,11 @@ from orchestrator_fsm.config import (
     HardwareConfig,
     InfrastructureConfig,
     LockConfig,
+    MissingKeyError,
     TelemetryConfig,
     TrainingConfig,
 )
+from orchestrator_fsm.config.schema import pipeline_schema
 from orchestrator_fsm.distributed import (
     Launch,
     discover_launch,
@@ -88,6 +90,7 @@ __all__ = [
     "LockConfig",
     "LockContendedError",
     "Logger",
+    "MissingKeyError",
     "Observer",
     "OrchestratorError",
     "Reporter",
@@ -111,6 +114,7 @@ __all__ = [
     "get_world_size",
     "infer_status",
     "make_generator",
+    "pipeline_schema",
     "read_run",
     "redact_secrets",
     "run_status",
