@@ -156,7 +156,7 @@ def _find_run(member: _Member, sweep_id: str, since: float) -> RunRecord | None:
             and data.get("sweep_member") == member.number
         ):
             try:
-                return read_run(root)
+                return read_run(Path(os.path.abspath(root)))
             except (OSError, ValueError):
                 return None
     return None
