@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -240,3 +241,25 @@ def test_validate_without_entry_says_the_pipeline_sections_were_not_checked(
 
     assert done.returncode == 0, done.stderr
     assert "not checked (give --entry" in done.stdout
+
+
+def test_the_readme_schema_example_runs_as_written() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    (example,) = [
+        block
+        for block in re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+        if "pipeline_schema(" in block
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", example],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "2 Training(epochs=2, batch_size=32, learning_rate=0.01)"
+    assert lines[1].startswith("training.epoch: unknown key 'epoch'; did you mean 'epochs'?")
