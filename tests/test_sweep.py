@@ -218,3 +218,33 @@ def test_ctrl_c_interrupts_the_running_members_and_starts_no_more(project: Path)
     assert record["status"] == "interrupted"
     assert [m["status"] for m in record["members"]] == ["interrupted", "interrupted", "not started"]
     assert sorted(run_json(run)["status"] for run in runs(project)) == ["interrupted"] * 2
+
+
+def test_a_swept_value_without_multirun_suggests_it(project: Path) -> None:
+    done = cli(project, "scored", "training.seed=1,2")
+
+    assert done.returncode == 2
+    assert "training.seed: expected an integer in [0, 2**32), got '1,2'" in done.stderr
+    assert "add --multirun" in done.stderr
+    assert not (project / "outputs").exists()
+
+
+def test_inspect_names_the_sweep_of_a_member(project: Path) -> None:
+    assert cli(project, "scored", "-m", "training.seed=3").returncode == 0
+    [run] = runs(project)
+    sweep = sweep_record(project)["sweep"]
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "orchestrator_fsm", "inspect", str(run)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "250"},
+        check=False,
+    )
+
+    assert shown.returncode == 0, shown.stderr
+    assert any(
+        line.split() == ["│", "sweep", "│", sweep, "(member", "1)", "│"]
+        for line in shown.stdout.splitlines()
+    ), shown.stdout

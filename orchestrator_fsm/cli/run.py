@@ -63,6 +63,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
             return EXIT_USAGE
         loaded = config_or_exit_code(args, err, schema)
         if isinstance(loaded, int):
+            _hint_multirun(args.bare, err)
             return loaded
         cfg = loaded
         # One voice for the job: rank 0 prints; the other ranks say only what went
@@ -93,6 +94,19 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
             except RunInterrupted as late:
                 code = code if code != EXIT_OK else 128 + late.signum
     return code
+
+
+def _hint_multirun(overrides: list[str], err: Console) -> None:
+    """After a config error: say so when a bare override looks like a sweep."""
+    from orchestrator_fsm.sweep import expand_sweep
+
+    for override in overrides:
+        try:
+            swept = len(expand_sweep([override])) > 1
+        except ValueError:
+            continue
+        if swept:
+            say(err, f"(to run each value of {override!r} as its own run, add --multirun)", "dim")
 
 
 def _exit_at_once(code: Callable[[], int]) -> Callable[[int, FrameType | None], None]:
@@ -162,7 +176,7 @@ def _run_entry(
     membership = None
     if sweep is not None:
         sweep_id, _, index = sweep.rpartition(":")
-        membership = (sweep_id, int(index))
+        membership = (sweep_id, int(index)) if index.isdigit() else None
     try:
         orch = RootOrchestrator(cfg, resume=resume, force_resume=force, sweep=membership)
         with orch:
