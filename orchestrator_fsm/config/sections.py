@@ -387,7 +387,7 @@ class PipelineSection(Mapping[str, Any]):
         close = difflib.get_close_matches(str(key), known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         message = f"{path} is not in {self._label}{hint}"
-        return MissingKeyError(message, problems=[(path, "missing")], source=self._label)
+        return MissingKeyError(message, problems=[(path, "not in the recipe")], source=self._label)
 
     def _typed_fields(self) -> list[str]:
         if self._typed is None:
