@@ -234,13 +234,22 @@ def test_run_gives_the_pipeline_its_typed_values(tmp_path: Path) -> None:
     assert "summary: epochs=3, learning_rate=0.01" in done.stdout
 
 
-def test_validate_without_entry_says_the_pipeline_sections_were_not_checked(
+def test_validate_without_entry_checks_the_default_pipeline_as_run_does(
     tmp_path: Path,
 ) -> None:
-    done = cli(tmp_path, "validate", str(write_recipe(tmp_path, epoch=2)))
+    with demo_recipe() as path:
+        valid = cli(tmp_path, "validate", str(path))
+        invalid = cli(tmp_path, "validate", str(path), "training.epochs=0")
+    typo = cli(tmp_path, "validate", str(write_recipe(tmp_path, epoch=2)))
 
-    assert done.returncode == 0, done.stderr
-    assert "not checked (give --entry" in done.stdout
+    assert valid.returncode == 0, valid.stderr
+    assert "orchestrator_fsm.demo.pipeline:train (the default --entry)" in valid.stdout
+    assert invalid.returncode == 2
+    assert "command line: training.epochs: expected an integer of at least 1" in invalid.stderr
+    assert typo.returncode == 2
+    assert "training.epoch: unknown key 'epoch'; did you mean 'epochs'?" in typo.stderr
+    assert "give --entry for your pipeline" in typo.stderr
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_the_readme_schema_example_runs_as_written() -> None:
