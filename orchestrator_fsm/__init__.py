@@ -11,9 +11,11 @@ from orchestrator_fsm.config import (
     HardwareConfig,
     InfrastructureConfig,
     LockConfig,
+    MissingKeyError,
     TelemetryConfig,
     TrainingConfig,
 )
+from orchestrator_fsm.config.schema import pipeline_schema
 from orchestrator_fsm.distributed import (
     Launch,
     discover_launch,
@@ -89,6 +91,7 @@ __all__ = [
     "LockConfig",
     "LockContendedError",
     "Logger",
+    "MissingKeyError",
     "Observer",
     "OrchestratorError",
     "ProgressBar",
@@ -113,6 +116,7 @@ __all__ = [
     "get_world_size",
     "infer_status",
     "make_generator",
+    "pipeline_schema",
     "progress",
     "read_run",
     "redact_secrets",

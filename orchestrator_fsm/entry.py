@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Entry",
+    "entry_schema",
     "entry_search_dirs",
     "entry_search_path",
     "is_entry_spec",
@@ -135,6 +136,17 @@ def resolve_entry(spec: str) -> Entry:
     """
     entry: Entry = resolve_callable(spec)
     return entry
+
+
+def entry_schema(entry: object, spec: str) -> dict[str, type]:
+    """The schema ``entry`` declares for its recipe sections (see
+    :func:`orchestrator_fsm.pipeline_schema`); an ``EntryPointError`` when it is not one."""
+    from orchestrator_fsm.config.schema import schema_of
+
+    try:
+        return schema_of(entry)
+    except (TypeError, ValueError) as exc:
+        raise EntryPointError(f"--entry {spec!r} declares an unusable schema: {exc}") from exc
 
 
 def resolve_callable(

@@ -26,7 +26,8 @@ class ConfigError(OrchestratorError, ValueError):
 
     ``problems`` holds one ``(dotted_path, message)`` pair per bad field, so that
     callers (the CLI's ``validate``) can show all of them; ``source`` is the file
-    the config came from, or ``None`` for in-memory data.
+    the config came from, or ``None`` for in-memory data. ``overridden`` holds the
+    paths of problems whose value an override (``--set``) gave, not the file.
     """
 
     def __init__(
@@ -35,10 +36,12 @@ class ConfigError(OrchestratorError, ValueError):
         *,
         problems: list[tuple[str, str]] | None = None,
         source: str | None = None,
+        overridden: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__(message)
         self.problems: list[tuple[str, str]] = list(problems or [])
         self.source = source
+        self.overridden = overridden
 
 
 class LifecycleError(OrchestratorError, RuntimeError):

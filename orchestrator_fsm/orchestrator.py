@@ -94,7 +94,8 @@ class RootOrchestrator:
 
     or drive ``orch.machine`` step by step. ``observers`` (see
     :mod:`orchestrator_fsm.observers`), after those of ``telemetry.observers``, are told
-    what the run records as it records it.
+    what the run records as it records it. ``sweep`` (a sweep id and member number,
+    given by ``run --multirun`` to its members) is recorded in ``run.json``.
     Every dependency can be injected; the
     defaults are this package's own phase implementations. Only rank 0 creates the
     run directory, persists the manifest and takes the lock; other ranks join rank 0's
@@ -123,6 +124,7 @@ class RootOrchestrator:
         resume: str | os.PathLike[str] | None = None,
         force_resume: bool = False,
         observers: Iterable[object] = (),
+        sweep: tuple[str, int] | None = None,
     ) -> None:
         self.cfg = cfg
         # Explicit rank, local_rank and world_size win over what the launcher says.
@@ -165,6 +167,7 @@ class RootOrchestrator:
             launch=self.launch,
             resume_from=None if resume is None else Path(resume),
             force_resume=force_resume,
+            sweep=sweep,
         )
         self._recorder = RunRecorder(
             self._run,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -24,6 +24,7 @@ __all__ = [
     "print_config_error",
     "recipe_label",
     "say",
+    "split_bare_overrides",
 ]
 
 EXIT_OK: Final = 0
@@ -50,20 +51,43 @@ def print_config_error(err: Console, exc: ConfigError, fallback_source: str | No
         say(err, f"error: invalid config in {source}: {exc}", "red")
         return
     count = len(exc.problems)
-    say(err, f"error: invalid config in {source} ({count} problem{'s' * (count != 1)}):", "red")
+    # A value an override gave is the command line's, not the file's.
+    from_file = [path for path, _ in exc.problems if path not in exc.overridden]
+    where = source if from_file else "the command line"
+    if from_file and exc.overridden:
+        where = f"{source} and the command line"
+    say(err, f"error: invalid config in {where} ({count} problem{'s' * (count != 1)}):", "red")
     for path, message in exc.problems:
-        say(err, f"  {source}: {path}: {message}" if path else f"  {source}: {message}")
+        if path in exc.overridden:
+            say(err, f"  command line: {path}: {message}")
+        else:
+            say(err, f"  {source}: {path}: {message}" if path else f"  {source}: {message}")
 
 
-def _load_config(recipe: str | None, overrides: Sequence[str]) -> Config:
+def _load_config(
+    recipe: str | None, overrides: Sequence[str], schema: Mapping[str, type] | None
+) -> Config:
     from orchestrator_fsm.config import Config
 
     if recipe is not None:
-        return Config.from_recipe(Path(recipe), overrides=overrides)
+        return Config.from_recipe(Path(recipe), overrides=overrides, schema=schema)
     from orchestrator_fsm.demo import demo_recipe
 
     with demo_recipe() as path:
-        return Config.from_recipe(path, overrides=overrides)
+        return Config.from_recipe(path, overrides=overrides, schema=schema)
+
+
+def split_bare_overrides(args: argparse.Namespace) -> None:
+    """Move bare ``key=value`` arguments (``args.bare``) into ``args.overrides``, after
+    the ``--set`` ones; a ``RECIPE`` argument that is one (``run training.seed=1``,
+    with no such file) is an override of the bundled recipe."""
+    bare = list(getattr(args, "bare", None) or [])
+    recipe = getattr(args, "recipe", None)
+    if recipe is not None and "=" in recipe and not Path(recipe).exists():
+        bare.insert(0, recipe)
+        args.recipe = None
+    args.bare = bare
+    args.overrides = [*args.overrides, *bare]
 
 
 def recipe_label(recipe: str | None) -> str:
@@ -71,11 +95,14 @@ def recipe_label(recipe: str | None) -> str:
     return recipe if recipe is not None else "the bundled demo recipe"
 
 
-def config_or_exit_code(args: argparse.Namespace, err: Console) -> Config | int:
-    """The config of ``args.recipe`` with ``args.overrides``; or, once the problem is
-    printed, the exit code for a recipe that is invalid or cannot be read."""
+def config_or_exit_code(
+    args: argparse.Namespace, err: Console, schema: Mapping[str, type] | None = None
+) -> Config | int:
+    """The config of ``args.recipe`` with ``args.overrides`` (and the pipeline's
+    ``schema``); or, once the problem is printed, the exit code for a recipe that is
+    invalid or cannot be read."""
     try:
-        return _load_config(args.recipe, args.overrides)
+        return _load_config(args.recipe, args.overrides, schema)
     except ConfigError as exc:
         print_config_error(err, exc, args.recipe)
         return EXIT_USAGE

@@ -221,6 +221,8 @@ def format_summary(run: RunRecord) -> Table:
         ("entry point", _or_dash(run.entry_point)),
         ("root", str(run.root)),
     ]
+    if run.sweep is not None:
+        rows.insert(-1, ("sweep", f"{run.sweep} (member {_or_dash(run.sweep_member)})"))
     for field, value in rows:
         table.add_row(field, value if isinstance(value, Text) else Text(value))
     return table

@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "recipe", nargs="?", metavar="RECIPE", help="YAML recipe (default: the bundled demo)"
     )
+    _add_sweep_arguments(run)
     run.add_argument(
         "--entry",
         metavar="MODULE:FUNCTION",
@@ -92,8 +93,53 @@ def build_parser() -> argparse.ArgumentParser:
         "validate", parents=[overrides], help="check a recipe and summarise it"
     )
     validate.add_argument("recipe", metavar="RECIPE")
+    validate.add_argument("bare", nargs="*", metavar="KEY=VALUE", help="more overrides, like --set")
+    validate.add_argument(
+        "--entry",
+        metavar="MODULE:FUNCTION",
+        help="also check the sections whose schema this pipeline declares, as run does",
+    )
     validate.set_defaults(handler=cmd_validate)
     return parser
+
+
+def _add_sweep_arguments(run: argparse.ArgumentParser) -> None:
+    run.add_argument(
+        "bare",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="overrides, like --set; with --multirun, KEY=a,b,c or KEY=range(1,4) sweeps",
+    )
+    run.add_argument(
+        "-m",
+        "--multirun",
+        action="store_true",
+        help="run every combination of the swept KEY=a,b,c overrides, each as its own run",
+    )
+    run.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --multirun: run up to N members at once (default 1)",
+    )
+    run.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="with --multirun: start no more members once one has failed",
+    )
+    run.add_argument("--sweep-member", help=argparse.SUPPRESS)
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``argv`` parsed; ``KEY=VALUE`` arguments after an option are overrides too."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "bare") and all("=" in a and not a.startswith("-") for a in extra):
+        args.bare = [*args.bare, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: list[str] | None = None, *, exiting: bool = False) -> int:
@@ -104,7 +150,7 @@ def main(argv: list[str] | None = None, *, exiting: bool = False) -> int:
     """
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     args.exiting = exiting

@@ -19,8 +19,9 @@ from orchestrator_fsm.cli._shared import (
     print_config_error,
     recipe_label,
     say,
+    split_bare_overrides,
 )
-from orchestrator_fsm.entry import Entry, entry_search_path, resolve_entry
+from orchestrator_fsm.entry import Entry, entry_schema, entry_search_path, resolve_entry
 from orchestrator_fsm.errors import ConfigError, EntryPointError, RunInterrupted
 from orchestrator_fsm.lifecycle.record import outcome_of
 from orchestrator_fsm.lifecycle.signals import SignalGuard
@@ -42,20 +43,29 @@ def _run_record(orch: RootOrchestrator | None) -> RunRecord | None:
 
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
-    """Run ``args.entry`` (default: the demo pipeline) on ``args.recipe``; the exit code."""
-    loaded = config_or_exit_code(args, err)
-    if isinstance(loaded, int):
-        return loaded
-    cfg = loaded
+    """Run ``args.entry`` (default: the demo pipeline) on ``args.recipe``; the exit code.
+
+    With ``args.multirun``, run the sweep the bare overrides describe instead."""
+    split_bare_overrides(args)
+    if args.multirun:
+        from orchestrator_fsm.cli.sweep import cmd_sweep
+
+        return cmd_sweep(args, out, err)
     from orchestrator_fsm.demo import DEMO_ENTRY
 
     spec = args.entry or DEMO_ENTRY
     with entry_search_path(spec):
         try:
             entry = resolve_entry(spec)
+            schema = entry_schema(entry, spec)
         except EntryPointError as exc:
             say(err, f"error: {exc}", "red")
             return EXIT_USAGE
+        loaded = config_or_exit_code(args, err, schema)
+        if isinstance(loaded, int):
+            _hint_multirun(args.bare, err)
+            return loaded
+        cfg = loaded
         # One voice for the job: rank 0 prints; the other ranks say only what went
         # wrong with them (on stderr), and their records are in the run directory.
         if not _is_other_rank():
@@ -70,7 +80,9 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         guard.install()
         code = EXIT_OK
         try:
-            orch, failure = _run_entry(cfg, entry, resume=args.resume, force=args.force)
+            orch, failure = _run_entry(
+                cfg, entry, resume=args.resume, force=args.force, sweep=args.sweep_member
+            )
             guard.hold()
             code = _report_outcome(orch, failure, cfg, out, err, debug=args.debug)
         finally:
@@ -82,6 +94,19 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
             except RunInterrupted as late:
                 code = code if code != EXIT_OK else 128 + late.signum
     return code
+
+
+def _hint_multirun(overrides: list[str], err: Console) -> None:
+    """After a config error: say so when a bare override looks like a sweep."""
+    from orchestrator_fsm.sweep import expand_sweep
+
+    for override in overrides:
+        try:
+            swept = len(expand_sweep([override])) > 1
+        except ValueError:
+            continue
+        if swept:
+            say(err, f"(to run each value of {override!r} as its own run, add --multirun)", "dim")
 
 
 def _exit_at_once(code: Callable[[], int]) -> Callable[[int, FrameType | None], None]:
@@ -140,15 +165,20 @@ def _is_other_rank() -> bool:
 
 
 def _run_entry(
-    cfg: Config, entry: Entry, *, resume: str | None, force: bool
+    cfg: Config, entry: Entry, *, resume: str | None, force: bool, sweep: str | None
 ) -> tuple[RootOrchestrator | None, BaseException | None]:
-    """Run ``entry`` inside a lifecycle (continuing ``resume`` when given); return the
-    orchestrator (when one was made) and what stopped the run (None when it completed)."""
+    """Run ``entry`` inside a lifecycle (continuing ``resume`` when given, as a member
+    of ``sweep``, ``ID:INDEX``, when given); return the orchestrator (when one was
+    made) and what stopped the run (None when it completed)."""
     from orchestrator_fsm.orchestrator import RootOrchestrator
 
     orch: RootOrchestrator | None = None
+    membership = None
+    if sweep is not None:
+        sweep_id, _, index = sweep.rpartition(":")
+        membership = (sweep_id, int(index)) if index.isdigit() else None
     try:
-        orch = RootOrchestrator(cfg, resume=resume, force_resume=force)
+        orch = RootOrchestrator(cfg, resume=resume, force_resume=force, sweep=membership)
         with orch:
             entry(orch)
     except (Exception, KeyboardInterrupt) as exc:

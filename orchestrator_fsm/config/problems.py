@@ -10,9 +10,10 @@ from __future__ import annotations
 import difflib
 import reprlib
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import cattrs
+from cattrs.errors import AttributeValidationNote
 
 from orchestrator_fsm.errors import ConfigError
 
@@ -21,6 +22,7 @@ __all__ = [
     "Invalid",
     "Problem",
     "UnknownKey",
+    "at_field",
     "config_error",
     "misspelt_sections",
     "problems_from",
@@ -71,6 +73,16 @@ class UnknownKey(Problem):
         super().__init__(f"unknown key {show(key)}; {hint}(valid keys: {', '.join(known)})")
 
 
+_ErrorT = TypeVar("_ErrorT", bound=Exception)
+
+
+def at_field(name: str, error: _ErrorT) -> _ErrorT:
+    """Mark ``error`` as being about attribute ``name``, the way cattrs marks its own."""
+    note = AttributeValidationNote(f"Structuring @ attribute {name}", name, object)
+    error.__notes__ = [*getattr(error, "__notes__", []), note]
+    return error
+
+
 def _describe(error: BaseException) -> str:
     if isinstance(error, Problem):
         return str(error)
@@ -114,6 +126,13 @@ def misspelt_sections(
     return problems
 
 
+def _origin(path: str, set_by: Mapping[str, str]) -> str | None:
+    for target, override_text in set_by.items():
+        if path == target or path.startswith((f"{target}.", f"{target}[")):
+            return override_text
+    return None
+
+
 def with_origins(
     problems: list[tuple[str, str]], set_by: Mapping[str, str]
 ) -> list[tuple[str, str]]:
@@ -124,17 +143,34 @@ def with_origins(
         if path in seen:
             continue
         seen.add(path)
-        for target, override_text in set_by.items():
-            if path == target or path.startswith((f"{target}.", f"{target}[")):
-                message = f"{message} (set by override {override_text!r})"
-                break
+        override_text = _origin(path, set_by)
+        if override_text is not None:
+            message = f"{message} (set by override {override_text!r})"
         result.append((path, message))
     return result
 
 
-def config_error(label: str, problems: list[tuple[str, str]], source: str | None) -> ConfigError:
-    """One ConfigError for ``problems`` (``(dotted path, description)``) found in ``label``."""
-    lines = [f"{f'{path} in {label}' if path else label}: {message}" for path, message in problems]
+def config_error(
+    label: str,
+    problems: list[tuple[str, str]],
+    source: str | None,
+    set_by: Mapping[str, str] | None = None,
+) -> ConfigError:
+    """One ConfigError for ``problems`` (``(dotted path, description)``) found in ``label``.
+
+    A problem at a path an override in ``set_by`` set is not the file's: its line does
+    not name ``label``, and the error lists it in ``overridden``.
+    """
+    overridden = frozenset(
+        path for path, _ in problems if set_by and _origin(path, set_by) is not None
+    )
+
+    def line(path: str, message: str) -> str:
+        if not path:
+            return f"{label}: {message}"
+        return f"{path}: {message}" if path in overridden else f"{path} in {label}: {message}"
+
+    lines = [line(path, message) for path, message in problems]
     if len(lines) == 1:
         message = lines[0]
     else:
@@ -142,4 +178,4 @@ def config_error(label: str, problems: list[tuple[str, str]], source: str | None
         if len(lines) > len(listed):
             listed.append(f"... and {len(lines) - len(listed)} more")
         message = f"{len(lines)} problems in {label}:\n" + "\n".join(f"  {line}" for line in listed)
-    return ConfigError(message, problems=problems, source=source)
+    return ConfigError(message, problems=problems, source=source, overridden=overridden)

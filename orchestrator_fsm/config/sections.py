@@ -7,6 +7,7 @@ run every check and gather every problem, so that one ConfigError reports them a
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import logging
@@ -18,7 +19,7 @@ from typing import Any, ClassVar, TypeVar, cast
 
 import attrs
 import cattrs
-from cattrs.errors import AttributeValidationNote, ClassValidationError
+from cattrs.errors import ClassValidationError
 from cattrs.gen import make_dict_structure_fn, override
 
 from orchestrator_fsm._fs import atomic_write_text, slugify
@@ -28,13 +29,16 @@ from orchestrator_fsm.config.problems import (
     Invalid,
     Problem,
     UnknownKey,
+    at_field,
     config_error,
     misspelt_sections,
     problems_from,
     with_origins,
 )
 from orchestrator_fsm.config.recipe import apply_overrides, dump_yaml, plain_data, read_recipe
+from orchestrator_fsm.config.schema import Schema, check_schema, structure_section
 from orchestrator_fsm.entry import is_entry_spec
+from orchestrator_fsm.errors import ConfigError
 from orchestrator_fsm.lifecycle.signals import callback_signal
 from orchestrator_fsm.observers import KNOWN_OBSERVERS
 
@@ -46,6 +50,7 @@ __all__ = [
     "HardwareConfig",
     "InfrastructureConfig",
     "LockConfig",
+    "MissingKeyError",
     "PipelineSection",
     "TelemetryConfig",
     "TrainingConfig",
@@ -60,6 +65,7 @@ _PROJECT_NAME_MAX = 80
 _SEED_LIMIT = 2**32
 
 _CHECK = "orchestrator_fsm.config.check"
+_at = at_field
 
 
 def _checked(check: Callable[[object], object]) -> dict[str, object]:
@@ -344,21 +350,65 @@ class InfrastructureConfig:
     """How long a rank other than 0 waits for rank 0's run directory to be ready."""
 
 
+class MissingKeyError(ConfigError, KeyError, AttributeError):
+    """A pipeline section has no such key: ``str()`` names its dotted path and the file.
+
+    It is a :class:`KeyError` (``section["key"]``, so ``get`` and ``in`` work as for
+    any mapping) and an :class:`AttributeError` (``section.key``, so ``getattr`` with a
+    default and ``hasattr`` work too).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 @attrs.frozen
 class PipelineSection(Mapping[str, Any]):
     """A pipeline-owned section, kept verbatim and read-only.
 
     It is a mapping: ``section["key"]``, ``section.get("key", default)``, ``"key" in
-    section``, ``dict(section)``. Values come back as copies, so changing them never
-    changes the config. ``params`` is the whole section as a new dict.
+    section``, ``dict(section)``; and its keys are attributes: ``section.key``. Values
+    come back as copies, so changing them never changes the config. ``params`` is the
+    whole section as a new dict. With a pipeline schema (``Config.with_schema``),
+    attributes are the schema's typed, defaulted fields and ``typed`` is the attrs
+    instance; the mapping stays the recipe's data.
     """
 
     _data: dict[str, Any] = attrs.field(factory=dict)
+    _typed: object | None = attrs.field(default=None, eq=False, alias="typed")
+    _label: str = attrs.field(default=DICT_SOURCE_LABEL, eq=False, alias="label")
     _required: ClassVar[Mapping[str, Callable[[object], object]]] = {}
     _expected: ClassVar[str] = "a mapping"
+    _section: ClassVar[str] = "section"
+
+    def _missing(self, key: object) -> MissingKeyError:
+        path = f"{self._section}.{key}"
+        known = [*self._data, *self._typed_fields()]
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        message = f"{path} is not in {self._label}{hint}"
+        return MissingKeyError(message, problems=[(path, "not in the recipe")], source=self._label)
+
+    def _typed_fields(self) -> list[str]:
+        if self._typed is None:
+            return []
+        return [field.name for field in attrs.fields(cast(Any, type(self._typed)))]
 
     def __getitem__(self, key: str) -> Any:
-        return copy.deepcopy(self._data[key])
+        try:
+            return copy.deepcopy(self._data[key])
+        except KeyError:
+            raise self._missing(key) from None
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when ordinary lookup fails: the mapping's methods and properties win.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self._typed_fields():
+            return copy.deepcopy(getattr(self._typed, name))
+        if name in self._data:
+            return copy.deepcopy(self._data[name])
+        raise self._missing(name)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)
@@ -373,6 +423,11 @@ class PipelineSection(Mapping[str, Any]):
     def params(self) -> dict[str, Any]:
         """The whole section as recipe-given (typed keys included), as a new dict."""
         return copy.deepcopy(self._data)
+
+    @property
+    def typed(self) -> object | None:
+        """The section structured by the pipeline's schema; None without a schema."""
+        return self._typed
 
 
 @attrs.frozen
@@ -391,10 +446,14 @@ class _NamedSection(PipelineSection):
 class DatasetConfig(_NamedSection):
     """The ``dataset`` section; ``name`` is required."""
 
+    _section: ClassVar[str] = "dataset"
+
 
 @attrs.frozen
 class ArchitectureConfig(_NamedSection):
     """The ``architecture`` section; ``name`` is required."""
+
+    _section: ClassVar[str] = "architecture"
 
 
 @attrs.frozen
@@ -403,6 +462,7 @@ class TrainingConfig(PipelineSection):
 
     _required: ClassVar[Mapping[str, Callable[[object], object]]] = {"seed": _seed}
     _expected: ClassVar[str] = "a mapping with an integer 'seed' in [0, 2**32)"
+    _section: ClassVar[str] = "training"
 
     @property
     def seed(self) -> int:
@@ -431,22 +491,61 @@ class Config:
     _extra: dict[str, Any] = attrs.field(factory=dict, alias="extra")
     source: Path | None = attrs.field(default=None, eq=False)
     """The recipe file (absolute) this config was read from, if any."""
+    _label: str = attrs.field(default=DICT_SOURCE_LABEL, eq=False, alias="label")
+    _set_by: dict[str, str] = attrs.field(factory=dict, eq=False, alias="set_by")
 
     @classmethod
-    def from_recipe(cls, path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Config:
+    def from_recipe(
+        cls,
+        path: str | os.PathLike[str],
+        overrides: Iterable[str] = (),
+        *,
+        schema: Schema | None = None,
+    ) -> Config:
         """Read, override and validate the YAML recipe at ``path``.
 
         ``overrides`` are ``"a.b.c=value"`` strings; each value is read as a YAML
         scalar (``7``, ``true``, ``null``, ``'quoted'``; ``[..]``/``{..}`` for lists
         and mappings) and set in the recipe before validation, so it is checked like
-        the file. Raises :class:`ConfigError` listing every problem found.
+        the file. ``schema`` (a pipeline's, see :meth:`with_schema`) types the pipeline
+        sections too. Raises :class:`ConfigError` listing every problem found.
         """
         label = os.fspath(path)
         recipe = Path(path)
         document = read_recipe(recipe, label)
-        return _build(
+        config = _build(
             document, label=label, source=Path(os.path.abspath(recipe)), overrides=overrides
         )
+        return config if not schema else config.with_schema(schema)
+
+    def with_schema(self, schema: Schema) -> Config:
+        """This config with the pipeline sections ``schema`` names structured by it.
+
+        ``schema`` maps ``dataset``, ``architecture`` or ``training`` to an attrs class
+        (see :func:`orchestrator_fsm.pipeline_schema`): each key of the section must be
+        a field (or a key the orchestrator reads, such as ``training.seed``), each
+        value is checked against the field's type and validator, and absent fields
+        take their defaults. Attribute access on the section then gives the typed
+        values; the recipe data, ``dump_serialized`` and the config hash are unchanged.
+        Raises :class:`ConfigError` listing every problem, unknown keys with the
+        closest valid key, each at its dotted path.
+        """
+        sections: dict[str, Any] = {}
+        problems: list[tuple[str, str]] = []
+        for name, cls in check_schema(schema).items():
+            section: PipelineSection = getattr(self, name)
+            typed, errors = structure_section(cls, section.params, type(section)._required)
+            if errors:
+                error = ClassValidationError(f"While structuring {name}", errors, cls)
+                problems += [(_join(name, path), message) for path, message in problems_from(error)]
+            else:
+                sections[name] = attrs.evolve(section, typed=typed)
+        if problems:
+            source = None if self.source is None else self._label
+            raise config_error(
+                self._label, with_origins(problems, self._set_by), source, self._set_by
+            )
+        return attrs.evolve(self, **sections)
 
     @classmethod
     def from_dict(
@@ -505,15 +604,7 @@ _converter = cattrs.Converter(detailed_validation=True)
 _converter.register_unstructure_hook(Path, str)
 
 _SectionT = TypeVar("_SectionT")
-_ErrorT = TypeVar("_ErrorT", bound=Exception)
 _Rule = Callable[[Mapping[Any, Any]], Problem | None]
-
-
-def _at(name: str, error: _ErrorT) -> _ErrorT:
-    """Mark ``error`` as being about attribute ``name``, the way cattrs marks its own."""
-    note = AttributeValidationNote(f"Structuring @ attribute {name}", name, object)
-    error.__notes__ = [*getattr(error, "__notes__", []), note]
-    return error
 
 
 def _register_owned_section(cls: type[_SectionT], *rules: _Rule) -> None:
@@ -600,6 +691,8 @@ _structure_config_fields = make_dict_structure_fn(
     _converter,
     _extra=override(struct_hook=lambda value, _type: dict(value)),
     source=override(omit=True),
+    _label=override(omit=True),
+    _set_by=override(omit=True),
 )
 
 
@@ -636,5 +729,17 @@ def _build(
     except (ClassValidationError, Problem) as exc:
         problems += problems_from(exc)
     if problems or config is None:
-        raise config_error(label, with_origins(problems, set_by), error_source)
-    return attrs.evolve(config, source=source)
+        raise config_error(label, with_origins(problems, set_by), error_source, set_by)
+    return attrs.evolve(
+        config,
+        source=source,
+        label=label,
+        set_by=set_by,
+        dataset=attrs.evolve(config.dataset, label=label),
+        architecture=attrs.evolve(config.architecture, label=label),
+        training=attrs.evolve(config.training, label=label),
+    )
+
+
+def _join(section: str, path: str) -> str:
+    return f"{section}.{path}" if path else section

@@ -24,7 +24,9 @@ the validation images. Losses and accuracies are summed over the ranks, so every
 logs the global figures; only rank 0 writes the metrics and the checkpoint and prints
 the final accuracy. A process group the demo started is destroyed when it returns.
 
-Recipe keys it reads (all optional; the defaults train in a few seconds on 2 cores):
+Recipe keys it reads (all optional; the defaults train in a few seconds on 2 cores),
+declared as its schema (:mod:`orchestrator_fsm.demo.schema`), so any other key in these
+sections, or a value out of range, is a config error before the run starts:
 
 =========================  ========  ==================================================
 key                        default   meaning
@@ -45,9 +47,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -63,6 +64,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 
 from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_text
+from orchestrator_fsm.config.schema import pipeline_schema
+from orchestrator_fsm.demo.schema import DEMO_SCHEMA, DemoArchitecture, DemoDataset, DemoTraining
 from orchestrator_fsm.errors import ConfigError, LifecycleError
 from orchestrator_fsm.phases.determinism import make_generator, worker_init_fn
 from orchestrator_fsm.progress_bar import ProgressBar
@@ -119,102 +122,44 @@ class DemoSettings:
     def from_config(cls, cfg: Config) -> DemoSettings:
         """The settings ``cfg`` asks for, defaults filling what it leaves out.
 
+        The sections are structured by the demo's schema (:data:`DEMO_SCHEMA`) unless
+        they already were (``orchestrator-fsm run`` does it before the run starts).
         Raises ``ConfigError`` listing every unusable value with its dotted path.
         """
-        defaults = cls()
-        problems: list[tuple[str, str]] = []
-        # Where each setting was read from, so range problems name the key in the recipe.
-        paths: dict[str, str] = {}
-        sections: Mapping[str, Any] = {
-            "dataset": cfg.dataset,
-            "architecture": cfg.architecture,
-            "training": cfg.training,
-        }
-
-        def read(section: str, key: str, *, integer: bool, alias: str | None = None) -> Any:
-            field = key
-            default = getattr(defaults, field)
-            values = sections[section]
-            if alias is not None and key not in values and alias in values:
-                key = alias
-            value = values.get(key, default)
-            path = paths[field] = f"{section}.{key}"
-            kind = "an integer" if integer else "a number"
-            if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-                problems.append(
-                    (path, f"expected {kind}, found {value!r} ({type(value).__name__})")
-                )
-                return default
-            if not integer and not math.isfinite(value):
-                problems.append((path, f"expected a finite number, found {value!r}"))
-                return default
-            return value
-
-        settings = cls(
-            num_samples=read("dataset", "num_samples", integer=True),
-            image_size=read("dataset", "image_size", integer=True),
-            noise=float(read("dataset", "noise", integer=False)),
-            val_fraction=float(read("dataset", "val_fraction", integer=False)),
-            channels=read("architecture", "channels", integer=True),
-            epochs=read("training", "epochs", integer=True),
-            batch_size=read("training", "batch_size", integer=True),
-            learning_rate=float(read("training", "learning_rate", integer=False, alias="lr")),
+        dataset, architecture, training = (
+            cfg.dataset.typed,
+            cfg.architecture.typed,
+            cfg.training.typed,
         )
-        problems.extend(settings._range_problems(paths))
-        if problems:
+        if not (
+            isinstance(dataset, DemoDataset)
+            and isinstance(architecture, DemoArchitecture)
+            and isinstance(training, DemoTraining)
+        ):
+            return cls.from_config(cfg.with_schema(DEMO_SCHEMA))
+        settings = cls(
+            num_samples=dataset.num_samples,
+            image_size=dataset.image_size,
+            noise=dataset.noise,
+            val_fraction=dataset.val_fraction,
+            channels=architecture.channels,
+            epochs=training.epochs,
+            batch_size=training.batch_size,
+            learning_rate=training.effective_learning_rate,
+        )
+        if settings.num_samples - settings.val_count < 1:
             source = str(cfg.source) if cfg.source is not None else None
-            listing = "; ".join(f"{path}: {message}" for path, message in problems)
+            problem = (
+                "dataset.num_samples",
+                f"expected enough images for both a training and a validation split, "
+                f"found {settings.num_samples} (validation takes {settings.val_count})",
+            )
             raise ConfigError(
-                f"the demo pipeline cannot use this config: {listing}",
-                problems=problems,
+                f"the demo pipeline cannot use this config: {problem[0]}: {problem[1]}",
+                problems=[problem],
                 source=source,
             )
         return settings
-
-    def _range_problems(self, paths: Mapping[str, str]) -> list[tuple[str, str]]:
-        problems: list[tuple[str, str]] = []
-        for path, value in (
-            (paths["epochs"], self.epochs),
-            (paths["batch_size"], self.batch_size),
-            (paths["channels"], self.channels),
-        ):
-            if value < 1:
-                problems.append((path, f"expected an integer of at least 1, found {value}"))
-        if self.image_size < 8 or self.image_size % 4:
-            problems.append(
-                (
-                    paths["image_size"],
-                    f"expected a multiple of 4 of at least 8 (two 2x poolings), "
-                    f"found {self.image_size}",
-                )
-            )
-        fraction_ok = 0.0 < self.val_fraction < 1.0
-        if not fraction_ok:
-            problems.append(
-                (
-                    paths["val_fraction"],
-                    f"expected a number between 0 and 1 (exclusive), found {self.val_fraction}",
-                )
-            )
-        if self.num_samples < 2:
-            problems.append(
-                (paths["num_samples"], f"expected at least 2 images, found {self.num_samples}")
-            )
-        elif fraction_ok and self.num_samples - self.val_count < 1:
-            problems.append(
-                (
-                    paths["num_samples"],
-                    f"expected enough images for both a training and a validation split, "
-                    f"found {self.num_samples} (validation takes {self.val_count})",
-                )
-            )
-        if self.noise < 0:
-            problems.append((paths["noise"], f"expected a number >= 0, found {self.noise}"))
-        if self.learning_rate <= 0:
-            problems.append(
-                (paths["learning_rate"], f"expected a number > 0, found {self.learning_rate}")
-            )
-        return problems
 
 
 @attrs.frozen
@@ -438,6 +383,7 @@ def _build_model(settings: DemoSettings, seed: int) -> MiniCNN:
         return MiniCNN(len(SHAPES), settings.image_size, settings.channels)
 
 
+@pipeline_schema(**DEMO_SCHEMA)
 def train(orch: RootOrchestrator, *, console: Console | None = None) -> DemoResult:
     """Train :class:`MiniCNN` on the synthetic shapes inside a running lifecycle.
 

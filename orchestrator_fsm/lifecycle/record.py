@@ -257,6 +257,10 @@ class RunRecord:
     job: str | None = None
     config_hash: str | None = None
     restart_count: int = 0
+    sweep: str | None = None
+    """The id of the sweep (``run --multirun``) this run is a member of, if any."""
+    sweep_member: int | None = None
+    """This run's number in its sweep (from 1)."""
     attempts: tuple[Attempt, ...] = ()
     transitions: tuple[TransitionRecord, ...] = ()
     ranks: tuple[RunRecord, ...] = ()
@@ -341,6 +345,8 @@ class RunRecord:
             job=_optional_str(data.get("job")),
             config_hash=_optional_str(data.get("config_hash")),
             restart_count=_optional_int(data.get("restart_count")) or 0,
+            sweep=_optional_str(data.get("sweep")),
+            sweep_member=_optional_int(data.get("sweep_member")),
             attempts=tuple(
                 Attempt.from_json(item)
                 for item in (attempts if isinstance(attempts, list) else ())
@@ -386,6 +392,8 @@ class RunRecord:
             job=self.job,
             config_hash=self.config_hash,
             restart_count=self.restart_count,
+            sweep=self.sweep,
+            sweep_member=self.sweep_member,
             attempts=[attempt.to_json() for attempt in self.attempts],
             metrics={name: item.to_json() for name, item in self.metrics.items()},
             summary=dict(self.summary),

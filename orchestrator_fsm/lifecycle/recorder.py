@@ -386,6 +386,8 @@ class RunRecorder:
             job=job_key(run.launch, run.cfg.config_hash()),
             config_hash=run.cfg.config_hash(),
             restart_count=run.launch.restart_count,
+            sweep=None if run.sweep is None else run.sweep[0],
+            sweep_member=None if run.sweep is None else run.sweep[1],
             attempts=attempts if run.is_main_process else (),
             extra={key: value for key, value in invocation.items() if key not in known},
         )

@@ -74,6 +74,8 @@ class RunContext:
     """A run directory the caller asked to continue (``resume=``, ``run --resume``)."""
     force_resume: bool = False
     """Continue ``resume_from`` even when its config differs from this one."""
+    sweep: tuple[str, int] | None = None
+    """The sweep this run is a member of: its id and the member's number."""
     resumed: bool = False
     """Whether phase 3 reopened the run directory of an earlier attempt of the job."""
     start_record: Callable[[], None] = attrs.field(default=lambda: None)
