@@ -113,7 +113,7 @@ def set_deterministic_algorithms(mode: bool, *, warn_only: bool = False) -> None
         return
     inductor_config = sys.modules.get(_INDUCTOR_CONFIG_MODULE)
     if inductor_config is not None:
-        inductor_config.deterministic = mode
+        setattr(inductor_config, "deterministic", mode)  # noqa: B010 - a module from sys.modules
     elif mode:
         os.environ[_INDUCTOR_DETERMINISTIC_ENV] = "1"
     setter(mode, warn_only=warn_only)
