@@ -8,7 +8,9 @@ the numbers). Sections:
 - ``floor``: the same system calls made by minimal hand-written code, and our ratio to it;
 - ``cold``: a fresh interpreter doing one round trip, minus one that only imports torch;
 - ``scale``: existing run directories, concurrent processes, and the bare machine's
-  cost per ``advance()``.
+  cost per ``advance()``;
+- ``orchard``: the reference system's mini-CNN recipe, strict and not, started in a git
+  checkout: warm against the floor (and on a terminal), first round trip, cold.
 
 Everything is written under a temporary directory that is removed afterwards, with
 ``XDG_CACHE_HOME`` and the lock path pointing into it and the working directory set to
@@ -21,4 +23,4 @@ from __future__ import annotations
 from typing import Final
 
 #: The sections ``--only`` accepts, in the order they run.
-SECTIONS: Final = ("warm", "floor", "cold", "scale")
+SECTIONS: Final = ("warm", "floor", "cold", "scale", "orchard")

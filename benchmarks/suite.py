@@ -12,6 +12,7 @@ from rich.console import Console
 
 from benchmarks import SECTIONS
 from benchmarks.cold import measure_cold
+from benchmarks.orchard import measure_orchard
 from benchmarks.scale import measure_advance, measure_concurrency, measure_existing_runs
 from benchmarks.summary import load_average
 from benchmarks.warm import measure_warm
@@ -83,6 +84,9 @@ class BenchmarkSettings:
             with progress.part("bare machine advance()"):
                 scale["advance"] = measure_advance(self.machines)
             results["scale"] = scale
+        if "orchard" in self.sections:
+            with progress.part("the orchard recipe in a git checkout, strict and relaxed"):
+                results["orchard"] = measure_orchard(self.iterations, self.cold_runs)
         results["progress"] = progress.parts
         return results
 

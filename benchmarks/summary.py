@@ -32,6 +32,10 @@ WARM_VS_FLOOR_MAX: Final = 1.5
 COLD_OVERHEAD_MAX_MS: Final = 50.0
 CROWDED_DIR_MAX_RATIO: Final = 1.10
 ADVANCE_MAX_US: Final = 50.0
+ORCHARD_WARM_MAX: Final = 1.2
+ORCHARD_TERMINAL_MAX: Final = 1.5
+ORCHARD_FIRST_MAX: Final = 2.0
+ORCHARD_COLD_MAX_MS: Final = 60.0
 
 
 def _git(*args: str) -> str | None:
@@ -139,6 +143,51 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                 advance["advance_us"]["median"],
                 ADVANCE_MAX_US,
                 "us",
+            )
+        )
+    targets.extend(_orchard_targets(results.get("orchard", {})))
+    return targets
+
+
+def _orchard_targets(orchard: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Issue 14's targets on the orchard recipe in a git checkout."""
+    targets: list[dict[str, Any]] = []
+    strict = orchard.get("strict")
+    if strict:
+        targets.append(
+            _target(
+                f"orchard strict, warm <= {ORCHARD_WARM_MAX}x the floor (median ratio)",
+                strict["warm"]["ratio_median"],
+                ORCHARD_WARM_MAX,
+                "x",
+            )
+        )
+        targets.append(
+            _target(
+                f"orchard strict, stderr a terminal, warm <= {ORCHARD_TERMINAL_MAX}x the floor",
+                strict["terminal"]["ratio_median"],
+                ORCHARD_TERMINAL_MAX,
+                "x",
+            )
+        )
+    for mode in ("strict", "relaxed"):
+        entry = orchard.get(mode)
+        if not entry:
+            continue
+        targets.append(
+            _target(
+                f"orchard {mode}, first round trip in a process <= {ORCHARD_FIRST_MAX}x warm",
+                entry["first_vs_warm"],
+                ORCHARD_FIRST_MAX,
+                "x",
+            )
+        )
+        targets.append(
+            _target(
+                f"orchard {mode}, cold process beyond import torch <= {ORCHARD_COLD_MAX_MS:.0f} ms",
+                entry["cold_overhead_ms"],
+                ORCHARD_COLD_MAX_MS,
+                "ms",
             )
         )
     return targets
@@ -252,6 +301,42 @@ def result_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
                 "imports after torch, by package (self time, -X importtime)",
                 ", ".join(f"{entry['package']} {entry['self_ms']:.1f}" for entry in top[:8])
                 + " ms",
+            )
+        )
+    orchard = results.get("orchard", {})
+    for mode in ("strict", "relaxed"):
+        entry = orchard.get(mode)
+        if not entry:
+            continue
+        for label, part in (("", entry["warm"]), (", stderr a terminal", entry["terminal"])):
+            rows.append(
+                (
+                    "orchard",
+                    f"{mode} round trip in a git checkout{label}",
+                    f"{_stats(part['round_trip_ms'])}; floor {part['floor_ms']['median']:.1f} ms; "
+                    f"{part['ratio_median']:.2f}x",
+                )
+            )
+        slowest = sorted(entry["warm"]["step_median_ms"].items(), key=lambda item: -item[1])
+        rows.append(
+            (
+                "orchard",
+                f"{mode}: slowest steps (warm medians)",
+                ", ".join(f"{step} {ms:.1f}" for step, ms in slowest[:4]) + " ms",
+            )
+        )
+        rows.append(
+            (
+                "orchard",
+                f"{mode}: first round trip in a fresh process",
+                f"{_stats(entry['first_round_trip_ms'])}; {entry['first_vs_warm']:.2f}x warm",
+            )
+        )
+        rows.append(
+            (
+                "orchard",
+                f"{mode}: cold process beyond import torch",
+                f"{entry['cold_overhead_ms']:.1f} ms",
             )
         )
     scale = results.get("scale")
