@@ -116,14 +116,25 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
     assert scale["advance"]["advances_per_machine"] == len(STEPS_OF_A_ROUND_TRIP)
     assert_stats(scale["advance"]["advance_us"])
 
+    orchard = results["orchard"]
+    for mode in ("strict", "relaxed"):
+        for part in ("warm", "terminal"):
+            assert_stats(orchard[mode][part]["round_trip_ms"])
+            assert_stats(orchard[mode][part]["floor_ms"])
+            assert orchard[mode][part]["ratio_median"] > 0
+        assert set(orchard[mode]["warm"]["step_median_ms"]) == STEPS_OF_A_ROUND_TRIP
+        assert_stats(orchard[mode]["first_round_trip_ms"])
+        assert isinstance(orchard[mode]["cold_overhead_ms"], float)
+
     assert [part["part"] for part in results["progress"]] == [
         "warm round trips and the floor",
         "cold starts",
         "existing run directories",
         "concurrent processes",
         "bare machine advance()",
+        "the orchard recipe in a git checkout, strict and relaxed",
     ]
-    assert len(results["targets"]) == 4
+    assert len(results["targets"]) == 4 + 6
     assert all(isinstance(target["met"], bool) for target in results["targets"])
 
     # Every sandbox was removed, and the user's cache directory was never written.
