@@ -32,6 +32,7 @@ WARM_VS_FLOOR_MAX: Final = 1.5
 COLD_OVERHEAD_MAX_MS: Final = 50.0
 CROWDED_DIR_MAX_RATIO: Final = 1.10
 ADVANCE_MAX_US: Final = 50.0
+GROWTH_MAX_RATIO: Final = 1.25
 ORCHARD_WARM_MAX: Final = 1.2
 ORCHARD_TERMINAL_MAX: Final = 1.5
 ORCHARD_FIRST_MAX: Final = 2.0
@@ -143,6 +144,26 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                 advance["advance_us"]["median"],
                 ADVANCE_MAX_US,
                 "us",
+            )
+        )
+    growth = scale.get("growth")
+    if growth:
+        targets.append(
+            _target(
+                f"{growth['metrics']['calls']:,} log_metrics calls: the last tenth within "
+                f"{(GROWTH_MAX_RATIO - 1) * 100:.0f} % of the first (median)",
+                growth["metrics"]["last_vs_first"],
+                GROWTH_MAX_RATIO,
+                "x",
+            )
+        )
+        targets.append(
+            _target(
+                f"a journal grown to {growth['journal']['journal_lines']:,} lines: resumed round "
+                f"trips within {(GROWTH_MAX_RATIO - 1) * 100:.0f} % of the first ones",
+                growth["journal"]["last_vs_first"],
+                GROWTH_MAX_RATIO,
+                "x",
             )
         )
     targets.extend(_orchard_targets(results.get("orchard", {})))
@@ -364,6 +385,27 @@ def result_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         advance = scale["advance"]
         rows.append(("scale", "bare machine advance()", _stats(advance["advance_us"], "us")))
         rows.append(("scale", "bare machine construction", _stats(advance["construct_us"], "us")))
+        growth = scale.get("growth")
+        if growth:
+            metrics, journal = growth["metrics"], growth["journal"]
+            rows.append(
+                (
+                    "scale",
+                    f"log_metrics over {metrics['calls']:,} calls",
+                    f"first tenth {metrics['first_tenth']['median']:.1f} us, last tenth "
+                    f"{metrics['last_tenth']['median']:.1f} us (median); "
+                    f"{metrics['last_vs_first']:.2f}x",
+                )
+            )
+            rows.append(
+                (
+                    "scale",
+                    f"resumed round trips, journal grown to {journal['journal_lines']:,} lines",
+                    f"first tenth {journal['first_tenth']['median']:.1f} ms, last tenth "
+                    f"{journal['last_tenth']['median']:.1f} ms; {journal['last_vs_first']:.2f}x; "
+                    f"read_run {journal['read_run_us_per_line']:.1f} us per line",
+                )
+            )
     return rows
 
 

@@ -116,6 +116,12 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
     assert scale["advance"]["advances_per_machine"] == len(STEPS_OF_A_ROUND_TRIP)
     assert_stats(scale["advance"]["advance_us"])
 
+    growth = scale["growth"]
+    assert growth["metrics"]["calls"] == 500
+    assert_stats(growth["metrics"]["last_tenth"])
+    assert growth["journal"]["journal_lines"] > 5 * 8  # every resume journals its attempt
+    assert_stats(growth["journal"]["read_run_ms"])
+
     orchard = results["orchard"]
     for mode in ("strict", "relaxed"):
         for part in ("warm", "terminal"):
@@ -132,9 +138,10 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
         "existing run directories",
         "concurrent processes",
         "bare machine advance()",
+        "a growing record (metrics calls, resumed attempts)",
         "the orchard recipe in a git checkout, strict and relaxed",
     ]
-    assert len(results["targets"]) == 4 + 6
+    assert len(results["targets"]) == 4 + 2 + 6
     assert all(isinstance(target["met"], bool) for target in results["targets"])
 
     # Every sandbox was removed, and the user's cache directory was never written.
