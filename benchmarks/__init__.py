@@ -10,7 +10,9 @@ the numbers). Sections:
 - ``scale``: existing run directories, concurrent processes, and the bare machine's
   cost per ``advance()``;
 - ``capture``: round trips with log capture and metrics unused, as shipped and with
-  those code paths bypassed, and the MLflow observer's cost per ``log_metrics`` call.
+  those code paths bypassed, and the MLflow observer's cost per ``log_metrics`` call;
+- ``orchard``: the reference system's mini-CNN recipe, strict and not, started in a git
+  checkout: warm against the floor (and on a terminal), first round trip, cold.
 
 Everything is written under a temporary directory that is removed afterwards, with
 ``XDG_CACHE_HOME`` and the lock path pointing into it and the working directory set to
@@ -23,4 +25,4 @@ from __future__ import annotations
 from typing import Final
 
 #: The sections ``--only`` accepts, in the order they run.
-SECTIONS: Final = ("warm", "floor", "cold", "scale", "capture")
+SECTIONS: Final = ("warm", "floor", "cold", "scale", "capture", "orchard")

@@ -7,6 +7,7 @@ import io
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,7 @@ import yaml
 from orchestrator_fsm._process import EnvSnapshot
 
 __all__ = [
+    "ORCHARD_RECIPE",
     "REPO_ROOT",
     "WORKER",
     "Sandbox",
@@ -29,6 +31,8 @@ __all__ = [
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 #: The script that subprocess measurements run (by path, so the cwd can be anywhere).
 WORKER: Final = Path(__file__).resolve().with_name("_worker.py")
+#: The recipe shaped like the reference system's ``recipes/config_mini_cnn.yaml``.
+ORCHARD_RECIPE: Final = REPO_ROOT / "tests" / "recipes" / "orchard_like_mini_cnn.yaml"
 
 _DATASET: Final = "bench_data"
 _ARCHITECTURE: Final = "bench_model"
@@ -126,6 +130,39 @@ class Sandbox:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
             env["PYTHONPYCACHEPREFIX"] = str(self.root / "pycache")
         return env
+
+    def make_checkout(self, files: int = 20) -> Path:
+        """Make the working directory a small git checkout: ``files`` committed files,
+        one of them modified since, git's user and system configuration ignored."""
+        env = {
+            **os.environ,
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_AUTHOR_NAME": "bench",
+            "GIT_AUTHOR_EMAIL": "bench@example.com",
+            "GIT_COMMITTER_NAME": "bench",
+            "GIT_COMMITTER_EMAIL": "bench@example.com",
+        }
+        for number in range(files):
+            (self.cwd / f"module_{number}.py").write_text(f"VALUE = {number}\n")
+        for args in (("init", "-q", "-b", "main"), ("add", "."), ("commit", "-q", "-m", "bench")):
+            subprocess.run(["git", *args], cwd=self.cwd, env=env, check=True, capture_output=True)
+        (self.cwd / "module_0.py").write_text("VALUE = -1\n")
+        return self.cwd
+
+    def orchard_recipe(self, name: str, *, strict: bool) -> Path:
+        """Write ``<root>/<name>.yaml``: the reference system's mini-CNN recipe (the shape
+        of ``tests/recipes/orchard_like_mini_cnn.yaml``), strict when ``strict``, with
+        its outputs and lock file inside the sandbox."""
+        data = yaml.safe_load(ORCHARD_RECIPE.read_text(encoding="utf-8"))
+        data["hardware"]["reproducible"] = strict
+        data["telemetry"]["output_dir"] = str(self.root / "outputs")
+        data.setdefault("infrastructure", {})["lock"] = {
+            "path": str(self.root / "locks" / f"{name}.lock")
+        }
+        path = self.root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        return path
 
     def recipe(self, name: str, *, output_dir: Path | None = None) -> Path:
         """Write ``<root>/<name>.yaml``: a minimal CPU recipe with its own lock file.

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from benchmarks._common import Sandbox, python_command, summarize
 
-__all__ = ["import_time_top", "measure_cold"]
+__all__ = ["import_time_top", "measure_cold", "spawn_worker"]
 
 _TIMEOUT_S: Final = 300.0
 _IMPORTTIME_LINE: Final = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)")
@@ -48,7 +48,7 @@ def _run_worker(box: Sandbox, command: list[str]) -> subprocess.CompletedProcess
     return done
 
 
-def _spawn(box: Sandbox, *args: str) -> tuple[float, dict[str, Any]]:
+def spawn_worker(box: Sandbox, *args: str) -> tuple[float, dict[str, Any]]:
     """Run one worker; its wall time and its own report, plus ``exit_s`` (from its last
     statement to the parent seeing it exit: interpreter shutdown) and ``after_torch_s``
     (from torch imported to the parent seeing it exit)."""
@@ -114,10 +114,10 @@ def measure_cold(runs: int) -> dict[str, Any]:
         steps: dict[str, list[float]] = {}
         # Compile every module into the sandbox's bytecode cache and warm the page
         # cache, so that no sample pays for either.
-        _spawn(box, "roundtrip", recipe)
+        spawn_worker(box, "roundtrip", recipe)
         for _ in range(runs):
             for kind, args in kinds.items():
-                elapsed, report = _spawn(box, *args)
+                elapsed, report = spawn_worker(box, *args)
                 walls[kind].append(elapsed)
                 after_torch[kind].append(report["after_torch_s"])
                 exits[kind].append(report["exit_s"])

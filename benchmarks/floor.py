@@ -5,9 +5,12 @@ o.log_environment_report()`` does on disk and in the process, without the engine
 the same directories, the same files written the same way (temporary file, fsync,
 rename), the same number of ``run.json`` rewrites and ``lifecycle.jsonl`` appends, an
 ``flock`` with the holder written and fsynced, the seeding calls, the thread setting,
-the distribution listing, the one ``git`` probe the manifest makes outside a checkout,
-and the report written to the log file and to the console (stderr). It is what "no
-framework at all" costs, so ``ours / floor`` is the price of the framework.
+the distribution listing, the one ``git`` probe the manifest makes outside a checkout
+(in a checkout: the probe, ``status``, ``remote -v`` and ``diff HEAD``, one after
+another, with ``git_info.txt`` and ``git_diff.patch`` written), strict determinism's
+flags and variables when the recipe is ``reproducible`` (set and put back), and the
+report written to the log file and to the console (stderr). It is what "no framework
+at all" costs, so ``ours / floor`` is the price of the framework.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class FloorRun:
     def __init__(self, config: dict[str, Any], output_dir: Path, lock_path: Path) -> None:
         self.config = config
         self.seed = int(config["training"]["seed"])
+        self.strict = bool(config.get("hardware", {}).get("reproducible", False))
         self.output_dir = output_dir
         self.lock_path = lock_path
         self.cache_dir = Path(os.environ["XDG_CACHE_HOME"]) / "orchestrator-fsm"
@@ -70,11 +74,49 @@ class FloorRun:
         self.git = shutil.which("git") or "git"
 
 
+_STRICT_ENV: Final = ("CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED", "TORCHINDUCTOR_DETERMINISTIC")
+
+
+def _strict_on(seed: int) -> None:
+    # What strict seeding sets, by the shortest calls that set it.
+    os.environ.update(
+        CUBLAS_WORKSPACE_CONFIG=":4096:8", PYTHONHASHSEED=str(seed), TORCHINDUCTOR_DETERMINISTIC="1"
+    )
+    torch._C._set_deterministic_algorithms(True, warn_only=False)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def _strict_off() -> None:
+    for name in _STRICT_ENV:
+        os.environ.pop(name, None)
+    torch._C._set_deterministic_algorithms(False, warn_only=False)
+
+
+def _git(run: FloorRun, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([run.git, *args], capture_output=True, check=False)
+
+
+def _git_state(run: FloorRun, reports: Path) -> None:
+    """The probe, and in a checkout its state, remotes and diff, one git after another."""
+    if _git(run, "rev-parse", "--show-toplevel").returncode != 0:
+        return
+    status = _git(run, "status", "--porcelain=v2", "--branch", "--untracked-files=normal")
+    remotes = _git(run, "remote", "-v")
+    diff = _git(run, "diff", "HEAD", "--no-color", "--no-ext-diff")
+    _write_atomic(reports / "git_diff.patch", diff.stdout)
+    _write_atomic(reports / "git_info.txt", status.stdout + remotes.stdout)
+
+
 def floor_round_trip(run: FloorRun) -> None:
     """One hand-written round trip; see the module docstring for what it covers."""
     random.seed(run.seed)
     np.random.seed(run.seed)
     torch.manual_seed(run.seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    if run.strict:
+        _strict_on(run.seed)
     threads = available_cpu_count()
     torch.set_num_threads(threads)
 
@@ -103,7 +145,7 @@ def floor_round_trip(run: FloorRun) -> None:
         fields = dist.metadata
         requirements.append(f"{fields['Name']}=={fields['Version']}")
     _write_atomic(reports / "requirements.txt", "\n".join(sorted(requirements)).encode())
-    subprocess.run([run.git, "rev-parse", "--show-toplevel"], capture_output=True, check=False)
+    _git_state(run, reports)
     status["argv"] = sys.argv
     _write_atomic(run_file, json.dumps(status).encode())
     _append_transition(journal, 4)
@@ -145,6 +187,8 @@ def floor_round_trip(run: FloorRun) -> None:
     fcntl.flock(lock, fcntl.LOCK_UN)
     os.close(lock)
     log.close()
+    if run.strict:
+        _strict_off()
     status["status"] = "completed"
     _write_atomic(run_file, json.dumps(status).encode())
     for number in range(8, _TRANSITIONS_PER_RUN):

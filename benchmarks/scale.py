@@ -25,7 +25,7 @@ from benchmarks.warm import round_trip
 from orchestrator_fsm import Config, LifecycleMachine
 from orchestrator_fsm.lifecycle.table import table_steps
 
-__all__ = ["measure_advance", "measure_concurrency", "measure_existing_runs"]
+__all__ = ["measure_advance", "measure_concurrency", "measure_existing_runs", "measure_growth"]
 
 _WARMUP: Final = 2
 _FINISH_TIMEOUT_S: Final = 300.0
@@ -175,4 +175,62 @@ def measure_advance(machines: int) -> dict[str, Any]:
         "advances_per_machine": len(per_advance) // machines,
         "advance_us": summarize(per_advance, scale=1e6),
         "construct_us": summarize(construct, scale=1e6),
+    }
+
+
+def _deciles(samples: Sequence[float], scale: float) -> dict[str, Any]:
+    """The first and last tenth of ``samples``, summarized, and their median ratio."""
+    tenth = max(1, len(samples) // 10)
+    first, last = samples[:tenth], samples[-tenth:]
+    return {
+        "first_tenth": summarize(first, scale=scale),
+        "last_tenth": summarize(last, scale=scale),
+        "last_vs_first": round(statistics.median(last) / statistics.median(first), 3),
+    }
+
+
+def measure_growth(metric_calls: int, attempts: int) -> dict[str, Any]:
+    """Whether a run's cost per item stays flat as its record grows.
+
+    ``metrics``: ``metric_calls`` ``log_metrics`` calls in one run, each timed; the
+    first and the last tenth compared. ``journal``: one run directory resumed
+    ``attempts`` times, so its ``lifecycle.jsonl`` grows by one attempt's transitions
+    each time (1,000 and more for the default 120); each resumed round trip timed,
+    the first and last tenth compared, and ``read_run`` of the grown record timed.
+    """
+    from orchestrator_fsm import RootOrchestrator, read_run
+    from orchestrator_fsm.lifecycle.record import JOURNAL_FILE
+
+    with Sandbox("growth") as box, quiet_stderr():
+        cfg = Config.from_recipe(box.recipe("growth"))
+        per_call: list[float] = []
+        with RootOrchestrator(cfg) as orch:
+            for step in range(metric_calls):
+                t0 = time.perf_counter()
+                orch.log_metrics({"loss": 1.0 / (step + 1), "acc": step / metric_calls}, step=step)
+                per_call.append(time.perf_counter() - t0)
+            assert orch.paths is not None
+            root = orch.paths.root
+        resumed: list[float] = []
+        for _ in range(attempts):
+            t0 = time.perf_counter()
+            with RootOrchestrator(cfg, resume=root, force_resume=True) as orch:
+                orch.log_environment_report()
+            resumed.append(time.perf_counter() - t0)
+        journal_lines = len((root / JOURNAL_FILE).read_text(encoding="utf-8").splitlines())
+        reads: list[float] = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            read_run(root)
+            reads.append(time.perf_counter() - t0)
+    return {
+        "metrics": {"calls": metric_calls, **_deciles(per_call, scale=1e6), "unit": "us"},
+        "journal": {
+            "attempts": attempts,
+            "journal_lines": journal_lines,
+            **_deciles(resumed, scale=1000.0),
+            "unit": "ms",
+            "read_run_ms": summarize(reads),
+            "read_run_us_per_line": round(statistics.median(reads) / journal_lines * 1e6, 2),
+        },
     }

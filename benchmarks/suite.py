@@ -13,7 +13,13 @@ from rich.console import Console
 from benchmarks import SECTIONS
 from benchmarks.capture import measure_capture, measure_mlflow_metrics
 from benchmarks.cold import measure_cold
-from benchmarks.scale import measure_advance, measure_concurrency, measure_existing_runs
+from benchmarks.orchard import measure_orchard
+from benchmarks.scale import (
+    measure_advance,
+    measure_concurrency,
+    measure_existing_runs,
+    measure_growth,
+)
 from benchmarks.summary import load_average
 from benchmarks.warm import measure_warm
 
@@ -83,11 +89,18 @@ class BenchmarkSettings:
                 scale["concurrency"] = measure_concurrency(self.processes)
             with progress.part("bare machine advance()"):
                 scale["advance"] = measure_advance(self.machines)
+            with progress.part("a growing record (metrics calls, resumed attempts)"):
+                scale["growth"] = measure_growth(
+                    500 if self.quick else 10_000, 5 if self.quick else 120
+                )
             results["scale"] = scale
         if "capture" in self.sections:
             with progress.part("capture and metrics unused, MLflow per call"):
                 results["capture"] = measure_capture(self.iterations)
                 results["capture"]["mlflow"] = measure_mlflow_metrics(100 if self.quick else 1000)
+        if "orchard" in self.sections:
+            with progress.part("the orchard recipe in a git checkout, strict and relaxed"):
+                results["orchard"] = measure_orchard(self.iterations, self.cold_runs)
         results["progress"] = progress.parts
         return results
 

@@ -32,6 +32,11 @@ WARM_VS_FLOOR_MAX: Final = 1.5
 COLD_OVERHEAD_MAX_MS: Final = 50.0
 CROWDED_DIR_MAX_RATIO: Final = 1.10
 ADVANCE_MAX_US: Final = 50.0
+GROWTH_MAX_RATIO: Final = 1.25
+ORCHARD_WARM_MAX: Final = 1.2
+ORCHARD_TERMINAL_MAX: Final = 1.5
+ORCHARD_FIRST_MAX: Final = 2.0
+ORCHARD_COLD_MAX_MS: Final = 60.0
 
 
 def _git(*args: str) -> str | None:
@@ -139,6 +144,71 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                 advance["advance_us"]["median"],
                 ADVANCE_MAX_US,
                 "us",
+            )
+        )
+    growth = scale.get("growth")
+    if growth:
+        targets.append(
+            _target(
+                f"{growth['metrics']['calls']:,} log_metrics calls: the last tenth within "
+                f"{(GROWTH_MAX_RATIO - 1) * 100:.0f} % of the first (median)",
+                growth["metrics"]["last_vs_first"],
+                GROWTH_MAX_RATIO,
+                "x",
+            )
+        )
+        targets.append(
+            _target(
+                f"a journal grown to {growth['journal']['journal_lines']:,} lines: resumed round "
+                f"trips within {(GROWTH_MAX_RATIO - 1) * 100:.0f} % of the first ones",
+                growth["journal"]["last_vs_first"],
+                GROWTH_MAX_RATIO,
+                "x",
+            )
+        )
+    targets.extend(_orchard_targets(results.get("orchard", {})))
+    return targets
+
+
+def _orchard_targets(orchard: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Issue 14's targets on the orchard recipe in a git checkout."""
+    targets: list[dict[str, Any]] = []
+    strict = orchard.get("strict")
+    if strict:
+        targets.append(
+            _target(
+                f"orchard strict, warm <= {ORCHARD_WARM_MAX}x the floor (median ratio)",
+                strict["warm"]["ratio_median"],
+                ORCHARD_WARM_MAX,
+                "x",
+            )
+        )
+        targets.append(
+            _target(
+                f"orchard strict, stderr a terminal, warm <= {ORCHARD_TERMINAL_MAX}x the floor",
+                strict["terminal"]["ratio_median"],
+                ORCHARD_TERMINAL_MAX,
+                "x",
+            )
+        )
+    for mode in ("strict", "relaxed"):
+        entry = orchard.get(mode)
+        if not entry:
+            continue
+        targets.append(
+            _target(
+                f"orchard {mode}, first round trip in a process <= {ORCHARD_FIRST_MAX}x warm",
+                entry["first_vs_warm"],
+                ORCHARD_FIRST_MAX,
+                "x",
+            )
+        )
+        targets.append(
+            _target(
+                f"orchard {mode}, cold process beyond import torch <= {ORCHARD_COLD_MAX_MS:.0f} ms",
+                entry["cold_overhead_ms"],
+                ORCHARD_COLD_MAX_MS,
+                "ms",
             )
         )
     return targets
@@ -254,6 +324,42 @@ def result_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
                 + " ms",
             )
         )
+    orchard = results.get("orchard", {})
+    for mode in ("strict", "relaxed"):
+        entry = orchard.get(mode)
+        if not entry:
+            continue
+        for label, part in (("", entry["warm"]), (", stderr a terminal", entry["terminal"])):
+            rows.append(
+                (
+                    "orchard",
+                    f"{mode} round trip in a git checkout{label}",
+                    f"{_stats(part['round_trip_ms'])}; floor {part['floor_ms']['median']:.1f} ms; "
+                    f"{part['ratio_median']:.2f}x",
+                )
+            )
+        slowest = sorted(entry["warm"]["step_median_ms"].items(), key=lambda item: -item[1])
+        rows.append(
+            (
+                "orchard",
+                f"{mode}: slowest steps (warm medians)",
+                ", ".join(f"{step} {ms:.1f}" for step, ms in slowest[:4]) + " ms",
+            )
+        )
+        rows.append(
+            (
+                "orchard",
+                f"{mode}: first round trip in a fresh process",
+                f"{_stats(entry['first_round_trip_ms'])}; {entry['first_vs_warm']:.2f}x warm",
+            )
+        )
+        rows.append(
+            (
+                "orchard",
+                f"{mode}: cold process beyond import torch",
+                f"{entry['cold_overhead_ms']:.1f} ms",
+            )
+        )
     scale = results.get("scale")
     if scale:
         for entry in scale["existing_runs"]:
@@ -279,6 +385,27 @@ def result_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         advance = scale["advance"]
         rows.append(("scale", "bare machine advance()", _stats(advance["advance_us"], "us")))
         rows.append(("scale", "bare machine construction", _stats(advance["construct_us"], "us")))
+        growth = scale.get("growth")
+        if growth:
+            metrics, journal = growth["metrics"], growth["journal"]
+            rows.append(
+                (
+                    "scale",
+                    f"log_metrics over {metrics['calls']:,} calls",
+                    f"first tenth {metrics['first_tenth']['median']:.1f} us, last tenth "
+                    f"{metrics['last_tenth']['median']:.1f} us (median); "
+                    f"{metrics['last_vs_first']:.2f}x",
+                )
+            )
+            rows.append(
+                (
+                    "scale",
+                    f"resumed round trips, journal grown to {journal['journal_lines']:,} lines",
+                    f"first tenth {journal['first_tenth']['median']:.1f} ms, last tenth "
+                    f"{journal['last_tenth']['median']:.1f} ms; {journal['last_vs_first']:.2f}x; "
+                    f"read_run {journal['read_run_us_per_line']:.1f} us per line",
+                )
+            )
     capture = results.get("capture")
     if capture:
         rows.append(("capture", "round trip, capture unused", _stats(capture["unused_ms"])))

@@ -116,13 +116,31 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
     assert scale["advance"]["advances_per_machine"] == len(STEPS_OF_A_ROUND_TRIP)
     assert_stats(scale["advance"]["advance_us"])
 
+    growth = scale["growth"]
+    assert growth["metrics"]["calls"] == 500
+    assert_stats(growth["metrics"]["last_tenth"])
+    assert growth["journal"]["journal_lines"] > 5 * 8  # every resume journals its attempt
+    assert_stats(growth["journal"]["read_run_ms"])
+
+    orchard = results["orchard"]
+    for mode in ("strict", "relaxed"):
+        for part in ("warm", "terminal"):
+            assert_stats(orchard[mode][part]["round_trip_ms"])
+            assert_stats(orchard[mode][part]["floor_ms"])
+            assert orchard[mode][part]["ratio_median"] > 0
+        assert set(orchard[mode]["warm"]["step_median_ms"]) == STEPS_OF_A_ROUND_TRIP
+        assert_stats(orchard[mode]["first_round_trip_ms"])
+        assert isinstance(orchard[mode]["cold_overhead_ms"], float)
+
     assert [part["part"] for part in results["progress"]] == [
         "warm round trips and the floor",
         "cold starts",
         "existing run directories",
         "concurrent processes",
         "bare machine advance()",
+        "a growing record (metrics calls, resumed attempts)",
         "capture and metrics unused, MLflow per call",
+        "the orchard recipe in a git checkout, strict and relaxed",
     ]
     capture = results["capture"]
     assert_stats(capture["unused_ms"])
@@ -133,7 +151,7 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
         assert capture["mlflow"]["every_call"]["flush_every"] == 1
         assert capture["mlflow"]["buffered"]["calls"] == 100
         assert_stats(capture["mlflow"]["buffered"]["log_metrics_us"])
-    assert len(results["targets"]) == 4
+    assert len(results["targets"]) == 4 + 2 + 6
     assert all(isinstance(target["met"], bool) for target in results["targets"])
 
     # Every sandbox was removed, and the user's cache directory was never written.

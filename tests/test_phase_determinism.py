@@ -301,6 +301,50 @@ def test_the_phase_undo_reverts_strict_seeding_flags_and_environment() -> None:
     assert torch.backends.cudnn.allow_tf32 == before.cudnn_allow_tf32
 
 
+_INDUCTOR_PROBE = """
+import sys, torch
+from orchestrator_fsm.phases.determinism import DeterminismState, set_seed
+before = DeterminismState.capture()
+set_seed(3, strict=True)
+print("loaded", "torch._inductor" in sys.modules or "torch._dynamo" in sys.modules)
+print("enabled", torch.are_deterministic_algorithms_enabled())
+import torch._inductor.config as inductor_config
+print("inductor", inductor_config.deterministic)
+before.restore()
+print("restored", torch.are_deterministic_algorithms_enabled(), inductor_config.deterministic)
+"""
+
+
+def test_strict_seeding_imports_no_inductor_yet_inductor_imported_later_is_deterministic() -> None:
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", _INDUCTOR_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_DETERMINISTIC"},
+    )
+    assert done.stdout.split("\n")[:4] == [
+        "loaded False",
+        "enabled True",
+        "inductor True",
+        "restored False False",
+    ]
+
+
+def test_strict_seeding_sets_a_loaded_inductor_config_and_restore_puts_it_back() -> None:
+    import torch._inductor.config as inductor_config
+
+    before = DeterminismState.capture()
+    assert inductor_config.deterministic is False
+    _, undo = undoable(lambda: set_seed(5, strict=True), before)
+    assert inductor_config.deterministic is True
+    assert torch.are_deterministic_algorithms_enabled()
+    undo()
+    assert inductor_config.deterministic is False
+    assert DeterminismState.capture() == before
+
+
 def test_restore_puts_back_flags_that_were_already_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
     monkeypatch.setenv("PYTHONHASHSEED", "99")

@@ -3,13 +3,16 @@ from __future__ import annotations
 import enum
 import itertools
 import json
+import logging
 import os
 import platform
 import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
+from orchestrator_fsm.phases import manifest
 from orchestrator_fsm.phases.manifest import (
     GIT_DIFF_CAP_BYTES,
     GIT_DIFF_FILE_NAME,
@@ -221,6 +225,65 @@ def test_direct_url_installs_are_marked(tmp_path: Path, monkeypatch: pytest.Monk
     assert "s3cret" not in target.read_text(encoding="utf-8")
 
 
+def test_requirement_names_and_versions_match_importlib_metadata(tmp_path: Path) -> None:
+    target = tmp_path / "requirements.txt"
+
+    AuditSaver().dump_requirements(target)
+
+    listed = {line.split("  # ")[0] for line in _requirement_lines(target)}
+    expected: dict[str, str] = {}
+    for dist in importlib_metadata.distributions():
+        key = re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower()
+        expected.setdefault(key, f"{dist.metadata['Name']}=={dist.version}")
+    assert listed == set(expected.values())
+
+
+def test_a_distribution_installed_between_two_runs_is_listed_by_the_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    _fake_distribution(site, "first-pkg", "1.0")
+    monkeypatch.syspath_prepend(str(site))
+    # Settled folders, as an install minutes ago leaves them: the listing is kept.
+    for folder in (*(Path(entry or os.curdir) for entry in sys.path), site):
+        if folder.is_dir() and folder.stat().st_mtime > time.time() - 10:
+            os.utime(folder, (time.time() - 3600,) * 2)
+    before, after, removed = (tmp_path / name for name in ("before", "after", "removed"))
+
+    AuditSaver().dump_requirements(before)
+    assert manifest._listing_cache is not None
+    _fake_distribution(site, "second-pkg", "2.0")
+    AuditSaver().dump_requirements(after)
+    shutil.rmtree(site / "first_pkg-1.0.dist-info")
+    AuditSaver().dump_requirements(removed)
+
+    assert "first-pkg==1.0" in _requirement_lines(before)
+    assert "second-pkg==2.0" not in _requirement_lines(before)
+    assert {"first-pkg==1.0", "second-pkg==2.0"} <= set(_requirement_lines(after))
+    assert "first-pkg==1.0" not in _requirement_lines(removed)
+    assert "second-pkg==2.0" in _requirement_lines(removed)
+
+
+def test_metadata_header_fields_are_read_up_to_the_first_blank_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = tmp_path / "site" / "odd_pkg-3.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: Odd-Pkg\nVersion: 3.1\nSummary: x\n\n"
+        "Name: not-this\nVersion: 9.9\n",
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    target = tmp_path / "requirements.txt"
+
+    AuditSaver().dump_requirements(target)
+
+    lines = _requirement_lines(target)
+    assert "Odd-Pkg==3.1" in lines
+    assert not any(line.startswith("not-this") for line in lines)
+
+
 @pytest.fixture
 def git_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Git isolated from the user's and the system's configuration."""
@@ -309,6 +372,47 @@ def test_remote_url_password_is_redacted(repo: Path, reports: Path) -> None:
 
 
 @needs_git
+def test_origin_is_preferred_and_otherwise_the_first_remote_git_lists(
+    repo: Path, reports: Path
+) -> None:
+    _git(repo, "remote", "add", "zeta", "https://z.example/r.git")
+    _git(repo, "remote", "add", "alpha", "https://a.example/r.git")
+    assert _record_git_info(reports)["remote"] == "alpha https://a.example/r.git"
+    _git(repo, "remote", "add", "origin", "https://o.example/r.git")
+    assert _record_git_info(reports)["remote"] == "origin https://o.example/r.git"
+
+
+@needs_git
+def test_the_remote_url_is_recorded_as_git_resolves_it(repo: Path, reports: Path) -> None:
+    _git(repo, "config", "url.https://rewritten.example/.insteadOf", "gh:")
+    _git(repo, "remote", "add", "origin", "gh:me/project")
+    resolved = _git(repo, "remote", "get-url", "origin")
+    assert resolved == "https://rewritten.example/me/project"
+    assert _record_git_info(reports)["remote"] == f"origin {resolved}"
+
+
+@needs_git
+def test_staged_renames_and_merge_conflicts_make_the_checkout_dirty(
+    repo: Path, reports: Path
+) -> None:
+    _git(repo, "mv", "train.py", "fit.py")
+    assert _record_git_info(reports)["dirty"] == "true"
+    _git(repo, "commit", "-q", "-m", "rename")
+    _git(repo, "checkout", "-q", "-b", "other")
+    (repo / "fit.py").write_text("print('other')\n")
+    _git(repo, "commit", "-q", "-am", "other")
+    _git(repo, "checkout", "-q", "main")
+    (repo / "fit.py").write_text("print('main')\n")
+    _git(repo, "commit", "-q", "-am", "main")
+    merged = subprocess.run(["git", "merge", "-q", "other"], cwd=repo, capture_output=True)
+    assert merged.returncode != 0  # a conflict, left in the working tree
+    info = _record_git_info(reports)
+    assert info["dirty"] == "true"
+    assert info["branch"] == "main"
+    assert info["commit"] == _git(repo, "rev-parse", "HEAD")
+
+
+@needs_git
 def test_detached_head_is_named(repo: Path, reports: Path) -> None:
     _git(repo, "checkout", "-q", "--detach")
     assert _record_git_info(reports)["branch"] == "(detached HEAD)"
@@ -372,6 +476,35 @@ def test_without_git_on_path_nothing_is_written_or_raised(
     AuditSaver().dump_git_info(reports / "git_info.txt")
 
     assert list(reports.iterdir()) == []
+
+
+@needs_git
+def test_a_git_that_hangs_is_killed_and_its_part_recorded_as_unknown(
+    repo: Path,
+    tmp_path: Path,
+    reports: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    real_git = shutil.which("git")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    fake = tools / "git"
+    fake.write_text(
+        f'#!/bin/sh\nif [ "$1" = status ]; then exec sleep 60; fi\nexec {real_git} "$@"\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(manifest, "_GIT_TIMEOUT_S", 0.5)
+
+    with caplog.at_level(logging.WARNING, logger="orchestrator_fsm.run.manifest"):
+        info = _record_git_info(reports)
+
+    assert info["dirty"] == "unknown"
+    assert info["untracked_files"] == "unknown"
+    assert info["commit"] == _git(repo, "rev-parse", "HEAD")  # from the fallback
+    assert info["branch"] == "main"
+    assert any("took longer than" in r.getMessage() for r in caplog.records)
 
 
 def test_invocation_record_describes_this_process(monkeypatch: pytest.MonkeyPatch) -> None:

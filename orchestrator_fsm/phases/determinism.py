@@ -15,6 +15,7 @@ import logging
 import operator
 import os
 import random
+import sys
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, SupportsIndex
@@ -38,6 +39,7 @@ __all__ = [
     "SeedTree",
     "last_seed_sequence",
     "make_generator",
+    "set_deterministic_algorithms",
     "set_seed",
     "step",
     "worker_init_fn",
@@ -51,6 +53,8 @@ CUBLAS_WORKSPACE_CONFIG: Final = ":4096:8"
 _DETERMINISTIC_CUBLAS_CONFIGS: Final = frozenset({":4096:8", ":16:8"})
 _CUBLAS_ENV: Final = "CUBLAS_WORKSPACE_CONFIG"
 _HASH_SEED_ENV: Final = "PYTHONHASHSEED"
+_INDUCTOR_DETERMINISTIC_ENV: Final = "TORCHINDUCTOR_DETERMINISTIC"
+_INDUCTOR_CONFIG_MODULE: Final = "torch._inductor.config"
 
 # Python reads PYTHONHASHSEED once, when the interpreter starts, and this module is
 # imported before any lifecycle step runs; so the value seen here is the one that
@@ -92,6 +96,29 @@ def _validate_index(value: object, *, name: str) -> int:
     return index
 
 
+def set_deterministic_algorithms(mode: bool, *, warn_only: bool = False) -> None:
+    """What ``torch.use_deterministic_algorithms(mode, warn_only=...)`` does, minus its import.
+
+    torch's function sets ``torch._inductor.config.deterministic`` and then the C-level
+    switch; importing that config module pulls in TorchInductor and TorchDynamo, about a
+    second on a first call. When the module is already loaded it is set directly, as
+    torch does. When it is not, ``TORCHINDUCTOR_DETERMINISTIC`` is exported for
+    ``mode=True`` instead: inductor reads that variable when it is first imported, so a
+    later ``torch.compile`` sees the same setting. Falls back to torch's own function
+    when this torch has no C-level setter.
+    """
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:  # pragma: no cover - every torch this package supports has it
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+        return
+    inductor_config = sys.modules.get(_INDUCTOR_CONFIG_MODULE)
+    if inductor_config is not None:
+        setattr(inductor_config, "deterministic", mode)  # noqa: B010 - a module from sys.modules
+    elif mode:
+        os.environ[_INDUCTOR_DETERMINISTIC_ENV] = "1"
+    setter(mode, warn_only=warn_only)
+
+
 def set_seed(seed: int, strict: bool = False, warn_only: bool = False) -> None:
     """Seed Python, NumPy and torch (CPU, every CUDA device, MPS) with ``seed``.
 
@@ -106,8 +133,10 @@ def set_seed(seed: int, strict: bool = False, warn_only: bool = False) -> None:
     ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (a value already set to one of NVIDIA's two
     deterministic settings is kept) and turns TF32 off for cuBLAS matmuls and cuDNN. The
     variable only counts if set before CUDA initialises; a warning is logged when CUDA
-    already has. Strict mode also exports ``PYTHONHASHSEED=<seed>``, which seeds string
-    hashing in child processes (DataLoader workers started by spawn, subprocesses).
+    already has. It also makes TorchInductor deterministic, without importing it (see
+    :func:`set_deterministic_algorithms`). Strict mode also exports
+    ``PYTHONHASHSEED=<seed>``, which seeds string hashing in child processes
+    (DataLoader workers started by spawn, subprocesses).
 
     Strict mode issues a ``UserWarning`` when this interpreter started with a
     ``PYTHONHASHSEED`` other than ``seed``: its own string hashing was fixed at
@@ -155,7 +184,7 @@ def set_seed(seed: int, strict: bool = False, warn_only: bool = False) -> None:
                 CUBLAS_WORKSPACE_CONFIG,
             )
 
-    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    set_deterministic_algorithms(True, warn_only=warn_only)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 
@@ -430,7 +459,7 @@ class DeterminismState:
             torch.are_deterministic_algorithms_enabled() != self.deterministic_algorithms
             or torch.is_deterministic_algorithms_warn_only_enabled() != self.deterministic_warn_only
         ):
-            torch.use_deterministic_algorithms(
+            set_deterministic_algorithms(
                 self.deterministic_algorithms, warn_only=self.deterministic_warn_only
             )
         if torch.backends.cudnn.deterministic != self.cudnn_deterministic:

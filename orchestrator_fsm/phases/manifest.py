@@ -26,11 +26,13 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
+import attrs
 import yaml
 
 from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_text
@@ -56,6 +58,7 @@ GIT_DIFF_CAP_BYTES: Final = 1024 * 1024
 """The most bytes of ``git diff HEAD`` kept in ``git_diff.patch``."""
 
 _GIT_TIMEOUT_S: Final = 15.0
+_LISTING_SETTLE_NS: Final = 2_000_000_000
 _NORMALIZE_NAME: Final = re.compile(r"[-_.]+")
 
 # A child of the run logger, so that what the manifest step notes lands in run.log.
@@ -149,25 +152,90 @@ def _read_direct_url(dist: metadata.Distribution) -> Mapping[str, Any] | None:
     return data if isinstance(data, Mapping) else None
 
 
+def _name_and_version(dist: metadata.Distribution) -> tuple[str | None, str | None]:
+    """``Name`` and ``Version`` from a distribution's metadata file, read once.
+
+    The same fields ``dist.metadata["Name"]`` and ``dist.version`` give, without parsing
+    the whole file as an email message twice: only the header block (up to the first
+    blank line) is scanned, and a field's first occurrence wins, as in the email parser.
+    """
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    header, _, _ = text.partition("\n\n")
+    name: str | None = None
+    version: str | None = None
+    for line in header.splitlines():
+        if not line.strip():
+            break
+        field, sep, value = line.partition(":")
+        if not sep:
+            continue
+        field = field.strip().lower()
+        if field == "name" and name is None:
+            name = value.strip()
+        elif field == "version" and version is None:
+            version = value.strip()
+        if name is not None and version is not None:
+            break
+    return name, version
+
+
+def _listing_key() -> tuple[tuple[str, int], ...] | None:
+    """What the installed distributions depend on: each ``sys.path`` folder and its mtime.
+
+    Installing, upgrading or removing a distribution adds or removes a ``.dist-info``
+    folder, which changes the mtime of the folder holding it; a path entry that does
+    not exist counts with mtime -1, so creating it later changes the key too. ``None``
+    (do not cache) while a folder changed in the last seconds: file times advance in
+    clock ticks of a few milliseconds, so a change made in the same tick as the key was
+    taken would otherwise go unseen.
+    """
+    key = []
+    recent = time.time_ns() - _LISTING_SETTLE_NS
+    for entry in sys.path:
+        where = os.path.abspath(entry or os.curdir)
+        try:
+            mtime = os.stat(where).st_mtime_ns
+        except OSError:
+            mtime = -1
+        if mtime > recent:
+            return None
+        key.append((where, mtime))
+    return tuple(key)
+
+
+_listing_cache: tuple[tuple[tuple[str, int], ...], tuple[str, ...]] | None = None
+
+
 def _requirement_lines() -> list[str]:
+    """One ``name==version`` line per installed distribution, sorted by name.
+
+    Kept for the process while no ``sys.path`` folder changes (see :func:`_listing_key`),
+    so a second run in one process reads no metadata file again.
+    """
+    global _listing_cache
+    key = _listing_key()
+    cached = _listing_cache
+    if key is not None and cached is not None and cached[0] == key:
+        return list(cached[1])
     entries: dict[str, tuple[str, str]] = {}
     for dist in metadata.distributions():
-        name = dist.metadata["Name"]
-        version = dist.version
+        name, version = _name_and_version(dist)
         if not name or not version:
             _log.debug("skipping a distribution without name or version at %r", dist)
             continue
-        key = _NORMALIZE_NAME.sub("-", name).lower()
+        key_name = _NORMALIZE_NAME.sub("-", name).lower()
         # The first distribution found for a name is the one imports resolve to.
-        if key in entries:
+        if key_name in entries:
             continue
         line = f"{name}=={version}"
         direct_url = _read_direct_url(dist)
         marker = _install_marker(direct_url) if direct_url is not None else None
         if marker is not None:
             line = f"{line}  # {marker}"
-        entries[key] = (name.lower(), line)
-    return [line for _, line in sorted(entries.values())]
+        entries[key_name] = (name.lower(), line)
+    lines = [line for _, line in sorted(entries.values())]
+    _listing_cache = None if key is None else (key, tuple(lines))
+    return lines
 
 
 def _requirements_header() -> list[str]:
@@ -188,35 +256,11 @@ def _git_env() -> dict[str, str]:
     return env
 
 
-def _git_output(git: str, args: Sequence[str], cwd: Path) -> str | None:
-    """Stdout of ``git args`` (stripped), or ``None`` when it fails or times out."""
+def _git_start(git: str, args: Sequence[str], cwd: Path) -> subprocess.Popen[bytes] | None:
+    """``git args`` started with its stdout piped, or ``None`` when it cannot start."""
     try:
-        done = subprocess.run(
+        return subprocess.Popen(
             [git, *args],
-            cwd=cwd,
-            env=_git_env(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=_GIT_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        _log.debug("git %s failed in %s: %s", " ".join(args), cwd, exc)
-        return None
-    if done.returncode != 0:
-        return None
-    return done.stdout.decode("utf-8", errors="replace").strip()
-
-
-def _capped_diff(git: str, cwd: Path, cap: int) -> tuple[bytes, bool] | None:
-    """``git diff HEAD``, at most ``cap`` bytes of it, and whether it was cut.
-
-    Streams the output and stops git once ``cap`` is exceeded, so that a huge diff
-    costs neither memory nor time. ``None`` when git fails or runs out of time.
-    """
-    try:
-        proc = subprocess.Popen(
-            [git, "diff", "HEAD", "--no-color", "--no-ext-diff"],
             cwd=cwd,
             env=_git_env(),
             stdin=subprocess.DEVNULL,
@@ -224,8 +268,18 @@ def _capped_diff(git: str, cwd: Path, cap: int) -> tuple[bytes, bool] | None:
             stderr=subprocess.DEVNULL,
         )
     except OSError as exc:
-        _log.debug("git diff could not start in %s: %s", cwd, exc)
+        _log.debug("git %s could not start in %s: %s", " ".join(args), cwd, exc)
         return None
+
+
+def _git_read(proc: subprocess.Popen[bytes], limit: int | None = None) -> tuple[bytes, bool] | None:
+    """What a started git writes (at most ``limit`` bytes) and whether it was cut.
+
+    Git is killed once it has written more than ``limit`` bytes, so a huge output costs
+    neither memory nor time, and after ``_GIT_TIMEOUT_S`` by a timer (rather than
+    ``communicate(timeout=...)``, which polls the child with growing sleeps and costs
+    about a millisecond per call). ``None`` when git fails or runs out of time.
+    """
     timed_out = threading.Event()
 
     def _expire() -> None:
@@ -237,21 +291,40 @@ def _capped_diff(git: str, cwd: Path, cap: int) -> tuple[bytes, bool] | None:
     try:
         assert proc.stdout is not None  # stdout=PIPE
         with proc.stdout:
-            data = proc.stdout.read(cap + 1)
-            truncated = len(data) > cap
+            data = proc.stdout.read() if limit is None else proc.stdout.read(limit + 1)
+            truncated = limit is not None and len(data) > limit
             if truncated:
                 proc.kill()
         returncode = proc.wait()
     finally:
         timer.cancel()
     if truncated:
-        return data[:cap], True
+        return data[:limit], True
     if timed_out.is_set():
-        _log.warning("git diff HEAD took longer than %.0f s in %s; skipped", _GIT_TIMEOUT_S, cwd)
+        _log.warning("git %s took longer than %.0f s; skipped", proc.args, _GIT_TIMEOUT_S)
         return None
     if returncode != 0:
         return None
     return data, False
+
+
+def _git_finish(proc: subprocess.Popen[bytes] | None) -> str | None:
+    """The stripped stdout of a started git, or ``None`` when it failed or timed out."""
+    done = _git_read(proc) if proc is not None else None
+    if done is None:
+        return None
+    return done[0].decode("utf-8", errors="replace").strip()
+
+
+def _git_output(git: str, args: Sequence[str], cwd: Path) -> str | None:
+    """Stdout of ``git args`` (stripped), or ``None`` when it fails or times out."""
+    return _git_finish(_git_start(git, args, cwd))
+
+
+def _capped_diff(git: str, cwd: Path, cap: int) -> tuple[bytes, bool] | None:
+    """``git diff HEAD``, at most ``cap`` bytes of it, and whether it was cut."""
+    proc = _git_start(git, ["diff", "HEAD", "--no-color", "--no-ext-diff"], cwd)
+    return _git_read(proc, cap) if proc is not None else None
 
 
 def _truncated_patch(head: bytes, cap: int) -> bytes:
@@ -266,13 +339,46 @@ def _truncated_patch(head: bytes, cap: int) -> bytes:
     return kept + note.encode("utf-8")
 
 
-def _remote_url(git: str, cwd: Path) -> str | None:
-    remotes = (_git_output(git, ["remote"], cwd) or "").split()
-    if not remotes:
+def _remote_url(remotes: str | None) -> str | None:
+    """``origin`` (else the first remote) and its fetch URL, from ``git remote -v``."""
+    urls: dict[str, str] = {}
+    for line in (remotes or "").splitlines():
+        name, _, rest = line.partition("\t")
+        url, _, kind = rest.rpartition(" ")
+        if name and url and kind == "(fetch)":
+            urls.setdefault(name, url)
+    if not urls:
         return None
-    name = "origin" if "origin" in remotes else remotes[0]
-    url = _git_output(git, ["remote", "get-url", name], cwd)
-    return f"{name} {_redact_url(url)}" if url else None
+    name = "origin" if "origin" in urls else next(iter(urls))
+    return f"{name} {_redact_url(urls[name])}"
+
+
+@attrs.frozen
+class _GitStatus:
+    """What ``git status --porcelain=v2 --branch`` says of a checkout."""
+
+    commit: str | None
+    branch: str | None
+    changed: int
+    untracked: int
+
+    @classmethod
+    def parse(cls, text: str) -> _GitStatus:
+        commit: str | None = None
+        branch: str | None = None
+        changed = untracked = 0
+        for line in text.splitlines():
+            if line.startswith("# branch.oid "):
+                oid = line[len("# branch.oid ") :]
+                commit = None if oid == "(initial)" else oid
+            elif line.startswith("# branch.head "):
+                head = line[len("# branch.head ") :]
+                branch = None if head == "(detached)" else head
+            elif line.startswith("? "):
+                untracked += 1
+            elif line[:2] in ("1 ", "2 ", "u "):
+                changed += 1
+        return cls(commit=commit, branch=branch, changed=changed, untracked=untracked)
 
 
 class AuditSaver:
@@ -336,29 +442,36 @@ class AuditSaver:
             _log.debug("%s is not inside a git checkout; no git info recorded", cwd)
             return
 
-        commit = _git_output(git, ["rev-parse", "--verify", "--quiet", "HEAD"], cwd)
-        branch = _git_output(git, ["symbolic-ref", "--short", "--quiet", "HEAD"], cwd)
-        status = _git_output(git, ["status", "--porcelain", "--untracked-files=normal"], cwd)
-        status_lines = status.splitlines() if status is not None else []
-        untracked = sum(1 for line in status_lines if line.startswith("??"))
-        dirty = "unknown" if status is None else str(len(status_lines) > untracked).lower()
+        # Three independent reads, run at once: the state (commit, branch, changes),
+        # the remotes, and the diff, streamed here while the other two run.
+        status_proc = _git_start(
+            git, ["status", "--porcelain=v2", "--branch", "--untracked-files=normal"], cwd
+        )
+        remotes_proc = _git_start(git, ["remote", "-v"], cwd)
+        diff = _capped_diff(git, cwd, GIT_DIFF_CAP_BYTES)
+        status_text = _git_finish(status_proc)
+        remotes = _git_finish(remotes_proc)
+        status = _GitStatus.parse(status_text) if status_text is not None else None
+        if status is not None:
+            commit, branch = status.commit, status.branch
+        else:
+            commit = _git_output(git, ["rev-parse", "--verify", "--quiet", "HEAD"], cwd)
+            branch = _git_output(git, ["symbolic-ref", "--short", "--quiet", "HEAD"], cwd)
         info = {
             "commit": commit or "none (no commits yet)",
             "branch": branch or "(detached HEAD)",
-            "dirty": dirty,
-            "untracked_files": "unknown" if status is None else str(untracked),
-            "remote": _remote_url(git, cwd) or "none",
+            "dirty": "unknown" if status is None else str(status.changed > 0).lower(),
+            "untracked_files": "unknown" if status is None else str(status.untracked),
+            "remote": _remote_url(remotes) or "none",
             "toplevel": toplevel,
         }
         path = Path(path)
-        if commit:
-            diff = _capped_diff(git, cwd, GIT_DIFF_CAP_BYTES)
-            if diff is not None:
-                patch, truncated = diff
-                if truncated:
-                    _log.info("git diff HEAD exceeds %d bytes; the patch is truncated", len(patch))
-                    patch = _truncated_patch(patch, GIT_DIFF_CAP_BYTES)
-                atomic_write_bytes(path.parent / GIT_DIFF_FILE_NAME, patch)
+        if commit and diff is not None:
+            patch, truncated = diff
+            if truncated:
+                _log.info("git diff HEAD exceeds %d bytes; the patch is truncated", len(patch))
+                patch = _truncated_patch(patch, GIT_DIFF_CAP_BYTES)
+            atomic_write_bytes(path.parent / GIT_DIFF_FILE_NAME, patch)
         atomic_write_text(path, "".join(f"{key}: {value}\n" for key, value in info.items()))
 
 
