@@ -55,3 +55,49 @@ def test_no_module_of_the_package_imports_the_package_root() -> None:
         if root_import.search(path.read_text(encoding="utf-8"))
     ]
     assert offenders == []
+
+
+def test_the_lazy_exports_name_what_type_checkers_see() -> None:
+    import ast
+
+    tree = ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8"))
+    (guarded,) = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    ]
+    typed = {
+        alias.name: node.module
+        for node in guarded.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert typed == orchestrator_fsm._EXPORTS
+    assert set(orchestrator_fsm.__all__) == {*typed, "__version__"}
+    for name, module in typed.items():
+        assert getattr(orchestrator_fsm, name).__module__.startswith("orchestrator_fsm"), name
+        assert getattr(orchestrator_fsm, name) is getattr(__import__(module, fromlist=[name]), name)
+
+
+def test_importing_the_package_imports_neither_torch_nor_numpy() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, orchestrator_fsm; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys\nfrom orchestrator_fsm import RootOrchestrator\n"
+         "print('torch' in sys.modules)"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert result.stdout.strip() == "True"
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    import pytest
+
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        orchestrator_fsm.Nope  # noqa: B018
