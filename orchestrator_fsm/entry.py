@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Entry",
+    "entry_module",
     "entry_search_dirs",
     "entry_search_path",
     "is_entry_spec",
@@ -58,6 +59,11 @@ def _split_entry(spec: str, named_by: str) -> tuple[str, str]:
         )
     module_part, _, attr_path = spec.rpartition(":")
     return module_part, attr_path
+
+
+def entry_module(spec: str) -> str:
+    """The module part of ``spec`` as it was given: ``pkg.mod`` or ``path/to/file.py``."""
+    return spec.rpartition(":")[0] or spec
 
 
 def entry_search_dirs(spec: str) -> list[str]:

@@ -92,7 +92,8 @@ class RootOrchestrator:
 
     or drive ``orch.machine`` step by step. ``observers`` (see
     :mod:`orchestrator_fsm.observers`), after those of ``telemetry.observers``, are told
-    what the run records as it records it.
+    what the run records as it records it. ``entry`` is how the caller named the
+    pipeline (the command line's ``--entry``), recorded in ``run.json``.
     Every dependency can be injected; the
     defaults are this package's own phase implementations. Only rank 0 creates the
     run directory, persists the manifest and takes the lock; other ranks join rank 0's
@@ -121,6 +122,7 @@ class RootOrchestrator:
         resume: str | os.PathLike[str] | None = None,
         force_resume: bool = False,
         observers: Iterable[object] = (),
+        entry: str | None = None,
     ) -> None:
         self.cfg = cfg
         # Explicit rank, local_rank and world_size win over what the launcher says.
@@ -163,6 +165,7 @@ class RootOrchestrator:
             launch=self.launch,
             resume_from=None if resume is None else Path(resume),
             force_resume=force_resume,
+            entry=entry,
         )
         self._recorder = RunRecorder(
             self._run,

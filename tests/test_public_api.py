@@ -42,7 +42,9 @@ def test_the_constructor_is_the_reference_one() -> None:
     ]  # fmt: skip
     # What goes beyond the reference is keyword-only, so no reference call changes meaning.
     beyond = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
-    assert beyond == ["signal_callbacks", "world_size", "resume", "force_resume", "observers"]
+    assert beyond == [
+        "signal_callbacks", "world_size", "resume", "force_resume", "observers", "entry",
+    ]  # fmt: skip
 
 
 def test_no_module_of_the_package_imports_the_package_root() -> None:

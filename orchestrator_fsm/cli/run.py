@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         guard.install()
         code = EXIT_OK
         try:
-            orch, failure = _run_entry(cfg, entry, resume=args.resume, force=args.force)
+            orch, failure = _run_entry(cfg, entry, resume=args.resume, force=args.force, spec=spec)
             guard.hold()
             code = _report_outcome(orch, failure, cfg, out, err, debug=args.debug)
         finally:
@@ -140,7 +140,7 @@ def _is_other_rank() -> bool:
 
 
 def _run_entry(
-    cfg: Config, entry: Entry, *, resume: str | None, force: bool
+    cfg: Config, entry: Entry, *, resume: str | None, force: bool, spec: str | None = None
 ) -> tuple[RootOrchestrator | None, BaseException | None]:
     """Run ``entry`` inside a lifecycle (continuing ``resume`` when given); return the
     orchestrator (when one was made) and what stopped the run (None when it completed)."""
@@ -148,7 +148,7 @@ def _run_entry(
 
     orch: RootOrchestrator | None = None
     try:
-        orch = RootOrchestrator(cfg, resume=resume, force_resume=force)
+        orch = RootOrchestrator(cfg, resume=resume, force_resume=force, entry=spec)
         with orch:
             entry(orch)
     except (Exception, KeyboardInterrupt) as exc:

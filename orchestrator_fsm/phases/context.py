@@ -76,6 +76,8 @@ class RunContext:
     """Continue ``resume_from`` even when its config differs from this one."""
     resumed: bool = False
     """Whether phase 3 reopened the run directory of an earlier attempt of the job."""
+    entry: str | None = None
+    """The pipeline as the command line named it (``--entry module:function``)."""
     start_record: Callable[[], None] = attrs.field(default=lambda: None)
     """Writes the run's first record into the directory phase 3 just made."""
 

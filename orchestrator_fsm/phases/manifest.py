@@ -362,9 +362,15 @@ class AuditSaver:
         atomic_write_text(path, "".join(f"{key}: {value}\n" for key, value in info.items()))
 
 
+#: The console script this package installs: recorded by name, not by where it lives.
+_CONSOLE_SCRIPT: Final = "orchestrator-fsm"
+
+
 def _entry_point(argv0: str) -> str | None:
     if not argv0 or argv0 in ("-c", "-"):
         return None
+    if Path(argv0).name == _CONSOLE_SCRIPT:
+        return _CONSOLE_SCRIPT
     candidate = Path(argv0)
     if not candidate.exists():
         found = shutil.which(argv0)
@@ -378,7 +384,8 @@ def record_invocation() -> dict[str, Any]:
     """How this process was started, as plain data for ``run.json``.
 
     Keys: ``argv``; ``cwd`` (``None`` if it no longer exists); ``entry_point`` (the
-    resolved path of ``sys.argv[0]``, ``None`` for ``-c`` or an interactive session);
+    resolved path of ``sys.argv[0]``, ``orchestrator-fsm`` for this package's command,
+    ``None`` for ``-c`` or an interactive session);
     ``entry_module`` (the module run with ``python -m``, else ``None``); ``python``
     (version); ``python_executable``; ``python_implementation``.
     """
