@@ -20,6 +20,7 @@ from orchestrator_fsm.lifecycle.table import (
 )
 
 __all__ = [
+    "EXTENSIONS",
     "FORMATS",
     "GraphvizNotFoundError",
     "render",
@@ -29,6 +30,9 @@ __all__ = [
 ]
 
 FORMATS: Final = ("mermaid", "dot", "svg")
+#: The format a file name's extension asks for (``diagram --output``).
+EXTENSIONS: Final = {".mmd": "mermaid", ".mermaid": "mermaid", ".dot": "dot", ".gv": "dot",
+                     ".svg": "svg"}  # fmt: skip
 
 #: Stands for "every non-terminal state" (the table's "*" source) in drawings.
 _ANY_LIVE: Final = "any_live"
@@ -74,7 +78,10 @@ def render_dot() -> str:
     """The lifecycle as a Graphviz ``digraph``."""
     lines = [
         "digraph lifecycle {",
+        # Room between neighbours of a rank, edge labels included: their text stays
+        # apart even in a fallback font some 20% wider than Helvetica.
         "    rankdir=TB;",
+        "    nodesep=0.8;",
         '    node [shape=box, style=rounded, fontname="Helvetica"];',
         '    edge [fontname="Helvetica", fontsize=10];',
         '    start [shape=point, label=""];',

@@ -90,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     diagram = commands.add_parser(
         "diagram", help="draw the lifecycle state machine from its transition table"
     )
-    diagram.add_argument("--format", choices=FORMATS, default="mermaid")
+    diagram.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="default: from the --output file's extension (.mmd, .dot or .gv, .svg), else mermaid",
+    )
     diagram.add_argument(
         "--output", metavar="PATH", help="write to PATH (atomically) instead of stdout"
     )
