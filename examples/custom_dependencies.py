@@ -42,7 +42,8 @@ class OneLineReporter:
         self.reports += 1
         line = (
             f"run {paths.run_id}: {cfg.dataset.name}/{cfg.architecture.name} on {device}, "
-            f"{applied_threads} threads, {num_workers} loader workers"
+            f"{applied_threads} thread{'s' * (applied_threads != 1)}, "
+            f"{num_workers} loader worker{'s' * (num_workers != 1)}"
         )
         logger_instance.info(line)
         print(f"reporter: {line}")

@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             dist.destroy_process_group()
     if orch.is_main_process:
-        print(f"{orch.world_size} ranks; final training accuracy: {accuracy:.1%}")
+        ranks = f"{orch.world_size} rank{'s' * (orch.world_size != 1)}"
+        print(f"{ranks}; final training accuracy: {accuracy:.1%}")
     return 0
 
 

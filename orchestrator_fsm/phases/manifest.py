@@ -319,7 +319,8 @@ class AuditSaver:
         ``path`` (``git_info.txt``) gets ``key: value`` lines: commit, branch, dirty
         (tracked files changed), untracked_files, remote (password redacted) and
         toplevel. ``git_diff.patch`` in the same folder gets ``git diff HEAD``, cut at
-        1 MiB with a note line when larger. When the working directory is not in a git
+        1 MiB with a note line when larger; a clean checkout has no patch (one left by an
+        earlier attempt of the run is removed). When the working directory is not in a git
         checkout, or ``git`` is not on ``PATH``, nothing is written and nothing raised.
         """
         git = shutil.which("git")
@@ -358,7 +359,10 @@ class AuditSaver:
                 if truncated:
                     _log.info("git diff HEAD exceeds %d bytes; the patch is truncated", len(patch))
                     patch = _truncated_patch(patch, GIT_DIFF_CAP_BYTES)
-                atomic_write_bytes(path.parent / GIT_DIFF_FILE_NAME, patch)
+                if patch:
+                    atomic_write_bytes(path.parent / GIT_DIFF_FILE_NAME, patch)
+                else:  # nothing changed: no empty file that looks like a record of changes
+                    (path.parent / GIT_DIFF_FILE_NAME).unlink(missing_ok=True)
         atomic_write_text(path, "".join(f"{key}: {value}\n" for key, value in info.items()))
 
 
