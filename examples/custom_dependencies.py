@@ -17,11 +17,7 @@ from typing import Any
 import torch
 from quickstart import load_config  # the examples share one command line
 
-from orchestrator_fsm.config import Config
-from orchestrator_fsm.orchestrator import RootOrchestrator
-from orchestrator_fsm.phases.determinism import set_seed
-from orchestrator_fsm.phases.filesystem import RunPaths
-from orchestrator_fsm.protocols import ReporterProtocol
+from orchestrator_fsm import Config, ReporterProtocol, RootOrchestrator, RunPaths, set_seed
 
 
 class OneLineReporter:

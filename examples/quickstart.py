@@ -14,9 +14,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from orchestrator_fsm.config import Config
+from orchestrator_fsm import Config, RootOrchestrator
 from orchestrator_fsm.demo.pipeline import train
-from orchestrator_fsm.orchestrator import RootOrchestrator
 
 RECIPE = Path(__file__).resolve().parent / "recipes" / "mini_cnn.yaml"
 

@@ -103,3 +103,35 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
 
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         orchestrator_fsm.Nope  # noqa: B018
+
+
+#: Modules beside the root that are public too, each with its documented names: the
+#: bundled demo (the CLI's default entry, reused by the examples) and the MLflow observer.
+PUBLIC_MODULES = {"orchestrator_fsm.demo.pipeline", "orchestrator_fsm.mlflow_observer"}
+
+
+def test_the_examples_use_only_the_public_api() -> None:
+    import ast
+    import importlib
+
+    examples = PACKAGE.parent / "examples"
+    private = []
+    for path in sorted(examples.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [(alias.name, None) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules = [(node.module, [alias.name for alias in node.names])]
+            else:
+                continue
+            for module, names in modules:
+                if module.split(".")[0] != "orchestrator_fsm":
+                    continue
+                if module == "orchestrator_fsm" or module in PUBLIC_MODULES:
+                    public = set(importlib.import_module(module).__all__)
+                    private += [
+                        f"{path.name}: {module}.{n}" for n in names or [] if n not in public
+                    ]
+                else:
+                    private.append(f"{path.name}: {module}")
+    assert private == []
