@@ -11,6 +11,7 @@ import attrs
 from rich.console import Console
 
 from benchmarks import SECTIONS
+from benchmarks.cli_startup import measure_cli_startup
 from benchmarks.cold import measure_cold
 from benchmarks.scale import measure_advance, measure_concurrency, measure_existing_runs
 from benchmarks.summary import load_average
@@ -74,6 +75,9 @@ class BenchmarkSettings:
         if "cold" in self.sections:
             with progress.part("cold starts"):
                 results["cold_start"] = measure_cold(self.cold_runs)
+        if "cli" in self.sections:
+            with progress.part("command start-up"):
+                results["cli_startup"] = measure_cli_startup(self.cold_runs)
         if "scale" in self.sections:
             scale: dict[str, Any] = {}
             with progress.part("existing run directories"):

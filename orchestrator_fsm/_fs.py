@@ -7,7 +7,6 @@ import functools
 import json
 import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -62,6 +61,8 @@ def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
     new file gets (``0o666`` less the umask), not the temporary file's private 0600. On
     any error the temporary file is removed and ``path`` is untouched.
     """
+    import tempfile  # here, not at start-up: the quick commands never write a file
+
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

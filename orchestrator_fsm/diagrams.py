@@ -5,7 +5,6 @@ Graphviz's ``dot`` program."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 from typing import Final
 
 from orchestrator_fsm.errors import GraphvizNotFoundError, OrchestratorError
@@ -113,6 +112,8 @@ def render_svg(*, dot_executable: str | None = None, timeout_s: float = 30.0) ->
             "Graphviz (e.g. 'apt-get install graphviz' or 'brew install graphviz'), or use "
             "--format mermaid / --format dot, which need nothing"
         )
+    import subprocess  # only SVG output runs a program
+
     result = subprocess.run(
         [exe, "-Tsvg"],
         input=render_dot(),
