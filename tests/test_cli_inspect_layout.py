@@ -9,12 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import minimal_recipe
+from conftest import minimal_recipe, wait_for
 
 from orchestrator_fsm import Config, RootOrchestrator
 
@@ -103,11 +102,7 @@ def test_an_interrupted_run_names_its_signal_and_the_pipeline_row(
         preexec_fn=_default_sigint,
     )
     try:
-        deadline = time.monotonic() + 120
-        while not list((tmp_path / "outputs").glob("*/entered")):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: list((tmp_path / "outputs").glob("*/entered")), proc)
         running = command(tmp_path, "inspect", str(only_run(tmp_path))).stdout
         proc.send_signal(signum)
         proc.communicate(timeout=120)

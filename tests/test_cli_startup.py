@@ -8,12 +8,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import minimal_recipe
+from conftest import minimal_recipe, wait_for
 
 COMMAND = str(Path(sys.executable).parent / "orchestrator-fsm")
 
@@ -124,11 +123,7 @@ def test_ctrl_c_while_the_run_starts_up_is_one_line_and_exit_130(tmp_path: Path)
         preexec_fn=_default_sigint,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the entry module was never imported"
-            time.sleep(0.01)
+        wait_for(lambda: [marker] if marker.exists() else [], proc)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
