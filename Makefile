@@ -5,20 +5,27 @@ VENV ?= .venv
 # project is developed against; elsewhere use e.g. `make test TORCH_SPEC="torch>=2.4"`.
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+# Two stamps: the runtime (torch + the package, all the demo needs) and, on top of it,
+# the test and dev tools that only `make test` / `make lint` and friends need.
+RUNTIME_STAMP := $(VENV)/.orchestrator-fsm-runtime
 STAMP := $(VENV)/.orchestrator-fsm-installed
 
 .PHONY: install demo test lint unit diagrams bench graphviz clean
 
-$(STAMP): pyproject.toml Makefile
+$(RUNTIME_STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUNTIME_STAMP)
+
+$(STAMP): $(RUNTIME_STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[test,dev,mlflow,tensorboard]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	$(BIN)/orchestrator-fsm run
 
 lint: $(STAMP)

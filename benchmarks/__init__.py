@@ -7,6 +7,8 @@ the numbers). Sections:
 - ``warm``: enter -> report -> exit, many times in one process, with per-step medians;
 - ``floor``: the same system calls made by minimal hand-written code, and our ratio to it;
 - ``cold``: a fresh interpreter doing one round trip, minus one that only imports torch;
+- ``cli``: the command's quick sub-commands (``--help``, ``--version``, ``validate``,
+  ``inspect``, ``diagram``, ``runs``), spawn to exit, and whether any imported torch;
 - ``scale``: existing run directories, concurrent processes, and the bare machine's
   cost per ``advance()``;
 - ``capture``: round trips with log capture and metrics unused, as shipped and with
@@ -25,4 +27,4 @@ from __future__ import annotations
 from typing import Final
 
 #: The sections ``--only`` accepts, in the order they run.
-SECTIONS: Final = ("warm", "floor", "cold", "scale", "capture", "orchard")
+SECTIONS: Final = ("warm", "floor", "cold", "cli", "scale", "capture", "orchard")

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from benchmarks import SECTIONS
 from benchmarks.capture import measure_capture, measure_mlflow_metrics
+from benchmarks.cli_startup import measure_cli_startup
 from benchmarks.cold import measure_cold
 from benchmarks.orchard import measure_orchard
 from benchmarks.scale import (
@@ -81,6 +82,9 @@ class BenchmarkSettings:
         if "cold" in self.sections:
             with progress.part("cold starts"):
                 results["cold_start"] = measure_cold(self.cold_runs)
+        if "cli" in self.sections:
+            with progress.part("command start-up"):
+                results["cli_startup"] = measure_cli_startup(self.cold_runs)
         if "scale" in self.sections:
             scale: dict[str, Any] = {}
             with progress.part("existing run directories"):

@@ -17,11 +17,7 @@ from typing import Any
 import torch
 from quickstart import load_config  # the examples share one command line
 
-from orchestrator_fsm.config import Config
-from orchestrator_fsm.orchestrator import RootOrchestrator
-from orchestrator_fsm.phases.determinism import set_seed
-from orchestrator_fsm.phases.filesystem import RunPaths
-from orchestrator_fsm.protocols import ReporterProtocol
+from orchestrator_fsm import Config, ReporterProtocol, RootOrchestrator, RunPaths, set_seed
 
 
 class OneLineReporter:
@@ -42,7 +38,8 @@ class OneLineReporter:
         self.reports += 1
         line = (
             f"run {paths.run_id}: {cfg.dataset.name}/{cfg.architecture.name} on {device}, "
-            f"{applied_threads} threads, {num_workers} loader workers"
+            f"{applied_threads} thread{'s' * (applied_threads != 1)}, "
+            f"{num_workers} loader worker{'s' * (num_workers != 1)}"
         )
         logger_instance.info(line)
         print(f"reporter: {line}")

@@ -23,9 +23,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from orchestrator_fsm import Config, RootOrchestrator
+from orchestrator_fsm import Config, RootOrchestrator, worker_init_fn
 from orchestrator_fsm.demo.pipeline import SHAPES, DemoSettings, MiniCNN, make_shapes_dataset
-from orchestrator_fsm.phases.determinism import worker_init_fn
 
 RECIPE = Path(__file__).resolve().parent / "recipes" / "mini_cnn.yaml"
 
@@ -110,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             dist.destroy_process_group()
     if orch.is_main_process:
-        print(f"{orch.world_size} ranks; final training accuracy: {accuracy:.1%}")
+        ranks = f"{orch.world_size} rank{'s' * (orch.world_size != 1)}"
+        print(f"{ranks}; final training accuracy: {accuracy:.1%}")
     return 0
 
 

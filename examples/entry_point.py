@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from orchestrator_fsm._fs import atomic_write_text
-from orchestrator_fsm.orchestrator import RootOrchestrator
-from orchestrator_fsm.phases.determinism import make_generator
+from orchestrator_fsm import RootOrchestrator, make_generator
 
 RECIPE = Path(__file__).resolve().parent / "recipes" / "mini_cnn.yaml"
 
@@ -44,15 +43,14 @@ def main(orch: RootOrchestrator) -> None:
     log.info("entry point example: %s", summary)
     if orch.paths is not None:  # rank 0 owns the run directory
         target = orch.paths.exports / "summary.json"
-        atomic_write_text(target, json.dumps(summary, indent=2) + "\n")
+        target.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         print(f"entry point: wrote {target}")
 
 
 if __name__ == "__main__":
-    from orchestrator_fsm.cli import main as cli_main
-
+    # The same command as `orchestrator-fsm run`, started the way a shell would.
     argv = ["run", str(RECIPE), "--entry", f"{Path(__file__).resolve()}:main", *sys.argv[1:]]
     if not any(arg.startswith("telemetry.output_dir=") for arg in argv):
         output_dir = tempfile.mkdtemp(prefix="orchestrator-fsm-entry-")
         argv += ["--set", f"telemetry.output_dir={output_dir}"]
-    raise SystemExit(cli_main(argv))
+    raise SystemExit(subprocess.call([sys.executable, "-m", "orchestrator_fsm", *argv]))

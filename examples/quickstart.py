@@ -14,9 +14,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from orchestrator_fsm.config import Config
+from orchestrator_fsm import Config, RootOrchestrator
 from orchestrator_fsm.demo.pipeline import train
-from orchestrator_fsm.orchestrator import RootOrchestrator
 
 RECIPE = Path(__file__).resolve().parent / "recipes" / "mini_cnn.yaml"
 
@@ -42,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"device: {orch.get_device()}; run directory: {orch.paths.root}")
         result = train(orch)  # makes the environment report first, then trains
     print(f"state after the block: {orch.state.value}")
-    print(f"trained {len(result.epochs)} epochs; metrics: {result.metrics_path}")
+    epochs = len(result.epochs)
+    print(f"trained {epochs} epoch{'s' * (epochs != 1)}; metrics: {result.metrics_path}")
     print(f"checkpoint: {result.checkpoint_path}")
     return 0
 

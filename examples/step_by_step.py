@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from quickstart import load_config  # the examples share one command line
 
-from orchestrator_fsm.errors import OrchestratorError
-from orchestrator_fsm.lifecycle.table import LifecycleState
-from orchestrator_fsm.orchestrator import RootOrchestrator
+from orchestrator_fsm import LifecycleState, OrchestratorError, RootOrchestrator
 
 
 def main(argv: list[str] | None = None) -> int:

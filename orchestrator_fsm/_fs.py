@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
-import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "new_file_mode",
     "slugify",
 ]
 
@@ -22,17 +24,50 @@ _SLUG_DROP = re.compile(r"[^a-z0-9_-]+")
 _SLUG_DASHES = re.compile(r"-{2,}")
 
 
+_UMASK_LINE = re.compile(rb"^Umask:\s*([0-7]+)$", re.MULTILINE)
+_umask_lock = threading.Lock()
+
+
+@functools.cache
+def _umask_at_first_use() -> int:
+    # Setting the umask is the only portable way to read it; done once, under a lock,
+    # because another thread creating a file meanwhile would get the wrong mode.
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _umask() -> int:
+    """The process's umask now: Linux reports it in /proc without changing it."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            found = _UMASK_LINE.search(status.read())
+    except OSError:
+        found = None
+    return int(found.group(1), 8) if found else _umask_at_first_use()
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: ``0o666`` less the umask."""
+    return 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the new one.
 
     The bytes go to a temporary file in the same directory, are flushed (and fsynced
-    unless ``fsync`` is False), then renamed over ``path``. On any error the temporary
-    file is removed and ``path`` is untouched.
+    unless ``fsync`` is False), then renamed over ``path``. The file gets the mode any
+    new file gets (``0o666`` less the umask), not the temporary file's private 0600. On
+    any error the temporary file is removed and ``path`` is untouched.
     """
+    import tempfile  # here, not at start-up: the quick commands never write a file
+
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.chmod(handle.fileno(), new_file_mode())
             handle.write(data)
             handle.flush()
             if fsync:

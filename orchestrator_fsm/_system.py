@@ -10,7 +10,6 @@ import os
 import sys
 from datetime import datetime, timezone
 from functools import cache
-from importlib import metadata
 from typing import TextIO
 
 __all__ = [
@@ -118,6 +117,9 @@ def process_started_at() -> datetime:
 @cache
 def distribution_version(name: str) -> str | None:
     """The installed version of distribution ``name``, or None when it is not installed."""
+    # Imported here: importlib.metadata is slow to import, and most callers never ask.
+    from importlib import metadata
+
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:

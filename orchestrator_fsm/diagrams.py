@@ -5,7 +5,6 @@ Graphviz's ``dot`` program."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 from typing import Final
 
 from orchestrator_fsm.errors import GraphvizNotFoundError, OrchestratorError
@@ -20,6 +19,7 @@ from orchestrator_fsm.lifecycle.table import (
 )
 
 __all__ = [
+    "EXTENSIONS",
     "FORMATS",
     "GraphvizNotFoundError",
     "render",
@@ -29,6 +29,9 @@ __all__ = [
 ]
 
 FORMATS: Final = ("mermaid", "dot", "svg")
+#: The format a file name's extension asks for (``diagram --output``).
+EXTENSIONS: Final = {".mmd": "mermaid", ".mermaid": "mermaid", ".dot": "dot", ".gv": "dot",
+                     ".svg": "svg"}  # fmt: skip
 
 #: Stands for "every non-terminal state" (the table's "*" source) in drawings.
 _ANY_LIVE: Final = "any_live"
@@ -74,7 +77,10 @@ def render_dot() -> str:
     """The lifecycle as a Graphviz ``digraph``."""
     lines = [
         "digraph lifecycle {",
+        # Room between neighbours of a rank, edge labels included: their text stays
+        # apart even in a fallback font some 20% wider than Helvetica.
         "    rankdir=TB;",
+        "    nodesep=0.8;",
         '    node [shape=box, style=rounded, fontname="Helvetica"];',
         '    edge [fontname="Helvetica", fontsize=10];',
         '    start [shape=point, label=""];',
@@ -106,6 +112,8 @@ def render_svg(*, dot_executable: str | None = None, timeout_s: float = 30.0) ->
             "Graphviz (e.g. 'apt-get install graphviz' or 'brew install graphviz'), or use "
             "--format mermaid / --format dot, which need nothing"
         )
+    import subprocess  # only SVG output runs a program
+
     result = subprocess.run(
         [exe, "-Tsvg"],
         input=render_dot(),

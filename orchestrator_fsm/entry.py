@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Entry",
+    "entry_module",
     "entry_schema",
     "entry_search_dirs",
     "entry_search_path",
@@ -59,6 +60,11 @@ def _split_entry(spec: str, named_by: str) -> tuple[str, str]:
         )
     module_part, _, attr_path = spec.rpartition(":")
     return module_part, attr_path
+
+
+def entry_module(spec: str) -> str:
+    """The module part of ``spec`` as it was given: ``pkg.mod`` or ``path/to/file.py``."""
+    return spec.rpartition(":")[0] or spec
 
 
 def entry_search_dirs(spec: str) -> list[str]:
@@ -132,9 +138,12 @@ def resolve_entry(spec: str) -> Entry:
     ``function`` may be a dotted path (``module:Class.method``). A module is looked up
     on ``sys.path``; run from the CLI, the working directory is searched first. Raises
     ``EntryPointError`` saying what is wrong: no colon, module or file not found, an
-    import that failed, a missing attribute (with close matches), or not a callable.
+    import that failed, a missing attribute (with close matches), not a callable, or a
+    callable that cannot be called with the orchestrator alone, so that a wrong
+    signature is found before the run starts, not inside it.
     """
     entry: Entry = resolve_callable(spec)
+    _check_called_with_one_argument(entry, spec)
     return entry
 
 
@@ -147,6 +156,24 @@ def entry_schema(entry: object, spec: str) -> dict[str, type]:
         return schema_of(entry)
     except (TypeError, ValueError) as exc:
         raise EntryPointError(f"--entry {spec!r} declares an unusable schema: {exc}") from exc
+
+
+def _check_called_with_one_argument(target: Callable[..., object], spec: str) -> None:
+    import inspect
+
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):  # a builtin or extension without one: cannot tell
+        return
+    try:
+        signature.bind(object())
+    except TypeError as exc:
+        name = getattr(target, "__name__", spec.rpartition(":")[2])
+        raise EntryPointError(
+            f"--entry {spec!r} is called as {name}(orchestrator), but it is "
+            f"{name}{signature} ({exc}); it must take the orchestrator as its one "
+            "required argument"
+        ) from None
 
 
 def resolve_callable(

@@ -95,7 +95,8 @@ class RootOrchestrator:
     or drive ``orch.machine`` step by step. ``observers`` (see
     :mod:`orchestrator_fsm.observers`), after those of ``telemetry.observers``, are told
     what the run records as it records it. ``sweep`` (a sweep id and member number,
-    given by ``run --multirun`` to its members) is recorded in ``run.json``.
+    given by ``run --multirun`` to its members) is recorded in ``run.json``; so is
+    ``entry``, how the caller named the pipeline (the command line's ``--entry``).
     Every dependency can be injected; the
     defaults are this package's own phase implementations. Only rank 0 creates the
     run directory, persists the manifest and takes the lock; other ranks join rank 0's
@@ -125,6 +126,7 @@ class RootOrchestrator:
         force_resume: bool = False,
         observers: Iterable[object] = (),
         sweep: tuple[str, int] | None = None,
+        entry: str | None = None,
     ) -> None:
         self.cfg = cfg
         # Explicit rank, local_rank and world_size win over what the launcher says.
@@ -168,6 +170,7 @@ class RootOrchestrator:
             resume_from=None if resume is None else Path(resume),
             force_resume=force_resume,
             sweep=sweep,
+            entry=entry,
         )
         self._recorder = RunRecorder(
             self._run,

@@ -105,6 +105,15 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
     }
     assert cold["top_imports_beyond_torch"], "the -X importtime breakdown is empty"
 
+    cli = results["cli_startup"]
+    assert {"--help", "--version", "validate RECIPE", "inspect RUN_DIR", "diagram"} <= set(
+        cli["commands"]
+    )
+    for entry in cli["commands"].values():
+        assert_stats(entry["ms"])
+        assert entry["imports_torch"] is False
+        assert not any(str(temp_root) in arg for arg in entry["argv"])
+
     scale = results["scale"]
     assert [entry["existing_runs"] for entry in scale["existing_runs"]] == [0, 100]
     for entry in scale["existing_runs"]:
@@ -135,6 +144,7 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
     assert [part["part"] for part in results["progress"]] == [
         "warm round trips and the floor",
         "cold starts",
+        "command start-up",
         "existing run directories",
         "concurrent processes",
         "bare machine advance()",
@@ -151,7 +161,7 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
         assert capture["mlflow"]["every_call"]["flush_every"] == 1
         assert capture["mlflow"]["buffered"]["calls"] == 100
         assert_stats(capture["mlflow"]["buffered"]["log_metrics_us"])
-    assert len(results["targets"]) == 4 + 2 + 6
+    assert len(results["targets"]) == 5 + 2 + 6
     assert all(isinstance(target["met"], bool) for target in results["targets"])
 
     # Every sandbox was removed, and the user's cache directory was never written.

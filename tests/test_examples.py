@@ -129,7 +129,7 @@ def ddp_train(tmp_path: Path, nproc: int) -> tuple[str, str, Path]:
 def test_ddp_train_runs_under_torchrun_as_a_single_rank(tmp_path: Path) -> None:
     out, _, root = ddp_train(tmp_path, nproc=1)
 
-    assert out.splitlines()[-1].startswith("1 ranks; final training accuracy: ")
+    assert out.splitlines()[-1].startswith("1 rank; final training accuracy: ")
     assert [p.name for p in (root / "checkpoints").iterdir()] == ["model.pt"]
     assert "this rank trains on 128 of the 128 images" in (root / "logs" / "run.log").read_text()
     assert run_status(root) == "completed"

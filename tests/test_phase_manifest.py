@@ -340,8 +340,20 @@ def test_git_info_of_a_clean_checkout(repo: Path, reports: Path) -> None:
     assert info["untracked_files"] == "0"
     assert info["remote"] == "none"
     assert Path(info["toplevel"]).resolve() == repo.resolve()
-    assert (reports / GIT_DIFF_FILE_NAME).read_bytes() == b""
-    assert sorted(p.name for p in reports.iterdir()) == [GIT_DIFF_FILE_NAME, "git_info.txt"]
+    # A clean tree has nothing to patch: no empty git_diff.patch.
+    assert sorted(p.name for p in reports.iterdir()) == ["git_info.txt"]
+
+
+@needs_git
+def test_a_patch_left_by_an_earlier_attempt_goes_when_the_tree_is_clean_again(
+    repo: Path, reports: Path
+) -> None:
+    (repo / "train.py").write_text("print('changed')\n")
+    _record_git_info(reports)
+    assert (reports / GIT_DIFF_FILE_NAME).stat().st_size > 0
+    _git(repo, "checkout", "--", "train.py")
+    assert _record_git_info(reports)["dirty"] == "false"
+    assert not (reports / GIT_DIFF_FILE_NAME).exists()
 
 
 @needs_git

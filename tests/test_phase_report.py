@@ -164,8 +164,8 @@ def test_determinism_section_shows_torch_flags_as_actually_set(cfg: Any, paths: 
 
     determinism = report_for(cfg, paths)["determinism"]
 
-    assert determinism["reproducible"] is True
-    assert determinism["warn_only"] is False
+    assert determinism["requested"] == {"reproducible": True, "warn_only": False}
+    assert determinism["mode"] == "strict-warn-only"
     assert determinism["torch"]["deterministic_algorithms"] is True
     assert determinism["torch"]["deterministic_warn_only"] is True
     assert determinism["torch"]["cudnn_deterministic"] is True

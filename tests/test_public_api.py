@@ -44,6 +44,7 @@ def test_the_constructor_is_the_reference_one() -> None:
     beyond = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
     assert beyond == [
         "signal_callbacks", "world_size", "resume", "force_resume", "observers", "sweep",
+        "entry",
     ]  # fmt: skip
 
 
@@ -57,3 +58,81 @@ def test_no_module_of_the_package_imports_the_package_root() -> None:
         if root_import.search(path.read_text(encoding="utf-8"))
     ]
     assert offenders == []
+
+
+def test_the_lazy_exports_name_what_type_checkers_see() -> None:
+    import ast
+
+    tree = ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8"))
+    (guarded,) = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    ]
+    typed = {
+        alias.name: node.module
+        for node in guarded.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert typed == orchestrator_fsm._EXPORTS
+    assert set(orchestrator_fsm.__all__) == {*typed, "__version__"}
+    for name, module in typed.items():
+        assert getattr(orchestrator_fsm, name).__module__.startswith("orchestrator_fsm"), name
+        assert getattr(orchestrator_fsm, name) is getattr(__import__(module, fromlist=[name]), name)
+
+
+def test_importing_the_package_imports_neither_torch_nor_numpy() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, orchestrator_fsm; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys\nfrom orchestrator_fsm import RootOrchestrator\n"
+         "print('torch' in sys.modules)"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert result.stdout.strip() == "True"
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    import pytest
+
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        orchestrator_fsm.Nope  # noqa: B018
+
+
+#: Modules beside the root that are public too, each with its documented names: the
+#: bundled demo (the CLI's default entry, reused by the examples) and the MLflow observer.
+PUBLIC_MODULES = {"orchestrator_fsm.demo.pipeline", "orchestrator_fsm.mlflow_observer"}
+
+
+def test_the_examples_use_only_the_public_api() -> None:
+    import ast
+    import importlib
+
+    examples = PACKAGE.parent / "examples"
+    private = []
+    for path in sorted(examples.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [(alias.name, None) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules = [(node.module, [alias.name for alias in node.names])]
+            else:
+                continue
+            for module, names in modules:
+                if module.split(".")[0] != "orchestrator_fsm":
+                    continue
+                if module == "orchestrator_fsm" or module in PUBLIC_MODULES:
+                    public = set(importlib.import_module(module).__all__)
+                    private += [
+                        f"{path.name}: {module}.{n}" for n in names or [] if n not in public
+                    ]
+                else:
+                    private.append(f"{path.name}: {module}")
+    assert private == []

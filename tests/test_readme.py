@@ -17,6 +17,12 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
 
 
+def the_block(marker: str) -> str:
+    """The README's one python block that contains ``marker``."""
+    (block,) = [block for block in python_blocks() if marker in block]
+    return block
+
+
 def run_example(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
     """``code`` run as a script in ``tmp_path`` (holding a copy of examples/recipes),
     with its own cache directory; it must succeed."""
@@ -38,7 +44,8 @@ def run_example(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_readme_quickstart_runs_and_ends_cleaned(tmp_path: Path) -> None:
-    quickstart, step_by_step = python_blocks()[:2]
+    quickstart = the_block("orch.log_environment_report()          # phase 7")
+    step_by_step = the_block("orch.machine.can_advance()")
     result = run_example(tmp_path, quickstart + step_by_step)
     lines = result.stdout.split()
     assert lines[0] == "cleaned"
@@ -63,7 +70,7 @@ def test_readme_quickstart_runs_and_ends_cleaned(tmp_path: Path) -> None:
 def test_readme_reading_a_run_back_works_on_a_real_run(tmp_path: Path) -> None:
     from orchestrator_fsm import Config, RootOrchestrator
 
-    reading = python_blocks()[2]
+    reading = the_block('run = read_run("outputs/')
     assert "read_run(" in reading
     cfg = Config.from_dict(
         {
@@ -89,7 +96,7 @@ def test_readme_reading_a_run_back_works_on_a_real_run(tmp_path: Path) -> None:
 
 
 def test_readme_sampler_example_covers_every_sample_once() -> None:
-    (example,) = [block for block in python_blocks() if "DistributedSampler(" in block]
+    example = the_block("DistributedSampler(")
     result = subprocess.run(
         [sys.executable, "-c", example], capture_output=True, text=True, timeout=60, check=False
     )
@@ -98,7 +105,7 @@ def test_readme_sampler_example_covers_every_sample_once() -> None:
 
 
 def test_readme_metrics_example_logs_and_reads_back(tmp_path: Path) -> None:
-    (example,) = [block for block in python_blocks() if "log_summary(" in block]
+    example = the_block('orch.log_summary({"final_acc": 0.9})')
     shutil.copytree(ROOT / "examples" / "recipes", tmp_path / "examples" / "recipes")
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
     result = subprocess.run(
@@ -114,6 +121,41 @@ def test_readme_metrics_example_logs_and_reads_back(tmp_path: Path) -> None:
     assert result.stdout.split() == [str(1.0 / 3), "3", "0.9"]
     (run,) = (tmp_path / "outputs").iterdir()
     assert len((run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()) == 4
+
+
+def test_readme_tour_entry_runs_under_the_real_command(tmp_path: Path) -> None:
+    train = the_block("# train.py\n")
+    (tmp_path / "train.py").write_text(train, encoding="utf-8")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "orchestrator-fsm"), "run", "--entry", "train.py:main"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "summary: final_loss=0.333333" in result.stdout
+    assert result.stdout.splitlines()[-1] == "status: completed"
+    (run,) = (tmp_path / "outputs").iterdir()
+    assert "training on cpu in" in (run / "logs" / "run.log").read_text(encoding="utf-8")
+
+
+def test_readme_tour_commands_are_the_real_ones() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    tour = readme[readme.index("## In 60 seconds") : readme.index("## Set-up")]
+    commands = re.findall(r"^(?:make|orchestrator-fsm) [^#\n]*", tour, flags=re.MULTILINE)
+    assert "make demo" in [c.strip() for c in commands]
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r"^demo:", makefile, flags=re.MULTILINE)
+    from orchestrator_fsm.cli.main import build_parser
+
+    for command in commands:
+        if command.startswith("orchestrator-fsm"):
+            args = command.replace("<run id>", "RUN").split()[1:]
+            build_parser().parse_args(args)  # exits 2 on a usage error
 
 
 def test_readme_progress_example_runs_with_its_bars_and_log_lines(tmp_path: Path) -> None:

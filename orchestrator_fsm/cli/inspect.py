@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -141,10 +142,11 @@ def print_run_json(run: RunRecord, files: RunFiles) -> None:
 def print_run(out: Console, run: RunRecord, files: RunFiles) -> None:
     """Print the summary, the timeline, the failed step (if any) and the files."""
     out.print(format_summary(run))
-    out.print(format_timeline(run.transitions))
+    out.print(format_timeline(run.transitions, run))
     error = format_error(run)
     if error is not None:
-        say(out, error)
+        # Wrapped at word boundaries to the console's width, not cut into a column.
+        out.print(error, highlight=False)
     out.print(format_files(files))
 
 
@@ -218,7 +220,8 @@ def format_summary(run: RunRecord) -> Table:
         ("device", _or_dash(run.device)),
         ("summary", format_values(run.summary) or "-"),
         ("last metrics", _last_metrics(run) or "-"),
-        ("entry point", _or_dash(run.entry_point)),
+        ("entry", format_entry(run)),
+        ("command", _command(run)),
         ("root", str(run.root)),
     ]
     if run.sweep is not None:
@@ -226,6 +229,25 @@ def format_summary(run: RunRecord) -> Table:
     for field, value in rows:
         table.add_row(field, value if isinstance(value, Text) else Text(value))
     return table
+
+
+def format_entry(run: RunRecord) -> str:
+    """The pipeline as it was named: the ``--entry`` given, ``python -m`` its module, or
+    the script that started the run."""
+    if run.entry:
+        return run.entry
+    if run.entry_module:
+        return f"python -m {run.entry_module}"
+    return _or_dash(run.entry_point)
+
+
+def _command(run: RunRecord) -> str:
+    """The command line that started the run, its program as recorded (``orchestrator-fsm``
+    for this package's command); secrets were redacted when it was recorded."""
+    if not run.argv:
+        return "-"
+    program = run.entry_point or run.argv[0]
+    return shlex.join([program, *run.argv[1:]])
 
 
 def format_values(values: Mapping[str, float]) -> str:
@@ -245,7 +267,8 @@ def _attempts(run: RunRecord) -> str:
     """``1 interrupted (preempted), 2 running``: each attempt with how it ended."""
     parts = []
     for attempt in run.attempts:
-        reason = f" ({attempt.reason})" if attempt.reason else ""
+        # The error's type only: its message is printed in full below the timeline.
+        reason = f" ({attempt.reason.partition(':')[0]})" if attempt.reason else ""
         parts.append(f"{attempt.number} {attempt.status}{reason}")
     return ", ".join(parts) or "-"
 
@@ -264,10 +287,16 @@ def _clock_time(moment: datetime) -> str:
     return moment.strftime("%H:%M:%S.%f")[:-3]
 
 
-def format_timeline(transitions: Sequence[TransitionRecord]) -> Table:
-    """One row per transition: when, from and to which state, its step, duration, result."""
+def format_timeline(transitions: Sequence[TransitionRecord], run: RunRecord | None = None) -> Table:
+    """One row per transition: when, from and to which state, its step, duration, result;
+    and a ``pipeline`` row for the caller's own work between READY and cleanup. Errors
+    are only named here (the whole message is :func:`format_error`'s), so the columns
+    stay whole at 80 characters."""
     from rich.table import Table
     from rich.text import Text
+
+    from orchestrator_fsm.lifecycle.record import PIPELINE_STEP, pipeline_spans
+    from orchestrator_fsm.lifecycle.table import LifecycleState
 
     # No rules and no row numbers: the five columns then fit in 80 characters.
     table = Table(title="lifecycle timeline", box=None, header_style="bold underline")
@@ -275,28 +304,91 @@ def format_timeline(transitions: Sequence[TransitionRecord]) -> Table:
     table.add_column("transition", no_wrap=True)
     table.add_column("step", no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
-    table.add_column("result", overflow="fold", min_width=6)
-    for record in transitions:
-        result = Text("ok", style="green") if record.ok else Text(f"error: {record.error}", "red")
+    table.add_column("result", no_wrap=True)
+    spans = {span.after: span for span in pipeline_spans(transitions)}
+    last_span = max(spans, default=None)
+    for index, record in enumerate(transitions):
         table.add_row(
             _clock_time(record.started_at),
             Text(f"{record.source.value} -> {record.dest.value}"),
             Text(record.step),
             format_seconds(record.duration_s),
-            result,
+            _result(record.ok, record.error),
+        )
+        span = spans.get(index)
+        if span is not None:
+            error = run.error if run is not None and index == last_span else None
+            failed = error is not None and error.step == PIPELINE_STEP
+            table.add_row(
+                _clock_time(span.started_at),
+                Text(f"in {record.dest.value}", style="italic"),
+                Text(PIPELINE_STEP, style="bold"),
+                format_seconds(span.duration_s),
+                _result(not failed, str(error) if failed else None),
+            )
+    last = transitions[-1] if transitions else None
+    if (
+        last is not None
+        and last.ok
+        and last.dest in (LifecycleState.READY, LifecycleState.REPORTED)
+        and run is not None
+        and run.effective_status == "running"
+    ):
+        table.add_row(
+            "-",
+            Text(f"in {last.dest.value}", style="italic"),
+            Text(PIPELINE_STEP, style="bold"),
+            "-",
+            Text("running", style="yellow"),
         )
     if not transitions:
         table.add_row("-", Text("no transitions recorded"), "-", "-", "-")
     return table
 
 
-def format_error(run: RunRecord) -> Text | None:
-    """The step that failed and its error, or None when the run recorded no error."""
-    if run.error is None:
-        return None
+def _result(ok: bool, error: str | None) -> Text:
+    """``ok``, ``error`` (its message is below the table), or the signal that
+    interrupted the step (``SIGINT``)."""
     from rich.text import Text
 
-    return Text(f"failed step: {run.error.step}: {run.error.type}: {run.error.message}", "red")
+    if ok:
+        return Text("ok", style="green")
+    kind, _, message = (error or "").partition(":")
+    if kind in _INTERRUPTS:
+        return Text(_signal_name(message.strip()).split()[0], style="red")
+    return Text("error", style="red")
+
+
+#: The error types that mean a signal (or Ctrl-C) ended the run, not a failure.
+_INTERRUPTS: Final = frozenset({"KeyboardInterrupt", "RunInterrupted"})
+
+
+def _signal_name(message: str) -> str:
+    """The signal an interrupt's message names (``SIGTERM``); Python raises a bare
+    ``KeyboardInterrupt`` for SIGINT (Ctrl-C)."""
+    return message if message.startswith("SIG") else "SIGINT (Ctrl-C)"
+
+
+def format_error(run: RunRecord) -> Text | None:
+    """What ended the run (the step that failed and its error, or the signal that
+    interrupted it and in which step), then any other error a transition recorded (an
+    undo that failed); None when there is none. Printed as is, it wraps at word
+    boundaries to the console's width."""
+    from rich.text import Text
+
+    lines = []
+    error = run.error
+    if error is not None and error.type in _INTERRUPTS:
+        lines.append(f"interrupted by {_signal_name(error.message)} in step {error.step}")
+    elif error is not None:
+        lines.append(f"failed step: {error.step}: {error}")
+    for record in run.transitions:
+        message = record.error or ""
+        if record.ok or not message or (error is not None and message == str(error)):
+            continue
+        if message.partition(":")[0] not in _INTERRUPTS:
+            lines.append(f"error in step {record.step}: {message}")
+    return Text("\n".join(lines), "red") if lines else None
 
 
 def format_files(files: RunFiles) -> Table:

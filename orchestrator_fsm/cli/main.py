@@ -4,21 +4,36 @@ sub-command modules beside it (``run``, ``diagram``, ``inspect``, ``validate``).
 from __future__ import annotations
 
 import argparse
+import importlib
+import signal
 import sys
 from collections.abc import Callable
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from orchestrator_fsm._version import __version__
 from orchestrator_fsm.cli._shared import EXIT_INTERRUPTED, EXIT_USAGE
-from orchestrator_fsm.cli.diagram import cmd_diagram
-from orchestrator_fsm.cli.inspect import cmd_inspect
-from orchestrator_fsm.cli.run import cmd_run
-from orchestrator_fsm.cli.validate import cmd_validate
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 __all__ = ["build_parser", "main"]
+
+Handler = Callable[[argparse.Namespace, "Console", "Console"], int]
+
+
+def _command(module: str, function: str) -> Handler:
+    """The sub-command ``function`` of ``orchestrator_fsm.cli.<module>``, imported only
+    when it runs: ``--help``, ``--version`` and a usage error import none of them."""
+
+    def handler(args: argparse.Namespace, out: Console, err: Console) -> int:
+        command: Handler = getattr(
+            importlib.import_module(f"orchestrator_fsm.cli.{module}"), function
+        )
+        return command(args, out, err)
+
+    handler.__qualname__ = handler.__name__ = function
+    return handler
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,23 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --resume: continue it even though it ran another config",
     )
-    run.set_defaults(handler=cmd_run)
+    run.set_defaults(handler=_command("run", "cmd_run"))
 
     diagram = commands.add_parser(
         "diagram", help="draw the lifecycle state machine from its transition table"
     )
-    diagram.add_argument("--format", choices=FORMATS, default="mermaid")
+    diagram.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="default: from the --output file's extension (.mmd, .dot or .gv, .svg), else mermaid",
+    )
     diagram.add_argument(
         "--output", metavar="PATH", help="write to PATH (atomically) instead of stdout"
     )
-    diagram.set_defaults(handler=cmd_diagram)
+    diagram.set_defaults(handler=_command("diagram", "cmd_diagram"))
 
     inspect = commands.add_parser(
         "inspect", help="show a run's status, lifecycle timeline, error and files"
     )
     inspect.add_argument("run_dir", metavar="RUN_DIR")
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead")
-    inspect.set_defaults(handler=cmd_inspect)
+    inspect.set_defaults(handler=_command("inspect", "cmd_inspect"))
 
     validate = commands.add_parser(
         "validate", parents=[overrides], help="check a recipe and summarise it"
@@ -99,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE:FUNCTION",
         help="also check the sections whose schema this pipeline declares, as run does",
     )
-    validate.set_defaults(handler=cmd_validate)
+    validate.set_defaults(handler=_command("validate", "cmd_validate"))
     return parser
 
 
@@ -148,27 +167,49 @@ def main(argv: list[str] | None = None, *, exiting: bool = False) -> int:
     ``exiting``: the process ends once this returns (the console command), so a signal
     arriving after the run's outcome is settled ends it at once with that outcome.
     """
-    parser = build_parser()
     try:
-        args = _parse(parser, argv)
-    except SystemExit as exc:  # --help, --version and usage errors
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    args.exiting = exiting
-    handler: Callable[[argparse.Namespace, Console, Console], int] | None = getattr(
-        args, "handler", None
-    )
-    if handler is None:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
-    from rich.console import Console
+        parser = build_parser()
+        try:
+            args = _parse(parser, argv)
+        except SystemExit as exc:  # --help, --version and usage errors
+            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        args.exiting = exiting
+        handler: Handler | None = getattr(args, "handler", None)
+        if handler is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        from rich.console import Console
 
-    try:
         return handler(args, Console(), Console(stderr=True))
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted", style="red")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        # Before a run's own signal handling is in place (loading the recipe, importing
+        # torch and the entry), or in a command that starts no run: one line, no
+        # traceback. A run that has started reports its own interruption instead.
+        return _say_interrupted(exc, argv)
+
+
+def _say_interrupted(exc: KeyboardInterrupt, argv: list[str] | None) -> int:
+    """Say in one line on stderr that ``exc`` stopped the command; its exit code."""
+    from orchestrator_fsm.errors import RunInterrupted
+
+    signum = exc.signum if isinstance(exc, RunInterrupted) else int(signal.SIGINT)
+    words = sys.argv[1:] if argv is None else argv
+    when = " before the run started" if words[:1] == ["run"] else ""
+    sys.stderr.write(f"orchestrator-fsm: interrupted ({signal.Signals(signum).name}){when}\n")
+    sys.stderr.flush()
+    return EXIT_INTERRUPTED if signum == signal.SIGINT else 128 + signum
+
+
+def _ignore_further_interrupts(signum: int, frame: FrameType | None) -> None:
+    """While the process says it was interrupted and exits: a second Ctrl-C changes
+    nothing and prints nothing."""
 
 
 def console() -> None:
     """The ``orchestrator-fsm`` command itself: :func:`main`, then exit with its code."""
-    raise SystemExit(main(exiting=True))
+    try:
+        code = main(exiting=True)
+    except KeyboardInterrupt as exc:  # between main's own handling and here
+        signal.signal(signal.SIGINT, _ignore_further_interrupts)
+        code = _say_interrupted(exc, None)
+    raise SystemExit(code)

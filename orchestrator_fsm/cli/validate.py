@@ -53,6 +53,7 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
     from rich.table import Table
     from rich.text import Text
 
+    from orchestrator_fsm._text import counted
     from orchestrator_fsm.phases.guarding import resolve_lock_path
 
     hardware, lock = cfg.hardware, cfg.infrastructure.lock
@@ -69,7 +70,7 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
         ("architecture", cfg.architecture.name),
         ("seed", str(cfg.training.seed)),
         ("device", hardware.device),
-        ("reproducible", f"{hardware.reproducible} ({workers} loader workers)"),
+        ("reproducible", f"{hardware.reproducible} ({counted(workers, 'loader worker')})"),
         ("output dir", str(cfg.telemetry.output_dir)),
         ("lock", lock_text),
         ("config hash", cfg.config_hash()[:12]),

@@ -64,6 +64,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 
 from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_text
+from orchestrator_fsm._text import counted
 from orchestrator_fsm.config.schema import pipeline_schema
 from orchestrator_fsm.demo.schema import DEMO_SCHEMA, DemoArchitecture, DemoDataset, DemoTraining
 from orchestrator_fsm.errors import ConfigError, LifecycleError
@@ -473,16 +474,15 @@ def _train(
     metrics_path = paths.reports / METRICS_FILE_NAME if paths is not None else None
     checkpoint_path = paths.checkpoints / CHECKPOINT_FILE_NAME if paths is not None else None
     log.info(
-        "demo: %d training and %d validation images of %dx%d px, %s classes; %d epochs "
-        "on %s with %d loader workers",
+        "demo: %d training and %d validation images of %dx%d px, %s classes; %s on %s with %s",
         len(train_set),
         len(val_set),
         settings.image_size,
         settings.image_size,
         "/".join(SHAPES),
-        settings.epochs,
+        counted(settings.epochs, "epoch"),
         device,
-        workers,
+        counted(workers, "loader worker"),
     )
     if sampler is not None:
         log.info(

@@ -9,10 +9,11 @@ worst rank. The writer is ``lifecycle/recorder.py``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
-from collections.abc import Mapping
-from datetime import datetime, timezone
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -20,6 +21,7 @@ import attrs
 
 from orchestrator_fsm._system import boot_id, pid_exists, process_start_ticks
 from orchestrator_fsm.lifecycle.machine import TransitionRecord
+from orchestrator_fsm.lifecycle.table import MACHINE_STEPS, LifecycleState
 
 if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.machine import LifecycleMachine
@@ -34,10 +36,12 @@ __all__ = [
     "Attempt",
     "ErrorSummary",
     "LastMetric",
+    "PipelineSpan",
     "RunRecord",
     "infer_status",
     "metrics_file",
     "outcome_of",
+    "pipeline_spans",
     "rank_file",
     "read_ranks",
     "read_run",
@@ -252,6 +256,8 @@ class RunRecord:
     cwd: str | None = None
     entry_point: str | None = None
     entry_module: str | None = None
+    entry: str | None = None
+    """The pipeline as the command line named it (``--entry``), when it did."""
     python: str | None = None
     package_version: str | None = None
     job: str | None = None
@@ -340,6 +346,7 @@ class RunRecord:
             cwd=_optional_str(data.get("cwd")),
             entry_point=_optional_str(data.get("entry_point")),
             entry_module=_optional_str(data.get("entry_module")),
+            entry=_optional_str(data.get("entry")),
             python=_optional_str(data.get("python")),
             package_version=_optional_str(data.get("package_version")),
             job=_optional_str(data.get("job")),
@@ -387,6 +394,7 @@ class RunRecord:
             cwd=self.cwd,
             entry_point=self.entry_point,
             entry_module=self.entry_module,
+            entry=self.entry,
             python=self.python,
             package_version=self.package_version,
             job=self.job,
@@ -400,6 +408,38 @@ class RunRecord:
             trackers={name: dict(link) for name, link in self.trackers.items()},
         )
         return data
+
+
+#: The states the caller's own work runs in: the with-block, an ``--entry`` function.
+_PIPELINE_STATES: Final = frozenset({LifecycleState.READY, LifecycleState.REPORTED})
+
+
+@attrs.frozen
+class PipelineSpan:
+    """The caller's own work in one attempt: from the end of the step that made the run
+    READY (or REPORTED) to the start of its cleanup. ``after``: the index, in the
+    transitions it was found in, of the transition it follows."""
+
+    after: int
+    started_at: datetime
+    duration_s: float
+
+
+def pipeline_spans(transitions: Sequence[TransitionRecord]) -> list[PipelineSpan]:
+    """Every pipeline span in ``transitions`` (one per attempt that reached READY and
+    was cleaned up; none while the pipeline still runs)."""
+    spans = []
+    for index, (before, after) in enumerate(itertools.pairwise(transitions)):
+        if (
+            before.ok
+            and before.dest in _PIPELINE_STATES
+            and after.source is before.dest
+            and after.step in MACHINE_STEPS
+        ):
+            start = before.started_at + timedelta(seconds=before.duration_s)
+            duration = max(0.0, (after.started_at - start).total_seconds())
+            spans.append(PipelineSpan(index, start, round(duration, 6)))
+    return spans
 
 
 def stale_after(heartbeat_s: float) -> float:

@@ -31,6 +31,7 @@ import attrs
 from orchestrator_fsm._fs import append_whole, atomic_write_text
 from orchestrator_fsm._system import boot_id, process_start_ticks, say_on_stderr
 from orchestrator_fsm._version import __version__
+from orchestrator_fsm.entry import entry_module
 from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.lifecycle.record import (
     JOURNAL_FILE,
@@ -43,6 +44,7 @@ from orchestrator_fsm.lifecycle.record import (
     infer_status,
     metrics_file,
     outcome_of,
+    pipeline_spans,
     rank_file,
     read_ranks,
     read_run,
@@ -380,7 +382,8 @@ class RunRecorder:
             argv=tuple(redact_argv(invocation["argv"])),
             cwd=invocation["cwd"],
             entry_point=invocation["entry_point"],
-            entry_module=invocation["entry_module"],
+            entry_module=entry_module(run.entry) if run.entry else invocation["entry_module"],
+            entry=run.entry,
             python=invocation["python"],
             package_version=__version__,
             job=job_key(run.launch, run.cfg.config_hash()),
@@ -498,11 +501,19 @@ class RunRecorder:
                 *attempts[:-1],
                 attrs.evolve(attempts[-1], ended_at=ended, status=status, reason=reason),
             )
+        phases = dict(self._record.phases)
+        spans = pipeline_spans(self._machine.history)
+        if spans and spans[-1].after == len(self._machine.history) - 2:
+            # The caller's own work, between READY and this cleanup: a row of its own
+            # in `inspect`, so the timeline has no unlabelled gap.
+            total = phases.get(PIPELINE_STEP, 0.0) + spans[-1].duration_s
+            phases[PIPELINE_STEP] = round(total, 6)
         self._record = attrs.evolve(
             self._record,
             status=status,
             state=record.dest.value,
             ended_at=ended,
+            phases=phases,
             error=error,
             failed_rank=failed_rank,
             elapsed_s=self._elapsed_s(),

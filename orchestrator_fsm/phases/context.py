@@ -78,6 +78,8 @@ class RunContext:
     """The sweep this run is a member of: its id and the member's number."""
     resumed: bool = False
     """Whether phase 3 reopened the run directory of an earlier attempt of the job."""
+    entry: str | None = None
+    """The pipeline as the command line named it (``--entry module:function``)."""
     start_record: Callable[[], None] = attrs.field(default=lambda: None)
     """Writes the run's first record into the directory phase 3 just made."""
 

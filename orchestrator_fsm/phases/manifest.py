@@ -425,7 +425,8 @@ class AuditSaver:
         ``path`` (``git_info.txt``) gets ``key: value`` lines: commit, branch, dirty
         (tracked files changed), untracked_files, remote (password redacted) and
         toplevel. ``git_diff.patch`` in the same folder gets ``git diff HEAD``, cut at
-        1 MiB with a note line when larger. When the working directory is not in a git
+        1 MiB with a note line when larger; a clean checkout has no patch (one left by an
+        earlier attempt of the run is removed). When the working directory is not in a git
         checkout, or ``git`` is not on ``PATH``, nothing is written and nothing raised.
         """
         git = shutil.which("git")
@@ -471,13 +472,22 @@ class AuditSaver:
             if truncated:
                 _log.info("git diff HEAD exceeds %d bytes; the patch is truncated", len(patch))
                 patch = _truncated_patch(patch, GIT_DIFF_CAP_BYTES)
-            atomic_write_bytes(path.parent / GIT_DIFF_FILE_NAME, patch)
+            if patch:
+                atomic_write_bytes(path.parent / GIT_DIFF_FILE_NAME, patch)
+            else:  # nothing changed: no empty file that looks like a record of changes
+                (path.parent / GIT_DIFF_FILE_NAME).unlink(missing_ok=True)
         atomic_write_text(path, "".join(f"{key}: {value}\n" for key, value in info.items()))
+
+
+#: The console script this package installs: recorded by name, not by where it lives.
+_CONSOLE_SCRIPT: Final = "orchestrator-fsm"
 
 
 def _entry_point(argv0: str) -> str | None:
     if not argv0 or argv0 in ("-c", "-"):
         return None
+    if Path(argv0).name == _CONSOLE_SCRIPT:
+        return _CONSOLE_SCRIPT
     candidate = Path(argv0)
     if not candidate.exists():
         found = shutil.which(argv0)
@@ -491,7 +501,8 @@ def record_invocation() -> dict[str, Any]:
     """How this process was started, as plain data for ``run.json``.
 
     Keys: ``argv``; ``cwd`` (``None`` if it no longer exists); ``entry_point`` (the
-    resolved path of ``sys.argv[0]``, ``None`` for ``-c`` or an interactive session);
+    resolved path of ``sys.argv[0]``, ``orchestrator-fsm`` for this package's command,
+    ``None`` for ``-c`` or an interactive session);
     ``entry_module`` (the module run with ``python -m``, else ``None``); ``python``
     (version); ``python_executable``; ``python_implementation``.
     """

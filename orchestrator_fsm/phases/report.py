@@ -25,6 +25,7 @@ import torch
 
 from orchestrator_fsm._fs import atomic_write_json
 from orchestrator_fsm._system import available_cpu_count, distribution_version, mps_available
+from orchestrator_fsm._text import counted
 from orchestrator_fsm._version import __version__
 from orchestrator_fsm.phases.device import resolve_device
 from orchestrator_fsm.phases.logging import FILE_ONLY
@@ -108,6 +109,27 @@ def _torch_determinism() -> dict[str, Any]:
     }
 
 
+def determinism_mode(flags: Mapping[str, Any]) -> str:
+    """What the applied torch flags (:func:`_torch_determinism`) make of a run, in one
+    word: ``strict`` (deterministic algorithms only), ``strict-warn-only`` (a warning
+    where there is none), ``cudnn-deterministic`` (seeded, cuDNN deterministic, other
+    nondeterministic algorithms allowed: what seeding does without
+    ``hardware.reproducible``) or ``nondeterministic``."""
+    if flags["deterministic_algorithms"]:
+        return "strict-warn-only" if flags["deterministic_warn_only"] else "strict"
+    if flags["cudnn_deterministic"] and not flags["cudnn_benchmark"]:
+        return "cudnn-deterministic"
+    return "nondeterministic"
+
+
+_MODE_WORDS: Final = {
+    "strict": "strict (deterministic algorithms only)",
+    "strict-warn-only": "strict, warn only (nondeterministic algorithms warn)",
+    "cudnn-deterministic": "seeded, cuDNN deterministic (other algorithms may not be)",
+    "nondeterministic": "nondeterministic (cuDNN may pick algorithms per run)",
+}
+
+
 def _read_git_info(reports_dir: Path) -> dict[str, str] | None:
     """``key: value`` lines of ``reports/git_info.txt``; ``None`` when there is none."""
     path = reports_dir / _GIT_INFO_FILE_NAME
@@ -178,10 +200,16 @@ def build_environment_report(
             "cuda": _cuda_summary(),
             "mps_available": mps_available(),
         },
+        # What was applied (read back from torch) and, apart, what the recipe asked
+        # for: `reproducible: false` asks for no strict mode, yet seeding still makes
+        # cuDNN deterministic, and the mode says so.
         "determinism": {
-            "reproducible": hardware.reproducible,
-            "warn_only": hardware.deterministic_warn_only,
-            "torch": _torch_determinism(),
+            "mode": determinism_mode(flags := _torch_determinism()),
+            "torch": flags,
+            "requested": {
+                "reproducible": hardware.reproducible,
+                "warn_only": hardware.deterministic_warn_only,
+            },
         },
         "seeds": seed_tree.as_dict(),
         "threads": {
@@ -270,13 +298,14 @@ def _summary_lines(report: Mapping[str, Any]) -> list[str]:
     """The few lines of the report the console shows (the file has them all)."""
     run, hardware, versions = report["run"], report["hardware"], report["versions"]
     threads, launch = report["threads"], report["distributed"]
+    mode = report["determinism"]["mode"]
     return [
         f"device {hardware['device']} (requested {hardware['requested_device']}), "
         f"torch {versions['torch']}, python {versions['python']}",
         f"rank {launch['rank']} of {launch['world_size']} ({launch['launcher']}), "
-        f"{threads['applied_threads']} threads, {threads['num_workers']} data workers",
-        f"reproducible {report['determinism']['reproducible']}, "
-        f"config {str(run['config_hash'])[:12]}",
+        f"{counted(threads['applied_threads'], 'thread')}, "
+        f"{counted(threads['num_workers'], 'data worker')}",
+        f"determinism {_MODE_WORDS.get(mode, mode)}, config {str(run['config_hash'])[:12]}",
     ]
 
 
