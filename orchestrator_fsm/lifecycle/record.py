@@ -4,7 +4,8 @@
 attempts, its transitions) with the records other ranks keep in ``ranks/``.
 ``infer_status`` is the one place that decides what a record's status truly is: a
 ``running`` record whose process is gone is ``crashed``, and a job is as bad as its
-worst rank. The writer is ``lifecycle/recorder.py``.
+worst rank. ``refused`` is a run that never ran: another launch of it held the run
+lock. The writer is ``lifecycle/recorder.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from orchestrator_fsm._system import boot_id, pid_exists, process_start_ticks
+from orchestrator_fsm.errors import LockContendedError
 from orchestrator_fsm.lifecycle.machine import TransitionRecord
 
 if TYPE_CHECKING:
@@ -54,7 +56,8 @@ METRICS_FILE: Final = "metrics.jsonl"
 RANKS_DIR: Final = "ranks"
 
 #: Every status ``run.json`` can hold; readers add ``crashed`` (see :func:`infer_status`).
-STATUSES: Final = ("running", "completed", "failed", "interrupted")
+#: ``refused``: the run lock was held by another launch, so the pipeline never ran.
+STATUSES: Final = ("running", "completed", "failed", "interrupted", "refused")
 
 #: The name errors raised by the caller's own work (the with-block) are recorded under.
 PIPELINE_STEP: Final = "pipeline"
@@ -170,9 +173,12 @@ def _numbers(data: object) -> dict[str, float]:
 
 
 def status_for(exc: BaseException | None) -> str:
-    """The final status of a run ended by ``exc`` (None: it ran to the end)."""
+    """The final status of a run ended by ``exc`` (None: it ran to the end);
+    ``refused`` when another launch held the run lock (:class:`LockContendedError`)."""
     if exc is None:
         return "completed"
+    if isinstance(exc, LockContendedError):
+        return "refused"
     if isinstance(exc, SystemExit):
         # sys.exit() from a pipeline: a clean exit code is a completed run.
         return "completed" if exc.code in (None, 0) else "failed"
@@ -408,14 +414,15 @@ def _own_status(record: RunRecord, now: datetime | None) -> str:
     return "running"
 
 
-# When ranks disagree, the job is what its worst rank is.
-_WORST_FIRST: Final = ("failed", "interrupted", "crashed", "running")
+# When ranks disagree, the job is what its worst rank is. Only rank 0 takes the lock,
+# so ``refused`` is rank 0's alone (no other rank joins a run that never got ready).
+_WORST_FIRST: Final = ("failed", "interrupted", "crashed", "refused", "running")
 
 
 def infer_status(record: RunRecord, now: datetime | None = None) -> str:
     """The true status of the job ``record`` describes: ``crashed`` for a record that
     says ``running`` but whose process is gone, and the worst of every rank's status
-    (failed, interrupted, crashed, running, completed) when ranks disagree.
+    (failed, interrupted, crashed, refused, running, completed) when ranks disagree.
 
     On the host that ran a process, its identity decides: the machine rebooted since
     (another boot id), no process has the pid, or the process with that pid is a later
@@ -431,7 +438,7 @@ def infer_status(record: RunRecord, now: datetime | None = None) -> str:
 
 def run_status(root: Path | str) -> str:
     """The true status of the run directory ``root``: ``completed``, ``failed``,
-    ``interrupted``, ``running`` or ``crashed`` (see :func:`infer_status`).
+    ``interrupted``, ``refused``, ``running`` or ``crashed`` (see :func:`infer_status`).
 
     Raises ``FileNotFoundError`` when ``root`` holds no ``run.json`` and ``ValueError``
     when it is not a JSON object.
