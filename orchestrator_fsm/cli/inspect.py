@@ -69,14 +69,27 @@ def _load_run(run_dir: Path) -> RunRecord:
     if not run_dir.is_dir():
         raise _UsageError(f"{run_dir} is not a directory; expected a run directory")
     if not (run_dir / RUN_FILE).is_file():
+        hint = ""
+        if _holds_runs(run_dir):
+            hint = f"; it holds run directories: list them with `orchestrator-fsm runs {run_dir}`"
         raise _UsageError(
             f"{run_dir} holds no {RUN_FILE}; expected a run directory "
-            "(<telemetry.output_dir>/<run_id>) written by orchestrator-fsm"
+            f"(<telemetry.output_dir>/<run_id>) written by orchestrator-fsm{hint}"
         )
     try:
         return read_run(run_dir)
     except (OSError, ValueError) as exc:
         raise _UsageError(f"cannot read {run_dir / RUN_FILE}: {exc}") from exc
+
+
+def _holds_runs(folder: Path) -> bool:
+    """Whether ``folder`` looks like an output directory: a sub-folder has a run.json."""
+    from orchestrator_fsm.lifecycle.record import RUN_FILE
+
+    try:
+        return any((child / RUN_FILE).is_file() for child in folder.iterdir())
+    except OSError:
+        return False
 
 
 def _run_files(run_dir: Path) -> RunFiles:

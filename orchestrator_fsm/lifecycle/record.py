@@ -463,11 +463,13 @@ def _read_transitions(root: Path) -> tuple[TransitionRecord, ...]:
     return tuple(records)
 
 
-def read_run(root: Path | str) -> RunRecord:
+def read_run(root: Path | str, *, journal: bool = True) -> RunRecord:
     """The record of the run directory ``root``.
 
-    Raises ``FileNotFoundError`` when ``root`` holds no ``run.json`` and ``ValueError``
-    naming the file when it is not a JSON object.
+    ``journal=False`` reads only what the run's true status needs, for listing many
+    runs: ``run.json``, and the other ranks' records when the job had more than one
+    process; ``transitions`` stays empty. Raises ``FileNotFoundError`` when ``root``
+    holds no ``run.json`` and ``ValueError`` naming the file when it is not a JSON object.
     """
     root = Path(root)
     path = root / RUN_FILE
@@ -478,7 +480,9 @@ def read_run(root: Path | str) -> RunRecord:
             raise ValueError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, expected an object")
-    record = RunRecord.from_json(data, root, _read_transitions(root))
+    record = RunRecord.from_json(data, root, _read_transitions(root) if journal else ())
+    if not journal and record.world_size == 1:
+        return record
     return attrs.evolve(record, ranks=read_ranks(root, record.restart_count))
 
 
