@@ -313,7 +313,11 @@ def cmd_runs(args: argparse.Namespace, out: Console, err: Console) -> int:
         sys.stdout.flush()
         return EXIT_OK
     if runs:
-        out.print(format_runs_table(runs), soft_wrap=True, highlight=False)
+        table = format_runs_table(runs)
+        if out.is_terminal:
+            out.print(table, soft_wrap=True, highlight=False)
+        else:  # no styles to draw: skip rich's rendering of every line
+            out.file.write(table.plain + "\n")
     filtered = " matching the filters" if (args.status or args.name or args.since) else ""
     count = f"{len(runs)} run{'s' * (len(runs) != 1)}{filtered} in {output_dir}"
     not_runs = len(skipped) - len(unreadable)

@@ -10,7 +10,9 @@ lock. The writer is ``lifecycle/recorder.py``.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import socket
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -304,10 +306,12 @@ class RunRecord:
         attempts = data.get("attempts")
         phases = data.get("phases")
         argv = data.get("argv")
-        known = {field.name for field in attrs.fields(cls)}
+        known = _record_fields()
+        # Path() only when needed: listing 10,000 runs makes this a hot path.
+        root = root if isinstance(root, Path) else Path(root)
         return cls(
-            run_id=str(data.get("run_id") or Path(root).name),
-            root=Path(root),
+            run_id=str(data.get("run_id") or root.name),
+            root=root,
             status=str(data.get("status") or "unknown"),
             state=_optional_str(data.get("state")),
             started_at=_timestamp(data.get("started_at")),
@@ -383,6 +387,11 @@ class RunRecord:
             summary=dict(self.summary),
         )
         return data
+
+
+@functools.cache
+def _record_fields() -> frozenset[str]:
+    return frozenset(field.name for field in attrs.fields(RunRecord))
 
 
 def stale_after(heartbeat_s: float) -> float:
@@ -471,8 +480,8 @@ def read_run(root: Path | str, *, journal: bool = True) -> RunRecord:
     process; ``transitions`` stays empty. Raises ``FileNotFoundError`` when ``root``
     holds no ``run.json`` and ``ValueError`` naming the file when it is not a JSON object.
     """
-    root = Path(root)
-    path = root / RUN_FILE
+    root = root if isinstance(root, Path) else Path(root)
+    path = os.path.join(root, RUN_FILE)
     with open(path, encoding="utf-8") as handle:
         try:
             data = json.load(handle)
