@@ -9,10 +9,11 @@ refused, and ``running`` records whose process is gone (listed as crashed, after
 pid probe). Then, ``K`` times each, it times:
 
 - ``list_runs`` in this process (find, read, infer status, sort), with and without a
-  ``--status`` filter, and laying the table and the JSON out;
+  ``--status`` filter, and laying the table (plain, and printed by rich as on a
+  terminal) and the JSON out;
 - the command itself in a fresh interpreter, ``runs DIR`` and ``runs DIR --json``
-  (output to /dev/null), next to ``--version``: the difference is what listing costs
-  beyond starting the command.
+  (output to /dev/null), interleaved with ``--version``: the difference is what
+  listing costs beyond starting the command.
 
 Figures are milliseconds (min / median / p90 / max). Not a test: nothing fails on a
 slow number.
@@ -152,19 +153,26 @@ def measure_runs(count: int, repeats: int) -> dict[str, Any]:
         figures = {
             "list_runs": _timed(lambda: list_runs(outputs), repeats),
             "list_runs --status failed": _timed(lambda: list_runs(outputs, failed_only), repeats),
-            "table layout and print": _timed(
+            "table layout (plain, as off a terminal)": _timed(
+                lambda: format_runs_table(listed).plain, repeats
+            ),
+            "table layout and rich print (a terminal)": _timed(
                 lambda: sink.print(format_runs_table(listed), soft_wrap=True), repeats
             ),
             "json layout": _timed(lambda: format_runs_json(listed), repeats),
         }
         _command(box, "--version")()  # fills the bytecode cache, unsampled
         commands = {
-            "command: --version": ("--version",),
-            "command: runs DIR": ("runs", str(outputs)),
-            "command: runs DIR --json": ("runs", str(outputs), "--json"),
+            "command: --version": _command(box, "--version"),
+            "command: runs DIR": _command(box, "runs", str(outputs)),
+            "command: runs DIR --json": _command(box, "runs", str(outputs), "--json"),
         }
-        for label, argv in commands.items():
-            figures[label] = _timed(_command(box, *argv), repeats)
+        # Interleaved, so a load that comes and goes (a shared machine) hits all alike.
+        for label in commands:
+            figures[label] = []
+        for _ in range(repeats):
+            for label, run in commands.items():
+                figures[label] += _timed(run, 1)
     result: dict[str, Any] = {
         "runs": count,
         "repeats": repeats,
@@ -174,9 +182,11 @@ def measure_runs(count: int, repeats: int) -> dict[str, Any]:
         "ms": {label: summarize(values) for label, values in figures.items()},
     }
     ms = result["ms"]
-    result["listing_beyond_startup_ms"] = round(
-        ms["command: runs DIR"]["median"] - ms["command: --version"]["median"], 1
-    )
+    result["listing_beyond_startup_ms"] = {
+        kind: round(ms["command: runs DIR"][kind] - ms["command: --version"][kind], 1)
+        for kind in ("min", "median")
+    }
+    result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
 

@@ -413,3 +413,25 @@ def test_since_takes_iso_dates_and_times_local_unless_they_carry_an_offset() -> 
     assert local.tzinfo is not None
     with pytest.raises(ValueError, match="expected an age such as 30m"):
         parse_since("2h ago")
+
+
+def test_the_listing_benchmark_runs_on_a_small_tree_and_cleans_up(tmp_path: Path) -> None:
+    temp_root = tmp_path / "tmp"
+    temp_root.mkdir()
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.runs", "--runs", "42", "--repeats", "1"],
+        cwd=repo,
+        env=dict(os.environ, TMPDIR=str(temp_root)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["runs"] == 42
+    assert sum(result["statuses"].values()) == 42
+    assert set(result["statuses"]) == {"completed", "failed", "interrupted", "refused", "crashed"}
+    assert {"list_runs", "command: runs DIR", "command: --version"} <= set(result["ms"])
+    assert list(temp_root.iterdir()) == []

@@ -7,7 +7,7 @@ every run of ``hardware.project_name``, and ``infrastructure.lock.path`` names t
 file outright (one lock per GPU, per machine, per anything).
 
 ``InfrastructureManager.prepare_environment`` takes an exclusive ``flock`` (through
-portalocker) on the project's lock file and writes who holds it into the file;
+portalocker) on the run's lock file and writes who holds it into the file;
 ``release_resources`` is its undo. The kernel drops the lock when the holder's file
 descriptor is closed, so a crashed or ``kill -9``-ed run frees it at once: there is
 no stale-lock detection to get wrong, nothing is ever killed, and the lock file is
