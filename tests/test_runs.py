@@ -183,6 +183,8 @@ def test_two_seeds_and_two_recipes_run_side_by_side_while_a_duplicate_launch_is_
     ]
     inspected = cli(tmp_path, env, "inspect", refused["root"], "--json")
     assert json.loads(inspected.stdout)["effective_status"] == "refused"
+    shown = " ".join(cli(tmp_path, env, "inspect", refused["root"]).stdout.split())
+    assert "refused at the run lock: LockContendedError: the run lock is taken" in shown
 
 
 def test_a_duplicate_with_a_lock_timeout_says_whom_it_waits_for_then_runs(

@@ -167,7 +167,7 @@ def format_status(run: RunRecord) -> Text:
     from rich.text import Text
 
     status = run.effective_status
-    style = {"completed": "green", "running": "yellow"}.get(status, "red")
+    style = {"completed": "green", "running": "yellow", "refused": "magenta"}.get(status, "red")
     text = Text(status, style=f"bold {style}")
     if status != run.status:
         text.append(
@@ -280,12 +280,16 @@ def format_timeline(transitions: Sequence[TransitionRecord]) -> Table:
 
 
 def format_error(run: RunRecord) -> Text | None:
-    """The step that failed and its error, or None when the run recorded no error."""
+    """The step that failed and its error (for a refused run: who held the run lock),
+    or None when the run recorded no error."""
     if run.error is None:
         return None
     from rich.text import Text
 
-    return Text(f"failed step: {run.error.step}: {run.error.type}: {run.error.message}", "red")
+    what = (
+        "refused at the run lock" if run.status == "refused" else f"failed step: {run.error.step}"
+    )
+    return Text(f"{what}: {run.error.type}: {run.error.message}", "red")
 
 
 def format_files(files: RunFiles) -> Table:
