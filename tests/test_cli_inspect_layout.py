@@ -75,12 +75,12 @@ def test_a_run_refused_by_the_lock_reads_whole_at_80_columns(tmp_path: Path, rec
     lines = out.splitlines()
     assert max(len(line) for line in lines) <= 80, out
     # The whole message, its words intact (a path or the run id is never cut in two).
-    assert f"failed step: acquire_lock: LockContendedError: {words(error['message'])}" in words(out)
-    timeline = out[out.index("lifecycle timeline") : out.index("failed step")]
+    assert f"refused at the run lock: LockContendedError: {words(error['message'])}" in words(out)
+    timeline = out[out.index("lifecycle timeline") : out.index("refused at the run lock")]
     (lock_row,) = [line for line in timeline.splitlines() if "acquire_lock" in line]
     assert lock_row.split()[-1] == "error"
     assert "LockContendedError" not in timeline  # no 8-character fragments in a column
-    assert "attempts" in out and "1 failed (LockContendedError)" in out
+    assert "attempts" in out and "1 refused (LockContendedError)" in out
 
 
 def _default_sigint() -> None:

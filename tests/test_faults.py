@@ -953,9 +953,9 @@ def test_32_concurrent_launches_on_one_lock_let_exactly_one_run(
     dirs = run_dirs(shared)
     assert len(dirs) == LAUNCHES  # every contender provisioned its own directory first
     records = [read_run(d) for d in dirs]
-    assert sorted(r.status for r in records) == ["completed"] + ["failed"] * (LAUNCHES - 1)
+    assert sorted(r.status for r in records) == ["completed"] + ["refused"] * (LAUNCHES - 1)
     for record in records:
-        if record.status == "failed":
+        if record.status == "refused":
             assert record.error is not None and record.error.step == "acquire_lock"
             assert record.error.type == "LockContendedError"
     assert unparsable_files(tmp_path, torn_last_line_ok=False) == []

@@ -15,7 +15,9 @@ import pytest
 import yaml
 from conftest import minimal_recipe
 
+from orchestrator_fsm.config import Config
 from orchestrator_fsm.lifecycle.record import read_run
+from orchestrator_fsm.phases.guarding import InfrastructureManager
 
 pytestmark = pytest.mark.slow
 
@@ -155,6 +157,27 @@ def test_rank_0_failing_early_makes_the_others_fail_at_once(tmp_path: Path) -> N
     # Not a timeout: rank 1 read rank 0's failure from its record.
     assert errors[1].startswith("InfrastructureError: rank 0's run"), errors
     assert "acquire_lock broke on rank 0" in errors[1]
+
+
+def test_rank_0_refused_at_the_run_lock_makes_the_others_fail_at_once(tmp_path: Path) -> None:
+    recipe, script = write(tmp_path)
+    cfg = Config.from_recipe(recipe)
+    holder = InfrastructureManager()
+    holder.bind_run("the-holding-run")
+    holder.prepare_environment(cfg)
+    try:
+        result = torchrun(script, recipe, {})
+    finally:
+        holder.release_resources(cfg)
+    assert result.returncode != 0
+    errors = {v["rank"]: v["error"] for v in verdicts(result.stdout) if "error" in v}
+    assert errors[0].startswith("LockContendedError: the run lock is taken"), errors
+    assert "the-holding-run" in errors[0]
+    # Not a timeout: rank 1 read from rank 0's record that it was refused.
+    assert errors[1].startswith("InfrastructureError: rank 0's run"), errors
+    assert "ended refused: LockContendedError" in errors[1]
+    (root,) = [p for p in (tmp_path / "outputs").iterdir() if not p.name.startswith(".")]
+    assert read_run(root).status == "refused"
 
 
 def test_rank_0_failing_before_its_directory_exists_makes_the_others_fail_at_once(

@@ -183,7 +183,7 @@ def test_lock_contention_propagates_and_rolls_back(make_config: ConfigFactory) -
     assert "release_resources" not in calls.names()  # the lock was never taken
     assert orch.paths is not None
     run = read_run_file(orch.paths.root)
-    assert run["status"] == "failed"
+    assert run["status"] == "refused"
     assert run["error"] == {
         "type": "LockContendedError",
         "message": "held by pid 42",

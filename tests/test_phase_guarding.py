@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,6 +24,7 @@ from orchestrator_fsm.phases.guarding import (
     InfrastructureManager,
     read_lock_holder,
     resolve_lock_path,
+    run_identity,
 )
 
 PACKAGE_DIR = Path(orchestrator_fsm.__file__).resolve().parent
@@ -124,30 +126,37 @@ def make_cfg(
     timeout_s: float = 0.0,
     project_name: str = "demo-project",
     allow_process_kill: bool = False,
+    scope: str = "run",
+    seed: int = 1,
+    telemetry: dict[str, Any] | None = None,
 ) -> Config:
     return Config.from_dict(
         {
             "dataset": {"name": "toy"},
             "architecture": {"name": "mlp"},
-            "training": {"seed": 1},
+            "training": {"seed": seed},
             "hardware": {"project_name": project_name, "allow_process_kill": allow_process_kill},
+            "telemetry": telemetry or {},
             "infrastructure": {
                 "lock": {
                     "enabled": enabled,
                     "timeout_s": timeout_s,
                     "path": None if lock_path is None else str(lock_path),
+                    "scope": scope,
                 }
             },
         }
     )
 
 
-def stand_in_cfg(lock_path: Path | None, *, timeout_s: float = 0.0, project_name: str) -> Any:
+def stand_in_cfg(
+    lock_path: Path | None, *, timeout_s: float = 0.0, project_name: str, scope: str = "project"
+) -> Any:
     """Duck-typed config for values the real Config refuses before the lock sees them."""
     return SimpleNamespace(
         hardware=SimpleNamespace(project_name=project_name, allow_process_kill=False),
         infrastructure=SimpleNamespace(
-            lock=SimpleNamespace(enabled=True, timeout_s=timeout_s, path=lock_path)
+            lock=SimpleNamespace(enabled=True, timeout_s=timeout_s, path=lock_path, scope=scope)
         ),
     )
 
@@ -293,6 +302,30 @@ def test_timeout_waits_with_capped_exponential_backoff_then_names_the_holder(
     assert caught.value.holder["pid"] == os.getpid()
     assert "this process" in str(caught.value)
     assert not second.held
+
+
+def test_waiting_is_announced_once_as_a_warning_naming_the_holders_run(
+    lock_path: Path, log: logging.Logger, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = InfrastructureManager()
+    first.bind_run("20260101-000000-toy-mlp-abcdef-0001")
+    first.prepare_environment(make_cfg(lock_path), log)
+    fake = FakeTime()
+    second = InfrastructureManager(clock=fake.clock, sleep=fake.sleep)
+    try:
+        with caplog.at_level(logging.INFO, logger=log.name), pytest.raises(LockContendedError):
+            second.prepare_environment(make_cfg(lock_path, timeout_s=2.0), log)
+    finally:
+        first.release_resources(make_cfg(lock_path), log)
+    waiting = [r for r in caplog.records if r.getMessage().startswith("waiting")]
+    assert len(waiting) == 1 and waiting[0].levelno == logging.WARNING
+    holder_since = waiting[0].getMessage().split(" since ")[1].split(" ")[0]
+    assert waiting[0].getMessage() == (
+        f"waiting for run 20260101-000000-toy-mlp-abcdef-0001 (pid {os.getpid()} on host "
+        f"{socket.gethostname()}) since {holder_since} to release the run lock {lock_path}; "
+        "waiting up to 2s"
+    )
+    assert datetime.fromisoformat(holder_since).tzinfo is not None
 
 
 def test_zero_timeout_fails_at_once_without_sleeping(lock_path: Path, log: logging.Logger) -> None:
@@ -538,11 +571,11 @@ def test_lock_file_replaced_while_waiting_is_reopened(lock_path: Path, log: logg
         waiter.release_resources(make_cfg(lock_path), log)
 
 
-def test_default_lock_path_is_in_the_user_cache_named_after_the_project(
+def test_project_scope_lock_path_is_in_the_user_cache_named_after_the_project(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log: logging.Logger
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    cfg = make_cfg(None, project_name="vision-team")
+    cfg = make_cfg(None, project_name="vision-team", scope="project")
     expected = tmp_path / "cache" / "orchestrator-fsm" / "locks" / "vision-team.lock"
 
     assert resolve_lock_path(cfg) == expected
@@ -567,6 +600,57 @@ def test_default_lock_name_is_reduced_to_a_safe_file_name(
 def test_configured_lock_path_is_used_verbatim(tmp_path: Path) -> None:
     path = tmp_path / "elsewhere" / "custom.lock"
     assert resolve_lock_path(make_cfg(path)) == path
+    assert resolve_lock_path(make_cfg(path, scope="project", seed=9)) == path
+
+
+def test_default_lock_guards_one_run_of_the_project_in_the_user_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = make_cfg(None, project_name="vision-team")
+    path = resolve_lock_path(cfg)
+    assert path.parent == tmp_path / "cache" / "orchestrator-fsm" / "locks"
+    assert path.name == f"vision-team.run-{run_identity(cfg)[:16]}.lock"
+
+
+def test_run_lock_of_another_seed_recipe_or_output_dir_is_another_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    base = resolve_lock_path(make_cfg(None))
+    assert resolve_lock_path(make_cfg(None, seed=2)) != base
+    other_recipe = Config.from_dict(
+        {**make_cfg(None).dump_serialized(), "architecture": {"name": "cnn"}}
+    )
+    assert resolve_lock_path(other_recipe) != base
+    elsewhere = make_cfg(None, telemetry={"output_dir": str(tmp_path / "elsewhere")})
+    assert resolve_lock_path(elsewhere) != base
+
+
+def test_run_lock_of_the_same_run_ignores_how_it_is_observed_and_guarded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    base = resolve_lock_path(make_cfg(None))
+    relaunch = make_cfg(
+        None,
+        timeout_s=30.0,
+        # The same output directory, spelt absolutely, and another log level.
+        telemetry={"output_dir": str(tmp_path / "outputs"), "log_level": "DEBUG"},
+    )
+    assert resolve_lock_path(relaunch) == base
+
+
+def test_unknown_lock_scope_is_rejected_naming_the_field() -> None:
+    from orchestrator_fsm.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        make_cfg(None, scope="user")
+    assert ("infrastructure.lock.scope", "expected one of run, project, got 'user'") in [
+        (path, message) for path, message in caught.value.problems
+    ]
 
 
 def test_read_lock_holder_of_a_missing_file_is_none(tmp_path: Path) -> None:

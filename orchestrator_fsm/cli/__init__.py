@@ -6,6 +6,8 @@ Sub-commands, one module each beside :mod:`orchestrator_fsm.cli.main` (the parse
   pipeline inside the lifecycle (by default the bundled demo recipe and pipeline);
 - ``diagram [--format mermaid|dot|svg] [--output PATH]`` draws the state machine;
 - ``inspect RUN_DIR [--json]`` shows a run's status, timeline, error and files;
+- ``runs [OUTPUT_DIR] [--status S] [--name SUBSTR] [--since WHEN] [--json]`` lists
+  the runs of an output directory, newest first, with their true status;
 - ``validate RECIPE [--set a.b=v ...]`` checks a recipe and summarises it.
 
 Exit codes: 0 success; 1 a failure in the pipeline, the lifecycle or a diagram;

@@ -70,14 +70,27 @@ def _load_run(run_dir: Path) -> RunRecord:
     if not run_dir.is_dir():
         raise _UsageError(f"{run_dir} is not a directory; expected a run directory")
     if not (run_dir / RUN_FILE).is_file():
+        hint = ""
+        if _holds_runs(run_dir):
+            hint = f"; it holds run directories: list them with `orchestrator-fsm runs {run_dir}`"
         raise _UsageError(
             f"{run_dir} holds no {RUN_FILE}; expected a run directory "
-            "(<telemetry.output_dir>/<run_id>) written by orchestrator-fsm"
+            f"(<telemetry.output_dir>/<run_id>) written by orchestrator-fsm{hint}"
         )
     try:
         return read_run(run_dir)
     except (OSError, ValueError) as exc:
         raise _UsageError(f"cannot read {run_dir / RUN_FILE}: {exc}") from exc
+
+
+def _holds_runs(folder: Path) -> bool:
+    """Whether ``folder`` looks like an output directory: a sub-folder has a run.json."""
+    from orchestrator_fsm.lifecycle.record import RUN_FILE
+
+    try:
+        return any((child / RUN_FILE).is_file() for child in folder.iterdir())
+    except OSError:
+        return False
 
 
 def _run_files(run_dir: Path) -> RunFiles:
@@ -178,7 +191,7 @@ def format_status(run: RunRecord) -> Text:
     from rich.text import Text
 
     status = run.effective_status
-    style = {"completed": "green", "running": "yellow"}.get(status, "red")
+    style = {"completed": "green", "running": "yellow", "refused": "magenta"}.get(status, "red")
     text = Text(status, style=f"bold {style}")
     if status != run.status:
         text.append(
@@ -370,15 +383,17 @@ def _signal_name(message: str) -> str:
 
 
 def format_error(run: RunRecord) -> Text | None:
-    """What ended the run (the step that failed and its error, or the signal that
-    interrupted it and in which step), then any other error a transition recorded (an
-    undo that failed); None when there is none. Printed as is, it wraps at word
-    boundaries to the console's width."""
+    """What ended the run (the step that failed and its error, who held the run lock
+    for a refused run, or the signal that interrupted it and in which step), then any
+    other error a transition recorded (an undo that failed); None when there is none.
+    Printed as is, it wraps at word boundaries to the console's width."""
     from rich.text import Text
 
     lines = []
     error = run.error
-    if error is not None and error.type in _INTERRUPTS:
+    if error is not None and run.status == "refused":
+        lines.append(f"refused at the run lock: {error.type}: {error.message}")
+    elif error is not None and error.type in _INTERRUPTS:
         lines.append(f"interrupted by {_signal_name(error.message)} in step {error.step}")
     elif error is not None:
         lines.append(f"failed step: {error.step}: {error}")

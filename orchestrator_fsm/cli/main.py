@@ -1,5 +1,5 @@
 """The argument parser of ``orchestrator-fsm`` and :func:`main`, which dispatches to the
-sub-command modules beside it (``run``, ``diagram``, ``inspect``, ``validate``)."""
+sub-command modules beside it (``run``, ``diagram``, ``inspect``, ``runs``, ``validate``)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[overrides],
         help="run a pipeline inside the lifecycle (default: the bundled demo)",
         description="Run a pipeline inside the lifecycle. Exit codes: 0 completed, "
-        "1 failed, 2 config or --entry error, 128 + the signal's number when a signal "
+        "1 failed (or refused: another launch of the same run holds the run lock), "
+        "2 config or --entry error, 128 + the signal's number when a signal "
         "ended it (130 for Ctrl-C).",
     )
     run.add_argument(
@@ -107,6 +108,36 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("run_dir", metavar="RUN_DIR")
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead")
     inspect.set_defaults(handler=_command("inspect", "cmd_inspect"))
+
+    from orchestrator_fsm.cli.runs import LISTED_STATUSES, since_argument
+
+    runs = commands.add_parser(
+        "runs",
+        help="list the runs of an output directory, newest first, with their true status",
+        description="List the runs of OUTPUT_DIR (default: outputs, the run command's "
+        "default telemetry.output_dir): id, status (crashed for a run whose process is "
+        "gone, refused for one the run lock turned away), attempts, start, duration, "
+        "key metrics and entry. Reads only each run's run.json.",
+    )
+    runs.add_argument(
+        "output_dir", nargs="?", metavar="OUTPUT_DIR", help="where the run directories are"
+    )
+    runs.add_argument(
+        "--status",
+        action="append",
+        choices=LISTED_STATUSES,
+        help="only runs with this status (repeatable)",
+    )
+    runs.add_argument("--name", metavar="SUBSTR", help="only runs whose id contains SUBSTR")
+    runs.add_argument(
+        "--since",
+        type=since_argument,
+        metavar="WHEN",
+        help="only runs started since WHEN: an age (30m, 2h, 3d, 1w) or an ISO date or "
+        "time (2026-12-01, 2026-12-01T09:30, local time unless it has an offset)",
+    )
+    runs.add_argument("--json", action="store_true", help="print a JSON array instead")
+    runs.set_defaults(handler=_command("runs", "cmd_runs"))
 
     validate = commands.add_parser(
         "validate", parents=[overrides], help="check a recipe and summarise it"

@@ -143,6 +143,15 @@ def _optional_path(value: object) -> Path | None:
     return None if value is None else _path(value)
 
 
+_LOCK_SCOPES = ("run", "project")
+
+
+def _lock_scope(value: object) -> str:
+    if isinstance(value, str) and value.lower() in _LOCK_SCOPES:
+        return value.lower()
+    raise Invalid(f"one of {', '.join(_LOCK_SCOPES)}", value)
+
+
 def _log_level(value: object) -> str:
     if isinstance(value, str) and value.strip():
         name = value.upper()
@@ -327,13 +336,17 @@ class TelemetryConfig:
 
 @attrs.frozen
 class LockConfig:
-    """``infrastructure.lock``: the per-project run lock."""
+    """``infrastructure.lock``: the run lock that keeps conflicting launches apart."""
 
     enabled: bool = attrs.field(default=True, metadata=_checked(_strict_bool))
     timeout_s: float = attrs.field(default=0.0, metadata=_checked(_seconds))
     """How long to wait for another run to release the lock; 0 fails at once."""
     path: Path | None = attrs.field(default=None, metadata=_checked(_optional_path))
-    """The lock file; ``None`` derives it from ``hardware.project_name``."""
+    """The lock file; ``None`` derives it from ``scope``."""
+    scope: str = attrs.field(default="run", metadata=_checked(_lock_scope))
+    """What one lock guards when ``path`` is not set: ``run`` (default), launches of the
+    same run (same config and seed, same output directory), so different seeds and
+    recipes run side by side; ``project``, every run of ``hardware.project_name``."""
 
 
 @attrs.frozen

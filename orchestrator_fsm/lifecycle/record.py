@@ -4,13 +4,16 @@
 attempts, its transitions) with the records other ranks keep in ``ranks/``.
 ``infer_status`` is the one place that decides what a record's status truly is: a
 ``running`` record whose process is gone is ``crashed``, and a job is as bad as its
-worst rank. The writer is ``lifecycle/recorder.py``.
+worst rank. ``refused`` is a run that never ran: another launch of it held the run
+lock. The writer is ``lifecycle/recorder.py``.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import os
 import socket
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from orchestrator_fsm._system import boot_id, pid_exists, process_start_ticks
+from orchestrator_fsm.errors import LockContendedError
 from orchestrator_fsm.lifecycle.machine import TransitionRecord
 from orchestrator_fsm.lifecycle.table import MACHINE_STEPS, LifecycleState
 
@@ -58,7 +62,8 @@ METRICS_FILE: Final = "metrics.jsonl"
 RANKS_DIR: Final = "ranks"
 
 #: Every status ``run.json`` can hold; readers add ``crashed`` (see :func:`infer_status`).
-STATUSES: Final = ("running", "completed", "failed", "interrupted")
+#: ``refused``: the run lock was held by another launch, so the pipeline never ran.
+STATUSES: Final = ("running", "completed", "failed", "interrupted", "refused")
 
 #: The name errors raised by the caller's own work (the with-block) are recorded under.
 PIPELINE_STEP: Final = "pipeline"
@@ -174,9 +179,12 @@ def _numbers(data: object) -> dict[str, float]:
 
 
 def status_for(exc: BaseException | None) -> str:
-    """The final status of a run ended by ``exc`` (None: it ran to the end)."""
+    """The final status of a run ended by ``exc`` (None: it ran to the end);
+    ``refused`` when another launch held the run lock (:class:`LockContendedError`)."""
     if exc is None:
         return "completed"
+    if isinstance(exc, LockContendedError):
+        return "refused"
     if isinstance(exc, SystemExit):
         # sys.exit() from a pipeline: a clean exit code is a completed run.
         return "completed" if exc.code in (None, 0) else "failed"
@@ -321,10 +329,12 @@ class RunRecord:
         attempts = data.get("attempts")
         phases = data.get("phases")
         argv = data.get("argv")
-        known = {field.name for field in attrs.fields(cls)}
+        known = _record_fields()
+        # Path() only when needed: listing 10,000 runs makes this a hot path.
+        root = root if isinstance(root, Path) else Path(root)
         return cls(
-            run_id=str(data.get("run_id") or Path(root).name),
-            root=Path(root),
+            run_id=str(data.get("run_id") or root.name),
+            root=root,
             status=str(data.get("status") or "unknown"),
             state=_optional_str(data.get("state")),
             started_at=_timestamp(data.get("started_at")),
@@ -442,6 +452,11 @@ def pipeline_spans(transitions: Sequence[TransitionRecord]) -> list[PipelineSpan
     return spans
 
 
+@functools.cache
+def _record_fields() -> frozenset[str]:
+    return frozenset(field.name for field in attrs.fields(RunRecord))
+
+
 def stale_after(heartbeat_s: float) -> float:
     """Seconds without a heartbeat after which a ``running`` run counts as crashed."""
     return 3 * heartbeat_s + 60.0
@@ -471,14 +486,15 @@ def _own_status(record: RunRecord, now: datetime | None) -> str:
     return "running"
 
 
-# When ranks disagree, the job is what its worst rank is.
-_WORST_FIRST: Final = ("failed", "interrupted", "crashed", "running")
+# When ranks disagree, the job is what its worst rank is. Only rank 0 takes the lock,
+# so ``refused`` is rank 0's alone (no other rank joins a run that never got ready).
+_WORST_FIRST: Final = ("failed", "interrupted", "crashed", "refused", "running")
 
 
 def infer_status(record: RunRecord, now: datetime | None = None) -> str:
     """The true status of the job ``record`` describes: ``crashed`` for a record that
     says ``running`` but whose process is gone, and the worst of every rank's status
-    (failed, interrupted, crashed, running, completed) when ranks disagree.
+    (failed, interrupted, crashed, refused, running, completed) when ranks disagree.
 
     On the host that ran a process, its identity decides: the machine rebooted since
     (another boot id), no process has the pid, or the process with that pid is a later
@@ -494,7 +510,7 @@ def infer_status(record: RunRecord, now: datetime | None = None) -> str:
 
 def run_status(root: Path | str) -> str:
     """The true status of the run directory ``root``: ``completed``, ``failed``,
-    ``interrupted``, ``running`` or ``crashed`` (see :func:`infer_status`).
+    ``interrupted``, ``refused``, ``running`` or ``crashed`` (see :func:`infer_status`).
 
     Raises ``FileNotFoundError`` when ``root`` holds no ``run.json`` and ``ValueError``
     when it is not a JSON object.
@@ -519,14 +535,16 @@ def _read_transitions(root: Path) -> tuple[TransitionRecord, ...]:
     return tuple(records)
 
 
-def read_run(root: Path | str) -> RunRecord:
+def read_run(root: Path | str, *, journal: bool = True) -> RunRecord:
     """The record of the run directory ``root``.
 
-    Raises ``FileNotFoundError`` when ``root`` holds no ``run.json`` and ``ValueError``
-    naming the file when it is not a JSON object.
+    ``journal=False`` reads only what the run's true status needs, for listing many
+    runs: ``run.json``, and the other ranks' records when the job had more than one
+    process; ``transitions`` stays empty. Raises ``FileNotFoundError`` when ``root``
+    holds no ``run.json`` and ``ValueError`` naming the file when it is not a JSON object.
     """
-    root = Path(root)
-    path = root / RUN_FILE
+    root = root if isinstance(root, Path) else Path(root)
+    path = os.path.join(root, RUN_FILE)
     with open(path, encoding="utf-8") as handle:
         try:
             data = json.load(handle)
@@ -534,7 +552,9 @@ def read_run(root: Path | str) -> RunRecord:
             raise ValueError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, expected an object")
-    record = RunRecord.from_json(data, root, _read_transitions(root))
+    record = RunRecord.from_json(data, root, _read_transitions(root) if journal else ())
+    if not journal and record.world_size == 1:
+        return record
     return attrs.evolve(record, ranks=read_ranks(root, record.restart_count))
 
 

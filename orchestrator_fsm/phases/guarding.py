@@ -1,7 +1,13 @@
-"""Phase 6, infrastructure guarding: one run per project at a time, by an OS-level lock.
+"""Phase 6, infrastructure guarding: an OS-level lock that refuses a conflicting launch.
+
+By default the lock guards one *run*: two launches of the same config (seed included)
+into the same output directory conflict, different seeds and different recipes do
+not (see :func:`run_identity`). ``infrastructure.lock.scope: project`` widens it to
+every run of ``hardware.project_name``, and ``infrastructure.lock.path`` names the
+file outright (one lock per GPU, per machine, per anything).
 
 ``InfrastructureManager.prepare_environment`` takes an exclusive ``flock`` (through
-portalocker) on the project's lock file and writes who holds it into the file;
+portalocker) on the run's lock file and writes who holds it into the file;
 ``release_resources`` is its undo. The kernel drops the lock when the holder's file
 descriptor is closed, so a crashed or ``kill -9``-ed run frees it at once: there is
 no stale-lock detection to get wrong, nothing is ever killed, and the lock file is
@@ -12,6 +18,7 @@ runs lock two different files of the same name).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -34,7 +41,14 @@ if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.machine import Undo
     from orchestrator_fsm.phases.context import RunContext
 
-__all__ = ["InfrastructureManager", "RunBinding", "read_lock_holder", "resolve_lock_path", "step"]
+__all__ = [
+    "InfrastructureManager",
+    "RunBinding",
+    "read_lock_holder",
+    "resolve_lock_path",
+    "run_identity",
+    "step",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -48,20 +62,42 @@ _MAX_REOPENS = 10
 _EXCLUSIVE_NO_WAIT = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
 
 
+def run_identity(cfg: Config) -> str:
+    """SHA-256 (hex) of what makes two launches *the same run*.
+
+    That is the whole config (pipeline sections, ``training.seed``, ``hardware``) but
+    the ``telemetry`` and ``infrastructure`` sections, which change how a run is
+    observed and guarded rather than what it computes, plus the absolute output
+    directory (``telemetry.output_dir`` resolved), so one recipe written to two output
+    directories makes two runs.
+    """
+    config = cfg.dump_serialized()
+    for section in ("telemetry", "infrastructure"):
+        config.pop(section, None)
+    output_dir = Path(cfg.telemetry.output_dir).expanduser().resolve()
+    identity = {"config": config, "output_dir": str(output_dir)}
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 def resolve_lock_path(cfg: Config) -> Path:
     """The lock file a run of ``cfg`` guards itself with.
 
-    ``infrastructure.lock.path`` when set, else
-    ``<default_cache_dir()>/locks/<slug of hardware.project_name>.lock`` (see
-    :func:`orchestrator_fsm.phases.filesystem.default_lock_dir`).
+    ``infrastructure.lock.path`` when set; else, in
+    :func:`orchestrator_fsm.phases.filesystem.default_lock_dir`, with
+    ``infrastructure.lock.scope`` ``run`` (the default)
+    ``<project slug>.run-<16 hex of run_identity(cfg)>.lock``, and with ``project``
+    ``<project slug>.lock`` (the slug of ``hardware.project_name``).
     """
-    configured = cfg.infrastructure.lock.path
-    if configured is not None:
-        return Path(configured).expanduser()
+    lock_cfg = cfg.infrastructure.lock
+    if lock_cfg.path is not None:
+        return Path(lock_cfg.path).expanduser()
     from orchestrator_fsm.phases.filesystem import default_lock_dir
 
     project_slug = slugify(cfg.hardware.project_name, max_length=80, fallback="project")
-    return default_lock_dir() / f"{project_slug}.lock"
+    if lock_cfg.scope == "project":
+        return default_lock_dir() / f"{project_slug}.lock"
+    return default_lock_dir() / f"{project_slug}.run-{run_identity(cfg)[:16]}.lock"
 
 
 def read_lock_holder(path: Path) -> dict[str, object] | None:
@@ -114,8 +150,21 @@ def _describe_holder(path: Path, holder: dict[str, object] | None, raw_size: int
     return text
 
 
+def _waiting_line(path: Path, holder: dict[str, object] | None, size: int, timeout_s: float) -> str:
+    """``waiting for run <id> (pid P on host H) since S to release <path> ...``."""
+    limit = "until it is free" if math.isinf(timeout_s) else f"up to {timeout_s:g}s"
+    if holder is None:
+        return f"waiting {limit} for the run lock: {_describe_holder(path, holder, size)}"
+    run_id = holder.get("run_id") or "(run id not bound yet)"
+    return (
+        f"waiting for run {run_id} (pid {holder.get('pid', '?')} on host "
+        f"{holder.get('host', '?')}) since {holder.get('since', '?')} to release the run "
+        f"lock {path}; waiting {limit}"
+    )
+
+
 class InfrastructureManager:
-    """Holds the project's run lock from phase 6 until cleanup.
+    """Holds the run lock from phase 6 until cleanup.
 
     The lock is an exclusive, non-blocking ``flock`` on the lock file (see
     :func:`resolve_lock_path`). ``infrastructure.lock.timeout_s`` of 0 fails at once when
@@ -165,7 +214,7 @@ class InfrastructureManager:
             self._write_holder_info(self._handle, self._lock_path, _log)
 
     def prepare_environment(self, cfg: Config, logger: logging.Logger | None = None) -> None:
-        """Take the project's run lock, or raise.
+        """Take the run lock, or raise.
 
         Raises :class:`LockContendedError` (with ``.holder``) when another run holds it
         past ``infrastructure.lock.timeout_s``, and :class:`InfrastructureError` naming
@@ -291,11 +340,7 @@ class InfrastructureManager:
                 raise self._contended(handle, path, timeout_s)
             if not announced_wait:
                 holder, size = _read_holder_through(handle)
-                log.info(
-                    "waiting up to %gs for the run lock: %s",
-                    timeout_s,
-                    _describe_holder(path, holder, size),
-                )
+                log.warning("%s", _waiting_line(path, holder, size, timeout_s))
                 announced_wait = True
             self._sleep(min(delay, remaining))
             delay = min(delay * 2, _BACKOFF_CAP_S)
@@ -306,7 +351,8 @@ class InfrastructureManager:
         message = (
             f"the run lock is taken ({waited}): {_describe_holder(path, holder, size)}. "
             "Wait for that run to finish, raise infrastructure.lock.timeout_s to wait for "
-            "it, or set a different hardware.project_name / infrastructure.lock.path"
+            "it, or change what the lock guards (infrastructure.lock.scope / "
+            "infrastructure.lock.path, hardware.project_name)"
         )
         return LockContendedError(message, holder=holder)
 

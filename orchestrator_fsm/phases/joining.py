@@ -179,7 +179,7 @@ def _ready_root(entry: JobEntry | None, restart_count: int, not_before: datetime
         return None
     if record.attempts and record.attempts[-1].restart_count != restart_count:
         return None  # still the record of the attempt before
-    if record.status in ("failed", "interrupted"):
+    if record.status in ("failed", "interrupted", "refused"):
         error = f": {record.error} (step {record.error.step})" if record.error else ""
         raise InfrastructureError(f"rank 0's run {record.run_id} ended {record.status}{error}")
     if record.state in _READY_STATES or record.status == "completed":
