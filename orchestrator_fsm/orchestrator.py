@@ -36,7 +36,6 @@ from orchestrator_fsm.phases.report import Reporter
 from orchestrator_fsm.phases.runtime import apply_cpu_threads, configure_system_libraries
 from orchestrator_fsm.phases.steps import STEPS
 from orchestrator_fsm.phases.timing import TimeTracker
-from orchestrator_fsm.progress_bar import PLAIN_EVERY_S, ProgressBar, progress
 
 if TYPE_CHECKING:
     import torch
@@ -45,6 +44,7 @@ if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
     from orchestrator_fsm.lifecycle.record import RunRecord
     from orchestrator_fsm.phases.filesystem import RunPaths
+    from orchestrator_fsm.progress_bar import ProgressBar
     from orchestrator_fsm.protocols import (
         AuditSaverProtocol,
         InfraManagerProtocol,
@@ -333,19 +333,22 @@ class RootOrchestrator:
         total: float | None = None,
         description: str = "",
         console: Console | IO[str] | None = None,
-        plain_every_s: float = PLAIN_EVERY_S,
+        plain_every_s: float | None = None,
     ) -> ProgressBar[_T]:
         """**(beyond)** A progress bar for the user's loop (see
         :func:`orchestrator_fsm.progress`), drawn on the run's console below its log
         lines (or on ``console``), and shown on rank 0 only (the other ranks' bars do
-        nothing)."""
+        nothing). ``plain_every_s``: None for the helper's default."""
+        # Imported here: rich's progress machinery is not needed by a run without bars.
+        from orchestrator_fsm.progress_bar import PLAIN_EVERY_S, progress
+
         return progress(
             iterable,
             total=total,
             description=description,
             console=console,
             disable=not self._run.is_main_process,
-            plain_every_s=plain_every_s,
+            plain_every_s=PLAIN_EVERY_S if plain_every_s is None else plain_every_s,
         )
 
     def on_signal(self, signum: int | str, callback: SignalCallback) -> None:

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import subprocess
 import sys
 import uuid
 import warnings
@@ -526,3 +528,33 @@ def test_a_tee_that_cannot_open_its_file_leaves_nothing_behind(
     assert warnings.showwarning is showwarning
     assert (sys.stdout, sys.stderr) == streams
     assert run.logger is None
+
+
+_BATCH_RUN = """
+import sys, tempfile
+from orchestrator_fsm import Config, RootOrchestrator
+out = tempfile.mkdtemp()
+cfg = Config.from_dict({
+    "dataset": {"name": "d"}, "architecture": {"name": "a"}, "training": {"seed": 1},
+    "hardware": {"device": "cpu"}, "telemetry": {"output_dir": out},
+    "infrastructure": {"lock": {"path": out + "/run.lock"}},
+})
+with RootOrchestrator(cfg) as orch:
+    orch.log_environment_report()
+    orch.run_logger.info("inside the run")
+print(sorted(m for m in sys.modules if m == "rich" or m.startswith("rich.")))
+"""
+
+
+def test_a_run_whose_stderr_is_not_a_terminal_never_imports_rich(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _BATCH_RUN],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
+    assert "inside the run" in done.stderr  # the console handler wrote, plainly
+    assert done.stdout.strip() == "[]"

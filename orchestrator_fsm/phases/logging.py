@@ -33,10 +33,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, TextIO, cast
 
-from rich.console import Console, ConsoleRenderable
-from rich.logging import RichHandler
-from rich.text import Text
-
 from orchestrator_fsm._process import LoggerSnapshot, Restorable, undoable
 from orchestrator_fsm._system import say_on_stderr
 from orchestrator_fsm.errors import LifecycleError
@@ -166,31 +162,6 @@ class _DropFileOnly(logging.Filter):
         return getattr(record, _FILE_ONLY_KEY, False) is not True
 
 
-class _RunConsoleHandler(RichHandler):
-    """Rich's handler, each record rendered as one line of text (time, level, message)
-    instead of a table: wrapped at spaces only when longer than the terminal, a token
-    longer than a line (a path, a run id) never cut, and printed above any progress
-    bar live on the same console (see ``orchestrator_fsm.progress``, in ``progress_bar.py``)."""
-
-    def render(
-        self,
-        *,
-        record: logging.LogRecord,
-        traceback: Any,
-        message_renderable: ConsoleRenderable,
-    ) -> ConsoleRenderable:
-        line = Text(overflow="ignore")
-        moment = datetime.fromtimestamp(record.created)
-        line.append(moment.strftime("[%X] "), style="log.time")
-        line.append_text(self.get_level_text(record))
-        line.append(" ")
-        if isinstance(message_renderable, Text):
-            line.append_text(message_renderable)
-        else:
-            line.append(str(message_renderable))
-        return line
-
-
 def _console_handler(rank: int, level: int) -> logging.Handler:
     """Rich output on a terminal; plain unwrapped lines when stderr is a file or pipe
     (CI logs, ``2> file``), where rich would hard-wrap every line at 80 columns.
@@ -199,7 +170,12 @@ def _console_handler(rank: int, level: int) -> logging.Handler:
     drops ``FILE_ONLY`` records unless ``level`` is DEBUG or lower."""
     handler: logging.Handler
     if sys.stderr.isatty():
-        handler = _RunConsoleHandler(
+        # rich is imported for a terminal only: a batch job's plain lines need none of it.
+        from rich.console import Console
+
+        from orchestrator_fsm.phases._rich_console import RunConsoleHandler
+
+        handler = RunConsoleHandler(
             # The stream of now, not sys.stderr at each write: a stdout tee installed
             # later must not copy log lines (already in the log file) into stdout.log.
             console=Console(file=sys.stderr),
@@ -227,7 +203,8 @@ def run_console_handler(logger: logging.Logger) -> logging.Handler | None:
 
 
 def _writes_to_console(handler: logging.Handler) -> bool:
-    if isinstance(handler, RichHandler):
+    rich_logging = sys.modules.get("rich.logging")  # not imported: no handler is rich's
+    if rich_logging is not None and isinstance(handler, rich_logging.RichHandler):
         return True
     if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
         consoles = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
