@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -14,9 +15,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def make_dry_run(target: str, venv: Path) -> list[str]:
     """The commands ``make TARGET`` would run for a fresh ``venv`` (``make -n``)."""
+    # Under `make test` this runs in a sub-make: without the parent's flags and level,
+    # and without the "Entering directory" lines a sub-make prints.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     result = subprocess.run(
-        ["make", "-n", target, f"VENV={venv}"],
+        ["make", "--no-print-directory", "-n", target, f"VENV={venv}"],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
