@@ -130,6 +130,8 @@ def _add_sweep_arguments(run: argparse.ArgumentParser) -> None:
         help="with --multirun: start no more members once one has failed",
     )
     run.add_argument("--sweep-member", help=argparse.SUPPRESS)
+    # Given by `orchestrator-fsm rerun` to the run it starts: recorded as rerun_of.
+    run.add_argument("--rerun-of", help=argparse.SUPPRESS)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -76,6 +76,10 @@ class RunContext:
     """Continue ``resume_from`` even when its config differs from this one."""
     sweep: tuple[str, int] | None = None
     """The sweep this run is a member of: its id and the member's number."""
+    entry: str | None = None
+    """The pipeline as the user named it (``module:function``), for the rerun bundle."""
+    rerun_of: Path | None = None
+    """The run directory this run reruns (``orchestrator-fsm rerun``)."""
     resumed: bool = False
     """Whether phase 3 reopened the run directory of an earlier attempt of the job."""
     start_record: Callable[[], None] = attrs.field(default=lambda: None)
