@@ -9,7 +9,7 @@ and the orchestrator's public attributes see the same values.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -17,6 +17,7 @@ import attrs
 
 from orchestrator_fsm.distributed import Launch
 from orchestrator_fsm.errors import LifecycleError
+from orchestrator_fsm.reproduce.bundle import launch_environment
 
 if TYPE_CHECKING:
     import torch
@@ -80,6 +81,9 @@ class RunContext:
     """The pipeline as the user named it (``module:function``), for the rerun bundle."""
     rerun_of: Path | None = None
     """The run directory this run reruns (``orchestrator-fsm rerun``)."""
+    launch_env: Mapping[str, str] = attrs.field(factory=launch_environment)
+    """The allow-listed environment variables as the run was given them (before phase 2
+    exports its thread counts), for the rerun bundle."""
     resumed: bool = False
     """Whether phase 3 reopened the run directory of an earlier attempt of the job."""
     start_record: Callable[[], None] = attrs.field(default=lambda: None)

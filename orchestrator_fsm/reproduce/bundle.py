@@ -37,7 +37,7 @@ import platform
 import re
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -60,12 +60,14 @@ __all__ = [
     "collect_packages",
     "config_file",
     "describe_entry",
+    "launch_environment",
     "loaded_libraries",
     "read_bundle",
     "record_loaded_libraries",
     "redacted_keys",
     "redacted_overrides",
     "seed_summary",
+    "sha256_file",
     "working_directory",
     "write_bundle",
 ]
@@ -114,7 +116,7 @@ def config_file(run_dir: Path) -> Path:
     return Path(run_dir) / "reports" / _CONFIG_FILE_NAME
 
 
-def _sha256_file(path: Path) -> str | None:
+def sha256_file(path: Path) -> str | None:
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
@@ -167,7 +169,7 @@ def describe_entry(spec: str | None) -> dict[str, Any] | None:
         "spec": spec,
         "kind": kind,
         "path": path,
-        "sha256": None if path is None else _sha256_file(Path(path)),
+        "sha256": None if path is None else sha256_file(Path(path)),
     }
 
 
@@ -217,7 +219,7 @@ def _git_from_reports(reports: Path) -> dict[str, Any] | None:
         "diff_bytes": 0 if patch is None else len(patch),
         "diff_sha256": None if not patch else hashlib.sha256(patch).hexdigest(),
         # The patch ends with the manifest's note line when it was cut at 1 MiB.
-        "diff_truncated": bool(patch) and _TRUNCATION_MARK in patch[-4096:],
+        "diff_truncated": patch is not None and _TRUNCATION_MARK in patch[-4096:],
     }
 
 
@@ -232,12 +234,14 @@ def collect_git() -> dict[str, Any] | None:
 
 
 def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                key, sep, value = line.partition(":")
-                if sep and key.strip() in ("model name", "Hardware", "cpu model"):
-                    return value.strip()
+    with (
+        contextlib.suppress(OSError),
+        open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo,
+    ):
+        for line in cpuinfo:
+            key, sep, value = line.partition(":")
+            if sep and key.strip() in ("model name", "Hardware", "cpu model"):
+                return value.strip()
     return platform.processor() or platform.machine()
 
 
@@ -245,9 +249,17 @@ def _torch_build() -> dict[str, Any]:
     import torch
 
     backends = torch.backends
+    # torch leaves these unannotated; naming their types keeps the calls typed.
+    flags: dict[str, Callable[[], object]] = {
+        "cudnn": backends.cudnn.is_available,
+        "mkl": backends.mkl.is_available,
+        "mkldnn": backends.mkldnn.is_available,
+        "openmp": backends.openmp.is_available,
+    }
+    cudnn_version_of: Callable[[], object] = backends.cudnn.version
     cudnn_version = None
     with contextlib.suppress(Exception):
-        cudnn_version = backends.cudnn.version() if backends.cudnn.is_available() else None
+        cudnn_version = cudnn_version_of() if flags["cudnn"]() else None
     show = str(torch.__config__.show())
     return {
         "version": torch.__version__,
@@ -256,9 +268,9 @@ def _torch_build() -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "hip": getattr(torch.version, "hip", None),
         "cudnn": cudnn_version,
-        "mkl": backends.mkl.is_available(),
-        "mkldnn": backends.mkldnn.is_available(),
-        "openmp": backends.openmp.is_available(),
+        "mkl": bool(flags["mkl"]()),
+        "mkldnn": bool(flags["mkldnn"]()),
+        "openmp": bool(flags["openmp"]()),
         "build_config": [line.strip() for line in show.splitlines() if line.strip()],
     }
 
@@ -273,16 +285,23 @@ def _gpus() -> list[str]:
     return names
 
 
-def collect_environment() -> dict[str, Any]:
-    """Python, platform, torch build, CPU and GPU models and the allow-listed variables."""
+def launch_environment() -> dict[str, str]:
+    """The variables of :data:`BUNDLE_ENV_VARS` set now, values redacted."""
     env = {name: os.environ[name] for name in BUNDLE_ENV_VARS if name in os.environ}
+    redacted: dict[str, str] = redact_secrets(env)
+    return redacted
+
+
+def collect_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Python, platform, torch build, CPU and GPU models and the allow-listed variables
+    (``env``, default :func:`launch_environment`)."""
     return {
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "torch": _torch_build(),
         "hardware": {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "gpus": _gpus()},
-        "env": redact_secrets(env),
+        "env": dict(launch_environment() if env is None else env),
     }
 
 
@@ -307,7 +326,7 @@ def _recipe_section(cfg: Config) -> dict[str, Any]:
     source = cfg.source
     return {
         "path": None if source is None else str(source),
-        "sha256": None if source is None else _sha256_file(source),
+        "sha256": None if source is None else sha256_file(source),
     }
 
 
@@ -331,7 +350,7 @@ def write_bundle(run: RunContext) -> Path:
         "recipe": _recipe_section(run.cfg),
         "config": {
             "file": str(saved.relative_to(paths.root)),
-            "sha256": _sha256_file(saved),
+            "sha256": sha256_file(saved),
             "redacted_keys": redacted_keys(saved_data),
         },
         "overrides": redacted_overrides(run.cfg.overrides),
@@ -340,7 +359,7 @@ def write_bundle(run: RunContext) -> Path:
         "seeds": seed_summary(run.cfg.training.seed, run.rank, run.world_size),
         "git": _git_from_reports(paths.reports),
         "packages": collect_packages(),
-        "environment": collect_environment(),
+        "environment": collect_environment(run.launch_env),
         "loaded_libraries": None,
     }
     target = bundle_path(paths.root)
