@@ -3,7 +3,8 @@ rerun bundles and their metrics.
 
 Sections: config (dotted keys of the saved resolved configs), overrides, seeds,
 packages, git, entry, recipe, python, torch, hardware, env, libraries, and the metrics:
-the final values of each (``run.json``'s last metrics and summary) and the first
+the final values of each (``run.json``'s last metrics and summary, durations left
+out as in :mod:`~orchestrator_fsm.reproduce.compare`) and the first
 divergence of B's metrics stream from A's.
 """
 
@@ -23,7 +24,10 @@ __all__ = ["cmd_diff", "diff_runs"]
 
 
 def _final_values(run_dir: Path) -> dict[str, float]:
+    import fnmatch
+
     from orchestrator_fsm.lifecycle.record import read_run
+    from orchestrator_fsm.reproduce.compare import DEFAULT_IGNORED
 
     try:
         record = read_run(run_dir)
@@ -31,7 +35,12 @@ def _final_values(run_dir: Path) -> dict[str, float]:
         return {}
     values = {name: metric.last for name, metric in record.metrics.items()}
     values.update(record.summary)
-    return values
+    # Durations never repeat; as in the metrics comparison, they are left out.
+    return {
+        name: value
+        for name, value in values.items()
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in DEFAULT_IGNORED)
+    }
 
 
 def diff_runs(run_a: Path, run_b: Path, *, rtol: float = 0.0, atol: float = 0.0) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 :func:`bundle_drift` compares two bundles section by section and returns one
 :class:`Drift` per difference: ``config`` (dotted keys), ``overrides``, ``seeds``,
 ``packages`` (added, removed, changed), ``git`` (commit, branch, dirty, the diff),
-``entry`` (the spec, its file's content), ``recipe`` (the recipe file changed),
+``entry`` (the spec, its file's content), ``recipe`` (its path, or the file changed),
 ``python``, ``platform``, ``torch`` (the build), ``hardware``, ``env`` (allow-listed
 variables) and ``libraries`` (the native libraries loaded). Items of kind
 :data:`NOTE_KINDS` are told but are no drift: they do not change what a rerun runs
@@ -154,10 +154,10 @@ def bundle_drift(
     items += _mapping_drift("packages", before.get("packages"), after.get("packages"))
     items += _git_drift(before.get("git"), after.get("git"))
     items += _entry_drift(before.get("entry"), after.get("entry"))
-    recipe_a, recipe_b = _section(before, "recipe", "sha256"), _section(after, "recipe", "sha256")
-    if recipe_a != recipe_b and recipe_a is not None:
-        path = _section(before, "recipe", "path")
-        items.append(Drift("recipe", str(path), recipe_a, recipe_b or "(gone)"))
+    recipe_a, recipe_b = before.get("recipe") or {}, after.get("recipe") or {}
+    for key in ("path", "sha256"):
+        if recipe_a.get(key) != recipe_b.get(key):
+            items.append(Drift("recipe", key, recipe_a.get(key), recipe_b.get(key)))
     env_a, env_b = before.get("environment") or {}, after.get("environment") or {}
     for key in ("python", "python_implementation", "platform"):
         if env_a.get(key) != env_b.get(key):
