@@ -1,5 +1,6 @@
 """The argument parser of ``orchestrator-fsm`` and :func:`main`, which dispatches to the
-sub-command modules beside it (``run``, ``diagram``, ``inspect``, ``validate``)."""
+sub-command modules beside it (``run``, ``diagram``, ``inspect``, ``validate``,
+``rerun``, ``diff``)."""
 
 from __future__ import annotations
 
