@@ -245,3 +245,13 @@ def test_two_strict_reruns_of_the_demo_are_identical(tmp_path: Path) -> None:
         assert read_run(run_dir_of(rerun)).rerun_of == str(run)
     reruns = [json.loads(line) for line in (run / RERUNS_FILE).read_text().splitlines()]
     assert [line["verdict"]["status"] for line in reruns] == ["identical", "identical"]
+
+
+def test_gpu_models_are_read_from_the_driver_listing(tmp_path: Path) -> None:
+    from orchestrator_fsm.reproduce.bundle import _gpus
+
+    for index, model in enumerate(("NVIDIA H200", "NVIDIA A100-SXM4-80GB")):
+        folder = tmp_path / f"0000:0{index}:00.0"
+        folder.mkdir()
+        (folder / "information").write_text(f"Model: \t\t {model}\nIRQ:   123\n")
+    assert _gpus(tmp_path) == ["NVIDIA H200", "NVIDIA A100-SXM4-80GB"]
