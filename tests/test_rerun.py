@@ -243,6 +243,8 @@ def test_two_strict_reruns_of_the_demo_are_identical(tmp_path: Path) -> None:
         assert "checkpoint last.pt: " in rerun.stdout
         assert rerun.stdout.strip().splitlines()[-1] == "identical"
         assert read_run(run_dir_of(rerun)).rerun_of == str(run)
+        shown = cli("inspect", str(run_dir_of(rerun)), cwd=tmp_path)
+        assert "rerun of" in shown.stdout
     reruns = [json.loads(line) for line in (run / RERUNS_FILE).read_text().splitlines()]
     assert [line["verdict"]["status"] for line in reruns] == ["identical", "identical"]
 
