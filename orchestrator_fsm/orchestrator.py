@@ -36,6 +36,7 @@ from orchestrator_fsm.phases.report import Reporter
 from orchestrator_fsm.phases.runtime import apply_cpu_threads, configure_system_libraries
 from orchestrator_fsm.phases.steps import STEPS
 from orchestrator_fsm.phases.timing import TimeTracker
+from orchestrator_fsm.reproduce.bundle import record_loaded_libraries
 
 if TYPE_CHECKING:
     import torch
@@ -96,7 +97,9 @@ class RootOrchestrator:
     :mod:`orchestrator_fsm.observers`), after those of ``telemetry.observers``, are told
     what the run records as it records it. ``sweep`` (a sweep id and member number,
     given by ``run --multirun`` to its members) is recorded in ``run.json``; so is
-    ``entry``, how the caller named the pipeline (the command line's ``--entry``).
+    ``entry``, how the caller named the pipeline (the command line's ``--entry``),
+    which also goes into the rerun bundle, and ``rerun_of`` (the run directory
+    ``orchestrator-fsm rerun`` runs again).
     Every dependency can be injected; the
     defaults are this package's own phase implementations. Only rank 0 creates the
     run directory, persists the manifest and takes the lock; other ranks join rank 0's
@@ -127,6 +130,7 @@ class RootOrchestrator:
         observers: Iterable[object] = (),
         sweep: tuple[str, int] | None = None,
         entry: str | None = None,
+        rerun_of: str | os.PathLike[str] | None = None,
     ) -> None:
         self.cfg = cfg
         # Explicit rank, local_rank and world_size win over what the launcher says.
@@ -171,6 +175,7 @@ class RootOrchestrator:
             force_resume=force_resume,
             sweep=sweep,
             entry=entry,
+            rerun_of=None if rerun_of is None else Path(rerun_of),
         )
         self._recorder = RunRecorder(
             self._run,
@@ -183,7 +188,7 @@ class RootOrchestrator:
         timer = _phase_timer(self.time_tracker)
         self.machine = LifecycleMachine(
             {name: partial(step, run) for name, step in STEPS.items()}
-            | {CLEANUP_STEP: self._recorder.announce_end},
+            | {CLEANUP_STEP: self._at_cleanup},
             is_main_process=self.is_main_process,
             rank=self.rank,
             listeners=[timer] if timer is not None else [],
@@ -195,6 +200,11 @@ class RootOrchestrator:
         self._signal_callbacks = SignalCallbacks(self, log=lambda: run.log)
         for key, callback in (signal_callbacks or {}).items():
             self._signal_callbacks.attach(key, callback)
+
+    def _at_cleanup(self) -> None:
+        # The native libraries are looked at last: CUDA's load at first use.
+        record_loaded_libraries(self._run)
+        self._recorder.announce_end()
 
     def _on_held(self, interrupt: BaseException) -> None:
         # A signal while cleaning up: the run ends interrupted, and ends now. One held

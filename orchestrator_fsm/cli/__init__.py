@@ -8,7 +8,10 @@ Sub-commands, one module each beside :mod:`orchestrator_fsm.cli.main` (the parse
 - ``inspect RUN_DIR [--json]`` shows a run's status, timeline, error and files;
 - ``runs [OUTPUT_DIR] [--status S] [--name SUBSTR] [--since WHEN] [--json]`` lists
   the runs of an output directory, newest first, with their true status;
-- ``validate RECIPE [--set a.b=v ...]`` checks a recipe and summarises it.
+- ``validate RECIPE [--set a.b=v ...]`` checks a recipe and summarises it;
+- ``rerun RUN_DIR [--strict]`` runs a run again from its bundle and compares the two
+  (its own exit codes: 0 identical, 3 within tolerance, 4 diverged, 5 refused on drift);
+- ``diff RUN_A RUN_B [--json]`` shows what differs between two runs.
 
 Exit codes: 0 success; 1 a failure in the pipeline, the lifecycle or a diagram;
 2 a usage or config error (bad recipe, bad ``--entry``, no run in ``RUN_DIR``);

@@ -239,6 +239,8 @@ def format_summary(run: RunRecord) -> Table:
     ]
     if run.sweep is not None:
         rows.insert(-1, ("sweep", f"{run.sweep} (member {_or_dash(run.sweep_member)})"))
+    if run.rerun_of is not None:
+        rows.insert(-1, ("rerun of", run.rerun_of))
     for field, value in rows:
         table.add_row(field, value if isinstance(value, Text) else Text(value))
     return table

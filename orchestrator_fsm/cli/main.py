@@ -1,5 +1,6 @@
 """The argument parser of ``orchestrator-fsm`` and :func:`main`, which dispatches to the
-sub-command modules beside it (``run``, ``diagram``, ``inspect``, ``runs``, ``validate``)."""
+sub-command modules beside it (``run``, ``diagram``, ``inspect``, ``runs``, ``validate``,
+``rerun``, ``diff``)."""
 
 from __future__ import annotations
 
@@ -150,7 +151,52 @@ def build_parser() -> argparse.ArgumentParser:
         help="also check the sections whose schema this pipeline declares, as run does",
     )
     validate.set_defaults(handler=_command("validate", "cmd_validate"))
+    _add_reproduce_commands(commands, overrides)
     return parser
+
+
+def _add_tolerance(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rtol", type=float, default=0.0, help="relative tolerance of metric values (default 0)"
+    )
+    parser.add_argument(
+        "--atol", type=float, default=0.0, help="absolute tolerance of metric values (default 0)"
+    )
+
+
+def _add_reproduce_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    overrides: argparse.ArgumentParser,
+) -> None:
+    rerun = commands.add_parser(
+        "rerun",
+        parents=[overrides],
+        help="run a run again from its bundle, report drift and whether it matched",
+        description="Run RUN_DIR again as a new run and compare it. Exit codes: "
+        "0 identical, 3 within tolerance, 4 diverged, 5 refused on drift (--strict), "
+        "1 the rerun failed, 2 usage or no rerun bundle in RUN_DIR.",
+    )
+    rerun.add_argument("run_dir", metavar="RUN_DIR")
+    rerun.add_argument("bare", nargs="*", metavar="KEY=VALUE", help="more overrides, like --set")
+    rerun.add_argument("--strict", action="store_true", help="refuse to start on any drift")
+    _add_tolerance(rerun)
+    rerun.add_argument(
+        "--ignore",
+        action="append",
+        metavar="PATTERN",
+        help="metric names not compared (shell pattern, repeatable; "
+        "default: *seconds, *_s, *_time)",
+    )
+    rerun.set_defaults(handler=_command("rerun", "cmd_rerun"))
+
+    diff = commands.add_parser(
+        "diff", help="what differs between two runs: config, seeds, packages, git, metrics"
+    )
+    diff.add_argument("run_a", metavar="RUN_A")
+    diff.add_argument("run_b", metavar="RUN_B")
+    diff.add_argument("--json", action="store_true", help="print one JSON object instead")
+    _add_tolerance(diff)
+    diff.set_defaults(handler=_command("diff", "cmd_diff"))
 
 
 def _add_sweep_arguments(run: argparse.ArgumentParser) -> None:
@@ -180,6 +226,8 @@ def _add_sweep_arguments(run: argparse.ArgumentParser) -> None:
         help="with --multirun: start no more members once one has failed",
     )
     run.add_argument("--sweep-member", help=argparse.SUPPRESS)
+    # Given by `orchestrator-fsm rerun` to the run it starts: recorded as rerun_of.
+    run.add_argument("--rerun-of", help=argparse.SUPPRESS)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

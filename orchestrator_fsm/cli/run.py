@@ -81,7 +81,13 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         code = EXIT_OK
         try:
             orch, failure = _run_entry(
-                cfg, entry, resume=args.resume, force=args.force, sweep=args.sweep_member, spec=spec
+                cfg,
+                entry,
+                resume=args.resume,
+                force=args.force,
+                sweep=args.sweep_member,
+                spec=spec,
+                rerun_of=args.rerun_of,
             )
             guard.hold()
             code = _report_outcome(orch, failure, cfg, out, err, debug=args.debug)
@@ -172,6 +178,7 @@ def _run_entry(
     force: bool,
     sweep: str | None,
     spec: str | None = None,
+    rerun_of: str | None = None,
 ) -> tuple[RootOrchestrator | None, BaseException | None]:
     """Run ``entry`` inside a lifecycle (continuing ``resume`` when given, as a member
     of ``sweep``, ``ID:INDEX``, when given); return the orchestrator (when one was
@@ -185,7 +192,12 @@ def _run_entry(
         membership = (sweep_id, int(index)) if index.isdigit() else None
     try:
         orch = RootOrchestrator(
-            cfg, resume=resume, force_resume=force, sweep=membership, entry=spec
+            cfg,
+            resume=resume,
+            force_resume=force,
+            sweep=membership,
+            entry=spec,
+            rerun_of=rerun_of,
         )
         with orch:
             entry(orch)

@@ -574,6 +574,12 @@ class Config:
         return _build(mapping, label=os.fspath(source), source=Path(source), overrides=())
 
     @property
+    def overrides(self) -> tuple[str, ...]:
+        """The overrides as given that set this config's values, in the order applied
+        (one that was replaced by a later override of the same key is not kept)."""
+        return tuple(dict.fromkeys(self._set_by.values()))
+
+    @property
     def pipeline(self) -> dict[str, Any]:
         """Everything the orchestrator does not own, verbatim, as a new dict.
 

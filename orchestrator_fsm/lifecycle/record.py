@@ -275,6 +275,8 @@ class RunRecord:
     """The id of the sweep (``run --multirun``) this run is a member of, if any."""
     sweep_member: int | None = None
     """This run's number in its sweep (from 1)."""
+    rerun_of: str | None = None
+    """The run directory this run reruns (``orchestrator-fsm rerun``), if any."""
     attempts: tuple[Attempt, ...] = ()
     transitions: tuple[TransitionRecord, ...] = ()
     ranks: tuple[RunRecord, ...] = ()
@@ -364,6 +366,7 @@ class RunRecord:
             restart_count=_optional_int(data.get("restart_count")) or 0,
             sweep=_optional_str(data.get("sweep")),
             sweep_member=_optional_int(data.get("sweep_member")),
+            rerun_of=_optional_str(data.get("rerun_of")),
             attempts=tuple(
                 Attempt.from_json(item)
                 for item in (attempts if isinstance(attempts, list) else ())
@@ -412,6 +415,7 @@ class RunRecord:
             restart_count=self.restart_count,
             sweep=self.sweep,
             sweep_member=self.sweep_member,
+            rerun_of=self.rerun_of,
             attempts=[attempt.to_json() for attempt in self.attempts],
             metrics={name: item.to_json() for name, item in self.metrics.items()},
             summary=dict(self.summary),

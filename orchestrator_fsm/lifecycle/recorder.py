@@ -391,6 +391,7 @@ class RunRecorder:
             restart_count=run.launch.restart_count,
             sweep=None if run.sweep is None else run.sweep[0],
             sweep_member=None if run.sweep is None else run.sweep[1],
+            rerun_of=None if run.rerun_of is None else str(run.rerun_of),
             attempts=attempts if run.is_main_process else (),
             extra={key: value for key, value in invocation.items() if key not in known},
         )

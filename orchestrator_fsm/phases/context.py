@@ -9,7 +9,7 @@ and the orchestrator's public attributes see the same values.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -17,6 +17,7 @@ import attrs
 
 from orchestrator_fsm.distributed import Launch
 from orchestrator_fsm.errors import LifecycleError
+from orchestrator_fsm.reproduce.bundle import launch_environment
 
 if TYPE_CHECKING:
     import torch
@@ -76,10 +77,16 @@ class RunContext:
     """Continue ``resume_from`` even when its config differs from this one."""
     sweep: tuple[str, int] | None = None
     """The sweep this run is a member of: its id and the member's number."""
+    entry: str | None = None
+    """The pipeline as the command line named it (``--entry module:function`` or
+    ``file.py:function``): recorded in ``run.json`` and the rerun bundle."""
+    rerun_of: Path | None = None
+    """The run directory this run reruns (``orchestrator-fsm rerun``)."""
+    launch_env: Mapping[str, str] = attrs.field(factory=launch_environment)
+    """The allow-listed environment variables as the run was given them (before phase 2
+    exports its thread counts), for the rerun bundle."""
     resumed: bool = False
     """Whether phase 3 reopened the run directory of an earlier attempt of the job."""
-    entry: str | None = None
-    """The pipeline as the command line named it (``--entry module:function``)."""
     start_record: Callable[[], None] = attrs.field(default=lambda: None)
     """Writes the run's first record into the directory phase 3 just made."""
 

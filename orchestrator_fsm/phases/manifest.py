@@ -9,6 +9,8 @@
   git checkout the run was started from, and its uncommitted changes (capped at 1 MiB).
   Outside a checkout, or without ``git``, these two files are simply not written.
 
+and, from them, the rerun bundle ``rerun.json`` (see :mod:`orchestrator_fsm.reproduce.bundle`).
+
 ``record_invocation`` describes how the process was started, for ``run.json``.
 Every file is written atomically.
 """
@@ -524,7 +526,8 @@ def record_invocation() -> dict[str, Any]:
 
 
 def step(run: RunContext) -> None:
-    """Phase 5: the resolved config, the installed distributions and the git state.
+    """Phase 5: the resolved config, the installed distributions, the git state and
+    the rerun bundle (``reports/rerun.json``).
 
     The audit saver is called as ``save_config(data=cfg, yaml_path=...)``,
     ``dump_requirements(path)`` and ``dump_git_info(path)``. Files written stay on
@@ -535,3 +538,7 @@ def step(run: RunContext) -> None:
     saver.save_config(data=run.cfg, yaml_path=paths.get_config_path())
     saver.dump_requirements(paths.reports / REQUIREMENTS_FILE_NAME)
     saver.dump_git_info(paths.reports / GIT_INFO_FILE_NAME)
+    # What a rerun needs, read from the files just written (see reproduce/bundle.py).
+    from orchestrator_fsm.reproduce.bundle import write_bundle
+
+    write_bundle(run)

@@ -1,0 +1,293 @@
+"""``orchestrator-fsm rerun RUN_DIR``: run a run again from its bundle and say whether it
+matched.
+
+First the drift between the run's bundle (``reports/rerun.json``) and what a rerun would
+run now is reported (``--strict``: a drift refuses to start); then the run is started as
+``orchestrator-fsm run`` in a child process (a real new run with its own record, its
+``run.json`` naming the original in ``rerun_of``), with the saved resolved config
+(``reports/config.yaml``) as its recipe, the overrides as given and the same entry,
+in the original's working directory. Last, the two runs' metrics and checkpoints are
+compared (:mod:`orchestrator_fsm.reproduce.compare`) and the original's
+``reruns.jsonl`` gets one line naming the rerun and its verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from orchestrator_fsm.cli._shared import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    print_config_error,
+    say,
+    split_bare_overrides,
+)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from orchestrator_fsm.reproduce.compare import Verdict
+    from orchestrator_fsm.reproduce.drift import Drift
+
+__all__ = [
+    "EXIT_DIVERGED",
+    "EXIT_DRIFT",
+    "EXIT_WITHIN_TOLERANCE",
+    "RERUNS_FILE",
+    "cmd_rerun",
+    "format_drift",
+]
+
+EXIT_WITHIN_TOLERANCE: Final = 3
+EXIT_DIVERGED: Final = 4
+EXIT_DRIFT: Final = 5
+
+#: In the original run's directory: one JSON line per rerun (written by ``rerun``).
+RERUNS_FILE: Final = "reruns.jsonl"
+
+_RUN_DIR_PREFIX: Final = "run directory: "
+_SHOWN_CHARS: Final = 60
+
+
+def _shown(value: object) -> str:
+    text = "-" if value is None else str(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
+def format_drift(items: list[Drift]) -> list[str]:
+    """One aligned line per item: ``kind  key  before -> after``."""
+    if not items:
+        return []
+    kind_width = max(len(item.kind) for item in items)
+    key_width = min(40, max(len(item.key) for item in items))
+    return [
+        f"  {item.kind.ljust(kind_width)}  {item.key.ljust(key_width)}  "
+        f"{_shown(item.before)} -> {_shown(item.after)}"
+        for item in items
+    ]
+
+
+def _saved_config_data(path: Path) -> Any:
+    import yaml
+
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def _is_redacted(override: str) -> bool:
+    from orchestrator_fsm.redaction import REDACTED
+
+    value = override.partition("=")[2].strip()
+    return value == REDACTED or f":{REDACTED}@" in value
+
+
+def cmd_rerun(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """Rerun ``args.run_dir``; the exit code (see the module and the README)."""
+    from orchestrator_fsm.reproduce.bundle import BundleError, config_file, read_bundle
+
+    split_bare_overrides(args)
+    original = Path(args.run_dir).resolve()
+    try:
+        bundle = read_bundle(original)
+    except BundleError as exc:
+        say(err, f"error: {exc}", "red")
+        return EXIT_USAGE
+    entry = bundle.get("entry") or {}
+    spec = entry.get("spec") if isinstance(entry, dict) else None
+    saved = config_file(original)
+    if not spec:
+        say(
+            err,
+            f"error: {original}/reports/rerun.json records no entry: the run was "
+            "started from Python, not by `orchestrator-fsm run`; run that code again",
+            "red",
+        )
+        return EXIT_USAGE
+    if not saved.is_file():
+        say(err, f"error: {saved} is missing; the run's config cannot be read back", "red")
+        return EXIT_USAGE
+    given = list(args.overrides)
+    supplied = {text.partition("=")[0].strip() for text in given}
+    redacted = list((bundle.get("config") or {}).get("redacted_keys") or ())
+    missing = [key for key in redacted if key not in supplied]
+    if missing:
+        keys = ", ".join(missing)
+        say(
+            err,
+            f"error: cannot rerun {original}: its saved config has redacted secrets "
+            f"at {keys}; give each again, e.g. "
+            + " ".join(f"--set {key}=VALUE" for key in missing),
+            "red",
+        )
+        return EXIT_USAGE
+    kept = [text for text in bundle.get("overrides") or () if not _is_redacted(text)]
+    overrides = [*kept, *given]
+    cwd = (bundle.get("command") or {}).get("cwd")
+    cwd = cwd if isinstance(cwd, str) and os.path.isdir(cwd) else os.getcwd()
+
+    drift = _drift_now(bundle, saved, spec, overrides, cwd, err)
+    if isinstance(drift, int):
+        return drift
+    _print_drift(drift, out)
+    from orchestrator_fsm.reproduce.drift import is_drift
+
+    if args.strict and any(is_drift(item) for item in drift):
+        say(err, "refused: --strict and the rerun would not run what the original ran", "red")
+        return EXIT_DRIFT
+
+    command = [sys.executable, "-m", "orchestrator_fsm", "run", str(saved), "--entry", spec]
+    command += [f"--set={text}" for text in overrides] + ["--rerun-of", str(original)]
+    say(out, f"rerunning {original}")
+    code, new_dir = _run_child(command, cwd, out)
+    if code != EXIT_OK or new_dir is None:
+        say(err, f"the rerun failed (orchestrator-fsm run exited {code})", "red")
+        _note_rerun(original, new_dir, None, code)
+        return code if code >= 128 else EXIT_FAILURE
+    return _verdict(original, new_dir, args, bundle, out, code)
+
+
+def _drift_now(
+    bundle: dict[str, Any], saved: Path, spec: str, overrides: list[str], cwd: str, err: Console
+) -> list[Drift] | int:
+    """What differs between the bundle and a rerun now (the exit code on a bad config)."""
+    from orchestrator_fsm.config import Config
+    from orchestrator_fsm.errors import ConfigError
+    from orchestrator_fsm.phases.manifest import AuditSaver
+    from orchestrator_fsm.reproduce import bundle as bundles
+    from orchestrator_fsm.reproduce.drift import bundle_drift
+
+    with bundles.working_directory(cwd):
+        try:
+            cfg = Config.from_recipe(saved, overrides)
+        except ConfigError as exc:
+            print_config_error(err, exc, str(saved))
+            return EXIT_USAGE
+        with tempfile.TemporaryDirectory(prefix="orchestrator-fsm-rerun-") as scratch:
+            config_now = AuditSaver().save_config(cfg, Path(scratch) / "config.yaml")
+            config_after = _saved_config_data(config_now)
+        recipe = bundle.get("recipe") or {}
+        recipe_path = recipe.get("path")
+        now = {
+            "overrides": bundles.redacted_overrides(cfg.overrides),
+            "seeds": bundles.seed_summary(
+                cfg.training.seed,
+                int((bundle.get("seeds") or {}).get("rank") or 0),
+                int((bundle.get("seeds") or {}).get("world_size") or 1),
+            ),
+            "packages": bundles.collect_packages(),
+            "git": bundles.collect_git(),
+            "entry": bundles.describe_entry(spec),
+            "recipe": {
+                "path": recipe_path,
+                "sha256": None if not recipe_path else bundles.sha256_file(Path(recipe_path)),
+            },
+            "environment": bundles.collect_environment(),
+        }
+    return bundle_drift(
+        bundle, now, config_before=_saved_config_data(saved), config_after=config_after
+    )
+
+
+def _print_drift(drift: list[Drift], out: Console) -> None:
+    from orchestrator_fsm.reproduce.drift import is_drift
+
+    real = [item for item in drift if is_drift(item)]
+    notes = [item for item in drift if not is_drift(item)]
+    if real:
+        say(out, f"drift ({len(real)}): what the rerun runs differs from the original")
+        for line in format_drift(real):
+            say(out, line)
+    else:
+        say(out, "drift: none (same config, overrides, seeds, packages, git, entry, environment)")
+    if notes:
+        say(out, "notes (no drift):")
+        for line in format_drift(notes):
+            say(out, line)
+
+
+def _run_child(command: list[str], cwd: str, out: Console) -> tuple[int, Path | None]:
+    """Run ``command`` in ``cwd``, its output passed through; its exit code and the run
+    directory it printed."""
+    new_dir: Path | None = None
+    with subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.PIPE, text=True, encoding="utf-8", errors="replace"
+    ) as child:
+        assert child.stdout is not None
+        try:
+            for line in child.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                if line.startswith(_RUN_DIR_PREFIX):
+                    candidate = Path(line[len(_RUN_DIR_PREFIX) :].strip())
+                    new_dir = candidate if candidate.is_dir() else None
+        except KeyboardInterrupt:
+            # The child got the same signal (one process group) and cleans itself up.
+            child.wait()
+            return EXIT_INTERRUPTED, new_dir
+        code = child.wait()
+    return code, new_dir
+
+
+def _note_rerun(original: Path, new_dir: Path | None, verdict: Verdict | None, code: int) -> None:
+    """Append the rerun to the original's ``reruns.jsonl`` (one whole line)."""
+    from orchestrator_fsm._fs import append_whole
+
+    line = {
+        "time": datetime.now(timezone.utc).isoformat(),
+        "run_dir": None if new_dir is None else str(new_dir),
+        "exit_code": code,
+        "verdict": None if verdict is None else verdict.to_json(),
+    }
+    try:
+        append_whole(original / RERUNS_FILE, json.dumps(line, sort_keys=True) + "\n")
+    except OSError as exc:
+        say_line = f"orchestrator-fsm: could not append to {original / RERUNS_FILE} ({exc})"
+        print(say_line, file=sys.stderr)
+
+
+def _verdict(
+    original: Path,
+    new_dir: Path,
+    args: argparse.Namespace,
+    bundle: dict[str, Any],
+    out: Console,
+    run_code: int,
+) -> int:
+    from orchestrator_fsm.reproduce.bundle import BundleError, read_bundle
+    from orchestrator_fsm.reproduce.compare import DEFAULT_IGNORED, IDENTICAL, compare_runs
+    from orchestrator_fsm.reproduce.drift import bundle_drift
+
+    ignore = tuple(args.ignore) if args.ignore is not None else DEFAULT_IGNORED
+    verdict = compare_runs(original, new_dir, rtol=args.rtol, atol=args.atol, ignore=ignore)
+    try:
+        libraries = [
+            item for item in bundle_drift(bundle, read_bundle(new_dir)) if item.kind == "libraries"
+        ]
+    except BundleError:
+        libraries = []
+    if libraries:
+        say(out, f"loaded native libraries differ ({len(libraries)}):")
+        for line in format_drift(libraries):
+            say(out, line)
+    if verdict.ignored:
+        say(out, f"not compared: {', '.join(verdict.ignored)} (durations; --ignore to choose)")
+    for name, state in verdict.checkpoints.items():
+        say(out, f"checkpoint {name}: {state}")
+    if not verdict.checkpoints:
+        say(out, "checkpoints: none in either run")
+    say(out, f"metrics: {verdict.lines[0]} lines in the original, {verdict.lines[1]} in the rerun")
+    say(out, verdict.headline, "green" if verdict.status == IDENTICAL else "red")
+    code = {IDENTICAL: EXIT_OK, "within tolerance": EXIT_WITHIN_TOLERANCE}.get(
+        verdict.status, EXIT_DIVERGED
+    )
+    _note_rerun(original, new_dir, verdict, code)
+    return code if run_code == EXIT_OK else run_code
