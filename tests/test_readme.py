@@ -23,15 +23,11 @@ def the_block(marker: str) -> str:
     return block
 
 
-def run_example(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
-    """``code`` run as a script in ``tmp_path`` (holding a copy of examples/recipes),
-    with its own cache directory; it must succeed."""
-    shutil.copytree(ROOT / "examples" / "recipes", tmp_path / "examples" / "recipes")
-    script = tmp_path / "example.py"
-    script.write_text(code, encoding="utf-8")
+def run_in(tmp_path: Path, command: list[str]) -> subprocess.CompletedProcess[str]:
+    """``command`` run in ``tmp_path`` with its own cache directory; it must succeed."""
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
     result = subprocess.run(
-        [sys.executable, str(script)],
+        command,
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -41,6 +37,14 @@ def run_example(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
     )
     assert result.returncode == 0, result.stderr
     return result
+
+
+def run_example(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run as a script in ``tmp_path`` (holding a copy of examples/recipes)."""
+    shutil.copytree(ROOT / "examples" / "recipes", tmp_path / "examples" / "recipes")
+    script = tmp_path / "example.py"
+    script.write_text(code, encoding="utf-8")
+    return run_in(tmp_path, [sys.executable, str(script)])
 
 
 def test_readme_quickstart_runs_and_ends_cleaned(tmp_path: Path) -> None:
@@ -126,17 +130,8 @@ def test_readme_metrics_example_logs_and_reads_back(tmp_path: Path) -> None:
 def test_readme_tour_entry_runs_under_the_real_command(tmp_path: Path) -> None:
     train = the_block("# train.py\n")
     (tmp_path / "train.py").write_text(train, encoding="utf-8")
-    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "orchestrator-fsm"), "run", "--entry", "train.py:main"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    command = str(Path(sys.executable).parent / "orchestrator-fsm")
+    result = run_in(tmp_path, [command, "run", "--entry", "train.py:main"])
     assert "summary: final_loss=0.333333" in result.stdout
     assert result.stdout.splitlines()[-1] == "status: completed"
     (run,) = (tmp_path / "outputs").iterdir()
