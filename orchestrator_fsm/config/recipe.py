@@ -26,7 +26,7 @@ import yaml
 from orchestrator_fsm.config.problems import Problem, config_error, show
 from orchestrator_fsm.errors import ConfigError
 
-__all__ = ["apply_overrides", "dump_yaml", "plain_data", "read_recipe"]
+__all__ = ["apply_overrides", "dump_yaml", "load_trusted_yaml", "plain_data", "read_recipe"]
 
 # A recipe is a small document; these bounds turn hostile or broken input (a YAML
 # alias bomb, a runaway generator) into a ConfigError instead of a hang. The byte bound
@@ -314,6 +314,12 @@ def _weigh_expanded(root: yaml.Node, budget: _Budget) -> None:
     values, characters = weights[id(root)]
     budget.values -= values
     budget.characters -= characters
+
+
+def load_trusted_yaml(data: bytes) -> Any:
+    """``data``, YAML this package wrote itself (a run's saved ``config.yaml``), as plain
+    data, read by the same fast safe loader as recipes but without a recipe's limits."""
+    return yaml.load(data, Loader=_SafeLoader)
 
 
 def read_recipe(path: Path, label: str) -> Any:

@@ -50,6 +50,7 @@ __all__ = [
     "REQUIREMENTS_FILE_NAME",
     "AuditSaver",
     "record_invocation",
+    "requirement_lines",
     "step",
 ]
 
@@ -208,7 +209,7 @@ def _listing_key() -> tuple[tuple[str, int], ...] | None:
 _listing_cache: tuple[tuple[tuple[str, int], ...], tuple[str, ...]] | None = None
 
 
-def _requirement_lines() -> list[str]:
+def requirement_lines() -> list[str]:
     """One ``name==version`` line per installed distribution, sorted by name.
 
     Kept for the process while no ``sys.path`` folder changes (see :func:`_listing_key`),
@@ -418,7 +419,7 @@ class AuditSaver:
         carry a comment: ``# editable: file:///...``, ``# local: ...``,
         ``# archive: ...`` or ``# vcs: git+https://...@<commit>``.
         """
-        lines = _requirements_header() + _requirement_lines()
+        lines = _requirements_header() + requirement_lines()
         atomic_write_text(Path(path), "\n".join(lines) + "\n")
 
     def dump_git_info(self, path: Path) -> None:

@@ -119,10 +119,8 @@ def config_file(run_dir: Path) -> Path:
 
 
 def sha256_file(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
+    data = _read_bytes(path)
+    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 def redacted_overrides(overrides: Sequence[str]) -> list[str]:
@@ -184,13 +182,22 @@ def seed_summary(seed: int, rank: int = 0, world_size: int = 1) -> dict[str, Any
     return seeds
 
 
-def collect_packages() -> dict[str, str]:
+def collect_packages(requirements: Path | None = None) -> dict[str, str]:
     """``{name: version}`` of the installed distributions (as in ``requirements.txt``;
-    a direct-URL install keeps its marker after the version)."""
-    from orchestrator_fsm.phases.manifest import _requirement_lines
+    a direct-URL install keeps its marker after the version): read from
+    ``requirements``, the file phase 5 wrote, when given and readable, else listed."""
+    from orchestrator_fsm.phases.manifest import requirement_lines
 
+    lines: list[str] | None = None
+    if requirements is not None:
+        try:
+            text = requirements.read_text(encoding="utf-8")
+        except OSError:
+            pass
+        else:
+            lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     packages: dict[str, str] = {}
-    for line in _requirement_lines():
+    for line in requirement_lines() if lines is None else lines:
         name, _, version = line.partition("==")
         packages[name.lower()] = version
     return packages
@@ -355,12 +362,12 @@ def _recipe_section(cfg: Config) -> dict[str, Any]:
 
 def write_bundle(run: RunContext) -> Path:
     """Phase 5's part: collect the bundle of ``run`` and write it atomically."""
-    from orchestrator_fsm.phases.manifest import record_invocation
+    from orchestrator_fsm.phases.manifest import REQUIREMENTS_FILE_NAME, record_invocation
 
     paths = run.require_paths()
     invocation = record_invocation()
     saved = config_file(paths.root)
-    saved_data = _read_saved_config(saved)
+    saved_bytes = _read_bytes(saved)
     bundle: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
         "run_id": paths.run_id,
@@ -373,15 +380,15 @@ def write_bundle(run: RunContext) -> Path:
         "recipe": _recipe_section(run.cfg),
         "config": {
             "file": str(saved.relative_to(paths.root)),
-            "sha256": sha256_file(saved),
-            "redacted_keys": redacted_keys(saved_data),
+            "sha256": None if saved_bytes is None else hashlib.sha256(saved_bytes).hexdigest(),
+            "redacted_keys": redacted_keys(_parse_saved_config(saved_bytes)),
         },
         "overrides": redacted_overrides(run.cfg.overrides),
         "entry": describe_entry(run.entry),
         "rerun_of": None if run.rerun_of is None else str(run.rerun_of),
         "seeds": seed_summary(run.cfg.training.seed, run.rank, run.world_size),
         "git": _git_from_reports(paths.reports),
-        "packages": collect_packages(),
+        "packages": collect_packages(paths.reports / REQUIREMENTS_FILE_NAME),
         "environment": collect_environment(run.launch_env),
         "loaded_libraries": None,
     }
@@ -390,12 +397,23 @@ def write_bundle(run: RunContext) -> Path:
     return target
 
 
-def _read_saved_config(path: Path) -> Any:
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _parse_saved_config(data: bytes | None) -> Any:
     import yaml
 
+    from orchestrator_fsm.config.recipe import load_trusted_yaml
+
+    if data is None:
+        return None
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        return load_trusted_yaml(data)
+    except yaml.YAMLError:
         return None
 
 
