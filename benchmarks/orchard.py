@@ -32,6 +32,7 @@ from orchestrator_fsm import Config
 __all__ = ["measure_orchard"]
 
 _WARMUP = 3
+_MODES = ("strict", "relaxed")
 
 
 def _warm_pair(cfg: Config, floor: FloorRun, iterations: int, *, terminal: bool) -> dict[str, Any]:
@@ -71,8 +72,6 @@ def measure_orchard(iterations: int, cold_runs: int) -> dict[str, Any]:
     with Sandbox("orchard") as box:
         box.make_checkout()
         recipes = {mode: box.orchard_recipe(mode, strict=mode == "strict") for mode in _MODES}
-        # Cold processes first: the warm part below loads torch's inductor in no process
-        # but this one, and compiles nothing, so the order does not matter to either.
         cold = _cold(box, {mode: str(path) for mode, path in recipes.items()}, cold_runs)
         for mode, recipe in recipes.items():
             cfg = Config.from_recipe(recipe)
@@ -91,9 +90,6 @@ def measure_orchard(iterations: int, cold_runs: int) -> dict[str, Any]:
                 "first_vs_warm": round(first["median"] / plain["round_trip_ms"]["median"], 2),
             }
     return result
-
-
-_MODES = ("strict", "relaxed")
 
 
 def _cold(box: Sandbox, recipes: dict[str, str], runs: int) -> dict[str, dict[str, Any]]:

@@ -22,7 +22,8 @@ from typing import IO, Any, Final
 
 from benchmarks._common import Sandbox, python_command, quiet_stderr, summarize
 from benchmarks.warm import round_trip
-from orchestrator_fsm import Config, LifecycleMachine
+from orchestrator_fsm import Config, LifecycleMachine, RootOrchestrator, read_run
+from orchestrator_fsm.lifecycle.record import JOURNAL_FILE
 from orchestrator_fsm.lifecycle.table import table_steps
 
 __all__ = ["measure_advance", "measure_concurrency", "measure_existing_runs", "measure_growth"]
@@ -198,9 +199,6 @@ def measure_growth(metric_calls: int, attempts: int) -> dict[str, Any]:
     each time (1,000 and more for the default 120); each resumed round trip timed,
     the first and last tenth compared, and ``read_run`` of the grown record timed.
     """
-    from orchestrator_fsm import RootOrchestrator, read_run
-    from orchestrator_fsm.lifecycle.record import JOURNAL_FILE
-
     with Sandbox("growth") as box, quiet_stderr():
         cfg = Config.from_recipe(box.recipe("growth"))
         per_call: list[float] = []

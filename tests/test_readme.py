@@ -110,18 +110,7 @@ def test_readme_sampler_example_covers_every_sample_once() -> None:
 
 def test_readme_metrics_example_logs_and_reads_back(tmp_path: Path) -> None:
     example = the_block('orch.log_summary({"final_acc": 0.9})')
-    shutil.copytree(ROOT / "examples" / "recipes", tmp_path / "examples" / "recipes")
-    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
-    result = subprocess.run(
-        [sys.executable, "-c", example],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_example(tmp_path, example)
     assert result.stdout.split() == [str(1.0 / 3), "3", "0.9"]
     (run,) = (tmp_path / "outputs").iterdir()
     assert len((run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()) == 4
