@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead")
     inspect.set_defaults(handler=_command("inspect", "cmd_inspect"))
 
-    from orchestrator_fsm.cli.runs import LISTED_STATUSES, since_argument
+    from orchestrator_fsm.cli.runs_args import LISTED_STATUSES, since_argument
 
     runs = commands.add_parser(
         "runs",

@@ -11,16 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
 from orchestrator_fsm.cli._shared import EXIT_OK, EXIT_USAGE, say
+from orchestrator_fsm.cli.runs_args import LISTED_STATUSES, parse_since
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -41,14 +41,9 @@ __all__ = [
     "parse_since",
 ]
 
-#: Every status ``runs`` can show and filter on: what run.json holds, and ``crashed``.
-LISTED_STATUSES: Final = ("running", "completed", "failed", "interrupted", "refused", "crashed")
-
 #: How many metrics one row of the table shows (``--json`` has them all).
 _METRICS_SHOWN: Final = 3
 
-_AGE = re.compile(r"(?P<amount>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[smhdw])", re.ASCII)
-_AGE_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _STYLES: Final = {"completed": "green", "running": "yellow", "refused": "magenta"}
 
 
@@ -91,24 +86,6 @@ class RunFilter:
 
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
-
-
-def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """The moment ``--since`` names: an age (``30m``, ``2h``, ``3d``, ``1w``, ``90s``)
-    before ``now``, or an ISO date or time (``2026-12-01``, ``2026-12-01T09:30``; local
-    time unless it carries an offset). ``ValueError`` says what was expected."""
-    age = _AGE.fullmatch(text.strip())
-    if age is not None:
-        seconds = float(age.group("amount")) * _AGE_UNITS[age.group("unit")]
-        return (now or datetime.now(timezone.utc)) - timedelta(seconds=seconds)
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(
-            "expected an age such as 30m, 2h, 3d or 1w, or an ISO date or time such as "
-            f"2026-12-01 or 2026-12-01T09:30, got {text!r}"
-        ) from None
-    return moment if moment.tzinfo is not None else moment.astimezone()
 
 
 def list_runs(
@@ -282,14 +259,6 @@ def _default_output_dir() -> Path:
     from orchestrator_fsm.config.sections import TelemetryConfig
 
     return TelemetryConfig().output_dir
-
-
-def since_argument(text: str) -> datetime:
-    """``--since`` for argparse: :func:`parse_since`, its error as a usage error."""
-    try:
-        return parse_since(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_runs(args: argparse.Namespace, out: Console, err: Console) -> int:
