@@ -1,8 +1,8 @@
 """How long the quick commands of ``orchestrator-fsm`` take, spawn to exit.
 
 ``python -m benchmarks.cli_startup [-n RUNS] [--json PATH]`` (from the repository root)
-runs each of ``--help``, ``--version``, ``validate``, ``inspect``, ``diagram`` (and
-``runs``, where this version has it) ``RUNS`` times as a fresh process of the installed
+runs each of ``--help``, ``--version``, ``validate``, ``inspect``, ``diagram`` and
+``runs`` ``RUNS`` times as a fresh process of the installed
 console script, inside a :class:`~benchmarks._common.Sandbox`, and reports min / median
 / p90 in milliseconds. Bytecode is cached (one unsampled run first), as a user's
 install has it. One more run of each, with ``-X importtime``, says whether it imported
@@ -72,13 +72,8 @@ def _commands(box: Sandbox) -> dict[str, list[str]]:
         "inspect RUN_DIR --json": ["inspect", str(orch.paths.root), "--json"],
         "diagram": ["diagram"],
         "diagram --format dot": ["diagram", "--format", "dot"],
+        "runs OUTPUT_DIR": ["runs", str(orch.paths.root.parent)],
     }
-    # `runs` comes with a later version; measured where this one has it.
-    if _spawn(["runs", "--help"], box)[2] == 0:
-        for argv in (["runs", str(orch.paths.root.parent)], ["runs"]):
-            if _spawn(argv, box)[2] == 0:
-                commands["runs"] = argv
-                break
     return commands
 
 
