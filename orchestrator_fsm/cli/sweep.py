@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -147,18 +146,11 @@ def _find_run(member: _Member, sweep_id: str, since: float) -> RunRecord | None:
 
     for root in member_run_dirs(member.output_dir, since):
         try:
-            data = json.loads((root / "run.json").read_text(encoding="utf-8"))
+            record = read_run(Path(os.path.abspath(root)), journal=False)
         except (OSError, ValueError):
             continue
-        if (
-            isinstance(data, dict)
-            and data.get("sweep") == sweep_id
-            and data.get("sweep_member") == member.number
-        ):
-            try:
-                return read_run(Path(os.path.abspath(root)))
-            except (OSError, ValueError):
-                return None
+        if record.sweep == sweep_id and record.sweep_member == member.number:
+            return record
     return None
 
 
