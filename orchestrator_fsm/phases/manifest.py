@@ -46,9 +46,11 @@ if TYPE_CHECKING:
 __all__ = [
     "GIT_DIFF_CAP_BYTES",
     "GIT_DIFF_FILE_NAME",
+    "GIT_DIFF_TRUNCATED_MARK",
     "GIT_INFO_FILE_NAME",
     "REQUIREMENTS_FILE_NAME",
     "AuditSaver",
+    "read_git_info",
     "record_invocation",
     "requirement_lines",
     "step",
@@ -59,6 +61,8 @@ GIT_INFO_FILE_NAME: Final = "git_info.txt"
 REQUIREMENTS_FILE_NAME: Final = "requirements.txt"
 GIT_DIFF_CAP_BYTES: Final = 1024 * 1024
 """The most bytes of ``git diff HEAD`` kept in ``git_diff.patch``."""
+GIT_DIFF_TRUNCATED_MARK: Final = b"# orchestrator-fsm: diff truncated"
+"""How the note line a cut ``git_diff.patch`` ends with begins."""
 
 _GIT_TIMEOUT_S: Final = 15.0
 _LISTING_SETTLE_NS: Final = 2_000_000_000
@@ -335,7 +339,7 @@ def _truncated_patch(head: bytes, cap: int) -> bytes:
     newline = head.rfind(b"\n")
     kept = head[: newline + 1] if newline >= 0 else head + b"\n"
     note = (
-        f"# orchestrator-fsm: diff truncated; only the first {len(kept)} bytes are kept "
+        f"{GIT_DIFF_TRUNCATED_MARK.decode()}; only the first {len(kept)} bytes are kept "
         f"(the full diff is larger than {cap} bytes). Run `git diff HEAD` in the "
         f"checkout at the recorded commit for all of it.\n"
     )
@@ -382,6 +386,21 @@ class _GitStatus:
             elif line[:2] in ("1 ", "2 ", "u "):
                 changed += 1
         return cls(commit=commit, branch=branch, changed=changed, untracked=untracked)
+
+
+def read_git_info(reports: Path) -> dict[str, str] | None:
+    """The ``key: value`` lines of ``reports/git_info.txt`` as :meth:`AuditSaver.dump_git_info`
+    wrote them; ``None`` when there is no such file (no checkout, no git)."""
+    try:
+        text = (reports / GIT_INFO_FILE_NAME).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() and not key.lstrip().startswith("#"):
+            info[key.strip()] = value.strip()
+    return info
 
 
 class AuditSaver:

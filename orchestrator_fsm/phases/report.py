@@ -29,6 +29,7 @@ from orchestrator_fsm._text import counted
 from orchestrator_fsm._version import __version__
 from orchestrator_fsm.phases.device import resolve_device
 from orchestrator_fsm.phases.logging import FILE_ONLY
+from orchestrator_fsm.phases.manifest import read_git_info
 from orchestrator_fsm.redaction import redact_secrets
 
 if TYPE_CHECKING:
@@ -60,7 +61,6 @@ REPORTED_ENV_VARS: Final = (
 )
 """The only environment variables the report shows (each only when set)."""
 
-_GIT_INFO_FILE_NAME: Final = "git_info.txt"
 _DISTRIBUTION_NAME: Final = "orchestrator-fsm"
 
 
@@ -132,16 +132,9 @@ _MODE_WORDS: Final = {
 
 def _read_git_info(reports_dir: Path) -> dict[str, str] | None:
     """``key: value`` lines of ``reports/git_info.txt``; ``None`` when there is none."""
-    path = reports_dir / _GIT_INFO_FILE_NAME
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
+    info = read_git_info(reports_dir)
+    if info is None:
         return None
-    info: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() and not key.lstrip().startswith("#"):
-            info[key.strip()] = value.strip()
     # A remote URL may carry credentials (https://user:token@host/...).
     redacted: dict[str, str] = redact_secrets(info)
     return redacted

@@ -99,7 +99,6 @@ BUNDLE_ENV_VARS: Final = (
 """The environment variables the bundle records (each only when set): those that change
 numerical results or thread counts. Nothing else of the environment is kept."""
 
-_TRUNCATION_MARK: Final = b"# orchestrator-fsm: diff truncated"
 _SONAME: Final = re.compile(r"\.so(\.[0-9][0-9.]*)?$")
 _CONFIG_FILE_NAME: Final = "config.yaml"
 
@@ -204,17 +203,18 @@ def collect_packages(requirements: Path | None = None) -> dict[str, str]:
 
 
 def _git_from_reports(reports: Path) -> dict[str, Any] | None:
-    from orchestrator_fsm.phases.manifest import GIT_DIFF_FILE_NAME, GIT_INFO_FILE_NAME
+    from orchestrator_fsm.phases.manifest import (
+        GIT_DIFF_FILE_NAME,
+        GIT_DIFF_TRUNCATED_MARK,
+        read_git_info,
+    )
 
     try:
-        text = (reports / GIT_INFO_FILE_NAME).read_text(encoding="utf-8", errors="replace")
+        info = read_git_info(reports)
     except OSError:
         return None
-    info: dict[str, Any] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip():
-            info[key.strip()] = value.strip()
+    if info is None:
+        return None
     try:
         patch: bytes | None = (reports / GIT_DIFF_FILE_NAME).read_bytes()
     except OSError:
@@ -228,7 +228,7 @@ def _git_from_reports(reports: Path) -> dict[str, Any] | None:
         "diff_bytes": 0 if patch is None else len(patch),
         "diff_sha256": None if not patch else hashlib.sha256(patch).hexdigest(),
         # The patch ends with the manifest's note line when it was cut at 1 MiB.
-        "diff_truncated": patch is not None and _TRUNCATION_MARK in patch[-4096:],
+        "diff_truncated": patch is not None and GIT_DIFF_TRUNCATED_MARK in patch[-4096:],
     }
 
 
