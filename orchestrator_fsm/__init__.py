@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any, Final
 
+from orchestrator_fsm._gc import objects_before_frozen
 from orchestrator_fsm._version import __version__
 
 if TYPE_CHECKING:
@@ -201,7 +202,8 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    with objects_before_frozen():
+        value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from orchestrator_fsm._gc import objects_before_frozen
 from orchestrator_fsm._version import __version__
 from orchestrator_fsm.cli._shared import EXIT_INTERRUPTED, EXIT_USAGE
 
@@ -28,9 +29,10 @@ def _command(module: str, function: str) -> Handler:
     when it runs: ``--help``, ``--version`` and a usage error import none of them."""
 
     def handler(args: argparse.Namespace, out: Console, err: Console) -> int:
-        command: Handler = getattr(
-            importlib.import_module(f"orchestrator_fsm.cli.{module}"), function
-        )
+        with objects_before_frozen():
+            command: Handler = getattr(
+                importlib.import_module(f"orchestrator_fsm.cli.{module}"), function
+            )
         return command(args, out, err)
 
     handler.__qualname__ = handler.__name__ = function

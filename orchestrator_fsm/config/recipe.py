@@ -9,20 +9,19 @@ Written YAML reads back to the same data.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import gc
 import math
 import numbers
 import os
 import stat
 import sys
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from orchestrator_fsm._gc import collector_paused
 from orchestrator_fsm.config.problems import Problem, config_error, show
 from orchestrator_fsm.errors import ConfigError
 
@@ -167,7 +166,7 @@ def _load_yaml(text: str, budget: _Budget) -> Any:
     """
     loader: _RecipeLoader | None = None
     try:
-        with _collector_paused():
+        with collector_paused():
             loader = _RecipeLoader(text, budget)
             node = loader.get_single_node()
             if node is None:
@@ -194,23 +193,6 @@ def _load_yaml(text: str, budget: _Budget) -> Any:
     finally:
         if loader is not None:
             loader.dispose()
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Generator[None, None, None]:
-    """Pause Python's cyclic garbage collector, as it was before, around reading YAML.
-
-    Reading creates up to some hundred thousand nodes at once, none of them garbage, and
-    the collector walks them all again and again as they pile up: with it, composing
-    100,000 keys took three times as long, and more the more keys.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _bad_character(character: object, position: int) -> str:

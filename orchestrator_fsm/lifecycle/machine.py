@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 from transitions import Machine
 
+from orchestrator_fsm._gc import objects_before_frozen
 from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.lifecycle.table import (
     ADVANCE,
@@ -321,6 +322,11 @@ class LifecycleMachine:
             raise LifecycleError(f"{what}() called while a step is running (re-entrant use)")
 
     def _fire(self, trigger: str) -> None:
+        # The step runs with the objects that existed before it frozen (see _gc.py).
+        with objects_before_frozen():
+            self._fire_step(trigger)
+
+    def _fire_step(self, trigger: str) -> None:
         self._busy = True
         self._attempt = None
         source = self._model.fsm_state
