@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import yaml
 
@@ -1378,6 +1379,20 @@ def test_config_hash_is_sha256_hex_and_ignores_key_order() -> None:
 )
 def test_config_hash_changes_with_any_content(changed: dict[str, Any]) -> None:
     assert Config.from_dict(changed).config_hash() != Config.from_dict(minimal()).config_hash()
+
+
+def test_config_hash_is_computed_once_and_follows_a_changed_copy() -> None:
+    cfg = Config.from_dict(minimal())
+    digest = cfg.config_hash()
+    assert cfg.config_hash() == digest
+    # A copy with other contents (attrs.evolve, as with_schema uses) hashes its own.
+    changed = attrs.evolve(cfg, hardware=HardwareConfig(device="cpu"))
+    assert (
+        changed.config_hash() == Config.from_dict(minimal(hardware={"device": "cpu"})).config_hash()
+    )
+    assert changed.config_hash() != digest
+    assert attrs.evolve(cfg).config_hash() == digest
+    assert cfg == Config.from_dict(minimal())  # the remembered hash is not compared
 
 
 def test_config_hash_is_the_same_in_another_process() -> None:

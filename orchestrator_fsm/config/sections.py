@@ -506,6 +506,8 @@ class Config:
     """The recipe file (absolute) this config was read from, if any."""
     _label: str = attrs.field(default=DICT_SOURCE_LABEL, eq=False, alias="label")
     _set_by: dict[str, str] = attrs.field(factory=dict, eq=False, alias="set_by")
+    # The config hash, computed on first use: every value above is read-only.
+    _hash: str | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
     @classmethod
     def from_recipe(
@@ -614,9 +616,13 @@ class Config:
 
     def config_hash(self) -> str:
         """SHA-256 (hex) of :meth:`dump_serialized` as canonical JSON; stable across runs."""
+        if self._hash is not None:
+            return self._hash
         # json.dumps escapes every non-ASCII character by default: the text is ASCII.
         canonical = json.dumps(self.dump_serialized(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+        digest = hashlib.sha256(canonical.encode("ascii")).hexdigest()
+        object.__setattr__(self, "_hash", digest)
+        return digest
 
 
 _converter = cattrs.Converter(detailed_validation=True)
