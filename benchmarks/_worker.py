@@ -1,8 +1,10 @@
 """Child process of the cold-start and concurrency benchmarks (run by path, not imported).
 
 Usage: ``python _worker.py MODE [RECIPE] [--collect] [--wait]`` where MODE is
-``torch`` (import torch only), ``import`` (import torch, then orchestrator_fsm) or
-``roundtrip`` (that, then load RECIPE and do one enter -> report -> exit).
+``torch`` (import torch only), ``import`` (import torch, then orchestrator_fsm),
+``roundtrip`` (that, then load RECIPE and do one enter -> report -> exit) or ``floor``
+(import torch, then the hand-written round trip of ``floor.py`` on RECIPE: what the
+same process costs with no framework at all).
 ``--collect`` runs a full ``gc.collect()`` right after importing torch, paying the
 collection that torch's import leaves owed (see benchmarks/README.md). ``--wait``
 prints ``ready`` once imported and the recipe loaded, and waits for a line on stdin
@@ -41,14 +43,44 @@ def _finish(result: dict[str, Any]) -> int:
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="_worker.py")
-    parser.add_argument("mode", choices=("torch", "import", "roundtrip"))
+    parser.add_argument("mode", choices=("torch", "import", "roundtrip", "floor"))
     parser.add_argument("recipe", nargs="?")
     parser.add_argument("--collect", action="store_true")
     parser.add_argument("--wait", action="store_true")
     args = parser.parse_args(argv)
-    if args.mode == "roundtrip" and args.recipe is None:
-        parser.error("roundtrip needs a RECIPE")
+    if args.mode in ("roundtrip", "floor") and args.recipe is None:
+        parser.error(f"{args.mode} needs a RECIPE")
     return args
+
+
+def _floor(recipe: str, result: dict[str, Any]) -> int:
+    """The hand-written round trip (``floor.py``, loaded from beside this file) on
+    ``recipe``: its output folder as the recipe says, its lock file in the cache dir."""
+    import importlib.util
+    from pathlib import Path
+
+    t0 = time.perf_counter()
+    spec = importlib.util.spec_from_file_location(
+        "_bench_floor", Path(__file__).with_name("floor.py")
+    )
+    assert spec is not None and spec.loader is not None
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    import yaml
+
+    config = yaml.safe_load(Path(recipe).read_text(encoding="utf-8"))
+    run = floor.FloorRun(
+        config,
+        output_dir=Path(config["telemetry"]["output_dir"]),
+        lock_path=Path(os.environ["XDG_CACHE_HOME"]) / "floor-locks" / "floor.lock",
+    )
+    result["import_package_s"] = time.perf_counter() - t0
+    start = time.monotonic()
+    t1 = time.perf_counter()
+    floor.floor_round_trip(run)
+    result["roundtrip_s"] = time.perf_counter() - t1
+    result.update(start=start, end=time.monotonic(), steps={})
+    return _finish(result)
 
 
 def main(argv: list[str]) -> int:
@@ -65,6 +97,9 @@ def main(argv: list[str]) -> int:
     result["torch_done_at"] = time.monotonic()
     if args.mode == "torch":
         return _finish(result)
+
+    if args.mode == "floor":
+        return _floor(args.recipe, result)
 
     t1 = time.perf_counter()
     from orchestrator_fsm import Config, RootOrchestrator

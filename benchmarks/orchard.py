@@ -12,7 +12,8 @@ diff. For each of the two modes:
   (``roundtrip_s`` of ``_worker.py``), against the warm median;
 - **cold**: how much longer a process that imports the package, loads the recipe and
   does one round trip lives after ``import torch`` than one that only imports torch
-  (spawn to exit measured from outside; see ``cold.py``).
+  (spawn to exit measured from outside; see ``cold.py``), and the same for a process
+  that does the hand-written round trip of ``floor.py`` instead.
 """
 
 from __future__ import annotations
@@ -93,7 +94,10 @@ def measure_orchard(iterations: int, cold_runs: int) -> dict[str, Any]:
 
 
 def _cold(box: Sandbox, recipes: dict[str, str], runs: int) -> dict[str, dict[str, Any]]:
-    kinds = {"torch": ("torch",), **{mode: ("roundtrip", path) for mode, path in recipes.items()}}
+    kinds = {"torch": ("torch",)}
+    for mode, path in recipes.items():
+        kinds[mode] = ("roundtrip", path)
+        kinds[f"floor {mode}"] = ("floor", path)
     for args in kinds.values():  # compile into the sandbox's bytecode cache, warm the page cache
         spawn_worker(box, *args)
     after_torch: dict[str, list[float]] = {kind: [] for kind in kinds}
@@ -105,12 +109,15 @@ def _cold(box: Sandbox, recipes: dict[str, str], runs: int) -> dict[str, dict[st
             if kind in first:
                 first[kind].append(report["roundtrip_s"])
     torch_only = statistics.median(after_torch["torch"])
+
+    def beyond_torch(kind: str) -> float:
+        return round((statistics.median(after_torch[kind]) - torch_only) * 1000, 1)
+
     return {
         mode: {
             "first_round_trip_ms": summarize(first[mode]),
-            "cold_overhead_ms": round(
-                (statistics.median(after_torch[mode]) - torch_only) * 1000, 1
-            ),
+            "cold_overhead_ms": beyond_torch(mode),
+            "floor_cold_overhead_ms": beyond_torch(f"floor {mode}"),
         }
         for mode in recipes
     }

@@ -6,8 +6,10 @@ not (see :func:`run_identity`). ``infrastructure.lock.scope: project`` widens it
 every run of ``hardware.project_name``, and ``infrastructure.lock.path`` names the
 file outright (one lock per GPU, per machine, per anything).
 
-``InfrastructureManager.prepare_environment`` takes an exclusive ``flock`` (through
-portalocker) on the run's lock file and writes who holds it into the file;
+``InfrastructureManager.prepare_environment`` takes an exclusive ``flock`` on the run's
+lock file (``fcntl.flock`` on POSIX, the call portalocker makes there, so a tool that
+locks the file with portalocker sees it; portalocker elsewhere) and writes who holds it
+into the file;
 ``release_resources`` is its undo. The kernel drops the lock when the holder's file
 descriptor is closed, so a crashed or ``kill -9``-ed run frees it at once: there is
 no stale-lock detection to get wrong, nothing is ever killed, and the lock file is
@@ -24,13 +26,12 @@ import logging
 import math
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
-
-import portalocker
 
 from orchestrator_fsm._fs import slugify
 from orchestrator_fsm._system import pid_exists
@@ -59,7 +60,45 @@ _HOLDER_READ_LIMIT = 64 * 1024
 # How often the lock file may turn out to have been replaced under us (someone deleted
 # or renamed it) before we give up; each time we simply reopen the path.
 _MAX_REOPENS = 10
-_EXCLUSIVE_NO_WAIT = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
+
+
+if sys.platform != "win32":
+    import fcntl
+
+    def _try_lock(handle: BinaryIO) -> bool:
+        """Take the exclusive lock without waiting: False when another holds it; any
+        other failure raises ``OSError``."""
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _unlock(handle: BinaryIO) -> None:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+else:  # pragma: no cover - Windows has no flock; portalocker locks a byte range there
+
+    def _try_lock(handle: BinaryIO) -> bool:
+        import portalocker
+
+        try:
+            portalocker.lock(
+                handle, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
+            )
+        except portalocker.AlreadyLocked:
+            return False
+        except portalocker.LockException as exc:
+            raise OSError(str(exc)) from exc
+        return True
+
+    def _unlock(handle: BinaryIO) -> None:
+        import portalocker
+
+        try:
+            portalocker.unlock(handle)
+        except portalocker.LockException as exc:
+            raise OSError(str(exc)) from exc
 
 
 def run_identity(cfg: Config) -> str:
@@ -286,8 +325,8 @@ class InfrastructureManager:
         except OSError as exc:
             log.warning("could not clear the holder info in %s: %s", path, exc)
         try:
-            portalocker.unlock(handle)
-        except (portalocker.LockException, OSError) as exc:
+            _unlock(handle)
+        except OSError as exc:
             log.warning("could not unlock %s (closing it releases the lock): %s", path, exc)
         try:
             handle.close()
@@ -327,11 +366,9 @@ class InfrastructureManager:
         announced_wait = False
         while True:
             try:
-                portalocker.lock(handle, _EXCLUSIVE_NO_WAIT)
-                return
-            except portalocker.AlreadyLocked:
-                pass
-            except portalocker.LockException as exc:
+                if _try_lock(handle):
+                    return
+            except OSError as exc:
                 raise InfrastructureError(
                     f"could not lock the run lock file {path}: {exc}"
                 ) from exc
