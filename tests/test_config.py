@@ -1337,6 +1337,19 @@ def test_dump_round_trips_through_from_dict() -> None:
     assert Config.from_dict(json.loads(json.dumps(cfg.dump_serialized()))) == cfg
 
 
+def test_the_dump_shares_nothing_with_the_config() -> None:
+    cfg = Config.from_dict(
+        minimal(telemetry={"observers": {"pkg.mod:make": {"tags": ["a"], "extra": {"k": 1}}}})
+    )
+    dumped = cfg.dump_serialized()
+    options = dumped["telemetry"]["observers"]["pkg.mod:make"]
+    options["tags"].append("b")
+    options["extra"]["k"] = 2
+
+    again = cfg.dump_serialized()["telemetry"]["observers"]["pkg.mod:make"]
+    assert again == {"tags": ["a"], "extra": {"k": 1}}
+
+
 def test_to_yaml_writes_a_recipe_that_loads_back_equal(tmp_path: Path) -> None:
     cfg = full_config()
     target = tmp_path / "resolved.yaml"
