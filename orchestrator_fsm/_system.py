@@ -10,13 +10,17 @@ import os
 import sys
 from datetime import datetime, timezone
 from functools import cache
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from importlib import metadata
 
 __all__ = [
     "available_cpu_count",
     "boot_id",
     "distribution_version",
     "mps_available",
+    "name_and_version",
     "pid_exists",
     "process_start_ticks",
     "process_started_at",
@@ -114,6 +118,34 @@ def process_started_at() -> datetime:
     return datetime.fromtimestamp(boot + ticks / per_second, tz=timezone.utc)
 
 
+def name_and_version(dist: metadata.Distribution) -> tuple[str | None, str | None]:
+    """``Name`` and ``Version`` from a distribution's metadata file, read once.
+
+    The same fields ``dist.metadata["Name"]`` and ``dist.version`` give, without parsing
+    the whole file as an email message (twice, for both): only the header block (up to
+    the first blank line) is scanned, and a field's first occurrence wins, as in the
+    email parser.
+    """
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    header, _, _ = text.partition("\n\n")
+    name: str | None = None
+    version: str | None = None
+    for line in header.splitlines():
+        if not line.strip():
+            break
+        field, sep, value = line.partition(":")
+        if not sep:
+            continue
+        field = field.strip().lower()
+        if field == "name" and name is None:
+            name = value.strip()
+        elif field == "version" and version is None:
+            version = value.strip()
+        if name is not None and version is not None:
+            break
+    return name, version
+
+
 @cache
 def distribution_version(name: str) -> str | None:
     """The installed version of distribution ``name``, or None when it is not installed."""
@@ -121,9 +153,10 @@ def distribution_version(name: str) -> str | None:
     from importlib import metadata
 
     try:
-        return metadata.version(name)
+        dist = metadata.distribution(name)
     except metadata.PackageNotFoundError:
         return None
+    return name_and_version(dist)[1]
 
 
 def say_on_stderr(line: str, stream: TextIO | None = None) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
+from orchestrator_fsm._system import distribution_version
 from orchestrator_fsm.phases import manifest
 from orchestrator_fsm.phases.manifest import (
     GIT_DIFF_CAP_BYTES,
@@ -236,6 +237,14 @@ def test_requirement_names_and_versions_match_importlib_metadata(tmp_path: Path)
         key = re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower()
         expected.setdefault(key, f"{dist.metadata['Name']}=={dist.version}")
     assert listed == set(expected.values())
+
+
+def test_one_distributions_version_matches_importlib_metadata() -> None:
+    distribution_version.cache_clear()
+    for dist in importlib_metadata.distributions():
+        name = dist.metadata["Name"]
+        assert distribution_version(name) == importlib_metadata.version(name), name
+    assert distribution_version("surely-not-installed-here") is None
 
 
 def test_a_distribution_installed_between_two_runs_is_listed_by_the_second(

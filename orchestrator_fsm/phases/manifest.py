@@ -38,6 +38,7 @@ import attrs
 import yaml
 
 from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_text
+from orchestrator_fsm._system import name_and_version
 from orchestrator_fsm.redaction import redact_secrets, redact_url
 
 if TYPE_CHECKING:
@@ -159,33 +160,6 @@ def _read_direct_url(dist: metadata.Distribution) -> Mapping[str, Any] | None:
     return data if isinstance(data, Mapping) else None
 
 
-def _name_and_version(dist: metadata.Distribution) -> tuple[str | None, str | None]:
-    """``Name`` and ``Version`` from a distribution's metadata file, read once.
-
-    The same fields ``dist.metadata["Name"]`` and ``dist.version`` give, without parsing
-    the whole file as an email message twice: only the header block (up to the first
-    blank line) is scanned, and a field's first occurrence wins, as in the email parser.
-    """
-    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
-    header, _, _ = text.partition("\n\n")
-    name: str | None = None
-    version: str | None = None
-    for line in header.splitlines():
-        if not line.strip():
-            break
-        field, sep, value = line.partition(":")
-        if not sep:
-            continue
-        field = field.strip().lower()
-        if field == "name" and name is None:
-            name = value.strip()
-        elif field == "version" and version is None:
-            version = value.strip()
-        if name is not None and version is not None:
-            break
-    return name, version
-
-
 def _listing_key() -> tuple[tuple[str, int], ...] | None:
     """What the installed distributions depend on: each ``sys.path`` folder and its mtime.
 
@@ -226,7 +200,7 @@ def requirement_lines() -> list[str]:
         return list(cached[1])
     entries: dict[str, tuple[str, str]] = {}
     for dist in metadata.distributions():
-        name, version = _name_and_version(dist)
+        name, version = name_and_version(dist)
         if not name or not version:
             _log.debug("skipping a distribution without name or version at %r", dist)
             continue
