@@ -1350,6 +1350,65 @@ def test_the_dump_shares_nothing_with_the_config() -> None:
     assert again == {"tags": ["a"], "extra": {"k": 1}}
 
 
+def test_a_recipe_setting_every_owned_field_is_built_as_the_converter_builds_it() -> None:
+    document = minimal(
+        hardware={
+            "device": "CUDA:1",
+            "num_workers": 2,
+            "cpu_threads": 3,
+            "reproducible": True,
+            "deterministic_warn_only": True,
+            "project_name": "p",
+            "allow_process_kill": False,
+        },
+        telemetry={
+            "output_dir": "/tmp/x",
+            "log_level": "debug",
+            "log_interval": 5,
+            "heartbeat_s": 2,
+            "console_level": "warning",
+            "capture_stdout": True,
+            "observers": {"tensorboard": None, "pkg.mod:make": {"a": [1, 2]}},
+        },
+        infrastructure={
+            "lock": {"enabled": True, "timeout_s": 2, "path": "/tmp/l.lock", "scope": "PROJECT"},
+            "signal_callbacks": {"USR1": "m:f"},
+            "join_timeout_s": 5,
+        },
+    )
+    quick = sections._quick_config(document)
+    slow = sections._converter().structure(document, Config)
+
+    assert quick is not None
+    assert repr(quick) == repr(slow)
+    assert quick.hardware.device == "cuda:1"
+    assert quick.infrastructure.signal_callbacks == {"SIGUSR1": "m:f"}
+
+
+def test_loading_a_good_recipe_does_not_import_cattrs(tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(minimal(hardware={"device": "cpu"})), encoding="utf-8")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(minimal(hardware={"devcie": "cpu"})), encoding="utf-8")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from orchestrator_fsm import Config, ConfigError
+        Config.from_recipe({str(recipe)!r})
+        print("cattrs" in sys.modules)
+        try:
+            Config.from_recipe({str(bad)!r})
+        except ConfigError as exc:
+            print("cattrs" in sys.modules, "did you mean 'device'" in str(exc))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True"]
+
+
 def test_to_yaml_writes_a_recipe_that_loads_back_equal(tmp_path: Path) -> None:
     cfg = full_config()
     target = tmp_path / "resolved.yaml"

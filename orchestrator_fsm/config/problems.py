@@ -12,9 +12,6 @@ import reprlib
 from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
-import cattrs
-from cattrs.errors import AttributeValidationNote
-
 from orchestrator_fsm.errors import ConfigError
 
 __all__ = [
@@ -78,6 +75,8 @@ _ErrorT = TypeVar("_ErrorT", bound=Exception)
 
 def at_field(name: str, error: _ErrorT) -> _ErrorT:
     """Mark ``error`` as being about attribute ``name``, the way cattrs marks its own."""
+    from cattrs.errors import AttributeValidationNote  # only a bad recipe needs cattrs
+
     note = AttributeValidationNote(f"Structuring @ attribute {name}", name, object)
     error.__notes__ = [*getattr(error, "__notes__", []), note]
     return error
@@ -91,6 +90,8 @@ def _describe(error: BaseException) -> str:
 
 def problems_from(error: Exception) -> list[tuple[str, str]]:
     """``(dotted path, description)`` for each field a structuring error is about."""
+    import cattrs  # only a bad recipe needs cattrs
+
     descriptions: list[str] = []
 
     def remember(exc: BaseException, _type: Any) -> str:
