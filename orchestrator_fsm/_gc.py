@@ -18,7 +18,9 @@ work is over the collector sees everything again, so garbage that existed before
 still found by the next full pass, and the pass torch left owed is paid by whatever
 allocates afterwards, exactly as it would be without us. The user's code between
 lifecycle steps (the body of ``with RootOrchestrator(...)``) runs with the collector
-as it found it.
+as it found it. One side effect: a full pass made while frozen counts only the
+unfrozen objects as long-lived, so the collector's next real full pass may come a
+little sooner than it otherwise would (once; after it, its own bookkeeping is right).
 
 Nothing is done when the collector is disabled, when someone else has frozen
 objects (``gc.get_freeze_count() > 0``: that owner decides, and a nested use of this
