@@ -140,6 +140,7 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
         assert set(orchard[mode]["warm"]["step_median_ms"]) == STEPS_OF_A_ROUND_TRIP
         assert_stats(orchard[mode]["first_round_trip_ms"])
         assert isinstance(orchard[mode]["cold_overhead_ms"], float)
+        assert isinstance(orchard[mode]["floor_cold_overhead_ms"], float)
 
     assert [part["part"] for part in results["progress"]] == [
         "warm round trips and the floor",
