@@ -492,8 +492,19 @@ class TrainingConfig(PipelineSection):
         return cast(int, self._data["seed"])
 
 
-_OWNED_SECTIONS = ("hardware", "telemetry", "infrastructure")
-_TYPED_PIPELINE_SECTIONS = ("dataset", "architecture", "training")
+# Each section of a recipe by name, to its class: the pipeline's, then the owned ones.
+_PIPELINE_CLASSES: dict[str, type[PipelineSection]] = {
+    "dataset": DatasetConfig,
+    "architecture": ArchitectureConfig,
+    "training": TrainingConfig,
+}
+_OWNED_CLASSES: dict[str, type] = {
+    "hardware": HardwareConfig,
+    "telemetry": TelemetryConfig,
+    "infrastructure": InfrastructureConfig,
+}
+_OWNED_SECTIONS = tuple(_OWNED_CLASSES)
+_TYPED_PIPELINE_SECTIONS = tuple(_PIPELINE_CLASSES)
 _SECTIONS = _TYPED_PIPELINE_SECTIONS + _OWNED_SECTIONS
 
 
@@ -668,16 +679,6 @@ _OWNED_RULES: dict[type, tuple[_Rule, ...]] = {
     LockConfig: (),
     InfrastructureConfig: (),
 }
-_PIPELINE_CLASSES: dict[str, type[PipelineSection]] = {
-    "dataset": DatasetConfig,
-    "architecture": ArchitectureConfig,
-    "training": TrainingConfig,
-}
-_OWNED_CLASSES: dict[str, type] = {
-    "hardware": HardwareConfig,
-    "telemetry": TelemetryConfig,
-    "infrastructure": InfrastructureConfig,
-}
 
 
 # -- the quick path: a recipe with nothing wrong --------------------------------------
@@ -698,10 +699,10 @@ def _field_table(cls: type) -> tuple[frozenset[str], tuple[tuple[str, str, _Fiel
     if table is None:
         fields = []
         for field in attrs.fields(attrs.resolve_types(cast(Any, cls))):
-            build = field.metadata.get(_CHECK, field.type)
-            if build not in _OWNED_RULES and not callable(build):  # pragma: no cover
+            check = field.metadata.get(_CHECK)
+            if check is None and field.type not in _OWNED_RULES:  # pragma: no cover
                 raise TypeError(f"{cls.__name__}.{field.name} has neither a check nor a section")
-            fields.append((field.name, field.alias, build))
+            fields.append((field.name, field.alias, field.type if check is None else check))
         table = _FIELD_TABLES[cls] = (frozenset(name for name, _, _ in fields), tuple(fields))
     return table
 
@@ -758,8 +759,12 @@ def _quick_config(document: Mapping[str, Any]) -> Config | None:
                 kwargs[name] = _quick_owned(owned_cls, document[name])
     except _NotQuick:
         return None
-    extra = {key: value for key, value in document.items() if key not in _SECTIONS}
-    return Config(**kwargs, extra=extra)
+    return Config(**kwargs, extra=_pipeline_extra(document))
+
+
+def _pipeline_extra(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe's top-level keys that are not sections: the pipeline's, verbatim."""
+    return {key: value for key, value in document.items() if key not in _SECTIONS}
 
 
 # -- the converter: every problem of a bad recipe -------------------------------------
@@ -792,7 +797,7 @@ def _converter() -> cattrs.Converter:
             name: document.get(name, MISSING) for name in _TYPED_PIPELINE_SECTIONS
         }
         fields.update((name, document[name]) for name in _OWNED_SECTIONS if name in document)
-        fields["_extra"] = {key: value for key, value in document.items() if key not in _SECTIONS}
+        fields["_extra"] = _pipeline_extra(document)
         return structure_config_fields(fields, Config)
 
     converter.register_structure_hook(Config, structure_config)
