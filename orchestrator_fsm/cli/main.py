@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead")
     inspect.set_defaults(handler=_command("inspect", "cmd_inspect"))
 
-    from orchestrator_fsm.cli.runs_args import LISTED_STATUSES, since_argument
+    from orchestrator_fsm.cli.runs_args import since_argument
+    from orchestrator_fsm.status import STATUSES
 
     runs = commands.add_parser(
         "runs",
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument(
         "--status",
         action="append",
-        choices=LISTED_STATUSES,
+        choices=STATUSES,
         help="only runs with this status (repeatable)",
     )
     runs.add_argument("--name", metavar="SUBSTR", help="only runs whose id contains SUBSTR")
