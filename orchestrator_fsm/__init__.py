@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     )
     from orchestrator_fsm.phases.device import to_device_obj
     from orchestrator_fsm.phases.filesystem import RunPaths, setup_static_directories
-    from orchestrator_fsm.phases.guarding import InfrastructureManager
+    from orchestrator_fsm.phases.lock import InfrastructureManager
     from orchestrator_fsm.phases.logging import Logger
     from orchestrator_fsm.phases.manifest import AuditSaver
     from orchestrator_fsm.phases.report import Reporter
@@ -120,7 +120,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "to_device_obj": "orchestrator_fsm.phases.device",
     "RunPaths": "orchestrator_fsm.phases.filesystem",
     "setup_static_directories": "orchestrator_fsm.phases.filesystem",
-    "InfrastructureManager": "orchestrator_fsm.phases.guarding",
+    "InfrastructureManager": "orchestrator_fsm.phases.lock",
     "Logger": "orchestrator_fsm.phases.logging",
     "AuditSaver": "orchestrator_fsm.phases.manifest",
     "Reporter": "orchestrator_fsm.phases.report",

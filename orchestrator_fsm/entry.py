@@ -17,16 +17,12 @@ import sys
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from orchestrator_fsm._fs import slugify
 from orchestrator_fsm.errors import EntryPointError
 
-if TYPE_CHECKING:
-    from orchestrator_fsm.orchestrator import RootOrchestrator
-
 __all__ = [
-    "Entry",
     "entry_module",
     "entry_schema",
     "entry_search_dirs",
@@ -35,9 +31,6 @@ __all__ = [
     "resolve_callable",
     "resolve_entry",
 ]
-
-#: A pipeline: called once with the orchestrator, at READY; what it returns is ignored.
-Entry = Callable[["RootOrchestrator"], object]
 
 
 def _looks_like_file(module_part: str) -> bool:
@@ -132,7 +125,7 @@ def _import_module(name: str) -> types.ModuleType:
         ) from exc
 
 
-def resolve_entry(spec: str) -> Entry:
+def resolve_entry(spec: str) -> Callable[[Any], object]:
     """The callable named by ``spec``: ``module:function`` or ``path/to/file.py:function``.
 
     ``function`` may be a dotted path (``module:Class.method``). A module is looked up
@@ -142,7 +135,7 @@ def resolve_entry(spec: str) -> Entry:
     callable that cannot be called with the orchestrator alone, so that a wrong
     signature is found before the run starts, not inside it.
     """
-    entry: Entry = resolve_callable(spec)
+    entry: Callable[[Any], object] = resolve_callable(spec)
     _check_called_with_one_argument(entry, spec)
     return entry
 

@@ -1059,7 +1059,7 @@ def test_seeds_the_config_accepts_are_those_numpy_and_torch_accept(seed: int) ->
 def test_lock_timeout_may_be_infinite_and_the_lock_then_waits_without_giving_up(
     tmp_path: Path,
 ) -> None:
-    from orchestrator_fsm.phases.guarding import InfrastructureManager
+    from orchestrator_fsm.phases.lock import InfrastructureManager
 
     lock_path = tmp_path / "run.lock"
     cfg = Config.from_dict(

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import minimal_recipe
+
 from orchestrator_fsm import RootOrchestrator
 from orchestrator_fsm.config import Config
 from orchestrator_fsm.layout import (
@@ -17,7 +17,7 @@ from orchestrator_fsm.layout import (
     output_root,
     sweep_dir,
 )
-from orchestrator_fsm.phases.guarding import run_identity
+from orchestrator_fsm.phases.lock import run_identity
 
 
 def test_output_root_expands_home_and_variables_and_makes_the_path_absolute(

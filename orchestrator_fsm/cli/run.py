@@ -21,7 +21,7 @@ from orchestrator_fsm.cli._shared import (
     say,
     split_bare_overrides,
 )
-from orchestrator_fsm.entry import Entry, entry_schema, entry_search_path, resolve_entry
+from orchestrator_fsm.entry import entry_schema, entry_search_path, resolve_entry
 from orchestrator_fsm.errors import ConfigError, EntryPointError, RunInterrupted
 from orchestrator_fsm.lifecycle.record import outcome_of
 from orchestrator_fsm.lifecycle.signals import SignalGuard
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from orchestrator_fsm.config import Config
     from orchestrator_fsm.lifecycle.record import RunRecord
-    from orchestrator_fsm.orchestrator import RootOrchestrator
+    from orchestrator_fsm.orchestrator import Entry, RootOrchestrator
 
 __all__ = ["cmd_run"]
 

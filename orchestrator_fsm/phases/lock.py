@@ -1,4 +1,4 @@
-"""Phase 6, infrastructure guarding: an OS-level lock that refuses a conflicting launch.
+"""Phase 6, the run lock: an OS-level lock that refuses a conflicting launch.
 
 By default the lock guards one *run*: two launches of the same config (seed included)
 into the same output directory conflict, different seeds and different recipes do
