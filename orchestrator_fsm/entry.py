@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator_fsm._fs import slugify
+from orchestrator_fsm._specs import is_entry_spec
 from orchestrator_fsm.errors import EntryPointError
 
 __all__ = [
@@ -35,15 +36,6 @@ __all__ = [
 
 def _looks_like_file(module_part: str) -> bool:
     return module_part.endswith(".py") or "/" in module_part or os.sep in module_part
-
-
-def is_entry_spec(spec: object) -> bool:
-    """Whether ``spec`` is a string of the shape :func:`resolve_callable` reads:
-    ``module:function`` or ``path/to/file.py:function``."""
-    if not isinstance(spec, str):
-        return False
-    module_part, sep, attr_path = spec.rpartition(":")
-    return bool(sep and module_part and attr_path)
 
 
 def _split_entry(spec: str, named_by: str) -> tuple[str, str]:
