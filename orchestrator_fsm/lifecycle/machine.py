@@ -10,6 +10,11 @@ The table goes into ``transitions`` as it is: each entry becomes a transition th
 carries its ``step``. The machine's hooks do the rest: ``before_state_change`` does the
 transition's step, ``after_state_change`` records the move, ``on_exception`` records the
 failed step, rolls back, lands in FAILED and raises the error again.
+
+A signal must not cut the machine's own work short. The code doing it is marked where
+it is written (``@_keeps_signals``); the signal handler asks
+:meth:`LifecycleMachine.defers_interrupt`, which walks out from the interrupted frame
+to the first marked one.
 """
 
 from __future__ import annotations
