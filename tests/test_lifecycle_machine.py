@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import signal
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from orchestrator_fsm.errors import LifecycleError
+from orchestrator_fsm.errors import LifecycleError, RunInterrupted
 from orchestrator_fsm.lifecycle.machine import LifecycleMachine, TransitionRecord, Undo
+from orchestrator_fsm.lifecycle.signals import SignalGuard
 from orchestrator_fsm.lifecycle.table import (
     ADVANCE,
     CLEANUP_STEP,
@@ -154,6 +157,21 @@ def test_a_failing_step_rolls_back_earlier_steps_in_reverse(failing: str) -> Non
     assert failed[0].error == f"ValueError: {failing} broke"
     assert machine.history[-1].dest is S.FAILED
     assert machine.history[-1].step == ROLLBACK_STEP
+
+
+def test_listeners_are_given_the_failing_steps_exception_which_is_not_serialised() -> None:
+    error = OSError("disk full")
+    seen: list[TransitionRecord] = []
+    machine = LifecycleMachine(make_steps([], {"provision": error}), listeners=[seen.append])
+    with pytest.raises(OSError):
+        machine.run_until(S.READY)
+    failed, rollback = seen[-2:]
+    assert (failed.step, failed.exception) == ("provision", error)
+    assert error.__traceback__ is not None  # the listener can log where it was raised
+    assert "exception" not in failed.to_json()
+    assert TransitionRecord.from_json(failed.to_json()) == failed
+    assert rollback.step == ROLLBACK_STEP and rollback.exception is None
+    assert all(record.exception is None for record in seen[:-2])
 
 
 def test_keyboard_interrupt_in_a_step_rolls_back_and_propagates() -> None:
@@ -306,3 +324,124 @@ def test_the_table_is_a_connected_graph_ending_in_terminal_states() -> None:
             assert state.value not in advance_sources
         else:
             assert state.value in advance_sources
+
+
+@pytest.fixture
+def sigterm_to() -> Iterator[Callable[[LifecycleMachine], None]]:
+    """Install a SignalGuard for SIGTERM that asks ``machine`` whether to keep it."""
+    guards: list[SignalGuard] = []
+
+    def install(machine: LifecycleMachine) -> None:
+        guard = SignalGuard(signals=(signal.SIGTERM,), defer=machine.defers_interrupt)
+        guard.install()
+        guards.append(guard)
+
+    yield install
+    for guard in guards:
+        guard.restore()
+
+
+def sigterm() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode, in this frame
+
+
+def test_a_signal_inside_a_step_is_raised_at_once_and_rolls_back(
+    sigterm_to: Callable[[LifecycleMachine], None],
+) -> None:
+    log: list[str] = []
+    steps = make_steps(log)
+
+    def signalled() -> None:
+        sigterm()
+        log.append("configure_runtime went on")
+
+    steps["configure_runtime"] = signalled
+    machine = LifecycleMachine(steps)
+    sigterm_to(machine)
+    with pytest.raises(RunInterrupted):
+        machine.run_until(S.READY)
+    assert "configure_runtime went on" not in log
+    assert log[-1] == "undo seed"
+    assert machine.state is S.FAILED
+    assert machine.ended_in == "configure_runtime"
+
+
+def test_a_signal_while_the_listeners_are_told_is_raised_once_the_transition_is_complete(
+    sigterm_to: Callable[[LifecycleMachine], None],
+) -> None:
+    told: list[str] = []
+
+    def listener(record: TransitionRecord) -> None:
+        if record.step == "seed":
+            sigterm()
+        told.append(record.step)  # the record is written to its end
+
+    machine = LifecycleMachine(make_steps([]), listeners=[listener])
+    sigterm_to(machine)
+    with pytest.raises(RunInterrupted) as caught:
+        machine.run_until(S.READY)
+    assert told == ["seed"]
+    assert machine.state is S.SEEDED
+    assert machine.history[-1].ok
+    assert (machine.ended_by, machine.ended_in) == (caught.value, "seed")
+
+
+def test_a_signal_during_a_rollback_lets_it_finish_and_is_noted_on_the_error(
+    sigterm_to: Callable[[LifecycleMachine], None],
+) -> None:
+    log: list[str] = []
+    steps = make_steps(log, {"provision": ValueError("no room")})
+
+    def seed() -> Undo:
+        def undo() -> None:
+            sigterm()
+            log.append("undo seed finished")
+
+        return undo
+
+    steps["seed"] = seed
+    machine = LifecycleMachine(steps)
+    sigterm_to(machine)
+    with pytest.raises(ValueError, match="no room") as caught:
+        machine.run_until(S.READY)
+    assert log[-2:] == ["undo configure_runtime", "undo seed finished"]
+    assert machine.state is S.FAILED
+    assert "also interrupted while failing: RunInterrupted: SIGTERM" in caught.value.__notes__
+    assert machine.history[-1].step == ROLLBACK_STEP and machine.history[-1].ok
+
+
+def test_a_signal_during_cleanup_lets_every_undo_finish_then_is_raised(
+    sigterm_to: Callable[[LifecycleMachine], None],
+) -> None:
+    log: list[str] = []
+    steps = make_steps(log)
+
+    def seed() -> Undo:
+        def undo() -> None:
+            sigterm()
+            log.append("undo seed finished")
+
+        return undo
+
+    steps["seed"] = seed
+    machine = LifecycleMachine(steps)
+    machine.run_until(S.CONFIGURED)
+    sigterm_to(machine)
+    with pytest.raises(RunInterrupted) as caught:
+        machine.cleanup()
+    assert log[-2:] == ["undo configure_runtime", "undo seed finished"]
+    assert machine.state is S.CLEANED
+    assert machine.history[-1].ok  # the signal cut nothing short
+    assert (machine.ended_by, machine.ended_in) == (caught.value, CLEANUP_STEP)
+
+
+def test_a_signal_outside_a_transition_is_not_kept(
+    sigterm_to: Callable[[LifecycleMachine], None],
+) -> None:
+    machine = LifecycleMachine(make_steps([]))
+    machine.advance()
+    sigterm_to(machine)
+    with pytest.raises(RunInterrupted):
+        sigterm()
+    assert machine.state is S.SEEDED
+    assert machine.ended_by is None

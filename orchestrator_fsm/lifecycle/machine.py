@@ -1,10 +1,20 @@
-"""``LifecycleMachine``: drives the table in ``table.py`` with the ``transitions`` library.
+"""``LifecycleMachine``: the table in ``table.py`` run by the ``transitions`` library.
 
 The machine knows nothing about seeding or locks. It is given one callable per step
 name; a step does its work and may return an *undo*. Undos are kept on a stack that
 the machine alone unwinds: in reverse order on cleanup, and in reverse order when a
 later step raises (rollback), after which the machine sits in FAILED. CLEANED and
-FAILED are absorbing: the machine is single-use.
+FAILED are final: the machine is single-use.
+
+The table goes into ``transitions`` as it is: each entry becomes a transition that
+carries its ``step``. The machine's hooks do the rest: ``before_state_change`` does the
+transition's step, ``after_state_change`` records the move, ``on_exception`` records the
+failed step, rolls back, lands in FAILED and raises the error again.
+
+A signal must not cut the machine's own work short. The code doing it is marked where
+it is written (``@_keeps_signals``); the signal handler asks
+:meth:`LifecycleMachine.defers_interrupt`, which walks out from the interrupted frame
+to the first marked one.
 """
 
 from __future__ import annotations
@@ -13,12 +23,11 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
-from functools import partial
-from types import FrameType
-from typing import Any
+from types import CodeType, FrameType
+from typing import Any, TypeVar
 
 import attrs
-from transitions import Machine
+from transitions import EventData, Machine, Transition
 
 from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.lifecycle.table import (
@@ -33,7 +42,6 @@ from orchestrator_fsm.lifecycle.table import (
     TRANSITIONS,
     LifecycleState,
     advance_path,
-    non_terminal_states,
     table_steps,
 )
 
@@ -45,6 +53,37 @@ Undo = Callable[[], None]
 #: A step does its work and returns the undo of that work, or None when there is none.
 Step = Callable[[], "Undo | None"]
 RecordListener = Callable[["TransitionRecord"], None]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+#: The machine's own code, which a signal must not cut, by code object: True where
+#: what it calls is covered too, False where only its own lines are.
+_KEEPS_SIGNALS: dict[CodeType, bool] = {}
+
+
+def _keeps_signals(*, callees: bool) -> Callable[[_F], _F]:
+    """Mark a function as code in which an interrupt is kept until the transition is
+    complete (see :meth:`LifecycleMachine.defers_interrupt`); with ``callees=False``,
+    what it calls (a step) can still be interrupted."""
+
+    def mark(function: _F) -> _F:
+        _KEEPS_SIGNALS[function.__code__] = callees
+        return function
+
+    return mark
+
+
+def _lands_in_kept_code(frame: FrameType | None) -> bool:
+    """Whether a signal arriving with ``frame`` innermost lands in marked code: the first
+    marked frame walking outwards decides, covering a frame it called only if it covers
+    its callees."""
+    innermost = True
+    while frame is not None:
+        callees = _KEEPS_SIGNALS.get(frame.f_code)
+        if callees is not None:
+            return innermost or callees
+        frame, innermost = frame.f_back, False
+    return False
 
 
 def describe_error(exc: BaseException) -> str:
@@ -65,7 +104,12 @@ def _add_note(exc: BaseException, note: str) -> None:
 
 @attrs.frozen
 class TransitionRecord:
-    """One attempted transition: what ran, when, for how long, and how it ended."""
+    """One attempted transition: what ran, when, for how long, and how it ended.
+
+    ``exception`` is the exception a failed step raised, as the listeners are told of
+    it (its traceback included); it is not written to ``lifecycle.jsonl``, so a record
+    read back has None.
+    """
 
     source: LifecycleState
     dest: LifecycleState
@@ -76,6 +120,7 @@ class TransitionRecord:
     ok: bool
     error: str | None = None
     rank: int = 0
+    exception: BaseException | None = attrs.field(default=None, eq=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-able form, as written to ``lifecycle.jsonl``."""
@@ -109,6 +154,28 @@ class TransitionRecord:
         )
 
 
+class _StepTransition(Transition):
+    """A table entry as ``transitions`` holds it: the stock transition plus the entry's
+    ``step`` (the work done while moving) and ``label`` (how people read it)."""
+
+    def __init__(self, *args: Any, step: str, label: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.step = step
+        self.label = label
+
+
+class _TableMachine(Machine):
+    """``transitions``' machine for the table: its entries become ``_StepTransition``s,
+    and a ``"*"`` source is every state a run can leave (none that is final)."""
+
+    transition_cls = _StepTransition
+
+    def add_transition(self, trigger: str, source: Any, *args: Any, **kwargs: Any) -> None:
+        if source == self.wildcard_all:
+            source = [name for name, state in self.states.items() if not state.final]
+        super().add_transition(trigger, source, *args, **kwargs)
+
+
 class _Model:
     """The object whose state ``transitions`` manages; trigger methods are bound to it.
 
@@ -116,7 +183,35 @@ class _Model:
     for this run; ``transitions`` resolves conditions by name on the model.
     """
 
-    fsm_state: LifecycleState
+    fsm_state: str
+
+
+@attrs.define
+class _Move:
+    """What one trigger carries to the machine's hooks (its ``move`` keyword, in
+    ``EventData.kwargs``): when it began, the step error a rollback is for, and what
+    went wrong while unwinding (the error of a cleanup's or a rollback's record)."""
+
+    failed: BaseException | None = None
+    problems: str | None = None
+    started_at: datetime = attrs.field(factory=lambda: datetime.now(timezone.utc))
+    t0: float = attrs.field(factory=time.perf_counter)
+
+
+def _transition(event: EventData) -> _StepTransition:
+    transition = event.transition
+    assert isinstance(transition, _StepTransition)
+    return transition
+
+
+def _move(event: EventData) -> _Move:
+    move = event.kwargs["move"]
+    assert isinstance(move, _Move)
+    return move
+
+
+def _describe(failures: Iterable[tuple[str, BaseException]]) -> str | None:
+    return "; ".join(f"{what} failed: {describe_error(error)}" for what, error in failures) or None
 
 
 class LifecycleMachine:
@@ -160,57 +255,37 @@ class LifecycleMachine:
         self._logger = logger or _log
         self._undos: list[tuple[str, Undo]] = []
         self._history: list[TransitionRecord] = []
-        self._busy = False
         self._path = advance_path(is_main_process)
+        # Whether a trigger is being processed (re-entrant use is refused, signals may be
+        # kept), an interrupt kept until it is complete, and what ended the run early
+        # (a failing step's error, the caller's, or an interrupt) with its step.
+        self._busy = False
+        self._kept: BaseException | None = None
+        self._ended: tuple[BaseException, str | None] | None = None
         self._model = _Model()
         for name, value in facts.items():
             setattr(self._model, name, value)
-        self._machine = Machine(
+        self._machine = _TableMachine(
             model=self._model,
-            states=list(LifecycleState),
-            initial=LifecycleState.CREATED,
-            transitions=[self._compile(spec) for spec in TRANSITIONS],
+            states=[{"name": s.value, "final": s in TERMINAL_STATES} for s in LifecycleState],
+            initial=LifecycleState.CREATED.value,
+            transitions=TRANSITIONS,
             auto_transitions=False,
-            send_event=False,
+            send_event=True,
             model_attribute="fsm_state",
+            before_state_change=self._do_step,
+            after_state_change=self._moved,
+            on_exception=self._step_failed,
         )
-        self._triggers: dict[str, Callable[[], bool]] = {
+        self._triggers: dict[str, Callable[..., bool]] = {
             name: getattr(self._model, name) for name in (ADVANCE, CLEANUP, FAIL)
         }
-        # Filled by the `before` callback of the transition being taken, read on error.
-        self._attempt: tuple[str, LifecycleState] | None = None
-        # What went wrong while unwinding during cleanup (recorded, never raised) and an
-        # interrupt met there, re-raised once the machine has reached CLEANED.
-        self._unwind_problems: str | None = None
-        self._deferred_interrupt: BaseException | None = None
-        self._recording = False
-        # The exception that ended the run early: a failing step, an error the caller
-        # reported to cleanup(), or an interrupt met while cleaning up.
-        self._ended_by: BaseException | None = None
-        self._ended_in: str | None = None
-
-    def _compile(self, spec: Mapping[str, Any]) -> dict[str, Any]:
-        """Turn one table entry into the keyword arguments of a ``transitions`` Transition."""
-        source: Any = (
-            list(non_terminal_states()) if spec["source"] == "*" else LifecycleState(spec["source"])
-        )
-        dest = LifecycleState(spec["dest"])
-        compiled: dict[str, Any] = {
-            "trigger": spec["trigger"],
-            "source": source,
-            "dest": dest,
-            "before": [partial(self._run_step, spec["step"], dest)],
-        }
-        for key in ("conditions", "unless"):
-            if key in spec:
-                compiled[key] = [spec[key]]
-        return compiled
 
     # -- read-only views -------------------------------------------------------------
 
     @property
     def state(self) -> LifecycleState:
-        return self._model.fsm_state
+        return LifecycleState(self._model.fsm_state)
 
     @property
     def history(self) -> list[TransitionRecord]:
@@ -219,7 +294,7 @@ class LifecycleMachine:
 
     @property
     def is_terminal(self) -> bool:
-        return self._model.fsm_state in TERMINAL_STATES
+        return self.state in TERMINAL_STATES
 
     @property
     def is_main_process(self) -> bool:
@@ -229,34 +304,32 @@ class LifecycleMachine:
     def ended_by(self) -> BaseException | None:
         """What ended the run early: the error of the step that failed, the error given
         to :meth:`cleanup`, or an interrupt met while cleaning up; None otherwise."""
-        return self._ended_by
+        return None if self._ended is None else self._ended[0]
 
     @property
     def ended_in(self) -> str | None:
         """The step :attr:`ended_by` came from; None when the caller reported it."""
-        return self._ended_in
+        return None if self._ended is None else self._ended[1]
 
     def note_interrupt(self, interrupt: BaseException) -> None:
         """Record ``interrupt``, met while cleaning up, as what ended the run (unless
         something already did); the caller raises it once cleanup is over."""
-        if self._ended_by is None:
-            self._ended_by, self._ended_in = interrupt, CLEANUP_STEP
+        if self._ended is None:
+            self._ended = (interrupt, CLEANUP_STEP)
 
     def defers_interrupt(self, frame: FrameType | None, interrupt: BaseException) -> bool:
         """Whether ``interrupt``, raised by a signal handler with ``frame`` innermost,
         is kept until the current transition is complete (True) instead of raised now.
 
-        An interrupt is kept while the machine does its own bookkeeping (between a step
-        returning and its undo being registered, while rolling back, while telling the
-        listeners, which write the run record) and raised at the end of the transition;
-        anywhere else, including inside a step, it is raised at once.
+        An interrupt is kept while the machine does its own work: the bookkeeping of a
+        transition (between a step returning and its undo being registered), rolling
+        back, cleaning up, telling the listeners (which write the run record). Anywhere
+        else, inside a step included, it is raised at once.
         """
-        if not self._busy:
+        if not (self._busy and _lands_in_kept_code(frame)):
             return False
-        if not (self._recording or (frame is not None and frame.f_code in _BOOKKEEPING)):
-            return False
-        if self._deferred_interrupt is None:
-            self._deferred_interrupt = interrupt
+        if self._kept is None:
+            self._kept = interrupt
         return True
 
     def can_advance(self) -> bool:
@@ -266,8 +339,7 @@ class LifecycleMachine:
         """Where ``advance()`` would go from here on this rank, or None when terminal."""
         if self.is_terminal:
             return None
-        index = self._path.index(self._model.fsm_state)
-        return self._path[index + 1]
+        return self._path[self._path.index(self.state) + 1]
 
     def add_listener(self, listener: RecordListener) -> None:
         """Call ``listener(record)`` after every transition record from now on."""
@@ -279,7 +351,7 @@ class LifecycleMachine:
         """Perform exactly one step and return the new state."""
         self._require_live(ADVANCE)
         self._fire(ADVANCE)
-        return self._model.fsm_state
+        return self.state
 
     def run_until(self, target: LifecycleState | str) -> LifecycleState:
         """Advance until ``target``; a no-op when the run is already at or past it."""
@@ -292,9 +364,9 @@ class LifecycleMachine:
                 f"{' -> '.join(s.value for s in self._path)}"
             )
         goal = self._path.index(target)
-        while self._path.index(self._model.fsm_state) < goal:
+        while self._path.index(self.state) < goal:
             self._fire(ADVANCE)
-        return self._model.fsm_state
+        return self.state
 
     def cleanup(self, ended_by: BaseException | None = None) -> LifecycleState:
         """Unwind every undo and end in CLEANED; a no-op once the run is terminal.
@@ -303,139 +375,122 @@ class LifecycleMachine:
         becomes :attr:`ended_by`, from which the run's outcome is derived.
         """
         if self.is_terminal:
-            return self._model.fsm_state
+            return self.state
         if self._busy:
             raise LifecycleError("cleanup() called while a step is running")
-        if ended_by is not None and self._ended_by is None:
-            self._ended_by = ended_by
+        if ended_by is not None and self._ended is None:
+            self._ended = (ended_by, None)
         self._fire(CLEANUP)
-        return self._model.fsm_state
+        return self.state
 
     def _require_live(self, what: str) -> None:
         if self.is_terminal:
             raise LifecycleError(
-                f"{what}() in terminal state {self._model.fsm_state.value!r}: a lifecycle "
+                f"{what}() in terminal state {self.state.value!r}: a lifecycle "
                 "is single-use; create a new one for another run"
             )
         if self._busy:
             raise LifecycleError(f"{what}() called while a step is running (re-entrant use)")
 
+    @_keeps_signals(callees=True)
     def _fire(self, trigger: str) -> None:
-        self._fire_step(trigger)
-
-    def _fire_step(self, trigger: str) -> None:
         self._busy = True
-        self._attempt = None
-        source = self._model.fsm_state
-        started_at = datetime.now(timezone.utc)
-        t0 = time.perf_counter()
         try:
-            moved = self._triggers[trigger]()
-        except BaseException as exc:
-            duration = time.perf_counter() - t0
-            step, dest = self._attempt or (trigger, source)
-            late = self._deferred_interrupt
-            if late is not None and late is not exc:
+            if not self._triggers[trigger](move=_Move()):  # pragma: no cover - a table edit
+                raise LifecycleError(f"no {trigger!r} transition from {self.state.value!r}")
+        except BaseException as error:
+            kept, self._kept = self._kept, None
+            if kept is not None and kept is not error:
                 # A signal kept while this step was failing: the run ends anyway.
-                _add_note(exc, f"also interrupted while failing: {describe_error(late)}")
-            self._record(source, dest, trigger, step, started_at, duration, describe_error(exc))
-            if step in MACHINE_STEPS:
-                # Cleanup itself can only fail through its own hook or a re-raised
-                # interrupt; the undos have run, so the run still ends CLEANED.
-                self._busy = False
-                raise
-            self._fail(exc, step)
-            self._deferred_interrupt = None
+                _add_note(error, f"also interrupted while failing: {describe_error(kept)}")
             raise
-        else:
-            if not moved:  # pragma: no cover - the table always offers a way on
-                raise LifecycleError(f"no {trigger!r} transition from {source.value!r}")
-            step, dest = self._attempt or (trigger, self._model.fsm_state)
-            if self._deferred_interrupt is not None and self._ended_by is None:
-                self._ended_by, self._ended_in = self._deferred_interrupt, step
-            self._record(
-                source,
-                dest,
-                trigger,
-                step,
-                started_at,
-                time.perf_counter() - t0,
-                self._unwind_problems,
-            )
         finally:
             self._busy = False
-        interrupt, self._deferred_interrupt = self._deferred_interrupt, None
-        if interrupt is not None:
-            if self._ended_by is None:  # kept while the listeners were told
-                self._ended_by, self._ended_in = interrupt, step
-            raise interrupt
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            if self._ended is None:  # kept while the listeners were told
+                self._ended = (kept, self._history[-1].step)
+            raise kept
 
-    def _run_step(self, step: str, dest: LifecycleState) -> None:
-        self._attempt = (step, dest)
-        self._unwind_problems = None
+    # -- the hooks transitions calls ------------------------------------------------------
+
+    def _do_step(self, event: EventData) -> None:
+        """``before_state_change``: the work of the transition being taken."""
+        step = _transition(event).step
         if step == CLEANUP_STEP:
-            self._cleanup_step()
-            return
-        if step == ROLLBACK_STEP:
-            return  # unwinding on failure happens in _fail, with the original error
-        undo = None
-        try:
-            undo = self._steps[step]()
-        finally:
-            # Registered even when an interrupt lands right after the step returned, so
-            # what the step did (a lock taken) is still undone by the rollback.
-            if undo is not None:
-                self._undos.append((step, undo))
+            self._clean_up(_move(event))
+        elif step == ROLLBACK_STEP:
+            self._roll_back(_move(event))
+        else:
+            self._perform(step)
 
-    def _cleanup_step(self) -> None:
+    def _moved(self, event: EventData) -> None:
+        """``after_state_change``: record the transition just made."""
+        if self._kept is not None and self._ended is None:
+            # An interrupt kept during this transition ends the run in its step; the
+            # record told next (a cleanup's is the run's last) already says so.
+            self._ended = (self._kept, _transition(event).step)
+        self._record(event, _move(event).problems)
+
+    def _step_failed(self, event: EventData) -> None:
+        """``on_exception``: the step of ``event.transition`` raised ``event.error``.
+
+        The failure is recorded (listeners are told before the undos close anything),
+        the undos run in reverse order, the machine moves to FAILED and the error is
+        raised again.
+        """
+        error: BaseException | None = event.error
+        assert error is not None
+        transition = event.transition
+        if transition is None or self._model.fsm_state != transition.source:
+            # Refused before any step ran, or the move was made and a listener raised
+            # on hearing of it: there is no failed step to roll back.
+            raise error
+        self._record(event, describe_error(error), error)
+        step = _transition(event).step
+        if step in MACHINE_STEPS:
+            # Cleanup fails only through a re-raised interrupt; its undos have run.
+            raise error
+        if self._ended is None:
+            self._ended = (error, step)
+        self._triggers[FAIL](move=_Move(failed=error))
+        raise error
+
+    # -- the machine's own work ------------------------------------------------------------
+
+    @_keeps_signals(callees=False)
+    def _perform(self, step: str) -> None:
+        # Its own lines are kept from signals: an interrupt between the step returning
+        # and its undo being registered would leave what the step did (a lock taken)
+        # with nothing to undo it. The step itself can be interrupted.
+        undo = self._steps[step]()
+        if undo is not None:
+            self._undos.append((step, undo))
+
+    def _clean_up(self, move: _Move) -> None:
+        failures: list[tuple[str, BaseException]] = []
         hook = self._steps.get(CLEANUP_STEP)
-        hook_error: BaseException | None = None
         if hook is not None:
             try:
                 hook()
             except BaseException as exc:
-                hook_error = exc
+                failures.append(("cleanup hook", exc))
                 self._logger.error("cleanup hook failed: %s", describe_error(exc))
-        failures = self._unwind()
-        problems = [f"undo of {name} failed: {describe_error(e)}" for name, e in failures]
-        if hook_error is not None:
-            problems.insert(0, f"cleanup hook failed: {describe_error(hook_error)}")
-        self._unwind_problems = "; ".join(problems) or None
-        errors = [e for _, e in failures]
-        if hook_error is not None:
-            errors.insert(0, hook_error)
+        failures += self._unwind()
+        move.problems = _describe(failures)
         # An interrupt met while unwinding must not be swallowed, but every undo has to
-        # run and the move to CLEANED has to happen first: `_fire` re-raises it after.
-        self._deferred_interrupt = next((e for e in errors if not isinstance(e, Exception)), None)
+        # run and the move to CLEANED has to happen first: `_fire` raises it after.
+        interrupt = next((e for _, e in failures if not isinstance(e, Exception)), None)
+        if interrupt is not None and self._kept is None:
+            self._kept = interrupt
 
-    def _fail(self, original: BaseException, step: str) -> None:
-        """Roll back after ``original`` was raised by a step, then move to FAILED."""
-        started_at = datetime.now(timezone.utc)
-        t0 = time.perf_counter()
-        source = self._model.fsm_state
-        if self._ended_by is None:
-            self._ended_by, self._ended_in = original, step
-        self._recording = True  # signals wait until the rollback is recorded
-        try:
-            failures = self._unwind()
-            for name, error in failures:
-                note = f"during rollback, undo of {name} failed: {describe_error(error)}"
-                _add_note(original, note)
-            self._triggers[FAIL]()
-            problems = "; ".join(
-                f"undo of {name} failed: {describe_error(e)}" for name, e in failures
-            )
-            self._record(
-                source,
-                LifecycleState.FAILED,
-                FAIL,
-                ROLLBACK_STEP,
-                started_at,
-                time.perf_counter() - t0,
-                problems or None,
-            )
-        finally:
-            self._recording = False
+    def _roll_back(self, move: _Move) -> None:
+        failures = self._unwind()
+        if move.failed is not None:
+            for what, error in failures:
+                note = f"during rollback, {what} failed: {describe_error(error)}"
+                _add_note(move.failed, note)
+        move.problems = _describe(failures)
 
     def _unwind(self) -> list[tuple[str, BaseException]]:
         failures: list[tuple[str, BaseException]] = []
@@ -444,52 +499,30 @@ class LifecycleMachine:
             try:
                 undo()
             except BaseException as exc:  # each undo is isolated from the others
-                failures.append((name, exc))
+                failures.append((f"undo of {name}", exc))
                 self._logger.error("undo of step %r failed: %s", name, describe_error(exc))
         return failures
 
     def _record(
-        self,
-        source: LifecycleState,
-        dest: LifecycleState,
-        trigger: str,
-        step: str,
-        started_at: datetime,
-        duration_s: float,
-        error: str | None,
+        self, event: EventData, error: str | None, exception: BaseException | None = None
     ) -> None:
+        transition = _transition(event)
+        move = _move(event)
         record = TransitionRecord(
-            source=source,
-            dest=dest,
-            trigger=trigger,
-            step=step,
-            started_at=started_at,
-            duration_s=duration_s,
+            source=LifecycleState(transition.source),
+            dest=LifecycleState(transition.dest),
+            trigger=event.event.name,
+            step=transition.step,
+            started_at=move.started_at,
+            duration_s=time.perf_counter() - move.t0,
             ok=error is None,
             error=error,
             rank=self._rank,
+            exception=exception,
         )
         self._history.append(record)
-        recording, self._recording = self._recording, True
-        try:
-            for listener in self._listeners:
-                try:
-                    listener(record)
-                except Exception as exc:
-                    self._logger.warning("transition listener failed: %s", describe_error(exc))
-        finally:
-            self._recording = recording
-
-
-# The machine's own code: a signal landing here (not inside a step) is kept until the
-# transition is complete; see LifecycleMachine.defers_interrupt.
-_BOOKKEEPING = frozenset(
-    method.__code__
-    for method in (
-        LifecycleMachine._fire,
-        LifecycleMachine._run_step,
-        LifecycleMachine._fail,
-        LifecycleMachine._unwind,
-        LifecycleMachine._record,
-    )
-)
+        for listener in self._listeners:
+            try:
+                listener(record)
+            except Exception as exc:
+                self._logger.warning("transition listener failed: %s", describe_error(exc))

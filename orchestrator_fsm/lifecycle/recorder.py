@@ -18,7 +18,6 @@ import math
 import numbers
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -289,9 +288,8 @@ class RunRecorder:
                 self._tell_job(failed=str(error) if error else "the run ended early")
             return
         if not record.ok and record.step not in MACHINE_STEPS and self._run.logger is not None:
-            # Told from inside the machine's handler of the step's error: it is the one
-            # being handled, and the run's log is still open (the rollback comes next).
-            exc = sys.exc_info()[1]
+            # Told before the rollback, so the run's log is still open.
+            exc = record.exception
             if isinstance(exc, Exception):
                 self._run.logger.error(
                     "step %r failed: %s",
