@@ -18,15 +18,15 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from orchestrator_fsm.distributed import Launch, discover_launch
+from orchestrator_fsm.entry import entry_module
 from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.lifecycle.callbacks import SignalCallback, SignalCallbacks
 from orchestrator_fsm.lifecycle.machine import LifecycleMachine, RecordListener, TransitionRecord
 from orchestrator_fsm.lifecycle.recorder import RunRecorder
 from orchestrator_fsm.lifecycle.signals import SignalGuard
 from orchestrator_fsm.lifecycle.table import CLEANUP_STEP, LifecycleState
-from orchestrator_fsm.observers import configured_observers
-from orchestrator_fsm.phases.context import LOGGER_NAME, Dependencies, RunContext
-from orchestrator_fsm.phases.determinism import SeedTree, set_seed
+from orchestrator_fsm.observers import Observers, configured_observers
+from orchestrator_fsm.phases.determinism import set_seed
 from orchestrator_fsm.phases.device import resolve_device, to_device_obj
 from orchestrator_fsm.phases.filesystem import setup_static_directories
 from orchestrator_fsm.phases.guarding import InfrastructureManager
@@ -37,14 +37,17 @@ from orchestrator_fsm.phases.runtime import apply_cpu_threads, configure_system_
 from orchestrator_fsm.phases.steps import STEPS
 from orchestrator_fsm.phases.timing import TimeTracker
 from orchestrator_fsm.reproduce.bundle import record_loaded_libraries
+from orchestrator_fsm.run_context import Dependencies, RunContext
+from orchestrator_fsm.run_log import LOGGER_NAME
+from orchestrator_fsm.seeds import SeedTree
 
 if TYPE_CHECKING:
     import torch
     from rich.console import Console
 
     from orchestrator_fsm.config import Config
+    from orchestrator_fsm.layout import RunPaths
     from orchestrator_fsm.lifecycle.record import RunRecord
-    from orchestrator_fsm.phases.filesystem import RunPaths
     from orchestrator_fsm.progress_bar import ProgressBar
     from orchestrator_fsm.protocols import (
         AuditSaverProtocol,
@@ -181,7 +184,8 @@ class RootOrchestrator:
             self._run,
             lambda: self.time_tracker.elapsed_seconds,
             heartbeat_s=cfg.telemetry.heartbeat_s,
-            observers=[*configured_observers(cfg), *observers],
+            listener=Observers([*configured_observers(cfg), *observers]),
+            entry_module=entry_module(entry) if entry else None,
         )
         run = self._run
         run.start_record = self._recorder.start
