@@ -18,9 +18,9 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from orchestrator_fsm.distributed import Launch, discover_launch
-from orchestrator_fsm.entry import entry_module
-from orchestrator_fsm.errors import LifecycleError
-from orchestrator_fsm.lifecycle.callbacks import SignalCallback, SignalCallbacks
+from orchestrator_fsm.entry import entry_module, entry_search_path, resolve_callable
+from orchestrator_fsm.errors import EntryPointError, LifecycleError
+from orchestrator_fsm.lifecycle.callbacks import CONFIG_FIELD, Callback, SignalCallbacks
 from orchestrator_fsm.lifecycle.machine import LifecycleMachine, RecordListener, TransitionRecord
 from orchestrator_fsm.lifecycle.recorder import RunRecorder
 from orchestrator_fsm.lifecycle.signals import SignalGuard
@@ -60,6 +60,9 @@ __all__ = ["LOGGER_NAME", "RootOrchestrator"]
 
 _T = TypeVar("_T")
 
+#: A checkpoint callback: called with the orchestrator and the signal's number.
+SignalCallback = Callback["RootOrchestrator"]
+
 
 def _given_or(value: _T | None, default: Callable[[], _T]) -> _T:
     # "Not given" is None only: an injected object whose truth value is False is used.
@@ -83,6 +86,26 @@ def _phase_timer(tracker: TimeTrackerProtocol) -> RecordListener | None:
             records.record(record.step, record.duration_s)
 
     return on_transition
+
+
+def _configured_callback(cfg: Config, name: str, spec: str) -> SignalCallback:
+    """The signal callback the recipe names ``spec`` for signal ``name``; a
+    ``ConfigError`` at its field when it cannot be imported."""
+    from orchestrator_fsm.config.problems import config_error
+    from orchestrator_fsm.config.sections import DICT_SOURCE_LABEL
+
+    try:
+        # Looked up where --entry is: the working directory, or the file's own one.
+        with entry_search_path(spec):
+            found = resolve_callable(
+                spec, named_by="signal callback", takes="the orchestrator and the signal number"
+            )
+    except EntryPointError as exc:
+        label = str(cfg.source) if cfg.source is not None else DICT_SOURCE_LABEL
+        source = None if cfg.source is None else label
+        raise config_error(label, [(f"{CONFIG_FIELD}.{name}", str(exc))], source) from exc
+    callback: SignalCallback = found
+    return callback
 
 
 class RootOrchestrator:
@@ -201,7 +224,12 @@ class RootOrchestrator:
         self._recorder.observe(self.machine)
         self._cleaning = False
         self._signals = SignalGuard(on_held=self._on_held, defer=self.machine.defers_interrupt)
-        self._signal_callbacks = SignalCallbacks(self, log=lambda: run.log)
+        self._signal_callbacks = SignalCallbacks(
+            self,
+            log=lambda: run.log,
+            configured=cfg.infrastructure.signal_callbacks,
+            resolve=partial(_configured_callback, cfg),
+        )
         for key, callback in (signal_callbacks or {}).items():
             self._signal_callbacks.attach(key, callback)
 
