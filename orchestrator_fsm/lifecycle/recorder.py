@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -30,6 +30,7 @@ from orchestrator_fsm._version import __version__
 from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.layout import metrics_file
 from orchestrator_fsm.lifecycle.job_index import job_key
+from orchestrator_fsm.lifecycle.listener import NoListener, RunListener
 from orchestrator_fsm.lifecycle.metrics import (
     SUMMARY_KIND,
     checked_step,
@@ -58,57 +59,11 @@ if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.machine import LifecycleMachine, TransitionRecord
     from orchestrator_fsm.run_context import RunContext
 
-__all__ = ["RunListener", "RunRecorder"]
+__all__ = ["RunRecorder"]
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-class RunListener(Protocol):
-    """What the recorder tells, after its own write, whoever mirrors the run elsewhere
-    (the orchestrator wires the run's observers in: ``observers.Observers``)."""
-
-    def run_started(self, record: RunRecord) -> None:
-        """The first record is written."""
-
-    def transition(self, step: TransitionRecord) -> None:
-        """The machine took a step."""
-
-    def metrics(self, values: Mapping[str, float], step: int | None) -> None:
-        """A metrics line is written."""
-
-    def summary(self, values: Mapping[str, float]) -> None:
-        """A summary line is written."""
-
-    def run_ended(self, record: RunRecord) -> None:
-        """The final record is written."""
-
-    def tracker_links(self) -> dict[str, dict[str, str]]:
-        """Where the run is mirrored, by tracker (kept in the record's ``trackers``)."""
-        ...
-
-
-class _NoListener:
-    """A listener that is told everything and does nothing."""
-
-    def run_started(self, record: RunRecord) -> None:
-        pass
-
-    def transition(self, step: TransitionRecord) -> None:
-        pass
-
-    def metrics(self, values: Mapping[str, float], step: int | None) -> None:
-        pass
-
-    def summary(self, values: Mapping[str, float]) -> None:
-        pass
-
-    def run_ended(self, record: RunRecord) -> None:
-        pass
-
-    def tracker_links(self) -> dict[str, dict[str, str]]:
-        return {}
 
 
 class _Heartbeat:
@@ -177,7 +132,7 @@ class RunRecorder:
         self._elapsed = elapsed
         self._heartbeat_s = heartbeat_s
         self._report = report
-        self._listener: RunListener = _NoListener() if listener is None else listener
+        self._listener: RunListener = NoListener() if listener is None else listener
         self._entry_module = entry_module
         self._machine: LifecycleMachine | None = None
         self._record: RunRecord | None = None
