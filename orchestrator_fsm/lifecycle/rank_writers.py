@@ -8,7 +8,7 @@ else the rank owes the job:
   it, the journal, the job's entry other ranks read (``lifecycle/job_index.py``) and
   the run's attempts, and at its end folds the other ranks' records into the job's
   outcome.
-- Rank N (:class:`OtherRankWriter`) writes only ``ranks/rank<N>.json``.
+- Rank N (:class:`RankWriter`) writes only ``ranks/rank<N>.json``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 import attrs
 
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 __all__ = [
     "RANKS_GRACE_ENV",
     "RANKS_GRACE_S",
-    "OtherRankWriter",
     "RankWriter",
     "RankZeroWriter",
     "closed_attempts",
@@ -84,58 +83,64 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class RankWriter(Protocol):
-    """What one rank writes of the run's record, besides the record itself."""
+class RankWriter:
+    """What a rank writes of the run's record besides the record itself, as rank N > 0
+    does: its own record in ``ranks/rank<N>.json`` of rank 0's run directory and
+    nothing else (rank 0 speaks for the job). :class:`RankZeroWriter` is rank 0's."""
+
+    def __init__(self, run: RunContext) -> None:
+        self._run = run
 
     def record_path(self, root: Path) -> Path:
         """Where this rank's record lives in the run directory ``root``."""
-        ...
+        return rank_file(root, self._run.rank)
 
     def open_attempt(
         self, root: Path, started_at: datetime
     ) -> tuple[datetime | None, tuple[Attempt, ...]]:
         """When the run started (its first attempt) and the attempts the first record
-        lists, this one (started at ``started_at``) last."""
-        ...
+        lists, this one (started at ``started_at``) last; rank N lists none."""
+        return started_at, ()
 
     def create(self, root: Path, record: RunRecord) -> None:
         """Write the first record (and whatever goes with it); raises the error of a
         failed write, leaving none of its files behind."""
-        ...
+        path = self.record_path(root)
+        path.parent.mkdir(exist_ok=True)
+        write_record(path, record)
 
     def publish(self, record: RunRecord | None, failed: str | None = None) -> None:
         """Tell the job where the run is (``record``), or that it failed before its
-        run directory existed (``failed``)."""
-        ...
+        run directory existed (``failed``); rank N has nothing to tell."""
 
     def journal(
         self, root: Path, history: Sequence[TransitionRecord], attempt: int
     ) -> Sequence[TransitionRecord]:
-        """Journal the transitions new since the last call; returns them."""
-        ...
+        """Journal the transitions new since the last call and return them; rank N
+        keeps no journal."""
+        return ()
 
     def outcome(
         self, record: RunRecord, status: str, error: ErrorSummary | None
     ) -> tuple[str, ErrorSummary | None, int | None]:
-        """The job's outcome (status, error, failed rank) given this rank's."""
-        ...
+        """The job's outcome (status, error, failed rank) given this rank's; rank N
+        answers for itself only."""
+        return status, error, None
 
     def release_reserve(self, root: Path) -> None:
-        """Hand back the space kept aside for the last writes."""
-        ...
+        """Hand back the space kept aside for the last writes; rank N keeps none."""
 
     def stop_waiting(self) -> None:
         """Stop any wait for other ranks (a signal asks the process to end)."""
-        ...
 
 
-class RankZeroWriter:
+class RankZeroWriter(RankWriter):
     """Rank 0: ``run.json`` and its reserve, the journal, the job's entry, the attempts,
     and the job's outcome folded from the other ranks' records, for which a rank 0
     that completed waits up to ``grace_s`` seconds."""
 
     def __init__(self, run: RunContext, *, grace_s: float, report_once: ReportOnce) -> None:
-        self._run = run
+        super().__init__(run)
         self._grace_s = grace_s
         self._report_once = report_once
         self._journal = Journal(report_once)
@@ -250,51 +255,11 @@ class RankZeroWriter:
         self._stop_waiting.set()
 
 
-class OtherRankWriter:
-    """Rank N > 0: its own record in ``ranks/rank<N>.json`` of rank 0's run directory,
-    and nothing else (rank 0 speaks for the job)."""
-
-    def __init__(self, run: RunContext) -> None:
-        self._rank = run.rank
-
-    def record_path(self, root: Path) -> Path:
-        return rank_file(root, self._rank)
-
-    def open_attempt(
-        self, root: Path, started_at: datetime
-    ) -> tuple[datetime | None, tuple[Attempt, ...]]:
-        return started_at, ()
-
-    def create(self, root: Path, record: RunRecord) -> None:
-        path = self.record_path(root)
-        path.parent.mkdir(exist_ok=True)
-        write_record(path, record)
-
-    def publish(self, record: RunRecord | None, failed: str | None = None) -> None:
-        return
-
-    def journal(
-        self, root: Path, history: Sequence[TransitionRecord], attempt: int
-    ) -> Sequence[TransitionRecord]:
-        return ()
-
-    def outcome(
-        self, record: RunRecord, status: str, error: ErrorSummary | None
-    ) -> tuple[str, ErrorSummary | None, int | None]:
-        return status, error, None
-
-    def release_reserve(self, root: Path) -> None:
-        return
-
-    def stop_waiting(self) -> None:
-        return
-
-
 def writer_for(run: RunContext, *, grace_s: float, report_once: ReportOnce) -> RankWriter:
     """The writer of ``run``'s rank."""
     if run.is_main_process:
         return RankZeroWriter(run, grace_s=grace_s, report_once=report_once)
-    return OtherRankWriter(run)
+    return RankWriter(run)
 
 
 def closed_attempts(

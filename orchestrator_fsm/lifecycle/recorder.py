@@ -32,6 +32,7 @@ from orchestrator_fsm.layout import metrics_file
 from orchestrator_fsm.lifecycle.job_index import job_key
 from orchestrator_fsm.lifecycle.listener import NoListener, RunListener
 from orchestrator_fsm.lifecycle.metrics import (
+    METRICS_KIND,
     SUMMARY_KIND,
     checked_step,
     checked_values,
@@ -170,7 +171,7 @@ class RunRecorder:
         """Append one line of ``values`` (at ``step``) to this rank's metrics file and
         remember each as the metric's last value; ``run.json`` gets them at its next
         write (the heartbeat's, the final one), not at every call."""
-        checked = self._append("metrics", values, step)
+        checked = self._append(METRICS_KIND, values, step)
         self._listener.metrics(checked, step)
 
     def log_summary(self, values: Mapping[str, object]) -> None:
@@ -183,7 +184,7 @@ class RunRecorder:
         self, kind: str, values: Mapping[str, object], step: int | None
     ) -> dict[str, float | int]:
         checked = checked_values(values)
-        checked_step(step)
+        step = checked_step(step)
         with self._lock:
             record = self._record
             if record is None or self._finished:
