@@ -110,7 +110,7 @@ def links_a_tracker(observer: object) -> TypeGuard[TrackerLink]:
 class Observers:
     """The observers of one run, each called in turn; failures reported once each.
 
-    It is what the run recorder is told (``lifecycle.recorder.RunListener``): the
+    It is what the run recorder is told (``lifecycle.listener.RunListener``): the
     orchestrator hands it to the recorder, which knows nothing of observers."""
 
     def __init__(

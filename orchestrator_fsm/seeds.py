@@ -28,8 +28,10 @@ __all__ = [
 ]
 
 _SEED_LIMIT: Final = 2**32
+# The first word of each derivation's spawn key, so no two kinds of seed can collide.
 _PURPOSE_KIND: Final = 0
 _WORKER_KIND: Final = 1
+#: The kind ``worker_init_fn`` (phase 1) derives a DataLoader worker's seeds with.
 WORKER_INIT_KIND: Final = 2
 _SHARED_KIND: Final = 3
 #: Purposes whose shared seed ``SeedTree.as_dict`` always lists.
@@ -49,6 +51,7 @@ def validate_seed(seed: object, *, name: str = "seed") -> int:
 
 
 def validate_index(value: object, *, name: str) -> int:
+    """``value`` as a plain int >= 0, or a ValueError naming it ``name``."""
     if isinstance(value, bool) or not isinstance(value, SupportsIndex):
         raise ValueError(f"{name} must be an integer >= 0, got {type(value).__name__} {value!r}")
     index = operator.index(value)
@@ -76,6 +79,7 @@ def _derive(entropy: int, spawn_key: tuple[int, ...]) -> int:
 
 
 def purpose_seed(entropy: int, purpose: str, rank: int) -> int:
+    """The 32-bit seed of ``purpose`` on ``rank`` derived from ``entropy``."""
     return _derive(entropy, (_PURPOSE_KIND, *_purpose_words(purpose), rank))
 
 
@@ -104,7 +108,7 @@ class SeedTree:
       a per-rank seed there makes the ranks shuffle differently, so some samples are
       seen twice in an epoch and others never).
 
-    The base seed itself is what :func:`set_seed` gives Python, NumPy and torch on
+    The base seed itself is what ``set_seed`` (phase 1) gives Python, NumPy and torch on
     every rank.
 
     ``as_dict()`` lists the standard seeds plus every one handed out so far, for the
