@@ -42,7 +42,7 @@ from orchestrator_fsm.cli.runs import (
     list_runs,
 )
 from orchestrator_fsm.lifecycle.record import Attempt, ErrorSummary, LastMetric, RunRecord
-from orchestrator_fsm.lifecycle.recorder import _record_text
+from orchestrator_fsm.lifecycle.record_files import record_text
 
 __all__ = ["main", "make_run_dirs", "measure_runs"]
 
@@ -104,7 +104,7 @@ def make_run_dirs(output_dir: Path, count: int) -> None:
         (root / "logs").mkdir(parents=True)
         (root / "reports").mkdir()
         # Plain writes: this is the benchmark's set-up, not a run's record.
-        (root / "run.json").write_text(_record_text(_record(index, root, start)), "utf-8")
+        (root / "run.json").write_text(record_text(_record(index, root, start)), "utf-8")
         (root / "lifecycle.jsonl").write_text(_JOURNAL_LINE * 10, "utf-8")
     (output_dir / ".jobs").mkdir(exist_ok=True)
 

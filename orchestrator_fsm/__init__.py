@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         OrchestratorError,
         RunInterrupted,
     )
+    from orchestrator_fsm.layout import RunPaths
     from orchestrator_fsm.lifecycle.machine import LifecycleMachine, TransitionRecord
     from orchestrator_fsm.lifecycle.record import (
         ErrorSummary,
@@ -54,14 +55,9 @@ if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.table import LifecycleState
     from orchestrator_fsm.observers import Observer
     from orchestrator_fsm.orchestrator import RootOrchestrator
-    from orchestrator_fsm.phases.determinism import (
-        SeedTree,
-        make_generator,
-        set_seed,
-        worker_init_fn,
-    )
+    from orchestrator_fsm.phases.determinism import make_generator, set_seed, worker_init_fn
     from orchestrator_fsm.phases.device import to_device_obj
-    from orchestrator_fsm.phases.filesystem import RunPaths, setup_static_directories
+    from orchestrator_fsm.phases.filesystem import setup_static_directories
     from orchestrator_fsm.phases.lock import InfrastructureManager
     from orchestrator_fsm.phases.logging import Logger
     from orchestrator_fsm.phases.manifest import AuditSaver
@@ -76,6 +72,7 @@ if TYPE_CHECKING:
         TimeTrackerProtocol,
     )
     from orchestrator_fsm.redaction import redact_secrets
+    from orchestrator_fsm.seeds import SeedTree
 
 # Where each public name lives; the names above, for type checkers, are the same.
 _EXPORTS: Final[dict[str, str]] = {
@@ -113,12 +110,12 @@ _EXPORTS: Final[dict[str, str]] = {
     "LifecycleState": "orchestrator_fsm.lifecycle.table",
     "Observer": "orchestrator_fsm.observers",
     "RootOrchestrator": "orchestrator_fsm.orchestrator",
-    "SeedTree": "orchestrator_fsm.phases.determinism",
+    "SeedTree": "orchestrator_fsm.seeds",
     "make_generator": "orchestrator_fsm.phases.determinism",
     "set_seed": "orchestrator_fsm.phases.determinism",
     "worker_init_fn": "orchestrator_fsm.phases.determinism",
     "to_device_obj": "orchestrator_fsm.phases.device",
-    "RunPaths": "orchestrator_fsm.phases.filesystem",
+    "RunPaths": "orchestrator_fsm.layout",
     "setup_static_directories": "orchestrator_fsm.phases.filesystem",
     "InfrastructureManager": "orchestrator_fsm.phases.lock",
     "Logger": "orchestrator_fsm.phases.logging",

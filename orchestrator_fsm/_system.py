@@ -1,16 +1,20 @@
 """Questions about the machine and the process that several parts of the package ask.
 
 One answer each: how many CPUs this process may use, whether MPS is usable, whether a
-pid names a live process, and which version of a distribution is installed.
+pid names a live process, how this process was started, and which version of a
+distribution is installed.
 """
 
 from __future__ import annotations
 
 import os
+import platform
+import shutil
 import sys
 from datetime import datetime, timezone
 from functools import cache
-from typing import TYPE_CHECKING, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 if TYPE_CHECKING:
     from importlib import metadata
@@ -24,6 +28,7 @@ __all__ = [
     "pid_exists",
     "process_start_ticks",
     "process_started_at",
+    "record_invocation",
     "say_on_stderr",
 ]
 
@@ -116,6 +121,50 @@ def process_started_at() -> datetime:
     if ticks is None or per_second <= 0:
         return _IMPORTED_AT
     return datetime.fromtimestamp(boot + ticks / per_second, tz=timezone.utc)
+
+
+#: The console script this package installs: recorded by name, not by where it lives.
+_CONSOLE_SCRIPT: Final = "orchestrator-fsm"
+
+
+def _entry_point(argv0: str) -> str | None:
+    if not argv0 or argv0 in ("-c", "-"):
+        return None
+    if Path(argv0).name == _CONSOLE_SCRIPT:
+        return _CONSOLE_SCRIPT
+    candidate = Path(argv0)
+    if not candidate.exists():
+        found = shutil.which(argv0)
+        if found is None:
+            return argv0
+        candidate = Path(found)
+    return str(candidate.resolve())
+
+
+def record_invocation() -> dict[str, Any]:
+    """How this process was started, as plain data for ``run.json``.
+
+    Keys: ``argv``; ``cwd`` (``None`` if it no longer exists); ``entry_point`` (the
+    resolved path of ``sys.argv[0]``, ``orchestrator-fsm`` for this package's command,
+    ``None`` for ``-c`` or an interactive session);
+    ``entry_module`` (the module run with ``python -m``, else ``None``); ``python``
+    (version); ``python_executable``; ``python_implementation``.
+    """
+    main_module = sys.modules.get("__main__")
+    spec = getattr(main_module, "__spec__", None)
+    try:
+        cwd: str | None = os.getcwd()
+    except OSError:
+        cwd = None
+    return {
+        "argv": list(sys.argv),
+        "cwd": cwd,
+        "entry_point": _entry_point(sys.argv[0] if sys.argv else ""),
+        "entry_module": getattr(spec, "name", None),
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "python_implementation": platform.python_implementation(),
+    }
 
 
 def name_and_version(dist: metadata.Distribution) -> tuple[str | None, str | None]:

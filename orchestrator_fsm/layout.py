@@ -6,13 +6,24 @@ module for a path rather than spelling a file name, so a name changes in one pla
 :func:`output_root` is the one normalisation of ``telemetry.output_dir`` (``~`` and
 ``$VARS`` expanded, made absolute): the run directory, the lock identity, the job
 index, ``runs`` and sweeps all go through it, so they agree on where runs are.
+:class:`RunPaths` is the layout of one run directory, and how a fresh one is named
+and claimed.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
+from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Final
+
+import attrs
+
+from orchestrator_fsm._fs import slugify
+from orchestrator_fsm.redaction import redact_url
 
 __all__ = [
     "BUNDLE_FILE",
@@ -34,6 +45,7 @@ __all__ = [
     "STDOUT_LOG",
     "SWEEPS_DIR",
     "SWEEP_FILE",
+    "RunPaths",
     "bundle_file",
     "config_file",
     "expand_output_dir",
@@ -136,3 +148,180 @@ def job_entry_file(output_dir: Path | str, key: str) -> Path:
 def sweep_dir(output_dir: Path | str, sweep_id: str) -> Path:
     """Where the record of sweep ``sweep_id`` is kept in ``output_dir``."""
     return output_root(output_dir) / SWEEPS_DIR / sweep_id
+
+
+# -- one run directory: its name and its layout ----------------------------------------
+
+# A name slug longer than this would make directory names unwieldy (and, with two of
+# them, could approach the 255-byte limit of common file systems).
+_NAME_SLUG_MAX: Final = 40
+_HASH_CHARS: Final = 6
+_SUFFIX_BYTES: Final = 2
+# Each attempt collides with probability (runs started in the same second) / 65536;
+# 32 consecutive collisions mean something other than chance is going on.
+_MAX_CREATE_ATTEMPTS: Final = 32
+_HEX_DIGITS: Final = frozenset("0123456789abcdef")
+
+
+def _random_suffix() -> str:
+    """Four hex digits from the OS's CSPRNG; never touches the user's seeded generators."""
+    return secrets.token_hex(_SUFFIX_BYTES)
+
+
+def _utc_timestamp(now: datetime | None) -> str:
+    if now is None:
+        now = datetime.now(timezone.utc)
+    elif now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
+    else:
+        now = now.astimezone(timezone.utc)
+    return now.strftime("%Y%m%d-%H%M%S")
+
+
+def _hash_prefix(config_hash: str) -> str:
+    prefix = str(config_hash).strip().lower()[:_HASH_CHARS]
+    if len(prefix) < _HASH_CHARS or not set(prefix) <= _HEX_DIGITS:
+        raise ValueError(
+            f"config_hash must start with at least {_HASH_CHARS} hexadecimal digits, "
+            f"got {config_hash!r}"
+        )
+    return prefix
+
+
+def _ensure_output_dir(output_dir: Path) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(
+            errno.ENOTDIR,
+            "the output directory for runs exists but is not a directory",
+            str(output_dir),
+        )
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise type(exc)(
+            exc.errno,
+            f"cannot create the output directory for runs ({exc.strerror})",
+            str(output_dir),
+        ) from exc
+
+
+def _claim_run_directory(output_dir: Path, prefix: str) -> Path:
+    """Create ``output_dir/<prefix>-<rand4>`` exclusively and return it."""
+    tried: list[str] = []
+    for _ in range(_MAX_CREATE_ATTEMPTS):
+        candidate = output_dir / f"{prefix}-{_random_suffix()}"
+        try:
+            os.mkdir(candidate)
+        except FileExistsError:
+            # Someone else (another launch this same second) owns this name: draw again.
+            tried.append(candidate.name)
+            continue
+        except OSError as exc:
+            raise type(exc)(
+                exc.errno,
+                f"cannot create a run directory in the output directory {output_dir} "
+                f"({exc.strerror})",
+                str(candidate),
+            ) from exc
+        return candidate
+    raise FileExistsError(
+        errno.EEXIST,
+        f"could not claim a fresh run directory in {output_dir} after "
+        f"{_MAX_CREATE_ATTEMPTS} attempts: every random suffix was taken "
+        f"(last tried: {', '.join(tried[-3:])})",
+        str(output_dir),
+    )
+
+
+@attrs.frozen
+class RunPaths:
+    """The directory layout of one run.
+
+    ``root`` is ``<output_dir>/<run_id>``; the other paths are its sub-folders. Make a
+    new run with :meth:`create`, or describe an existing one with :meth:`from_root`.
+    """
+
+    run_id: str
+    root: Path
+    logs: Path
+    reports: Path
+    checkpoints: Path
+    figures: Path
+    exports: Path
+    database: Path
+
+    @classmethod
+    def from_root(cls, root: Path | str) -> RunPaths:
+        """The layout of the existing run directory ``root`` (its name is the run id).
+
+        Raises ``FileNotFoundError`` (or ``NotADirectoryError``) naming ``root`` when it
+        is not an existing directory. Sub-folders are not checked: a run that failed
+        early may lack some of them.
+        """
+        root = Path(root).absolute()
+        if not root.exists():
+            raise FileNotFoundError(errno.ENOENT, "the run directory does not exist", str(root))
+        if not root.is_dir():
+            raise NotADirectoryError(
+                errno.ENOTDIR, "the run directory path is not a directory", str(root)
+            )
+        return cls._layout(root)
+
+    @classmethod
+    def create(
+        cls,
+        output_dir: Path | str,
+        dataset: str,
+        architecture: str,
+        config_hash: str,
+        *,
+        now: datetime | None = None,
+        on_claimed: Callable[[RunPaths], None] | None = None,
+    ) -> RunPaths:
+        """Create a fresh run directory with all its sub-folders and return its layout.
+
+        ``output_dir`` is created (with parents) when missing. The run id is
+        ``YYYYMMDD-HHMMSS-<dataset>-<architecture>-<hash6>-<rand4>``: the UTC time
+        (``now``, default the current time; a naive ``now`` is taken as UTC), the two
+        names (any URL password dropped) reduced to ``[a-z0-9_-]``, the first six hex
+        digits of ``config_hash`` and four random hex digits. When the name is taken,
+        another suffix is drawn; after 32 taken names ``FileExistsError`` is raised.
+        Cost does not depend on how many runs ``output_dir`` already holds.
+
+        ``on_claimed`` is called with the layout as soon as the directory is claimed,
+        before the sub-folders are made: whatever stops the run from then on, the
+        caller knows the directory exists (and can record the run in it).
+
+        Raises ``ValueError`` when ``config_hash`` does not start with six hex digits,
+        and an ``OSError`` naming the path when ``output_dir`` is a file or is not
+        writable.
+        """
+        output_dir = output_root(output_dir)
+        prefix = "-".join(
+            (
+                _utc_timestamp(now),
+                slugify(redact_url(dataset), max_length=_NAME_SLUG_MAX, fallback="dataset"),
+                slugify(redact_url(architecture), max_length=_NAME_SLUG_MAX, fallback="model"),
+                _hash_prefix(config_hash),
+            )
+        )
+        _ensure_output_dir(output_dir)
+        root = _claim_run_directory(output_dir, prefix)
+        paths = cls._layout(root)
+        if on_claimed is not None:
+            on_claimed(paths)
+        for name in RUN_SUBDIRECTORIES:
+            os.mkdir(root / name)
+        return paths
+
+    @classmethod
+    def _layout(cls, root: Path) -> RunPaths:
+        return cls(
+            run_id=root.name,
+            root=root,
+            **{name: root / name for name in RUN_SUBDIRECTORIES},
+        )
+
+    def get_config_path(self) -> Path:
+        """Where the run's resolved config is saved: ``reports/config.yaml``."""
+        return self.reports / CONFIG_FILE

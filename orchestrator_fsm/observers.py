@@ -103,7 +103,10 @@ def links_a_tracker(observer: object) -> TypeGuard[TrackerLink]:
 
 
 class Observers:
-    """The observers of one run, each called in turn; failures reported once each."""
+    """The observers of one run, each called in turn; failures reported once each.
+
+    It is what the run recorder is told (``lifecycle.listener.RunListener``): the
+    orchestrator hands it to the recorder, which knows nothing of observers."""
 
     def __init__(
         self, observers: Iterable[object] = (), report: Callable[[str], None] = say_on_stderr
@@ -125,6 +128,21 @@ class Observers:
                 call(*args)
             except Exception as exc:
                 self._report(index, observer, method, exc)
+
+    def run_started(self, record: RunRecord) -> None:
+        self.notify("run_started", record)
+
+    def transition(self, step: TransitionRecord) -> None:
+        self.notify("transition", step)
+
+    def metrics(self, values: Mapping[str, float], step: int | None) -> None:
+        self.notify("metrics", values, step)
+
+    def summary(self, values: Mapping[str, float]) -> None:
+        self.notify("summary", values)
+
+    def run_ended(self, record: RunRecord) -> None:
+        self.notify("run_ended", record)
 
     def tracker_links(self) -> dict[str, dict[str, str]]:
         """Where the observers that are :class:`TrackerLink` mirror the run, by tracker."""

@@ -18,15 +18,15 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from orchestrator_fsm.distributed import Launch, discover_launch
-from orchestrator_fsm.errors import LifecycleError
-from orchestrator_fsm.lifecycle.callbacks import SignalCallbacks
+from orchestrator_fsm.entry import entry_module, entry_search_path, resolve_callable
+from orchestrator_fsm.errors import EntryPointError, LifecycleError
+from orchestrator_fsm.lifecycle.callbacks import CONFIG_FIELD, Callback, SignalCallbacks
 from orchestrator_fsm.lifecycle.machine import LifecycleMachine, RecordListener, TransitionRecord
 from orchestrator_fsm.lifecycle.recorder import RunRecorder
 from orchestrator_fsm.lifecycle.signals import SignalGuard
 from orchestrator_fsm.lifecycle.table import CLEANUP_STEP, LifecycleState
-from orchestrator_fsm.observers import configured_observers
-from orchestrator_fsm.phases.context import LOGGER_NAME, Dependencies, RunContext
-from orchestrator_fsm.phases.determinism import SeedTree, set_seed
+from orchestrator_fsm.observers import Observers, configured_observers
+from orchestrator_fsm.phases.determinism import set_seed
 from orchestrator_fsm.phases.device import resolve_device, to_device_obj
 from orchestrator_fsm.phases.filesystem import setup_static_directories
 from orchestrator_fsm.phases.lock import InfrastructureManager
@@ -37,14 +37,17 @@ from orchestrator_fsm.phases.runtime import apply_cpu_threads, configure_system_
 from orchestrator_fsm.phases.steps import STEPS
 from orchestrator_fsm.phases.timing import TimeTracker
 from orchestrator_fsm.reproduce.bundle import record_loaded_libraries
+from orchestrator_fsm.run_context import Dependencies, RunContext
+from orchestrator_fsm.run_log import LOGGER_NAME
+from orchestrator_fsm.seeds import SeedTree
 
 if TYPE_CHECKING:
     import torch
     from rich.console import Console
 
     from orchestrator_fsm.config import Config
+    from orchestrator_fsm.layout import RunPaths
     from orchestrator_fsm.lifecycle.record import RunRecord
-    from orchestrator_fsm.phases.filesystem import RunPaths
     from orchestrator_fsm.progress_bar import ProgressBar
     from orchestrator_fsm.protocols import (
         AuditSaverProtocol,
@@ -60,7 +63,7 @@ _T = TypeVar("_T")
 #: A pipeline: called once with the orchestrator, at READY; what it returns is ignored.
 Entry = Callable[["RootOrchestrator"], object]
 #: A checkpoint callback: called with the orchestrator and the signal's number.
-SignalCallback = Callable[["RootOrchestrator", int], object]
+SignalCallback = Callback["RootOrchestrator"]
 
 
 def _given_or(value: _T | None, default: Callable[[], _T]) -> _T:
@@ -85,6 +88,26 @@ def _phase_timer(tracker: TimeTrackerProtocol) -> RecordListener | None:
             records.record(record.step, record.duration_s)
 
     return on_transition
+
+
+def _configured_callback(cfg: Config, name: str, spec: str) -> SignalCallback:
+    """The signal callback the recipe names ``spec`` for signal ``name``; a
+    ``ConfigError`` at its field when it cannot be imported."""
+    from orchestrator_fsm.config.problems import config_error
+    from orchestrator_fsm.config.sections import DICT_SOURCE_LABEL
+
+    try:
+        # Looked up where --entry is: the working directory, or the file's own one.
+        with entry_search_path(spec):
+            found = resolve_callable(
+                spec, named_by="signal callback", takes="the orchestrator and the signal number"
+            )
+    except EntryPointError as exc:
+        label = str(cfg.source) if cfg.source is not None else DICT_SOURCE_LABEL
+        source = None if cfg.source is None else label
+        raise config_error(label, [(f"{CONFIG_FIELD}.{name}", str(exc))], source) from exc
+    callback: SignalCallback = found
+    return callback
 
 
 class RootOrchestrator:
@@ -186,7 +209,8 @@ class RootOrchestrator:
             self._run,
             lambda: self.time_tracker.elapsed_seconds,
             heartbeat_s=cfg.telemetry.heartbeat_s,
-            observers=[*configured_observers(cfg), *observers],
+            listener=Observers([*configured_observers(cfg), *observers]),
+            entry_module=entry_module(entry) if entry else None,
         )
         run = self._run
         run.start_record = self._recorder.start
@@ -203,7 +227,10 @@ class RootOrchestrator:
         self._cleaning = False
         self._signals = SignalGuard(on_held=self._on_held, defer=self.machine.defers_interrupt)
         self._signal_callbacks: SignalCallbacks[RootOrchestrator] = SignalCallbacks(
-            self, cfg, log=lambda: run.log
+            self,
+            log=lambda: run.log,
+            configured=cfg.infrastructure.signal_callbacks,
+            resolve=partial(_configured_callback, cfg),
         )
         for key, callback in (signal_callbacks or {}).items():
             self._signal_callbacks.attach(key, callback)

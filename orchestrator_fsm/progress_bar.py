@@ -33,8 +33,8 @@ from typing import IO, TYPE_CHECKING, Any, Final, Generic, TypeVar
 from rich.console import Console
 from rich.logging import RichHandler
 
-from orchestrator_fsm.phases.context import LOGGER_NAME
 from orchestrator_fsm.phases.logging import run_console_handler
+from orchestrator_fsm.run_log import LOGGER_NAME
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID

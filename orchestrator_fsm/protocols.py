@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
-    from orchestrator_fsm.phases.filesystem import RunPaths
+    from orchestrator_fsm.layout import RunPaths
 
 __all__ = [
     "AuditSaverProtocol",

@@ -20,9 +20,9 @@ from conftest import minimal_recipe
 from orchestrator_fsm import RootOrchestrator
 from orchestrator_fsm._fs import append_whole
 from orchestrator_fsm.config import Config
-from orchestrator_fsm.lifecycle import recorder as record_module
+from orchestrator_fsm.layout import RESERVE_FILE
+from orchestrator_fsm.lifecycle import record_files as record_module
 from orchestrator_fsm.lifecycle.record import read_run, run_status
-from orchestrator_fsm.lifecycle.recorder import RESERVE_FILE
 
 
 def _mount_tmpfs(where: Path, size: str) -> bool:

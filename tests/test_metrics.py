@@ -103,3 +103,17 @@ def test_a_failed_run_keeps_the_metrics_logged_before_it_failed(
     record = read_run(orch.paths.root)
     assert record.status == "failed"
     assert record.metrics["loss"].last == 0.7 and record.metrics["loss"].step == 3
+
+
+def test_the_values_compare_reads_from_a_line_are_the_values_the_recorder_wrote(
+    make_config: ConfigFactory,
+) -> None:
+    from orchestrator_fsm.lifecycle.metrics import line_values
+
+    with RootOrchestrator(make_config(), rank=0, local_rank=0) as orch:
+        orch.log_metrics({"loss": 0.25, "acc": 1}, step=3)
+        orch.log_summary({"final_acc": 0.5})
+        assert orch.paths is not None
+        root = orch.paths.root
+    lines = metric_lines(root)
+    assert [line_values(line) for line in lines] == [{"loss": 0.25, "acc": 1}, {"final_acc": 0.5}]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from orchestrator_fsm.errors import (
     LifecycleError,
     LockContendedError,
 )
+from orchestrator_fsm.lifecycle.rank_writers import RANKS_GRACE_ENV
 from orchestrator_fsm.lifecycle.table import LifecycleState
 from orchestrator_fsm.orchestrator import RootOrchestrator
 
@@ -239,6 +241,8 @@ def test_other_ranks_join_rank_0s_run_directory_and_skip_manifest_lock_and_repor
     from orchestrator_fsm.lifecycle.record import read_run
 
     monkeypatch.setenv("SLURM_JOB_ID", "4242")  # one job: the ranks belong together
+    # Rank 1 never comes: rank 0 does not wait for it at its end.
+    monkeypatch.setenv(RANKS_GRACE_ENV, "0")
     with build(make_config, Calls(), rank=0, local_rank=0, world_size=3) as main_run:
         assert main_run.paths is not None
         calls = Calls()
@@ -268,6 +272,20 @@ def test_other_ranks_join_rank_0s_run_directory_and_skip_manifest_lock_and_repor
         assert [(r.rank, r.status) for r in own] == [(2, "completed")]
         assert rank_file(main_run.paths.root, 2).is_file()
         assert not (main_run.paths.root / "reports" / "rank2").exists()
+
+
+def test_a_completed_rank_0_waits_the_grace_for_the_other_ranks_and_no_longer(
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "4243")
+    monkeypatch.setenv(RANKS_GRACE_ENV, "0.5")
+    orch = build(make_config, Calls(), rank=0, local_rank=0, world_size=2)
+    orch.__enter__()
+    started = time.monotonic()
+    orch.__exit__(None, None, None)
+    waited = time.monotonic() - started
+    assert 0.5 <= waited < 10, waited
+    assert orch.record is not None and orch.record.status == "completed"
 
 
 def test_a_rank_without_a_job_to_join_fails_clearly(make_config: ConfigFactory) -> None:
@@ -369,6 +387,8 @@ def test_the_report_describes_the_run_not_the_environment(
     make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clear_launcher(monkeypatch, RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", TORCHELASTIC_RUN_ID="e")
+    # Rank 1 is not launched: rank 0 does not wait for it at its end.
+    monkeypatch.setenv(RANKS_GRACE_ENV, "0")
     with RootOrchestrator(make_config(), rank=0, local_rank=0) as orch:
         order = orch.seed_tree.shared_seed("data_order")
         orch.log_environment_report()

@@ -18,7 +18,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator_fsm.phases import filesystem
+from orchestrator_fsm import layout
 from orchestrator_fsm.phases.filesystem import (
     RUN_SUBDIRECTORIES,
     RunPaths,
@@ -182,7 +182,7 @@ def test_collision_draws_a_new_suffix_and_leaves_the_existing_run_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     draws = iter(["aaaa", "aaaa", "bbbb"])
-    monkeypatch.setattr(filesystem, "_random_suffix", lambda: next(draws))
+    monkeypatch.setattr(layout, "_random_suffix", lambda: next(draws))
     first = RunPaths.create(tmp_path, "d", "a", HASH, now=NOW)
     marker = first.logs / "run.log"
     marker.write_text("first run")
@@ -204,14 +204,14 @@ def test_endless_collisions_give_up_with_a_clear_error(
         next(calls)
         return "aaaa"
 
-    monkeypatch.setattr(filesystem, "_random_suffix", always_the_same)
+    monkeypatch.setattr(layout, "_random_suffix", always_the_same)
     RunPaths.create(tmp_path, "d", "a", HASH, now=NOW)
 
     with pytest.raises(FileExistsError, match="attempts") as caught:
         RunPaths.create(tmp_path, "d", "a", HASH, now=NOW)
 
     assert str(tmp_path) in str(caught.value)
-    assert next(calls) == 1 + filesystem._MAX_CREATE_ATTEMPTS
+    assert next(calls) == 1 + layout._MAX_CREATE_ATTEMPTS
     assert len(list(tmp_path.iterdir())) == 1
 
 
@@ -238,7 +238,7 @@ def test_concurrent_threads_with_identical_config_get_distinct_directories(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A tiny suffix space makes the threads collide often, exercising the retry path.
-    monkeypatch.setattr(filesystem, "_random_suffix", lambda: f"{secrets.randbelow(64):04x}")
+    monkeypatch.setattr(layout, "_random_suffix", lambda: f"{secrets.randbelow(64):04x}")
     workers = 32
     start = threading.Barrier(workers)
 

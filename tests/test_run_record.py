@@ -314,3 +314,24 @@ def test_a_failing_steps_traceback_is_in_the_log_before_the_rollback_closes_it(
     log = (orch.paths.logs / "run.log").read_text(encoding="utf-8")
     assert "step 'acquire_lock' failed" in log
     assert "Traceback (most recent call last)" in log
+
+
+def test_the_job_entry_rank_0_writes_is_the_one_other_ranks_read(tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    from orchestrator_fsm.layout import job_entry_file
+    from orchestrator_fsm.lifecycle.job_index import JobEntry, read_job_entry, write_job_entry
+
+    entry = JobEntry(
+        job="4242-0123456789ab",
+        restart_count=1,
+        written_at=datetime.now(timezone.utc),
+        root=tmp_path / "outputs" / "run",
+        run_id="run",
+        attempt=2,
+        config_hash="0123456789abcdef",
+    )
+    path = write_job_entry(tmp_path / "outputs", entry)
+    assert path == job_entry_file(tmp_path / "outputs", entry.job)
+    assert read_job_entry(path) == entry
+    assert read_job_entry(tmp_path / "missing.json") is None

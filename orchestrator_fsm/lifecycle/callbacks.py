@@ -22,37 +22,36 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import attrs
 
-from orchestrator_fsm.config.problems import config_error
-from orchestrator_fsm.config.sections import DICT_SOURCE_LABEL
-from orchestrator_fsm.entry import entry_search_path, resolve_callable
-from orchestrator_fsm.errors import EntryPointError
 from orchestrator_fsm.lifecycle.signals import callback_signal, is_chained
 
-if TYPE_CHECKING:
-    from orchestrator_fsm.config import Config
+__all__ = ["CONFIG_FIELD", "Callback", "Resolve", "SignalCallbacks"]
 
-__all__ = ["CONFIG_FIELD", "SignalCallbacks"]
+OwnerT = TypeVar("OwnerT")
 
-#: What callbacks are called with (the orchestrator; its type is the caller's business).
-_Run = TypeVar("_Run")
-# A checkpoint callback: called with the orchestrator and the signal's number.
-_Callback = Callable[[Any, int], object]
+#: A checkpoint callback: called with the run's owner (the orchestrator) and the
+#: signal's number.
+Callback = Callable[[OwnerT, int], object]
+
+#: How a callback the recipe names is found: ``resolve(name, spec)`` with the signal's
+#: name as the recipe spells it and the ``module:function`` spec; raises the
+#: ``ConfigError`` that names the recipe's field when it cannot be found.
+Resolve = Callable[[str, str], Callback[OwnerT]]
 
 #: The recipe field that names callbacks by ``module:function``.
 CONFIG_FIELD = "infrastructure.signal_callbacks"
 
 
 @attrs.frozen
-class _Attached:
+class _Attached(Generic[OwnerT]):
     label: str
     """How log lines name the callback: its spec, or ``module:qualname`` for code."""
-    callback: _Callback
+    callback: Callback[OwnerT]
 
 
 def _label_of(callback: object) -> str:
@@ -62,37 +61,33 @@ def _label_of(callback: object) -> str:
     return f"{getattr(callback, '__module__', '?')}:{qualname}"
 
 
-def _resolve_configured(cfg: Config, name: str, spec: str) -> _Callback:
-    try:
-        # Looked up where --entry is: the working directory, or the file's own one.
-        with entry_search_path(spec):
-            found = resolve_callable(
-                spec, named_by="signal callback", takes="the orchestrator and the signal number"
-            )
-    except EntryPointError as exc:
-        label = str(cfg.source) if cfg.source is not None else DICT_SOURCE_LABEL
-        source = None if cfg.source is None else label
-        raise config_error(label, [(f"{CONFIG_FIELD}.{name}", str(exc))], source) from exc
-    callback: _Callback = found
-    return callback
+class SignalCallbacks(Generic[OwnerT]):
+    """The callbacks of one run, and the handlers that call them while it is live.
 
+    ``owner`` is what a callback is called with (the orchestrator); ``configured`` maps
+    signal names to the recipe's ``module:function`` specs, found by ``resolve``
+    (the orchestrator's: it knows how entry points are imported)."""
 
-class SignalCallbacks(Generic[_Run]):
-    """The callbacks of one run (configured in ``cfg``, attached by code), and the
-    handlers that call them with ``orchestrator`` while it is live."""
-
-    def __init__(self, orchestrator: _Run, cfg: Config, log: Callable[[], logging.Logger]) -> None:
-        self._orchestrator = orchestrator
-        self._cfg = cfg
+    def __init__(
+        self,
+        owner: OwnerT,
+        log: Callable[[], logging.Logger],
+        *,
+        configured: Mapping[str, str],
+        resolve: Resolve[OwnerT],
+    ) -> None:
+        self._owner = owner
         self._log = log
-        self._given: dict[int, _Attached] = {}
-        self._configured: dict[int, _Attached] = {}
+        self._configured_specs = dict(configured)
+        self._resolve = resolve
+        self._given: dict[int, _Attached[OwnerT]] = {}
+        self._configured: dict[int, _Attached[OwnerT]] = {}
         self._previous: dict[int, Any] = {}
         self._running: set[int] = set()
         self._live = False
         self._holding = False
 
-    def attach(self, key: int | str, callback: Callable[[_Run, int], object]) -> None:
+    def attach(self, key: int | str, callback: Callback[OwnerT]) -> None:
         """Call ``callback`` when the signal ``key`` names arrives (replacing the callback
         attached to it before); installed at once when the run is live. Raises
         ``ValueError`` for a signal other than SIGUSR1/SIGUSR2, ``TypeError`` for a
@@ -111,12 +106,11 @@ class SignalCallbacks(Generic[_Run]):
         """Import the recipe's callbacks (those no code callback replaces), then take
         their signals over. A callback that cannot be imported is a ``ConfigError``
         naming its field, raised before any handler changes."""
-        cfg = self._cfg
-        configured: dict[int, _Attached] = {}
-        for name, spec in cfg.infrastructure.signal_callbacks.items():
+        configured: dict[int, _Attached[OwnerT]] = {}
+        for name, spec in self._configured_specs.items():
             signum = callback_signal(name)
             if signum not in self._given:
-                configured[signum] = _Attached(spec, _resolve_configured(cfg, name, spec))
+                configured[signum] = _Attached(spec, self._resolve(name, spec))
         self._configured = configured
         self._live = True
         for taken in sorted(self._given.keys() | configured.keys()):
@@ -168,7 +162,7 @@ class SignalCallbacks(Generic[_Run]):
         log.info("received %s; calling %s", name, attached.label)
         self._running.add(signum)
         try:
-            attached.callback(self._orchestrator, signum)
+            attached.callback(self._owner, signum)
         except Exception:
             log.exception("%s callback %s failed; the run goes on", name, attached.label)
         finally:

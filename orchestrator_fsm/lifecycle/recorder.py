@@ -7,84 +7,87 @@ every transition to the journal, and finishes the record exactly once, when the
 machine reaches CLEANED or FAILED, with a status derived from the machine alone: the
 exception that ended the run (``machine.ended_by``) and the step it ended in. Any
 other rank keeps the same kind of record in ``ranks/rank<N>.json`` of that directory.
-Files are rewritten atomically (temporary file, fsync, rename).
+What differs by rank is in ``lifecycle/rank_writers.py``; the files and how they are
+written in ``lifecycle/record_files.py``; the metrics line in ``lifecycle/metrics.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
-import numbers
 import os
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from orchestrator_fsm._fs import append_whole, atomic_write_text
-from orchestrator_fsm._system import boot_id, process_start_ticks, say_on_stderr
+from orchestrator_fsm._fs import append_whole
+from orchestrator_fsm._system import boot_id, process_start_ticks, record_invocation, say_on_stderr
 from orchestrator_fsm._version import __version__
-from orchestrator_fsm.entry import entry_module
 from orchestrator_fsm.errors import LifecycleError
-from orchestrator_fsm.layout import JOURNAL_FILE, RESERVE_FILE, RUN_FILE, metrics_file, rank_file
+from orchestrator_fsm.layout import metrics_file
+from orchestrator_fsm.lifecycle.job_index import job_key
+from orchestrator_fsm.lifecycle.listener import NoListener, RunListener
+from orchestrator_fsm.lifecycle.metrics import (
+    METRICS_KIND,
+    SUMMARY_KIND,
+    checked_step,
+    checked_values,
+    metrics_line,
+)
+from orchestrator_fsm.lifecycle.rank_writers import (
+    closed_attempts,
+    ranks_grace_from_env,
+    writer_for,
+)
 from orchestrator_fsm.lifecycle.record import (
     PIPELINE_STEP,
-    Attempt,
-    ErrorSummary,
     LastMetric,
     RunRecord,
-    infer_status,
     outcome_of,
     pipeline_spans,
-    read_ranks,
-    read_run,
 )
+from orchestrator_fsm.lifecycle.record_files import write_record
 from orchestrator_fsm.lifecycle.table import MACHINE_STEPS, TERMINAL_STATES, LifecycleState
-from orchestrator_fsm.observers import Observers
-from orchestrator_fsm.phases.logging import FILE_ONLY
-from orchestrator_fsm.redaction import redact_argv, redact_secrets
-from orchestrator_fsm.status import COMPLETED, CRASHED, FAILED, INTERRUPTED, RUNNING
+from orchestrator_fsm.redaction import redact_argv
+from orchestrator_fsm.run_log import FILE_ONLY
+from orchestrator_fsm.status import FAILED, RUNNING
 
 if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.machine import LifecycleMachine, TransitionRecord
-    from orchestrator_fsm.phases.context import RunContext
+    from orchestrator_fsm.run_context import RunContext
 
-__all__ = ["RANKS_GRACE_S", "RunRecorder"]
-
-#: How long rank 0, at its end, waits for the other ranks' records to be final.
-RANKS_GRACE_S: Final = 30.0
-
-#: Space kept aside in the run directory for the record's last writes (see RunRecorder).
-_MIN_RESERVE_BYTES = 64 * 1024
-
-#: The fields of a metrics line besides the values; no metric may take these names.
-_METRIC_LINE_FIELDS: Final = frozenset({"time", "step", "rank", "kind"})
+__all__ = ["RunRecorder"]
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _ended_early(previous: RunRecord) -> str | None:
-    """Why the attempt ``previous`` describes (rank 0's record and its ranks') ended
-    early, as the next attempt sees it; None when it did not."""
-    status = infer_status(previous)
-    if status == COMPLETED:
-        return None
-    if status in (CRASHED, RUNNING):
-        return CRASHED
-    first = previous.first_failure
-    who = "" if first is None or not first.rank else f"rank {first.rank}: "
-    if status == INTERRUPTED:
-        return f"{who}preempted"
-    error = first.error if first is not None else previous.error
-    return f"{who}{error}" if error else f"{who}failed"
+class _Heartbeat:
+    """A daemon thread that calls ``beat`` every ``every_s`` seconds until stopped."""
+
+    def __init__(self, every_s: float, beat: Callable[[], bool]) -> None:
+        self._every_s = every_s
+        self._beat = beat
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="orchestrator-fsm-heartbeat", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every_s):
+            if not self._beat():
+                return
+
+    def stop(self) -> None:
+        """Stop beating; returns once the thread has (unless called from it)."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
 
 
 class RunRecorder:
@@ -95,16 +98,23 @@ class RunRecorder:
     on the recorder follows the machine's transitions (:meth:`observe`) and finishes
     the record exactly once. What it writes is a :class:`RunRecord` in its ``to_json``
     form, so ``read_run`` reads back exactly the shape written. Rank 0 writes
-    ``run.json``, the journal and the job's entry (see ``phases/joining.py``); rank N
+    ``run.json``, the journal and the job's entry (``lifecycle/job_index.py``); rank N
     writes only ``ranks/rank<N>.json``. ``elapsed`` reports the run's wall time.
 
     Faults while writing never cut the record short or leave half a file: files are
     replaced atomically (a failed write keeps the previous complete file), a failed
-    append to the journal is cut back, and each failure is one line on stderr. Space
-    for the last writes is kept aside at start (:data:`RESERVE_FILE`) and handed back
-    just before them, so a run that fills its disk still ends with its true status.
-    A daemon thread refreshes ``heartbeat_at`` every ``heartbeat_s`` seconds (0: none)
-    until the record is final.
+    append to the journal is cut back, and each failure is one line (``report``, by
+    default on stderr). Space for the last writes is kept aside at start
+    (:data:`~orchestrator_fsm.layout.RESERVE_FILE`) and handed back just before them,
+    so a run that fills its disk still ends with its true status. A daemon thread
+    refreshes ``heartbeat_at`` every ``heartbeat_s`` seconds (0: none) until the
+    record is final.
+
+    ``listener`` is told what the recorder wrote (:class:`RunListener`).
+    ``entry_module`` is the pipeline's module as the command line named it (None: the
+    module ``python -m`` ran, if any). ``ranks_grace_s``: how long a rank 0 that
+    completed waits for the other ranks' records at its end; None reads
+    ``ORCHESTRATOR_FSM_RANKS_GRACE_S`` (default 30 s).
     """
 
     def __init__(
@@ -114,25 +124,27 @@ class RunRecorder:
         *,
         heartbeat_s: float = 0.0,
         report: Callable[[str], None] = say_on_stderr,
-        observers: Iterable[object] = (),
+        listener: RunListener | None = None,
+        entry_module: str | None = None,
+        ranks_grace_s: float | None = None,
     ) -> None:
         self._run = run
         self._elapsed = elapsed
         self._heartbeat_s = heartbeat_s
         self._report = report
+        self._listener: RunListener = NoListener() if listener is None else listener
+        self._entry_module = entry_module
         self._machine: LifecycleMachine | None = None
         self._record: RunRecord | None = None
-        self._journaled = 0
         self._finished = False
         self._reported: set[str] = set()
         self._written = True
         self._lock = threading.RLock()
-        self._stop_beating = threading.Event()
-        self._stop_waiting = threading.Event()
-        self._beater: threading.Thread | None = None
+        self._heartbeat: _Heartbeat | None = None
         self._last: dict[str, LastMetric] = {}
         self._summary: dict[str, float] = {}
-        self._observers = Observers(observers, report)
+        grace = ranks_grace_from_env() if ranks_grace_s is None else ranks_grace_s
+        self._writer = writer_for(run, grace_s=grace, report_once=self._report_once)
 
     @property
     def record(self) -> RunRecord | None:
@@ -158,44 +170,39 @@ class RunRecorder:
         """Append one line of ``values`` (at ``step``) to this rank's metrics file and
         remember each as the metric's last value; ``run.json`` gets them at its next
         write (the heartbeat's, the final one), not at every call."""
-        self._append("metrics", values, step)
+        checked = self._append(METRICS_KIND, values, step)
+        self._listener.metrics(checked, step)
 
     def log_summary(self, values: Mapping[str, object]) -> None:
         """Append one summary line of ``values`` to this rank's metrics file; they
         become the record's ``summary`` (a name logged again replaces its value)."""
-        self._append("summary", values, None)
+        checked = self._append(SUMMARY_KIND, values, None)
+        self._listener.summary(checked)
 
-    def _append(self, kind: str, values: Mapping[str, object], step: int | None) -> None:
-        checked = _checked_values(values)
-        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
-            raise ValueError(f"step must be an integer >= 0 or None, got {step!r}")
+    def _append(
+        self, kind: str, values: Mapping[str, object], step: int | None
+    ) -> dict[str, float | int]:
+        checked = checked_values(values)
+        step = checked_step(step)
         with self._lock:
             record = self._record
             if record is None or self._finished:
                 where = "has ended" if self._finished else "has no run directory yet"
                 raise LifecycleError(f"cannot log {kind}: the run {where}")
-            line = {"time": _now().isoformat(), "kind": kind, "rank": self._run.rank}
-            line["step"] = step
-            line.update(checked)
             # One whole line or none: a reader never sees half of it (a full disk).
-            append_whole(metrics_file(record.root, self._run.rank), json.dumps(line) + "\n")
-            if kind == "summary":
+            line = metrics_line(kind, self._run.rank, step, checked, _now())
+            append_whole(metrics_file(record.root, self._run.rank), line)
+            if kind == SUMMARY_KIND:
                 self._summary.update(checked)
             else:
                 for name, value in checked.items():
                     self._last[name] = LastMetric(value, step)
-        if self._observers:
-            if kind == "summary":
-                self._observers.notify("summary", dict(checked))
-            else:
-                self._observers.notify("metrics", dict(checked), step)
+        return dict(checked)
 
     @property
     def _path(self) -> Path:
         assert self._record is not None
-        if self._run.is_main_process:
-            return self._record.root / RUN_FILE
-        return rank_file(self._record.root, self._run.rank)
+        return self._writer.record_path(self._record.root)
 
     def start(self) -> None:
         """Write the first record into the run directory just claimed, reopened or
@@ -207,40 +214,26 @@ class RunRecorder:
             return
         record = self._first_record(paths.root, paths.run_id)
         self._record = record
-        text = _record_text(record)
-        main = self._run.is_main_process
         try:
-            if not main:
-                self._path.parent.mkdir(exist_ok=True)
-            atomic_write_text(self._path, text)
-            if main:
-                _fill(paths.root / RESERVE_FILE, max(_MIN_RESERVE_BYTES, 8 * len(text)))
+            self._writer.create(paths.root, record)
         except BaseException as exc:
             path = self._path
             self._record = None
-            if main and not self._run.resumed:
-                for name in (RUN_FILE, RESERVE_FILE):
-                    with contextlib.suppress(OSError):
-                        os.unlink(paths.root / name)
             if isinstance(exc, OSError):
                 raise type(exc)(
                     exc.errno, f"cannot write the run record ({exc.strerror})", str(path)
                 ) from exc
             raise
-        if main:
-            self._tell_job(failed=None)
-        self._observers.notify("run_started", record)
+        self._writer.publish(record)
+        self._listener.run_started(record)
         self._keep_tracker_links()
         if self._heartbeat_s > 0:
-            self._beater = threading.Thread(
-                target=self._beat, name="orchestrator-fsm-heartbeat", daemon=True
-            )
-            self._beater.start()
+            self._heartbeat = _Heartbeat(self._heartbeat_s, self._beat)
 
     def _keep_tracker_links(self) -> None:
-        """Put where the observers mirror the run into the record (one more write, only
-        when one of them links a tracker), so a crashed run can be reconciled there."""
-        links = self._observers.tracker_links() if self._observers else {}
+        """Put where the listener mirrors the run into the record (one more write, only
+        when it links a tracker), so a crashed run can be reconciled there."""
+        links = self._listener.tracker_links()
         if not links:
             return
         with self._lock:
@@ -280,12 +273,12 @@ class RunRecorder:
             return
         final = record.dest in TERMINAL_STATES and record.step in MACHINE_STEPS
         if self._record is None:
-            if final and self._run.is_main_process:
-                # Rank 0 ended before it had a run directory: the waiting ranks must
-                # hear it now rather than wait for one that never comes.
+            if final:
+                # Ended before there was a run directory: rank 0 tells the waiting ranks
+                # now rather than have them wait for one that never comes.
                 self._finished = True
                 _, error = outcome_of(self._machine)
-                self._tell_job(failed=str(error) if error else "the run ended early")
+                self._writer.publish(None, failed=str(error) if error else "the run ended early")
             return
         if not record.ok and record.step not in MACHINE_STEPS and self._run.logger is not None:
             # Told before the rollback, so the run's log is still open.
@@ -299,12 +292,14 @@ class RunRecorder:
                 )
         if final:
             self._stop_heartbeat()
-            self._release_reserve()
+            self._writer.release_reserve(self._record.root)
         with self._lock:
             before = self._record
             phases = dict(before.phases)
-            if self._run.is_main_process:
-                phases = self._journal_new_transitions(before.root, phases)
+            history = self._machine.history
+            for item in self._writer.journal(before.root, history, len(before.attempts)):
+                if item.ok:
+                    phases[item.step] = round(phases.get(item.step, 0.0) + item.duration_s, 6)
             moved = record.ok and record.step not in MACHINE_STEPS
             device = None if self._run.device is None else str(self._run.device)
             self._record = attrs.evolve(
@@ -320,15 +315,13 @@ class RunRecorder:
                 self._finish(record)
             elif moved and record.dest is LifecycleState.READY:
                 self._update()
-        self._observers.notify("transition", record)
+        self._listener.transition(record)
         if final:
-            assert self._record is not None
-            self._observers.notify("run_ended", self.record)
+            ended = self.record
+            assert ended is not None
+            self._listener.run_ended(ended)
 
     def _first_record(self, root: Path, run_id: str) -> RunRecord:
-        from orchestrator_fsm.phases.joining import job_key
-        from orchestrator_fsm.phases.manifest import record_invocation
-
         assert self._machine is not None
         run = self._run
         history = self._machine.history
@@ -336,36 +329,15 @@ class RunRecorder:
         known = {field.name for field in attrs.fields(RunRecord)}
         pid = os.getpid()
         now = _now()
-        started = history[0].started_at if history else now
-        previous = read_run(root) if run.resumed else None
-        attempts: tuple[Attempt, ...] = ()
-        if previous is not None:
-            earlier = previous.attempts or (
-                Attempt(number=1, started_at=previous.started_at, pid=previous.pid),
-            )
-            # The attempt before, as the whole job lived it: its ranks included.
-            last = attrs.evolve(
-                earlier[-1],
-                ended_at=earlier[-1].ended_at or previous.ended_at or previous.heartbeat_at,
-                status=infer_status(previous),
-                reason=_ended_early(previous),
-            )
-            attempts = (*earlier[:-1], last)
-        attempts += (
-            Attempt(
-                number=len(attempts) + 1,
-                restart_count=run.launch.restart_count,
-                started_at=started,
-                pid=pid,
-                host=socket.gethostname(),
-            ),
+        started_at, attempts = self._writer.open_attempt(
+            root, history[0].started_at if history else now
         )
         return RunRecord(
             run_id=run_id,
             root=root,
             status=RUNNING,
             state=self._machine.state.value,
-            started_at=previous.started_at if previous is not None else started,
+            started_at=started_at,
             rank=run.rank,
             world_size=run.world_size,
             pid=pid,
@@ -377,7 +349,7 @@ class RunRecorder:
             argv=tuple(redact_argv(invocation["argv"])),
             cwd=invocation["cwd"],
             entry_point=invocation["entry_point"],
-            entry_module=entry_module(run.entry) if run.entry else invocation["entry_module"],
+            entry_module=self._entry_module or invocation["entry_module"],
             entry=run.entry,
             python=invocation["python"],
             package_version=__version__,
@@ -387,117 +359,20 @@ class RunRecorder:
             sweep=None if run.sweep is None else run.sweep[0],
             sweep_member=None if run.sweep is None else run.sweep[1],
             rerun_of=None if run.rerun_of is None else str(run.rerun_of),
-            attempts=attempts if run.is_main_process else (),
+            attempts=attempts,
             extra={key: value for key, value in invocation.items() if key not in known},
         )
 
-    def _tell_job(self, failed: str | None) -> None:
-        """Write the job's entry (rank 0 only, when the launcher names a job)."""
-        from orchestrator_fsm.layout import job_entry_file
-        from orchestrator_fsm.phases.joining import JobEntry, job_key
-
-        run = self._run
-        key = job_key(run.launch, run.cfg.config_hash())
-        if key is None or not run.is_main_process:
-            return
-        record = self._record
-        entry = JobEntry(
-            job=key,
-            restart_count=run.launch.restart_count,
-            written_at=_now(),
-            root=None if record is None else record.root,
-            run_id=None if record is None else record.run_id,
-            attempt=None if record is None else len(record.attempts),
-            config_hash=run.cfg.config_hash(),
-            failed=None if failed is None else redact_secrets(failed),
-        )
-        path = job_entry_file(run.cfg.telemetry.output_dir, key)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(entry.to_json(), indent=2, sort_keys=True) + "\n")
-        except OSError as exc:
-            if record is not None:
-                raise
-            # Nothing else can be done for the other ranks; they will time out.
-            self._report_once("job", f"could not write the job entry {path} ({exc})")
-
-    def _journal_new_transitions(self, root: Path, phases: dict[str, float]) -> dict[str, float]:
-        """Append what the machine did since the last call; ``phases`` plus its durations."""
-        assert self._machine is not None and self._record is not None
-        history = self._machine.history
-        fresh = history[self._journaled :]
-        if not fresh:
-            return phases
-        attempt = len(self._record.attempts)
-        lines = []
-        for item in fresh:
-            line = redact_secrets(dict(item.to_json(), pid=os.getpid(), attempt=attempt))
-            lines.append(json.dumps(line, sort_keys=True))
-        try:
-            append_whole(root / JOURNAL_FILE, "\n".join(lines) + "\n")
-        except OSError as exc:
-            # Kept for the next append: the journal stays a prefix of the history.
-            self._report_once("journal", f"could not append to {root / JOURNAL_FILE} ({exc})")
-        else:
-            self._journaled = len(history)
-        for item in fresh:
-            if item.ok:
-                phases[item.step] = round(phases.get(item.step, 0.0) + item.duration_s, 6)
-        return phases
-
     def stop_waiting(self, *_: object) -> None:
         """Stop waiting for the other ranks' records (a signal came: end now)."""
-        self._stop_waiting.set()
-
-    def _job_outcome(
-        self, status: str, error: ErrorSummary | None
-    ) -> tuple[str, ErrorSummary | None, int | None]:
-        """Rank 0's outcome folded with the other ranks' records: the job is failed (or
-        interrupted) when any rank was, with the error of the rank that went wrong
-        first. A rank 0 that completed waits up to :data:`RANKS_GRACE_S` for the ranks
-        to end (not once a signal asks this process to end)."""
-        assert self._record is not None
-        run = self._run
-        if not run.is_main_process or run.world_size < 2:
-            return status, error, None
-        root, attempt = self._record.root, run.launch.restart_count
-        # Only a rank 0 that ended well waits: one that is failing or interrupted (a
-        # launcher tearing the job down) writes its record at once, before it is killed.
-        deadline = time.monotonic() + (RANKS_GRACE_S if status == COMPLETED else 0.0)
-        ranks = read_ranks(root, attempt)
-        while not self._stop_waiting.is_set() and time.monotonic() < deadline:
-            if len([r for r in ranks if r.effective_status != RUNNING]) >= run.world_size - 1:
-                break
-            self._stop_waiting.wait(0.1)
-            ranks = read_ranks(root, attempt)
-        mine = attrs.evolve(self._record, status=status, error=error, ended_at=_now())
-        first = attrs.evolve(mine, ranks=ranks).first_failure
-        if first is None or first.rank in (None, 0):
-            return status, error, None
-        if first.status == RUNNING:  # its process vanished
-            summary = ErrorSummary("RankCrashed", f"rank {first.rank} is gone", PIPELINE_STEP)
-        else:
-            summary = first.error or ErrorSummary("RankFailed", "", PIPELINE_STEP)
-        worst = INTERRUPTED if first.status == INTERRUPTED else FAILED
-        return worst, summary, first.rank
+        self._writer.stop_waiting()
 
     def _finish(self, record: TransitionRecord) -> None:
         assert self._machine is not None and self._record is not None
         status, error = outcome_of(self._machine)
-        status, error, failed_rank = self._job_outcome(status, error)
+        status, error, failed_rank = self._writer.outcome(self._record, status, error)
         self._finished = True
         ended = _now()
-        attempts = self._record.attempts
-        if attempts:
-            reason = None
-            if status == INTERRUPTED:
-                reason = "preempted"
-            elif error is not None:
-                reason = str(error)
-            attempts = (
-                *attempts[:-1],
-                attrs.evolve(attempts[-1], ended_at=ended, status=status, reason=reason),
-            )
         phases = dict(self._record.phases)
         spans = pipeline_spans(self._machine.history)
         if spans and spans[-1].after == len(self._machine.history) - 2:
@@ -514,7 +389,7 @@ class RunRecorder:
             error=error,
             failed_rank=failed_rank,
             elapsed_s=self._elapsed_s(),
-            attempts=attempts,
+            attempts=closed_attempts(self._record.attempts, ended, status, error),
         )
         failure = self._write()
         if failure is not None:
@@ -531,7 +406,7 @@ class RunRecorder:
                 self._record, metrics=dict(self._last), summary=dict(self._summary)
             )
         try:
-            atomic_write_text(self._path, _record_text(self._record))
+            write_record(self._path, self._record)
         except OSError as exc:
             self._written = False
             return exc
@@ -552,65 +427,16 @@ class RunRecorder:
             self._reported.add(kind)
             self._report(line)
 
-    def _beat(self) -> None:
-        while not self._stop_beating.wait(self._heartbeat_s):
-            with self._lock:
-                if self._finished or self._record is None:
-                    return
-                self._record = attrs.evolve(self._record, heartbeat_at=_now())
-                self._update()
+    def _beat(self) -> bool:
+        """Refresh ``heartbeat_at``; False once the record is final (the beats stop)."""
+        with self._lock:
+            if self._finished or self._record is None:
+                return False
+            self._record = attrs.evolve(self._record, heartbeat_at=_now())
+            self._update()
+        return True
 
     def _stop_heartbeat(self) -> None:
-        self._stop_beating.set()
-        beater, self._beater = self._beater, None
-        if beater is not None and beater is not threading.current_thread():
-            beater.join()
-
-    def _release_reserve(self) -> None:
-        if self._record is not None and self._run.is_main_process:
-            with contextlib.suppress(OSError):
-                os.unlink(self._record.root / RESERVE_FILE)
-
-
-def _checked_values(values: Mapping[str, object]) -> dict[str, float | int]:
-    """``values`` when every key is a string and every value a finite number (not a
-    bool); otherwise ``ValueError`` naming the first bad key."""
-    if not isinstance(values, Mapping) or not values:
-        raise ValueError(f"expected a non-empty mapping of names to numbers, got {values!r}")
-    checked: dict[str, float | int] = {}
-    for key, value in values.items():
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"metric names must be non-empty strings, got {key!r}")
-        if key in _METRIC_LINE_FIELDS:
-            raise ValueError(
-                f"metric {key!r}: the name is one of the line's own fields "
-                f"({', '.join(sorted(_METRIC_LINE_FIELDS))}); choose another"
-            )
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ValueError(
-                f"metric {key!r}: expected a finite number, got {type(value).__name__} {value!r}"
-            )
-        number = value if isinstance(value, (int, float)) else float(value)
-        if not math.isfinite(number):
-            raise ValueError(f"metric {key!r}: expected a finite number, got {number!r}")
-        checked[key] = number
-    return checked
-
-
-def _record_text(record: RunRecord) -> str:
-    return (
-        json.dumps(redact_secrets(record.to_json()), indent=2, sort_keys=True, default=str) + "\n"
-    )
-
-
-def _fill(path: Path, size: int) -> None:
-    """Create ``path`` holding ``size`` bytes of real disk space (raises when there is none)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        block = bytes(min(size, 64 * 1024))
-        left = size
-        while left > 0:
-            left -= os.write(fd, block[:left])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is not None:
+            heartbeat.stop()

@@ -1,106 +1,11 @@
-"""``RunContext``: what every lifecycle step is given, and what the steps fill in.
-
-A step is a plain function ``step(run) -> Undo | None`` in the module of its phase. It
-reads the config and the injected dependencies from ``run`` and records what it
-produced (paths, logger, device, applied thread count) back on it, so the next steps
-and the orchestrator's public attributes see the same values.
-"""
+"""The run's context under its former name: :mod:`orchestrator_fsm.run_context` owns
+``RunContext`` and ``Dependencies`` (below the lifecycle, which reads them too) and
+:mod:`orchestrator_fsm.run_log` owns ``LOGGER_NAME``. Kept for the modules that still
+import them from here."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
-
-import attrs
-
-from orchestrator_fsm.distributed import Launch
-from orchestrator_fsm.errors import LifecycleError
-from orchestrator_fsm.reproduce.bundle import launch_environment
-
-if TYPE_CHECKING:
-    import torch
-
-    from orchestrator_fsm.config import Config
-    from orchestrator_fsm.phases.determinism import SeedTree
-    from orchestrator_fsm.phases.filesystem import RunPaths
-    from orchestrator_fsm.protocols import (
-        AuditSaverProtocol,
-        InfraManagerProtocol,
-        ReporterProtocol,
-        TimeTrackerProtocol,
-    )
+from orchestrator_fsm.run_context import Dependencies, RunContext
+from orchestrator_fsm.run_log import LOGGER_NAME
 
 __all__ = ["LOGGER_NAME", "Dependencies", "RunContext"]
-
-#: The package's logger: the run's console and file handlers are attached here.
-LOGGER_NAME: Final = "orchestrator_fsm"
-
-
-@attrs.frozen
-class Dependencies:
-    """The parts a run is built from, each either injected or the package's default."""
-
-    infra: InfraManagerProtocol
-    reporter: ReporterProtocol
-    time_tracker: TimeTrackerProtocol
-    audit_saver: AuditSaverProtocol
-    log_initializer: Callable[..., Any]
-    seed_setter: Callable[..., Any]
-    thread_applier: Callable[..., Any]
-    system_configurator: Callable[..., Any]
-    static_dir_setup: Callable[..., Any]
-    device_resolver: Callable[..., Any]
-
-
-@attrs.define(eq=False)
-class RunContext:
-    """One run's config, dependencies and place in the job, plus what its steps made."""
-
-    cfg: Config
-    deps: Dependencies
-    rank: int
-    local_rank: int
-    world_size: int
-    seed_tree: SeedTree
-    launch: Launch = attrs.field(factory=Launch)
-    """The launch this run is part of (launcher, ranks, ``job_id``, ``restart_count``);
-    its ranks and world size are the ones above."""
-    paths: RunPaths | None = None
-    logger: logging.Logger | None = None
-    device: torch.device | None = None
-    applied_threads: int = 0
-    resume_from: Path | None = None
-    """A run directory the caller asked to continue (``resume=``, ``run --resume``)."""
-    force_resume: bool = False
-    """Continue ``resume_from`` even when its config differs from this one."""
-    sweep: tuple[str, int] | None = None
-    """The sweep this run is a member of: its id and the member's number."""
-    entry: str | None = None
-    """The pipeline as the command line named it (``--entry module:function`` or
-    ``file.py:function``): recorded in ``run.json`` and the rerun bundle."""
-    rerun_of: Path | None = None
-    """The run directory this run reruns (``orchestrator-fsm rerun``)."""
-    launch_env: Mapping[str, str] = attrs.field(factory=launch_environment)
-    """The allow-listed environment variables as the run was given them (before phase 2
-    exports its thread counts), for the rerun bundle."""
-    resumed: bool = False
-    """Whether phase 3 reopened the run directory of an earlier attempt of the job."""
-    start_record: Callable[[], None] = attrs.field(default=lambda: None)
-    """Writes the run's first record into the directory phase 3 just made."""
-
-    @property
-    def is_main_process(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def log(self) -> logging.Logger:
-        """The run's logger once phase 4 made it, else the package's logger."""
-        return self.logger if self.logger is not None else logging.getLogger(LOGGER_NAME)
-
-    def require_paths(self) -> RunPaths:
-        """The run directory; the table orders every step that needs it after phase 3."""
-        if self.paths is None:
-            raise LifecycleError("this step needs the run directory, which phase 3 creates")
-        return self.paths

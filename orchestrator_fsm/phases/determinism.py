@@ -1,7 +1,8 @@
 """Phase 1 — determinism: seed every global generator and pin the reproducibility flags.
 
 ``set_seed`` is the default seeding step; ``DeterminismState`` is its undo. The seed
-tree (``SeedTree``, ``make_generator``, ``worker_init_fn``) hands out the *other* seeds a
+tree (``SeedTree``, whose home is :mod:`orchestrator_fsm.seeds`, ``make_generator``,
+``worker_init_fn``) hands out the *other* seeds a
 run needs — per purpose, per rank or shared by all ranks, per DataLoader worker —
 derived from the one recipe seed with ``numpy.random.SeedSequence`` so they are
 independent, stable across Python processes and never drawn from (hence never
@@ -10,15 +11,13 @@ disturbing) the global generators.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import operator
 import os
 import random
 import sys
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, SupportsIndex
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import numpy as np
@@ -27,10 +26,18 @@ import torch
 from orchestrator_fsm._process import undoable
 from orchestrator_fsm._system import mps_available
 from orchestrator_fsm.distributed import get_rank
+from orchestrator_fsm.seeds import (
+    STANDARD_SHARED_PURPOSES,
+    WORKER_INIT_KIND,
+    SeedTree,
+    purpose_seed,
+    validate_index,
+    validate_seed,
+)
 
 if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.machine import Undo
-    from orchestrator_fsm.phases.context import RunContext
+    from orchestrator_fsm.run_context import RunContext
 
 __all__ = [
     "CUBLAS_WORKSPACE_CONFIG",
@@ -62,38 +69,9 @@ _INDUCTOR_CONFIG_MODULE: Final = "torch._inductor.config"
 # that: strict set_seed exports it for child processes.
 _HASH_SEED_AT_START: Final = os.environ.get(_HASH_SEED_ENV)
 
-_SEED_LIMIT: Final = 2**32
-_PURPOSE_KIND: Final = 0
-_WORKER_KIND: Final = 1
-_WORKER_INIT_KIND: Final = 2
-_SHARED_KIND: Final = 3
-#: Purposes whose shared seed ``SeedTree.as_dict`` always lists.
-STANDARD_SHARED_PURPOSES: Final = ("data_order", "model_init")
-
 # The seed of the last ``set_seed`` call, from which ``last_seed_sequence`` rebuilds the
 # recorded SeedSequence. Module state on purpose: ``DeterminismState`` restores it.
 _recorded_seed: int | None = None
-
-
-def _validate_seed(seed: object, *, name: str = "seed") -> int:
-    """``seed`` as a plain int, or a ValueError saying what a seed must be."""
-    if isinstance(seed, bool) or not isinstance(seed, SupportsIndex):
-        raise ValueError(
-            f"{name} must be an integer in [0, 2**32), got {type(seed).__name__} {seed!r}"
-        )
-    value = operator.index(seed)
-    if not 0 <= value < _SEED_LIMIT:
-        raise ValueError(f"{name} must be an integer in [0, 2**32), got {value}")
-    return value
-
-
-def _validate_index(value: object, *, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
-        raise ValueError(f"{name} must be an integer >= 0, got {type(value).__name__} {value!r}")
-    index = operator.index(value)
-    if index < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {index}")
-    return index
 
 
 def set_deterministic_algorithms(mode: bool, *, warn_only: bool = False) -> None:
@@ -150,7 +128,7 @@ def set_seed(seed: int, strict: bool = False, warn_only: bool = False) -> None:
     ``ValueError`` unless ``0 <= seed < 2**32``.
     """
     global _recorded_seed
-    seed = _validate_seed(seed)
+    seed = validate_seed(seed)
 
     random.seed(seed)
     np.random.seed(seed)
@@ -221,131 +199,6 @@ def last_seed_sequence() -> np.random.SeedSequence | None:
     return np.random.SeedSequence(_recorded_seed)
 
 
-def _purpose_words(purpose: object) -> tuple[int, int]:
-    """Two 32-bit words identifying ``purpose``, identical in every Python process.
-
-    Python's ``hash()`` of a str is salted per interpreter (PYTHONHASHSEED), so a
-    cryptographic digest is used instead.
-    """
-    if not isinstance(purpose, str) or not purpose:
-        raise ValueError(f"purpose must be a non-empty string, got {purpose!r}")
-    digest = hashlib.sha256(purpose.encode("utf-8")).digest()
-    return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:8], "little")
-
-
-def _derive(entropy: int, spawn_key: tuple[int, ...]) -> int:
-    """A 32-bit seed from ``entropy`` and ``spawn_key`` via SeedSequence's hash mixing."""
-    sequence = np.random.SeedSequence(entropy, spawn_key=spawn_key)
-    return int(sequence.generate_state(1, dtype=np.uint32)[0])
-
-
-def _purpose_seed(entropy: int, purpose: str, rank: int) -> int:
-    return _derive(entropy, (_PURPOSE_KIND, *_purpose_words(purpose), rank))
-
-
-def _shared_seed(entropy: int, purpose: str) -> int:
-    # No rank in the key: every rank derives the same value.
-    return _derive(entropy, (_SHARED_KIND, *_purpose_words(purpose)))
-
-
-def _worker_seed(entropy: int, purpose: str, rank: int, worker_id: int) -> int:
-    return _derive(entropy, (_WORKER_KIND, *_purpose_words(purpose), rank, worker_id))
-
-
-class SeedTree:
-    """Every seed a run hands out, derived from one base seed.
-
-    Seeds depend only on ``(seed, purpose, rank[, worker_id])`` — never on call order,
-    on the process, or on the global generators — so two runs with the same recipe get
-    the same seeds. Two kinds are handed out:
-
-    - :meth:`seed_for` (and :meth:`worker_seed`, :meth:`generator`) differ per rank:
-      for randomness each rank should draw on its own, such as augmentation, dropout
-      or noise.
-    - :meth:`shared_seed` is the same on every rank: for what the ranks must agree
-      on, such as the initial weights or the shuffled order a
-      ``DistributedSampler`` splits between them (``seed=tree.shared_seed("data_order")``;
-      a per-rank seed there makes the ranks shuffle differently, so some samples are
-      seen twice in an epoch and others never).
-
-    The base seed itself is what :func:`set_seed` gives Python, NumPy and torch on
-    every rank.
-
-    ``as_dict()`` lists the standard seeds plus every one handed out so far, for the
-    run's report. Raises ``ValueError`` for a seed outside ``[0, 2**32)``, a
-    ``world_size`` below 1, or a ``rank`` outside ``[0, world_size)``.
-    """
-
-    __slots__ = ("_handed_out", "rank", "seed", "world_size")
-
-    def __init__(self, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.seed: int = _validate_seed(seed)
-        world_size = _validate_index(world_size, name="world_size")
-        if world_size < 1:
-            raise ValueError(f"world_size must be an integer >= 1, got {world_size}")
-        rank = _validate_index(rank, name="rank")
-        if rank >= world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        self.rank: int = rank
-        self.world_size: int = world_size
-        self._handed_out: dict[str, int] = {}
-
-    def __repr__(self) -> str:
-        return f"SeedTree(seed={self.seed}, rank={self.rank}, world_size={self.world_size})"
-
-    def seed_for(self, purpose: str) -> int:
-        """The 32-bit seed of ``purpose`` (e.g. ``"augmentation"``) on this rank."""
-        value = _purpose_seed(self.seed, purpose, self.rank)
-        self._handed_out[purpose] = value
-        return value
-
-    def shared_seed(self, purpose: str) -> int:
-        """The 32-bit seed of ``purpose`` (e.g. ``"data_order"``), equal on every rank.
-
-        Independent of every :meth:`seed_for` value, including rank 0's.
-        """
-        value = _shared_seed(self.seed, purpose)
-        self._handed_out[f"shared/{purpose}"] = value
-        return value
-
-    def worker_seed(self, worker_id: int, purpose: str = "dataloader") -> int:
-        """The 32-bit seed of DataLoader worker ``worker_id`` for ``purpose`` on this rank."""
-        worker_id = _validate_index(worker_id, name="worker_id")
-        value = _worker_seed(self.seed, purpose, self.rank, worker_id)
-        self._handed_out[f"{purpose}/worker/{worker_id}"] = value
-        return value
-
-    def generator(self, purpose: str = "dataloader") -> torch.Generator:
-        """A CPU ``torch.Generator`` seeded with ``seed_for(purpose)``."""
-        return torch.Generator().manual_seed(self.seed_for(purpose))
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain JSON-able summary: base seeds, standard derived seeds, all handed out.
-
-        Keys: ``seed``, ``rank``, ``world_size``, ``python``/``numpy``/``torch`` (the
-        base seed each global generator got), ``dataloader`` and ``rank_seed`` (the
-        seeds of the purposes ``"dataloader"`` and ``"rank"`` on this rank), ``shared``
-        (``{purpose: seed}``, the same on every rank, for
-        :data:`STANDARD_SHARED_PURPOSES`) and ``derived`` (``{name: seed}`` for every
-        seed handed out, in order; shared seeds are named ``"shared/<purpose>"``, worker
-        seeds ``"<purpose>/worker/<id>"``).
-        """
-        return {
-            "seed": self.seed,
-            "rank": self.rank,
-            "world_size": self.world_size,
-            "python": self.seed,
-            "numpy": self.seed,
-            "torch": self.seed,
-            "dataloader": _purpose_seed(self.seed, "dataloader", self.rank),
-            "rank_seed": _purpose_seed(self.seed, "rank", self.rank),
-            "shared": {
-                purpose: _shared_seed(self.seed, purpose) for purpose in STANDARD_SHARED_PURPOSES
-            },
-            "derived": dict(self._handed_out),
-        }
-
-
 def make_generator(
     seed: int | None = None, *, purpose: str = "dataloader", rank: int | None = None
 ) -> torch.Generator:
@@ -356,9 +209,9 @@ def make_generator(
     generator follows the run's seed without drawing from torch's global generator.
     ``rank`` None means :func:`orchestrator_fsm.distributed.get_rank`.
     """
-    entropy = torch.initial_seed() if seed is None else _validate_seed(seed)
-    rank = get_rank() if rank is None else _validate_index(rank, name="rank")
-    return torch.Generator().manual_seed(_purpose_seed(entropy, purpose, rank))
+    entropy = torch.initial_seed() if seed is None else validate_seed(seed)
+    rank = get_rank() if rank is None else validate_index(rank, name="rank")
+    return torch.Generator().manual_seed(purpose_seed(entropy, purpose, rank))
 
 
 def worker_init_fn(worker_id: int) -> None:
@@ -370,10 +223,8 @@ def worker_init_fn(worker_id: int) -> None:
     and NumPy's global generators, so workers draw differently from each other and from
     the parent (which fork would otherwise copy), and identically on every rerun.
     """
-    worker_id = _validate_index(worker_id, name="worker_id")
-    sequence = np.random.SeedSequence(
-        torch.initial_seed(), spawn_key=(_WORKER_INIT_KIND, worker_id)
-    )
+    worker_id = validate_index(worker_id, name="worker_id")
+    sequence = np.random.SeedSequence(torch.initial_seed(), spawn_key=(WORKER_INIT_KIND, worker_id))
     python_child, numpy_child = sequence.spawn(2)
     random.seed(int.from_bytes(python_child.generate_state(4, dtype=np.uint32).tobytes(), "little"))
     np.random.seed(numpy_child.generate_state(4, dtype=np.uint32))

@@ -16,7 +16,7 @@ from orchestrator_fsm._system import mps_available
 from orchestrator_fsm.errors import DeviceError
 
 if TYPE_CHECKING:
-    from orchestrator_fsm.phases.context import RunContext
+    from orchestrator_fsm.run_context import RunContext
 
 __all__ = ["available_devices", "resolve_device", "step", "to_device_obj"]
 

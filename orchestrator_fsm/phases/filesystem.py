@@ -1,18 +1,20 @@
 """Phase 3, filesystem: the run directory and the shared static directories.
 
-``RunPaths.create`` makes one fresh directory per run under the configured output
-directory, named ``YYYYMMDD-HHMMSS-<dataset>-<architecture>-<hash6>-<rand4>``, and its
-sub-folders ``logs/ reports/ checkpoints/ figures/ exports/ database/``. The directory
-is claimed with an exclusive ``os.mkdir``, so two launches with identical configs in
-the same second still get distinct directories and an existing directory is never
-reused. The random part comes from :mod:`secrets`, never from ``random``, NumPy or
-torch, so creating a run consumes none of the user's seeded random streams.
+``RunPaths.create`` (its home is :mod:`orchestrator_fsm.layout`) makes one fresh
+directory per run under the configured output directory, named
+``YYYYMMDD-HHMMSS-<dataset>-<architecture>-<hash6>-<rand4>``, and its sub-folders
+``logs/ reports/ checkpoints/ figures/ exports/ database/``. The directory is claimed
+with an exclusive ``os.mkdir``, so two launches with identical configs in the same
+second still get distinct directories and an existing directory is never reused. The
+random part comes from :mod:`secrets`, never from ``random``, NumPy or torch, so
+creating a run consumes none of the user's seeded random streams.
 
 A run directory is never deleted, not even by a rollback after a failed step: a run
 that failed half-way stays on disk for auditing, with whatever it managed to record.
 
 ``setup_static_directories`` creates the per-user cache directory shared by all runs
 (``default_cache_dir()``) and its ``locks/`` sub-folder, where the run lock lives.
+``restarted_run`` finds the directory a resumed or restarted run continues in.
 """
 
 from __future__ import annotations
@@ -21,206 +23,30 @@ import contextlib
 import errno
 import getpass
 import os
-import secrets
 import stat
 import tempfile
-from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-import attrs
-
 from orchestrator_fsm._fs import slugify
-from orchestrator_fsm.layout import CONFIG_FILE, RUN_SUBDIRECTORIES, output_root
-from orchestrator_fsm.redaction import redact_url
+from orchestrator_fsm.errors import InfrastructureError
+from orchestrator_fsm.layout import RUN_SUBDIRECTORIES, RunPaths, job_entry_file
+from orchestrator_fsm.lifecycle.job_index import job_key, read_job_entry
+from orchestrator_fsm.status import RUNNING
 
 if TYPE_CHECKING:
-    from orchestrator_fsm.phases.context import RunContext
+    from orchestrator_fsm.run_context import RunContext
 
 __all__ = [
     "RunPaths",
     "default_cache_dir",
     "default_lock_dir",
+    "restarted_run",
     "setup_static_directories",
     "step",
 ]
 
 CACHE_DIR_NAME: Final = "orchestrator-fsm"
-
-# A name slug longer than this would make directory names unwieldy (and, with two of
-# them, could approach the 255-byte limit of common file systems).
-_NAME_SLUG_MAX: Final = 40
-_HASH_CHARS: Final = 6
-_SUFFIX_BYTES: Final = 2
-# Each attempt collides with probability (runs started in the same second) / 65536;
-# 32 consecutive collisions mean something other than chance is going on.
-_MAX_CREATE_ATTEMPTS: Final = 32
-_HEX_DIGITS: Final = frozenset("0123456789abcdef")
-
-
-def _random_suffix() -> str:
-    """Four hex digits from the OS's CSPRNG; never touches the user's seeded generators."""
-    return secrets.token_hex(_SUFFIX_BYTES)
-
-
-def _utc_timestamp(now: datetime | None) -> str:
-    if now is None:
-        now = datetime.now(timezone.utc)
-    elif now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
-    else:
-        now = now.astimezone(timezone.utc)
-    return now.strftime("%Y%m%d-%H%M%S")
-
-
-def _hash_prefix(config_hash: str) -> str:
-    prefix = str(config_hash).strip().lower()[:_HASH_CHARS]
-    if len(prefix) < _HASH_CHARS or not set(prefix) <= _HEX_DIGITS:
-        raise ValueError(
-            f"config_hash must start with at least {_HASH_CHARS} hexadecimal digits, "
-            f"got {config_hash!r}"
-        )
-    return prefix
-
-
-def _ensure_output_dir(output_dir: Path) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(
-            errno.ENOTDIR,
-            "the output directory for runs exists but is not a directory",
-            str(output_dir),
-        )
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise type(exc)(
-            exc.errno,
-            f"cannot create the output directory for runs ({exc.strerror})",
-            str(output_dir),
-        ) from exc
-
-
-def _claim_run_directory(output_dir: Path, prefix: str) -> Path:
-    """Create ``output_dir/<prefix>-<rand4>`` exclusively and return it."""
-    tried: list[str] = []
-    for _ in range(_MAX_CREATE_ATTEMPTS):
-        candidate = output_dir / f"{prefix}-{_random_suffix()}"
-        try:
-            os.mkdir(candidate)
-        except FileExistsError:
-            # Someone else (another launch this same second) owns this name: draw again.
-            tried.append(candidate.name)
-            continue
-        except OSError as exc:
-            raise type(exc)(
-                exc.errno,
-                f"cannot create a run directory in the output directory {output_dir} "
-                f"({exc.strerror})",
-                str(candidate),
-            ) from exc
-        return candidate
-    raise FileExistsError(
-        errno.EEXIST,
-        f"could not claim a fresh run directory in {output_dir} after "
-        f"{_MAX_CREATE_ATTEMPTS} attempts: every random suffix was taken "
-        f"(last tried: {', '.join(tried[-3:])})",
-        str(output_dir),
-    )
-
-
-@attrs.frozen
-class RunPaths:
-    """The directory layout of one run.
-
-    ``root`` is ``<output_dir>/<run_id>``; the other paths are its sub-folders. Make a
-    new run with :meth:`create`, or describe an existing one with :meth:`from_root`.
-    """
-
-    run_id: str
-    root: Path
-    logs: Path
-    reports: Path
-    checkpoints: Path
-    figures: Path
-    exports: Path
-    database: Path
-
-    @classmethod
-    def from_root(cls, root: Path | str) -> RunPaths:
-        """The layout of the existing run directory ``root`` (its name is the run id).
-
-        Raises ``FileNotFoundError`` (or ``NotADirectoryError``) naming ``root`` when it
-        is not an existing directory. Sub-folders are not checked: a run that failed
-        early may lack some of them.
-        """
-        root = Path(root).absolute()
-        if not root.exists():
-            raise FileNotFoundError(errno.ENOENT, "the run directory does not exist", str(root))
-        if not root.is_dir():
-            raise NotADirectoryError(
-                errno.ENOTDIR, "the run directory path is not a directory", str(root)
-            )
-        return cls._layout(root)
-
-    @classmethod
-    def create(
-        cls,
-        output_dir: Path | str,
-        dataset: str,
-        architecture: str,
-        config_hash: str,
-        *,
-        now: datetime | None = None,
-        on_claimed: Callable[[RunPaths], None] | None = None,
-    ) -> RunPaths:
-        """Create a fresh run directory with all its sub-folders and return its layout.
-
-        ``output_dir`` is created (with parents) when missing. The run id is
-        ``YYYYMMDD-HHMMSS-<dataset>-<architecture>-<hash6>-<rand4>``: the UTC time
-        (``now``, default the current time; a naive ``now`` is taken as UTC), the two
-        names (any URL password dropped) reduced to ``[a-z0-9_-]``, the first six hex
-        digits of ``config_hash`` and four random hex digits. When the name is taken,
-        another suffix is drawn; after 32 taken names ``FileExistsError`` is raised.
-        Cost does not depend on how many runs ``output_dir`` already holds.
-
-        ``on_claimed`` is called with the layout as soon as the directory is claimed,
-        before the sub-folders are made: whatever stops the run from then on, the
-        caller knows the directory exists (and can record the run in it).
-
-        Raises ``ValueError`` when ``config_hash`` does not start with six hex digits,
-        and an ``OSError`` naming the path when ``output_dir`` is a file or is not
-        writable.
-        """
-        output_dir = output_root(output_dir)
-        prefix = "-".join(
-            (
-                _utc_timestamp(now),
-                slugify(redact_url(dataset), max_length=_NAME_SLUG_MAX, fallback="dataset"),
-                slugify(redact_url(architecture), max_length=_NAME_SLUG_MAX, fallback="model"),
-                _hash_prefix(config_hash),
-            )
-        )
-        _ensure_output_dir(output_dir)
-        root = _claim_run_directory(output_dir, prefix)
-        paths = cls._layout(root)
-        if on_claimed is not None:
-            on_claimed(paths)
-        for name in RUN_SUBDIRECTORIES:
-            os.mkdir(root / name)
-        return paths
-
-    @classmethod
-    def _layout(cls, root: Path) -> RunPaths:
-        return cls(
-            run_id=root.name,
-            root=root,
-            **{name: root / name for name in RUN_SUBDIRECTORIES},
-        )
-
-    def get_config_path(self) -> Path:
-        """Where the run's resolved config is saved: ``reports/config.yaml``."""
-        return self.reports / CONFIG_FILE
 
 
 def _user_tag() -> str:
@@ -313,6 +139,53 @@ def _discard_fresh(paths: RunPaths) -> None:
     os.rmdir(paths.root)
 
 
+def _resumable(run: RunContext, root: Path) -> RunPaths:
+    """``root`` as the run to continue, after checking it may be: it holds a record,
+    that run is not live, and it ran this config (unless ``force_resume``)."""
+    from orchestrator_fsm.lifecycle.record import read_run
+
+    try:
+        paths = RunPaths.from_root(root)
+        record = read_run(paths.root)
+    except (OSError, ValueError) as exc:
+        raise InfrastructureError(f"cannot resume {root}: {exc}") from exc
+    status = record.effective_status
+    if status == RUNNING:
+        raise InfrastructureError(
+            f"cannot resume {paths.root}: its run is still running (pid {record.pid} on "
+            f"{record.host})"
+        )
+    ours = run.cfg.config_hash()
+    if record.config_hash not in (None, ours) and not run.force_resume:
+        raise InfrastructureError(
+            f"cannot resume {paths.root}: it ran another config (hash "
+            f"{record.config_hash[:12]}, this one {ours[:12]}); resume with force to "
+            "continue it anyway"
+        )
+    return paths
+
+
+def restarted_run(run: RunContext) -> RunPaths | None:
+    """The run directory to continue as a new attempt: the one the caller named
+    (``resume``), or the one an earlier attempt of this job made when this is a restart
+    (torchrun restart, SLURM requeue) of a job whose entry names one; else None.
+
+    Raises ``InfrastructureError`` when the named directory cannot be resumed.
+    """
+    if run.resume_from is not None:
+        return _resumable(run, run.resume_from)
+    key = job_key(run.launch, run.cfg.config_hash())
+    if key is None or run.launch.restart_count == 0:
+        return None
+    entry = read_job_entry(job_entry_file(run.cfg.telemetry.output_dir, key))
+    if entry is None or entry.root is None or entry.config_hash != run.cfg.config_hash():
+        return None
+    try:
+        return RunPaths.from_root(entry.root)
+    except OSError:
+        return None  # removed since: this attempt starts a fresh directory
+
+
 def step(run: RunContext) -> None:
     """Phase 3: the shared static directories, then this run's fresh directory with
     its first record in it.
@@ -323,7 +196,7 @@ def step(run: RunContext) -> None:
     it. The one exception is a directory whose record cannot be written (a full disk):
     it is removed again at once, so no run directory is left without a ``run.json``.
     A restart or requeue of a job reopens the job's directory instead (see
-    ``phases/joining.py``), as the run's next attempt.
+    :func:`restarted_run`), as the run's next attempt.
     """
 
     def claimed(paths: RunPaths) -> None:
@@ -335,8 +208,6 @@ def step(run: RunContext) -> None:
             with contextlib.suppress(OSError):
                 _discard_fresh(paths)
             raise
-
-    from orchestrator_fsm.phases.joining import restarted_run
 
     run.deps.static_dir_setup()
     earlier = restarted_run(run)

@@ -41,7 +41,7 @@ from orchestrator_fsm.layout import output_root
 if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
     from orchestrator_fsm.lifecycle.machine import Undo
-    from orchestrator_fsm.phases.context import RunContext
+    from orchestrator_fsm.run_context import RunContext
 
 __all__ = [
     "InfrastructureManager",

@@ -37,13 +37,13 @@ from orchestrator_fsm._process import LoggerSnapshot, Restorable, undoable
 from orchestrator_fsm._system import say_on_stderr
 from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.layout import LOG_FILE, STDOUT_LOG
-from orchestrator_fsm.phases.context import LOGGER_NAME
+from orchestrator_fsm.run_log import FILE_ONLY, FILE_ONLY_KEY, LOGGER_NAME
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable
 
     from orchestrator_fsm.lifecycle.machine import Undo
-    from orchestrator_fsm.phases.context import RunContext
+    from orchestrator_fsm.run_context import RunContext
 
 __all__ = [
     "FILE_ONLY",
@@ -60,14 +60,6 @@ FILE_FORMAT: Final = "%(asctime)s [rank{rank}] %(levelname)-8s %(name)s: %(messa
 CONSOLE_PLAIN_FORMAT: Final = "[rank{rank}] %(levelname)-8s %(message)s"
 # Rich draws the level in a column of its own.
 CONSOLE_RICH_FORMAT: Final = "[rank{rank}] %(message)s"
-
-#: Where ``telemetry.capture_stdout`` copies stdout and stderr, beside the run's log.
-
-_FILE_ONLY_KEY: Final = "orchestrator_fsm_file_only"
-#: ``logger.info(..., extra=FILE_ONLY)`` writes a line to the run's file and keeps it
-#: off the console, unless the console's level is DEBUG (the full environment report
-#: is logged this way).
-FILE_ONLY: Final[Mapping[str, object]] = {_FILE_ONLY_KEY: True}
 
 #: The least a rank other than 0 prints on the console; its own file has every line.
 OTHER_RANKS_CONSOLE_LEVEL: Final = logging.WARNING
@@ -156,7 +148,7 @@ class _DropFileOnly(logging.Filter):
     """Keeps records logged with ``extra=FILE_ONLY`` off the console."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return getattr(record, _FILE_ONLY_KEY, False) is not True
+        return getattr(record, FILE_ONLY_KEY, False) is not True
 
 
 def _console_handler(rank: int, level: int) -> logging.Handler:

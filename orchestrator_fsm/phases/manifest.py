@@ -38,7 +38,7 @@ import attrs
 import yaml
 
 from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_text
-from orchestrator_fsm._system import name_and_version
+from orchestrator_fsm._system import name_and_version, record_invocation
 from orchestrator_fsm.layout import GIT_INFO_FILE, REQUIREMENTS_FILE
 from orchestrator_fsm.redaction import redact_secrets, redact_url
 
@@ -470,50 +470,6 @@ class AuditSaver:
             else:  # nothing changed: no empty file that looks like a record of changes
                 (path.parent / GIT_DIFF_FILE_NAME).unlink(missing_ok=True)
         atomic_write_text(path, "".join(f"{key}: {value}\n" for key, value in info.items()))
-
-
-#: The console script this package installs: recorded by name, not by where it lives.
-_CONSOLE_SCRIPT: Final = "orchestrator-fsm"
-
-
-def _entry_point(argv0: str) -> str | None:
-    if not argv0 or argv0 in ("-c", "-"):
-        return None
-    if Path(argv0).name == _CONSOLE_SCRIPT:
-        return _CONSOLE_SCRIPT
-    candidate = Path(argv0)
-    if not candidate.exists():
-        found = shutil.which(argv0)
-        if found is None:
-            return argv0
-        candidate = Path(found)
-    return str(candidate.resolve())
-
-
-def record_invocation() -> dict[str, Any]:
-    """How this process was started, as plain data for ``run.json``.
-
-    Keys: ``argv``; ``cwd`` (``None`` if it no longer exists); ``entry_point`` (the
-    resolved path of ``sys.argv[0]``, ``orchestrator-fsm`` for this package's command,
-    ``None`` for ``-c`` or an interactive session);
-    ``entry_module`` (the module run with ``python -m``, else ``None``); ``python``
-    (version); ``python_executable``; ``python_implementation``.
-    """
-    main_module = sys.modules.get("__main__")
-    spec = getattr(main_module, "__spec__", None)
-    try:
-        cwd: str | None = os.getcwd()
-    except OSError:
-        cwd = None
-    return {
-        "argv": list(sys.argv),
-        "cwd": cwd,
-        "entry_point": _entry_point(sys.argv[0] if sys.argv else ""),
-        "entry_module": getattr(spec, "name", None),
-        "python": platform.python_version(),
-        "python_executable": sys.executable,
-        "python_implementation": platform.python_implementation(),
-    }
 
 
 def step(run: RunContext) -> None:

@@ -36,9 +36,9 @@ from orchestrator_fsm.redaction import redact_secrets
 if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
     from orchestrator_fsm.distributed import Launch
-    from orchestrator_fsm.phases.context import RunContext
     from orchestrator_fsm.phases.determinism import SeedTree
     from orchestrator_fsm.phases.filesystem import RunPaths
+    from orchestrator_fsm.run_context import RunContext
 
 __all__ = [
     "REPORTED_ENV_VARS",

@@ -21,7 +21,7 @@ from orchestrator_fsm._system import available_cpu_count
 
 if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.machine import Undo
-    from orchestrator_fsm.phases.context import RunContext
+    from orchestrator_fsm.run_context import RunContext
 
 __all__ = [
     "QUIETED_WARNINGS",

@@ -21,7 +21,7 @@ from orchestrator_fsm.phases import (
     report,
     runtime,
 )
-from orchestrator_fsm.phases.context import RunContext
+from orchestrator_fsm.run_context import RunContext
 
 __all__ = ["STEPS", "PhaseStep"]
 

@@ -28,6 +28,7 @@ from typing import Any, Final
 import attrs
 
 from orchestrator_fsm.layout import CHECKPOINTS_DIR, METRICS_FILE
+from orchestrator_fsm.lifecycle.metrics import SUMMARY_KIND, line_values
 
 __all__ = [
     "DEFAULT_IGNORED",
@@ -47,7 +48,6 @@ DIVERGED: Final = "diverged"
 DEFAULT_IGNORED: Final = ("*seconds", "*_s", "*_time")
 """Metrics left out of the comparison unless ``ignore`` says otherwise: durations."""
 
-_LINE_FIELDS: Final = frozenset({"time", "kind", "rank", "step"})
 _TORCH_SUFFIXES: Final = (".pt", ".pth", ".ckpt")
 
 
@@ -118,7 +118,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 def _where(line: Mapping[str, Any], index: int) -> tuple[str, int | None]:
     step = line.get("step")
-    if line.get("kind") == "summary":
+    if line.get("kind") == SUMMARY_KIND:
         return "the summary", None
     if isinstance(step, int):
         return f"step {step}", step
@@ -130,11 +130,7 @@ def _ignored(name: str, patterns: Sequence[str]) -> bool:
 
 
 def _values(line: Mapping[str, Any], patterns: Sequence[str]) -> dict[str, Any]:
-    return {
-        key: value
-        for key, value in line.items()
-        if key not in _LINE_FIELDS and not _ignored(key, patterns)
-    }
+    return {key: value for key, value in line_values(line).items() if not _ignored(key, patterns)}
 
 
 def _hash_tensors(path: Path) -> str | None:
@@ -220,8 +216,8 @@ def compare_runs(
         {
             key
             for line in (*lines_a, *lines_b)
-            for key in line
-            if key not in _LINE_FIELDS and _ignored(key, patterns)
+            for key in line_values(line)
+            if _ignored(key, patterns)
         }
     )
     checkpoints = _compare_checkpoints(Path(original), Path(rerun))
