@@ -25,6 +25,7 @@ from orchestrator_fsm.lifecycle.recorder import RunRecorder
 from orchestrator_fsm.lifecycle.signals import SignalGuard
 from orchestrator_fsm.lifecycle.table import CLEANUP_STEP, LifecycleState
 from orchestrator_fsm.observers import configured_observers
+from orchestrator_fsm.phases.bundle import record_loaded_libraries
 from orchestrator_fsm.phases.context import LOGGER_NAME, Dependencies, RunContext
 from orchestrator_fsm.phases.determinism import SeedTree, set_seed
 from orchestrator_fsm.phases.device import resolve_device, to_device_obj
@@ -36,7 +37,6 @@ from orchestrator_fsm.phases.report import Reporter
 from orchestrator_fsm.phases.runtime import apply_cpu_threads, configure_system_libraries
 from orchestrator_fsm.phases.steps import STEPS
 from orchestrator_fsm.phases.timing import TimeTracker
-from orchestrator_fsm.reproduce.bundle import record_loaded_libraries
 
 if TYPE_CHECKING:
     import torch

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from orchestrator_fsm._system import distribution_version
+from orchestrator_fsm import git_state
 from orchestrator_fsm.phases import manifest
 from orchestrator_fsm.phases.manifest import (
     GIT_DIFF_CAP_BYTES,
@@ -516,7 +517,7 @@ def test_a_git_that_hangs_is_killed_and_its_part_recorded_as_unknown(
     )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(manifest, "_GIT_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(git_state, "_GIT_TIMEOUT_S", 0.5)
 
     with caplog.at_level(logging.WARNING, logger="orchestrator_fsm.run.manifest"):
         info = _record_git_info(reports)

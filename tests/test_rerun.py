@@ -19,7 +19,8 @@ from conftest import isolated, minimal_recipe
 
 from orchestrator_fsm.cli.rerun import EXIT_DIVERGED, EXIT_DRIFT, EXIT_WITHIN_TOLERANCE, RERUNS_FILE
 from orchestrator_fsm.lifecycle.record import read_run
-from orchestrator_fsm.reproduce.bundle import bundle_file, collect_git, working_directory
+from orchestrator_fsm.git_state import read_git_state
+from orchestrator_fsm.reproduce.bundle import bundle_file, working_directory
 
 PIPELINES = """
 import random
@@ -123,10 +124,13 @@ def test_a_truncated_diff_is_recorded_as_truncated(tmp_path: Path) -> None:
     subprocess.run([*git, "add", "big.txt"], cwd=tmp_path, check=True)
     subprocess.run([*git, "commit", "-qm", "one"], cwd=tmp_path, check=True)
     with working_directory(str(tmp_path)):
-        assert collect_git()["diff_truncated"] is False  # type: ignore[index]
+        clean = read_git_state()
         big.write_text("".join(f"line {i} {'y' * 60}\n" for i in range(20_000)))
-        state = collect_git()
-    assert state is not None
+        changed = read_git_state()
+    assert clean is not None
+    assert changed is not None
+    assert clean.bundle_record()["diff_truncated"] is False
+    state = changed.bundle_record()
     assert state["dirty"] == "true"
     assert state["diff_truncated"] is True
 
@@ -251,7 +255,7 @@ def test_two_strict_reruns_of_the_demo_are_identical(tmp_path: Path) -> None:
 
 
 def test_gpu_models_are_read_from_the_driver_listing(tmp_path: Path) -> None:
-    from orchestrator_fsm.reproduce.bundle import _gpus
+    from orchestrator_fsm.environment import _gpus
 
     for index, model in enumerate(("NVIDIA H200", "NVIDIA A100-SXM4-80GB")):
         folder = tmp_path / f"0000:0{index}:00.0"
