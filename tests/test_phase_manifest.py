@@ -659,3 +659,29 @@ def test_the_redacted_config_is_what_config_yaml_holds(tmp_path: Path) -> None:
         "url": "postgresql://alice:***@db/x",
         "password": "***",
     }
+
+
+@needs_git
+def test_the_bundle_and_the_report_take_the_git_state_phase_5_recorded(
+    repo: Path, make_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator_fsm import RootOrchestrator
+    from orchestrator_fsm.phases import report
+
+    def no_reading(*args: object) -> None:
+        raise AssertionError("git_info.txt was read back")
+
+    # Neither the bundle nor the report reads back the file phase 5 just wrote.
+    monkeypatch.setattr(manifest, "read_recorded_git_state", no_reading)
+    monkeypatch.setattr(report, "read_git_info", no_reading)
+    (repo / "train.py").write_text("print('changed')\n")
+    with RootOrchestrator(make_config()) as orch:
+        orch.log_environment_report()
+    reports = orch.paths.reports
+    recorded = git_state.read_recorded_git_state(reports)
+    assert recorded is not None
+    bundle = json.loads((reports / "rerun.json").read_text(encoding="utf-8"))
+    assert bundle["git"] == recorded.bundle_record()
+    assert bundle["git"]["dirty"] == "true"
+    environment = json.loads((reports / "environment.json").read_text(encoding="utf-8"))
+    assert environment["git"] == recorded.as_info()
