@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import statistics
 import sys
 import time
@@ -100,6 +101,20 @@ def _manifest_by_hand(floor: FloorRun) -> Callable[[str], None]:
 
 
 @contextlib.contextmanager
+def _cpu_time(into: list[float]) -> Iterator[None]:
+    """Append the CPU seconds of the block: this process's and its waited-for children's
+    (git), which another process's load on the machine does not inflate as it does
+    wall time."""
+    before = os.times()
+    yield
+    after = os.times()
+    into.append(sum(getattr(after, f) - getattr(before, f) for f in _CPU_FIELDS))
+
+
+_CPU_FIELDS: Final = ("user", "system", "children_user", "children_system")
+
+
+@contextlib.contextmanager
 def _quiet_stdout() -> Iterator[None]:
     # Sacred's console log lines and captured output: to /dev/null, as ours go.
     with open("/dev/null", "w", encoding="utf-8") as sink, contextlib.redirect_stdout(sink):
@@ -149,14 +164,18 @@ def measure_sacred(iterations: int) -> dict[str, Any] | None:
         ours: list[float] = []
         sacred: list[float] = []
         sacred_manifest: list[float] = []
+        cpu: dict[str, list[float]] = {"ours": [], "sacred": [], "sacred_with_manifest": []}
         steps: dict[str, list[float]] = {}
         for _ in range(iterations):
-            elapsed, per_step = round_trip(cfg)
+            with _cpu_time(cpu["ours"]):
+                elapsed, per_step = round_trip(cfg)
             ours.append(elapsed)
             for step, seconds in per_step.items():
                 steps.setdefault(step, []).append(seconds)
-            sacred.append(sacred_run(False))
-            sacred_manifest.append(sacred_run(True))
+            with _cpu_time(cpu["sacred"]):
+                sacred.append(sacred_run(False))
+            with _cpu_time(cpu["sacred_with_manifest"]):
+                sacred_manifest.append(sacred_run(True))
         sys.modules.pop("bench_sacred_experiment", None)
 
     return {
@@ -166,7 +185,11 @@ def measure_sacred(iterations: int) -> dict[str, Any] | None:
         "ours_ms": summarize(ours),
         "sacred_ms": summarize(sacred),
         "sacred_with_manifest_ms": summarize(sacred_manifest),
+        "cpu_ms": {kind: summarize(values) for kind, values in cpu.items()},
         "ratio_median": round(statistics.median(ours) / statistics.median(sacred_manifest), 3),
+        "cpu_ratio_median": round(
+            statistics.median(cpu["ours"]) / statistics.median(cpu["sacred_with_manifest"]), 3
+        ),
         "ratio_to_bare_sacred_median": round(
             statistics.median(ours) / statistics.median(sacred), 3
         ),
