@@ -15,7 +15,8 @@ process, after a warm-up:
   as ours; Sacred's default ``fd`` starts two ``tee`` processes per run);
 - **Sacred + the manifest by hand**: the same, with the experiment's main function
   also doing what ours records and Sacred does not, by the floor's hand-written code
-  (``floor.py``): the config as YAML, the installed distributions and the checkout's
+  (``floor.py``): the config as YAML, the installed distributions (listed once per
+  process, as Sacred lists its dependencies once per experiment) and the checkout's
   git state (``rev-parse``, ``status``, ``remote -v``, ``diff HEAD``), written by
   temporary file, fsync and rename into the Sacred run's folder.
 
@@ -83,18 +84,22 @@ def _load_experiment(path: Path) -> types.ModuleType:
 
 
 def _manifest_by_hand(floor: FloorRun) -> Callable[[str], None]:
-    """Write what ours records and Sacred does not into ``folder``: config, installed
-    distributions, git state (the floor's code)."""
+    """Write what ours records and Sacred does not into ``folder``: the config as YAML,
+    the installed distributions (listed once, as Sacred gathers its dependencies once
+    per experiment and ours keeps its listing while ``sys.path`` is unchanged) and the
+    checkout's git state (the floor's code: four gits, one after another)."""
     from importlib import metadata
+
+    listing = []
+    for dist in metadata.distributions():
+        fields = dist.metadata
+        listing.append(f"{fields['Name']}=={fields['Version']}")
+    requirements = "\n".join(sorted(listing)).encode()
 
     def work(folder: str) -> None:
         where = Path(folder)
         _write_atomic(where / "config.yaml", yaml.safe_dump(floor.config).encode())
-        requirements = []
-        for dist in metadata.distributions():
-            fields = dist.metadata
-            requirements.append(f"{fields['Name']}=={fields['Version']}")
-        _write_atomic(where / "requirements.txt", "\n".join(sorted(requirements)).encode())
+        _write_atomic(where / "requirements.txt", requirements)
         _git_state(floor, where)
 
     return work
