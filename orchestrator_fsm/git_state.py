@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import selectors
 import shutil
 import subprocess
-import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -48,6 +49,7 @@ GIT_DIFF_TRUNCATED_MARK: Final = b"# orchestrator-fsm: diff truncated"
 """How the note line a cut ``git_diff.patch`` ends with begins."""
 
 _GIT_TIMEOUT_S: Final = 15.0
+_READ_CHUNK: Final = 64 * 1024
 # Variables with which git finds a repository other than by walking up from the
 # working directory: with any of them set, only git itself can say.
 _GIT_LOCATION_VARS: Final = ("GIT_DIR", "GIT_WORK_TREE")
@@ -200,48 +202,70 @@ def _git_start(
         return None
 
 
-def _git_read(proc: subprocess.Popen[bytes], limit: int | None = None) -> tuple[bytes, bool] | None:
-    """What a started git writes (at most ``limit`` bytes) and whether it was cut.
+def _git_read(
+    started: Sequence[tuple[subprocess.Popen[bytes] | None, int | None]],
+) -> list[tuple[bytes, bool] | None]:
+    """What each started git writes (at most its ``limit`` bytes) and whether it was cut,
+    the gits read together, as they write.
 
-    Git is killed once it has written more than ``limit`` bytes, so a huge output costs
-    neither memory nor time, and after ``_GIT_TIMEOUT_S`` by a timer (rather than
-    ``communicate(timeout=...)``, which polls the child with growing sleeps and costs
-    about a millisecond per call). ``None`` when git fails or runs out of time.
+    A git is killed once it has written more than its ``limit``, so a huge output costs
+    neither memory nor time, and when all of them have not finished within
+    ``_GIT_TIMEOUT_S`` (one deadline, kept by ``select``: no timer thread per git, and
+    no ``communicate(timeout=...)``, which polls with growing sleeps). ``None`` for a
+    git that could not start, failed or ran out of time.
     """
-    timed_out = threading.Event()
-
-    def _expire() -> None:
-        timed_out.set()
-        proc.kill()
-
-    timer = threading.Timer(_GIT_TIMEOUT_S, _expire)
-    timer.start()
-    try:
-        assert proc.stdout is not None  # stdout=PIPE
-        with proc.stdout:
-            data = proc.stdout.read() if limit is None else proc.stdout.read(limit + 1)
-            truncated = limit is not None and len(data) > limit
-            if truncated:
-                proc.kill()
+    deadline = time.monotonic() + _GIT_TIMEOUT_S
+    chunks: list[list[bytes]] = [[] for _ in started]
+    sizes = [0] * len(started)
+    cut: set[int] = set()
+    with selectors.DefaultSelector() as selector:
+        for index, (proc, _) in enumerate(started):
+            if proc is not None and proc.stdout is not None:
+                selector.register(proc.stdout, selectors.EVENT_READ, index)
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for key, _ in selector.select(remaining):
+                index = key.data
+                proc, limit = started[index]
+                data = os.read(key.fd, _READ_CHUNK)
+                chunks[index].append(data)
+                sizes[index] += len(data)
+                if not data or (limit is not None and sizes[index] > limit):
+                    selector.unregister(key.fileobj)
+                    if data:
+                        cut.add(index)
+        late = {key.data for key in selector.get_map().values()}
+    results: list[tuple[bytes, bool] | None] = []
+    for index, (proc, limit) in enumerate(started):
+        if proc is None:
+            results.append(None)
+            continue
+        if index in cut or index in late:
+            proc.kill()
+        if proc.stdout is not None:
+            proc.stdout.close()
         returncode = proc.wait()
-    finally:
-        timer.cancel()
-    if truncated:
-        return data[:limit], True
-    if timed_out.is_set():
-        _log.warning("git %s took longer than %.0f s; skipped", proc.args, _GIT_TIMEOUT_S)
-        return None
-    if returncode != 0:
-        return None
-    return data, False
+        data = b"".join(chunks[index])
+        if index in cut:
+            results.append((data[:limit], True))
+        elif index in late:
+            _log.warning("git %s took longer than %.0f s; skipped", proc.args, _GIT_TIMEOUT_S)
+            results.append(None)
+        else:
+            results.append(None if returncode != 0 else (data, False))
+    return results
+
+
+def _text(done: tuple[bytes, bool] | None) -> str | None:
+    """A git's stripped stdout, or ``None`` when it failed or timed out."""
+    return None if done is None else done[0].decode("utf-8", errors="replace").strip()
 
 
 def _git_finish(proc: subprocess.Popen[bytes] | None) -> str | None:
     """The stripped stdout of a started git, or ``None`` when it failed or timed out."""
-    done = _git_read(proc) if proc is not None else None
-    if done is None:
-        return None
-    return done[0].decode("utf-8", errors="replace").strip()
+    return _text(_git_read([(proc, None)])[0])
 
 
 def _truncated_patch(head: bytes, cap: int) -> bytes:
@@ -323,8 +347,8 @@ def read_git_state(cwd: Path | None = None) -> GitState | None:
     directory is gone. Never raises for git's sake: a git that fails or takes longer
     than 15 s leaves its part unknown.
 
-    Three reads, run at once: the state (commit, branch, changes), the remotes, and the
-    diff, streamed here while the other two run. The top level is the folder holding
+    Three gits, run at once and read together: the state (commit, branch, changes), the
+    remotes, and the diff. The top level is the folder holding
     ``.git``; git is asked for it only where that walk cannot tell (``GIT_DIR`` or
     ``GIT_WORK_TREE`` set) or where ``git status`` fails (then, as ``git rev-parse
     --show-toplevel`` says, it may be no checkout after all: inside ``.git``, a
@@ -344,14 +368,27 @@ def read_git_state(cwd: Path | None = None) -> GitState | None:
     if root is None:
         _log.debug("%s is not inside a git checkout; no git state read", where)
         return None
-    status_proc = _git_start(
-        git, ["status", "--porcelain=v2", "--branch", "--untracked-files=normal"], where, env
+    diff_done, status_done, remotes_done = _git_read(
+        [
+            (
+                _git_start(git, ["diff", "HEAD", "--no-color", "--no-ext-diff"], where, env),
+                GIT_DIFF_CAP_BYTES,
+            ),
+            (
+                _git_start(
+                    git,
+                    ["status", "--porcelain=v2", "--branch", "--untracked-files=normal"],
+                    where,
+                    env,
+                ),
+                None,
+            ),
+            (_git_start(git, ["remote", "-v"], where, env), None),
+        ]
     )
-    remotes_proc = _git_start(git, ["remote", "-v"], where, env)
-    diff_proc = _git_start(git, ["diff", "HEAD", "--no-color", "--no-ext-diff"], where, env)
-    diff = _git_read(diff_proc, GIT_DIFF_CAP_BYTES) if diff_proc is not None else None
-    status_text = _git_finish(status_proc)
-    remotes = _git_finish(remotes_proc)
+    diff = diff_done
+    status_text = _text(status_done)
+    remotes = _text(remotes_done)
     status = _Status.parse(status_text) if status_text is not None else None
     toplevel: str | None = root
     if status is None or not root:
