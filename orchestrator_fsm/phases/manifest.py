@@ -50,7 +50,7 @@ from orchestrator_fsm.git_state import (
 )
 from orchestrator_fsm.layout import GIT_DIFF_FILE, GIT_INFO_FILE, REQUIREMENTS_FILE
 from orchestrator_fsm.phases.bundle import write_bundle
-from orchestrator_fsm.redaction import redact_secrets, redact_url
+from orchestrator_fsm.redaction import REDACTED, looks_secret, redact_url
 
 if TYPE_CHECKING:
     from orchestrator_fsm.phases.context import RunContext
@@ -89,24 +89,43 @@ class SerializableConfig(Protocol):
     def dump_serialized(self) -> Mapping[str, Any]: ...
 
 
+_TOP: Final = object()
+
+
+def _spell(parent: str, key: object, indexed: bool) -> str:
+    """The dotted path of ``key`` in ``parent`` (``a.b``, ``a[0]``) for a message."""
+    if key is _TOP:
+        return parent
+    if indexed:
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else str(key)
+
+
 def _plain_key(key: object, where: str) -> object:
     if key is None or isinstance(key, (bool, int, float, str)):
-        return _to_plain(key, where)
+        return _plain(key, where)
     raise TypeError(
         f"config key {key!r} at {where or 'the top level'} has type {type(key).__name__}; "
         f"expected a string or number"
     )
 
 
-def _to_plain(value: Any, where: str) -> Any:
-    """``value`` as data ``yaml.safe_dump`` accepts, or ``TypeError`` naming its path."""
-    if value is None or isinstance(value, bool):
+def _plain(value: Any, parent: str, key: object = _TOP, indexed: bool = False) -> Any:
+    """``value`` (at ``key`` in ``parent``) as data ``yaml.safe_dump`` accepts, secrets
+    redacted as :func:`~orchestrator_fsm.redaction.redact_secrets` redacts them, or
+    ``TypeError`` naming its dotted path. One walk does both; a path is spelled only
+    for a container or an error."""
+    cls = type(value)
+    # The common cases first, by exact type: most values are these.
+    if cls is str:
+        return redact_url(value)
+    if value is None or cls is bool or cls is int or cls is float:
         return value
     if isinstance(value, enum.Enum):
-        return _to_plain(value.value, where)
+        return _plain(value.value, parent, key, indexed)
     # Subclasses of the scalar types have no safe representer: reduce them to the base.
     if isinstance(value, str):
-        return str.__str__(value)
+        return redact_url(str.__str__(value))
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
@@ -114,14 +133,18 @@ def _to_plain(value: Any, where: str) -> Any:
     if isinstance(value, (dt.date, dt.datetime)):
         return value
     if isinstance(value, PurePath):
-        return str(value)
+        return redact_url(str(value))
+    where = _spell(parent, key, indexed)
     if isinstance(value, Mapping):
-        return {
-            _plain_key(key, where): _to_plain(item, f"{where}.{key}" if where else str(key))
-            for key, item in value.items()
-        }
+        plain: dict[object, Any] = {}
+        for name, item in value.items():
+            plain_name = _plain_key(name, where)
+            plain_item = _plain(item, where, name)
+            secret = plain_item is not None and looks_secret(plain_name)
+            plain[plain_name] = REDACTED if secret else plain_item
+        return plain
     if isinstance(value, (list, tuple)):
-        return [_to_plain(item, f"{where}[{index}]") for index, item in enumerate(value)]
+        return [_plain(item, where, index, True) for index, item in enumerate(value)]
     raise TypeError(
         f"config value at {where or 'the top level'} has type {type(value).__name__}; "
         f"expected plain data (str, int, float, bool, None, date, path, list or mapping)"
@@ -242,7 +265,7 @@ def redacted_config(data: Mapping[str, Any] | SerializableConfig) -> dict[str, A
             f"save_config expects a mapping or an object with dump_serialized(), "
             f"got {type(data).__name__}"
         )
-    plain: dict[str, Any] = redact_secrets(_to_plain(data, ""))
+    plain: dict[str, Any] = _plain(data, "")
     return plain
 
 
