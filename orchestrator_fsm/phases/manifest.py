@@ -73,8 +73,10 @@ GIT_DIFF_FILE_NAME: Final = GIT_DIFF_FILE
 """``git_diff.patch`` (:data:`orchestrator_fsm.layout.GIT_DIFF_FILE`)."""
 
 _LISTING_SETTLE_NS: Final = 2_000_000_000
-# libyaml's emitter where PyYAML has it: the same document as the pure-Python safe
-# dumper (the same representer decides every node), written about four times faster.
+# libyaml's emitter where PyYAML has it, about four times faster than the pure-Python
+# one. The same representer decides every node, so the document holds the same data;
+# the text is the same too except where a long quoted string (escapes, non-ASCII) is
+# folded over lines, which the two emitters fold at different points.
 _YAML_DUMPER: Final[type[yaml.SafeDumper]] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _NORMALIZE_NAME: Final = re.compile(r"[-_.]+")
 
@@ -102,8 +104,17 @@ def _spell(parent: str, key: object, indexed: bool) -> str:
 
 
 def _plain_key(key: object, where: str) -> object:
-    if key is None or isinstance(key, (bool, int, float, str)):
-        return _plain(key, where)
+    # Keys are made plain like values, but never redacted (only values hold secrets).
+    if isinstance(key, enum.Enum) and isinstance(key, (bool, int, float, str)):
+        return _plain_key(key.value, where)
+    if key is None or isinstance(key, bool):
+        return key
+    if isinstance(key, str):
+        return str.__str__(key)
+    if isinstance(key, int):
+        return int(key)
+    if isinstance(key, float):
+        return float(key)
     raise TypeError(
         f"config key {key!r} at {where or 'the top level'} has type {type(key).__name__}; "
         f"expected a string or number"
