@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
+import resource
 import statistics
 import sys
 import time
@@ -105,18 +105,21 @@ def _manifest_by_hand(floor: FloorRun) -> Callable[[str], None]:
     return work
 
 
+def _cpu_seconds() -> float:
+    # getrusage, not os.times: microseconds rather than 10 ms clock ticks.
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 @contextlib.contextmanager
 def _cpu_time(into: list[float]) -> Iterator[None]:
     """Append the CPU seconds of the block: this process's and its waited-for children's
     (git), which another process's load on the machine does not inflate as it does
     wall time."""
-    before = os.times()
+    before = _cpu_seconds()
     yield
-    after = os.times()
-    into.append(sum(getattr(after, f) - getattr(before, f) for f in _CPU_FIELDS))
-
-
-_CPU_FIELDS: Final = ("user", "system", "children_user", "children_system")
+    into.append(_cpu_seconds() - before)
 
 
 @contextlib.contextmanager
@@ -190,8 +193,8 @@ def measure_sacred(iterations: int) -> dict[str, Any] | None:
         "ours_ms": summarize(ours),
         "sacred_ms": summarize(sacred),
         "sacred_with_manifest_ms": summarize(sacred_manifest),
-        # Means: the clock behind os.times() ticks in 10 ms, so one round trip's CPU
-        # time is 0 or 10 ms or 20 ms; the mean over many is exact enough.
+        # Means: the kernel accounts CPU time in scheduler ticks, so one round trip's
+        # figure is coarse; the mean over many is not.
         "cpu_mean_ms": {kind: round(statistics.fmean(v) * 1000, 2) for kind, v in cpu.items()},
         "ratio_median": round(statistics.median(ours) / statistics.median(sacred_manifest), 3),
         "cpu_ratio_mean": round(
