@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import resource
 import statistics
 import sys
@@ -141,7 +142,7 @@ def measure_sacred(iterations: int) -> dict[str, Any] | None:
         import sacred as sacred_package
         from sacred.observers import FileStorageObserver
 
-    with Sandbox("sacred") as box, quiet_stderr(), _quiet_stdout():
+    with contextlib.ExitStack() as stack, Sandbox("sacred") as box, quiet_stderr(), _quiet_stdout():
         checkout = box.make_checkout()
         recipe = box.orchard_recipe("sacred", strict=False)
         cfg = Config.from_recipe(recipe)
@@ -154,8 +155,13 @@ def measure_sacred(iterations: int) -> dict[str, Any] | None:
         ex = module.ex
         ex.add_config(data)
         ex.observers.append(FileStorageObserver(str(box.root / "sacred-runs")))
+        # Sacred's own console logging (its default format, INFO), to /dev/null as ours.
         ex.logger = logging.getLogger("bench_sacred")
-        ex.logger.addHandler(logging.NullHandler())
+        sink = logging.StreamHandler(stack.enter_context(open(os.devnull, "w")))
+        sink.setFormatter(logging.Formatter("%(levelname)s - %(name)s - %(message)s"))
+        ex.logger.addHandler(sink)
+        stack.callback(ex.logger.removeHandler, sink)
+        ex.logger.setLevel(logging.INFO)
         ex.logger.propagate = False
         by_hand = _manifest_by_hand(floor)
 
