@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 # the test and dev tools that only `make test` / `make lint` and friends need.
 RUNTIME_STAMP := $(VENV)/.orchestrator-fsm-runtime
 STAMP := $(VENV)/.orchestrator-fsm-installed
+# The benchmarks' own baseline (Sacred), on top of the dev tools; only `make bench`.
+BENCH_STAMP := $(VENV)/.orchestrator-fsm-bench
 
 .PHONY: install demo test lint unit diagrams bench graphviz clean
 
@@ -52,7 +54,11 @@ diagrams: $(STAMP)
 	@if command -v dot >/dev/null 2>&1; then \
 	  $(BIN)/orchestrator-fsm diagram --format svg --output diagrams/lifecycle.svg; fi
 
-bench: $(STAMP)
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks --json benchmarks/results.json
 
 clean:

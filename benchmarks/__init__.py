@@ -14,7 +14,10 @@ the numbers). Sections:
 - ``capture``: round trips with log capture and metrics unused, as shipped and with
   those code paths bypassed, and the MLflow observer's cost per ``log_metrics`` call;
 - ``orchard``: the reference system's mini-CNN recipe, strict and not, started in a git
-  checkout: warm against the floor (and on a terminal), first round trip, cold.
+  checkout: warm against the floor (and on a terminal), first round trip, cold;
+- ``sacred``: the same recipe in a git checkout, ours against Sacred with its
+  ``FileStorageObserver`` (bare, and with the manifest ours keeps written by hand);
+  skipped when Sacred is not installed (``pip install -e ".[bench]"``).
 
 Everything is written under a temporary directory that is removed afterwards, with
 ``XDG_CACHE_HOME`` and the lock path pointing into it and the working directory set to
@@ -27,4 +30,4 @@ from __future__ import annotations
 from typing import Final
 
 #: The sections ``--only`` accepts, in the order they run.
-SECTIONS: Final = ("warm", "floor", "cold", "cli", "scale", "capture", "orchard")
+SECTIONS: Final = ("warm", "floor", "cold", "cli", "scale", "capture", "orchard", "sacred")

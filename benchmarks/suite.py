@@ -15,6 +15,7 @@ from benchmarks.capture import measure_capture, measure_mlflow_metrics
 from benchmarks.cli_startup import measure_cli_startup
 from benchmarks.cold import measure_cold
 from benchmarks.orchard import measure_orchard
+from benchmarks.sacred_baseline import measure_sacred
 from benchmarks.scale import (
     measure_advance,
     measure_concurrency,
@@ -105,6 +106,9 @@ class BenchmarkSettings:
         if "orchard" in self.sections:
             with progress.part("the orchard recipe in a git checkout, strict and relaxed"):
                 results["orchard"] = measure_orchard(self.iterations, self.cold_runs)
+        if "sacred" in self.sections:
+            with progress.part("ours and Sacred, the orchard recipe in a git checkout"):
+                results["sacred"] = measure_sacred(self.iterations)
         results["progress"] = progress.parts
         return results
 

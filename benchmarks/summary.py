@@ -37,6 +37,7 @@ ORCHARD_WARM_MAX: Final = 1.2
 ORCHARD_TERMINAL_MAX: Final = 1.5
 ORCHARD_FIRST_MAX: Final = 2.0
 ORCHARD_COLD_MAX_MS: Final = 60.0
+SACRED_MAX_RATIO: Final = 1.0
 
 
 def _git(*args: str) -> str | None:
@@ -178,6 +179,16 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             )
         )
     targets.extend(_orchard_targets(results.get("orchard", {})))
+    sacred = results.get("sacred")
+    if sacred:
+        targets.append(
+            _target(
+                "warm round trip <= Sacred's with the same manifest (median ratio)",
+                sacred["ratio_median"],
+                SACRED_MAX_RATIO,
+                "x",
+            )
+        )
     return targets
 
 
@@ -423,6 +434,49 @@ def result_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
                     f"read_run {journal['read_run_us_per_line']:.1f} us per line",
                 )
             )
+    sacred = results.get("sacred")
+    if sacred:
+        rows.append(("sacred", "ours, round trip in a git checkout", _stats(sacred["ours_ms"])))
+        rows.append(
+            (
+                "sacred",
+                f"Sacred {sacred['sacred_version']} ex.run(), FileStorageObserver",
+                _stats(sacred["sacred_ms"]),
+            )
+        )
+        rows.append(
+            (
+                "sacred",
+                "Sacred + config, requirements and git written by hand",
+                _stats(sacred["sacred_with_manifest_ms"]),
+            )
+        )
+        rows.append(
+            (
+                "sacred",
+                "ours / Sacred with the manifest (bare Sacred)",
+                f"{sacred['ratio_median']:.2f}x median "
+                f"({sacred['ratio_to_bare_sacred_median']:.2f}x)",
+            )
+        )
+        cpu = sacred["cpu_mean_ms"]
+        rows.append(
+            (
+                "sacred",
+                "CPU time per round trip (with git's), mean",
+                f"ours {cpu['ours']:.1f}, Sacred {cpu['sacred']:.1f}, "
+                f"Sacred + manifest {cpu['sacred_with_manifest']:.1f} ms; "
+                f"{sacred['cpu_ratio_mean']:.2f}x",
+            )
+        )
+        slowest = sorted(sacred["step_median_ms"].items(), key=lambda item: -item[1])[:4]
+        rows.append(
+            (
+                "sacred",
+                "ours: slowest steps (warm medians)",
+                ", ".join(f"{step} {ms:.1f}" for step, ms in slowest) + " ms",
+            )
+        )
     capture = results.get("capture")
     if capture:
         rows.append(("capture", "round trip, capture unused", _stats(capture["unused_ms"])))

@@ -53,25 +53,44 @@ def new_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+def _temporary_beside(path: Path) -> tuple[int, str]:
+    """A new, empty file in ``path``'s directory, opened for writing: its fd and name.
+
+    Created with mode ``0o666``, which the kernel narrows by the umask (or the folder's
+    default ACL) exactly as for any file ``open()`` creates, so the file needs no
+    ``chmod`` and the umask need not be read.
+    """
+    for _ in range(100):
+        name = os.path.join(path.parent, f".{path.name}.{os.urandom(4).hex()}.tmp")
+        try:
+            return os.open(name, _TMP_FLAGS, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path} after 100 tries")
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the new one.
 
-    The bytes go to a temporary file in the same directory, are flushed (and fsynced
-    unless ``fsync`` is False), then renamed over ``path``. The file gets the mode any
-    new file gets (``0o666`` less the umask), not the temporary file's private 0600. On
-    any error the temporary file is removed and ``path`` is untouched.
+    The bytes go to a temporary file in the same directory, are written out (and
+    fsynced unless ``fsync`` is False), then renamed over ``path``. The file gets the
+    mode any new file gets (``0o666`` less the umask). On any error the temporary file
+    is removed and ``path`` is untouched.
     """
-    import tempfile  # here, not at start-up: the quick commands never write a file
-
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = _temporary_beside(path)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            os.chmod(handle.fileno(), new_file_mode())
-            handle.write(data)
-            handle.flush()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             if fsync:
-                os.fsync(handle.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -29,6 +29,7 @@ __all__ = [
     "BUNDLE_FILE",
     "CHECKPOINTS_DIR",
     "CONFIG_FILE",
+    "GIT_DIFF_FILE",
     "GIT_INFO_FILE",
     "JOB_INDEX_DIR",
     "JOURNAL_FILE",
@@ -39,6 +40,7 @@ __all__ = [
     "REPORTS_DIR",
     "REPORT_FILE",
     "REQUIREMENTS_FILE",
+    "RERUNS_FILE",
     "RESERVE_FILE",
     "RUN_FILE",
     "RUN_SUBDIRECTORIES",
@@ -64,6 +66,8 @@ RUN_FILE: Final = "run.json"
 JOURNAL_FILE: Final = "lifecycle.jsonl"
 #: Rank 0's metrics log; rank N writes ``metrics.rank<N>.jsonl``.
 METRICS_FILE: Final = "metrics.jsonl"
+#: One JSON line per rerun of the run (appended by ``orchestrator-fsm rerun``).
+RERUNS_FILE: Final = "reruns.jsonl"
 #: The folder where each rank other than 0 keeps its record.
 RANKS_DIR: Final = "ranks"
 #: Space held back so that the last word of a run fits on a full disk.
@@ -86,6 +90,8 @@ STDOUT_LOG: Final = "stdout.log"
 CONFIG_FILE: Final = "config.yaml"
 #: The git state of the code the run ran (commit, branch, dirty files, diff).
 GIT_INFO_FILE: Final = "git_info.txt"
+#: ``git diff HEAD`` of the checkout (capped), when it had changes.
+GIT_DIFF_FILE: Final = "git_diff.patch"
 #: The installed distributions, pip-freeze style.
 REQUIREMENTS_FILE: Final = "requirements.txt"
 #: The environment report of phase 7.

@@ -75,7 +75,6 @@ _MAX_METRICS_PER_BATCH: Final = 1000  # MLflow's own limit for one log_batch
 FLUSH_EVERY: Final = 100
 #: Seconds after which the next call sends what is buffered, however few calls.
 FLUSH_EVERY_S: Final = 10.0
-_GIT_TAGS: Final = {"commit": "mlflow.source.git.commit", "branch": "mlflow.source.git.branch"}
 
 
 def flat_params(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
@@ -89,18 +88,15 @@ def flat_params(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str
             yield name[:_MAX_KEY], str(value)[:_MAX_VALUE]
 
 
-def _git_info(reports: Path) -> dict[str, str]:
+def _git_tags(root: Path) -> dict[str, str]:
+    """The ``mlflow.source.git.*`` tags of the git state the run recorded."""
+    from orchestrator_fsm.git_state import read_recorded_git_state
+
     try:
-        text = (reports / "git_info.txt").read_text(encoding="utf-8")
+        state = read_recorded_git_state(root / REPORTS_DIR)
     except OSError:
         return {}
-    found = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        value = value.strip()
-        if key.strip() in _GIT_TAGS and value and not value.startswith(("none", "(")):
-            found[_GIT_TAGS[key.strip()]] = value
-    return found
+    return {} if state is None else state.source_tags()
 
 
 def _ms(moment: datetime) -> int:
@@ -318,7 +314,7 @@ class MlflowObserver(Observer):
             return
         try:
             self.flush()
-            for tag, value in _git_info(record.root / "reports").items():
+            for tag, value in _git_tags(record.root).items():
                 client.set_tag(run_id, tag, value)
             for folder in (REPORTS_DIR, LOGS_DIR):
                 if (record.root / folder).is_dir():

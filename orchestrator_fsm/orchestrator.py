@@ -26,6 +26,7 @@ from orchestrator_fsm.lifecycle.recorder import RunRecorder
 from orchestrator_fsm.lifecycle.signals import SignalGuard
 from orchestrator_fsm.lifecycle.table import CLEANUP_STEP, LifecycleState
 from orchestrator_fsm.observers import Observers, configured_observers
+from orchestrator_fsm.phases.bundle import record_loaded_libraries
 from orchestrator_fsm.phases.determinism import set_seed
 from orchestrator_fsm.phases.device import resolve_device, to_device_obj
 from orchestrator_fsm.phases.filesystem import setup_static_directories
@@ -36,7 +37,6 @@ from orchestrator_fsm.phases.report import Reporter
 from orchestrator_fsm.phases.runtime import apply_cpu_threads, configure_system_libraries
 from orchestrator_fsm.phases.steps import STEPS
 from orchestrator_fsm.phases.timing import TimeTracker
-from orchestrator_fsm.reproduce.bundle import record_loaded_libraries
 from orchestrator_fsm.run_context import Dependencies, RunContext
 from orchestrator_fsm.run_log import LOGGER_NAME
 from orchestrator_fsm.seeds import SeedTree

@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from orchestrator_fsm.config import Config
+    from orchestrator_fsm.git_state import GitState
     from orchestrator_fsm.layout import RunPaths
 
 __all__ = [
@@ -58,10 +61,11 @@ class TimeTrackerProtocol(Protocol):
 class AuditSaverProtocol(Protocol):
     """Persists the run manifest: config, dependency snapshot, git state."""
 
-    # ``Path | None``: the default saver returns the file it wrote; savers written
-    # before that (returning None) still satisfy the protocol.
+    # ``... | None``: the default saver hands back what it wrote (the file, the
+    # distribution lines, the git state); savers returning None still satisfy the
+    # protocol, and what they left on disk is read instead.
     def save_config(self, data: Any, yaml_path: Path) -> Path | None: ...
 
-    def dump_requirements(self, path: Path) -> None: ...
+    def dump_requirements(self, path: Path) -> Sequence[str] | None: ...
 
-    def dump_git_info(self, path: Path) -> None: ...
+    def dump_git_info(self, path: Path) -> GitState | None: ...

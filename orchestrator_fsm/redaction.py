@@ -7,6 +7,7 @@ module, which needs nothing but the standard library.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -54,11 +55,15 @@ def redact_secrets(data: Any) -> Any:
         return tuple(redact_secrets(item) for item in data)
     if isinstance(data, str):
         return redact_url(data)
+    if data is None or isinstance(data, (bool, int, float)):
+        return data  # immutable: nothing to copy
     return copy.deepcopy(data)
 
 
 def redact_url(text: str) -> str:
     """``text`` with the password of every URL ``scheme://user:password@host`` replaced."""
+    if "://" not in text:  # no URL, nothing to replace (and no pattern to run)
+        return text
     return _URL_PASSWORD.sub(rf"\g<head>{REDACTED}@", text)
 
 
@@ -71,6 +76,12 @@ def looks_secret(key: object) -> bool:
     """
     if not isinstance(key, str):
         return False
+    return _looks_secret(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _looks_secret(key: str) -> bool:
+    # A config has a few hundred keys at most and they recur run after run.
     words = [word.lower() for word in _KEY_WORD_BOUNDARY.split(key) if word]
     if not words:
         return False

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from orchestrator_fsm.distributed import Launch
+from orchestrator_fsm.environment import launch_environment
 from orchestrator_fsm.errors import LifecycleError
-from orchestrator_fsm.reproduce.bundle import launch_environment
 from orchestrator_fsm.run_log import LOGGER_NAME
 
 if TYPE_CHECKING:

@@ -152,6 +152,7 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
         "a growing record (metrics calls, resumed attempts)",
         "capture and metrics unused, MLflow per call",
         "the orchard recipe in a git checkout, strict and relaxed",
+        "ours and Sacred, the orchard recipe in a git checkout",
     ]
     capture = results["capture"]
     assert_stats(capture["unused_ms"])
@@ -162,7 +163,13 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
         assert capture["mlflow"]["every_call"]["flush_every"] == 1
         assert capture["mlflow"]["buffered"]["calls"] == 100
         assert_stats(capture["mlflow"]["buffered"]["log_metrics_us"])
-    assert len(results["targets"]) == 5 + 2 + 6
+    sacred = results["sacred"]  # None where Sacred (the `bench` extra) is not installed
+    if sacred is not None:
+        for kind in ("ours_ms", "sacred_ms", "sacred_with_manifest_ms"):
+            assert_stats(sacred[kind])
+        assert sacred["ratio_median"] > 0
+        assert set(sacred["step_median_ms"]) == STEPS_OF_A_ROUND_TRIP
+    assert len(results["targets"]) == 5 + 2 + 6 + (sacred is not None)
     assert all(isinstance(target["met"], bool) for target in results["targets"])
 
     # Every sandbox was removed, and the user's cache directory was never written.

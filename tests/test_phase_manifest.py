@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
+from orchestrator_fsm import git_state
 from orchestrator_fsm._system import distribution_version
 from orchestrator_fsm.phases import manifest
 from orchestrator_fsm.phases.manifest import (
@@ -516,7 +517,7 @@ def test_a_git_that_hangs_is_killed_and_its_part_recorded_as_unknown(
     )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(manifest, "_GIT_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(git_state, "_GIT_TIMEOUT_S", 0.5)
 
     with caplog.at_level(logging.WARNING, logger="orchestrator_fsm.run.manifest"):
         info = _record_git_info(reports)
@@ -571,3 +572,116 @@ def test_invocation_of_a_script_resolves_its_path(tmp_path: Path) -> None:
 
     assert record["entry_module"] is None
     assert record["entry_point"] == str((tmp_path / "probe_invocation.py").resolve())
+
+
+@needs_git
+def test_the_git_state_is_one_value_written_kept_and_read_back_alike(
+    repo: Path, reports: Path
+) -> None:
+    (repo / "train.py").write_text("print('changed')\n")
+    (repo / "notes.txt").write_text("untracked\n")
+    state = AuditSaver().dump_git_info(reports / "git_info.txt")
+
+    assert state is not None
+    assert state.commit == _git(repo, "rev-parse", "HEAD")
+    assert state.branch == "main"
+    assert state.dirty is True
+    assert state.untracked_files == 1
+    # The file is the value's text, and reading the run back gives the same value.
+    assert (reports / "git_info.txt").read_text(encoding="utf-8") == state.info_text()
+    assert (reports / GIT_DIFF_FILE_NAME).read_bytes() == state.patch
+    assert git_state.read_recorded_git_state(reports) == state
+    assert state.source_tags() == {
+        "mlflow.source.git.commit": state.commit,
+        "mlflow.source.git.branch": "main",
+    }
+
+
+@needs_git
+def test_the_top_level_is_found_from_a_subfolder_as_git_finds_it(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nested = repo / "src" / "pkg"
+    nested.mkdir(parents=True)
+    monkeypatch.chdir(nested)
+    state = git_state.read_git_state()
+    assert state is not None
+    assert state.toplevel == _git(nested, "rev-parse", "--show-toplevel")
+
+
+@needs_git
+def test_outside_a_checkout_no_git_process_is_started(
+    tmp_path: Path, git_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    monkeypatch.chdir(plain)
+    if any((folder / ".git").exists() for folder in [plain, *plain.parents]):
+        pytest.skip("the temporary folder is inside a git checkout here")
+
+    def no_git(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"git was started: {args}")
+
+    monkeypatch.setattr(git_state, "_git_start", no_git)
+    assert git_state.read_git_state() is None
+
+
+@needs_git
+def test_inside_the_git_folder_nothing_is_recorded(
+    repo: Path, reports: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # .git is found on the way up, yet git says this is no work tree.
+    monkeypatch.chdir(repo / ".git")
+    assert AuditSaver().dump_git_info(reports / "git_info.txt") is None
+    assert list(reports.iterdir()) == []
+
+
+def test_a_git_info_file_of_another_writer_reads_as_far_as_it_goes() -> None:
+    state = git_state.GitState.from_info({"commit": "abc123", "branch": "(detached HEAD)"})
+    assert state.commit == "abc123"
+    assert state.branch is None
+    assert state.dirty is None
+    assert state.as_info()["dirty"] == "unknown"
+    assert state.source_tags() == {"mlflow.source.git.commit": "abc123"}
+
+
+def test_the_redacted_config_is_what_config_yaml_holds(tmp_path: Path) -> None:
+    data = {
+        "db": {"url": "postgresql://alice:s3cret@db/x", "password": "hunter2"},
+        "notes": "ünïcödé " * 30 + '\t tabbed \\ and "quoted" ' * 10,
+        "path": Path("/data/set"),
+        "layers": (1, 2.5, None, True),
+    }
+    target = tmp_path / "config.yaml"
+    manifest.AuditSaver().save_config(data, target)
+    assert yaml.safe_load(target.read_text(encoding="utf-8")) == manifest.redacted_config(data)
+    assert manifest.redacted_config(data)["db"] == {
+        "url": "postgresql://alice:***@db/x",
+        "password": "***",
+    }
+
+
+@needs_git
+def test_the_bundle_and_the_report_take_the_git_state_phase_5_recorded(
+    repo: Path, make_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator_fsm import RootOrchestrator
+    from orchestrator_fsm.phases import report
+
+    def no_reading(*args: object) -> None:
+        raise AssertionError("git_info.txt was read back")
+
+    # Neither the bundle nor the report reads back the file phase 5 just wrote.
+    monkeypatch.setattr(manifest, "read_recorded_git_state", no_reading)
+    monkeypatch.setattr(report, "read_git_info", no_reading)
+    (repo / "train.py").write_text("print('changed')\n")
+    with RootOrchestrator(make_config()) as orch:
+        orch.log_environment_report()
+    reports = orch.paths.reports
+    recorded = git_state.read_recorded_git_state(reports)
+    assert recorded is not None
+    bundle = json.loads((reports / "rerun.json").read_text(encoding="utf-8"))
+    assert bundle["git"] == recorded.bundle_record()
+    assert bundle["git"]["dirty"] == "true"
+    environment = json.loads((reports / "environment.json").read_text(encoding="utf-8"))
+    assert environment["git"] == recorded.as_info()

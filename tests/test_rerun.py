@@ -7,6 +7,7 @@ Every run here is a real ``orchestrator-fsm run`` process writing real files und
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import subprocess
@@ -18,10 +19,13 @@ import yaml
 from conftest import isolated, minimal_recipe
 
 from orchestrator_fsm.cli.rerun import EXIT_DIVERGED, EXIT_DRIFT, EXIT_WITHIN_TOLERANCE, RERUNS_FILE
+from orchestrator_fsm.git_state import read_git_state
 from orchestrator_fsm.lifecycle.record import read_run
-from orchestrator_fsm.reproduce.bundle import bundle_file, collect_git, working_directory
+from orchestrator_fsm.reproduce.bundle import bundle_file, working_directory
 
 PIPELINES = """
+import atexit
+import os
 import random
 
 
@@ -36,6 +40,13 @@ def noisy(orch):
     for step in (1, 2, 3, 4):
         noise = random.SystemRandom().random() if step >= 3 else 0.0
         orch.log_metrics({"loss": 1.0 / step + noise}, step=step)
+
+
+def loud(orch):
+    # A pipeline may print anything, even a line like the command's own last words,
+    # and even after them (at interpreter exit).
+    atexit.register(print, f"run directory: {os.getcwd()}", flush=True)
+    orch.log_metrics({"loss": 0.5}, step=1)
 
 
 def jitter(orch):
@@ -59,9 +70,15 @@ def cli(
 
 
 def run_dir_of(result: subprocess.CompletedProcess[str]) -> Path:
-    lines = [line for line in result.stdout.splitlines() if line.startswith("run directory: ")]
-    assert lines, result.stdout + result.stderr
-    return Path(lines[-1].removeprefix("run directory: ").strip())
+    """The run directory the command printed: its line just before ``status: ...``."""
+    lines = result.stdout.splitlines()
+    found = [
+        line.removeprefix("run directory: ").strip()
+        for line, after in itertools.pairwise(lines)
+        if line.startswith("run directory: ") and after.startswith("status: ")
+    ]
+    assert found, result.stdout + result.stderr
+    return Path(found[-1])
 
 
 def drift_rows(stdout: str) -> list[tuple[str, str, str]]:
@@ -123,10 +140,13 @@ def test_a_truncated_diff_is_recorded_as_truncated(tmp_path: Path) -> None:
     subprocess.run([*git, "add", "big.txt"], cwd=tmp_path, check=True)
     subprocess.run([*git, "commit", "-qm", "one"], cwd=tmp_path, check=True)
     with working_directory(str(tmp_path)):
-        assert collect_git()["diff_truncated"] is False  # type: ignore[index]
+        clean = read_git_state()
         big.write_text("".join(f"line {i} {'y' * 60}\n" for i in range(20_000)))
-        state = collect_git()
-    assert state is not None
+        changed = read_git_state()
+    assert clean is not None
+    assert changed is not None
+    assert clean.bundle_record()["diff_truncated"] is False
+    state = changed.bundle_record()
     assert state["dirty"] == "true"
     assert state["diff_truncated"] is True
 
@@ -251,10 +271,38 @@ def test_two_strict_reruns_of_the_demo_are_identical(tmp_path: Path) -> None:
 
 
 def test_gpu_models_are_read_from_the_driver_listing(tmp_path: Path) -> None:
-    from orchestrator_fsm.reproduce.bundle import _gpus
+    from orchestrator_fsm.environment import _gpus
 
     for index, model in enumerate(("NVIDIA H200", "NVIDIA A100-SXM4-80GB")):
         folder = tmp_path / f"0000:0{index}:00.0"
         folder.mkdir()
         (folder / "information").write_text(f"Model: \t\t {model}\nIRQ:   123\n")
     assert _gpus(tmp_path) == ["NVIDIA H200", "NVIDIA A100-SXM4-80GB"]
+
+
+def test_run_writes_its_run_directory_where_it_is_asked_to(project: Path) -> None:
+    told = project / "told" / "run-dir"
+    told.parent.mkdir()
+    result = cli(
+        "run",
+        "recipe.yaml",
+        "--entry",
+        "pipe.py:steady",
+        "--run-dir-file",
+        str(told),
+        cwd=project,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert told.read_text(encoding="utf-8").strip() == str(run_dir_of(result))
+
+
+def test_rerun_finds_its_run_whatever_the_pipeline_prints(project: Path) -> None:
+    original = run_pipeline(project, "loud")
+    result = cli("rerun", str(original), cwd=project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    noted = json.loads((original / RERUNS_FILE).read_text().splitlines()[-1])
+    rerun = Path(noted["run_dir"])
+    assert rerun != project
+    assert rerun.parent == original.parent
+    assert read_run(rerun).rerun_of == str(original)
+    assert noted["verdict"]["status"] == "identical"

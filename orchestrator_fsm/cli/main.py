@@ -229,6 +229,8 @@ def _add_sweep_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--sweep-member", help=argparse.SUPPRESS)
     # Given by `orchestrator-fsm rerun` to the run it starts: recorded as rerun_of.
     run.add_argument("--rerun-of", help=argparse.SUPPRESS)
+    # Given by `orchestrator-fsm rerun` too: the file the run's directory is written to.
+    run.add_argument("--run-dir-file", help=argparse.SUPPRESS)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

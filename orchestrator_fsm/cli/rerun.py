@@ -6,7 +6,8 @@ run now is reported (``--strict``: a drift refuses to start); then the run is st
 ``orchestrator-fsm run`` in a child process (a real new run with its own record, its
 ``run.json`` naming the original in ``rerun_of``), with the saved resolved config
 (``reports/config.yaml``) as its recipe, the overrides as given and the same entry,
-in the original's working directory. Last, the two runs' metrics and checkpoints are
+in the original's working directory; the child writes its run directory to a file
+``rerun`` names (``--run-dir-file``). Last, the two runs' metrics and checkpoints are
 compared (:mod:`orchestrator_fsm.reproduce.compare`) and the original's
 ``reruns.jsonl`` gets one line naming the rerun and its verdict.
 """
@@ -32,6 +33,7 @@ from orchestrator_fsm.cli._shared import (
     say,
     split_bare_overrides,
 )
+from orchestrator_fsm.layout import RERUNS_FILE, bundle_file, config_file
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -52,10 +54,7 @@ EXIT_WITHIN_TOLERANCE: Final = 3
 EXIT_DIVERGED: Final = 4
 EXIT_DRIFT: Final = 5
 
-#: In the original run's directory: one JSON line per rerun (written by ``rerun``).
-RERUNS_FILE: Final = "reruns.jsonl"
 
-_RUN_DIR_PREFIX: Final = "run directory: "
 _SHOWN_CHARS: Final = 60
 
 
@@ -78,6 +77,7 @@ def format_drift(items: list[Drift]) -> list[str]:
 
 
 def _saved_config_data(path: Path) -> Any:
+    """The saved config of an existing run (its ``config.yaml``), as data."""
     import yaml
 
     return yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -92,7 +92,6 @@ def _is_redacted(override: str) -> bool:
 
 def cmd_rerun(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Rerun ``args.run_dir``; the exit code (see the module and the README)."""
-    from orchestrator_fsm.layout import config_file
     from orchestrator_fsm.reproduce.bundle import BundleError, read_bundle
 
     split_bare_overrides(args)
@@ -108,7 +107,7 @@ def cmd_rerun(args: argparse.Namespace, out: Console, err: Console) -> int:
     if not spec:
         say(
             err,
-            f"error: {original}/reports/rerun.json records no entry: the run was "
+            f"error: {bundle_file(original)} records no entry: the run was "
             "started from Python, not by `orchestrator-fsm run`; run that code again",
             "red",
         )
@@ -161,40 +160,38 @@ def _drift_now(
 ) -> list[Drift] | int:
     """What differs between the bundle and a rerun now (the exit code on a bad config)."""
     from orchestrator_fsm.config import Config
+    from orchestrator_fsm.environment import launch_environment
     from orchestrator_fsm.errors import ConfigError
-    from orchestrator_fsm.phases.manifest import AuditSaver
-    from orchestrator_fsm.reproduce import bundle as bundles
+    from orchestrator_fsm.git_state import read_git_state
+    from orchestrator_fsm.phases.bundle import snapshot
+    from orchestrator_fsm.phases.manifest import redacted_config, requirement_lines
+    from orchestrator_fsm.reproduce.bundle import working_directory
     from orchestrator_fsm.reproduce.drift import bundle_drift
 
-    with bundles.working_directory(cwd):
+    with working_directory(cwd):
         try:
             cfg = Config.from_recipe(saved, overrides)
         except ConfigError as exc:
             print_config_error(err, exc, str(saved))
             return EXIT_USAGE
-        with tempfile.TemporaryDirectory(prefix="orchestrator-fsm-rerun-") as scratch:
-            config_now = AuditSaver().save_config(cfg, Path(scratch) / "config.yaml")
-            config_after = _saved_config_data(config_now)
-        recipe = bundle.get("recipe") or {}
-        recipe_path = recipe.get("path")
-        now = {
-            "overrides": bundles.redacted_overrides(cfg.overrides),
-            "seeds": bundles.seed_summary(
-                cfg.training.seed,
-                int((bundle.get("seeds") or {}).get("rank") or 0),
-                int((bundle.get("seeds") or {}).get("world_size") or 1),
-            ),
-            "packages": bundles.collect_packages(),
-            "git": bundles.collect_git(),
-            "entry": bundles.describe_entry(spec),
-            "recipe": {
-                "path": recipe_path,
-                "sha256": None if not recipe_path else bundles.sha256_file(Path(recipe_path)),
-            },
-            "environment": bundles.collect_environment(),
-        }
+        seeds = bundle.get("seeds") or {}
+        now = snapshot(
+            cfg,
+            spec,
+            config=redacted_config(cfg),
+            # The recipe the original read (the rerun reads the saved config instead).
+            recipe=(bundle.get("recipe") or {}).get("path") or None,
+            git=read_git_state(),
+            requirements=requirement_lines(),
+            launch_env=launch_environment(),
+            rank=int(seeds.get("rank") or 0),
+            world_size=int(seeds.get("world_size") or 1),
+        )
     return bundle_drift(
-        bundle, now, config_before=_saved_config_data(saved), config_after=config_after
+        bundle,
+        now.sections,
+        config_before=_saved_config_data(saved),
+        config_after=now.config,
     )
 
 
@@ -216,26 +213,28 @@ def _print_drift(drift: list[Drift], out: Console) -> None:
 
 
 def _run_child(command: list[str], cwd: str, out: Console) -> tuple[int, Path | None]:
-    """Run ``command`` in ``cwd``, its output passed through; its exit code and the run
-    directory it printed."""
-    new_dir: Path | None = None
-    with subprocess.Popen(
-        command, cwd=cwd, stdout=subprocess.PIPE, text=True, encoding="utf-8", errors="replace"
-    ) as child:
-        assert child.stdout is not None
+    """Run ``command`` (an ``orchestrator-fsm run``) in ``cwd``, its output passed
+    through; its exit code and the run directory it wrote to the file named by
+    ``--run-dir-file`` (``None`` when it made none)."""
+    with tempfile.TemporaryDirectory(prefix="orchestrator-fsm-rerun-") as scratch:
+        told = Path(scratch) / "run-dir"
         try:
-            for line in child.stdout:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-                if line.startswith(_RUN_DIR_PREFIX):
-                    candidate = Path(line[len(_RUN_DIR_PREFIX) :].strip())
-                    new_dir = candidate if candidate.is_dir() else None
+            code = subprocess.call([*command, "--run-dir-file", str(told)], cwd=cwd)
         except KeyboardInterrupt:
-            # The child got the same signal (one process group) and cleans itself up.
-            child.wait()
-            return EXIT_INTERRUPTED, new_dir
-        code = child.wait()
-    return code, new_dir
+            # The child got the same signal (one process group) and cleans itself up;
+            # subprocess.call waited for it before re-raising.
+            code = EXIT_INTERRUPTED
+        return code, _told_run_dir(told)
+
+
+def _told_run_dir(told: Path) -> Path | None:
+    """The run directory the child wrote to ``told``, when it names one."""
+    try:
+        text = told.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    candidate = Path(text) if text else None
+    return candidate if candidate is not None and candidate.is_dir() else None
 
 
 def _note_rerun(original: Path, new_dir: Path | None, verdict: Verdict | None, code: int) -> None:

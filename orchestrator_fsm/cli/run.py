@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -91,6 +92,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
                 rerun_of=args.rerun_of,
             )
             guard.hold()
+            _tell_run_directory(args.run_dir_file, orch)
             code = _report_outcome(orch, failure, cfg, out, err, debug=args.debug)
         finally:
             # The process ends after this command: from here a signal ends it at once
@@ -160,6 +162,19 @@ def _report_outcome(
         say(out, "run directory: none (the run ended before creating it)")
     say(out, f"status: {status}", "green" if status == COMPLETED else "red")
     return code
+
+
+def _tell_run_directory(target: str | None, orch: RootOrchestrator | None) -> None:
+    """Write the run directory to ``target`` (``--run-dir-file``, given by ``rerun``)
+    once the run has ended; nothing when no directory was made."""
+    if target is None or orch is None or orch.paths is None:
+        return
+    from orchestrator_fsm._fs import atomic_write_text
+
+    try:
+        atomic_write_text(Path(target), f"{orch.paths.root}\n")
+    except OSError as exc:
+        print(f"orchestrator-fsm: could not write {target} ({exc})", file=sys.stderr)
 
 
 def _is_other_rank() -> bool:

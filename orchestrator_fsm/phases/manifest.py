@@ -2,14 +2,17 @@
 
 ``AuditSaver`` writes, into the run's ``reports/`` folder:
 
-- ``config.yaml``: the resolved config, secrets redacted;
+- ``config.yaml``: the resolved config, secrets redacted (:func:`redacted_config`);
 - ``requirements.txt``: every installed distribution as ``name==version``, with
   editable, local, archive and VCS installs marked from their ``direct_url.json``;
 - ``git_info.txt`` and ``git_diff.patch``: commit, branch, dirty flag and remote of the
-  git checkout the run was started from, and its uncommitted changes (capped at 1 MiB).
-  Outside a checkout, or without ``git``, these two files are simply not written.
+  git checkout the run was started from, and its uncommitted changes (capped at 1 MiB),
+  from one :class:`~orchestrator_fsm.git_state.GitState`. Outside a checkout, or
+  without ``git``, these two files are simply not written.
 
-and, from them, the rerun bundle ``rerun.json`` (see :mod:`orchestrator_fsm.reproduce.bundle`).
+The step keeps what it recorded as data (:class:`Manifest`, :func:`recorded_manifest`):
+the rerun bundle ``rerun.json`` (:mod:`orchestrator_fsm.phases.bundle`) and the
+environment report are made from it, not from the files read back.
 
 ``record_invocation`` describes how the process was started, for ``run.json``.
 Every file is written atomically.
@@ -24,12 +27,10 @@ import logging
 import os
 import platform
 import re
-import shutil
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
@@ -39,31 +40,43 @@ import yaml
 
 from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_text
 from orchestrator_fsm._system import name_and_version, record_invocation
-from orchestrator_fsm.layout import GIT_INFO_FILE, REQUIREMENTS_FILE
-from orchestrator_fsm.redaction import redact_secrets, redact_url
+from orchestrator_fsm.git_state import (
+    GIT_DIFF_CAP_BYTES,
+    GIT_DIFF_TRUNCATED_MARK,
+    GitState,
+    read_git_state,
+    read_recorded_git_state,
+)
+from orchestrator_fsm.layout import GIT_DIFF_FILE, GIT_INFO_FILE, REQUIREMENTS_FILE
+from orchestrator_fsm.phases.bundle import write_bundle
+from orchestrator_fsm.redaction import REDACTED, looks_secret, redact_url
 
 if TYPE_CHECKING:
-    from orchestrator_fsm.phases.context import RunContext
+    from orchestrator_fsm.run_context import RunContext
 
 __all__ = [
     "GIT_DIFF_CAP_BYTES",
     "GIT_DIFF_FILE_NAME",
     "GIT_DIFF_TRUNCATED_MARK",
     "AuditSaver",
-    "read_git_info",
+    "Manifest",
     "record_invocation",
+    "recorded_manifest",
+    "redacted_config",
     "requirement_lines",
     "step",
+    "write_git_state",
 ]
 
-GIT_DIFF_FILE_NAME: Final = "git_diff.patch"
-GIT_DIFF_CAP_BYTES: Final = 1024 * 1024
-"""The most bytes of ``git diff HEAD`` kept in ``git_diff.patch``."""
-GIT_DIFF_TRUNCATED_MARK: Final = b"# orchestrator-fsm: diff truncated"
-"""How the note line a cut ``git_diff.patch`` ends with begins."""
+GIT_DIFF_FILE_NAME: Final = GIT_DIFF_FILE
+"""``git_diff.patch`` (:data:`orchestrator_fsm.layout.GIT_DIFF_FILE`)."""
 
-_GIT_TIMEOUT_S: Final = 15.0
 _LISTING_SETTLE_NS: Final = 2_000_000_000
+# libyaml's emitter where PyYAML has it, about four times faster than the pure-Python
+# one. The same representer decides every node, so the document holds the same data;
+# the text is the same too except where a long quoted string (escapes, non-ASCII) is
+# folded over lines, which the two emitters fold at different points.
+_YAML_DUMPER: Final[type[yaml.SafeDumper]] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _NORMALIZE_NAME: Final = re.compile(r"[-_.]+")
 
 # A child of the run logger, so that what the manifest step notes lands in run.log.
@@ -77,32 +90,52 @@ class SerializableConfig(Protocol):
     def dump_serialized(self) -> Mapping[str, Any]: ...
 
 
-def _redact(data: Any) -> Any:
-    return redact_secrets(data)
+_TOP: Final = object()
 
 
-def _redact_url(url: str) -> str:
-    return redact_url(url)
+def _spell(parent: str, key: object, indexed: bool) -> str:
+    """The dotted path of ``key`` in ``parent`` (``a.b``, ``a[0]``) for a message."""
+    if key is _TOP:
+        return parent
+    if indexed:
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else str(key)
 
 
 def _plain_key(key: object, where: str) -> object:
-    if key is None or isinstance(key, (bool, int, float, str)):
-        return _to_plain(key, where)
+    # Keys are made plain like values, but never redacted (only values hold secrets).
+    if isinstance(key, enum.Enum) and isinstance(key, (bool, int, float, str)):
+        return _plain_key(key.value, where)
+    if key is None or isinstance(key, bool):
+        return key
+    if isinstance(key, str):
+        return str.__str__(key)
+    if isinstance(key, int):
+        return int(key)
+    if isinstance(key, float):
+        return float(key)
     raise TypeError(
         f"config key {key!r} at {where or 'the top level'} has type {type(key).__name__}; "
         f"expected a string or number"
     )
 
 
-def _to_plain(value: Any, where: str) -> Any:
-    """``value`` as data ``yaml.safe_dump`` accepts, or ``TypeError`` naming its path."""
-    if value is None or isinstance(value, bool):
+def _plain(value: Any, parent: str, key: object = _TOP, indexed: bool = False) -> Any:
+    """``value`` (at ``key`` in ``parent``) as data ``yaml.safe_dump`` accepts, secrets
+    redacted as :func:`~orchestrator_fsm.redaction.redact_secrets` redacts them, or
+    ``TypeError`` naming its dotted path. One walk does both; a path is spelled only
+    for a container or an error."""
+    cls = type(value)
+    # The common cases first, by exact type: most values are these.
+    if cls is str:
+        return redact_url(value)
+    if value is None or cls is bool or cls is int or cls is float:
         return value
     if isinstance(value, enum.Enum):
-        return _to_plain(value.value, where)
+        return _plain(value.value, parent, key, indexed)
     # Subclasses of the scalar types have no safe representer: reduce them to the base.
     if isinstance(value, str):
-        return str.__str__(value)
+        return redact_url(str.__str__(value))
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
@@ -110,14 +143,18 @@ def _to_plain(value: Any, where: str) -> Any:
     if isinstance(value, (dt.date, dt.datetime)):
         return value
     if isinstance(value, PurePath):
-        return str(value)
+        return redact_url(str(value))
+    where = _spell(parent, key, indexed)
     if isinstance(value, Mapping):
-        return {
-            _plain_key(key, where): _to_plain(item, f"{where}.{key}" if where else str(key))
-            for key, item in value.items()
-        }
+        plain: dict[object, Any] = {}
+        for name, item in value.items():
+            plain_name = _plain_key(name, where)
+            plain_item = _plain(item, where, name)
+            secret = plain_item is not None and looks_secret(plain_name)
+            plain[plain_name] = REDACTED if secret else plain_item
+        return plain
     if isinstance(value, (list, tuple)):
-        return [_to_plain(item, f"{where}[{index}]") for index, item in enumerate(value)]
+        return [_plain(item, where, index, True) for index, item in enumerate(value)]
     raise TypeError(
         f"config value at {where or 'the top level'} has type {type(value).__name__}; "
         f"expected plain data (str, int, float, bool, None, date, path, list or mapping)"
@@ -129,7 +166,7 @@ def _install_marker(direct_url: Mapping[str, Any]) -> str | None:
     url = direct_url.get("url")
     if not isinstance(url, str) or not url:
         return None
-    url = _redact_url(url)
+    url = redact_url(url)
     vcs_info = direct_url.get("vcs_info")
     if isinstance(vcs_info, Mapping):
         vcs = str(vcs_info.get("vcs") or "vcs")
@@ -226,152 +263,20 @@ def _requirements_header() -> list[str]:
     ]
 
 
-def _git_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # Never prompt for credentials, and never take index.lock for a read-only look
-    # (that could make the user's own concurrent git command fail).
-    env.update(GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0")
-    return env
-
-
-def _git_start(git: str, args: Sequence[str], cwd: Path) -> subprocess.Popen[bytes] | None:
-    """``git args`` started with its stdout piped, or ``None`` when it cannot start."""
-    try:
-        return subprocess.Popen(
-            [git, *args],
-            cwd=cwd,
-            env=_git_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+def redacted_config(data: Mapping[str, Any] | SerializableConfig) -> dict[str, Any]:
+    """``data`` as :meth:`AuditSaver.save_config` writes it, as plain data: keys in
+    order, secret values and URL passwords as ``***``, paths and enums as strings and
+    values. ``TypeError`` for a value that is not plain data, naming its dotted path,
+    or for ``data`` that is neither a mapping nor has ``dump_serialized()``."""
+    if isinstance(data, SerializableConfig):
+        data = data.dump_serialized()
+    if not isinstance(data, Mapping):
+        raise TypeError(
+            f"save_config expects a mapping or an object with dump_serialized(), "
+            f"got {type(data).__name__}"
         )
-    except OSError as exc:
-        _log.debug("git %s could not start in %s: %s", " ".join(args), cwd, exc)
-        return None
-
-
-def _git_read(proc: subprocess.Popen[bytes], limit: int | None = None) -> tuple[bytes, bool] | None:
-    """What a started git writes (at most ``limit`` bytes) and whether it was cut.
-
-    Git is killed once it has written more than ``limit`` bytes, so a huge output costs
-    neither memory nor time, and after ``_GIT_TIMEOUT_S`` by a timer (rather than
-    ``communicate(timeout=...)``, which polls the child with growing sleeps and costs
-    about a millisecond per call). ``None`` when git fails or runs out of time.
-    """
-    timed_out = threading.Event()
-
-    def _expire() -> None:
-        timed_out.set()
-        proc.kill()
-
-    timer = threading.Timer(_GIT_TIMEOUT_S, _expire)
-    timer.start()
-    try:
-        assert proc.stdout is not None  # stdout=PIPE
-        with proc.stdout:
-            data = proc.stdout.read() if limit is None else proc.stdout.read(limit + 1)
-            truncated = limit is not None and len(data) > limit
-            if truncated:
-                proc.kill()
-        returncode = proc.wait()
-    finally:
-        timer.cancel()
-    if truncated:
-        return data[:limit], True
-    if timed_out.is_set():
-        _log.warning("git %s took longer than %.0f s; skipped", proc.args, _GIT_TIMEOUT_S)
-        return None
-    if returncode != 0:
-        return None
-    return data, False
-
-
-def _git_finish(proc: subprocess.Popen[bytes] | None) -> str | None:
-    """The stripped stdout of a started git, or ``None`` when it failed or timed out."""
-    done = _git_read(proc) if proc is not None else None
-    if done is None:
-        return None
-    return done[0].decode("utf-8", errors="replace").strip()
-
-
-def _git_output(git: str, args: Sequence[str], cwd: Path) -> str | None:
-    """Stdout of ``git args`` (stripped), or ``None`` when it fails or times out."""
-    return _git_finish(_git_start(git, args, cwd))
-
-
-def _capped_diff(git: str, cwd: Path, cap: int) -> tuple[bytes, bool] | None:
-    """``git diff HEAD``, at most ``cap`` bytes of it, and whether it was cut."""
-    proc = _git_start(git, ["diff", "HEAD", "--no-color", "--no-ext-diff"], cwd)
-    return _git_read(proc, cap) if proc is not None else None
-
-
-def _truncated_patch(head: bytes, cap: int) -> bytes:
-    # Cut at a line boundary when there is one, so the kept part stays readable.
-    newline = head.rfind(b"\n")
-    kept = head[: newline + 1] if newline >= 0 else head + b"\n"
-    note = (
-        f"{GIT_DIFF_TRUNCATED_MARK.decode()}; only the first {len(kept)} bytes are kept "
-        f"(the full diff is larger than {cap} bytes). Run `git diff HEAD` in the "
-        f"checkout at the recorded commit for all of it.\n"
-    )
-    return kept + note.encode("utf-8")
-
-
-def _remote_url(remotes: str | None) -> str | None:
-    """``origin`` (else the first remote) and its fetch URL, from ``git remote -v``."""
-    urls: dict[str, str] = {}
-    for line in (remotes or "").splitlines():
-        name, _, rest = line.partition("\t")
-        url, _, kind = rest.rpartition(" ")
-        if name and url and kind == "(fetch)":
-            urls.setdefault(name, url)
-    if not urls:
-        return None
-    name = "origin" if "origin" in urls else next(iter(urls))
-    return f"{name} {_redact_url(urls[name])}"
-
-
-@attrs.frozen
-class _GitStatus:
-    """What ``git status --porcelain=v2 --branch`` says of a checkout."""
-
-    commit: str | None
-    branch: str | None
-    changed: int
-    untracked: int
-
-    @classmethod
-    def parse(cls, text: str) -> _GitStatus:
-        commit: str | None = None
-        branch: str | None = None
-        changed = untracked = 0
-        for line in text.splitlines():
-            if line.startswith("# branch.oid "):
-                oid = line[len("# branch.oid ") :]
-                commit = None if oid == "(initial)" else oid
-            elif line.startswith("# branch.head "):
-                head = line[len("# branch.head ") :]
-                branch = None if head == "(detached)" else head
-            elif line.startswith("? "):
-                untracked += 1
-            elif line[:2] in ("1 ", "2 ", "u "):
-                changed += 1
-        return cls(commit=commit, branch=branch, changed=changed, untracked=untracked)
-
-
-def read_git_info(reports: Path) -> dict[str, str] | None:
-    """The ``key: value`` lines of ``reports/git_info.txt`` as :meth:`AuditSaver.dump_git_info`
-    wrote them; ``None`` when there is no such file (no checkout, no git)."""
-    try:
-        text = (reports / GIT_INFO_FILE).read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return None
-    info: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() and not key.lstrip().startswith("#"):
-            info[key.strip()] = value.strip()
-    return info
+    plain: dict[str, Any] = _plain(data, "")
+    return plain
 
 
 class AuditSaver:
@@ -386,20 +291,18 @@ class AuditSaver:
         string or value; any other non-plain value raises ``TypeError`` naming its
         dotted path.
         """
-        if isinstance(data, SerializableConfig):
-            data = data.dump_serialized()
-        if not isinstance(data, Mapping):
-            raise TypeError(
-                f"save_config expects a mapping or an object with dump_serialized(), "
-                f"got {type(data).__name__}"
-            )
-        plain = _redact(_to_plain(data, ""))
-        text = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True, default_flow_style=False)
+        text = yaml.dump(
+            redacted_config(data),
+            Dumper=_YAML_DUMPER,
+            sort_keys=False,
+            allow_unicode=True,
+            default_flow_style=False,
+        )
         target = Path(yaml_path)
         atomic_write_text(target, text)
         return target
 
-    def dump_requirements(self, path: Path) -> None:
+    def dump_requirements(self, path: Path) -> list[str]:
         """Write every installed distribution to ``path`` as ``name==version`` lines.
 
         Read from ``importlib.metadata`` (no pip subprocess), one line per distribution
@@ -407,13 +310,16 @@ class AuditSaver:
         a header whose first line is ``# Python <version>`` and whose next lines name
         the interpreter and the platform. Installs from a direct URL
         carry a comment: ``# editable: file:///...``, ``# local: ...``,
-        ``# archive: ...`` or ``# vcs: git+https://...@<commit>``.
+        ``# archive: ...`` or ``# vcs: git+https://...@<commit>``. Returns the
+        distribution lines (:func:`requirement_lines`, without the header).
         """
-        lines = _requirements_header() + requirement_lines()
-        atomic_write_text(Path(path), "\n".join(lines) + "\n")
+        listed = requirement_lines()
+        atomic_write_text(Path(path), "\n".join([*_requirements_header(), *listed]) + "\n")
+        return listed
 
-    def dump_git_info(self, path: Path) -> None:
-        """Record the git state of the working directory in ``path`` and beside it.
+    def dump_git_info(self, path: Path) -> GitState | None:
+        """Record the git state of the working directory in ``path`` and beside it;
+        return it (``None`` when nothing was recorded).
 
         ``path`` (``git_info.txt``) gets ``key: value`` lines: commit, branch, dirty
         (tracked files changed), untracked_files, remote (password redacted) and
@@ -421,55 +327,61 @@ class AuditSaver:
         1 MiB with a note line when larger; a clean checkout has no patch (one left by an
         earlier attempt of the run is removed). When the working directory is not in a git
         checkout, or ``git`` is not on ``PATH``, nothing is written and nothing raised.
+        See :func:`~orchestrator_fsm.git_state.read_git_state`.
         """
-        git = shutil.which("git")
-        if git is None:
-            _log.debug("git is not on PATH; no git info recorded")
-            return
-        try:
-            cwd = Path.cwd()
-        except OSError as exc:
-            _log.debug("the working directory is gone (%s); no git info recorded", exc)
-            return
-        toplevel = _git_output(git, ["rev-parse", "--show-toplevel"], cwd)
-        if not toplevel:
-            _log.debug("%s is not inside a git checkout; no git info recorded", cwd)
-            return
+        state = read_git_state()
+        if state is not None:
+            write_git_state(state, Path(path))
+        return state
 
-        # Three independent reads, run at once: the state (commit, branch, changes),
-        # the remotes, and the diff, streamed here while the other two run.
-        status_proc = _git_start(
-            git, ["status", "--porcelain=v2", "--branch", "--untracked-files=normal"], cwd
-        )
-        remotes_proc = _git_start(git, ["remote", "-v"], cwd)
-        diff = _capped_diff(git, cwd, GIT_DIFF_CAP_BYTES)
-        status_text = _git_finish(status_proc)
-        remotes = _git_finish(remotes_proc)
-        status = _GitStatus.parse(status_text) if status_text is not None else None
-        if status is not None:
-            commit, branch = status.commit, status.branch
-        else:
-            commit = _git_output(git, ["rev-parse", "--verify", "--quiet", "HEAD"], cwd)
-            branch = _git_output(git, ["symbolic-ref", "--short", "--quiet", "HEAD"], cwd)
-        info = {
-            "commit": commit or "none (no commits yet)",
-            "branch": branch or "(detached HEAD)",
-            "dirty": "unknown" if status is None else str(status.changed > 0).lower(),
-            "untracked_files": "unknown" if status is None else str(status.untracked),
-            "remote": _remote_url(remotes) or "none",
-            "toplevel": toplevel,
-        }
-        path = Path(path)
-        if commit and diff is not None:
-            patch, truncated = diff
-            if truncated:
-                _log.info("git diff HEAD exceeds %d bytes; the patch is truncated", len(patch))
-                patch = _truncated_patch(patch, GIT_DIFF_CAP_BYTES)
-            if patch:
-                atomic_write_bytes(path.parent / GIT_DIFF_FILE_NAME, patch)
-            else:  # nothing changed: no empty file that looks like a record of changes
-                (path.parent / GIT_DIFF_FILE_NAME).unlink(missing_ok=True)
-        atomic_write_text(path, "".join(f"{key}: {value}\n" for key, value in info.items()))
+
+def write_git_state(state: GitState, path: Path) -> None:
+    """Write ``state`` to ``path`` (``git_info.txt``) and its patch beside it, atomically."""
+    patch_file = path.parent / GIT_DIFF_FILE
+    if state.patch:
+        atomic_write_bytes(patch_file, state.patch)
+    elif state.patch is not None:  # nothing changed: no empty file that looks like a record
+        patch_file.unlink(missing_ok=True)
+    atomic_write_text(path, state.info_text())
+
+
+@attrs.frozen
+class Manifest:
+    """What phase 5 recorded, as data: the saved config (plain, redacted), the
+    ``name==version`` lines of the installed distributions and the git state
+    (``None`` outside a checkout)."""
+
+    config: Any
+    requirements: tuple[str, ...]
+    git: GitState | None
+
+
+# The step's record per run, for the steps after it (the report); it goes with the run.
+_recorded: weakref.WeakKeyDictionary[RunContext, Manifest] = weakref.WeakKeyDictionary()
+
+
+def recorded_manifest(run: RunContext) -> Manifest | None:
+    """What phase 5 recorded for ``run``; ``None`` before it ran (or on other ranks)."""
+    return _recorded.get(run)
+
+
+def _config_on_disk(path: Path) -> Any:
+    # An injected saver's config.yaml: what it wrote is what the bundle describes.
+    from orchestrator_fsm.config.recipe import load_trusted_yaml
+
+    try:
+        return load_trusted_yaml(path.read_bytes())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _requirements_on_disk(path: Path) -> list[str]:
+    # An injected saver that hands back nothing: its file, else the listing now.
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return requirement_lines()
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
 
 
 def step(run: RunContext) -> None:
@@ -477,15 +389,31 @@ def step(run: RunContext) -> None:
     the rerun bundle (``reports/rerun.json``).
 
     The audit saver is called as ``save_config(data=cfg, yaml_path=...)``,
-    ``dump_requirements(path)`` and ``dump_git_info(path)``. Files written stay on
-    rollback, like the run directory.
+    ``dump_requirements(path)`` and ``dump_git_info(path)``. What the package's saver
+    hands back is used as it is; where an injected saver hands back nothing, what it
+    left on disk is read. Files written stay on rollback, like the run directory.
     """
     paths = run.require_paths()
     saver = run.deps.audit_saver
-    saver.save_config(data=run.cfg, yaml_path=paths.get_config_path())
-    saver.dump_requirements(paths.reports / REQUIREMENTS_FILE)
-    saver.dump_git_info(paths.reports / GIT_INFO_FILE)
-    # What a rerun needs, read from the files just written (see reproduce/bundle.py).
-    from orchestrator_fsm.reproduce.bundle import write_bundle
-
-    write_bundle(run)
+    config_path = paths.get_config_path()
+    requirements_path = paths.reports / REQUIREMENTS_FILE
+    saver.save_config(data=run.cfg, yaml_path=config_path)
+    listed = saver.dump_requirements(requirements_path)
+    git = saver.dump_git_info(paths.reports / GIT_INFO_FILE)
+    manifest = Manifest(
+        config=redacted_config(run.cfg)
+        if isinstance(saver, AuditSaver)
+        else _config_on_disk(config_path),
+        requirements=tuple(
+            listed if listed is not None else _requirements_on_disk(requirements_path)
+        ),
+        git=git if git is not None else read_recorded_git_state(paths.reports),
+    )
+    _recorded[run] = manifest
+    write_bundle(
+        run,
+        config=manifest.config,
+        git=manifest.git,
+        requirements=manifest.requirements,
+        invocation=record_invocation(),
+    )

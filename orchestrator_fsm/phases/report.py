@@ -10,6 +10,7 @@ behaviour or thread counts are listed, and only when set.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import platform
@@ -27,10 +28,11 @@ from orchestrator_fsm._fs import atomic_write_json
 from orchestrator_fsm._system import available_cpu_count, distribution_version, mps_available
 from orchestrator_fsm._text import counted
 from orchestrator_fsm._version import __version__
+from orchestrator_fsm.git_state import GitState, read_git_info
 from orchestrator_fsm.layout import REPORT_FILE
 from orchestrator_fsm.phases.device import resolve_device
 from orchestrator_fsm.phases.logging import FILE_ONLY
-from orchestrator_fsm.phases.manifest import read_git_info
+from orchestrator_fsm.phases.manifest import recorded_manifest
 from orchestrator_fsm.redaction import redact_secrets
 
 if TYPE_CHECKING:
@@ -129,9 +131,19 @@ _MODE_WORDS: Final = {
 }
 
 
-def _read_git_info(reports_dir: Path) -> dict[str, str] | None:
-    """``key: value`` lines of ``reports/git_info.txt``; ``None`` when there is none."""
-    info = read_git_info(reports_dir)
+class _FromRunDirectory(enum.Enum):
+    """Marks the report's git section as "read the run's ``git_info.txt``"."""
+
+    READ = "read"
+
+
+_READ_GIT_INFO: Final = _FromRunDirectory.READ
+
+
+def _git_section(git: GitState | _FromRunDirectory | None, reports_dir: Path) -> Any:
+    """The git state's ``key: value`` pairs, given or read from ``reports/git_info.txt``;
+    ``None`` when there is none."""
+    info = read_git_info(reports_dir) if git is _READ_GIT_INFO else git and git.as_info()
     if info is None:
         return None
     # A remote URL may carry credentials (https://user:token@host/...).
@@ -152,6 +164,7 @@ def build_environment_report(
     *,
     launch: Launch | None = None,
     seed_tree: SeedTree | None = None,
+    git: GitState | _FromRunDirectory | None = _READ_GIT_INFO,
 ) -> dict[str, Any]:
     """The phase 7 report as plain JSON-able data, one key per section.
 
@@ -159,7 +172,8 @@ def build_environment_report(
     distributed, environment``. ``distributed`` describes ``launch`` (the run's, as the
     lifecycle passes it; :func:`~orchestrator_fsm.distributed.discover_launch` when
     None) and ``seeds`` is ``seed_tree.as_dict()`` (default ``SeedTree(training.seed,
-    rank, world_size)``); ``git`` holds the ``key: value`` lines of
+    rank, world_size)``); ``git`` holds the ``key: value`` pairs of ``git`` (what phase 5
+    recorded; ``None`` outside a checkout), and when it is not given those of
     ``reports/git_info.txt`` (``None`` when there is no such file); ``environment`` holds
     only those of :data:`REPORTED_ENV_VARS` that are set. Values describe this process
     as it is now (torch's flags as actually set, not as requested).
@@ -220,7 +234,7 @@ def build_environment_report(
             "database": str(paths.database),
             "config": str(paths.get_config_path()),
         },
-        "git": _read_git_info(paths.reports),
+        "git": _git_section(git, paths.reports),
         "versions": {
             "python": platform.python_version(),
             "implementation": platform.python_implementation(),
@@ -320,6 +334,7 @@ class Reporter:
         *,
         launch: Launch | None = None,
         seed_tree: SeedTree | None = None,
+        git: GitState | _FromRunDirectory | None = _READ_GIT_INFO,
     ) -> None:
         """Build the report (see :func:`build_environment_report`), save it, log it.
 
@@ -327,7 +342,14 @@ class Reporter:
         appears in the log is also on disk.
         """
         report = build_environment_report(
-            cfg, paths, device, applied_threads, num_workers, launch=launch, seed_tree=seed_tree
+            cfg,
+            paths,
+            device,
+            applied_threads,
+            num_workers,
+            launch=launch,
+            seed_tree=seed_tree,
+            git=git,
         )
         target = paths.reports / REPORT_FILE
         atomic_write_json(target, report)
@@ -346,10 +368,17 @@ def step(run: RunContext) -> None:
     if run.device is None:
         run.device = resolve_device(run)
     reporter = run.deps.reporter
-    # The package's reporter reports the run's own launch and seeds; an injected
-    # reporter is called with the arguments its protocol names, nothing more.
+    # The package's reporter reports the run's own launch, seeds and the git state
+    # phase 5 recorded; an injected reporter is called with the arguments its protocol
+    # names, nothing more.
+    manifest = recorded_manifest(run)
     log_initial_status: Callable[..., None] = (
-        partial(reporter.log_initial_status, launch=run.launch, seed_tree=run.seed_tree)
+        partial(
+            reporter.log_initial_status,
+            launch=run.launch,
+            seed_tree=run.seed_tree,
+            git=_READ_GIT_INFO if manifest is None else manifest.git,
+        )
         if isinstance(reporter, Reporter)
         else reporter.log_initial_status
     )

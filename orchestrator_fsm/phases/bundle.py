@@ -1,0 +1,268 @@
+"""The rerun bundle: ``reports/rerun.json``, everything needed to run a run again.
+
+Written by rank 0 in the manifest step (phase 5) from what that step recorded (the
+redacted config, the requirement lines, the git state: data, not files read back), and
+completed at cleanup with the native libraries the process then had mapped (CUDA,
+cuDNN and NCCL load lazily, at first use, so only a late look sees them). Sections:
+
+- ``command``: the command line (secrets redacted), the working directory, the
+  interpreter;
+- ``recipe``: the recipe file and its SHA-256 when it was read; ``config``: the saved
+  resolved config (``config.yaml``) and the dotted keys whose values are redacted
+  there; ``overrides``: the overrides as given, in order (secret values as ``***``);
+- ``entry``: the pipeline as given (``module:function`` or ``file.py:function``), the
+  file it lives in and that file's SHA-256 (``None`` in library use, where the caller
+  runs its own code);
+- ``seeds``: the seed tree (:meth:`SeedTree.as_dict`, without the seeds handed out);
+- ``git``: commit, branch, dirty flag, the diff's size and SHA-256 and whether it was
+  truncated in ``git_diff.patch`` (:meth:`GitState.bundle_record`);
+- ``packages``: ``{name: version}`` of the installed distributions;
+- ``environment``: :func:`~orchestrator_fsm.environment.collect_environment`;
+- ``loaded_libraries``: the native libraries mapped into the process at cleanup
+  (path and soname from ``/proc/self/maps``; ``None`` where there is no such file).
+  Library files are never hashed: the path and the version-bearing soname say which
+  build was loaded at a cost of about a millisecond.
+
+:func:`snapshot` is "what would run now" (config, recipe, overrides, entry, seeds, git,
+packages, environment): the bundle writes it, ``orchestrator-fsm rerun`` compares it
+with a bundle. Reading a bundle is :mod:`orchestrator_fsm.reproduce.bundle`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from orchestrator_fsm._fs import atomic_write_json
+from orchestrator_fsm.environment import collect_environment, loaded_libraries
+from orchestrator_fsm.layout import bundle_file, config_file
+from orchestrator_fsm.redaction import REDACTED, redact_argv
+
+if TYPE_CHECKING:
+    from orchestrator_fsm.config import Config
+    from orchestrator_fsm.git_state import GitState
+    from orchestrator_fsm.run_context import RunContext
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "RunSnapshot",
+    "describe_entry",
+    "packages_of",
+    "record_loaded_libraries",
+    "redacted_keys",
+    "redacted_overrides",
+    "seed_summary",
+    "sha256_file",
+    "snapshot",
+    "write_bundle",
+]
+
+BUNDLE_FORMAT: Final = 1
+
+# The bundle each run wrote, kept for its completion at cleanup (no read back); it goes
+# with the run.
+_written: weakref.WeakKeyDictionary[RunContext, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def sha256_file(path: Path) -> str | None:
+    """The SHA-256 of the file at ``path``; ``None`` when it cannot be read."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return hashlib.sha256(data).hexdigest()
+
+
+def redacted_overrides(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` with the values of secret keys (and URL passwords) as ``***``."""
+    return [redact_argv(["--set", text])[1] for text in overrides]
+
+
+def redacted_keys(data: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of ``data`` whose value was redacted (holds ``***``)."""
+    keys: list[str] = []
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            keys += redacted_keys(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            keys += redacted_keys(value, f"{prefix}[{index}]")
+    elif isinstance(data, str) and (data == REDACTED or f":{REDACTED}@" in data):
+        keys.append(prefix)
+    return keys
+
+
+def describe_entry(spec: str | None) -> dict[str, Any] | None:
+    """The entry ``spec`` as given, the file it lives in and that file's SHA-256.
+
+    A module entry is looked up as ``run`` looks it up (the working directory first);
+    its own file is hashed, not the modules it imports."""
+    if spec is None:
+        return None
+    from orchestrator_fsm.entry import entry_search_path
+
+    module_part = spec.rpartition(":")[0]
+    path: str | None = None
+    if module_part.endswith(".py") or "/" in module_part or os.sep in module_part:
+        path = str(Path(module_part).expanduser().resolve())
+        kind = "file"
+    else:
+        kind = "module"
+        module = sys.modules.get(module_part)
+        origin = getattr(module, "__file__", None)
+        if origin is None:
+            with entry_search_path(spec), contextlib.suppress(ImportError, ValueError):
+                found = importlib.util.find_spec(module_part)
+                origin = None if found is None else found.origin
+        path = None if origin is None else str(Path(origin).resolve())
+    return {
+        "spec": spec,
+        "kind": kind,
+        "path": path,
+        "sha256": None if path is None else sha256_file(Path(path)),
+    }
+
+
+def seed_summary(seed: int, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """The seed tree of ``seed`` as the bundle keeps it (the standard seeds)."""
+    from orchestrator_fsm.phases.determinism import SeedTree
+
+    seeds = SeedTree(seed, rank, world_size).as_dict()
+    seeds.pop("derived", None)
+    return seeds
+
+
+def packages_of(requirements: Iterable[str]) -> dict[str, str]:
+    """``{name: version}`` from ``name==version`` lines (a direct-URL install keeps
+    its marker after the version); comment and blank lines are skipped."""
+    packages: dict[str, str] = {}
+    for line in requirements:
+        if not line or line.startswith("#"):
+            continue
+        name, _, version = line.partition("==")
+        packages[name.lower()] = version
+    return packages
+
+
+@attrs.frozen
+class RunSnapshot:
+    """What a run runs: the resolved config as saved (plain data, secrets redacted)
+    and the bundle's sections ``recipe, overrides, entry, seeds, git, packages,
+    environment``, in that order."""
+
+    config: Any
+    sections: Mapping[str, Any]
+
+
+def snapshot(
+    cfg: Config,
+    entry: str | None,
+    *,
+    config: Any,
+    recipe: Path | str | None,
+    git: GitState | None,
+    requirements: Iterable[str],
+    launch_env: Mapping[str, str],
+    rank: int = 0,
+    world_size: int = 1,
+) -> RunSnapshot:
+    """What would run now: the one description the bundle writes and ``rerun`` compares.
+
+    ``config`` is the redacted plain data of ``cfg`` (what ``config.yaml`` holds),
+    ``recipe`` the recipe file (hashed now), ``git`` the checkout's state,
+    ``requirements`` the ``name==version`` lines, ``launch_env`` the allow-listed
+    variables as the run is given them; ``entry``, ``rank`` and ``world_size`` as the
+    run has them.
+    """
+    return RunSnapshot(
+        config=config,
+        sections={
+            "recipe": {
+                "path": None if recipe is None else str(recipe),
+                "sha256": None if recipe is None else sha256_file(Path(recipe)),
+            },
+            "overrides": redacted_overrides(cfg.overrides),
+            "entry": describe_entry(entry),
+            "seeds": seed_summary(cfg.training.seed, rank, world_size),
+            "git": None if git is None else git.bundle_record(),
+            "packages": packages_of(requirements),
+            "environment": collect_environment(launch_env),
+        },
+    )
+
+
+def write_bundle(
+    run: RunContext,
+    *,
+    config: Any,
+    git: GitState | None,
+    requirements: Iterable[str],
+    invocation: Mapping[str, Any],
+) -> Path:
+    """Phase 5's part: the bundle of ``run`` from what the step recorded (``config``,
+    ``git``, ``requirements``; ``invocation`` is how the process was started), written
+    atomically. The saved config's SHA-256 is that of the file on disk."""
+    paths = run.require_paths()
+    saved = config_file(paths.root)
+    now = snapshot(
+        run.cfg,
+        run.entry,
+        config=config,
+        recipe=run.cfg.source,
+        git=git,
+        requirements=requirements,
+        launch_env=run.launch_env,
+        rank=run.rank,
+        world_size=run.world_size,
+    )
+    bundle: dict[str, Any] = {
+        "format": BUNDLE_FORMAT,
+        "run_id": paths.run_id,
+        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": {
+            "argv": redact_argv(invocation["argv"]),
+            "cwd": invocation["cwd"],
+            "python_executable": invocation["python_executable"],
+        },
+        "config": {
+            "file": str(saved.relative_to(paths.root)),
+            "sha256": sha256_file(saved),
+            "redacted_keys": redacted_keys(config),
+        },
+        "rerun_of": None if run.rerun_of is None else str(run.rerun_of),
+        **now.sections,
+        "loaded_libraries": None,
+    }
+    target = bundle_file(paths.root)
+    atomic_write_json(target, bundle)
+    _written[run] = bundle
+    return target
+
+
+def record_loaded_libraries(run: RunContext) -> None:
+    """At cleanup (rank 0, once the bundle exists): add the libraries mapped now."""
+    if not run.is_main_process or run.paths is None:
+        return
+    target = bundle_file(run.paths.root)
+    bundle = _written.pop(run, None)
+    if bundle is None:  # written by another process (a resumed attempt's first one)
+        try:
+            bundle = json.loads(target.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if not isinstance(bundle, dict):
+            return
+    bundle["loaded_libraries"] = loaded_libraries()
+    with contextlib.suppress(OSError):
+        atomic_write_json(target, bundle)
