@@ -211,16 +211,17 @@ CHILD = textwrap.dedent(
         if "release_race_gap_ms" in plan:
             arm_release_race(plan["release_race_gap_ms"])
         elif plan.get("sigterm_while_reporting"):
-            import orchestrator_fsm.cli.run as cli_run
+            from orchestrator_fsm.orchestrator import RootOrchestrator
 
-            read_record = cli_run._run_record
+            read_record = RootOrchestrator.record.fget
 
             def signalled_while_reporting(orch):
+                # The command reads the record once, when it reports the run's outcome.
                 SENT.append("sigterm")
                 os.kill(os.getpid(), signal.SIGTERM)
                 return read_record(orch)
 
-            cli_run._run_record = signalled_while_reporting
+            RootOrchestrator.record = property(signalled_while_reporting)
         else:
             arm(plan["target"], plan["fault"], plan.get("position", "before"))
 
