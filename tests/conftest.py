@@ -61,6 +61,13 @@ def run_dirs(output_dir: Path) -> list[Path]:
     return sorted(p for p in output_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def only_run_dir(output_dir: Path) -> Path:
+    """The one run directory in ``output_dir``; fails unless there is exactly one."""
+    dirs = run_dirs(output_dir)
+    assert len(dirs) == 1, f"expected one run directory, found {dirs}"
+    return dirs[0]
+
+
 def cli_command(*argv: str) -> list[str]:
     """The command line of ``orchestrator-fsm ARGV`` in this interpreter."""
     return [sys.executable, "-m", "orchestrator_fsm", *argv]

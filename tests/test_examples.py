@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import isolated, run_torchrun
+from conftest import isolated, only_run_dir, run_torchrun
 
 from orchestrator_fsm.lifecycle.table import LifecycleState, advance_path
 
@@ -38,12 +38,6 @@ def example_args(tmp_path: Path) -> list[str]:
     """The examples' own command line: ``--output-dir`` and ``--set`` overrides."""
     lock = ["--set", f"infrastructure.lock.path={tmp_path / 'x.lock'}"]
     return ["--output-dir", str(tmp_path / "outputs"), *lock, *FAST]
-
-
-def only_run_dir(output_dir: Path) -> Path:
-    dirs = [p for p in output_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    assert len(dirs) == 1, f"expected one run directory, found {dirs}"
-    return dirs[0]
 
 
 def run_status(root: Path) -> str:

@@ -10,12 +10,11 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import isolated, minimal_recipe
+from conftest import cli, isolated, minimal_recipe
 
 from orchestrator_fsm.cli.rerun import EXIT_DIVERGED, EXIT_DRIFT, EXIT_WITHIN_TOLERANCE, RERUNS_FILE
 from orchestrator_fsm.lifecycle.record import read_run
@@ -43,19 +42,6 @@ def jitter(orch):
         tiny = random.SystemRandom().uniform(1e-12, 1e-9)
         orch.log_metrics({"loss": 1.0 / step + tiny}, step=step)
 """
-
-
-def cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator_fsm", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def run_dir_of(result: subprocess.CompletedProcess[str]) -> Path:
