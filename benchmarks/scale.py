@@ -23,7 +23,7 @@ from typing import IO, Any, Final
 from benchmarks._common import Sandbox, python_command, quiet_stderr, summarize
 from benchmarks.warm import round_trip
 from orchestrator_fsm import Config, LifecycleMachine, RootOrchestrator, read_run
-from orchestrator_fsm.lifecycle.record import JOURNAL_FILE
+from orchestrator_fsm.layout import JOURNAL_FILE
 from orchestrator_fsm.lifecycle.table import table_steps
 
 __all__ = ["measure_advance", "measure_concurrency", "measure_existing_runs", "measure_growth"]

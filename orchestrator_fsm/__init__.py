@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any, Final
 
-from orchestrator_fsm._gc import objects_before_frozen
 from orchestrator_fsm._version import __version__
 
 if TYPE_CHECKING:
@@ -63,7 +62,7 @@ if TYPE_CHECKING:
     )
     from orchestrator_fsm.phases.device import to_device_obj
     from orchestrator_fsm.phases.filesystem import RunPaths, setup_static_directories
-    from orchestrator_fsm.phases.guarding import InfrastructureManager
+    from orchestrator_fsm.phases.lock import InfrastructureManager
     from orchestrator_fsm.phases.logging import Logger
     from orchestrator_fsm.phases.manifest import AuditSaver
     from orchestrator_fsm.phases.report import Reporter
@@ -121,7 +120,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "to_device_obj": "orchestrator_fsm.phases.device",
     "RunPaths": "orchestrator_fsm.phases.filesystem",
     "setup_static_directories": "orchestrator_fsm.phases.filesystem",
-    "InfrastructureManager": "orchestrator_fsm.phases.guarding",
+    "InfrastructureManager": "orchestrator_fsm.phases.lock",
     "Logger": "orchestrator_fsm.phases.logging",
     "AuditSaver": "orchestrator_fsm.phases.manifest",
     "Reporter": "orchestrator_fsm.phases.report",
@@ -202,8 +201,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    with objects_before_frozen():
-        value = getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

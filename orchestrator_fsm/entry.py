@@ -17,16 +17,13 @@ import sys
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from orchestrator_fsm._fs import slugify
+from orchestrator_fsm._specs import is_entry_spec
 from orchestrator_fsm.errors import EntryPointError
 
-if TYPE_CHECKING:
-    from orchestrator_fsm.orchestrator import RootOrchestrator
-
 __all__ = [
-    "Entry",
     "entry_module",
     "entry_schema",
     "entry_search_dirs",
@@ -36,21 +33,9 @@ __all__ = [
     "resolve_entry",
 ]
 
-#: A pipeline: called once with the orchestrator, at READY; what it returns is ignored.
-Entry = Callable[["RootOrchestrator"], object]
-
 
 def _looks_like_file(module_part: str) -> bool:
     return module_part.endswith(".py") or "/" in module_part or os.sep in module_part
-
-
-def is_entry_spec(spec: object) -> bool:
-    """Whether ``spec`` is a string of the shape :func:`resolve_callable` reads:
-    ``module:function`` or ``path/to/file.py:function``."""
-    if not isinstance(spec, str):
-        return False
-    module_part, sep, attr_path = spec.rpartition(":")
-    return bool(sep and module_part and attr_path)
 
 
 def _split_entry(spec: str, named_by: str) -> tuple[str, str]:
@@ -132,7 +117,7 @@ def _import_module(name: str) -> types.ModuleType:
         ) from exc
 
 
-def resolve_entry(spec: str) -> Entry:
+def resolve_entry(spec: str) -> Callable[[Any], object]:
     """The callable named by ``spec``: ``module:function`` or ``path/to/file.py:function``.
 
     ``function`` may be a dotted path (``module:Class.method``). A module is looked up
@@ -142,7 +127,7 @@ def resolve_entry(spec: str) -> Entry:
     callable that cannot be called with the orchestrator alone, so that a wrong
     signature is found before the run starts, not inside it.
     """
-    entry: Entry = resolve_callable(spec)
+    entry: Callable[[Any], object] = resolve_callable(spec)
     _check_called_with_one_argument(entry, spec)
     return entry
 

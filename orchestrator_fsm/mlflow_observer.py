@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from orchestrator_fsm._system import say_on_stderr
+from orchestrator_fsm.layout import LOGS_DIR, REPORTS_DIR, output_root
 from orchestrator_fsm.lifecycle.record import infer_status, read_run
 from orchestrator_fsm.observers import Observer
 from orchestrator_fsm.redaction import redact_secrets
+from orchestrator_fsm.status import COMPLETED, CRASHED, FAILED, INTERRUPTED
 
 if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
@@ -53,10 +55,10 @@ __all__ = [
 
 #: The MLflow run status for each final status of run.json (a crashed run: FAILED).
 MLFLOW_STATUS: Final = {
-    "completed": "FINISHED",
-    "failed": "FAILED",
-    "interrupted": "KILLED",
-    "crashed": "FAILED",
+    COMPLETED: "FINISHED",
+    FAILED: "FAILED",
+    INTERRUPTED: "KILLED",
+    CRASHED: "FAILED",
 }
 #: The tag naming the run directory an MLflow run mirrors.
 RUN_DIR_TAG: Final = "orchestrator_fsm.run_dir"
@@ -126,8 +128,8 @@ def _status_of(mlflow_started_ms: int, run_dir: Path) -> tuple[str, RunRecord] |
         # A later attempt reopened the directory: this MLflow run mirrored an earlier
         # one, which is over, as that attempt's entry says (crashed when it does not).
         earlier = [status for started, status in starts if started <= mlflow_started_ms]
-        status = earlier[-1] if earlier else "crashed"
-        return (status if status in MLFLOW_STATUS else "crashed"), record
+        status = earlier[-1] if earlier else CRASHED
+        return (status if status in MLFLOW_STATUS else CRASHED), record
     status = infer_status(record)
     return (status, record) if status in MLFLOW_STATUS else None
 
@@ -221,7 +223,7 @@ class MlflowObserver(Observer):
             raise ModuleNotFoundError(
                 "mlflow is not installed; pip install 'orchestrator-fsm[mlflow]'"
             )
-        output_dir = Path(cfg.telemetry.output_dir).resolve()
+        output_dir = output_root(cfg.telemetry.output_dir)
         self._cfg = cfg
         self._artifacts = output_dir / "mlartifacts"
         self.tracking_uri = tracking_uri or f"sqlite:///{output_dir / 'mlflow.db'}"
@@ -318,7 +320,7 @@ class MlflowObserver(Observer):
             self.flush()
             for tag, value in _git_info(record.root / "reports").items():
                 client.set_tag(run_id, tag, value)
-            for folder in ("reports", "logs"):
+            for folder in (REPORTS_DIR, LOGS_DIR):
                 if (record.root / folder).is_dir():
                     client.log_artifacts(run_id, str(record.root / folder), folder)
         finally:

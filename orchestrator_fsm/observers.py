@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Final, Protocol, TypeGuard, runtime_checkable
 
+from orchestrator_fsm._specs import KNOWN_OBSERVERS
 from orchestrator_fsm._system import say_on_stderr
 
 if TYPE_CHECKING:
@@ -32,12 +33,6 @@ __all__ = [
     "configured_observers",
     "links_a_tracker",
 ]
-
-#: Observers the recipe may name by a short name instead of ``module:factory``.
-KNOWN_OBSERVERS: Final = {
-    "mlflow": "orchestrator_fsm.mlflow_observer:MlflowObserver",
-    "tensorboard": "orchestrator_fsm.tensorboard_observer:TensorBoardObserver",
-}
 
 #: What an observer may be told, in the order a run tells it.
 OBSERVER_METHODS: Final = ("run_started", "transition", "metrics", "summary", "run_ended")

@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_c
 
 from orchestrator_fsm.distributed import Launch, discover_launch
 from orchestrator_fsm.errors import LifecycleError
-from orchestrator_fsm.lifecycle.callbacks import SignalCallback, SignalCallbacks
+from orchestrator_fsm.lifecycle.callbacks import SignalCallbacks
 from orchestrator_fsm.lifecycle.machine import LifecycleMachine, RecordListener, TransitionRecord
 from orchestrator_fsm.lifecycle.recorder import RunRecorder
 from orchestrator_fsm.lifecycle.signals import SignalGuard
@@ -29,7 +29,7 @@ from orchestrator_fsm.phases.context import LOGGER_NAME, Dependencies, RunContex
 from orchestrator_fsm.phases.determinism import SeedTree, set_seed
 from orchestrator_fsm.phases.device import resolve_device, to_device_obj
 from orchestrator_fsm.phases.filesystem import setup_static_directories
-from orchestrator_fsm.phases.guarding import InfrastructureManager
+from orchestrator_fsm.phases.lock import InfrastructureManager
 from orchestrator_fsm.phases.logging import Logger
 from orchestrator_fsm.phases.manifest import AuditSaver
 from orchestrator_fsm.phases.report import Reporter
@@ -53,9 +53,14 @@ if TYPE_CHECKING:
         TimeTrackerProtocol,
     )
 
-__all__ = ["LOGGER_NAME", "RootOrchestrator"]
+__all__ = ["LOGGER_NAME", "Entry", "RootOrchestrator", "SignalCallback"]
 
 _T = TypeVar("_T")
+
+#: A pipeline: called once with the orchestrator, at READY; what it returns is ignored.
+Entry = Callable[["RootOrchestrator"], object]
+#: A checkpoint callback: called with the orchestrator and the signal's number.
+SignalCallback = Callable[["RootOrchestrator", int], object]
 
 
 def _given_or(value: _T | None, default: Callable[[], _T]) -> _T:
@@ -197,7 +202,9 @@ class RootOrchestrator:
         self._recorder.observe(self.machine)
         self._cleaning = False
         self._signals = SignalGuard(on_held=self._on_held, defer=self.machine.defers_interrupt)
-        self._signal_callbacks = SignalCallbacks(self, log=lambda: run.log)
+        self._signal_callbacks: SignalCallbacks[RootOrchestrator] = SignalCallbacks(
+            self, cfg, log=lambda: run.log
+        )
         for key, callback in (signal_callbacks or {}).items():
             self._signal_callbacks.attach(key, callback)
 

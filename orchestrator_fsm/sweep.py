@@ -23,21 +23,15 @@ from pathlib import Path
 from typing import Any, Final
 
 from orchestrator_fsm._fs import atomic_write_json
+from orchestrator_fsm.layout import SWEEP_FILE, SWEEPS_DIR, output_root
 
 __all__ = [
-    "SWEEPS_DIR_NAME",
-    "SWEEP_FILE_NAME",
     "expand_sweep",
     "member_run_dirs",
     "new_sweep_id",
     "split_values",
-    "sweep_dir",
     "write_sweep_record",
 ]
-
-#: The folder of the output directory that holds the sweeps' records.
-SWEEPS_DIR_NAME: Final = "sweeps"
-SWEEP_FILE_NAME: Final = "sweep.json"
 
 # The most members one sweep may have: more is almost surely a mistyped range.
 _MAX_MEMBERS: Final = 10_000
@@ -110,25 +104,20 @@ def new_sweep_id(now: datetime | None = None) -> str:
     return f"{moment.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
-def sweep_dir(output_dir: Path, sweep_id: str) -> Path:
-    """Where the record of sweep ``sweep_id`` is kept, under ``output_dir``."""
-    return output_dir / SWEEPS_DIR_NAME / sweep_id
-
-
 def write_sweep_record(directory: Path, record: Mapping[str, Any]) -> None:
     """Atomically (re)write ``directory/sweep.json`` with ``record``."""
-    atomic_write_json(directory / SWEEP_FILE_NAME, dict(record))
+    atomic_write_json(directory / SWEEP_FILE, dict(record))
 
 
 def member_run_dirs(output_dir: Path, since: float) -> Iterator[Path]:
     """Run directories of ``output_dir`` changed at ``since`` (a timestamp) or later;
     hidden entries and the sweeps' folder are not runs."""
     try:
-        entries = list(output_dir.iterdir())
+        entries = list(output_root(output_dir).iterdir())
     except OSError:
         return
     for entry in entries:
-        if entry.name.startswith(".") or entry.name == SWEEPS_DIR_NAME:
+        if entry.name.startswith(".") or entry.name == SWEEPS_DIR:
             continue
         try:
             if entry.is_dir() and entry.stat().st_mtime >= since:

@@ -165,9 +165,9 @@ def pretend_rank_zero_is_ready(cfg: Any, launch: Any, host_pid: int | None = Non
     import socket
     from datetime import datetime, timezone
 
-    from orchestrator_fsm.lifecycle.record import RUN_FILE
+    from orchestrator_fsm.layout import RUN_FILE
     from orchestrator_fsm.phases.filesystem import RunPaths
-    from orchestrator_fsm.phases.joining import JobEntry, job_entry_path, job_key
+    from orchestrator_fsm.phases.joining import JobEntry, job_entry_file, job_key
 
     key = job_key(launch, cfg.config_hash())
     assert key is not None, "the launch names no job"
@@ -195,7 +195,7 @@ def pretend_rank_zero_is_ready(cfg: Any, launch: Any, host_pid: int | None = Non
         attempt=1,
         config_hash=cfg.config_hash(),
     )
-    where = job_entry_path(cfg.telemetry.output_dir, key)
+    where = job_entry_file(cfg.telemetry.output_dir, key)
     where.parent.mkdir(parents=True, exist_ok=True)
     where.write_text(json.dumps(entry.to_json()), encoding="utf-8")
     return paths.root

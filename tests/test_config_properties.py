@@ -12,13 +12,10 @@ from typing import Any
 
 import pytest
 import yaml
-from cattrs.errors import ClassValidationError
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from orchestrator_fsm.config import Config, redact_secrets, sections
-from orchestrator_fsm.config import recipe as recipe_module
-from orchestrator_fsm.config.problems import Problem
+from orchestrator_fsm.config import Config, redact_secrets
 from orchestrator_fsm.errors import ConfigError
 
 FUZZ = settings(
@@ -313,38 +310,6 @@ def test_valid_recipes_load_and_survive_serialization(
     assert cfg.dataset.name == recipe["dataset"]["name"]
     assert Config.from_dict(recipe) == cfg
     assert_survives_serialization(cfg, scratch)
-
-
-def _structured_both_ways(recipe: dict[str, Any]) -> tuple[Config | None, Config | None]:
-    """What the quick path and the converter each build from ``recipe`` (None: nothing)."""
-    data, _ = recipe_module.plain_data(recipe)
-    quick = sections._quick_config(data)
-    try:
-        slow: Config | None = sections._converter().structure(data, Config)
-    except (ClassValidationError, Problem):
-        slow = None
-    return quick, slow
-
-
-@FUZZ
-@given(recipe=any_recipes)
-def test_the_quick_path_builds_exactly_what_the_converter_builds(recipe: dict[str, Any]) -> None:
-    quick, slow = _structured_both_ways(recipe)
-
-    event("built" if slow is not None else "refused")
-    assert (quick is None) == (slow is None), (quick, slow)
-    if quick is not None:
-        assert quick == slow
-        assert repr(quick) == repr(slow)  # the same types too (1 is not 1.0 in a repr)
-
-
-@FUZZ
-@given(recipe=valid_recipes)
-def test_every_valid_recipe_takes_the_quick_path(recipe: dict[str, Any]) -> None:
-    quick, slow = _structured_both_ways(recipe)
-
-    assert quick is not None
-    assert repr(quick) == repr(slow)
 
 
 override_texts = st.one_of(

@@ -40,7 +40,7 @@ from orchestrator_fsm.lifecycle.record import (
     read_run,
 )
 from orchestrator_fsm.lifecycle.table import JOIN_STEP, advance_path, table_steps
-from orchestrator_fsm.phases.guarding import read_lock_holder, resolve_lock_path
+from orchestrator_fsm.phases.lock import read_lock_holder, resolve_lock_path
 from orchestrator_fsm.phases.steps import STEPS
 
 pytestmark = pytest.mark.slow
@@ -125,7 +125,7 @@ CHILD = textwrap.dedent(
         "provision": ("orchestrator_fsm.phases.filesystem", "RunPaths", "create"),
         "init_logging": ("orchestrator_fsm.phases.logging", "Logger", "setup"),
         "persist_manifest": ("orchestrator_fsm.phases.manifest", "AuditSaver", "dump_git_info"),
-        "acquire_lock": ("orchestrator_fsm.phases.guarding", "InfrastructureManager",
+        "acquire_lock": ("orchestrator_fsm.phases.lock", "InfrastructureManager",
                          "prepare_environment"),
         "resolve_device": ("orchestrator_fsm.orchestrator", None, "to_device_obj"),
         "report": ("orchestrator_fsm.phases.report", "Reporter", "log_initial_status"),
@@ -185,7 +185,7 @@ CHILD = textwrap.dedent(
 
     def arm_release_race(gap_ms):
         """Two SIGTERMs, the first while the lock is being released."""
-        from orchestrator_fsm.phases.guarding import InfrastructureManager
+        from orchestrator_fsm.phases.lock import InfrastructureManager
 
         real = InfrastructureManager.release_resources
         threads = []
@@ -298,7 +298,7 @@ CHILD = textwrap.dedent(
 
     def library_cases(plan):
         from orchestrator_fsm import Config, read_run
-        from orchestrator_fsm.phases.guarding import resolve_lock_path
+        from orchestrator_fsm.phases.lock import resolve_lock_path
 
         for case in plan["cases"]:
             cfg = Config.from_dict(case["recipe"])
@@ -335,7 +335,7 @@ CHILD = textwrap.dedent(
         """Double SIGTERMs, iteration after iteration, in one process whose own SIGTERM
         handler (counting) is what the run's guard chains and then hands back."""
         from orchestrator_fsm import Config, read_run
-        from orchestrator_fsm.phases.guarding import resolve_lock_path
+        from orchestrator_fsm.phases.lock import resolve_lock_path
 
         received = []
         signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))

@@ -17,7 +17,7 @@ from conftest import cli, minimal_recipe, run_dirs
 
 from orchestrator_fsm.config import Config
 from orchestrator_fsm.lifecycle.record import read_run
-from orchestrator_fsm.phases.guarding import InfrastructureManager
+from orchestrator_fsm.phases.lock import InfrastructureManager
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from conftest import minimal_recipe
 from orchestrator_fsm import RootOrchestrator
 from orchestrator_fsm.config import Config
 from orchestrator_fsm.errors import ConfigError
-from orchestrator_fsm.phases.logging import FILE_ONLY, STDOUT_LOG_NAME, Logger, _Tee, _TeeFile
+from orchestrator_fsm.phases.logging import FILE_ONLY, STDOUT_LOG, Logger, _Tee, _TeeFile
 
 
 def _unique(text: str) -> str:
@@ -142,7 +142,7 @@ def test_capture_stdout_tees_print_into_stdout_log(
     captured = capsys.readouterr()
     assert captured.out.count(printed) == 1
     assert captured.err.count(errored) == 1
-    copied = (logs / STDOUT_LOG_NAME).read_text(encoding="utf-8")
+    copied = (logs / STDOUT_LOG).read_text(encoding="utf-8")
     assert copied.count(printed) == 1
     assert copied.count(errored) == 1
     assert logged not in copied  # log records are in run.log, not copied twice
@@ -157,7 +157,7 @@ def test_without_capture_stdout_nothing_is_installed(make_config: Callable[..., 
         assert orch.paths is not None
         logs = orch.paths.logs
 
-    assert not (logs / STDOUT_LOG_NAME).exists()
+    assert not (logs / STDOUT_LOG).exists()
 
 
 def test_a_tee_on_a_full_disk_writes_through_and_reports_once() -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from orchestrator_fsm import LifecycleError, read_run
-from orchestrator_fsm.lifecycle.record import METRICS_FILE, RUN_FILE
+from orchestrator_fsm.layout import METRICS_FILE, RUN_FILE
 from orchestrator_fsm.orchestrator import RootOrchestrator
 
 ConfigFactory = Callable[..., Any]

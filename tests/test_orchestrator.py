@@ -235,7 +235,8 @@ def test_failure_in_manifest_rolls_back_logging(make_config: ConfigFactory) -> N
 def test_other_ranks_join_rank_0s_run_directory_and_skip_manifest_lock_and_report(
     make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from orchestrator_fsm.lifecycle.record import rank_file, read_run
+    from orchestrator_fsm.layout import rank_file
+    from orchestrator_fsm.lifecycle.record import read_run
 
     monkeypatch.setenv("SLURM_JOB_ID", "4242")  # one job: the ranks belong together
     with build(make_config, Calls(), rank=0, local_rank=0, world_size=3) as main_run:

@@ -20,7 +20,7 @@ from orchestrator_fsm.phases import logging as logging_phase
 from orchestrator_fsm.phases.context import LOGGER_NAME, Dependencies, RunContext
 from orchestrator_fsm.phases.determinism import SeedTree
 from orchestrator_fsm.phases.filesystem import RunPaths
-from orchestrator_fsm.phases.logging import LOG_FILE_NAME, Logger, log_file_name
+from orchestrator_fsm.phases.logging import LOG_FILE, Logger, log_file_name
 
 LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 \[rank(?P<rank>\d+)\] "
@@ -38,7 +38,7 @@ def name() -> Iterator[str]:
 
 
 def _log_lines(log_dir: Path) -> list[str]:
-    return (log_dir / LOG_FILE_NAME).read_text(encoding="utf-8").splitlines()
+    return (log_dir / LOG_FILE).read_text(encoding="utf-8").splitlines()
 
 
 def test_setup_writes_timestamped_lines_to_run_log(tmp_path: Path, name: str) -> None:
@@ -62,7 +62,7 @@ def test_run_log_is_utf8(tmp_path: Path, name: str) -> None:
 
     logger.info("données ✓ 数据")
 
-    assert "données ✓ 数据" in (tmp_path / LOG_FILE_NAME).read_bytes().decode("utf-8")
+    assert "données ✓ 数据" in (tmp_path / LOG_FILE).read_bytes().decode("utf-8")
 
 
 def test_console_output_goes_to_stderr_with_markup_left_alone(
@@ -101,7 +101,7 @@ def test_unknown_level_is_rejected_and_the_logger_left_unchanged(
     assert repr(level) in str(caught.value)
     assert logger.handlers == []
     assert logger.propagate is True
-    assert not (tmp_path / LOG_FILE_NAME).exists()
+    assert not (tmp_path / LOG_FILE).exists()
 
 
 def test_propagation_is_turned_off(tmp_path: Path, name: str) -> None:
@@ -236,7 +236,7 @@ def test_console_lines_are_not_wrapped_when_stderr_is_not_a_terminal(
 
 
 def test_rank_zero_keeps_run_log_and_other_ranks_get_their_own_file() -> None:
-    assert log_file_name(0) == LOG_FILE_NAME == "run.log"
+    assert log_file_name(0) == LOG_FILE == "run.log"
     assert log_file_name(1) == "rank1.log"
     assert log_file_name(12) == "rank12.log"
     for bad in (-1, True, "1"):
@@ -250,7 +250,7 @@ def test_rank_n_writes_rank_n_log_with_the_rank_on_every_line(tmp_path: Path, na
     logger.debug("shard ready")
     logger.warning("slow disk")
 
-    assert not (tmp_path / LOG_FILE_NAME).exists()
+    assert not (tmp_path / LOG_FILE).exists()
     lines = (tmp_path / "rank3.log").read_text(encoding="utf-8").splitlines()
     matches = [LINE.match(line) for line in lines]
     assert all(matches), lines
@@ -516,7 +516,7 @@ def test_a_tee_that_cannot_open_its_file_leaves_nothing_behind(
 ) -> None:
     run = run_on_rank(tmp_path, make_config, rank=0)
     run.cfg = make_config(telemetry={"capture_stdout": True})
-    (tmp_path / "run" / "logs" / logging_phase.STDOUT_LOG_NAME).mkdir()
+    (tmp_path / "run" / "logs" / logging_phase.STDOUT_LOG).mkdir()
     root, package = logging.getLogger(), logging.getLogger(LOGGER_NAME)
     before = (list(root.handlers), root.level, list(package.handlers), package.propagate)
     showwarning, streams = warnings.showwarning, (sys.stdout, sys.stderr)

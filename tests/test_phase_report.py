@@ -23,7 +23,7 @@ from orchestrator_fsm.phases import report as report_module
 from orchestrator_fsm.phases.determinism import SeedTree
 from orchestrator_fsm.phases.filesystem import RunPaths
 from orchestrator_fsm.phases.report import (
-    REPORT_FILE_NAME,
+    REPORT_FILE,
     Reporter,
     build_environment_report,
     render_report_lines,
@@ -320,7 +320,7 @@ def test_log_initial_status_writes_environment_json_and_logs_every_section(
         logger, cfg, paths, torch.device("cpu"), applied_threads=2, num_workers=1
     )
 
-    target = paths.reports / REPORT_FILE_NAME
+    target = paths.reports / REPORT_FILE
     saved = json.loads(target.read_text())
     assert set(saved) == set(SECTIONS)
     assert saved["run"]["run_id"] == paths.run_id
@@ -329,7 +329,7 @@ def test_log_initial_status_writes_environment_json_and_logs_every_section(
     assert saved["seeds"]["seed"] == 4242
     assert saved["hardware"]["device"] == "cpu"
     assert saved["git"] is None
-    assert sorted(p.name for p in paths.reports.iterdir()) == [REPORT_FILE_NAME]
+    assert sorted(p.name for p in paths.reports.iterdir()) == [REPORT_FILE]
 
     log_text = stream.getvalue()
     for section in SECTIONS:
@@ -352,7 +352,7 @@ def test_report_never_dumps_the_environment(
         logger, cfg, paths, torch.device("cpu"), applied_threads=1, num_workers=0
     )
 
-    saved_text = (paths.reports / REPORT_FILE_NAME).read_text()
+    saved_text = (paths.reports / REPORT_FILE).read_text()
     for text in (saved_text, stream.getvalue()):
         assert SECRET_VALUE not in text
         assert SECRET_NAME not in text

@@ -18,7 +18,7 @@ from conftest import cli, isolated, minimal_recipe
 
 from orchestrator_fsm.cli.rerun import EXIT_DIVERGED, EXIT_DRIFT, EXIT_WITHIN_TOLERANCE, RERUNS_FILE
 from orchestrator_fsm.lifecycle.record import read_run
-from orchestrator_fsm.reproduce.bundle import bundle_path, collect_git, working_directory
+from orchestrator_fsm.reproduce.bundle import bundle_file, collect_git, working_directory
 
 PIPELINES = """
 import random
@@ -81,7 +81,7 @@ def run_pipeline(
 
 def test_the_bundle_holds_what_a_rerun_needs(project: Path) -> None:
     run = run_pipeline(project, "steady", "--set", "training.lr=0.2")
-    bundle = json.loads(bundle_path(run).read_text())
+    bundle = json.loads(bundle_file(run).read_text())
     assert bundle["overrides"] == ["training.lr=0.2"]
     assert bundle["entry"]["spec"] == "pipe.py:steady"
     expected = hashlib.sha256((project / "pipe.py").read_bytes()).hexdigest()
@@ -194,7 +194,7 @@ def test_a_rerun_that_needs_a_redacted_secret_names_it(project: Path) -> None:
     given = cli("rerun", str(run), "--strict", "--set", "dataset.api_key=s3cret", cwd=project)
     assert given.returncode == 0, given.stdout + given.stderr
     assert given.stdout.strip().splitlines()[-1] == "identical"
-    assert "s3cret" not in bundle_path(run_dir_of(given)).read_text()
+    assert "s3cret" not in bundle_file(run_dir_of(given)).read_text()
 
 
 def test_a_directory_without_a_bundle_is_a_usage_error(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from fakes import Calls, StepFailure, fake_dependencies
 
 from orchestrator_fsm import RunRecord, infer_status, read_run
 from orchestrator_fsm.errors import InfrastructureError
-from orchestrator_fsm.lifecycle.record import RUN_FILE
+from orchestrator_fsm.layout import RUN_FILE
 from orchestrator_fsm.lifecycle.table import LifecycleState
 from orchestrator_fsm.orchestrator import RootOrchestrator
 

@@ -48,7 +48,8 @@ def diff_runs(run_a: Path, run_b: Path, *, rtol: float = 0.0, atol: float = 0.0)
     ``differences`` (one per drift item), ``final`` (metrics whose final values
     differ: ``{name: [a, b]}``) and ``metrics`` (the verdict of B against A).
     Raises ``BundleError`` for a directory without a bundle."""
-    from orchestrator_fsm.reproduce.bundle import config_file, read_bundle
+    from orchestrator_fsm.layout import config_file
+    from orchestrator_fsm.reproduce.bundle import read_bundle
     from orchestrator_fsm.reproduce.compare import compare_runs
     from orchestrator_fsm.reproduce.drift import bundle_drift, is_drift
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from orchestrator_fsm.cli._shared import EXIT_OK, EXIT_USAGE, say
+from orchestrator_fsm.status import COMPLETED, CRASHED, REFUSED, RUNNING
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -65,7 +66,8 @@ class RunFiles:
 
 
 def _load_run(run_dir: Path) -> RunRecord:
-    from orchestrator_fsm.lifecycle.record import RUN_FILE, read_run
+    from orchestrator_fsm.layout import RUN_FILE
+    from orchestrator_fsm.lifecycle.record import read_run
 
     if not run_dir.is_dir():
         raise _UsageError(f"{run_dir} is not a directory; expected a run directory")
@@ -85,7 +87,7 @@ def _load_run(run_dir: Path) -> RunRecord:
 
 def _holds_runs(folder: Path) -> bool:
     """Whether ``folder`` looks like an output directory: a sub-folder has a run.json."""
-    from orchestrator_fsm.lifecycle.record import RUN_FILE
+    from orchestrator_fsm.layout import RUN_FILE
 
     try:
         return any((child / RUN_FILE).is_file() for child in folder.iterdir())
@@ -94,8 +96,7 @@ def _holds_runs(folder: Path) -> bool:
 
 
 def _run_files(run_dir: Path) -> RunFiles:
-    from orchestrator_fsm.lifecycle.record import JOURNAL_FILE, RUN_FILE
-    from orchestrator_fsm.phases.filesystem import RUN_SUBDIRECTORIES
+    from orchestrator_fsm.layout import JOURNAL_FILE, RUN_FILE, RUN_SUBDIRECTORIES
 
     folders: dict[str, list[str]] = {}
     for name in RUN_SUBDIRECTORIES:
@@ -130,7 +131,7 @@ def _reconcile_trackers(run: RunRecord, err: Console) -> None:
     is still RUNNING. mlflow is imported only then, and only when it is installed."""
     import importlib.util
 
-    if "mlflow" not in run.trackers or run.effective_status != "crashed":
+    if "mlflow" not in run.trackers or run.effective_status != CRASHED:
         return
     if importlib.util.find_spec("mlflow") is None:
         return
@@ -191,7 +192,7 @@ def format_status(run: RunRecord) -> Text:
     from rich.text import Text
 
     status = run.effective_status
-    style = {"completed": "green", "running": "yellow", "refused": "magenta"}.get(status, "red")
+    style = {COMPLETED: "green", RUNNING: "yellow", REFUSED: "magenta"}.get(status, "red")
     text = Text(status, style=f"bold {style}")
     if status != run.status:
         text.append(
@@ -347,14 +348,14 @@ def format_timeline(transitions: Sequence[TransitionRecord], run: RunRecord | No
         and last.ok
         and last.dest in (LifecycleState.READY, LifecycleState.REPORTED)
         and run is not None
-        and run.effective_status == "running"
+        and run.effective_status == RUNNING
     ):
         table.add_row(
             "-",
             Text(f"in {last.dest.value}", style="italic"),
             Text(PIPELINE_STEP, style="bold"),
             "-",
-            Text("running", style="yellow"),
+            Text(RUNNING, style="yellow"),
         )
     if not transitions:
         table.add_row("-", Text("no transitions recorded"), "-", "-", "-")
@@ -393,7 +394,7 @@ def format_error(run: RunRecord) -> Text | None:
 
     lines = []
     error = run.error
-    if error is not None and run.status == "refused":
+    if error is not None and run.status == REFUSED:
         lines.append(f"refused at the run lock: {error.type}: {error.message}")
     elif error is not None and error.type in _INTERRUPTS:
         lines.append(f"interrupted by {_signal_name(error.message)} in step {error.step}")

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from orchestrator_fsm._gc import objects_before_frozen
 from orchestrator_fsm._version import __version__
 from orchestrator_fsm.cli._shared import EXIT_INTERRUPTED, EXIT_USAGE
 
@@ -29,10 +28,9 @@ def _command(module: str, function: str) -> Handler:
     when it runs: ``--help``, ``--version`` and a usage error import none of them."""
 
     def handler(args: argparse.Namespace, out: Console, err: Console) -> int:
-        with objects_before_frozen():
-            command: Handler = getattr(
-                importlib.import_module(f"orchestrator_fsm.cli.{module}"), function
-            )
+        command: Handler = getattr(
+            importlib.import_module(f"orchestrator_fsm.cli.{module}"), function
+        )
         return command(args, out, err)
 
     handler.__qualname__ = handler.__name__ = function
@@ -112,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead")
     inspect.set_defaults(handler=_command("inspect", "cmd_inspect"))
 
-    from orchestrator_fsm.cli.runs_args import LISTED_STATUSES, since_argument
+    from orchestrator_fsm.cli.runs_args import since_argument
+    from orchestrator_fsm.status import STATUSES
 
     runs = commands.add_parser(
         "runs",
@@ -128,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument(
         "--status",
         action="append",
-        choices=LISTED_STATUSES,
+        choices=STATUSES,
         help="only runs with this status (repeatable)",
     )
     runs.add_argument("--name", metavar="SUBSTR", help="only runs whose id contains SUBSTR")

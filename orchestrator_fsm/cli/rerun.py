@@ -92,7 +92,8 @@ def _is_redacted(override: str) -> bool:
 
 def cmd_rerun(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Rerun ``args.run_dir``; the exit code (see the module and the README)."""
-    from orchestrator_fsm.reproduce.bundle import BundleError, config_file, read_bundle
+    from orchestrator_fsm.layout import config_file
+    from orchestrator_fsm.reproduce.bundle import BundleError, read_bundle
 
     split_bare_overrides(args)
     original = Path(args.run_dir).resolve()

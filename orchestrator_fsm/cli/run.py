@@ -21,16 +21,17 @@ from orchestrator_fsm.cli._shared import (
     say,
     split_bare_overrides,
 )
-from orchestrator_fsm.entry import Entry, entry_schema, entry_search_path, resolve_entry
+from orchestrator_fsm.entry import entry_schema, entry_search_path, resolve_entry
 from orchestrator_fsm.errors import ConfigError, EntryPointError, RunInterrupted
 from orchestrator_fsm.lifecycle.record import outcome_of
 from orchestrator_fsm.lifecycle.signals import SignalGuard
+from orchestrator_fsm.status import COMPLETED, FAILED, INTERRUPTED
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from orchestrator_fsm.config import Config
-    from orchestrator_fsm.orchestrator import RootOrchestrator
+    from orchestrator_fsm.orchestrator import Entry, RootOrchestrator
 
 __all__ = ["cmd_run"]
 
@@ -140,9 +141,9 @@ def _report_outcome(
     status = run.status if run is not None else None
     if status is None:
         if isinstance(failure, KeyboardInterrupt):
-            status = "interrupted"
+            status = INTERRUPTED
         else:
-            status = "completed" if code == EXIT_OK else "failed"
+            status = COMPLETED if code == EXIT_OK else FAILED
     if run is not None and run.summary:
         from orchestrator_fsm.cli.inspect import format_values
 
@@ -151,7 +152,7 @@ def _report_outcome(
         say(out, f"run directory: {orch.paths.root}")
     else:
         say(out, "run directory: none (the run ended before creating it)")
-    say(out, f"status: {status}", "green" if status == "completed" else "red")
+    say(out, f"status: {status}", "green" if status == COMPLETED else "red")
     return code
 
 

@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from orchestrator_fsm.cli._shared import EXIT_OK, EXIT_USAGE, say
-from orchestrator_fsm.cli.runs_args import LISTED_STATUSES, parse_since
+from orchestrator_fsm.cli.runs_args import parse_since
+from orchestrator_fsm.layout import expand_output_dir
+from orchestrator_fsm.status import COMPLETED, REFUSED, RUNNING
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -29,7 +31,6 @@ if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.record import RunRecord
 
 __all__ = [
-    "LISTED_STATUSES",
     "ListedRun",
     "RunFilter",
     "Skipped",
@@ -44,7 +45,7 @@ __all__ = [
 #: How many metrics one row of the table shows (``--json`` has them all).
 _METRICS_SHOWN: Final = 3
 
-_STYLES: Final = {"completed": "green", "running": "yellow", "refused": "magenta"}
+_STYLES: Final = {COMPLETED: "green", RUNNING: "yellow", REFUSED: "magenta"}
 
 
 @attrs.frozen
@@ -157,7 +158,7 @@ def _duration(run: ListedRun, now: datetime) -> str:
     record = run.record
     if record.duration_s is not None:
         return format_seconds(record.duration_s)
-    if run.status == "running" and record.started_at is not None:
+    if run.status == RUNNING and record.started_at is not None:
         return f"{format_seconds((now - _aware(record.started_at)).total_seconds())} so far"
     return "-"
 
@@ -263,7 +264,8 @@ def _default_output_dir() -> Path:
 
 def cmd_runs(args: argparse.Namespace, out: Console, err: Console) -> int:
     """List the runs of ``args.output_dir`` (as JSON with ``args.json``); the exit code."""
-    output_dir = Path(args.output_dir) if args.output_dir else _default_output_dir()
+    # Relative paths stay relative in what is shown.
+    output_dir = expand_output_dir(args.output_dir or _default_output_dir())
     if not output_dir.is_dir():
         say(
             err,

@@ -1,4 +1,5 @@
-"""What the ``runs`` command's options accept: its statuses and ``--since``.
+"""What the ``runs`` command's ``--since`` accepts (its statuses are
+:data:`orchestrator_fsm.status.STATUSES`).
 
 Apart from :mod:`orchestrator_fsm.cli.runs` so that building the parser (for every
 command, ``--help`` and ``--version`` included) needs only the standard library.
@@ -11,10 +12,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Final
 
-__all__ = ["LISTED_STATUSES", "parse_since", "since_argument"]
-
-#: Every status ``runs`` can show and filter on: what run.json holds, and ``crashed``.
-LISTED_STATUSES: Final = ("running", "completed", "failed", "interrupted", "refused", "crashed")
+__all__ = ["parse_since", "since_argument"]
 
 _AGE = re.compile(r"(?P<amount>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[smhdw])", re.ASCII)
 _AGE_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

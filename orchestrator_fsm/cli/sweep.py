@@ -36,12 +36,12 @@ from orchestrator_fsm.cli._shared import (
     say,
 )
 from orchestrator_fsm.errors import ConfigError, EntryPointError
+from orchestrator_fsm.layout import SWEEP_FILE, sweep_dir
+from orchestrator_fsm.status import COMPLETED, FAILED, INTERRUPTED, RUNNING
 from orchestrator_fsm.sweep import (
-    SWEEP_FILE_NAME,
     expand_sweep,
     member_run_dirs,
     new_sweep_id,
-    sweep_dir,
     write_sweep_record,
 )
 
@@ -100,10 +100,10 @@ def _now() -> str:
 
 def _member_status(code: int) -> str:
     if code == EXIT_OK:
-        return "completed"
+        return COMPLETED
     if code > 128 or code < 0:  # 128 + a signal's number, or killed by a signal
-        return "interrupted"
-    return "failed"
+        return INTERRUPTED
+    return FAILED
 
 
 def _configs(
@@ -173,7 +173,7 @@ class _Sweep:
             "sweep": self.id,
             "status": status,
             "created_at": self.created_at,
-            "ended_at": None if status == "running" else _now(),
+            "ended_at": None if status == RUNNING else _now(),
             "recipe": None if self.args.recipe is None else os.path.abspath(self.args.recipe),
             "entry": self.args.entry,
             "overrides": self.args.set_overrides,
@@ -183,14 +183,14 @@ class _Sweep:
             "members": [member.to_json() for member in self.members],
         }
 
-    def save(self, status: str = "running") -> None:
+    def save(self, status: str = RUNNING) -> None:
         try:
             write_sweep_record(self.folder, self.record(status))
         except OSError as exc:
             print(f"orchestrator-fsm: could not write the sweep record ({exc})", file=sys.stderr)
 
     def running(self) -> list[_Member]:
-        return [member for member in self.members if member.status == "running"]
+        return [member for member in self.members if member.status == RUNNING]
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.signum = signum
@@ -210,7 +210,7 @@ class _Sweep:
             # it on, rather than every member at once behind its back.
             start_new_session=True,
         )
-        member.status, member.started, member.started_at = "running", time.monotonic(), _now()
+        member.status, member.started, member.started_at = RUNNING, time.monotonic(), _now()
         say(out, f"[{member.number}/{len(self.members)}] started: {' '.join(member.overrides)}")
 
     def finish(self, member: _Member, code: int, out: Console) -> None:
@@ -222,7 +222,7 @@ class _Sweep:
         if member.stream is not None:
             member.stream.close()
         member.run = _find_run(member, self.id, self.since)
-        style = "green" if member.status == "completed" else "red"
+        style = "green" if member.status == COMPLETED else "red"
         say(
             out,
             f"[{member.number}/{len(self.members)}] {member.status} "
@@ -243,7 +243,7 @@ class _Sweep:
                 code = member.process.poll()
                 if code is not None:
                     self.finish(member, code, out)
-                    failed = failed or member.status == "failed"
+                    failed = failed or member.status == FAILED
             if stop and pending:
                 for member in pending:
                     member.status = "skipped" if self.signum is None else "not started"
@@ -254,11 +254,11 @@ class _Sweep:
 
     def status(self) -> str:
         statuses = {member.status for member in self.members}
-        if self.signum is not None or "interrupted" in statuses:
-            return "interrupted"
-        if statuses == {"completed"}:
-            return "completed"
-        return "failed"
+        if self.signum is not None or INTERRUPTED in statuses:
+            return INTERRUPTED
+        if statuses == {COMPLETED}:
+            return COMPLETED
+        return FAILED
 
 
 def _summary_table(sweep: _Sweep) -> Any:
@@ -280,7 +280,7 @@ def _summary_table(sweep: _Sweep) -> Any:
         table.add_row(
             str(member.number),
             Text(" ".join(member.overrides)),
-            Text(member.status, style="green" if member.status == "completed" else "red"),
+            Text(member.status, style="green" if member.status == COMPLETED else "red"),
             "" if member.duration_s is None else f"{member.duration_s:.1f}s",
             Text(metrics),
         )
@@ -349,8 +349,8 @@ def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
     status = sweep.status()
     sweep.save(status)
     out.print(_summary_table(sweep))
-    say(out, f"sweep record: {folder / SWEEP_FILE_NAME}")
-    say(out, f"status: {status}", "green" if status == "completed" else "red")
+    say(out, f"sweep record: {folder / SWEEP_FILE}")
+    say(out, f"status: {status}", "green" if status == COMPLETED else "red")
     if sweep.signum is not None:
         return 128 + sweep.signum
-    return EXIT_OK if status == "completed" else EXIT_FAILURE
+    return EXIT_OK if status == COMPLETED else EXIT_FAILURE

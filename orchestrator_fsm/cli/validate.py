@@ -54,7 +54,7 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
     from rich.text import Text
 
     from orchestrator_fsm._text import counted
-    from orchestrator_fsm.phases.guarding import resolve_lock_path
+    from orchestrator_fsm.phases.lock import resolve_lock_path
 
     hardware, lock = cfg.hardware, cfg.infrastructure.lock
     if lock.enabled:

@@ -1,8 +1,10 @@
 """What is wrong with a recipe, and how a ConfigError says so.
 
-A check raises a :class:`Problem` (``str()`` is the description); cattrs gathers them
-with their field paths (:func:`problems_from`); :func:`config_error` renders the list
-into one :class:`~orchestrator_fsm.errors.ConfigError`.
+A check raises a :class:`Problem` (``str()`` is the description), or :class:`Problems`
+for a value with several things wrong, each at its own path below the value. The
+builder gathers them as ``(dotted path, description)`` pairs (:func:`problems_at`);
+:func:`config_error` renders the list into one
+:class:`~orchestrator_fsm.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import difflib
 import reprlib
 from collections.abc import Collection, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from orchestrator_fsm.errors import ConfigError
 
@@ -18,11 +20,13 @@ __all__ = [
     "MISSING",
     "Invalid",
     "Problem",
+    "Problems",
     "UnknownKey",
-    "at_field",
     "config_error",
+    "describe",
+    "join_path",
     "misspelt_sections",
-    "problems_from",
+    "problems_at",
     "show",
     "with_origins",
 ]
@@ -70,41 +74,32 @@ class UnknownKey(Problem):
         super().__init__(f"unknown key {show(key)}; {hint}(valid keys: {', '.join(known)})")
 
 
-_ErrorT = TypeVar("_ErrorT", bound=Exception)
+class Problems(Problem):
+    """Several things wrong with one value: ``(path below the value, description)`` each."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{path}: {message}" for path, message in problems))
+        self.problems = problems
 
 
-def at_field(name: str, error: _ErrorT) -> _ErrorT:
-    """Mark ``error`` as being about attribute ``name``, the way cattrs marks its own."""
-    from cattrs.errors import AttributeValidationNote  # only a bad recipe needs cattrs
-
-    note = AttributeValidationNote(f"Structuring @ attribute {name}", name, object)
-    error.__notes__ = [*getattr(error, "__notes__", []), note]
-    return error
+def join_path(path: str, key: str) -> str:
+    """The dotted path of ``key`` below ``path`` (``""`` is the top)."""
+    return f"{path}.{key}" if path else key
 
 
-def _describe(error: BaseException) -> str:
+def describe(error: BaseException) -> str:
+    """What a check's ``error`` says is wrong: a :class:`Problem` says it itself."""
     if isinstance(error, Problem):
         return str(error)
     return f"invalid value ({type(error).__name__}: {error})"
 
 
-def problems_from(error: Exception) -> list[tuple[str, str]]:
-    """``(dotted path, description)`` for each field a structuring error is about."""
-    import cattrs  # only a bad recipe needs cattrs
-
-    descriptions: list[str] = []
-
-    def remember(exc: BaseException, _type: Any) -> str:
-        descriptions.append(_describe(exc))
-        return str(len(descriptions) - 1)
-
-    # transform_error renders "<description> @ $.a.b"; descriptions are replaced by
-    # their index so that user text containing " @ " cannot confuse the split.
-    problems = []
-    for entry in cattrs.transform_error(error, path="$", format_exception=remember):
-        index, _, path = entry.partition(" @ ")
-        problems.append((path.removeprefix("$").removeprefix("."), descriptions[int(index)]))
-    return problems
+def problems_at(path: str, error: Exception) -> list[tuple[str, str]]:
+    """``(dotted path, description)`` for what ``error``, raised by the check of the
+    value at ``path``, says is wrong with it."""
+    if isinstance(error, Problems):
+        return [(join_path(path, below), message) for below, message in error.problems]
+    return [(path, describe(error))]
 
 
 def misspelt_sections(

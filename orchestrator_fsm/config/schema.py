@@ -37,7 +37,7 @@ from orchestrator_fsm.config.problems import (
     Invalid,
     Problem,
     UnknownKey,
-    at_field,
+    describe,
 )
 
 __all__ = ["SCHEMA_ATTRIBUTE", "SCHEMA_SECTIONS", "Schema", "pipeline_schema", "schema_of"]
@@ -178,10 +178,28 @@ def _type_name(annotation: object) -> str:
     return f"a value of type {getattr(annotation, '__name__', annotation)}"
 
 
+def _cattrs_problems(error: ClassValidationError) -> list[tuple[str, str]]:
+    """``(dotted path, description)`` for each field cattrs found wrong."""
+    descriptions: list[str] = []
+
+    def remember(exc: BaseException, _type: Any) -> str:
+        descriptions.append(describe(exc))
+        return str(len(descriptions) - 1)
+
+    # transform_error renders "<description> @ $.a.b"; descriptions are replaced by
+    # their index so that user text containing " @ " cannot confuse the split.
+    problems = []
+    for entry in cattrs.transform_error(error, path="$", format_exception=remember):
+        index, _, path = entry.partition(" @ ")
+        problems.append((path.removeprefix("$").removeprefix("."), descriptions[int(index)]))
+    return problems
+
+
 def structure_section(
     cls: type, data: Mapping[str, Any], reserved: Mapping[str, object]
-) -> tuple[object | None, list[Exception]]:
-    """``data`` structured into ``cls``, or None; and every problem, each at its key.
+) -> tuple[object | None, list[tuple[str, str]]]:
+    """``data`` structured into ``cls``, or None; and every problem, as ``(path in the
+    section, description)`` (path ``""``: the section as a whole).
 
     ``reserved`` are the keys the orchestrator itself reads in this section (checked
     elsewhere), which the schema need not declare.
@@ -189,25 +207,21 @@ def structure_section(
     fields = attrs.fields(cls)
     known = [field.name for field in fields]
     allowed = known + [key for key in reserved if key not in known]
-    errors: list[Exception] = [
-        at_field(str(key), UnknownKey(key, allowed)) for key in data if key not in allowed
-    ]
+    problems = [(str(key), str(UnknownKey(key, allowed))) for key in data if key not in allowed]
     given = {key: value for key, value in data.items() if key in known}
     missing = [
         field
         for field in fields
         if field.default is attrs.NOTHING and field.name not in given and field.init
     ]
-    errors.extend(
-        at_field(field.name, Invalid(_type_name(field.type), MISSING)) for field in missing
-    )
+    problems += [(field.name, str(Invalid(_type_name(field.type), MISSING))) for field in missing]
     if missing:
-        return None, errors
+        return None, problems
     instance: object | None = None
     try:
         instance = _structure_fn(cls)(given, cls)
     except ClassValidationError as exc:
-        errors.extend(exc.exceptions)
+        problems += _cattrs_problems(exc)
     except (ValueError, TypeError) as exc:  # a validator relating several fields
-        errors.append(Problem(str(exc)))
-    return (None if errors else instance), errors
+        problems.append(("", str(exc)))
+    return (None if problems else instance), problems

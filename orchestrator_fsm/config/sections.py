@@ -1,11 +1,9 @@
 """The recipe's sections as frozen attrs classes, and how a recipe becomes them.
 
-Each field of an owned section names its check in its metadata. A recipe whose every
-check passes is built directly (:func:`_quick_config`); any other is handed to the
-cattrs converter, whose structure hooks run every check and gather every problem, so
-that one ConfigError reports them all. cattrs is imported for that only: building a
-good recipe does not need it, and its import and generated functions cost a short run
-about 8 ms.
+Each field of an owned section names its check in its metadata; a nested section's
+check builds that section. One builder (:func:`_structure`) runs every check and
+gathers every problem with its dotted path, so that one ConfigError reports them all.
+cattrs is not imported here: only a pipeline schema (:mod:`.schema`) needs it.
 """
 
 from __future__ import annotations
@@ -25,27 +23,22 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 import attrs
 
 from orchestrator_fsm._fs import atomic_write_text, slugify
+from orchestrator_fsm._specs import KNOWN_OBSERVERS, callback_signal, is_entry_spec
 from orchestrator_fsm._system import available_cpu_count
 from orchestrator_fsm.config.problems import (
     MISSING,
     Invalid,
-    Problem,
+    Problems,
     UnknownKey,
-    at_field,
     config_error,
     misspelt_sections,
-    problems_from,
+    problems_at,
     with_origins,
 )
 from orchestrator_fsm.config.recipe import apply_overrides, dump_yaml, plain_data, read_recipe
-from orchestrator_fsm.entry import is_entry_spec
 from orchestrator_fsm.errors import ConfigError
-from orchestrator_fsm.lifecycle.signals import callback_signal
-from orchestrator_fsm.observers import KNOWN_OBSERVERS
 
 if TYPE_CHECKING:
-    import cattrs
-
     from orchestrator_fsm.config.schema import Schema
 
 __all__ = [
@@ -71,7 +64,6 @@ _PROJECT_NAME_MAX = 80
 _SEED_LIMIT = 2**32
 
 _CHECK = "orchestrator_fsm.config.check"
-_at = at_field
 
 
 def _checked(check: Callable[[object], object]) -> dict[str, object]:
@@ -220,24 +212,23 @@ def _signal_callbacks(value: object) -> dict[str, str]:
         raise Invalid(f"a mapping of signal name (SIGUSR1, SIGUSR2) to {_CALLBACK_SPEC}", value)
     callbacks: dict[str, str] = {}
     given_as: dict[str, str] = {}
-    errors: list[Exception] = []
+    problems: list[tuple[str, str]] = []
     for key, spec in value.items():
         try:
             name = callback_signal(key).name  # keys are strings here (plain_data checked)
         except ValueError as exc:
-            errors.append(_at(str(key), Problem(str(exc))))
+            problems.append((str(key), str(exc)))
             continue
         if name in callbacks:
-            problem = Problem(f"the same signal as {given_as[name]!r}; give each signal once")
-            errors.append(_at(str(key), problem))
+            problems.append(
+                (str(key), f"the same signal as {given_as[name]!r}; give each signal once")
+            )
         elif not is_entry_spec(spec):
-            errors.append(_at(str(key), Invalid(_CALLBACK_SPEC, spec)))
+            problems.append((str(key), str(Invalid(_CALLBACK_SPEC, spec))))
         else:
             callbacks[name], given_as[name] = cast(str, spec), str(key)
-    if errors:
-        from cattrs.errors import ClassValidationError
-
-        raise ClassValidationError("While structuring signal_callbacks", errors, dict)
+    if problems:
+        raise Problems(problems)
     return callbacks
 
 
@@ -258,19 +249,47 @@ def _observers(value: object) -> dict[str, dict[str, Any]]:
             value,
         )
     observers: dict[str, dict[str, Any]] = {}
-    errors: list[Exception] = []
+    problems: list[tuple[str, str]] = []
     for spec, options in value.items():
         if spec not in KNOWN_OBSERVERS and not is_entry_spec(spec):
-            errors.append(_at(str(spec), Invalid(_OBSERVER_SPEC, spec)))
+            problems.append((str(spec), str(Invalid(_OBSERVER_SPEC, spec))))
         elif options is not None and not isinstance(options, Mapping):
-            errors.append(_at(str(spec), Invalid("a mapping of options, or nothing", options)))
+            problems.append((str(spec), str(Invalid("a mapping of options, or nothing", options))))
         else:
             observers[str(spec)] = dict(options or {})
-    if errors:
-        from cattrs.errors import ClassValidationError
-
-        raise ClassValidationError("While structuring observers", errors, dict)
+    if problems:
+        raise Problems(problems)
     return observers
+
+
+_SectionT = TypeVar("_SectionT")
+
+
+def _owned_section(cls: type[_SectionT], value: object) -> _SectionT:
+    """``value`` (a section of the recipe) built into ``cls``: each field through the
+    check its metadata names, unknown keys rejected, then the section's rules.
+
+    Raises :class:`Problems` listing everything wrong, each at its path in the section.
+    """
+    if value is None:  # an empty section ("hardware:" alone) means all defaults
+        value = {}
+    fields = attrs.fields(cast(Any, cls))
+    known = [field.name for field in fields]
+    if not isinstance(value, Mapping):
+        raise Invalid(f"a mapping of settings ({', '.join(known)})", value)
+    problems = [(str(key), str(UnknownKey(key, known))) for key in value if key not in known]
+    kwargs: dict[str, object] = {}
+    for field in fields:
+        if field.name in value:
+            try:
+                kwargs[field.alias] = field.metadata[_CHECK](value[field.name])
+            except Exception as exc:
+                problems += problems_at(field.name, exc)
+    for rule in _SECTION_RULES.get(cls, ()):
+        problems += rule(value)
+    if problems:
+        raise Problems(problems)
+    return cls(**kwargs)
 
 
 @attrs.frozen
@@ -363,7 +382,9 @@ class LockConfig:
 class InfrastructureConfig:
     """The ``infrastructure`` section."""
 
-    lock: LockConfig = attrs.field(factory=LockConfig)
+    lock: LockConfig = attrs.field(
+        factory=LockConfig, metadata=_checked(functools.partial(_owned_section, LockConfig))
+    )
     signal_callbacks: dict[str, str] = attrs.field(
         factory=dict, metadata=_checked(_signal_callbacks)
     )
@@ -503,9 +524,7 @@ _OWNED_CLASSES: dict[str, type] = {
     "telemetry": TelemetryConfig,
     "infrastructure": InfrastructureConfig,
 }
-_OWNED_SECTIONS = tuple(_OWNED_CLASSES)
-_TYPED_PIPELINE_SECTIONS = tuple(_PIPELINE_CLASSES)
-_SECTIONS = _TYPED_PIPELINE_SECTIONS + _OWNED_SECTIONS
+_SECTIONS = (*_PIPELINE_CLASSES, *_OWNED_CLASSES)
 
 
 @attrs.frozen
@@ -566,18 +585,15 @@ class Config:
         Raises :class:`ConfigError` listing every problem, unknown keys with the
         closest valid key, each at its dotted path.
         """
-        from cattrs.errors import ClassValidationError
-
         from orchestrator_fsm.config.schema import check_schema, structure_section
 
         sections: dict[str, Any] = {}
         problems: list[tuple[str, str]] = []
         for name, cls in check_schema(schema).items():
             section: PipelineSection = getattr(self, name)
-            typed, errors = structure_section(cls, section.params, type(section)._required)
-            if errors:
-                error = ClassValidationError(f"While structuring {name}", errors, cls)
-                problems += [(_join(name, path), message) for path, message in problems_from(error)]
+            typed, found = structure_section(cls, section.params, type(section)._required)
+            if found:
+                problems += [(_join(name, path), message) for path, message in found]
             else:
                 sections[name] = attrs.evolve(section, typed=typed)
         if problems:
@@ -627,7 +643,7 @@ class Config:
         the result through :func:`redact_secrets` before persisting it for others.
         """
         data = self.pipeline
-        for name in _OWNED_SECTIONS:
+        for name in _OWNED_CLASSES:
             data[name] = attrs.asdict(getattr(self, name), value_serializer=_plain_path)
         return data
 
@@ -656,110 +672,37 @@ def _plain_path(_instance: object, _field: object, value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
 
 
-_SectionT = TypeVar("_SectionT")
-_Rule = Callable[[Mapping[Any, Any]], Problem | None]
-
-
-def _warn_only_requires_reproducible(section: Mapping[Any, Any]) -> Problem | None:
+def _warn_only_requires_reproducible(section: Mapping[Any, Any]) -> list[tuple[str, str]]:
     reproducible = section.get("reproducible", False)
     if section.get("deterministic_warn_only") is True and reproducible is False:
-        problem = Problem(
+        problem = (
             "deterministic_warn_only: true requires reproducible: true (warn-only mode "
             "relaxes the deterministic algorithms that only reproducible mode enables), "
             "got reproducible: false"
         )
-        return _at("deterministic_warn_only", problem)
-    return None
+        return [("deterministic_warn_only", problem)]
+    return []
 
 
-#: Each owned section, with the rules relating its fields (checked on the raw section).
-_OWNED_RULES: dict[type, tuple[_Rule, ...]] = {
+#: The rules relating an owned section's fields, checked on the raw section even when
+#: single fields are bad, so that one ConfigError reports everything.
+_SECTION_RULES: dict[type, tuple[Callable[[Mapping[Any, Any]], list[tuple[str, str]]], ...]] = {
     HardwareConfig: (_warn_only_requires_reproducible,),
-    TelemetryConfig: (),
-    LockConfig: (),
-    InfrastructureConfig: (),
 }
 
 
-# -- the quick path: a recipe with nothing wrong --------------------------------------
-
-
-class _NotQuick(Exception):
-    """Something is wrong with the recipe: the converter finds and reports what."""
-
-
-_FieldBuild = Callable[[object], object] | type
-#: Per owned section: its field names, and ``(name, init alias, check or section class)``
-#: for each field; filled on first use (resolving the nested sections' annotations).
-_FIELD_TABLES: dict[type, tuple[frozenset[str], tuple[tuple[str, str, _FieldBuild], ...]]] = {}
-
-
-def _field_table(cls: type) -> tuple[frozenset[str], tuple[tuple[str, str, _FieldBuild], ...]]:
-    table = _FIELD_TABLES.get(cls)
-    if table is None:
-        fields = []
-        for field in attrs.fields(attrs.resolve_types(cast(Any, cls))):
-            check = field.metadata.get(_CHECK)
-            if check is None and field.type not in _OWNED_RULES:  # pragma: no cover
-                raise TypeError(f"{cls.__name__}.{field.name} has neither a check nor a section")
-            fields.append((field.name, field.alias, field.type if check is None else check))
-        table = _FIELD_TABLES[cls] = (frozenset(name for name, _, _ in fields), tuple(fields))
-    return table
-
-
-def _quick_owned(cls: type[_SectionT], value: object) -> _SectionT:
-    if value is None:  # an empty section ("hardware:" alone) means all defaults
-        value = {}
+def _pipeline_section(cls: type[PipelineSection], value: object) -> PipelineSection:
     if not isinstance(value, Mapping):
-        raise _NotQuick
-    names, fields = _field_table(cls)
-    if any(key not in names for key in value):
-        raise _NotQuick
-    kwargs: dict[str, object] = {}
-    for name, alias, build in fields:
-        if name not in value:
-            continue
-        try:
-            if isinstance(build, type):  # a nested section (infrastructure.lock)
-                kwargs[alias] = _quick_owned(build, value[name])
-            else:
-                kwargs[alias] = build(value[name])
-        except Exception as exc:
-            raise _NotQuick from exc
-    if any(rule(value) is not None for rule in _OWNED_RULES[cls]):
-        raise _NotQuick
-    return cls(**kwargs)
-
-
-def _quick_pipeline(cls: type[PipelineSection], value: object) -> PipelineSection:
-    if not isinstance(value, Mapping):
-        raise _NotQuick
+        raise Invalid(cls._expected, value)
+    problems: list[tuple[str, str]] = []
     for key, check in cls._required.items():
         try:
             check(value.get(key, MISSING))
-        except Problem as exc:
-            raise _NotQuick from exc
+        except Exception as exc:
+            problems += problems_at(key, exc)
+    if problems:
+        raise Problems(problems)
     return cls(dict(value))
-
-
-def _quick_config(document: Mapping[str, Any]) -> Config | None:
-    """The config of ``document`` when nothing in it is wrong, else None.
-
-    Exactly what the converter builds from a good recipe (a test checks this on
-    generated recipes); what is wrong with a bad one only the converter tells.
-    """
-    kwargs: dict[str, Any] = {}
-    try:
-        for name, pipeline_cls in _PIPELINE_CLASSES.items():
-            if name not in document:
-                return None
-            kwargs[name] = _quick_pipeline(pipeline_cls, document[name])
-        for name, owned_cls in _OWNED_CLASSES.items():
-            if name in document:
-                kwargs[name] = _quick_owned(owned_cls, document[name])
-    except _NotQuick:
-        return None
-    return Config(**kwargs, extra=_pipeline_extra(document))
 
 
 def _pipeline_extra(document: Mapping[str, Any]) -> dict[str, Any]:
@@ -767,108 +710,26 @@ def _pipeline_extra(document: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in document.items() if key not in _SECTIONS}
 
 
-# -- the converter: every problem of a bad recipe -------------------------------------
-
-
-@functools.cache
-def _converter() -> cattrs.Converter:
-    """The cattrs converter that structures a recipe and gathers all its problems."""
-    import cattrs
-    from cattrs.gen import make_dict_structure_fn, override
-
-    converter = cattrs.Converter(detailed_validation=True)
-    for cls, rules in _OWNED_RULES.items():
-        _register_owned_section(converter, cls, *rules)
-    for pipeline_cls in _PIPELINE_CLASSES.values():
-        _register_pipeline_section(converter, pipeline_cls)
-    structure_config_fields = make_dict_structure_fn(
-        Config,
-        converter,
-        _extra=override(struct_hook=lambda value, _type: dict(value)),
-        source=override(omit=True),
-        _label=override(omit=True),
-        _set_by=override(omit=True),
-    )
-
-    def structure_config(document: Mapping[str, Any], _type: object) -> Config:
-        # An absent required section is passed on as MISSING, so that its own hook
-        # reports "expected ..., got nothing" instead of cattrs a bare KeyError.
-        fields: dict[str, Any] = {
-            name: document.get(name, MISSING) for name in _TYPED_PIPELINE_SECTIONS
-        }
-        fields.update((name, document[name]) for name in _OWNED_SECTIONS if name in document)
-        fields["_extra"] = _pipeline_extra(document)
-        return structure_config_fields(fields, Config)
-
-    converter.register_structure_hook(Config, structure_config)
-    return converter
-
-
-def _register_owned_section(
-    converter: cattrs.Converter, cls: type[_SectionT], *rules: _Rule
-) -> None:
-    """Structure ``cls`` strictly: each field through its check, unknown keys rejected.
-
-    ``rules`` check relations between fields on the raw section; they run even when
-    single fields are bad, so that one ConfigError reports everything.
-    """
-    from cattrs.errors import ClassValidationError
-    from cattrs.gen import make_dict_structure_fn, override
-
-    fields = attrs.fields(cast(Any, cls))
-    known = [field.name for field in fields]
-    field_hooks: dict[str, Any] = {
-        field.name: override(struct_hook=_field_hook(field.metadata[_CHECK]))
-        for field in fields
-        if _CHECK in field.metadata
-    }
-    structure_fields = make_dict_structure_fn(
-        cls, converter, _cattrs_forbid_extra_keys=False, **field_hooks
-    )
-
-    def structure(value: object, _type: object) -> _SectionT:
-        if value is None:  # an empty section ("hardware:" alone) means all defaults
-            value = {}
-        if not isinstance(value, Mapping):
-            raise Invalid(f"a mapping of settings ({', '.join(known)})", value)
-        errors: list[Exception] = [
-            _at(str(key), UnknownKey(key, known)) for key in value if key not in known
-        ]
-        given = {key: item for key, item in value.items() if key in known}
-        instance: _SectionT | None = None
+def _structure(document: Mapping[str, Any]) -> tuple[Config | None, list[tuple[str, str]]]:
+    """The config of ``document``, or None; and every problem, at its dotted path."""
+    sections: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    # An absent required section is checked as MISSING, so that its problem says
+    # "expected ..., got nothing"; an absent owned section takes its defaults.
+    for name, pipeline_cls in _PIPELINE_CLASSES.items():
         try:
-            instance = structure_fields(given, cls)
-        except ClassValidationError as exc:
-            errors.extend(exc.exceptions)
-        errors.extend(problem for rule in rules if (problem := rule(given)) is not None)
-        if errors or instance is None:
-            raise ClassValidationError(f"While structuring {cls.__name__}", errors, cls)
-        return instance
-
-    converter.register_structure_hook(cls, structure)
-
-
-def _field_hook(check: Callable[[object], object]) -> Callable[[object, object], object]:
-    return lambda value, _type: check(value)
-
-
-def _register_pipeline_section(converter: cattrs.Converter, cls: type[PipelineSection]) -> None:
-    from cattrs.errors import ClassValidationError
-
-    def structure(value: object, _type: object) -> PipelineSection:
-        if not isinstance(value, Mapping):
-            raise Invalid(cls._expected, value)
-        errors: list[Exception] = []
-        for key, check in cls._required.items():
+            sections[name] = _pipeline_section(pipeline_cls, document.get(name, MISSING))
+        except Exception as exc:
+            problems += problems_at(name, exc)
+    for name, owned_cls in _OWNED_CLASSES.items():
+        if name in document:
             try:
-                check(value.get(key, MISSING))
-            except Problem as exc:
-                errors.append(_at(key, exc))
-        if errors:
-            raise ClassValidationError(f"While structuring {cls.__name__}", errors, cls)
-        return cls(dict(value))
-
-    converter.register_structure_hook(cls, structure)
+                sections[name] = _owned_section(owned_cls, document[name])
+            except Exception as exc:
+                problems += problems_at(name, exc)
+    if problems:
+        return None, problems
+    return Config(**sections, extra=_pipeline_extra(document)), problems
 
 
 def _build(
@@ -884,14 +745,8 @@ def _build(
     set_by, override_problems = apply_overrides(data, overrides)
     problems += override_problems
     problems += misspelt_sections(data, _SECTIONS)
-    config = _quick_config(data)
-    if config is None:
-        from cattrs.errors import ClassValidationError
-
-        try:
-            config = _converter().structure(data, Config)
-        except (ClassValidationError, Problem) as exc:
-            problems += problems_from(exc)
+    config, structure_problems = _structure(data)
+    problems += structure_problems
     if problems or config is None:
         raise config_error(label, with_origins(problems, set_by), error_source, set_by)
     return attrs.evolve(

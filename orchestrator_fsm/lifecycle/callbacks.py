@@ -24,7 +24,7 @@ import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 
@@ -36,12 +36,13 @@ from orchestrator_fsm.lifecycle.signals import callback_signal, is_chained
 
 if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
-    from orchestrator_fsm.orchestrator import RootOrchestrator
 
-__all__ = ["CONFIG_FIELD", "SignalCallback", "SignalCallbacks"]
+__all__ = ["CONFIG_FIELD", "SignalCallbacks"]
 
-#: A checkpoint callback: called with the orchestrator and the signal's number.
-SignalCallback = Callable[["RootOrchestrator", int], object]
+#: What callbacks are called with (the orchestrator; its type is the caller's business).
+_Run = TypeVar("_Run")
+# A checkpoint callback: called with the orchestrator and the signal's number.
+_Callback = Callable[[Any, int], object]
 
 #: The recipe field that names callbacks by ``module:function``.
 CONFIG_FIELD = "infrastructure.signal_callbacks"
@@ -51,7 +52,7 @@ CONFIG_FIELD = "infrastructure.signal_callbacks"
 class _Attached:
     label: str
     """How log lines name the callback: its spec, or ``module:qualname`` for code."""
-    callback: SignalCallback
+    callback: _Callback
 
 
 def _label_of(callback: object) -> str:
@@ -61,7 +62,7 @@ def _label_of(callback: object) -> str:
     return f"{getattr(callback, '__module__', '?')}:{qualname}"
 
 
-def _resolve_configured(cfg: Config, name: str, spec: str) -> SignalCallback:
+def _resolve_configured(cfg: Config, name: str, spec: str) -> _Callback:
     try:
         # Looked up where --entry is: the working directory, or the file's own one.
         with entry_search_path(spec):
@@ -72,15 +73,17 @@ def _resolve_configured(cfg: Config, name: str, spec: str) -> SignalCallback:
         label = str(cfg.source) if cfg.source is not None else DICT_SOURCE_LABEL
         source = None if cfg.source is None else label
         raise config_error(label, [(f"{CONFIG_FIELD}.{name}", str(exc))], source) from exc
-    callback: SignalCallback = found
+    callback: _Callback = found
     return callback
 
 
-class SignalCallbacks:
-    """The callbacks of one run, and the handlers that call them while it is live."""
+class SignalCallbacks(Generic[_Run]):
+    """The callbacks of one run (configured in ``cfg``, attached by code), and the
+    handlers that call them with ``orchestrator`` while it is live."""
 
-    def __init__(self, orchestrator: RootOrchestrator, log: Callable[[], logging.Logger]) -> None:
+    def __init__(self, orchestrator: _Run, cfg: Config, log: Callable[[], logging.Logger]) -> None:
         self._orchestrator = orchestrator
+        self._cfg = cfg
         self._log = log
         self._given: dict[int, _Attached] = {}
         self._configured: dict[int, _Attached] = {}
@@ -89,7 +92,7 @@ class SignalCallbacks:
         self._live = False
         self._holding = False
 
-    def attach(self, key: int | str, callback: SignalCallback) -> None:
+    def attach(self, key: int | str, callback: Callable[[_Run, int], object]) -> None:
         """Call ``callback`` when the signal ``key`` names arrives (replacing the callback
         attached to it before); installed at once when the run is live. Raises
         ``ValueError`` for a signal other than SIGUSR1/SIGUSR2, ``TypeError`` for a
@@ -108,7 +111,7 @@ class SignalCallbacks:
         """Import the recipe's callbacks (those no code callback replaces), then take
         their signals over. A callback that cannot be imported is a ``ConfigError``
         naming its field, raised before any handler changes."""
-        cfg = self._orchestrator.cfg
+        cfg = self._cfg
         configured: dict[int, _Attached] = {}
         for name, spec in cfg.infrastructure.signal_callbacks.items():
             signum = callback_signal(name)

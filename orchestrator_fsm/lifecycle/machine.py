@@ -20,7 +20,6 @@ from typing import Any
 import attrs
 from transitions import Machine
 
-from orchestrator_fsm._gc import objects_before_frozen
 from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.lifecycle.table import (
     ADVANCE,
@@ -322,9 +321,7 @@ class LifecycleMachine:
             raise LifecycleError(f"{what}() called while a step is running (re-entrant use)")
 
     def _fire(self, trigger: str) -> None:
-        # The step runs with the objects that existed before it frozen (see _gc.py).
-        with objects_before_frozen():
-            self._fire_step(trigger)
+        self._fire_step(trigger)
 
     def _fire_step(self, trigger: str) -> None:
         self._busy = True

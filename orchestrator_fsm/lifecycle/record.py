@@ -24,46 +24,42 @@ import attrs
 
 from orchestrator_fsm._system import boot_id, pid_exists, process_start_ticks
 from orchestrator_fsm.errors import LockContendedError
+from orchestrator_fsm.layout import (
+    JOURNAL_FILE,
+    RANKS_DIR,
+    RUN_FILE,
+)
 from orchestrator_fsm.lifecycle.machine import TransitionRecord
 from orchestrator_fsm.lifecycle.table import MACHINE_STEPS, LifecycleState
+from orchestrator_fsm.status import (
+    COMPLETED,
+    CRASHED,
+    FAILED,
+    INTERRUPTED,
+    REFUSED,
+    RUNNING,
+    WORST_FIRST,
+)
 
 if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.machine import LifecycleMachine
 
 __all__ = [
-    "JOURNAL_FILE",
-    "METRICS_FILE",
     "PIPELINE_STEP",
-    "RANKS_DIR",
-    "RUN_FILE",
-    "STATUSES",
     "Attempt",
     "ErrorSummary",
     "LastMetric",
     "PipelineSpan",
     "RunRecord",
     "infer_status",
-    "metrics_file",
     "outcome_of",
     "pipeline_spans",
-    "rank_file",
     "read_ranks",
     "read_run",
     "run_status",
     "stale_after",
     "status_for",
 ]
-
-RUN_FILE: Final = "run.json"
-JOURNAL_FILE: Final = "lifecycle.jsonl"
-#: Rank 0's metrics log in the run directory; rank N writes ``metrics.rank<N>.jsonl``.
-METRICS_FILE: Final = "metrics.jsonl"
-#: The folder of the run directory where each rank other than 0 keeps its record.
-RANKS_DIR: Final = "ranks"
-
-#: Every status ``run.json`` can hold; readers add ``crashed`` (see :func:`infer_status`).
-#: ``refused``: the run lock was held by another launch, so the pipeline never ran.
-STATUSES: Final = ("running", "completed", "failed", "interrupted", "refused")
 
 #: The name errors raised by the caller's own work (the with-block) are recorded under.
 PIPELINE_STEP: Final = "pipeline"
@@ -117,7 +113,7 @@ class Attempt:
     restart_count: int = 0
     started_at: datetime | None = None
     ended_at: datetime | None = None
-    status: str = "running"
+    status: str = RUNNING
     reason: str | None = None
     """Why this attempt ended early (``preempted``, ``crashed``, the error), if it did."""
     pid: int | None = None
@@ -182,20 +178,20 @@ def status_for(exc: BaseException | None) -> str:
     """The final status of a run ended by ``exc`` (None: it ran to the end);
     ``refused`` when another launch held the run lock (:class:`LockContendedError`)."""
     if exc is None:
-        return "completed"
+        return COMPLETED
     if isinstance(exc, LockContendedError):
-        return "refused"
+        return REFUSED
     if isinstance(exc, SystemExit):
         # sys.exit() from a pipeline: a clean exit code is a completed run.
-        return "completed" if exc.code in (None, 0) else "failed"
-    return "failed" if isinstance(exc, Exception) else "interrupted"
+        return COMPLETED if exc.code in (None, 0) else FAILED
+    return FAILED if isinstance(exc, Exception) else INTERRUPTED
 
 
 def outcome_of(machine: LifecycleMachine) -> tuple[str, ErrorSummary | None]:
     """The run's status and error summary as the machine knows them now."""
     exc = machine.ended_by
     status = status_for(exc)
-    if exc is None or status == "completed":
+    if exc is None or status == COMPLETED:
         return status, None
     return status, ErrorSummary.of(exc, machine.ended_in or PIPELINE_STEP)
 
@@ -302,11 +298,11 @@ class RunRecord:
         gone = [
             record
             for record in (self, *self.ranks)
-            if _own_status(record, None) in ("failed", "interrupted", "crashed")
+            if _own_status(record, None) in (FAILED, INTERRUPTED, CRASHED)
         ]
         if not gone:
             return None
-        failed = [record for record in gone if record.status == "failed"] or gone
+        failed = [record for record in gone if record.status == FAILED] or gone
         far = datetime.max.replace(tzinfo=timezone.utc)
         return min(failed, key=lambda record: record.ended_at or far)
 
@@ -468,31 +464,26 @@ def stale_after(heartbeat_s: float) -> float:
 
 def _own_status(record: RunRecord, now: datetime | None) -> str:
     """What one record's status truly is, its ranks aside."""
-    if record.status != "running":
+    if record.status != RUNNING:
         return record.status
     if record.host == socket.gethostname():
         current_boot = boot_id()
         if None not in (record.boot_id, current_boot) and record.boot_id != current_boot:
-            return "crashed"
+            return CRASHED
         alive = pid_exists(record.pid)
         if alive is False:
-            return "crashed"
+            return CRASHED
         if record.pid is not None and record.process_start_ticks is not None:
             started = process_start_ticks(record.pid)
             if started is not None:
-                return "running" if started == record.process_start_ticks else "crashed"
+                return RUNNING if started == record.process_start_ticks else CRASHED
         if alive is True:
-            return "running"
+            return RUNNING
     if record.heartbeat_at is not None and record.heartbeat_s:
         now = now or datetime.now(timezone.utc)
         if (now - record.heartbeat_at).total_seconds() > stale_after(record.heartbeat_s):
-            return "crashed"
-    return "running"
-
-
-# When ranks disagree, the job is what its worst rank is. Only rank 0 takes the lock,
-# so ``refused`` is rank 0's alone (no other rank joins a run that never got ready).
-_WORST_FIRST: Final = ("failed", "interrupted", "crashed", "refused", "running")
+            return CRASHED
+    return RUNNING
 
 
 def infer_status(record: RunRecord, now: datetime | None = None) -> str:
@@ -509,7 +500,9 @@ def infer_status(record: RunRecord, now: datetime | None = None) -> str:
     crashed. ``now`` is the time to judge the heartbeat by (default: the current time).
     """
     statuses = {_own_status(item, now) for item in (record, *record.ranks)}
-    return next((status for status in _WORST_FIRST if status in statuses), record.status)
+    # When ranks disagree, the job is what its worst rank is. Only rank 0 takes the
+    # lock, so ``refused`` is rank 0's alone (no other rank joins a run never ready).
+    return next((status for status in WORST_FIRST if status in statuses), record.status)
 
 
 def run_status(root: Path | str) -> str:
@@ -576,13 +569,3 @@ def read_ranks(root: Path, restart_count: int) -> tuple[RunRecord, ...]:
             if rank.restart_count == restart_count and rank.rank not in (None, 0):
                 ranks.append(rank)
     return tuple(sorted(ranks, key=lambda rank: rank.rank or 0))
-
-
-def metrics_file(root: Path, rank: int) -> Path:
-    """Where rank ``rank`` appends its metrics in the run directory ``root``."""
-    return root / (METRICS_FILE if rank == 0 else f"metrics.rank{rank}.jsonl")
-
-
-def rank_file(root: Path, rank: int) -> Path:
-    """Where rank ``rank`` (> 0) keeps its own record in the run directory ``root``."""
-    return root / RANKS_DIR / f"rank{rank}.json"

@@ -33,19 +33,16 @@ from orchestrator_fsm._system import boot_id, process_start_ticks, say_on_stderr
 from orchestrator_fsm._version import __version__
 from orchestrator_fsm.entry import entry_module
 from orchestrator_fsm.errors import LifecycleError
+from orchestrator_fsm.layout import JOURNAL_FILE, RESERVE_FILE, RUN_FILE, metrics_file, rank_file
 from orchestrator_fsm.lifecycle.record import (
-    JOURNAL_FILE,
     PIPELINE_STEP,
-    RUN_FILE,
     Attempt,
     ErrorSummary,
     LastMetric,
     RunRecord,
     infer_status,
-    metrics_file,
     outcome_of,
     pipeline_spans,
-    rank_file,
     read_ranks,
     read_run,
 )
@@ -53,18 +50,18 @@ from orchestrator_fsm.lifecycle.table import MACHINE_STEPS, TERMINAL_STATES, Lif
 from orchestrator_fsm.observers import Observers
 from orchestrator_fsm.phases.logging import FILE_ONLY
 from orchestrator_fsm.redaction import redact_argv, redact_secrets
+from orchestrator_fsm.status import COMPLETED, CRASHED, FAILED, INTERRUPTED, RUNNING
 
 if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.machine import LifecycleMachine, TransitionRecord
     from orchestrator_fsm.phases.context import RunContext
 
-__all__ = ["RANKS_GRACE_S", "RESERVE_FILE", "RunRecorder"]
+__all__ = ["RANKS_GRACE_S", "RunRecorder"]
 
 #: How long rank 0, at its end, waits for the other ranks' records to be final.
 RANKS_GRACE_S: Final = 30.0
 
 #: Space kept aside in the run directory for the record's last writes (see RunRecorder).
-RESERVE_FILE: Final = ".run.json.reserve"
 _MIN_RESERVE_BYTES = 64 * 1024
 
 #: The fields of a metrics line besides the values; no metric may take these names.
@@ -79,13 +76,13 @@ def _ended_early(previous: RunRecord) -> str | None:
     """Why the attempt ``previous`` describes (rank 0's record and its ranks') ended
     early, as the next attempt sees it; None when it did not."""
     status = infer_status(previous)
-    if status == "completed":
+    if status == COMPLETED:
         return None
-    if status in ("crashed", "running"):
-        return "crashed"
+    if status in (CRASHED, RUNNING):
+        return CRASHED
     first = previous.first_failure
     who = "" if first is None or not first.rank else f"rank {first.rank}: "
-    if status == "interrupted":
+    if status == INTERRUPTED:
         return f"{who}preempted"
     error = first.error if first is not None else previous.error
     return f"{who}{error}" if error else f"{who}failed"
@@ -259,7 +256,7 @@ class RunRecorder:
             return
         status, _ = outcome_of(self._machine)
         exc = self._machine.ended_by
-        if isinstance(exc, Exception) and status == "failed":
+        if isinstance(exc, Exception) and status == FAILED:
             # The error the with-block raised, with its traceback, where users look.
             run.logger.error(
                 "the run failed in %s: %s",
@@ -368,7 +365,7 @@ class RunRecorder:
         return RunRecord(
             run_id=run_id,
             root=root,
-            status="running",
+            status=RUNNING,
             state=self._machine.state.value,
             started_at=previous.started_at if previous is not None else started,
             rank=run.rank,
@@ -398,7 +395,8 @@ class RunRecorder:
 
     def _tell_job(self, failed: str | None) -> None:
         """Write the job's entry (rank 0 only, when the launcher names a job)."""
-        from orchestrator_fsm.phases.joining import JobEntry, job_entry_path, job_key
+        from orchestrator_fsm.layout import job_entry_file
+        from orchestrator_fsm.phases.joining import JobEntry, job_key
 
         run = self._run
         key = job_key(run.launch, run.cfg.config_hash())
@@ -415,7 +413,7 @@ class RunRecorder:
             config_hash=run.cfg.config_hash(),
             failed=None if failed is None else redact_secrets(failed),
         )
-        path = job_entry_path(run.cfg.telemetry.output_dir, key)
+        path = job_entry_file(run.cfg.telemetry.output_dir, key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(entry.to_json(), indent=2, sort_keys=True) + "\n")
@@ -467,10 +465,10 @@ class RunRecorder:
         root, attempt = self._record.root, run.launch.restart_count
         # Only a rank 0 that ended well waits: one that is failing or interrupted (a
         # launcher tearing the job down) writes its record at once, before it is killed.
-        deadline = time.monotonic() + (RANKS_GRACE_S if status == "completed" else 0.0)
+        deadline = time.monotonic() + (RANKS_GRACE_S if status == COMPLETED else 0.0)
         ranks = read_ranks(root, attempt)
         while not self._stop_waiting.is_set() and time.monotonic() < deadline:
-            if len([r for r in ranks if r.effective_status != "running"]) >= run.world_size - 1:
+            if len([r for r in ranks if r.effective_status != RUNNING]) >= run.world_size - 1:
                 break
             self._stop_waiting.wait(0.1)
             ranks = read_ranks(root, attempt)
@@ -478,11 +476,11 @@ class RunRecorder:
         first = attrs.evolve(mine, ranks=ranks).first_failure
         if first is None or first.rank in (None, 0):
             return status, error, None
-        if first.status == "running":  # its process vanished
+        if first.status == RUNNING:  # its process vanished
             summary = ErrorSummary("RankCrashed", f"rank {first.rank} is gone", PIPELINE_STEP)
         else:
             summary = first.error or ErrorSummary("RankFailed", "", PIPELINE_STEP)
-        worst = "interrupted" if first.status == "interrupted" else "failed"
+        worst = INTERRUPTED if first.status == INTERRUPTED else FAILED
         return worst, summary, first.rank
 
     def _finish(self, record: TransitionRecord) -> None:
@@ -494,7 +492,7 @@ class RunRecorder:
         attempts = self._record.attempts
         if attempts:
             reason = None
-            if status == "interrupted":
+            if status == INTERRUPTED:
                 reason = "preempted"
             elif error is not None:
                 reason = str(error)

@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from orchestrator_fsm._fs import slugify
+from orchestrator_fsm.layout import CONFIG_FILE, RUN_SUBDIRECTORIES, output_root
 from orchestrator_fsm.redaction import redact_url
 
 if TYPE_CHECKING:
     from orchestrator_fsm.phases.context import RunContext
 
 __all__ = [
-    "RUN_SUBDIRECTORIES",
     "RunPaths",
     "default_cache_dir",
     "default_lock_dir",
@@ -46,11 +46,7 @@ __all__ = [
     "step",
 ]
 
-RUN_SUBDIRECTORIES: Final = ("logs", "reports", "checkpoints", "figures", "exports", "database")
-"""The sub-folders every run directory gets, in creation order."""
-
 CACHE_DIR_NAME: Final = "orchestrator-fsm"
-CONFIG_FILE_NAME: Final = "config.yaml"
 
 # A name slug longer than this would make directory names unwieldy (and, with two of
 # them, could approach the 255-byte limit of common file systems).
@@ -196,7 +192,7 @@ class RunPaths:
         and an ``OSError`` naming the path when ``output_dir`` is a file or is not
         writable.
         """
-        output_dir = Path(output_dir).absolute()
+        output_dir = output_root(output_dir)
         prefix = "-".join(
             (
                 _utc_timestamp(now),
@@ -219,17 +215,12 @@ class RunPaths:
         return cls(
             run_id=root.name,
             root=root,
-            logs=root / "logs",
-            reports=root / "reports",
-            checkpoints=root / "checkpoints",
-            figures=root / "figures",
-            exports=root / "exports",
-            database=root / "database",
+            **{name: root / name for name in RUN_SUBDIRECTORIES},
         )
 
     def get_config_path(self) -> Path:
         """Where the run's resolved config is saved: ``reports/config.yaml``."""
-        return self.reports / CONFIG_FILE_NAME
+        return self.reports / CONFIG_FILE
 
 
 def _user_tag() -> str:

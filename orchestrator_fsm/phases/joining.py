@@ -23,24 +23,21 @@ import attrs
 from orchestrator_fsm._fs import slugify
 from orchestrator_fsm._system import process_started_at
 from orchestrator_fsm.errors import InfrastructureError
+from orchestrator_fsm.layout import job_entry_file
 from orchestrator_fsm.phases.filesystem import RunPaths
+from orchestrator_fsm.status import COMPLETED, FAILED, INTERRUPTED, REFUSED, RUNNING
 
 if TYPE_CHECKING:
     from orchestrator_fsm.distributed import Launch
     from orchestrator_fsm.phases.context import RunContext
 
 __all__ = [
-    "JOB_INDEX_DIR",
     "JobEntry",
-    "job_entry_path",
     "job_key",
     "read_job_entry",
     "restarted_run",
     "step",
 ]
-
-#: The folder of the output directory that holds one entry per job.
-JOB_INDEX_DIR: Final = ".jobs"
 
 # An entry older than this process (by more than the slack, for clocks of other nodes)
 # belongs to an earlier launch that happened to have the same job key.
@@ -62,11 +59,6 @@ def job_key(launch: Launch, config_hash: str) -> str | None:
     else:
         return None
     return f"{slugify(base, max_length=100, fallback='job')}-{config_hash[:12]}"
-
-
-def job_entry_path(output_dir: Path | str, key: str) -> Path:
-    """Where the entry of job ``key`` lives under ``output_dir``."""
-    return Path(output_dir).absolute() / JOB_INDEX_DIR / f"{key}.json"
 
 
 @attrs.frozen
@@ -109,7 +101,7 @@ def read_job_entry(path: Path) -> JobEntry | None:
             run_id=data.get("run_id"),
             attempt=data.get("attempt"),
             config_hash=data.get("config_hash"),
-            failed=data.get("failed"),
+            failed=data.get(FAILED),
         )
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
@@ -126,7 +118,7 @@ def _resumable(run: RunContext, root: Path) -> RunPaths:
     except (OSError, ValueError) as exc:
         raise InfrastructureError(f"cannot resume {root}: {exc}") from exc
     status = record.effective_status
-    if status == "running":
+    if status == RUNNING:
         raise InfrastructureError(
             f"cannot resume {paths.root}: its run is still running (pid {record.pid} on "
             f"{record.host})"
@@ -153,7 +145,7 @@ def restarted_run(run: RunContext) -> RunPaths | None:
     key = job_key(run.launch, run.cfg.config_hash())
     if key is None or run.launch.restart_count == 0:
         return None
-    entry = read_job_entry(job_entry_path(run.cfg.telemetry.output_dir, key))
+    entry = read_job_entry(job_entry_file(run.cfg.telemetry.output_dir, key))
     if entry is None or entry.root is None or entry.config_hash != run.cfg.config_hash():
         return None
     try:
@@ -179,10 +171,10 @@ def _ready_root(entry: JobEntry | None, restart_count: int, not_before: datetime
         return None
     if record.attempts and record.attempts[-1].restart_count != restart_count:
         return None  # still the record of the attempt before
-    if record.status in ("failed", "interrupted", "refused"):
+    if record.status in (FAILED, INTERRUPTED, REFUSED):
         error = f": {record.error} (step {record.error.step})" if record.error else ""
         raise InfrastructureError(f"rank 0's run {record.run_id} ended {record.status}{error}")
-    if record.state in _READY_STATES or record.status == "completed":
+    if record.state in _READY_STATES or record.status == COMPLETED:
         return entry.root
     return None
 
@@ -204,7 +196,7 @@ def step(run: RunContext) -> None:
             "launcher names no job (give torchrun --rdzv-id for a multi-node job, or run "
             "under srun)"
         )
-    entry_path = job_entry_path(cfg.telemetry.output_dir, key)
+    entry_path = job_entry_file(cfg.telemetry.output_dir, key)
     not_before = process_started_at() - timedelta(seconds=_CLOCK_SLACK_S)
     timeout = cfg.infrastructure.join_timeout_s
     deadline = time.monotonic() + timeout

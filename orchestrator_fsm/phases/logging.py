@@ -36,6 +36,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, TextIO, cast
 from orchestrator_fsm._process import LoggerSnapshot, Restorable, undoable
 from orchestrator_fsm._system import say_on_stderr
 from orchestrator_fsm.errors import LifecycleError
+from orchestrator_fsm.layout import LOG_FILE, STDOUT_LOG
 from orchestrator_fsm.phases.context import LOGGER_NAME
 
 if TYPE_CHECKING:
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
 __all__ = [
     "FILE_ONLY",
     "LOGGER_NAME",
-    "LOG_FILE_NAME",
-    "STDOUT_LOG_NAME",
     "Logger",
     "log_file_name",
     "run_console_handler",
@@ -56,7 +55,6 @@ __all__ = [
 ]
 
 #: Rank 0's log file; rank N writes ``rank<N>.log`` beside it (:func:`log_file_name`).
-LOG_FILE_NAME: Final = "run.log"
 # "{rank}" is filled in by setup; the rest is logging's own %-style.
 FILE_FORMAT: Final = "%(asctime)s [rank{rank}] %(levelname)-8s %(name)s: %(message)s"
 CONSOLE_PLAIN_FORMAT: Final = "[rank{rank}] %(levelname)-8s %(message)s"
@@ -64,7 +62,6 @@ CONSOLE_PLAIN_FORMAT: Final = "[rank{rank}] %(levelname)-8s %(message)s"
 CONSOLE_RICH_FORMAT: Final = "[rank{rank}] %(message)s"
 
 #: Where ``telemetry.capture_stdout`` copies stdout and stderr, beside the run's log.
-STDOUT_LOG_NAME: Final = "stdout.log"
 
 _FILE_ONLY_KEY: Final = "orchestrator_fsm_file_only"
 #: ``logger.info(..., extra=FILE_ONLY)`` writes a line to the run's file and keeps it
@@ -98,7 +95,7 @@ def log_file_name(rank: int) -> str:
     ``rank<N>.log`` elsewhere, so ranks sharing one run directory never share a file."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
         raise ValueError(f"rank must be an integer >= 0, got {rank!r}")
-    return LOG_FILE_NAME if rank == 0 else f"rank{rank}.log"
+    return LOG_FILE if rank == 0 else f"rank{rank}.log"
 
 
 def _with_rank(fmt: str, rank: int) -> str:
@@ -456,7 +453,7 @@ def step(run: RunContext) -> Undo:
     telemetry = run.cfg.telemetry
     before = LoggerSnapshot.capture(LOGGER_NAME, "", *_QUIETED_LIBRARY_LOGGERS)
     states: list[Restorable] = [before, _WarningsCapture.capture()]
-    tee = _StandardStreamsTee(paths.logs / STDOUT_LOG_NAME) if telemetry.capture_stdout else None
+    tee = _StandardStreamsTee(paths.logs / STDOUT_LOG) if telemetry.capture_stdout else None
     if tee is not None:
         states.append(tee)
 

@@ -39,6 +39,7 @@ import yaml
 
 from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_text
 from orchestrator_fsm._system import name_and_version
+from orchestrator_fsm.layout import GIT_INFO_FILE, REQUIREMENTS_FILE
 from orchestrator_fsm.redaction import redact_secrets, redact_url
 
 if TYPE_CHECKING:
@@ -48,8 +49,6 @@ __all__ = [
     "GIT_DIFF_CAP_BYTES",
     "GIT_DIFF_FILE_NAME",
     "GIT_DIFF_TRUNCATED_MARK",
-    "GIT_INFO_FILE_NAME",
-    "REQUIREMENTS_FILE_NAME",
     "AuditSaver",
     "read_git_info",
     "record_invocation",
@@ -58,8 +57,6 @@ __all__ = [
 ]
 
 GIT_DIFF_FILE_NAME: Final = "git_diff.patch"
-GIT_INFO_FILE_NAME: Final = "git_info.txt"
-REQUIREMENTS_FILE_NAME: Final = "requirements.txt"
 GIT_DIFF_CAP_BYTES: Final = 1024 * 1024
 """The most bytes of ``git diff HEAD`` kept in ``git_diff.patch``."""
 GIT_DIFF_TRUNCATED_MARK: Final = b"# orchestrator-fsm: diff truncated"
@@ -366,7 +363,7 @@ def read_git_info(reports: Path) -> dict[str, str] | None:
     """The ``key: value`` lines of ``reports/git_info.txt`` as :meth:`AuditSaver.dump_git_info`
     wrote them; ``None`` when there is no such file (no checkout, no git)."""
     try:
-        text = (reports / GIT_INFO_FILE_NAME).read_text(encoding="utf-8", errors="replace")
+        text = (reports / GIT_INFO_FILE).read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return None
     info: dict[str, str] = {}
@@ -530,8 +527,8 @@ def step(run: RunContext) -> None:
     paths = run.require_paths()
     saver = run.deps.audit_saver
     saver.save_config(data=run.cfg, yaml_path=paths.get_config_path())
-    saver.dump_requirements(paths.reports / REQUIREMENTS_FILE_NAME)
-    saver.dump_git_info(paths.reports / GIT_INFO_FILE_NAME)
+    saver.dump_requirements(paths.reports / REQUIREMENTS_FILE)
+    saver.dump_git_info(paths.reports / GIT_INFO_FILE)
     # What a rerun needs, read from the files just written (see reproduce/bundle.py).
     from orchestrator_fsm.reproduce.bundle import write_bundle
 

@@ -27,6 +27,7 @@ from orchestrator_fsm._fs import atomic_write_json
 from orchestrator_fsm._system import available_cpu_count, distribution_version, mps_available
 from orchestrator_fsm._text import counted
 from orchestrator_fsm._version import __version__
+from orchestrator_fsm.layout import REPORT_FILE
 from orchestrator_fsm.phases.device import resolve_device
 from orchestrator_fsm.phases.logging import FILE_ONLY
 from orchestrator_fsm.phases.manifest import read_git_info
@@ -41,14 +42,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REPORTED_ENV_VARS",
-    "REPORT_FILE_NAME",
     "Reporter",
     "build_environment_report",
     "render_report_lines",
     "step",
 ]
 
-REPORT_FILE_NAME: Final = "environment.json"
 
 REPORTED_ENV_VARS: Final = (
     "CUBLAS_WORKSPACE_CONFIG",
@@ -330,7 +329,7 @@ class Reporter:
         report = build_environment_report(
             cfg, paths, device, applied_threads, num_workers, launch=launch, seed_tree=seed_tree
         )
-        target = paths.reports / REPORT_FILE_NAME
+        target = paths.reports / REPORT_FILE
         atomic_write_json(target, report)
         logger_instance.info("environment report for run %s", paths.run_id)
         for line in _summary_lines(report):

@@ -14,8 +14,8 @@ from orchestrator_fsm.phases import (
     determinism,
     device,
     filesystem,
-    guarding,
     joining,
+    lock,
     logging,
     manifest,
     report,
@@ -34,7 +34,7 @@ STEPS: Final[Mapping[str, PhaseStep]] = {
     "join": joining.step,
     "init_logging": logging.step,
     "persist_manifest": manifest.step,
-    "acquire_lock": guarding.step,
+    "acquire_lock": lock.step,
     "resolve_device": device.step,
     "report": report.step,
 }

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from orchestrator_fsm._fs import atomic_write_json
+from orchestrator_fsm.layout import bundle_file, config_file
 from orchestrator_fsm.redaction import REDACTED, redact_argv, redact_secrets
 
 if TYPE_CHECKING:
@@ -53,14 +54,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUNDLE_ENV_VARS",
-    "BUNDLE_FILE_NAME",
     "BUNDLE_FORMAT",
     "BundleError",
-    "bundle_path",
     "collect_environment",
     "collect_git",
     "collect_packages",
-    "config_file",
     "describe_entry",
     "launch_environment",
     "loaded_libraries",
@@ -74,7 +72,6 @@ __all__ = [
     "write_bundle",
 ]
 
-BUNDLE_FILE_NAME: Final = "rerun.json"
 BUNDLE_FORMAT: Final = 1
 
 BUNDLE_ENV_VARS: Final = (
@@ -100,21 +97,10 @@ BUNDLE_ENV_VARS: Final = (
 numerical results or thread counts. Nothing else of the environment is kept."""
 
 _SONAME: Final = re.compile(r"\.so(\.[0-9][0-9.]*)?$")
-_CONFIG_FILE_NAME: Final = "config.yaml"
 
 
 class BundleError(ValueError):
     """A run directory without a readable rerun bundle; the message names the file."""
-
-
-def bundle_path(run_dir: Path) -> Path:
-    """Where the bundle of the run in ``run_dir`` is."""
-    return Path(run_dir) / "reports" / BUNDLE_FILE_NAME
-
-
-def config_file(run_dir: Path) -> Path:
-    """The saved resolved config of the run in ``run_dir``."""
-    return Path(run_dir) / "reports" / _CONFIG_FILE_NAME
 
 
 def sha256_file(path: Path) -> str | None:
@@ -235,10 +221,11 @@ def _git_from_reports(reports: Path) -> dict[str, Any] | None:
 def collect_git() -> dict[str, Any] | None:
     """The git state of the working directory as the bundle keeps it (the manifest's
     reading of it, done again); ``None`` outside a checkout."""
-    from orchestrator_fsm.phases.manifest import GIT_INFO_FILE_NAME, AuditSaver
+    from orchestrator_fsm.layout import GIT_INFO_FILE
+    from orchestrator_fsm.phases.manifest import AuditSaver
 
     with tempfile.TemporaryDirectory(prefix="orchestrator-fsm-git-") as scratch:
-        AuditSaver().dump_git_info(Path(scratch) / GIT_INFO_FILE_NAME)
+        AuditSaver().dump_git_info(Path(scratch) / GIT_INFO_FILE)
         return _git_from_reports(Path(scratch))
 
 
@@ -362,7 +349,8 @@ def _recipe_section(cfg: Config) -> dict[str, Any]:
 
 def write_bundle(run: RunContext) -> Path:
     """Phase 5's part: collect the bundle of ``run`` and write it atomically."""
-    from orchestrator_fsm.phases.manifest import REQUIREMENTS_FILE_NAME, record_invocation
+    from orchestrator_fsm.layout import REQUIREMENTS_FILE
+    from orchestrator_fsm.phases.manifest import record_invocation
 
     paths = run.require_paths()
     invocation = record_invocation()
@@ -388,11 +376,11 @@ def write_bundle(run: RunContext) -> Path:
         "rerun_of": None if run.rerun_of is None else str(run.rerun_of),
         "seeds": seed_summary(run.cfg.training.seed, run.rank, run.world_size),
         "git": _git_from_reports(paths.reports),
-        "packages": collect_packages(paths.reports / REQUIREMENTS_FILE_NAME),
+        "packages": collect_packages(paths.reports / REQUIREMENTS_FILE),
         "environment": collect_environment(run.launch_env),
         "loaded_libraries": None,
     }
-    target = bundle_path(paths.root)
+    target = bundle_file(paths.root)
     atomic_write_json(target, bundle)
     return target
 
@@ -421,7 +409,7 @@ def record_loaded_libraries(run: RunContext) -> None:
     """At cleanup (rank 0, once the bundle exists): add the libraries mapped now."""
     if not run.is_main_process or run.paths is None:
         return
-    target = bundle_path(run.paths.root)
+    target = bundle_file(run.paths.root)
     try:
         bundle = json.loads(target.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -436,7 +424,7 @@ def record_loaded_libraries(run: RunContext) -> None:
 def read_bundle(run_dir: Path | str) -> dict[str, Any]:
     """The bundle of the run in ``run_dir``; :class:`BundleError` naming the file when
     there is none or it is not a bundle."""
-    target = bundle_path(Path(run_dir))
+    target = bundle_file(Path(run_dir))
     if not Path(run_dir).is_dir():
         raise BundleError(f"{run_dir} is not a directory")
     try:

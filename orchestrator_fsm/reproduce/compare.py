@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import attrs
 
-from orchestrator_fsm.lifecycle.record import METRICS_FILE
+from orchestrator_fsm.layout import CHECKPOINTS_DIR, METRICS_FILE
 
 __all__ = [
     "DEFAULT_IGNORED",
@@ -167,7 +167,7 @@ def _hash_tensors(path: Path) -> str | None:
 
 def checkpoint_hashes(run_dir: Path) -> dict[str, str]:
     """``{path under checkpoints/: SHA-256}`` of every file of the run's checkpoints."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = Path(run_dir) / CHECKPOINTS_DIR
     if not folder.is_dir():
         return {}
     hashes: dict[str, str] = {}
@@ -190,8 +190,8 @@ def _compare_checkpoints(original: Path, rerun: Path) -> dict[str, str]:
         elif a[name] == b[name]:
             outcome[name] = "equal"
         elif name.endswith(_TORCH_SUFFIXES) and (
-            (tensors := _hash_tensors(original / "checkpoints" / name)) is not None
-            and tensors == _hash_tensors(rerun / "checkpoints" / name)
+            (tensors := _hash_tensors(original / CHECKPOINTS_DIR / name)) is not None
+            and tensors == _hash_tensors(rerun / CHECKPOINTS_DIR / name)
         ):
             outcome[name] = "same tensors"
         else:

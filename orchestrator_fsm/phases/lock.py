@@ -1,4 +1,4 @@
-"""Phase 6, infrastructure guarding: an OS-level lock that refuses a conflicting launch.
+"""Phase 6, the run lock: an OS-level lock that refuses a conflicting launch.
 
 By default the lock guards one *run*: two launches of the same config (seed included)
 into the same output directory conflict, different seeds and different recipes do
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 from orchestrator_fsm._fs import slugify
 from orchestrator_fsm._system import pid_exists
 from orchestrator_fsm.errors import InfrastructureError, LockContendedError
+from orchestrator_fsm.layout import output_root
 
 if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
@@ -106,14 +107,15 @@ def run_identity(cfg: Config) -> str:
 
     That is the whole config (pipeline sections, ``training.seed``, ``hardware``) but
     the ``telemetry`` and ``infrastructure`` sections, which change how a run is
-    observed and guarded rather than what it computes, plus the absolute output
-    directory (``telemetry.output_dir`` resolved), so one recipe written to two output
-    directories makes two runs.
+    observed and guarded rather than what it computes, plus the output directory as
+    :func:`~orchestrator_fsm.layout.output_root` normalises it (the one the run
+    directory is made in), so one recipe written to two output directories makes two
+    runs.
     """
     config = cfg.dump_serialized()
     for section in ("telemetry", "infrastructure"):
         config.pop(section, None)
-    output_dir = Path(cfg.telemetry.output_dir).expanduser().resolve()
+    output_dir = output_root(cfg.telemetry.output_dir)
     identity = {"config": config, "output_dir": str(output_dir)}
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

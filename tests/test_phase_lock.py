@@ -20,7 +20,7 @@ import pytest
 import orchestrator_fsm
 from orchestrator_fsm.config import Config
 from orchestrator_fsm.errors import InfrastructureError, LockContendedError
-from orchestrator_fsm.phases.guarding import (
+from orchestrator_fsm.phases.lock import (
     InfrastructureManager,
     read_lock_holder,
     resolve_lock_path,
@@ -43,7 +43,7 @@ from pathlib import Path
 package = types.ModuleType("orchestrator_fsm")
 package.__path__ = [sys.argv[4]]
 sys.modules["orchestrator_fsm"] = package
-from orchestrator_fsm.phases.guarding import InfrastructureManager
+from orchestrator_fsm.phases.lock import InfrastructureManager
 
 path, run_id, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 lock = types.SimpleNamespace(enabled=True, timeout_s=0.0, path=path)
