@@ -107,6 +107,7 @@ def run_strict_demo(tmp_path: Path, name: str) -> Path:
     return only_run_dir(output_dir)
 
 
+@pytest.mark.slow
 def test_two_strict_runs_of_the_demo_give_identical_losses(tmp_path: Path) -> None:
     first = read_metrics(run_strict_demo(tmp_path, "first"))
     second = read_metrics(run_strict_demo(tmp_path, "second"))

@@ -45,6 +45,7 @@ def run_status(root: Path) -> str:
     return status
 
 
+@pytest.mark.slow
 def test_quickstart_trains_inside_the_with_block(tmp_path: Path) -> None:
     out = run_python(tmp_path, str(EXAMPLES / "quickstart.py"), *example_args(tmp_path)).stdout
 
@@ -95,6 +96,7 @@ def test_entry_point_runs_under_the_cli_as_module_or_file(tmp_path: Path, entry:
     assert out.rstrip().splitlines()[-2:] == [f"run directory: {root}", "status: completed"]
 
 
+@pytest.mark.slow
 def test_entry_point_script_runs_itself_through_the_cli(tmp_path: Path) -> None:
     out = run_python(tmp_path, str(EXAMPLES / "entry_point.py"), *isolated(tmp_path)).stdout
 
@@ -120,6 +122,7 @@ def ddp_train(tmp_path: Path, nproc: int) -> tuple[str, str, Path]:
     return out, err, only_run_dir(tmp_path / "outputs")
 
 
+@pytest.mark.slow
 def test_ddp_train_runs_under_torchrun_as_a_single_rank(tmp_path: Path) -> None:
     out, _, root = ddp_train(tmp_path, nproc=1)
 

@@ -141,6 +141,7 @@ def test_a_pipeline_that_fills_the_disk_still_ends_completed(
     assert len(log_complaints) <= 1, log_complaints
 
 
+@pytest.mark.slow
 def test_a_pipeline_failing_on_the_full_disk_ends_failed(small_disk: Path, tmp_path: Path) -> None:
     output_dir = small_disk / "outputs"
     result = run_cli(tmp_path, output_dir, "fills_and_raises")

@@ -164,6 +164,7 @@ def test_the_demo_declares_its_schema(tmp_path: Path) -> None:
     assert cfg.training.epochs == 3 and cfg.dataset.image_size == 16
 
 
+@pytest.mark.slow
 def test_validate_checks_the_demo_schema_before_any_run_dir(tmp_path: Path) -> None:
     with demo_recipe() as path:
         done = cli(
@@ -203,6 +204,7 @@ def test_validate_and_run_apply_the_same_schema(tmp_path: Path) -> None:
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_run_gives_the_pipeline_its_typed_values(tmp_path: Path) -> None:
     (tmp_path / "entry.py").write_text(ENTRY, encoding="utf-8")
     recipe = write_recipe(tmp_path)

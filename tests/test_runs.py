@@ -131,6 +131,7 @@ def listing(tmp_path: Path, env: dict[str, str], *argv: str) -> list[dict[str, A
     return runs
 
 
+@pytest.mark.slow
 def test_two_seeds_and_two_recipes_run_side_by_side_while_a_duplicate_launch_is_refused(
     tmp_path: Path,
     env: dict[str, str],
@@ -176,6 +177,7 @@ def test_two_seeds_and_two_recipes_run_side_by_side_while_a_duplicate_launch_is_
     assert "refused at the run lock: LockContendedError: the run lock is taken" in shown
 
 
+@pytest.mark.slow
 def test_a_duplicate_with_a_lock_timeout_says_whom_it_waits_for_then_runs(
     tmp_path: Path,
     env: dict[str, str],
@@ -213,6 +215,7 @@ def test_a_duplicate_with_a_lock_timeout_says_whom_it_waits_for_then_runs(
     assert sorted(run["status"] for run in listing(tmp_path, env)) == ["completed"] * 2
 
 
+@pytest.mark.slow
 def test_project_scope_keeps_every_run_of_the_project_apart(
     tmp_path: Path,
     env: dict[str, str],
@@ -265,6 +268,7 @@ def finished_runs(
     return by_entry
 
 
+@pytest.mark.slow
 def test_runs_lists_newest_first_with_true_status_attempts_metrics_and_entry(
     tmp_path: Path, env: dict[str, str], finished_runs: dict[str, dict[str, Any]]
 ) -> None:
@@ -316,6 +320,7 @@ def test_runs_lists_newest_first_with_true_status_attempts_metrics_and_entry(
     assert cells[finished_runs["score"]["run_id"]].rstrip().endswith(":score")
 
 
+@pytest.mark.slow
 def test_runs_filters_by_status_name_and_since(
     tmp_path: Path, env: dict[str, str], finished_runs: dict[str, dict[str, Any]]
 ) -> None:
@@ -340,6 +345,7 @@ def test_runs_filters_by_status_name_and_since(
     assert table.stdout.strip() == "0 runs matching the filters in outputs"
 
 
+@pytest.mark.slow
 def test_runs_leaves_out_hidden_entries_files_and_folders_without_a_record(
     tmp_path: Path, env: dict[str, str], finished_runs: dict[str, dict[str, Any]]
 ) -> None:
@@ -380,6 +386,7 @@ def test_runs_of_a_folder_that_is_not_there_or_a_bad_since_is_a_usage_error(
     assert (empty.returncode, empty.stdout.strip()) == (0, "0 runs in outputs")
 
 
+@pytest.mark.slow
 def test_inspect_of_an_output_directory_points_to_runs(
     tmp_path: Path, env: dict[str, str], finished_runs: dict[str, dict[str, Any]]
 ) -> None:

@@ -122,6 +122,7 @@ def test_a_bare_override_after_the_recipe_sets_the_value(project: Path) -> None:
     assert run_json(run)["sweep"] is None
 
 
+@pytest.mark.slow
 def test_multirun_runs_every_member_a_failing_one_does_not_stop_the_others(
     project: Path,
 ) -> None:
@@ -158,6 +159,7 @@ def test_multirun_runs_every_member_a_failing_one_does_not_stop_the_others(
     )
 
 
+@pytest.mark.slow
 def test_fail_fast_starts_no_member_after_a_failure(project: Path) -> None:
     done = run_project(project, "scored", "-m", "--fail-fast", "training.seed=2,1")
 
@@ -166,6 +168,7 @@ def test_fail_fast_starts_no_member_after_a_failure(project: Path) -> None:
     assert len(runs(project)) == 1
 
 
+@pytest.mark.slow
 def test_members_run_at_once_with_jobs(project: Path) -> None:
     done = run_project(project, "together", "--multirun", "-j", "2", "training.seed=1,2")
 
@@ -183,6 +186,7 @@ def test_an_invalid_member_stops_the_sweep_before_anything_runs(project: Path) -
     assert not (project / "outputs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_ctrl_c_interrupts_the_running_members_and_starts_no_more(project: Path) -> None:
     proc = subprocess.Popen(
@@ -214,6 +218,7 @@ def test_a_swept_value_without_multirun_suggests_it(project: Path) -> None:
     assert not (project / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_inspect_names_the_sweep_of_a_member(project: Path) -> None:
     assert run_project(project, "scored", "-m", "training.seed=3").returncode == 0
     [run] = runs(project)
