@@ -155,6 +155,7 @@ def test_a_pipeline_failing_on_the_full_disk_ends_failed(small_disk: Path, tmp_p
     assert_record_is_whole(root)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("leave_kib", [0, 16, 48, 80, 120, 200])
 def test_a_nearly_full_disk_never_leaves_a_running_record(
     small_disk: Path, tmp_path: Path, leave_kib: int
