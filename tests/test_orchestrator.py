@@ -347,7 +347,7 @@ def test_the_run_carries_the_launch_with_the_job_identity(
     assert (orch.rank, orch.local_rank, orch.world_size) == (1, 1, 2)
 
 
-def test_a_run_records_its_launchs_job_and_restart(
+def test_a_run_records_the_job_and_restart_of_its_launch(
     make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clear_launcher(

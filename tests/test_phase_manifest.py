@@ -262,8 +262,8 @@ def test_a_distribution_installed_between_two_runs_is_listed_by_the_second(
     )
 
     AuditSaver().dump_requirements(before)
-    # Kept while no folder changes: a version edited in place (no folder's time moves)
-    # is not read again, so the listing below is the kept one being renewed.
+    # While no sys.path folder changes, the listing is kept: a version edited in place
+    # (no folder's time moves) is not read again.
     metadata_file = site / "first_pkg-1.0.dist-info" / "METADATA"
     metadata_file.write_text(metadata_file.read_text().replace("1.0", "1.5"), encoding="utf-8")
     AuditSaver().dump_requirements(kept)
