@@ -12,7 +12,7 @@ STAMP := $(VENV)/.orchestrator-fsm-installed
 # The benchmarks' own baseline (Sacred), on top of the dev tools; only `make bench`.
 BENCH_STAMP := $(VENV)/.orchestrator-fsm-bench
 
-.PHONY: install demo test lint unit diagrams bench graphviz clean
+.PHONY: install demo test test-fast lint unit diagrams bench graphviz clean
 
 $(RUNTIME_STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ unit: $(STAMP) graphviz
 	$(BIN)/python -m pytest -q
 
 test: lint unit
+
+# The quick loop while editing: ruff and every test not marked slow (no mypy, no
+# multi-process fault matrix, fuzzers or benchmarks); `make test` still runs them all.
+test-fast: $(STAMP)
+	$(BIN)/ruff check orchestrator_fsm tests examples benchmarks
+	$(BIN)/ruff format --check orchestrator_fsm tests examples benchmarks
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # Graphviz renders the SVG diagram; installed when missing and apt-get is usable.
 graphviz:

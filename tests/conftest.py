@@ -3,12 +3,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -26,6 +28,66 @@ def minimal_recipe(output_dir: Path, **sections: Any) -> dict[str, Any]:
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return data
+
+
+def write_recipe(
+    directory: Path,
+    recipe: Mapping[str, Any] | str | bytes | None = None,
+    name: str = "recipe.yaml",
+    **sections: Any,
+) -> Path:
+    """``directory/name`` holding ``recipe``: a mapping written as YAML, text dedented,
+    bytes as they are; without one, :func:`minimal_recipe` of ``directory`` updated with
+    ``sections``."""
+    path = directory / name
+    if recipe is None:
+        recipe = minimal_recipe(directory, **sections)
+    elif sections:
+        raise TypeError("pass either a recipe or sections to update the minimal one")
+    if isinstance(recipe, bytes):
+        path.write_bytes(recipe)
+    elif isinstance(recipe, str):
+        path.write_text(textwrap.dedent(recipe), encoding="utf-8")
+    else:
+        path.write_text(yaml.safe_dump(dict(recipe)), encoding="utf-8")
+    return path
+
+
+def run_dirs(output_dir: Path) -> list[Path]:
+    """The run directories in ``output_dir``, sorted by name; none when it does not exist.
+    Hidden folders (the job index) are not runs."""
+    if not output_dir.exists():
+        return []
+    return sorted(p for p in output_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def only_run_dir(output_dir: Path) -> Path:
+    """The one run directory in ``output_dir``; fails unless there is exactly one."""
+    dirs = run_dirs(output_dir)
+    assert len(dirs) == 1, f"expected one run directory, found {dirs}"
+    return dirs[0]
+
+
+def cli_command(*argv: str) -> list[str]:
+    """The command line of ``orchestrator-fsm ARGV`` in this interpreter."""
+    return [sys.executable, "-m", "orchestrator_fsm", *argv]
+
+
+def cli(
+    *argv: str, cwd: Path, env: Mapping[str, str] | None = None, timeout_s: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``orchestrator-fsm ARGV`` run to its end in ``cwd`` with ``env`` (default: this
+    process's), its output captured as text on a 250-column console (tables do not wrap);
+    a non-zero exit is returned, not raised."""
+    return subprocess.run(
+        cli_command(*argv),
+        cwd=cwd,
+        env={**(os.environ if env is None else env), "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
 
 
 def isolated(tmp_path: Path) -> list[str]:

@@ -13,15 +13,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from orchestrator_fsm.lifecycle.table import CLEANUP_STEP, JOIN_STEP, table_steps
 
 REPO = Path(__file__).resolve().parent.parent
 # A round trip is one rank-0 run: every step but the one only other ranks take.
 STEPS_OF_A_ROUND_TRIP = {*table_steps(), CLEANUP_STEP} - {JOIN_STEP}
+SMALLEST = [
+    *("-n", "1", "--cold-runs", "1", "--machines", "1"),
+    *("--existing", "0,1", "--processes", "1,2"),
+]
 
 
 def run_quick_benchmarks(tmp_path: Path) -> tuple[dict[str, Any], Path, Path]:
-    """Run ``python -m benchmarks --quick`` with its own TMPDIR and XDG_CACHE_HOME."""
+    """Run ``python -m benchmarks --quick`` at the smallest sizes (one sample of each kind,
+    one existing run, one and two processes), with its own TMPDIR and XDG_CACHE_HOME."""
     temp_root = tmp_path / "tmp"
     user_cache = tmp_path / "user-cache"
     temp_root.mkdir()
@@ -29,7 +36,7 @@ def run_quick_benchmarks(tmp_path: Path) -> tuple[dict[str, Any], Path, Path]:
     output = tmp_path / "results" / "bench.json"
     env = dict(os.environ, TMPDIR=str(temp_root), XDG_CACHE_HOME=str(user_cache))
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(output)],
+        [sys.executable, "-m", "benchmarks", "--quick", *SMALLEST, "--json", str(output)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -48,6 +55,7 @@ def assert_stats(summary: dict[str, Any]) -> None:
     assert 0 < summary["min"] <= summary["median"] <= summary["p90"] <= summary["max"]
 
 
+@pytest.mark.slow
 def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
     tmp_path: Path,
 ) -> None:
@@ -115,7 +123,7 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
         assert not any(str(temp_root) in arg for arg in entry["argv"])
 
     scale = results["scale"]
-    assert [entry["existing_runs"] for entry in scale["existing_runs"]] == [0, 100]
+    assert [entry["existing_runs"] for entry in scale["existing_runs"]] == [0, 1]
     for entry in scale["existing_runs"]:
         assert_stats(entry["round_trip_ms"])
     assert [entry["processes"] for entry in scale["concurrency"]] == [1, 2]

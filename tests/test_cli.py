@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import minimal_recipe, wait_for
+from conftest import cli, cli_command, minimal_recipe, only_run_dir, run_dirs, wait_for
 
 from orchestrator_fsm import __version__
 from orchestrator_fsm.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
@@ -87,21 +87,6 @@ def run_entry(recipe: Path, entries: Path, function: str, *options: str) -> int:
     return main(["run", str(recipe), "--entry", f"{entries}:{function}", *options])
 
 
-def run_dirs(tmp_path: Path) -> list[Path]:
-    outputs = tmp_path / "outputs"
-    return (
-        sorted(p for p in outputs.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if outputs.exists()
-        else []
-    )
-
-
-def only_run_dir(tmp_path: Path) -> Path:
-    dirs = run_dirs(tmp_path)
-    assert len(dirs) == 1, f"expected one run directory, found {dirs}"
-    return dirs[0]
-
-
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -116,13 +101,7 @@ def test_version_flag_prints_the_package_version(capsys: pytest.CaptureFixture[s
 
 
 def test_python_dash_m_is_the_same_command(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "orchestrator_fsm", "--version"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = cli("--version", cwd=tmp_path)
     assert result.returncode == EXIT_OK, result.stderr
     assert result.stdout.strip() == f"orchestrator-fsm {__version__}"
 
@@ -142,7 +121,7 @@ def test_run_calls_the_entry_at_ready_and_ends_with_run_directory_and_status(
 ) -> None:
     assert run_entry(recipe, entries, "record") == EXIT_OK
 
-    root = only_run_dir(tmp_path)
+    root = only_run_dir(tmp_path / "outputs")
     assert (root / "exports" / "called.txt").read_text() == "ready"
     assert read_json(root / "run.json")["status"] == "completed"
     out = capsys.readouterr().out
@@ -153,7 +132,7 @@ def test_run_accepts_a_dotted_attribute_path_in_the_entry(
     tmp_path: Path, recipe: Path, entries: Path
 ) -> None:
     assert run_entry(recipe, entries, "Pipelines.nested") == EXIT_OK
-    assert (only_run_dir(tmp_path) / "exports" / "called.txt").read_text() == "nested"
+    assert (only_run_dir(tmp_path / "outputs") / "exports" / "called.txt").read_text() == "nested"
 
 
 def test_run_imports_the_entry_module_from_the_working_directory_and_restores_sys_path(
@@ -170,7 +149,7 @@ def test_run_imports_the_entry_module_from_the_working_directory_and_restores_sy
     finally:
         sys.modules.pop("entries", None)
     assert sys.path == path_before
-    assert (only_run_dir(tmp_path) / "exports" / "called.txt").read_text() == "ready"
+    assert (only_run_dir(tmp_path / "outputs") / "exports" / "called.txt").read_text() == "ready"
 
 
 @pytest.mark.parametrize(
@@ -198,7 +177,7 @@ def test_bad_entry_exits_2_with_a_clear_message_before_any_run_starts(
     err = capsys.readouterr().err
     assert expected in err
     assert "Traceback" not in err
-    assert run_dirs(tmp_path) == []
+    assert run_dirs(tmp_path / "outputs") == []
 
 
 def test_entry_whose_import_fails_exits_2_naming_the_error(
@@ -208,7 +187,7 @@ def test_entry_whose_import_fails_exits_2_naming_the_error(
     broken.write_text("raise RuntimeError('cannot import me')\n", encoding="utf-8")
     assert main(["run", str(recipe), "--entry", f"{broken}:main"]) == EXIT_USAGE
     assert "RuntimeError: cannot import me" in capsys.readouterr().err
-    assert run_dirs(tmp_path) == []
+    assert run_dirs(tmp_path / "outputs") == []
 
 
 def test_pipeline_error_exits_1_with_one_line_and_the_run_marked_failed(
@@ -220,7 +199,7 @@ def test_pipeline_error_exits_1_with_one_line_and_the_run_marked_failed(
     error_lines = [line for line in captured.err.splitlines() if line.startswith("error")]
     assert error_lines == ["error in step 'pipeline': RuntimeError: boom in the pipeline"]
     assert "Traceback" not in captured.err
-    root = only_run_dir(tmp_path)
+    root = only_run_dir(tmp_path / "outputs")
     run = read_json(root / "run.json")
     assert run["status"] == "failed"
     assert run["error"] == {
@@ -249,7 +228,7 @@ def test_lifecycle_failure_exits_1_naming_the_failed_step(
 
     captured = capsys.readouterr()
     assert "error in step 'resolve_device': DeviceError" in captured.err
-    run = read_json(only_run_dir(tmp_path) / "run.json")
+    run = read_json(only_run_dir(tmp_path / "outputs") / "run.json")
     assert (run["status"], run["error"]["step"]) == ("failed", "resolve_device")
     assert last_lines(captured.out, 1) == ["status: failed"]
 
@@ -284,7 +263,7 @@ def test_invalid_recipe_exits_2_listing_every_problem_with_path_and_file(
     assert f"{broken}: training.seed: " in err
     assert f"{broken}: hardware.devise: " in err
     assert "did you mean 'device'?" in err
-    assert run_dirs(tmp_path) == []
+    assert run_dirs(tmp_path / "outputs") == []
 
 
 def test_bad_override_is_a_config_error_naming_the_override(
@@ -327,7 +306,7 @@ def launch() -> Iterator[Callable[..., subprocess.Popen[str]]]:
 
     def start(*argv: str, cwd: Path) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator_fsm", *argv],
+            cli_command(*argv),
             cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -400,7 +379,7 @@ def test_inspect_shows_status_timeline_and_files_of_a_completed_run(
     tmp_path: Path, recipe: Path, entries: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run_entry(recipe, entries, "record") == EXIT_OK
-    root = only_run_dir(tmp_path)
+    root = only_run_dir(tmp_path / "outputs")
     capsys.readouterr()
 
     assert main(["inspect", str(root)]) == EXIT_OK
@@ -419,7 +398,7 @@ def test_inspect_json_is_run_json_plus_effective_status_and_transitions(
     tmp_path: Path, recipe: Path, entries: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run_entry(recipe, entries, "record") == EXIT_OK
-    root = only_run_dir(tmp_path)
+    root = only_run_dir(tmp_path / "outputs")
     capsys.readouterr()
 
     assert main(["inspect", str(root), "--json"]) == EXIT_OK
@@ -451,7 +430,7 @@ def test_inspect_formats_a_run_record_without_printing(
     from orchestrator_fsm.lifecycle.record import read_run
 
     assert run_entry(recipe, entries, "boom") == EXIT_FAILURE
-    run = read_run(only_run_dir(tmp_path))
+    run = read_run(only_run_dir(tmp_path / "outputs"))
     capsys.readouterr()
 
     files = RunFiles(records={"run.json": True}, folders={"exports": []})
@@ -474,7 +453,7 @@ def test_inspect_shows_the_failed_step_and_error(
     tmp_path: Path, recipe: Path, entries: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run_entry(recipe, entries, "boom") == EXIT_FAILURE
-    root = only_run_dir(tmp_path)
+    root = only_run_dir(tmp_path / "outputs")
     capsys.readouterr()
 
     assert main(["inspect", str(root)]) == EXIT_OK
@@ -488,7 +467,7 @@ def test_inspect_shows_a_failed_lifecycle_step_in_the_timeline(
     tmp_path: Path, recipe: Path, entries: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run_entry(recipe, entries, "record", "--set", "hardware.device=cuda:99") == EXIT_FAILURE
-    root = only_run_dir(tmp_path)
+    root = only_run_dir(tmp_path / "outputs")
     capsys.readouterr()
 
     assert main(["inspect", str(root), "--json"]) == EXIT_OK
@@ -597,7 +576,7 @@ def test_validate_summarises_a_valid_recipe_with_overrides_applied(
     assert rows["reproducible"].startswith("True")
     assert rows["output dir"] == str(tmp_path / "outputs")
     assert "lock" in rows
-    assert run_dirs(tmp_path) == []
+    assert run_dirs(tmp_path / "outputs") == []
 
 
 def test_validate_shows_a_disabled_lock(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -71,6 +71,7 @@ def test_an_entry_with_the_wrong_signature_exits_2_before_the_run(
     assert not (tmp_path / "outputs").exists()  # nothing was started
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("function", ["with_options", "any_arguments", "trainer"])
 def test_entries_callable_with_the_orchestrator_alone_run(tmp_path: Path, function: str) -> None:
     result = run(tmp_path, function)

@@ -62,6 +62,7 @@ def words(text: str) -> str:
     return " ".join(text.split())
 
 
+@pytest.mark.slow
 def test_a_run_refused_by_the_lock_reads_whole_at_80_columns(tmp_path: Path, recipe: Path) -> None:
     holder_cfg = minimal_recipe(tmp_path / "holder")
     holder_cfg["infrastructure"]["lock"]["path"] = str(tmp_path / "locks" / "run.lock")
@@ -87,6 +88,7 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_run_names_its_signal_and_the_pipeline_row(
     tmp_path: Path, recipe: Path, signum: signal.Signals
@@ -132,6 +134,7 @@ def test_a_bare_keyboard_interrupt_is_shown_as_ctrl_c(tmp_path: Path) -> None:
     assert "KeyboardInterrupt: " not in out
 
 
+@pytest.mark.slow
 def test_the_pipeline_is_a_timeline_row_and_a_phase_of_the_record(
     tmp_path: Path, recipe: Path
 ) -> None:
@@ -153,6 +156,7 @@ def test_the_pipeline_is_a_timeline_row_and_a_phase_of_the_record(
     assert pipeline[-1] == "ok"
 
 
+@pytest.mark.slow
 def test_the_entry_is_recorded_and_shown_as_the_user_gave_it(tmp_path: Path, recipe: Path) -> None:
     command(tmp_path, "run", str(recipe), "--entry", "entries.py:nap")
     run = only_run(tmp_path)
@@ -171,6 +175,7 @@ def test_the_entry_is_recorded_and_shown_as_the_user_gave_it(tmp_path: Path, rec
     assert ".venv" not in out
 
 
+@pytest.mark.slow
 def test_a_module_entry_records_its_module(tmp_path: Path, recipe: Path) -> None:
     command(tmp_path, "run", str(recipe), "--entry", "entries:nap")
     record = json.loads((only_run(tmp_path) / "run.json").read_text(encoding="utf-8"))

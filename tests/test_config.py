@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 import pytest
 import yaml
+from conftest import write_recipe
 
 from orchestrator_fsm.config import (
     ArchitectureConfig,
@@ -46,15 +47,6 @@ def minimal(**sections: Any) -> dict[str, Any]:
     }
     data.update(sections)
     return data
-
-
-def write_recipe(tmp_path: Path, text: str | bytes, name: str = "recipe.yaml") -> Path:
-    path = tmp_path / name
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
 
 
 def config_error(data: dict[str, Any]) -> ConfigError:

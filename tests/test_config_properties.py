@@ -387,7 +387,9 @@ shared_scalars = st.one_of(
     st.integers(),
     st.floats(allow_nan=False),
     st.text(max_size=20),
-    st.sampled_from(["x" * 1000, "y" * 300_000]),
+    # Long enough that a dozen aliases of a list of them pass MAX_RECIPE_BYTES, short
+    # enough that writing a generated document out stays cheap (it holds each copy).
+    st.sampled_from(["x" * 1000, "y" * 30_000]),
 )
 
 
@@ -443,6 +445,7 @@ def expanded_weight(data: Any) -> tuple[int, int, bool]:
     return weigh(data)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @HOSTILE_FUZZ
 @given(extra=data_with_shared_parts())
@@ -488,6 +491,7 @@ hostile_texts = st.one_of(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @HOSTILE_FUZZ
 @given(content=hostile_texts)
@@ -512,6 +516,7 @@ hostile_overrides = st.builds(
 ) | st.text(any_character, max_size=60)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @HOSTILE_FUZZ
 @given(overrides=st.lists(hostile_overrides, max_size=4))

@@ -6,13 +6,11 @@ import csv
 import io
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import isolated, minimal_recipe, run_torchrun
+from conftest import cli, isolated, minimal_recipe, only_run_dir, run_torchrun
 from rich.console import Console
 
 from orchestrator_fsm.cli import EXIT_OK, EXIT_USAGE, main
@@ -33,12 +31,6 @@ from orchestrator_fsm.phases.determinism import SeedTree
 
 # Few images and epochs: these tests check the plumbing, not how well the model learns.
 SMALL = ["--set", "dataset.num_samples=192", "--set", "training.epochs=2"]
-
-
-def only_run_dir(output_dir: Path) -> Path:
-    dirs = [p for p in output_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    assert len(dirs) == 1, f"expected one run directory, found {dirs}"
-    return dirs[0]
 
 
 def read_metrics(root: Path) -> list[dict[str, str]]:
@@ -100,29 +92,22 @@ def test_demo_run_learns_the_shapes_and_writes_metrics_log_and_checkpoint(
 
 def run_strict_demo(tmp_path: Path, name: str) -> Path:
     output_dir = tmp_path / name
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator_fsm",
-            "run",
-            "--set",
-            "hardware.reproducible=true",
-            "--set",
-            f"telemetry.output_dir={output_dir}",
-            "--set",
-            f"infrastructure.lock.path={tmp_path / 'x.lock'}",
-            *SMALL,
-        ],
+    result = cli(
+        "run",
+        "--set",
+        "hardware.reproducible=true",
+        "--set",
+        f"telemetry.output_dir={output_dir}",
+        "--set",
+        f"infrastructure.lock.path={tmp_path / 'x.lock'}",
+        *SMALL,
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
     )
     assert result.returncode == EXIT_OK, result.stderr
     return only_run_dir(output_dir)
 
 
+@pytest.mark.slow
 def test_two_strict_runs_of_the_demo_give_identical_losses(tmp_path: Path) -> None:
     first = read_metrics(run_strict_demo(tmp_path, "first"))
     second = read_metrics(run_strict_demo(tmp_path, "second"))

@@ -338,6 +338,7 @@ print(json.dumps(discover_launch().as_dict()), flush=True)
 """
 
 
+@pytest.mark.slow
 def test_a_real_torchrun_launch_gives_each_worker_its_place(tmp_path: Path) -> None:
     script = tmp_path / "print_launch.py"
     script.write_text(PRINT_LAUNCH, encoding="utf-8")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import isolated, run_torchrun
+from conftest import isolated, only_run_dir, run_torchrun
 
 from orchestrator_fsm.lifecycle.table import LifecycleState, advance_path
 
@@ -40,17 +40,12 @@ def example_args(tmp_path: Path) -> list[str]:
     return ["--output-dir", str(tmp_path / "outputs"), *lock, *FAST]
 
 
-def only_run_dir(output_dir: Path) -> Path:
-    dirs = [p for p in output_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    assert len(dirs) == 1, f"expected one run directory, found {dirs}"
-    return dirs[0]
-
-
 def run_status(root: Path) -> str:
     status: str = json.loads((root / "run.json").read_text(encoding="utf-8"))["status"]
     return status
 
 
+@pytest.mark.slow
 def test_quickstart_trains_inside_the_with_block(tmp_path: Path) -> None:
     out = run_python(tmp_path, str(EXAMPLES / "quickstart.py"), *example_args(tmp_path)).stdout
 
@@ -101,6 +96,7 @@ def test_entry_point_runs_under_the_cli_as_module_or_file(tmp_path: Path, entry:
     assert out.rstrip().splitlines()[-2:] == [f"run directory: {root}", "status: completed"]
 
 
+@pytest.mark.slow
 def test_entry_point_script_runs_itself_through_the_cli(tmp_path: Path) -> None:
     out = run_python(tmp_path, str(EXAMPLES / "entry_point.py"), *isolated(tmp_path)).stdout
 
@@ -126,6 +122,7 @@ def ddp_train(tmp_path: Path, nproc: int) -> tuple[str, str, Path]:
     return out, err, only_run_dir(tmp_path / "outputs")
 
 
+@pytest.mark.slow
 def test_ddp_train_runs_under_torchrun_as_a_single_rank(tmp_path: Path) -> None:
     out, _, root = ddp_train(tmp_path, nproc=1)
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import minimal_recipe
+from conftest import cli_command, minimal_recipe, run_dirs
 
 from orchestrator_fsm.config import Config
 from orchestrator_fsm.lifecycle.record import (
@@ -211,16 +211,17 @@ CHILD = textwrap.dedent(
         if "release_race_gap_ms" in plan:
             arm_release_race(plan["release_race_gap_ms"])
         elif plan.get("sigterm_while_reporting"):
-            import orchestrator_fsm.cli.run as cli_run
+            from orchestrator_fsm.orchestrator import RootOrchestrator
 
-            read_record = cli_run._run_record
+            read_record = RootOrchestrator.record.fget
 
             def signalled_while_reporting(orch):
+                # The command reads the record once, when it reports the run's outcome.
                 SENT.append("sigterm")
                 os.kill(os.getpid(), signal.SIGTERM)
                 return read_record(orch)
 
-            cli_run._run_record = signalled_while_reporting
+            RootOrchestrator.record = property(signalled_while_reporting)
         else:
             arm(plan["target"], plan["fault"], plan.get("position", "before"))
 
@@ -514,15 +515,6 @@ def unparsable_files(directory: Path, *, torn_last_line_ok: bool) -> list[str]:
     return problems
 
 
-def run_dirs(case_dir: Path) -> list[Path]:
-    outputs = case_dir / "outputs"
-    return (
-        sorted(p for p in outputs.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if outputs.exists()
-        else []
-    )
-
-
 def check_disk(case_dir: Path, recipe: dict[str, Any], *, killed: bool) -> None:
     """What every case leaves: a free lock, parsable records, no temporary files."""
     lock_path = resolve_lock_path(Config.from_dict(recipe))
@@ -549,7 +541,7 @@ def check_record(root: Path, target: str, fault: str) -> None:
 
 
 def check_crashed(case_dir: Path, target: str) -> None:
-    dirs = run_dirs(case_dir)
+    dirs = run_dirs(case_dir / "outputs")
     if target in BEFORE_RUN_DIR:
         assert dirs == [], f"a fault before provisioning left {dirs}"
         return
@@ -587,7 +579,7 @@ def run_child(
     )
 
 
-def cli(
+def start_run(
     code_dir: Path,
     recipe: dict[str, Any],
     case_dir: Path,
@@ -601,15 +593,7 @@ def cli(
     recipe_path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     env = child_env(code_dir, plan) | (extra_env or {})
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator_fsm",
-            "run",
-            str(recipe_path),
-            "--entry",
-            f"{code_dir / 'entries.py'}:{function}",
-        ],
+        cli_command("run", str(recipe_path), "--entry", f"{code_dir / 'entries.py'}:{function}"),
         cwd=case_dir,
         env=env,
         stdout=subprocess.PIPE,
@@ -707,7 +691,7 @@ def test_library_fault_leaves_a_true_record_and_no_trace(
 
     case_dir, recipe = library_verdicts["dirs"][name]
     check_disk(case_dir, recipe, killed=False)
-    dirs = run_dirs(case_dir)
+    dirs = run_dirs(case_dir / "outputs")
     if target in BEFORE_RUN_DIR and not (position == "late" and target == "provision"):
         assert dirs == []
     else:
@@ -763,10 +747,10 @@ def cli_results(code_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         case_dir = base / f"{target}-{fault}"
         recipe = case_recipe(case_dir)
         if target == PIPELINE_STEP:
-            proc = cli(code_dir, recipe, case_dir, f"fault_{fault}")
+            proc = start_run(code_dir, recipe, case_dir, f"fault_{fault}")
         else:
             plan = {"target": target, "fault": fault}
-            proc = cli(code_dir, recipe, case_dir, "calm", plan=plan)
+            proc = start_run(code_dir, recipe, case_dir, "calm", plan=plan)
         out, err = finish(proc)
         return case_dir, recipe, proc.returncode, out, err
 
@@ -787,7 +771,7 @@ def test_cli_fault_exits_with_its_code_and_leaves_a_true_record(
         return
     assert code == CLI_EXIT[fault], err
     assert out.rstrip().splitlines()[-1] == f"status: {STATUS_AFTER[fault]}"
-    dirs = run_dirs(case_dir)
+    dirs = run_dirs(case_dir / "outputs")
     if target in BEFORE_RUN_DIR:
         assert dirs == []
     else:
@@ -843,9 +827,9 @@ def test_double_sigterm_through_the_cli_always_exits_143_interrupted(
         case_dir = tmp_path / f"race-{index}"
         recipe = case_recipe(case_dir)
         if moment == "cleanup":
-            proc = cli(code_dir, recipe, case_dir, "calm", plan={"release_race_gap_ms": gap})
+            proc = start_run(code_dir, recipe, case_dir, "calm", plan={"release_race_gap_ms": gap})
         else:
-            proc = cli(code_dir, recipe, case_dir, "wait_to_be_signalled")
+            proc = start_run(code_dir, recipe, case_dir, "wait_to_be_signalled")
             deadline = time.monotonic() + 60
             while not list((case_dir / "outputs").glob("*/entered")):
                 assert proc.poll() is None, finish(proc)
@@ -864,7 +848,7 @@ def test_double_sigterm_through_the_cli_always_exits_143_interrupted(
     tally(signals=2 * len(results), runs=len(results))
     for moment, gap, code, output, case_dir in results:
         where = (moment, gap, code, output[-1500:])
-        (root,) = run_dirs(case_dir)
+        (root,) = run_dirs(case_dir / "outputs")
         assert read_run(root).status == "interrupted", where
         check_disk(case_dir, case_recipe(case_dir), killed=False)
         assert code == 128 + signal.SIGTERM, where
@@ -875,10 +859,12 @@ def test_a_second_sigterm_while_the_cli_reports_still_exits_143(
     code_dir: Path, tmp_path: Path
 ) -> None:
     recipe = case_recipe(tmp_path)
-    proc = cli(code_dir, recipe, tmp_path, "fault_sigterm", plan={"sigterm_while_reporting": True})
+    proc = start_run(
+        code_dir, recipe, tmp_path, "fault_sigterm", plan={"sigterm_while_reporting": True}
+    )
     out, err = finish(proc)
     tally(faults=1, signals=2, runs=1)
-    (root,) = run_dirs(tmp_path)
+    (root,) = run_dirs(tmp_path / "outputs")
     assert read_run(root).status == "interrupted"
     assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, out, err)
 
@@ -894,7 +880,7 @@ def launch_all(
     # One thread each while importing: 32 processes share 2 cores here.
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **env}
     return [
-        cli(code_dir, recipe, tmp_path / f"launch-{index}", function, extra_env=env)
+        start_run(code_dir, recipe, tmp_path / f"launch-{index}", function, extra_env=env)
         for index, recipe in enumerate(recipes)
     ]
 
@@ -912,7 +898,7 @@ def test_32_concurrent_launches_into_one_output_dir_get_32_runs(
     outputs = [finish(proc, timeout=240) for proc in procs]
     tally(runs=LAUNCHES)
     assert [p.returncode for p in procs] == [0] * LAUNCHES, [o[1][-500:] for o in outputs]
-    dirs = run_dirs(shared)
+    dirs = run_dirs(shared / "outputs")
     assert len(dirs) == LAUNCHES
     assert sorted(read_run(d).status for d in dirs) == ["completed"] * LAUNCHES
     assert unparsable_files(tmp_path, torn_last_line_ok=False) == []
@@ -950,7 +936,7 @@ def test_32_concurrent_launches_on_one_lock_let_exactly_one_run(
     for proc, (_out, err) in zip(procs, outputs, strict=True):
         if proc.returncode == 1:
             assert "the run lock is taken" in err and "LockContendedError" in err, err
-    dirs = run_dirs(shared)
+    dirs = run_dirs(shared / "outputs")
     assert len(dirs) == LAUNCHES  # every contender provisioned its own directory first
     records = [read_run(d) for d in dirs]
     assert sorted(r.status for r in records) == ["completed"] + ["refused"] * (LAUNCHES - 1)

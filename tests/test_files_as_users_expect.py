@@ -78,6 +78,7 @@ def demo_run(
     return run, result
 
 
+@pytest.mark.slow
 def test_every_file_of_the_demo_run_follows_the_umask(
     demo_run: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:

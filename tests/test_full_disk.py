@@ -7,15 +7,13 @@ import errno
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from conftest import minimal_recipe
+from conftest import cli, minimal_recipe, run_dirs, write_recipe
 
 from orchestrator_fsm import RootOrchestrator
 from orchestrator_fsm._fs import append_whole
@@ -67,14 +65,6 @@ def fill(disk: Path, leave_bytes: int = 0) -> None:
         os.close(fd)
 
 
-def write_recipe(tmp_path: Path, output_dir: Path, **sections: Any) -> Path:
-    data = minimal_recipe(tmp_path, **sections)
-    data["telemetry"]["output_dir"] = str(output_dir)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
-
-
 # Pipelines a user could write: each fills what is left of the disk holding its run.
 PIPELINES = textwrap.dedent(
     """
@@ -101,33 +91,13 @@ PIPELINES = textwrap.dedent(
 )
 
 
-def run_cli(tmp_path: Path, recipe: Path, entry: str) -> subprocess.CompletedProcess[str]:
+def run_cli(tmp_path: Path, output_dir: Path, entry: str) -> subprocess.CompletedProcess[str]:
+    """``orchestrator-fsm run`` of a recipe writing runs into ``output_dir``, with ``entry``
+    of the pipelines above."""
+    recipe = write_recipe(tmp_path, telemetry={"output_dir": str(output_dir)})
     entries = tmp_path / "entries.py"
     entries.write_text(PIPELINES, encoding="utf-8")
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator_fsm",
-            "run",
-            str(recipe),
-            "--entry",
-            f"{entries}:{entry}",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def run_dirs(output_dir: Path) -> list[Path]:
-    return (
-        sorted(p for p in output_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if output_dir.exists()
-        else []
-    )
+    return cli("run", str(recipe), "--entry", f"{entries}:{entry}", cwd=tmp_path, timeout_s=120)
 
 
 def assert_record_is_whole(root: Path) -> None:
@@ -143,7 +113,7 @@ def test_no_room_for_the_record_leaves_no_run_directory(small_disk: Path, tmp_pa
     output_dir = small_disk / "outputs"
     output_dir.mkdir()
     fill(small_disk)
-    result = run_cli(tmp_path, write_recipe(tmp_path, output_dir), "fills_and_returns")
+    result = run_cli(tmp_path, output_dir, "fills_and_returns")
     assert result.returncode == 1, result.stderr
     assert run_dirs(output_dir) == []
     assert "error in step 'provision'" in result.stderr
@@ -157,7 +127,7 @@ def test_a_pipeline_that_fills_the_disk_still_ends_completed(
     small_disk: Path, tmp_path: Path
 ) -> None:
     output_dir = small_disk / "outputs"
-    result = run_cli(tmp_path, write_recipe(tmp_path, output_dir), "fills_and_returns")
+    result = run_cli(tmp_path, output_dir, "fills_and_returns")
     assert result.returncode == 0, result.stderr
     (root,) = run_dirs(output_dir)
     assert read_run(root).status == "completed"
@@ -171,9 +141,10 @@ def test_a_pipeline_that_fills_the_disk_still_ends_completed(
     assert len(log_complaints) <= 1, log_complaints
 
 
+@pytest.mark.slow
 def test_a_pipeline_failing_on_the_full_disk_ends_failed(small_disk: Path, tmp_path: Path) -> None:
     output_dir = small_disk / "outputs"
-    result = run_cli(tmp_path, write_recipe(tmp_path, output_dir), "fills_and_raises")
+    result = run_cli(tmp_path, output_dir, "fills_and_raises")
     assert result.returncode == 1, result.stderr
     (root,) = run_dirs(output_dir)
     run = read_run(root)
@@ -184,6 +155,7 @@ def test_a_pipeline_failing_on_the_full_disk_ends_failed(small_disk: Path, tmp_p
     assert_record_is_whole(root)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("leave_kib", [0, 16, 48, 80, 120, 200])
 def test_a_nearly_full_disk_never_leaves_a_running_record(
     small_disk: Path, tmp_path: Path, leave_kib: int
@@ -191,7 +163,7 @@ def test_a_nearly_full_disk_never_leaves_a_running_record(
     output_dir = small_disk / "outputs"
     output_dir.mkdir()
     fill(small_disk, leave_bytes=leave_kib * 1024)
-    result = run_cli(tmp_path, write_recipe(tmp_path, output_dir), "fills_and_returns")
+    result = run_cli(tmp_path, output_dir, "fills_and_returns")
     printed = result.stdout.strip().splitlines()[-1]
     assert printed in ("status: completed", "status: failed"), result.stdout
     dirs = run_dirs(output_dir)

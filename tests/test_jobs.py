@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import minimal_recipe
+from conftest import cli, minimal_recipe, run_dirs
 
 from orchestrator_fsm.config import Config
 from orchestrator_fsm.lifecycle.record import read_run
@@ -103,16 +103,11 @@ def verdicts(output: str) -> list[dict[str, Any]]:
     return lines
 
 
-def run_dirs(tmp_path: Path) -> list[Path]:
-    outputs = tmp_path / "outputs"
-    return sorted(p for p in outputs.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
 def test_a_torchrun_job_of_four_ranks_is_one_run(tmp_path: Path) -> None:
     recipe, script = write(tmp_path)
     result = torchrun(script, recipe, {}, nproc=4)
     assert result.returncode == 0, result.stderr[-3000:]
-    (root,) = run_dirs(tmp_path)
+    (root,) = run_dirs(tmp_path / "outputs")
     seen = verdicts(result.stdout)
     assert sorted(v["rank"] for v in seen) == [0, 1, 2, 3]
     assert {v["root"] for v in seen} == {str(root)}
@@ -134,7 +129,7 @@ def test_a_failing_rank_makes_the_job_failed_and_names_itself(tmp_path: Path) ->
     # Rank 0 works without collectives; torchrun stops it when rank 1 fails.
     result = torchrun(script, recipe, {"failing_rank": 1, "rank0_waits": 60})
     assert result.returncode != 0
-    (root,) = run_dirs(tmp_path)
+    (root,) = run_dirs(tmp_path / "outputs")
     run = read_run(root)
     # Rank 0 was ended by torchrun's SIGTERM; its record is the job's all the same.
     assert run.status == "failed" and run.failed_rank == 1
@@ -191,14 +186,14 @@ def test_rank_0_failing_before_its_directory_exists_makes_the_others_fail_at_onc
         "InfrastructureError: rank 0 failed before its run directory existed"
     ), errors
     assert "configure_runtime broke on rank 0" in errors[1]
-    assert run_dirs(tmp_path) == []
+    assert run_dirs(tmp_path / "outputs") == []
 
 
 def test_an_elastic_restart_resumes_into_the_same_run_directory(tmp_path: Path) -> None:
     recipe, script = write(tmp_path)
     result = torchrun(script, recipe, {"failing_rank": 1, "fail_in": [0]}, restarts=1)
     assert result.returncode == 0, result.stderr[-3000:]
-    (root,) = run_dirs(tmp_path)
+    (root,) = run_dirs(tmp_path / "outputs")
     run = read_run(root)
     assert run.effective_status == "completed"
     assert [(a.number, a.restart_count) for a in run.attempts] == [(1, 0), (2, 1)]
@@ -247,27 +242,20 @@ def test_a_slurm_step_and_its_requeue_are_one_run_with_two_attempts(tmp_path: Pa
     recipe, script = write(tmp_path)
     first = srun_like(script, recipe, tasks=2, job="8812")
     assert [code for code, _, _ in first] == [0, 0], [err[-2000:] for _, _, err in first]
-    (root,) = run_dirs(tmp_path)
+    (root,) = run_dirs(tmp_path / "outputs")
     again = srun_like(script, recipe, tasks=2, job="8812", restart=1)
     assert [code for code, _, _ in again] == [0, 0], [err[-2000:] for _, _, err in again]
-    assert run_dirs(tmp_path) == [root]
+    assert run_dirs(tmp_path / "outputs") == [root]
     run = read_run(root)
     assert [(a.number, a.status) for a in run.attempts] == [(1, "completed"), (2, "completed")]
     assert run.effective_status == "completed"
     assert [(r.rank, r.restart_count) for r in run.ranks] == [(1, 1)]
-    shown = subprocess.run(
-        [sys.executable, "-m", "orchestrator_fsm", "inspect", str(root)],
-        env={**env(), "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=LAUNCH_TIMEOUT_S,
-        check=False,
-    )
+    shown = cli("inspect", str(root), cwd=tmp_path, env=env(), timeout_s=LAUNCH_TIMEOUT_S)
     assert "1 completed, 2 completed" in shown.stdout, shown.stdout
     assert "1 completed" in shown.stdout.split("other ranks", 1)[1]
     # Another job with the same recipe is another run.
     srun_like(script, recipe, tasks=2, job="8813")
-    assert len(run_dirs(tmp_path)) == 2
+    assert len(run_dirs(tmp_path / "outputs")) == 2
 
 
 ENTRIES = textwrap.dedent(
@@ -311,7 +299,7 @@ def test_the_cli_under_torchrun_speaks_once_for_the_job(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("recipe: ") == 1
     assert result.stdout.count("status: completed") == 1
-    (root,) = run_dirs(tmp_path)
+    (root,) = run_dirs(tmp_path / "outputs")
     assert result.stdout.strip().splitlines()[-1] == "status: completed"
     assert read_run(root).effective_status == "completed"
 
@@ -320,7 +308,7 @@ def test_the_cli_under_torchrun_exits_with_the_jobs_truth(tmp_path: Path) -> Non
     recipe, _ = write(tmp_path)
     result = torchrun_cli(tmp_path, recipe, "rank1_fails")
     assert result.returncode != 0
-    (root,) = run_dirs(tmp_path)
+    (root,) = run_dirs(tmp_path / "outputs")
     run = read_run(root)
     assert run.effective_status == "failed"
     assert run.first_failure is not None and run.first_failure.rank == 1
@@ -342,7 +330,7 @@ def test_resuming_a_named_run_directory_adds_an_attempt(tmp_path: Path) -> None:
         assert (root / "checkpoints" / "last.pt").read_bytes() == b"weights"
     run = read_run(root)
     assert [(a.number, a.status) for a in run.attempts] == [(1, "completed"), (2, "completed")]
-    assert run_dirs(tmp_path) == [root]
+    assert run_dirs(tmp_path / "outputs") == [root]
 
 
 def test_resuming_a_run_of_another_config_is_refused_unless_forced(tmp_path: Path) -> None:
@@ -368,20 +356,17 @@ def test_run_resume_on_the_command_line(tmp_path: Path) -> None:
     entries = tmp_path / "entries.py"
     entries.write_text(ENTRIES, encoding="utf-8")
 
-    def cli(*extra: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "orchestrator_fsm", "run", str(recipe)]
-        command += ["--entry", f"{entries}:calm", *extra]
-        return subprocess.run(
-            command, env=env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S
-        )
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        argv = ["run", str(recipe), "--entry", f"{entries}:calm", *extra]
+        return cli(*argv, cwd=tmp_path, env=env(), timeout_s=LAUNCH_TIMEOUT_S)
 
-    assert cli().returncode == 0
-    (root,) = run_dirs(tmp_path)
-    resumed = cli("--resume", str(root))
+    assert run().returncode == 0
+    (root,) = run_dirs(tmp_path / "outputs")
+    resumed = run("--resume", str(root))
     assert resumed.returncode == 0, resumed.stderr
     assert f"run directory: {root}" in resumed.stdout
     assert len(read_run(root).attempts) == 2
-    missing = cli("--resume", str(tmp_path / "nope"))
+    missing = run("--resume", str(tmp_path / "nope"))
     assert missing.returncode == 1
     assert "cannot resume" in missing.stderr
 
@@ -429,7 +414,7 @@ def test_two_torchrun_agents_on_localhost_form_one_two_node_job(tmp_path: Path) 
         for agent in agents:
             agent.kill()
     assert [agent.returncode for agent in agents] == [0, 0], [err[-2000:] for _, err in outputs]
-    (root,) = run_dirs(tmp_path)
+    (root,) = run_dirs(tmp_path / "outputs")
     seen = [v for out, _ in outputs for v in verdicts(out)]
     assert sorted(v["rank"] for v in seen) == [0, 1]
     assert {v["root"] for v in seen} == {str(root)}

@@ -53,6 +53,7 @@ def run_with_mlflow(cfg: Any, ending: BaseException | None) -> Path:
     return orch.paths.root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("ending", "status", "mlflow_status"),
     [
@@ -101,6 +102,7 @@ def _store(cfg: Any) -> str:
     return f"sqlite:///{Path(cfg.telemetry.output_dir).resolve() / 'mlflow.db'}"
 
 
+@pytest.mark.slow
 def test_git_commit_and_branch_become_source_tags_in_a_real_checkout(
     make_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -172,6 +174,7 @@ def _killed_run(tmp_path: Path) -> tuple[Path, str]:
     return root, link["run_id"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reconciled_by", ["next run", "inspect"])
 def test_a_sigkilled_run_is_set_failed_by_the_next_run_or_by_inspect(
     make_config: ConfigFactory, tmp_path: Path, reconciled_by: str
@@ -210,6 +213,7 @@ def test_a_sigkilled_run_is_set_failed_by_the_next_run_or_by_inspect(
     assert client.get_run(mlflow_run_id).info.end_time == killed.info.end_time
 
 
+@pytest.mark.slow
 def test_a_live_run_in_the_same_store_is_left_running(
     make_config: ConfigFactory, tmp_path: Path
 ) -> None:
@@ -250,6 +254,7 @@ def test_inspect_never_imports_mlflow_for_a_run_that_names_no_mlflow_run(
     assert "IMPORTED []" in done.stdout
 
 
+@pytest.mark.slow
 def test_metrics_are_sent_in_batches_of_flush_every_calls(
     make_config: ConfigFactory,
 ) -> None:

@@ -363,7 +363,26 @@ def test_the_run_carries_the_launch_with_the_job_identity(
         1,
     )
     assert (orch.rank, orch.local_rank, orch.world_size) == (1, 1, 2)
-    assert orch._run.launch is orch.launch
+
+
+def test_a_run_records_the_job_and_restart_of_its_launch(
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clear_launcher(
+        monkeypatch,
+        SLURM_JOB_ID="4242",
+        SLURM_STEP_ID="0",
+        SLURM_PROCID="0",
+        SLURM_LOCALID="0",
+        SLURM_STEP_NUM_TASKS="1",
+        SLURM_STEP_TASKS_PER_NODE="1",
+        SLURM_RESTART_COUNT="1",
+    )
+    with build(make_config, Calls()) as orch:
+        record = orch.record
+    assert record is not None
+    assert record.restart_count == 1
+    assert record.job is not None and record.job.startswith("4242")
 
 
 def test_a_local_rank_without_a_global_rank_stops_the_run_before_it_starts(

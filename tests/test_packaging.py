@@ -40,7 +40,7 @@ def test_make_demo_installs_the_runtime_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
-@pytest.mark.parametrize("target", ["test", "lint"])
+@pytest.mark.parametrize("target", ["test", "test-fast", "lint"])
 def test_make_test_and_lint_install_the_dev_tools(tmp_path: Path, target: str) -> None:
     commands = make_dry_run(target, tmp_path / "venv")
     assert any('-e ".[test,dev,mlflow,tensorboard]"' in c for c in commands), commands

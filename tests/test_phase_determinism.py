@@ -315,6 +315,7 @@ print("restored", torch.are_deterministic_algorithms_enabled(), inductor_config.
 """
 
 
+@pytest.mark.slow
 def test_strict_seeding_imports_no_inductor_yet_inductor_imported_later_is_deterministic() -> None:
     done = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", _INDUCTOR_PROBE],
@@ -464,6 +465,7 @@ def test_seed_tree_as_dict_lists_standard_and_handed_out_seeds() -> None:
     }
 
 
+@pytest.mark.slow
 def test_seed_tree_seeds_are_identical_in_another_interpreter_with_another_hash_seed() -> None:
     code = (
         "import json; from orchestrator_fsm.phases.determinism import SeedTree; "

@@ -255,6 +255,7 @@ def test_concurrent_threads_with_identical_config_get_distinct_directories(
     assert all((root / "database").is_dir() for root in roots)
 
 
+@pytest.mark.slow
 def test_concurrent_processes_with_identical_config_get_distinct_directories(
     tmp_path: Path,
 ) -> None:

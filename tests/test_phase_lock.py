@@ -657,12 +657,6 @@ def test_read_lock_holder_of_a_missing_file_is_none(tmp_path: Path) -> None:
     assert read_lock_holder(tmp_path / "absent.lock") is None
 
 
-def test_infrastructure_manager_satisfies_the_orchestrator_protocol() -> None:
-    from orchestrator_fsm.protocols import InfraManagerProtocol
-
-    assert isinstance(InfrastructureManager(), InfraManagerProtocol)
-
-
 class _InterruptOn(logging.Handler):
     """Raises KeyboardInterrupt when a record's message contains ``text``."""
 

@@ -547,6 +547,7 @@ print(sorted(m for m in sys.modules if m == "rich" or m.startswith("rich.")))
 """
 
 
+@pytest.mark.slow
 def test_a_run_whose_stderr_is_not_a_terminal_never_imports_rich(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", _BATCH_RUN],

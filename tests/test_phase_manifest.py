@@ -258,10 +258,17 @@ def test_a_distribution_installed_between_two_runs_is_listed_by_the_second(
     for folder in (*(Path(entry or os.curdir) for entry in sys.path), site):
         if folder.is_dir() and folder.stat().st_mtime > time.time() - 10:
             os.utime(folder, (time.time() - 3600,) * 2)
-    before, after, removed = (tmp_path / name for name in ("before", "after", "removed"))
+    before, kept, after, removed = (
+        tmp_path / name for name in ("before", "kept", "after", "removed")
+    )
 
     AuditSaver().dump_requirements(before)
-    assert manifest._listing_cache is not None
+    # While no sys.path folder changes, the listing is kept: a version edited in place
+    # (no folder's time moves) is not read again.
+    metadata_file = site / "first_pkg-1.0.dist-info" / "METADATA"
+    metadata_file.write_text(metadata_file.read_text().replace("1.0", "1.5"), encoding="utf-8")
+    AuditSaver().dump_requirements(kept)
+    metadata_file.write_text(metadata_file.read_text().replace("1.5", "1.0"), encoding="utf-8")
     _fake_distribution(site, "second-pkg", "2.0")
     AuditSaver().dump_requirements(after)
     shutil.rmtree(site / "first_pkg-1.0.dist-info")
@@ -269,6 +276,7 @@ def test_a_distribution_installed_between_two_runs_is_listed_by_the_second(
 
     assert "first-pkg==1.0" in _requirement_lines(before)
     assert "second-pkg==2.0" not in _requirement_lines(before)
+    assert _requirement_lines(kept) == _requirement_lines(before)
     assert {"first-pkg==1.0", "second-pkg==2.0"} <= set(_requirement_lines(after))
     assert "first-pkg==1.0" not in _requirement_lines(removed)
     assert "second-pkg==2.0" in _requirement_lines(removed)

@@ -387,9 +387,3 @@ def test_rendered_lines_align_keys_and_flatten_nested_values() -> None:
         "[environment]",
         "  (none)",
     ]
-
-
-def test_reporter_satisfies_the_orchestrator_protocol() -> None:
-    from orchestrator_fsm.protocols import ReporterProtocol
-
-    assert isinstance(Reporter(), ReporterProtocol)

@@ -190,9 +190,3 @@ def test_record_rejects_negative_or_non_finite_durations(tracker: TimeTracker, b
     with pytest.raises(ValueError, match="'seed'"):
         tracker.record("seed", bad)
     assert tracker.phase_durations == {}
-
-
-def test_time_tracker_satisfies_the_orchestrator_protocol() -> None:
-    from orchestrator_fsm.protocols import TimeTrackerProtocol
-
-    assert isinstance(TimeTracker(), TimeTrackerProtocol)

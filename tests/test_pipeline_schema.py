@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -10,8 +9,7 @@ from pathlib import Path
 
 import attrs
 import pytest
-import yaml
-from conftest import minimal_recipe
+from conftest import cli, write_recipe
 
 from orchestrator_fsm import Config, ConfigError, MissingKeyError, pipeline_schema
 from orchestrator_fsm.demo import demo_recipe
@@ -44,27 +42,8 @@ class Training:
     shuffle: bool = True
 
 
-def write_recipe(tmp_path: Path, **training: object) -> Path:
-    path = tmp_path / "recipe.yaml"
-    data = minimal_recipe(tmp_path, training=training)
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
-
-
-def cli(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator_fsm", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        env={**os.environ, "COLUMNS": "250"},
-        check=False,
-    )
-
-
 def test_pipeline_sections_are_attributes_as_well_as_items(tmp_path: Path) -> None:
-    cfg = Config.from_recipe(write_recipe(tmp_path, lr=0.1, sizes=[1, 2]))
+    cfg = Config.from_recipe(write_recipe(tmp_path, training={"lr": 0.1, "sizes": [1, 2]}))
 
     assert cfg.training.lr == cfg.training["lr"] == 0.1
     assert cfg.dataset.name == cfg.dataset["name"] == "toy_digits"
@@ -74,7 +53,7 @@ def test_pipeline_sections_are_attributes_as_well_as_items(tmp_path: Path) -> No
 
 
 def test_a_missing_key_names_its_dotted_path_and_the_file(tmp_path: Path) -> None:
-    path = write_recipe(tmp_path, momentum_=0.9)
+    path = write_recipe(tmp_path, training={"momentum_": 0.9})
     cfg = Config.from_recipe(path)
 
     with pytest.raises(AttributeError) as by_attribute:
@@ -95,7 +74,7 @@ def test_a_missing_key_names_its_dotted_path_and_the_file(tmp_path: Path) -> Non
 def test_a_schema_types_and_defaults_the_section_without_changing_the_config(
     tmp_path: Path,
 ) -> None:
-    plain = Config.from_recipe(write_recipe(tmp_path, epochs=5))
+    plain = Config.from_recipe(write_recipe(tmp_path, training={"epochs": 5}))
     typed = plain.with_schema({"training": Training})
 
     assert typed.training.typed == Training(epochs=5)
@@ -107,7 +86,7 @@ def test_a_schema_types_and_defaults_the_section_without_changing_the_config(
 
 
 def test_a_schema_rejects_typos_with_a_suggestion(tmp_path: Path) -> None:
-    path = write_recipe(tmp_path, learning_rte=0.1, epoch=2)
+    path = write_recipe(tmp_path, training={"learning_rte": 0.1, "epoch": 2})
 
     with pytest.raises(ConfigError) as caught:
         Config.from_recipe(path, schema={"training": Training})
@@ -137,7 +116,7 @@ def test_a_schema_checks_each_value_at_its_path(
     tmp_path: Path, values: dict[str, object], path: str, message: str
 ) -> None:
     with pytest.raises(ConfigError) as caught:
-        Config.from_recipe(write_recipe(tmp_path, **values), schema={"training": Training})
+        Config.from_recipe(write_recipe(tmp_path, training=values), schema={"training": Training})
 
     [(where, what)] = caught.value.problems
     assert where == path
@@ -185,16 +164,17 @@ def test_the_demo_declares_its_schema(tmp_path: Path) -> None:
     assert cfg.training.epochs == 3 and cfg.dataset.image_size == 16
 
 
+@pytest.mark.slow
 def test_validate_checks_the_demo_schema_before_any_run_dir(tmp_path: Path) -> None:
     with demo_recipe() as path:
         done = cli(
-            tmp_path,
             "validate",
             str(path),
             "--entry",
             "orchestrator_fsm.demo.pipeline:train",
             "training.epochs=0",
             f"telemetry.output_dir={tmp_path / 'outputs'}",
+            cwd=tmp_path,
         )
 
     assert done.returncode == 2, done.stdout + done.stderr
@@ -209,11 +189,11 @@ def test_validate_checks_the_demo_schema_before_any_run_dir(tmp_path: Path) -> N
 
 def test_validate_and_run_apply_the_same_schema(tmp_path: Path) -> None:
     (tmp_path / "entry.py").write_text(ENTRY, encoding="utf-8")
-    recipe = write_recipe(tmp_path, learning_rte=0.1)
+    recipe = write_recipe(tmp_path, training={"learning_rte": 0.1})
     spec = f"{tmp_path / 'entry.py'}:train"
 
-    checked = cli(tmp_path, "validate", str(recipe), "--entry", spec)
-    ran = cli(tmp_path, "run", str(recipe), "--entry", spec)
+    checked = cli("validate", str(recipe), "--entry", spec, cwd=tmp_path)
+    ran = cli("run", str(recipe), "--entry", spec, cwd=tmp_path)
 
     for done in (checked, ran):
         assert done.returncode == 2, done.stdout + done.stderr
@@ -224,11 +204,12 @@ def test_validate_and_run_apply_the_same_schema(tmp_path: Path) -> None:
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_run_gives_the_pipeline_its_typed_values(tmp_path: Path) -> None:
     (tmp_path / "entry.py").write_text(ENTRY, encoding="utf-8")
     recipe = write_recipe(tmp_path)
 
-    done = cli(tmp_path, "run", str(recipe), "--entry", f"{tmp_path / 'entry.py'}:train")
+    done = cli("run", str(recipe), "--entry", f"{tmp_path / 'entry.py'}:train", cwd=tmp_path)
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "summary: epochs=3, learning_rate=0.01" in done.stdout
@@ -238,9 +219,9 @@ def test_validate_without_entry_checks_the_default_pipeline_as_run_does(
     tmp_path: Path,
 ) -> None:
     with demo_recipe() as path:
-        valid = cli(tmp_path, "validate", str(path))
-        invalid = cli(tmp_path, "validate", str(path), "training.epochs=0")
-    typo = cli(tmp_path, "validate", str(write_recipe(tmp_path, epoch=2)))
+        valid = cli("validate", str(path), cwd=tmp_path)
+        invalid = cli("validate", str(path), "training.epochs=0", cwd=tmp_path)
+    typo = cli("validate", str(write_recipe(tmp_path, training={"epoch": 2})), cwd=tmp_path)
 
     assert valid.returncode == 0, valid.stderr
     assert "orchestrator_fsm.demo.pipeline:train (the default --entry)" in valid.stdout

@@ -111,6 +111,7 @@ def _screen(output: bytes) -> list[str]:
     return [line.rstrip() for line in screen.display]
 
 
+@pytest.mark.slow
 def test_in_a_terminal_log_lines_print_whole_above_the_bar(tmp_path: Path, short_dir: Path) -> None:
     pytest.importorskip("pyte")
     lines = _screen(_run_in_pty(_script(tmp_path, short_dir)))
@@ -142,6 +143,7 @@ def test_in_a_terminal_log_lines_print_whole_above_the_bar(tmp_path: Path, short
     assert len(root) < COLUMNS and any(line == root or line.endswith(f" {root}") for line in lines)
 
 
+@pytest.mark.slow
 def test_on_a_pipe_bars_and_logs_are_plain_lines(tmp_path: Path) -> None:
     done = subprocess.run(
         _script(tmp_path),

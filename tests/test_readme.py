@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -47,6 +49,7 @@ def run_example(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
     return run_in(tmp_path, [sys.executable, str(script)])
 
 
+@pytest.mark.slow
 def test_readme_quickstart_runs_and_ends_cleaned(tmp_path: Path) -> None:
     quickstart = the_block("orch.log_environment_report()          # phase 7")
     step_by_step = the_block("orch.machine.can_advance()")
@@ -108,6 +111,7 @@ def test_readme_sampler_example_covers_every_sample_once() -> None:
     assert result.stdout.split() == ["True"]
 
 
+@pytest.mark.slow
 def test_readme_metrics_example_logs_and_reads_back(tmp_path: Path) -> None:
     example = the_block('orch.log_summary({"final_acc": 0.9})')
     result = run_example(tmp_path, example)
@@ -116,6 +120,7 @@ def test_readme_metrics_example_logs_and_reads_back(tmp_path: Path) -> None:
     assert len((run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()) == 4
 
 
+@pytest.mark.slow
 def test_readme_tour_entry_runs_under_the_real_command(tmp_path: Path) -> None:
     train = the_block("# train.py\n")
     (tmp_path / "train.py").write_text(train, encoding="utf-8")

@@ -11,12 +11,11 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import isolated, minimal_recipe
+from conftest import cli, isolated, minimal_recipe
 
 from orchestrator_fsm.cli.rerun import EXIT_DIVERGED, EXIT_DRIFT, EXIT_WITHIN_TOLERANCE, RERUNS_FILE
 from orchestrator_fsm.git_state import read_git_state
@@ -54,19 +53,6 @@ def jitter(orch):
         tiny = random.SystemRandom().uniform(1e-12, 1e-9)
         orch.log_metrics({"loss": 1.0 / step + tiny}, step=step)
 """
-
-
-def cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator_fsm", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def run_dir_of(result: subprocess.CompletedProcess[str]) -> Path:
@@ -110,6 +96,7 @@ def run_pipeline(
     return run_dir_of(result)
 
 
+@pytest.mark.slow
 def test_the_bundle_holds_what_a_rerun_needs(project: Path) -> None:
     run = run_pipeline(project, "steady", "--set", "training.lr=0.2")
     bundle = json.loads(bundle_file(run).read_text())
@@ -151,6 +138,7 @@ def test_a_truncated_diff_is_recorded_as_truncated(tmp_path: Path) -> None:
     assert state["diff_truncated"] is True
 
 
+@pytest.mark.slow
 def test_a_changed_override_is_drift_and_strict_refuses(project: Path) -> None:
     run = run_pipeline(project, "steady")
     result = cli("rerun", str(run), "--strict", "--set", "training.lr=0.5", cwd=project)
@@ -163,6 +151,7 @@ def test_a_changed_override_is_drift_and_strict_refuses(project: Path) -> None:
     assert not (run / RERUNS_FILE).exists()  # nothing was started
 
 
+@pytest.mark.slow
 def test_an_edited_entry_file_is_drift(project: Path) -> None:
     run = run_pipeline(project, "steady")
     with (project / "pipe.py").open("a") as pipe:
@@ -172,6 +161,7 @@ def test_an_edited_entry_file_is_drift(project: Path) -> None:
     assert [(kind, key) for kind, key, _ in drift_rows(result.stdout)] == [("entry", "sha256")]
 
 
+@pytest.mark.slow
 def test_a_changed_package_version_is_drift(project: Path) -> None:
     site = project / "site"
     info = site / "fakepkg-1.0.dist-info"
@@ -187,6 +177,7 @@ def test_a_changed_package_version_is_drift(project: Path) -> None:
     assert drift_rows(result.stdout) == [("packages", "fakepkg", "1.0 -> 2.0")]
 
 
+@pytest.mark.slow
 def test_a_changed_seed_is_drift(project: Path) -> None:
     run = run_pipeline(project, "steady")
     result = cli("rerun", str(run), "--strict", "--set", "training.seed=7", cwd=project)
@@ -198,6 +189,7 @@ def test_a_changed_seed_is_drift(project: Path) -> None:
     assert {kind for kind, _, _ in rows} == {"config", "overrides", "seeds"}
 
 
+@pytest.mark.slow
 def test_an_unseeded_pipeline_diverges_at_the_step_the_noise_enters(project: Path) -> None:
     run = run_pipeline(project, "noisy")
     result = cli("rerun", str(run), "--strict", cwd=project)
@@ -209,6 +201,7 @@ def test_an_unseeded_pipeline_diverges_at_the_step_the_noise_enters(project: Pat
     assert [json.loads(line)["verdict"]["step"] for line in lines] == [3]
 
 
+@pytest.mark.slow
 def test_a_tolerance_turns_tiny_differences_into_within_tolerance(project: Path) -> None:
     run = run_pipeline(project, "jitter")
     exact = cli("rerun", str(run), cwd=project)
@@ -219,6 +212,7 @@ def test_a_tolerance_turns_tiny_differences_into_within_tolerance(project: Path)
     assert loose.stdout.strip().splitlines()[-1].startswith("within tolerance")
 
 
+@pytest.mark.slow
 def test_a_rerun_that_needs_a_redacted_secret_names_it(project: Path) -> None:
     run = run_pipeline(project, "steady", "--set", "dataset.api_key=s3cret")
     refused = cli("rerun", str(run), cwd=project)
@@ -237,6 +231,7 @@ def test_a_directory_without_a_bundle_is_a_usage_error(tmp_path: Path) -> None:
     assert "rerun.json does not exist" in result.stderr
 
 
+@pytest.mark.slow
 def test_diff_shows_exactly_the_changed_override(project: Path) -> None:
     first = run_pipeline(project, "steady", *isolated(project), "--set", "training.lr=0.1")
     second = run_pipeline(project, "steady", *isolated(project), "--set", "training.lr=0.2")

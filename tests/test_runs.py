@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from conftest import minimal_recipe, wait_for
+from conftest import cli, cli_command, minimal_recipe, wait_for, write_recipe
 
 from orchestrator_fsm.cli.runs import parse_since
 from orchestrator_fsm.lifecycle.record import read_run
@@ -71,25 +70,13 @@ def entries(tmp_path: Path) -> Path:
     return path
 
 
-def write_recipe(tmp_path: Path, name: str, **sections: Any) -> Path:
+def default_lock_recipe(tmp_path: Path, **sections: Any) -> dict[str, Any]:
     """A recipe with the default lock settings (no ``infrastructure`` section)."""
     data = minimal_recipe(tmp_path)
     del data["infrastructure"]
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
-
-
-def command(*argv: str) -> list[str]:
-    return [sys.executable, "-m", "orchestrator_fsm", *argv]
-
-
-def cli(tmp_path: Path, env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command(*argv), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-    )
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return data
 
 
 @pytest.fixture
@@ -98,7 +85,7 @@ def launch(tmp_path: Path, env: dict[str, str]) -> Iterator[Callable[..., subpro
 
     def start(*argv: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            command(*argv),
+            cli_command(*argv),
             cwd=tmp_path,
             env=env,
             stdout=subprocess.PIPE,
@@ -138,20 +125,23 @@ def root_of(proc: subprocess.Popen[str], tmp_path: Path) -> Path:
 
 
 def listing(tmp_path: Path, env: dict[str, str], *argv: str) -> list[dict[str, Any]]:
-    result = cli(tmp_path, env, "runs", *argv, "--json")
+    result = cli("runs", *argv, "--json", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     runs: list[dict[str, Any]] = json.loads(result.stdout)
     return runs
 
 
+@pytest.mark.slow
 def test_two_seeds_and_two_recipes_run_side_by_side_while_a_duplicate_launch_is_refused(
     tmp_path: Path,
     env: dict[str, str],
     entries: Path,
     launch: Callable[..., subprocess.Popen[str]],
 ) -> None:
-    first = write_recipe(tmp_path, "first")
-    other = write_recipe(tmp_path, "other", dataset={"name": "other_data"})
+    first = write_recipe(tmp_path, default_lock_recipe(tmp_path), "first.yaml")
+    other = write_recipe(
+        tmp_path, default_lock_recipe(tmp_path, dataset={"name": "other_data"}), "other.yaml"
+    )
     hold = f"{entries}:hold"
     seed_1 = launch("run", str(first), "--entry", hold)
     seed_2 = launch("run", str(first), "--entry", hold, "--set", "training.seed=7")
@@ -159,7 +149,7 @@ def test_two_seeds_and_two_recipes_run_side_by_side_while_a_duplicate_launch_is_
     # All three are inside their pipelines at the same time, each holding its run lock.
     roots = {proc.pid: root_of(proc, tmp_path) for proc in (seed_1, seed_2, unrelated)}
 
-    duplicate = cli(tmp_path, env, "run", str(first), "--entry", hold)
+    duplicate = cli("run", str(first), "--entry", hold, cwd=tmp_path, env=env)
 
     assert duplicate.returncode == 1, duplicate.stdout + duplicate.stderr
     assert "status: refused" in duplicate.stdout
@@ -181,19 +171,20 @@ def test_two_seeds_and_two_recipes_run_side_by_side_while_a_duplicate_launch_is_
     assert [run["run_id"] for run in listing(tmp_path, env, "--status", "refused")] == [
         refused["run_id"]
     ]
-    inspected = cli(tmp_path, env, "inspect", refused["root"], "--json")
+    inspected = cli("inspect", refused["root"], "--json", cwd=tmp_path, env=env)
     assert json.loads(inspected.stdout)["effective_status"] == "refused"
-    shown = " ".join(cli(tmp_path, env, "inspect", refused["root"]).stdout.split())
+    shown = " ".join(cli("inspect", refused["root"], cwd=tmp_path, env=env).stdout.split())
     assert "refused at the run lock: LockContendedError: the run lock is taken" in shown
 
 
+@pytest.mark.slow
 def test_a_duplicate_with_a_lock_timeout_says_whom_it_waits_for_then_runs(
     tmp_path: Path,
     env: dict[str, str],
     entries: Path,
     launch: Callable[..., subprocess.Popen[str]],
 ) -> None:
-    recipe = write_recipe(tmp_path, "recipe")
+    recipe = write_recipe(tmp_path, default_lock_recipe(tmp_path))
     hold = f"{entries}:hold"
     holder = launch("run", str(recipe), "--entry", hold)
     holder_root = root_of(holder, tmp_path)
@@ -224,18 +215,28 @@ def test_a_duplicate_with_a_lock_timeout_says_whom_it_waits_for_then_runs(
     assert sorted(run["status"] for run in listing(tmp_path, env)) == ["completed"] * 2
 
 
+@pytest.mark.slow
 def test_project_scope_keeps_every_run_of_the_project_apart(
     tmp_path: Path,
     env: dict[str, str],
     entries: Path,
     launch: Callable[..., subprocess.Popen[str]],
 ) -> None:
-    recipe = write_recipe(tmp_path, "recipe", infrastructure={"lock": {"scope": "project"}})
+    recipe = write_recipe(
+        tmp_path, default_lock_recipe(tmp_path, infrastructure={"lock": {"scope": "project"}})
+    )
     holder = launch("run", str(recipe), "--entry", f"{entries}:hold")
     root_of(holder, tmp_path)
 
     other_seed = cli(
-        tmp_path, env, "run", str(recipe), "--entry", f"{entries}:score", "--set", "training.seed=9"
+        "run",
+        str(recipe),
+        "--entry",
+        f"{entries}:score",
+        "--set",
+        "training.seed=9",
+        cwd=tmp_path,
+        env=env,
     )
 
     assert other_seed.returncode == 1
@@ -250,9 +251,9 @@ def made_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = dict(os.environ, XDG_CACHE_HOME=str(base / "cache"))
     entries = base / "entries.py"
     entries.write_text(ENTRIES, encoding="utf-8")
-    recipe = write_recipe(base, "recipe")
+    recipe = write_recipe(base, default_lock_recipe(base))
     for function in ("score", "boom", "die", "only_metrics"):
-        cli(base, env, "run", str(recipe), "--entry", f"{entries}:{function}")
+        cli("run", str(recipe), "--entry", f"{entries}:{function}", cwd=base, env=env)
     return base / "outputs"
 
 
@@ -267,6 +268,7 @@ def finished_runs(
     return by_entry
 
 
+@pytest.mark.slow
 def test_runs_lists_newest_first_with_true_status_attempts_metrics_and_entry(
     tmp_path: Path, env: dict[str, str], finished_runs: dict[str, dict[str, Any]]
 ) -> None:
@@ -292,7 +294,7 @@ def test_runs_lists_newest_first_with_true_status_attempts_metrics_and_entry(
     assert finished_runs["boom"]["error"]["message"] == "boom in the pipeline"
     assert all(run["attempts"] == 1 for run in runs)
 
-    table = cli(tmp_path, env, "runs", "outputs")
+    table = cli("runs", "outputs", cwd=tmp_path, env=env)
     assert table.returncode == 0, table.stderr
     header, *rows, footer = table.stdout.rstrip().splitlines()
     assert header.split() == [
@@ -318,6 +320,7 @@ def test_runs_lists_newest_first_with_true_status_attempts_metrics_and_entry(
     assert cells[finished_runs["score"]["run_id"]].rstrip().endswith(":score")
 
 
+@pytest.mark.slow
 def test_runs_filters_by_status_name_and_since(
     tmp_path: Path, env: dict[str, str], finished_runs: dict[str, dict[str, Any]]
 ) -> None:
@@ -337,11 +340,12 @@ def test_runs_filters_by_status_name_and_since(
     newest_start = max(run["started_at"] for run in finished_runs.values())
     assert ids("--since", newest_start) == {finished_runs["only_metrics"]["run_id"]}
 
-    table = cli(tmp_path, env, "runs", "--status", "refused")
+    table = cli("runs", "--status", "refused", cwd=tmp_path, env=env)
     assert table.returncode == 0
     assert table.stdout.strip() == "0 runs matching the filters in outputs"
 
 
+@pytest.mark.slow
 def test_runs_leaves_out_hidden_entries_files_and_folders_without_a_record(
     tmp_path: Path, env: dict[str, str], finished_runs: dict[str, dict[str, Any]]
 ) -> None:
@@ -355,7 +359,7 @@ def test_runs_leaves_out_hidden_entries_files_and_folders_without_a_record(
     torn.mkdir()
     (torn / "run.json").write_text('{"run_id": "torn-r')
 
-    result = cli(tmp_path, env, "runs")
+    result = cli("runs", cwd=tmp_path, env=env)
 
     assert result.returncode == 0, result.stderr
     rows = result.stdout.rstrip().splitlines()[1:-1]
@@ -370,22 +374,23 @@ def test_runs_leaves_out_hidden_entries_files_and_folders_without_a_record(
 def test_runs_of_a_folder_that_is_not_there_or_a_bad_since_is_a_usage_error(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
-    missing = cli(tmp_path, env, "runs")
+    missing = cli("runs", cwd=tmp_path, env=env)
     assert missing.returncode == 2
     assert "outputs is not a directory; expected an output directory" in missing.stderr
     (tmp_path / "outputs").mkdir()
-    bad = cli(tmp_path, env, "runs", "--since", "last tuesday")
+    bad = cli("runs", "--since", "last tuesday", cwd=tmp_path, env=env)
     assert bad.returncode == 2
     assert "argument --since: expected an age such as 30m" in bad.stderr
     assert "got 'last tuesday'" in bad.stderr
-    empty = cli(tmp_path, env, "runs")
+    empty = cli("runs", cwd=tmp_path, env=env)
     assert (empty.returncode, empty.stdout.strip()) == (0, "0 runs in outputs")
 
 
+@pytest.mark.slow
 def test_inspect_of_an_output_directory_points_to_runs(
     tmp_path: Path, env: dict[str, str], finished_runs: dict[str, dict[str, Any]]
 ) -> None:
-    result = cli(tmp_path, env, "inspect", "outputs")
+    result = cli("inspect", "outputs", cwd=tmp_path, env=env)
     assert result.returncode == 2
     assert "list them with `orchestrator-fsm runs outputs`" in " ".join(result.stderr.split())
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import minimal_recipe, wait_for
+from conftest import cli_command, minimal_recipe, wait_for
 from fakes import Calls, fake_dependencies
 
 from orchestrator_fsm import ConfigError, LifecycleError, read_run
@@ -187,7 +187,7 @@ def test_sigusr1_sent_to_a_cli_run_calls_the_recipe_callback(
     recipe.write_text(yaml.safe_dump(data), encoding="utf-8")
     entry = f"{checkpoints}:train_until_checkpointed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator_fsm", "run", str(recipe), "--entry", entry],
+        cli_command("run", str(recipe), "--entry", entry),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import minimal_recipe, wait_for
+from conftest import cli, cli_command, minimal_recipe, wait_for
 
 from orchestrator_fsm.sweep import expand_sweep, split_values
 
@@ -61,28 +60,14 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def command(project: Path, function: str, *arguments: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "orchestrator_fsm",
-        "run",
-        str(project / "recipe.yaml"),
-        "--entry",
-        f"{project / 'entries.py'}:{function}",
-        *arguments,
-    ]
+def run_argv(project: Path, function: str, *arguments: str) -> list[str]:
+    """``run RECIPE --entry ENTRIES:FUNCTION ARGUMENTS`` of the project."""
+    entry = f"{project / 'entries.py'}:{function}"
+    return ["run", str(project / "recipe.yaml"), "--entry", entry, *arguments]
 
 
-def cli(project: Path, function: str, *arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command(project, function, *arguments),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "COLUMNS": "250"},
-        check=False,
-    )
+def run_project(project: Path, function: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return cli(*run_argv(project, function, *arguments), cwd=project, timeout_s=600)
 
 
 def runs(project: Path) -> list[Path]:
@@ -127,7 +112,7 @@ def test_malformed_sweeps_are_errors_naming_the_override(override: str) -> None:
 
 
 def test_a_bare_override_after_the_recipe_sets_the_value(project: Path) -> None:
-    done = cli(project, "scored", "training.seed=7", "--debug", "telemetry.log_level=DEBUG")
+    done = run_project(project, "scored", "training.seed=7", "--debug", "telemetry.log_level=DEBUG")
 
     assert done.returncode == 0, done.stderr
     [run] = runs(project)
@@ -137,10 +122,11 @@ def test_a_bare_override_after_the_recipe_sets_the_value(project: Path) -> None:
     assert run_json(run)["sweep"] is None
 
 
+@pytest.mark.slow
 def test_multirun_runs_every_member_a_failing_one_does_not_stop_the_others(
     project: Path,
 ) -> None:
-    done = cli(project, "scored", "--multirun", "training.seed=range(1,4)")
+    done = run_project(project, "scored", "--multirun", "training.seed=range(1,4)")
 
     assert done.returncode == 1, done.stderr
     record = sweep_record(project)
@@ -173,16 +159,18 @@ def test_multirun_runs_every_member_a_failing_one_does_not_stop_the_others(
     )
 
 
+@pytest.mark.slow
 def test_fail_fast_starts_no_member_after_a_failure(project: Path) -> None:
-    done = cli(project, "scored", "-m", "--fail-fast", "training.seed=2,1")
+    done = run_project(project, "scored", "-m", "--fail-fast", "training.seed=2,1")
 
     assert done.returncode == 1, done.stderr
     assert [m["status"] for m in sweep_record(project)["members"]] == ["failed", "skipped"]
     assert len(runs(project)) == 1
 
 
+@pytest.mark.slow
 def test_members_run_at_once_with_jobs(project: Path) -> None:
-    done = cli(project, "together", "--multirun", "-j", "2", "training.seed=1,2")
+    done = run_project(project, "together", "--multirun", "-j", "2", "training.seed=1,2")
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert [m["status"] for m in sweep_record(project)["members"]] == ["completed"] * 2
@@ -190,7 +178,7 @@ def test_members_run_at_once_with_jobs(project: Path) -> None:
 
 
 def test_an_invalid_member_stops_the_sweep_before_anything_runs(project: Path) -> None:
-    done = cli(project, "scored", "--multirun", "training.seed=1,-1")
+    done = run_project(project, "scored", "--multirun", "training.seed=1,-1")
 
     assert done.returncode == 2
     assert "training.seed: expected an integer in [0, 2**32), got -1" in done.stderr
@@ -198,10 +186,11 @@ def test_an_invalid_member_stops_the_sweep_before_anything_runs(project: Path) -
     assert not (project / "outputs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_ctrl_c_interrupts_the_running_members_and_starts_no_more(project: Path) -> None:
     proc = subprocess.Popen(
-        command(project, "waiting", "--multirun", "-j", "2", "training.seed=1,2,3"),
+        cli_command(*run_argv(project, "waiting", "--multirun", "-j", "2", "training.seed=1,2,3")),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -221,7 +210,7 @@ def test_ctrl_c_interrupts_the_running_members_and_starts_no_more(project: Path)
 
 
 def test_a_swept_value_without_multirun_suggests_it(project: Path) -> None:
-    done = cli(project, "scored", "training.seed=1,2")
+    done = run_project(project, "scored", "training.seed=1,2")
 
     assert done.returncode == 2
     assert "training.seed: expected an integer in [0, 2**32), got '1,2'" in done.stderr
@@ -229,19 +218,13 @@ def test_a_swept_value_without_multirun_suggests_it(project: Path) -> None:
     assert not (project / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_inspect_names_the_sweep_of_a_member(project: Path) -> None:
-    assert cli(project, "scored", "-m", "training.seed=3").returncode == 0
+    assert run_project(project, "scored", "-m", "training.seed=3").returncode == 0
     [run] = runs(project)
     sweep = sweep_record(project)["sweep"]
 
-    shown = subprocess.run(
-        [sys.executable, "-m", "orchestrator_fsm", "inspect", str(run)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "250"},
-        check=False,
-    )
+    shown = cli("inspect", str(run), cwd=project, timeout_s=120)
 
     assert shown.returncode == 0, shown.stderr
     assert any(

@@ -32,16 +32,9 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from orchestrator_fsm.config import Config
-    from orchestrator_fsm.lifecycle.record import RunRecord
     from orchestrator_fsm.orchestrator import Entry, RootOrchestrator
 
 __all__ = ["cmd_run"]
-
-
-def _run_record(orch: RootOrchestrator | None) -> RunRecord | None:
-    """The run's record as the run knows it (what run.json holds, unless writing it
-    failed, which the recorder reported); None when no run directory was made."""
-    return None if orch is None else orch.record
 
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -139,7 +132,8 @@ def _report_outcome(
 ) -> int:
     """Print what stopped the run (on rank 0: the job), its directory and its final
     status; the exit code."""
-    run = _run_record(orch)
+    # What run.json holds, unless writing it failed (which the recorder reported).
+    run = None if orch is None else orch.record
     code = _report_failure(failure, orch, cfg, err, debug=debug)
     if run is not None and run.failed_rank is not None and code == EXIT_OK:
         where = f" in step {run.error.step!r}" if run.error is not None else ""
