@@ -386,11 +386,8 @@ def test_a_signal_while_the_listeners_are_told_is_raised_once_the_transition_is_
     assert (machine.ended_by, machine.ended_in) == (caught.value, "seed")
 
 
-def test_a_signal_during_a_rollback_lets_it_finish_and_is_noted_on_the_error(
-    sigterm_to: Callable[[LifecycleMachine], None],
-) -> None:
-    log: list[str] = []
-    steps = make_steps(log, {"provision": ValueError("no room")})
+def seed_whose_undo_is_interrupted(log: list[str]) -> Callable[[], Undo]:
+    """A seed step whose undo gets a SIGTERM midway, then logs that it finished."""
 
     def seed() -> Undo:
         def undo() -> None:
@@ -399,7 +396,16 @@ def test_a_signal_during_a_rollback_lets_it_finish_and_is_noted_on_the_error(
 
         return undo
 
-    steps["seed"] = seed
+    return seed
+
+
+def test_a_signal_during_a_rollback_lets_it_finish_and_is_noted_on_the_error(
+    sigterm_to: Callable[[LifecycleMachine], None],
+) -> None:
+    log: list[str] = []
+    steps = make_steps(log, {"provision": ValueError("no room")})
+
+    steps["seed"] = seed_whose_undo_is_interrupted(log)
     machine = LifecycleMachine(steps)
     sigterm_to(machine)
     with pytest.raises(ValueError, match="no room") as caught:
@@ -416,14 +422,7 @@ def test_a_signal_during_cleanup_lets_every_undo_finish_then_is_raised(
     log: list[str] = []
     steps = make_steps(log)
 
-    def seed() -> Undo:
-        def undo() -> None:
-            sigterm()
-            log.append("undo seed finished")
-
-        return undo
-
-    steps["seed"] = seed
+    steps["seed"] = seed_whose_undo_is_interrupted(log)
     machine = LifecycleMachine(steps)
     machine.run_until(S.CONFIGURED)
     sigterm_to(machine)

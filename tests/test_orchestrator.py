@@ -343,19 +343,25 @@ def test_constructor_arguments_win_over_the_launcher(
     assert (orch.seed_tree.rank, orch.seed_tree.world_size) == (0, 1)
 
 
-def test_the_run_carries_the_launch_with_the_job_identity(
-    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def slurm_step_of_job_4242(monkeypatch: pytest.MonkeyPatch, *, rank: int, tasks: int) -> None:
+    """This process as task ``rank`` of ``tasks`` on one node, in step 0 of SLURM job
+    4242, restarted once."""
     clear_launcher(
         monkeypatch,
         SLURM_JOB_ID="4242",
         SLURM_STEP_ID="0",
-        SLURM_PROCID="1",
-        SLURM_LOCALID="1",
-        SLURM_STEP_NUM_TASKS="2",
-        SLURM_STEP_TASKS_PER_NODE="2",
+        SLURM_PROCID=str(rank),
+        SLURM_LOCALID=str(rank),
+        SLURM_STEP_NUM_TASKS=str(tasks),
+        SLURM_STEP_TASKS_PER_NODE=str(tasks),
         SLURM_RESTART_COUNT="1",
     )
+
+
+def test_the_run_carries_the_launch_with_the_job_identity(
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slurm_step_of_job_4242(monkeypatch, rank=1, tasks=2)
     orch = build(make_config, Calls())
     assert (orch.launch.launcher, orch.launch.job_id, orch.launch.restart_count) == (
         "slurm",
@@ -368,16 +374,7 @@ def test_the_run_carries_the_launch_with_the_job_identity(
 def test_a_run_records_the_job_and_restart_of_its_launch(
     make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clear_launcher(
-        monkeypatch,
-        SLURM_JOB_ID="4242",
-        SLURM_STEP_ID="0",
-        SLURM_PROCID="0",
-        SLURM_LOCALID="0",
-        SLURM_STEP_NUM_TASKS="1",
-        SLURM_STEP_TASKS_PER_NODE="1",
-        SLURM_RESTART_COUNT="1",
-    )
+    slurm_step_of_job_4242(monkeypatch, rank=0, tasks=1)
     with build(make_config, Calls()) as orch:
         record = orch.record
     assert record is not None
