@@ -33,7 +33,6 @@ from orchestrator_fsm.redaction import redact_url
 
 __all__ = [
     "GIT_DIFF_CAP_BYTES",
-    "GIT_DIFF_FILE_NAME",
     "GIT_DIFF_TRUNCATED_MARK",
     "GitState",
     "read_git_info",
@@ -42,7 +41,6 @@ __all__ = [
 ]
 
 #: Beside ``git_info.txt``: ``git diff HEAD`` of a checkout with changes.
-GIT_DIFF_FILE_NAME: Final = GIT_DIFF_FILE
 GIT_DIFF_CAP_BYTES: Final = 1024 * 1024
 """The most bytes of ``git diff HEAD`` kept in ``git_diff.patch``."""
 GIT_DIFF_TRUNCATED_MARK: Final = b"# orchestrator-fsm: diff truncated"
@@ -113,7 +111,7 @@ class GitState:
             "branch": info["branch"],
             "dirty": info["dirty"],
             "toplevel": self.toplevel,
-            "diff_file": GIT_DIFF_FILE_NAME if patch else None,
+            "diff_file": GIT_DIFF_FILE if patch else None,
             "diff_bytes": len(patch) if patch else 0,
             "diff_sha256": hashlib.sha256(patch).hexdigest() if patch else None,
             "diff_truncated": bool(patch) and self.diff_truncated,

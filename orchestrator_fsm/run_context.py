@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from orchestrator_fsm.config import Config
+    from orchestrator_fsm.git_state import GitState
     from orchestrator_fsm.layout import RunPaths
     from orchestrator_fsm.protocols import (
         AuditSaverProtocol,
@@ -34,7 +35,18 @@ if TYPE_CHECKING:
     )
     from orchestrator_fsm.seeds import SeedTree
 
-__all__ = ["Dependencies", "RunContext"]
+__all__ = ["Dependencies", "Manifest", "RunContext"]
+
+
+@attrs.frozen
+class Manifest:
+    """What phase 5 recorded, as data: the saved config (plain, redacted), the
+    ``name==version`` lines of the installed distributions and the git state
+    (``None`` outside a checkout)."""
+
+    config: Any
+    requirements: tuple[str, ...]
+    git: GitState | None
 
 
 @attrs.frozen
@@ -88,6 +100,11 @@ class RunContext:
     """Whether phase 3 reopened the run directory of an earlier attempt of the job."""
     start_record: Callable[[], None] = attrs.field(default=lambda: None)
     """Writes the run's first record into the directory phase 3 just made."""
+    manifest: Manifest | None = None
+    """What phase 5 recorded (rank 0): the report and the rerun bundle are made from it,
+    not from its files read back."""
+    bundle: dict[str, Any] | None = None
+    """The rerun bundle as phase 5 wrote it, until cleanup completes it."""
 
     @property
     def is_main_process(self) -> bool:

@@ -22,13 +22,9 @@ import yaml
 
 from orchestrator_fsm import git_state
 from orchestrator_fsm._system import distribution_version
+from orchestrator_fsm.layout import GIT_DIFF_FILE
 from orchestrator_fsm.phases import manifest
-from orchestrator_fsm.phases.manifest import (
-    GIT_DIFF_CAP_BYTES,
-    GIT_DIFF_FILE_NAME,
-    AuditSaver,
-    record_invocation,
-)
+from orchestrator_fsm.phases.manifest import GIT_DIFF_CAP_BYTES, AuditSaver, record_invocation
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
@@ -368,17 +364,17 @@ def test_a_patch_left_by_an_earlier_attempt_goes_when_the_tree_is_clean_again(
 ) -> None:
     (repo / "train.py").write_text("print('changed')\n")
     _record_git_info(reports)
-    assert (reports / GIT_DIFF_FILE_NAME).stat().st_size > 0
+    assert (reports / GIT_DIFF_FILE).stat().st_size > 0
     _git(repo, "checkout", "--", "train.py")
     assert _record_git_info(reports)["dirty"] == "false"
-    assert not (reports / GIT_DIFF_FILE_NAME).exists()
+    assert not (reports / GIT_DIFF_FILE).exists()
 
 
 @needs_git
 def test_modified_checkout_is_dirty_and_its_diff_is_saved(repo: Path, reports: Path) -> None:
     (repo / "train.py").write_text("print('changed')\n")
     assert _record_git_info(reports)["dirty"] == "true"
-    patch = (reports / GIT_DIFF_FILE_NAME).read_text(encoding="utf-8")
+    patch = (reports / GIT_DIFF_FILE).read_text(encoding="utf-8")
     assert "-print('hello')" in patch and "+print('changed')" in patch
 
 
@@ -459,7 +455,7 @@ def test_checkout_without_commits_records_no_commit_and_no_diff(
     info = _record_git_info(reports)
     assert info["commit"] == "none (no commits yet)"
     assert info["branch"] == "trunk"
-    assert not (reports / GIT_DIFF_FILE_NAME).exists()
+    assert not (reports / GIT_DIFF_FILE).exists()
 
 
 @needs_git
@@ -475,7 +471,7 @@ def test_large_diff_is_cut_at_one_mebibyte_with_a_note(repo: Path, reports: Path
     assert len(full) > GIT_DIFF_CAP_BYTES
     AuditSaver().dump_git_info(reports / "git_info.txt")
 
-    patch = (reports / GIT_DIFF_FILE_NAME).read_bytes()
+    patch = (reports / GIT_DIFF_FILE).read_bytes()
     kept, note = patch[:-1].rsplit(b"\n", 1)
     kept += b"\n"
     assert note.startswith(b"# orchestrator-fsm: diff truncated")
@@ -597,7 +593,7 @@ def test_the_git_state_is_one_value_written_kept_and_read_back_alike(
     assert state.untracked_files == 1
     # The file is the value's text, and reading the run back gives the same value.
     assert (reports / "git_info.txt").read_text(encoding="utf-8") == state.info_text()
-    assert (reports / GIT_DIFF_FILE_NAME).read_bytes() == state.patch
+    assert (reports / GIT_DIFF_FILE).read_bytes() == state.patch
     assert git_state.read_recorded_git_state(reports) == state
     assert state.source_tags() == {
         "mlflow.source.git.commit": state.commit,

@@ -36,7 +36,6 @@ import importlib.util
 import json
 import os
 import sys
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -69,10 +68,6 @@ __all__ = [
 ]
 
 BUNDLE_FORMAT: Final = 1
-
-# The bundle each run wrote, kept for its completion at cleanup (no read back); it goes
-# with the run.
-_written: weakref.WeakKeyDictionary[RunContext, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 def sha256_file(path: Path) -> str | None:
@@ -246,7 +241,7 @@ def write_bundle(
     }
     target = bundle_file(paths.root)
     atomic_write_json(target, bundle)
-    _written[run] = bundle
+    run.bundle = bundle
     return target
 
 
@@ -255,7 +250,7 @@ def record_loaded_libraries(run: RunContext) -> None:
     if not run.is_main_process or run.paths is None:
         return
     target = bundle_file(run.paths.root)
-    bundle = _written.pop(run, None)
+    bundle, run.bundle = run.bundle, None
     if bundle is None:  # written by another process (a resumed attempt's first one)
         try:
             bundle = json.loads(target.read_text(encoding="utf-8"))

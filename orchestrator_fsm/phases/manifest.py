@@ -10,7 +10,7 @@
   from one :class:`~orchestrator_fsm.git_state.GitState`. Outside a checkout, or
   without ``git``, these two files are simply not written.
 
-The step keeps what it recorded as data (:class:`Manifest`, :func:`recorded_manifest`):
+The step keeps what it recorded as data (``RunContext.manifest``):
 the rerun bundle ``rerun.json`` (:mod:`orchestrator_fsm.phases.bundle`) and the
 environment report are made from it, not from the files read back.
 
@@ -29,13 +29,11 @@ import platform
 import re
 import sys
 import time
-import weakref
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
-import attrs
 import yaml
 
 from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_text
@@ -50,26 +48,22 @@ from orchestrator_fsm.git_state import (
 from orchestrator_fsm.layout import GIT_DIFF_FILE, GIT_INFO_FILE, REQUIREMENTS_FILE
 from orchestrator_fsm.phases.bundle import write_bundle
 from orchestrator_fsm.redaction import REDACTED, looks_secret, redact_url
+from orchestrator_fsm.run_context import Manifest
 
 if TYPE_CHECKING:
     from orchestrator_fsm.run_context import RunContext
 
 __all__ = [
     "GIT_DIFF_CAP_BYTES",
-    "GIT_DIFF_FILE_NAME",
     "GIT_DIFF_TRUNCATED_MARK",
     "AuditSaver",
-    "Manifest",
     "record_invocation",
-    "recorded_manifest",
     "redacted_config",
     "requirement_lines",
     "step",
     "write_git_state",
 ]
 
-GIT_DIFF_FILE_NAME: Final = GIT_DIFF_FILE
-"""``git_diff.patch`` (:data:`orchestrator_fsm.layout.GIT_DIFF_FILE`)."""
 
 _LISTING_SETTLE_NS: Final = 2_000_000_000
 # libyaml's emitter where PyYAML has it, about four times faster than the pure-Python
@@ -345,26 +339,6 @@ def write_git_state(state: GitState, path: Path) -> None:
     atomic_write_text(path, state.info_text())
 
 
-@attrs.frozen
-class Manifest:
-    """What phase 5 recorded, as data: the saved config (plain, redacted), the
-    ``name==version`` lines of the installed distributions and the git state
-    (``None`` outside a checkout)."""
-
-    config: Any
-    requirements: tuple[str, ...]
-    git: GitState | None
-
-
-# The step's record per run, for the steps after it (the report); it goes with the run.
-_recorded: weakref.WeakKeyDictionary[RunContext, Manifest] = weakref.WeakKeyDictionary()
-
-
-def recorded_manifest(run: RunContext) -> Manifest | None:
-    """What phase 5 recorded for ``run``; ``None`` before it ran (or on other ranks)."""
-    return _recorded.get(run)
-
-
 def _config_on_disk(path: Path) -> Any:
     # An injected saver's config.yaml: what it wrote is what the bundle describes.
     from orchestrator_fsm.config.recipe import load_trusted_yaml
@@ -409,7 +383,7 @@ def step(run: RunContext) -> None:
         ),
         git=git if git is not None else read_recorded_git_state(paths.reports),
     )
-    _recorded[run] = manifest
+    run.manifest = manifest
     write_bundle(
         run,
         config=manifest.config,

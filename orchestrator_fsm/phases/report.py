@@ -32,7 +32,6 @@ from orchestrator_fsm.git_state import GitState, read_git_info
 from orchestrator_fsm.layout import REPORT_FILE
 from orchestrator_fsm.phases.device import resolve_device
 from orchestrator_fsm.phases.logging import FILE_ONLY
-from orchestrator_fsm.phases.manifest import recorded_manifest
 from orchestrator_fsm.redaction import redact_secrets
 
 if TYPE_CHECKING:
@@ -371,7 +370,7 @@ def step(run: RunContext) -> None:
     # The package's reporter reports the run's own launch, seeds and the git state
     # phase 5 recorded; an injected reporter is called with the arguments its protocol
     # names, nothing more.
-    manifest = recorded_manifest(run)
+    manifest = run.manifest
     log_initial_status: Callable[..., None] = (
         partial(
             reporter.log_initial_status,
