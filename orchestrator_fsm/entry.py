@@ -28,7 +28,6 @@ __all__ = [
     "entry_schema",
     "entry_search_dirs",
     "entry_search_path",
-    "is_entry_spec",
     "resolve_callable",
     "resolve_entry",
 ]

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.record import RunRecord
 
 __all__ = [
-    "KNOWN_OBSERVERS",
     "OBSERVER_METHODS",
     "Observer",
     "Observers",

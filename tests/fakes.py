@@ -165,9 +165,8 @@ def pretend_rank_zero_is_ready(cfg: Any, launch: Any, host_pid: int | None = Non
     import socket
     from datetime import datetime, timezone
 
-    from orchestrator_fsm.layout import RUN_FILE, job_entry_file
+    from orchestrator_fsm.layout import RUN_FILE, RunPaths, job_entry_file
     from orchestrator_fsm.lifecycle.job_index import JobEntry, job_key
-    from orchestrator_fsm.phases.filesystem import RunPaths
 
     key = job_key(launch, cfg.config_hash())
     assert key is not None, "the launch names no job"

@@ -1029,7 +1029,7 @@ def test_seeds_the_config_accepts_are_those_numpy_and_torch_accept(seed: int) ->
     import numpy as np
     import torch
 
-    from orchestrator_fsm.phases.determinism import SeedTree
+    from orchestrator_fsm.seeds import SeedTree
 
     try:
         Config.from_dict(minimal(training={"seed": seed}))

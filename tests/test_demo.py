@@ -27,7 +27,7 @@ from orchestrator_fsm.demo.pipeline import (
 from orchestrator_fsm.errors import ConfigError
 from orchestrator_fsm.lifecycle.record import read_run
 from orchestrator_fsm.orchestrator import RootOrchestrator
-from orchestrator_fsm.phases.determinism import SeedTree
+from orchestrator_fsm.seeds import SeedTree
 
 # Few images and epochs: these tests check the plumbing, not how well the model learns.
 SMALL = ["--set", "dataset.num_samples=192", "--set", "training.epochs=2"]

@@ -122,7 +122,7 @@ CHILD = textwrap.dedent(
     LATE = {
         "seed": ("orchestrator_fsm.orchestrator", None, "set_seed"),
         "configure_runtime": ("orchestrator_fsm.orchestrator", None, "configure_system_libraries"),
-        "provision": ("orchestrator_fsm.phases.filesystem", "RunPaths", "create"),
+        "provision": ("orchestrator_fsm.layout", "RunPaths", "create"),
         "init_logging": ("orchestrator_fsm.phases.logging", "Logger", "setup"),
         "persist_manifest": ("orchestrator_fsm.phases.manifest", "AuditSaver", "dump_git_info"),
         "acquire_lock": ("orchestrator_fsm.phases.lock", "InfrastructureManager",

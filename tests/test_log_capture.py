@@ -17,7 +17,9 @@ from conftest import minimal_recipe
 from orchestrator_fsm import RootOrchestrator
 from orchestrator_fsm.config import Config
 from orchestrator_fsm.errors import ConfigError
-from orchestrator_fsm.phases.logging import FILE_ONLY, STDOUT_LOG, Logger, _Tee, _TeeFile
+from orchestrator_fsm.layout import STDOUT_LOG
+from orchestrator_fsm.phases.logging import Logger, _Tee, _TeeFile
+from orchestrator_fsm.run_log import FILE_ONLY
 
 
 def _unique(text: str) -> str:

@@ -468,7 +468,7 @@ def test_seed_tree_as_dict_lists_standard_and_handed_out_seeds() -> None:
 @pytest.mark.slow
 def test_seed_tree_seeds_are_identical_in_another_interpreter_with_another_hash_seed() -> None:
     code = (
-        "import json; from orchestrator_fsm.phases.determinism import SeedTree; "
+        "import json; from orchestrator_fsm.seeds import SeedTree; "
         "t = SeedTree(99, rank=2, world_size=3); "
         "print(json.dumps([t.seed_for('augment'), t.worker_seed(4), t.shared_seed('init')]))"
     )

@@ -16,12 +16,12 @@ import pytest
 
 from orchestrator_fsm._process import LoggerSnapshot
 from orchestrator_fsm.errors import LifecycleError
+from orchestrator_fsm.layout import RunPaths
 from orchestrator_fsm.phases import logging as logging_phase
-from orchestrator_fsm.phases.determinism import SeedTree
-from orchestrator_fsm.phases.filesystem import RunPaths
 from orchestrator_fsm.phases.logging import LOG_FILE, Logger, log_file_name
 from orchestrator_fsm.run_context import Dependencies, RunContext
 from orchestrator_fsm.run_log import LOGGER_NAME
+from orchestrator_fsm.seeds import SeedTree
 
 LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 \[rank(?P<rank>\d+)\] "

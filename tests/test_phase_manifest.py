@@ -21,10 +21,11 @@ import pytest
 import yaml
 
 from orchestrator_fsm import git_state
-from orchestrator_fsm._system import distribution_version
+from orchestrator_fsm._system import distribution_version, record_invocation
+from orchestrator_fsm.git_state import GIT_DIFF_CAP_BYTES
 from orchestrator_fsm.layout import GIT_DIFF_FILE
 from orchestrator_fsm.phases import manifest
-from orchestrator_fsm.phases.manifest import GIT_DIFF_CAP_BYTES, AuditSaver, record_invocation
+from orchestrator_fsm.phases.manifest import AuditSaver
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
@@ -548,7 +549,7 @@ def test_invocation_record_describes_this_process(monkeypatch: pytest.MonkeyPatc
 
 PROBE = """\
 import json
-from orchestrator_fsm.phases.manifest import record_invocation
+from orchestrator_fsm._system import record_invocation
 print(json.dumps(record_invocation()))
 """
 

@@ -19,15 +19,15 @@ import yaml
 
 from orchestrator_fsm._version import __version__
 from orchestrator_fsm.distributed import LAUNCHER_ENV_VARS, Launch
+from orchestrator_fsm.layout import RunPaths
 from orchestrator_fsm.phases import report as report_module
-from orchestrator_fsm.phases.determinism import SeedTree
-from orchestrator_fsm.phases.filesystem import RunPaths
 from orchestrator_fsm.phases.report import (
     REPORT_FILE,
     Reporter,
     build_environment_report,
     render_report_lines,
 )
+from orchestrator_fsm.seeds import SeedTree
 
 SECTIONS = (
     "run",

@@ -17,10 +17,11 @@ import pytest
 import yaml
 from conftest import cli, isolated, minimal_recipe
 
-from orchestrator_fsm.cli.rerun import EXIT_DIVERGED, EXIT_DRIFT, EXIT_WITHIN_TOLERANCE, RERUNS_FILE
+from orchestrator_fsm.cli.rerun import EXIT_DIVERGED, EXIT_DRIFT, EXIT_WITHIN_TOLERANCE
 from orchestrator_fsm.git_state import read_git_state
+from orchestrator_fsm.layout import RERUNS_FILE, bundle_file
 from orchestrator_fsm.lifecycle.record import read_run
-from orchestrator_fsm.reproduce.bundle import bundle_file, working_directory
+from orchestrator_fsm.reproduce.bundle import working_directory
 
 PIPELINES = """
 import atexit

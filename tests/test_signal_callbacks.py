@@ -20,8 +20,8 @@ from conftest import cli_command, minimal_recipe, wait_for
 from fakes import Calls, fake_dependencies
 
 from orchestrator_fsm import ConfigError, LifecycleError, read_run
+from orchestrator_fsm._specs import callback_signal
 from orchestrator_fsm.cli import EXIT_USAGE, main
-from orchestrator_fsm.lifecycle.signals import callback_signal
 from orchestrator_fsm.orchestrator import RootOrchestrator
 
 ConfigFactory = Callable[..., Any]

@@ -45,7 +45,6 @@ __all__ = [
     "EXIT_DIVERGED",
     "EXIT_DRIFT",
     "EXIT_WITHIN_TOLERANCE",
-    "RERUNS_FILE",
     "cmd_rerun",
     "format_drift",
 ]

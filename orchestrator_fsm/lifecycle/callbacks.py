@@ -28,7 +28,8 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
-from orchestrator_fsm.lifecycle.signals import callback_signal, is_chained
+from orchestrator_fsm._specs import callback_signal
+from orchestrator_fsm.lifecycle.signals import is_chained
 
 __all__ = ["CONFIG_FIELD", "Callback", "Resolve", "SignalCallbacks"]
 

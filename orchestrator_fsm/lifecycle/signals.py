@@ -20,14 +20,11 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from orchestrator_fsm._specs import CALLBACK_SIGNALS, INTERRUPTING_SIGNALS, callback_signal
+from orchestrator_fsm._specs import INTERRUPTING_SIGNALS
 from orchestrator_fsm.errors import RunInterrupted
 
 __all__ = [
-    "CALLBACK_SIGNALS",
-    "INTERRUPTING_SIGNALS",
     "SignalGuard",
-    "callback_signal",
     "is_chained",
 ]
 

@@ -131,7 +131,7 @@ def describe_entry(spec: str | None) -> dict[str, Any] | None:
 
 def seed_summary(seed: int, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
     """The seed tree of ``seed`` as the bundle keeps it (the standard seeds)."""
-    from orchestrator_fsm.phases.determinism import SeedTree
+    from orchestrator_fsm.seeds import SeedTree
 
     seeds = SeedTree(seed, rank, world_size).as_dict()
     seeds.pop("derived", None)

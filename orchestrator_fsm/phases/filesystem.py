@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from orchestrator_fsm.run_context import RunContext
 
 __all__ = [
-    "RunPaths",
     "default_cache_dir",
     "default_lock_dir",
     "restarted_run",

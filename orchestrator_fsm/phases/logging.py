@@ -37,7 +37,7 @@ from orchestrator_fsm._process import LoggerSnapshot, Restorable, undoable
 from orchestrator_fsm._system import say_on_stderr
 from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.layout import LOG_FILE, STDOUT_LOG
-from orchestrator_fsm.run_log import FILE_ONLY, FILE_ONLY_KEY, LOGGER_NAME
+from orchestrator_fsm.run_log import FILE_ONLY_KEY, LOGGER_NAME
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -46,8 +46,6 @@ if TYPE_CHECKING:
     from orchestrator_fsm.run_context import RunContext
 
 __all__ = [
-    "FILE_ONLY",
-    "LOGGER_NAME",
     "Logger",
     "log_file_name",
     "run_console_handler",

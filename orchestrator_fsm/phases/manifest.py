@@ -39,8 +39,6 @@ import yaml
 from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_text
 from orchestrator_fsm._system import name_and_version, record_invocation
 from orchestrator_fsm.git_state import (
-    GIT_DIFF_CAP_BYTES,
-    GIT_DIFF_TRUNCATED_MARK,
     GitState,
     read_git_state,
     read_recorded_git_state,
@@ -54,10 +52,7 @@ if TYPE_CHECKING:
     from orchestrator_fsm.run_context import RunContext
 
 __all__ = [
-    "GIT_DIFF_CAP_BYTES",
-    "GIT_DIFF_TRUNCATED_MARK",
     "AuditSaver",
-    "record_invocation",
     "redacted_config",
     "requirement_lines",
     "step",

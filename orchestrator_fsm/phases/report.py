@@ -31,15 +31,15 @@ from orchestrator_fsm._version import __version__
 from orchestrator_fsm.git_state import GitState, read_git_info
 from orchestrator_fsm.layout import REPORT_FILE
 from orchestrator_fsm.phases.device import resolve_device
-from orchestrator_fsm.phases.logging import FILE_ONLY
 from orchestrator_fsm.redaction import redact_secrets
+from orchestrator_fsm.run_log import FILE_ONLY
 
 if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
     from orchestrator_fsm.distributed import Launch
-    from orchestrator_fsm.phases.determinism import SeedTree
-    from orchestrator_fsm.phases.filesystem import RunPaths
+    from orchestrator_fsm.layout import RunPaths
     from orchestrator_fsm.run_context import RunContext
+    from orchestrator_fsm.seeds import SeedTree
 
 __all__ = [
     "REPORTED_ENV_VARS",
@@ -178,7 +178,7 @@ def build_environment_report(
     as it is now (torch's flags as actually set, not as requested).
     """
     from orchestrator_fsm.distributed import discover_launch
-    from orchestrator_fsm.phases.determinism import SeedTree
+    from orchestrator_fsm.seeds import SeedTree
 
     if launch is None:
         launch = discover_launch()

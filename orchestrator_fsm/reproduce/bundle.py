@@ -14,18 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-# launch_environment and BUNDLE_ENV_VARS live in orchestrator_fsm.environment; importable
-# from here too, where callers written before the move look for them.
-from orchestrator_fsm.environment import BUNDLE_ENV_VARS, launch_environment
 from orchestrator_fsm.layout import bundle_file
 from orchestrator_fsm.phases.bundle import BUNDLE_FORMAT
 
 __all__ = [
-    "BUNDLE_ENV_VARS",
-    "BUNDLE_FORMAT",
     "BundleError",
-    "bundle_file",
-    "launch_environment",
     "read_bundle",
     "working_directory",
 ]
