@@ -51,7 +51,6 @@ __all__ = [
     "bundle_file",
     "config_file",
     "expand_output_dir",
-    "git_info_file",
     "job_entry_file",
     "metrics_file",
     "output_root",
@@ -139,11 +138,6 @@ def config_file(root: Path) -> Path:
 def bundle_file(root: Path) -> Path:
     """The rerun bundle of the run in ``root``."""
     return Path(root) / REPORTS_DIR / BUNDLE_FILE
-
-
-def git_info_file(root: Path) -> Path:
-    """The git state file of the run in ``root``."""
-    return Path(root) / REPORTS_DIR / GIT_INFO_FILE
 
 
 def job_entry_file(output_dir: Path | str, key: str) -> Path:
