@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from datetime import datetime, timezone
 
 __all__ = [
     "ConfigError",
@@ -76,9 +77,11 @@ class RunInterrupted(KeyboardInterrupt):
     """A termination signal (SIGINT, SIGTERM, SIGHUP) ended a live run.
 
     A ``KeyboardInterrupt``, so code that handles Ctrl-C handles it too; ``signum``
-    says which signal it was, and the message is its name.
+    says which signal it was, and the message is its name; ``received_at`` is when the
+    process took it (its handler ran), which tells a job-wide signal from a rank's own.
     """
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.received_at = datetime.now(timezone.utc)

@@ -23,7 +23,7 @@ from orchestrator_fsm.cli._shared import (
     split_bare_overrides,
 )
 from orchestrator_fsm.entry import entry_schema, entry_search_path, resolve_entry
-from orchestrator_fsm.errors import ConfigError, EntryPointError, RunInterrupted
+from orchestrator_fsm.errors import ConfigError, EntryPointError, LockContendedError, RunInterrupted
 from orchestrator_fsm.lifecycle.record import outcome_of
 from orchestrator_fsm.lifecycle.signals import SignalGuard
 from orchestrator_fsm.status import COMPLETED, FAILED, INTERRUPTED
@@ -216,6 +216,16 @@ def _run_entry(
     return orch, None
 
 
+def _log_file(orch: RootOrchestrator | None) -> Path | None:
+    """Rank 0's log file of ``orch``'s run, when it exists."""
+    from orchestrator_fsm.layout import LOG_FILE, LOGS_DIR
+
+    if orch is None or orch.paths is None:
+        return None
+    path = orch.paths.root / LOGS_DIR / LOG_FILE
+    return path if path.is_file() else None
+
+
 def _report_failure(
     failure: BaseException | None,
     orch: RootOrchestrator | None,
@@ -232,6 +242,15 @@ def _report_failure(
         say(err, f"interrupted{reason}; the run was cleaned up", "red")
         # 128 + the signal's number, as shells report a process ended by that signal.
         code = 128 + failure.signum if isinstance(failure, RunInterrupted) else EXIT_INTERRUPTED
+    elif isinstance(failure, LockContendedError):
+        # Expected, and whole in one line: the holder is in the message.
+        message = " ".join(f"{type(failure).__name__}: {failure}".split())
+        log = _log_file(orch)
+        where = f"; the traceback is in {log}" if log is not None else ""
+        say(err, f"refused in step 'acquire_lock': {message}{where}", "red")
+        code = EXIT_FAILURE
+        if not debug:
+            return code
     elif isinstance(failure, ConfigError):
         print_config_error(err, failure, str(cfg.source) if cfg.source else None)
         code = EXIT_USAGE

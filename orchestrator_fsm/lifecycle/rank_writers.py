@@ -14,6 +14,7 @@ else the rank owes the job:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import threading
@@ -25,14 +26,15 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
+from orchestrator_fsm.errors import RunInterrupted
 from orchestrator_fsm.layout import RESERVE_FILE, RUN_FILE, job_entry_file, rank_file
+from orchestrator_fsm.lifecycle.ending import Interruption, ending_of
 from orchestrator_fsm.lifecycle.job_index import JobEntry, job_key, write_job_entry
 from orchestrator_fsm.lifecycle.record import (
     PIPELINE_STEP,
     Attempt,
     ErrorSummary,
     RunRecord,
-    infer_status,
     read_ranks,
     read_run,
 )
@@ -43,7 +45,7 @@ from orchestrator_fsm.lifecycle.record_files import (
     write_record,
 )
 from orchestrator_fsm.redaction import redact_secrets
-from orchestrator_fsm.status import COMPLETED, CRASHED, FAILED, INTERRUPTED, RUNNING
+from orchestrator_fsm.status import COMPLETED, CRASHED, FAILED, INTERRUPTED, INTERRUPTIONS, RUNNING
 
 if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.machine import TransitionRecord
@@ -99,8 +101,10 @@ class RankWriter:
         self, root: Path, started_at: datetime
     ) -> tuple[datetime | None, tuple[Attempt, ...]]:
         """When the run started (its first attempt) and the attempts the first record
-        lists, this one (started at ``started_at``) last; rank N lists none."""
-        return started_at, ()
+        lists: the earlier ones this rank's record kept, then this one (started at
+        ``started_at``)."""
+        previous = _read_record(self.record_path(root))
+        return _next_attempts(self._run, previous, started_at)
 
     def create(self, root: Path, record: RunRecord) -> None:
         """Write the first record (and whatever goes with it); raises the error of a
@@ -119,6 +123,14 @@ class RankWriter:
         """Journal the transitions new since the last call and return them; rank N
         keeps no journal."""
         return ()
+
+    def interruption(
+        self, interrupt: RunInterrupted, record: RunRecord
+    ) -> tuple[str, Interruption]:
+        """The status and :class:`Interruption` of the run ``record`` describes, which
+        ``interrupt`` ended; rank N records the signal alone (rank 0 speaks for the
+        job, and asks the scheduler)."""
+        return INTERRUPTED, Interruption(str(interrupt), interrupt.received_at)
 
     def outcome(
         self, record: RunRecord, status: str, error: ErrorSummary | None
@@ -152,31 +164,15 @@ class RankZeroWriter(RankWriter):
     def open_attempt(
         self, root: Path, started_at: datetime
     ) -> tuple[datetime | None, tuple[Attempt, ...]]:
-        run = self._run
-        previous = read_run(root) if run.resumed else None
-        attempts: tuple[Attempt, ...] = ()
-        if previous is not None:
-            earlier = previous.attempts or (
-                Attempt(number=1, started_at=previous.started_at, pid=previous.pid),
-            )
-            # The attempt before, as the whole job lived it: its ranks included.
-            last = attrs.evolve(
-                earlier[-1],
-                ended_at=earlier[-1].ended_at or previous.ended_at or previous.heartbeat_at,
-                status=infer_status(previous),
-                reason=_ended_early(previous),
-            )
-            attempts = (*earlier[:-1], last)
-        attempts += (
-            Attempt(
-                number=len(attempts) + 1,
-                restart_count=run.launch.restart_count,
-                started_at=started_at,
-                pid=os.getpid(),
-                host=socket.gethostname(),
-            ),
-        )
-        return (previous.started_at if previous is not None else started_at), attempts
+        previous = read_run(root) if self._run.resumed else None
+        return _next_attempts(self._run, previous, started_at)
+
+    def interruption(
+        self, interrupt: RunInterrupted, record: RunRecord
+    ) -> tuple[str, Interruption]:
+        """What the scheduler of ``record``'s job (or the terminal) tells of the signal;
+        see :func:`~orchestrator_fsm.lifecycle.ending.ending_of`."""
+        return ending_of(interrupt.signum, interrupt.received_at, record.scheduler)
 
     def create(self, root: Path, record: RunRecord) -> None:
         try:
@@ -238,6 +234,8 @@ class RankZeroWriter(RankWriter):
             self._stop_waiting.wait(0.1)
             ranks = read_ranks(root, attempt)
         mine = attrs.evolve(record, status=status, error=error, ended_at=_now())
+        # A signal rank 0 took too is the job's (first_failure leaves out the ranks that
+        # took it, or failed after it): no rank is blamed for it, whichever ended first.
         first = attrs.evolve(mine, ranks=ranks).first_failure
         if first is None or first.rank in (None, 0):
             return status, error, None
@@ -245,7 +243,7 @@ class RankZeroWriter(RankWriter):
             summary = ErrorSummary("RankCrashed", f"rank {first.rank} is gone", PIPELINE_STEP)
         else:
             summary = first.error or ErrorSummary("RankFailed", "", PIPELINE_STEP)
-        worst = INTERRUPTED if first.status == INTERRUPTED else FAILED
+        worst = first.status if first.status in INTERRUPTIONS else FAILED
         return worst, summary, first.rank
 
     def release_reserve(self, root: Path) -> None:
@@ -263,32 +261,83 @@ def writer_for(run: RunContext, *, grace_s: float, report_once: ReportOnce) -> R
 
 
 def closed_attempts(
-    attempts: tuple[Attempt, ...], ended_at: datetime, status: str, error: ErrorSummary | None
+    attempts: tuple[Attempt, ...],
+    ended_at: datetime,
+    status: str,
+    error: ErrorSummary | None,
+    *,
+    failed_rank: int | None = None,
+    interruption: Interruption | None = None,
 ) -> tuple[Attempt, ...]:
     """``attempts`` with the last one (this process's) ended: when, how, and why when
-    it ended early."""
+    it ended early: the signal and what told more (``interruption``), else the error,
+    after ``rank N: `` when rank ``failed_rank``'s ended the job."""
     if not attempts:
         return attempts
     reason = None
-    if status == INTERRUPTED:
-        reason = "preempted"
-    elif error is not None:
-        reason = str(error)
+    if status != COMPLETED:
+        who = "" if not failed_rank else f"rank {failed_rank}: "
+        if failed_rank is None and interruption is not None:
+            what = str(interruption)
+        elif error is not None:
+            what = str(error)
+        else:
+            what = status
+        reason = f"{who}{what}"
     last = attrs.evolve(attempts[-1], ended_at=ended_at, status=status, reason=reason)
     return (*attempts[:-1], last)
 
 
-def _ended_early(previous: RunRecord) -> str | None:
-    """Why the attempt ``previous`` describes (rank 0's record and its ranks') ended
-    early, as the next attempt sees it; None when it did not."""
-    status = infer_status(previous)
-    if status == COMPLETED:
+def _read_record(path: Path) -> RunRecord | None:
+    """The record in ``path`` (a rank's own file), None when there is none to read."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
-    if status in (CRASHED, RUNNING):
-        return CRASHED
-    first = previous.first_failure
-    who = "" if first is None or not first.rank else f"rank {first.rank}: "
-    if status == INTERRUPTED:
-        return f"{who}preempted"
-    error = first.error if first is not None else previous.error
-    return f"{who}{error}" if error else f"{who}failed"
+    return RunRecord.from_json(data, path.parent) if isinstance(data, dict) else None
+
+
+def _next_attempts(
+    run: RunContext, previous: RunRecord | None, started_at: datetime
+) -> tuple[datetime | None, tuple[Attempt, ...]]:
+    """When the run started and its attempts: those ``previous`` (the record the last
+    attempt left) lists, as they were written, then a new one started at
+    ``started_at``. An attempt left ``running`` ended without closing its record: it
+    is closed now as ``crashed`` at its last sign of life; a closed one is never
+    rewritten."""
+    attempts: tuple[Attempt, ...] = ()
+    if previous is not None:
+        earlier = previous.attempts or (
+            Attempt(number=1, started_at=previous.started_at, pid=previous.pid),
+        )
+        last = earlier[-1]
+        if last.status == RUNNING:
+            status = previous.status if previous.status != RUNNING else CRASHED
+            last = attrs.evolve(
+                last,
+                ended_at=previous.ended_at or previous.heartbeat_at,
+                status=status,
+                reason=CRASHED if status == CRASHED else _ended_early(previous),
+            )
+        attempts = (*earlier[:-1], last)
+    attempts += (
+        Attempt(
+            number=len(attempts) + 1,
+            restart_count=run.launch.restart_count,
+            started_at=started_at,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+        ),
+    )
+    return (previous.started_at if previous is not None else started_at), attempts
+
+
+def _ended_early(previous: RunRecord) -> str | None:
+    """Why the attempt of ``previous``, whose record ended but whose attempt list was
+    not closed (a record written before attempts were closed with it), ended early."""
+    if previous.status == COMPLETED:
+        return None
+    who = f"rank {previous.failed_rank}: " if previous.failed_rank else ""
+    if previous.interruption is not None and not previous.failed_rank:
+        return str(previous.interruption)
+    return f"{who}{previous.error}" if previous.error else f"{who}{previous.status}"

@@ -29,6 +29,7 @@ from orchestrator_fsm.layout import (
     RANKS_DIR,
     RUN_FILE,
 )
+from orchestrator_fsm.lifecycle.ending import Interruption, SchedulerJob
 from orchestrator_fsm.lifecycle.machine import TransitionRecord
 from orchestrator_fsm.lifecycle.table import MACHINE_STEPS, LifecycleState
 from orchestrator_fsm.status import (
@@ -36,6 +37,7 @@ from orchestrator_fsm.status import (
     CRASHED,
     FAILED,
     INTERRUPTED,
+    INTERRUPTIONS,
     REFUSED,
     RUNNING,
     WORST_FIRST,
@@ -52,6 +54,7 @@ __all__ = [
     "PipelineSpan",
     "RunRecord",
     "infer_status",
+    "job_signal_at",
     "outcome_of",
     "pipeline_spans",
     "read_ranks",
@@ -115,7 +118,10 @@ class Attempt:
     ended_at: datetime | None = None
     status: str = RUNNING
     reason: str | None = None
-    """Why this attempt ended early (``preempted``, ``crashed``, the error), if it did."""
+    """Why this attempt ended early (the signal and what told more, ``crashed``, the
+    error; ``rank N: `` first when another rank's ended it), if it did. Written when
+    the attempt ends (or, for one that crashed, when the next one starts); never
+    rewritten."""
     pid: int | None = None
     host: str | None = None
 
@@ -254,6 +260,11 @@ class RunRecord:
     error: ErrorSummary | None = None
     failed_rank: int | None = None
     """The rank whose failure ended the job, when it was not rank 0."""
+    interruption: Interruption | None = None
+    """The signal that ended the run and what told more about it (the scheduler's
+    word), when a signal ended it (see ``lifecycle/ending.py``)."""
+    scheduler: SchedulerJob | None = None
+    """The scheduler's job the run ran in (SLURM's job id and array task), if any."""
     phases: Mapping[str, float] = attrs.field(factory=dict)
     elapsed_s: float | None = None
     argv: tuple[str, ...] = ()
@@ -294,11 +305,15 @@ class RunRecord:
     @property
     def first_failure(self) -> RunRecord | None:
         """The record (this one, or a rank's) that went wrong first: failed, interrupted
-        or crashed, earliest end first; None when none did."""
+        or crashed, earliest end first; None when none did. When a signal ended rank 0,
+        a rank that failed or took a signal only after it did is not counted: that was
+        the same job-wide signal, or its consequence (see :func:`job_signal_at`)."""
+        signal_at = job_signal_at(self)
         gone = [
             record
             for record in (self, *self.ranks)
-            if _own_status(record, None) in (FAILED, INTERRUPTED, CRASHED)
+            if _own_status(record, None) in (FAILED, *INTERRUPTIONS, CRASHED)
+            and (record is self or _before_signal(record, signal_at))
         ]
         if not gone:
             return None
@@ -324,6 +339,8 @@ class RunRecord:
         """The record of ``run.json``'s ``data``; missing or mistyped fields become None."""
         error = data.get("error")
         summary = ErrorSummary.from_json(error) if isinstance(error, Mapping) else None
+        interruption = data.get("interruption")
+        scheduler = data.get("scheduler")
         attempts = data.get("attempts")
         phases = data.get("phases")
         argv = data.get("argv")
@@ -348,6 +365,10 @@ class RunRecord:
             device=_optional_str(data.get("device")),
             error=summary,
             failed_rank=_optional_int(data.get("failed_rank")),
+            interruption=Interruption.from_json(interruption)
+            if isinstance(interruption, Mapping)
+            else None,
+            scheduler=SchedulerJob.from_json(scheduler) if isinstance(scheduler, Mapping) else None,
             phases=_numbers(phases),
             elapsed_s=_optional_float(data.get("elapsed_s")),
             argv=tuple(str(a) for a in argv) if isinstance(argv, list) else (),
@@ -397,6 +418,8 @@ class RunRecord:
             device=self.device,
             error=None if self.error is None else self.error.to_json(),
             failed_rank=self.failed_rank,
+            interruption=None if self.interruption is None else self.interruption.to_json(),
+            scheduler=None if self.scheduler is None else self.scheduler.to_json(),
             phases=dict(self.phases),
             elapsed_s=self.elapsed_s,
             argv=list(self.argv),
@@ -486,6 +509,36 @@ def _own_status(record: RunRecord, now: datetime | None) -> str:
     return RUNNING
 
 
+#: How much earlier than rank 0 another rank may take a signal and still have taken the
+#: same job-wide one (each takes it when its Python handler runs: a rank in a long C call
+#: runs it late).
+_SAME_SIGNAL_S: Final = 1.0
+
+
+def job_signal_at(record: RunRecord) -> datetime | None:
+    """When rank 0 took the signal that ended the job ``record`` (rank 0's) describes;
+    None when no signal ended rank 0 or another rank was found to have ended the job."""
+    interruption = record.interruption
+    if record.rank not in (None, 0) or record.failed_rank is not None or interruption is None:
+        return None
+    return interruption.received_at if record.status in INTERRUPTIONS else None
+
+
+def _before_signal(rank: RunRecord, signal_at: datetime | None) -> bool:
+    """Whether ``rank`` ended the job on its own rather than by (or after) the job-wide
+    signal rank 0 took at ``signal_at``."""
+    if signal_at is None:
+        return True
+    status = _own_status(rank, None)
+    if status == FAILED:
+        return rank.ended_at is not None and rank.ended_at < signal_at
+    if status in INTERRUPTIONS:
+        taken = rank.interruption.received_at if rank.interruption is not None else None
+        taken = taken or rank.ended_at
+        return taken is not None and (signal_at - taken).total_seconds() > _SAME_SIGNAL_S
+    return True
+
+
 def infer_status(record: RunRecord, now: datetime | None = None) -> str:
     """The true status of the job ``record`` describes: ``crashed`` for a record that
     says ``running`` but whose process is gone, and the worst of every rank's status
@@ -499,7 +552,12 @@ def infer_status(record: RunRecord, now: datetime | None = None) -> str:
     heartbeat decides: none for longer than :func:`stale_after` its interval means
     crashed. ``now`` is the time to judge the heartbeat by (default: the current time).
     """
-    statuses = {_own_status(item, now) for item in (record, *record.ranks)}
+    signal_at = job_signal_at(record)
+    statuses = {
+        _own_status(item, now)
+        for item in (record, *record.ranks)
+        if item is record or _before_signal(item, signal_at)
+    }
     # When ranks disagree, the job is what its worst rank is. Only rank 0 takes the
     # lock, so ``refused`` is rank 0's alone (no other rank joins a run never ready).
     return next((status for status in WORST_FIRST if status in statuses), record.status)

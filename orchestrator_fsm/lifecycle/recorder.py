@@ -26,8 +26,9 @@ import attrs
 from orchestrator_fsm._fs import append_whole
 from orchestrator_fsm._system import boot_id, process_start_ticks, record_invocation, say_on_stderr
 from orchestrator_fsm._version import __version__
-from orchestrator_fsm.errors import LifecycleError
+from orchestrator_fsm.errors import LifecycleError, LockContendedError, RunInterrupted
 from orchestrator_fsm.layout import metrics_file
+from orchestrator_fsm.lifecycle.ending import scheduler_job
 from orchestrator_fsm.lifecycle.job_index import job_key
 from orchestrator_fsm.lifecycle.listener import NoListener, RunListener
 from orchestrator_fsm.lifecycle.metrics import (
@@ -53,7 +54,7 @@ from orchestrator_fsm.lifecycle.record_files import write_record
 from orchestrator_fsm.lifecycle.table import MACHINE_STEPS, TERMINAL_STATES, LifecycleState
 from orchestrator_fsm.redaction import redact_argv
 from orchestrator_fsm.run_log import FILE_ONLY
-from orchestrator_fsm.status import FAILED, RUNNING
+from orchestrator_fsm.status import FAILED, INTERRUPTED, RUNNING
 
 if TYPE_CHECKING:
     from orchestrator_fsm.lifecycle.machine import LifecycleMachine, TransitionRecord
@@ -284,11 +285,15 @@ class RunRecorder:
             # Told before the rollback, so the run's log is still open.
             exc = record.exception
             if isinstance(exc, Exception):
+                # A refusal at the run lock is expected: its one line is the caller's to
+                # say (the command prints it); the traceback is for the log file only.
+                refused = isinstance(exc, LockContendedError)
                 self._run.logger.error(
                     "step %r failed: %s",
                     record.step,
                     exc,
                     exc_info=(type(exc), exc, exc.__traceback__),
+                    extra=FILE_ONLY if refused else None,
                 )
         if final:
             self._stop_heartbeat()
@@ -354,6 +359,7 @@ class RunRecorder:
             python=invocation["python"],
             package_version=__version__,
             job=job_key(run.launch, run.cfg.config_hash()),
+            scheduler=scheduler_job(),
             config_hash=run.cfg.config_hash(),
             restart_count=run.launch.restart_count,
             sweep=None if run.sweep is None else run.sweep[0],
@@ -370,6 +376,11 @@ class RunRecorder:
     def _finish(self, record: TransitionRecord) -> None:
         assert self._machine is not None and self._record is not None
         status, error = outcome_of(self._machine)
+        exc = self._machine.ended_by
+        interruption = None
+        if isinstance(exc, RunInterrupted) and status == INTERRUPTED:
+            status, interruption = self._writer.interruption(exc, self._record)
+            self._record = attrs.evolve(self._record, interruption=interruption)
         status, error, failed_rank = self._writer.outcome(self._record, status, error)
         self._finished = True
         ended = _now()
@@ -389,7 +400,14 @@ class RunRecorder:
             error=error,
             failed_rank=failed_rank,
             elapsed_s=self._elapsed_s(),
-            attempts=closed_attempts(self._record.attempts, ended, status, error),
+            attempts=closed_attempts(
+                self._record.attempts,
+                ended,
+                status,
+                error,
+                failed_rank=failed_rank,
+                interruption=interruption,
+            ),
         )
         failure = self._write()
         if failure is not None:

@@ -58,7 +58,7 @@ class SignalGuard:
         self._signals = signals
         self._previous: dict[int, Any] = {}
         self._holding = False
-        self._held: int | None = None
+        self._held: RunInterrupted | None = None
 
     def install(self) -> None:
         """Take over the interrupting signals; a no-op outside the main thread."""
@@ -81,7 +81,7 @@ class SignalGuard:
             signal.signal(signum, handler if then is None else then)
         held, self._held, self._holding = self._held, None, False
         if held is not None:
-            raise RunInterrupted(held)
+            raise held
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         previous = self._previous.get(signum)
@@ -89,9 +89,10 @@ class SignalGuard:
             previous(signum, frame)
         if self._holding:
             if self._held is None:
-                self._held = signum
+                # One instance: it keeps the time the signal came, not the time raised.
+                self._held = RunInterrupted(signum)
                 if self._on_held is not None:
-                    self._on_held(RunInterrupted(signum))
+                    self._on_held(self._held)
             return
         interrupt = RunInterrupted(signum)
         if self._defer is not None and self._defer(frame, interrupt):

@@ -19,7 +19,7 @@ from orchestrator_fsm._system import process_started_at
 from orchestrator_fsm.errors import InfrastructureError
 from orchestrator_fsm.layout import RunPaths, job_entry_file
 from orchestrator_fsm.lifecycle.job_index import JobEntry, job_key, read_job_entry
-from orchestrator_fsm.status import COMPLETED, FAILED, INTERRUPTED, REFUSED
+from orchestrator_fsm.status import COMPLETED, FAILED, INTERRUPTIONS, REFUSED
 
 if TYPE_CHECKING:
     from orchestrator_fsm.run_context import RunContext
@@ -51,7 +51,7 @@ def _ready_root(entry: JobEntry | None, restart_count: int, not_before: datetime
         return None
     if record.attempts and record.attempts[-1].restart_count != restart_count:
         return None  # still the record of the attempt before
-    if record.status in (FAILED, INTERRUPTED, REFUSED):
+    if record.status in (FAILED, *INTERRUPTIONS, REFUSED):
         error = f": {record.error} (step {record.error.step})" if record.error else ""
         raise InfrastructureError(f"rank 0's run {record.run_id} ended {record.status}{error}")
     if record.state in _READY_STATES or record.status == COMPLETED:

@@ -1,0 +1,300 @@
+"""How a run a signal ended came to end, as far as something can tell.
+
+A signal says little: SLURM sends the same SIGTERM for ``scancel``, a time limit, a
+preemption and a requeue; torchrun sends it to every worker when one fails. Rank 0
+asks, once, what can tell more (:func:`ending_of`), and records what it learned with
+the signal (:class:`Interruption`):
+
+- inside a SLURM job (:class:`SchedulerJob`): ``scontrol show job`` (bounded by
+  :data:`SCONTROL_TIMEOUT_S`): ``timeout`` for JobState TIMEOUT/DEADLINE or Reason
+  TimeLimit, ``preempted`` for JobState PREEMPTED, a PreemptTime, JobState REQUEUED or a
+  restart count above the one the job started with, ``cancelled`` for JobState
+  CANCELLED; then the end time SLURM announced (``SLURM_JOB_END_TIME``, else
+  scontrol's StartTime + TimeLimit): a signal at or after it is ``timeout``;
+- a SIGINT while the process is in its terminal's foreground (what Ctrl-C there sends
+  to): ``cancelled``;
+- anything else: ``interrupted``, with only the signal recorded. Nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any, Final
+
+import attrs
+
+from orchestrator_fsm.status import CANCELLED, INTERRUPTED, PREEMPTED, TIMEOUT
+
+__all__ = [
+    "SCONTROL_TIMEOUT_S",
+    "Interruption",
+    "SchedulerJob",
+    "ending_of",
+    "scheduler_job",
+    "scontrol_job",
+]
+
+#: How long rank 0 waits for ``scontrol show job`` at the end of an interrupted run
+#: (SLURM kills the job KillWait seconds after its SIGTERM, 30 s by default).
+SCONTROL_TIMEOUT_S: Final = 3.0
+#: How early before SLURM's announced end time a signal still counts as the time limit's
+#: (SLURM checks time limits periodically, so its SIGTERM comes at or after that time).
+_END_TIME_SLACK: Final = timedelta(seconds=2)
+#: SLURM's job states that say a requeue (by ``scontrol requeue`` or a preemption).
+_REQUEUED: Final = frozenset({"REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"})
+
+
+def _optional_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _timestamp(value: object) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+@attrs.frozen
+class SchedulerJob:
+    """The scheduler's job this process runs in, as its raw ids: ``job_id`` (SLURM_JOB_ID,
+    unique per array task too), ``array_job_id``/``array_task_id`` for a task of an
+    array; ``restart_count`` (SLURM_RESTART_COUNT) and ``end_time``
+    (SLURM_JOB_END_TIME) as the job announced them when this process started."""
+
+    scheduler: str
+    job_id: str
+    array_job_id: str | None = None
+    array_task_id: str | None = None
+    restart_count: int = 0
+    end_time: datetime | None = None
+
+    @property
+    def label(self) -> str:
+        """How users name the job: ``<array job>_<task>`` for an array task, else the id."""
+        if self.array_job_id is not None and self.array_task_id is not None:
+            return f"{self.array_job_id}_{self.array_task_id}"
+        return self.job_id
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SchedulerJob | None:
+        job_id = data.get("job_id")
+        if job_id is None:
+            return None
+        restarts = data.get("restart_count")
+        return cls(
+            scheduler=str(data.get("scheduler") or "slurm"),
+            job_id=str(job_id),
+            array_job_id=_optional_str(data.get("array_job_id")),
+            array_task_id=_optional_str(data.get("array_task_id")),
+            restart_count=restarts if isinstance(restarts, int) else 0,
+            end_time=_timestamp(data.get("end_time")),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scheduler": self.scheduler,
+            "job_id": self.job_id,
+            "array_job_id": self.array_job_id,
+            "array_task_id": self.array_task_id,
+            "restart_count": self.restart_count,
+            "end_time": _iso(self.end_time),
+        }
+
+
+def _env_text(env: Mapping[str, str], *names: str) -> str | None:
+    for name in names:
+        value = env.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def scheduler_job(environ: Mapping[str, str] | None = None) -> SchedulerJob | None:
+    """The SLURM job ``environ`` (default ``os.environ``) names; None outside one."""
+    env = os.environ if environ is None else environ
+    job_id = _env_text(env, "SLURM_JOB_ID", "SLURM_JOBID")
+    if job_id is None:
+        return None
+    restarts = _env_text(env, "SLURM_RESTART_COUNT") or "0"
+    end = _env_text(env, "SLURM_JOB_END_TIME")
+    end_time = None
+    if end is not None and end.isdigit():
+        end_time = datetime.fromtimestamp(int(end), timezone.utc)
+    return SchedulerJob(
+        scheduler="slurm",
+        job_id=job_id,
+        array_job_id=_env_text(env, "SLURM_ARRAY_JOB_ID"),
+        array_task_id=_env_text(env, "SLURM_ARRAY_TASK_ID"),
+        restart_count=int(restarts) if restarts.isdigit() else 0,
+        end_time=end_time,
+    )
+
+
+@attrs.frozen
+class Interruption:
+    """What ended a run that a signal stopped: the ``signal`` (its name), when this
+    process ``received_at`` it, and ``evidence``: what told more than the signal (one
+    line: the scheduler's words, the terminal), None when nothing did. SLURM's job
+    state and reason at that moment, when it was asked, are kept as it gave them."""
+
+    signal: str
+    received_at: datetime | None = None
+    evidence: str | None = None
+    scheduler_state: str | None = None
+    scheduler_reason: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Interruption:
+        return cls(
+            signal=str(data.get("signal") or "?"),
+            received_at=_timestamp(data.get("received_at")),
+            evidence=_optional_str(data.get("evidence")),
+            scheduler_state=_optional_str(data.get("scheduler_state")),
+            scheduler_reason=_optional_str(data.get("scheduler_reason")),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "signal": self.signal,
+            "received_at": _iso(self.received_at),
+            "evidence": self.evidence,
+            "scheduler_state": self.scheduler_state,
+            "scheduler_reason": self.scheduler_reason,
+        }
+
+    def __str__(self) -> str:
+        return self.signal if self.evidence is None else f"{self.signal}; {self.evidence}"
+
+
+#: Asks the scheduler about a job: its fields (``JobState``, ``Reason``...) or None.
+JobQuery = Callable[[str], "Mapping[str, str] | None"]
+
+_FIELD = re.compile(r"(\w+)=(\S*)")
+
+
+def scontrol_job(job_id: str, timeout_s: float = SCONTROL_TIMEOUT_S) -> dict[str, str] | None:
+    """The fields ``scontrol show job <job_id>`` prints (the first of each name); None
+    when scontrol is missing, fails or takes longer than ``timeout_s``."""
+    scontrol = shutil.which("scontrol")
+    if scontrol is None:
+        return None
+    try:
+        result = subprocess.run(
+            [scontrol, "show", "job", job_id],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if result.returncode != 0:
+        return None
+    fields: dict[str, str] = {}
+    for name, value in _FIELD.findall(result.stdout):
+        fields.setdefault(name, value)
+    return fields or None
+
+
+def _slurm_time(value: str | None) -> datetime | None:
+    """A time as scontrol prints it (local, no zone); None for None/Unknown/N/A."""
+    if not value or not value[:1].isdigit():
+        return None
+    with contextlib.suppress(ValueError):
+        return datetime.fromisoformat(value).astimezone(timezone.utc)
+    return None
+
+
+def _slurm_duration(value: str | None) -> timedelta | None:
+    """A TimeLimit as scontrol prints it (``[days-]hh:mm:ss``, ``mm:ss``); None otherwise."""
+    if not value or not value[:1].isdigit():
+        return None
+    days, _, clock = value.rpartition("-")
+    parts = clock.split(":")
+    if not days.isdigit() and days:
+        return None
+    if not all(part.isdigit() for part in parts) or not 1 <= len(parts) <= 3:
+        return None
+    numbers = [int(part) for part in parts]
+    while len(numbers) < 3:
+        numbers.insert(0, 0)
+    hours, minutes, seconds = numbers
+    return timedelta(days=int(days or 0), hours=hours, minutes=minutes, seconds=seconds)
+
+
+def _from_slurm(
+    job: SchedulerJob, fields: Mapping[str, str] | None, received_at: datetime
+) -> tuple[str, str] | None:
+    """The status SLURM's words give and the line that says so; None when they say none."""
+    if fields is not None:
+        state, reason = fields.get("JobState", ""), fields.get("Reason", "")
+        said = f"SLURM says JobState={state} Reason={reason}"
+        restarts = fields.get("Restarts", "")
+        if state in ("TIMEOUT", "DEADLINE") or reason == "TimeLimit":
+            return TIMEOUT, said
+        if state == "PREEMPTED" or _slurm_time(fields.get("PreemptTime")) is not None:
+            return PREEMPTED, f"{said} PreemptTime={fields.get('PreemptTime')}"
+        if state in _REQUEUED:
+            return PREEMPTED, said
+        if restarts.isdigit() and int(restarts) > job.restart_count:
+            return PREEMPTED, f"{said}; requeued (Restarts={restarts})"
+        if state == "CANCELLED":
+            return CANCELLED, said
+    end = job.end_time
+    if end is None and fields is not None:
+        start = _slurm_time(fields.get("StartTime"))
+        limit = _slurm_duration(fields.get("TimeLimit"))
+        end = None if start is None or limit is None else start + limit
+    if end is not None and received_at >= end - _END_TIME_SLACK:
+        return TIMEOUT, f"SLURM's end time {end.isoformat()} had come"
+    return None
+
+
+def _in_terminal_foreground() -> bool:
+    """Whether this process's group is its terminal's foreground group (Ctrl-C's target)."""
+    try:
+        fd = sys.stdin.fileno()
+        return os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp()
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def ending_of(
+    signum: int,
+    received_at: datetime,
+    job: SchedulerJob | None,
+    *,
+    query: JobQuery = scontrol_job,
+    in_terminal_foreground: Callable[[], bool] = _in_terminal_foreground,
+) -> tuple[str, Interruption]:
+    """The status of a run that the signal ``signum`` (received at ``received_at``)
+    ended, and the :class:`Interruption` to record: what SLURM says of ``job`` (asked
+    with ``query``), else Ctrl-C at the terminal, else ``interrupted`` with the signal
+    alone."""
+    name = signal.Signals(signum).name
+    if job is not None:
+        fields = query(job.job_id)
+        found = _from_slurm(job, fields, received_at)
+        state = None if fields is None else fields.get("JobState")
+        reason = None if fields is None else fields.get("Reason")
+        if found is not None:
+            status, evidence = found
+            return status, Interruption(name, received_at, evidence, state, reason)
+        if fields is not None:
+            return INTERRUPTED, Interruption(name, received_at, None, state, reason)
+    if signum == signal.SIGINT and in_terminal_foreground():
+        return CANCELLED, Interruption(name, received_at, "Ctrl-C at its terminal")
+    return INTERRUPTED, Interruption(name, received_at)
