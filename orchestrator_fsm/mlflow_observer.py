@@ -7,8 +7,9 @@ rank 0 talks to MLflow. One MLflow run per run directory: its name is the run id
 recipe, flattened and redacted, as params (cut to MLflow's length limits); every
 ``log_metrics`` / ``log_summary`` value as a metric (with its step); at the end the git
 commit and branch as ``mlflow.source.git.*`` tags (when known), the run directory's
-``reports/`` and ``logs/`` as artifacts, and the status: FINISHED, FAILED or KILLED for
-``completed``, ``failed`` or ``interrupted``.
+``reports/`` and ``logs/`` as artifacts, and the status: FINISHED for ``completed``,
+FAILED for ``failed`` and ``timeout``, KILLED for ``interrupted``, ``cancelled`` and
+``preempted`` (:data:`MLFLOW_STATUS`).
 
 A run killed outright (SIGKILL, a lost node) leaves its MLflow run RUNNING. The record
 keeps the tracking URI and the MLflow run id (``run.json``'s ``trackers``), so the next
@@ -33,7 +34,15 @@ from orchestrator_fsm.layout import LOGS_DIR, REPORTS_DIR, output_root
 from orchestrator_fsm.lifecycle.record import infer_status, read_run
 from orchestrator_fsm.observers import Observer
 from orchestrator_fsm.redaction import redact_secrets
-from orchestrator_fsm.status import COMPLETED, CRASHED, FAILED, INTERRUPTED
+from orchestrator_fsm.status import (
+    CANCELLED,
+    COMPLETED,
+    CRASHED,
+    FAILED,
+    INTERRUPTED,
+    PREEMPTED,
+    TIMEOUT,
+)
 
 if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
@@ -53,11 +62,17 @@ __all__ = [
     "reconcile_runs",
 ]
 
-#: The MLflow run status for each final status of run.json (a crashed run: FAILED).
+#: The MLflow run status for each final status of run.json (a crashed run: FAILED). A
+#: run stopped from outside is KILLED (a person, a preemption, an unexplained signal); one
+#: that hit its time limit is FAILED: like a failure, it needs the user to act (more time,
+#: or checkpoints) before it can finish.
 MLFLOW_STATUS: Final = {
     COMPLETED: "FINISHED",
     FAILED: "FAILED",
     INTERRUPTED: "KILLED",
+    CANCELLED: "KILLED",
+    PREEMPTED: "KILLED",
+    TIMEOUT: "FAILED",
     CRASHED: "FAILED",
 }
 #: The tag naming the run directory an MLflow run mirrors.

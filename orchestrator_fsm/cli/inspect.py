@@ -238,6 +238,9 @@ def format_summary(run: RunRecord) -> Table:
         ("command", _command(run)),
         ("root", str(run.root)),
     ]
+    if run.scheduler is not None:
+        job = run.scheduler
+        rows.insert(2, ("job", f"{job.scheduler} job {job.label}"))
     if run.sweep is not None:
         rows.insert(-1, ("sweep", f"{run.sweep} (member {_or_dash(run.sweep_member)})"))
     if run.rerun_of is not None:
@@ -283,10 +286,20 @@ def _attempts(run: RunRecord) -> str:
     """``1 interrupted (preempted), 2 running``: each attempt with how it ended."""
     parts = []
     for attempt in run.attempts:
-        # The error's type only: its message is printed in full below the timeline.
-        reason = f" ({attempt.reason.partition(':')[0]})" if attempt.reason else ""
+        reason = f" ({_short_reason(attempt.reason)})" if attempt.reason else ""
         parts.append(f"{attempt.number} {attempt.status}{reason}")
     return ", ".join(parts) or "-"
+
+
+def _short_reason(reason: str) -> str:
+    """An attempt's reason cut to what a list shows: the rank that ended it, then the
+    error's type or the signal (the whole is printed below the timeline, and in
+    ``--json``): ``rank 1: ValueError``, ``SIGTERM``."""
+    who = ""
+    if reason.startswith("rank "):
+        who, _, reason = reason.partition(": ")
+        who += ": "
+    return who + reason.partition(";")[0].partition(":")[0]
 
 
 def _ranks(run: RunRecord) -> str:
@@ -397,7 +410,10 @@ def format_error(run: RunRecord) -> Text | None:
     if error is not None and run.status == REFUSED:
         lines.append(f"refused at the run lock: {error.type}: {error.message}")
     elif error is not None and error.type in _INTERRUPTS:
-        lines.append(f"interrupted by {_signal_name(error.message)} in step {error.step}")
+        line = f"interrupted by {_signal_name(error.message)} in step {error.step}"
+        evidence = None if run.interruption is None else run.interruption.evidence
+        # What told more than the signal, and so made the status what it is.
+        lines.append(line if evidence is None else f"{line}: {run.status} ({evidence})")
     elif error is not None:
         lines.append(f"failed step: {error.step}: {error}")
     for record in run.transitions:

@@ -38,6 +38,7 @@ __all__ = [
     "entry_of",
     "format_runs_json",
     "format_runs_table",
+    "job_of",
     "list_runs",
     "parse_since",
 ]
@@ -152,6 +153,13 @@ def _key_metrics(record: RunRecord) -> dict[str, float]:
     return {name: item.last for name, item in record.metrics.items()}
 
 
+def job_of(record: RunRecord) -> str | None:
+    """The scheduler's job the run ran in, as its users name it (``slurm 28``,
+    ``slurm 27_1`` for task 1 of array 27); None outside one."""
+    job = record.scheduler
+    return None if job is None else f"{job.scheduler} {job.label}"
+
+
 def _duration(run: ListedRun, now: datetime) -> str:
     from orchestrator_fsm.cli.inspect import format_seconds
 
@@ -178,7 +186,18 @@ def _metrics_cell(record: RunRecord) -> str:
     return (format_values(shown) + (f", +{more} more" if more else "")) or "-"
 
 
-_HEADERS: Final = ("run id", "status", "attempts", "started", "duration", "key metrics", "entry")
+_HEADERS: Final = (
+    "run id",
+    "status",
+    "attempts",
+    "started",
+    "duration",
+    "job",
+    "key metrics",
+    "entry",
+)
+#: The column shown only when a listed run ran in a scheduler's job.
+_JOB_HEADER: Final = "job"
 _RIGHT_ALIGNED: Final = frozenset({"attempts", "duration"})
 _GAP: Final = "  "
 
@@ -194,6 +213,8 @@ def format_runs_table(runs: Sequence[ListedRun], now: datetime | None = None) ->
     from rich.text import Text
 
     moment = now or datetime.now(timezone.utc)
+    with_job = any(run.record.scheduler is not None for run in runs)
+    headers = tuple(h for h in _HEADERS if with_job or h != _JOB_HEADER)
     rows = [
         (
             run.record.run_id,
@@ -201,12 +222,13 @@ def format_runs_table(runs: Sequence[ListedRun], now: datetime | None = None) ->
             str(len(run.record.attempts) or 1),
             _started(run.record),
             _duration(run, moment),
+            *((job_of(run.record) or "-",) if with_job else ()),
             _metrics_cell(run.record),
             entry_of(run.record),
         )
         for run in runs
     ]
-    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(_HEADERS)]
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
 
     def aligned(cells: Sequence[str]) -> list[str]:
         last = len(cells) - 1
@@ -214,13 +236,13 @@ def format_runs_table(runs: Sequence[ListedRun], now: datetime | None = None) ->
             cell
             if i == last
             else cell.rjust(widths[i])
-            if _HEADERS[i] in _RIGHT_ALIGNED
+            if headers[i] in _RIGHT_ALIGNED
             else cell.ljust(widths[i])
             for i, cell in enumerate(cells)
         ]
 
-    text = Text(_GAP.join(aligned(_HEADERS)).rstrip(), style="bold")
-    status_column = _HEADERS.index("status")
+    text = Text(_GAP.join(aligned(headers)).rstrip(), style="bold")
+    status_column = headers.index("status")
     for row, run in zip(rows, runs, strict=True):
         cells = aligned(row)
         text.append("\n")
@@ -246,6 +268,9 @@ def _listed_json(run: ListedRun) -> dict[str, Any]:
         "summary": dict(record.summary),
         "entry": entry_of(record),
         "error": None if record.error is None else record.error.to_json(),
+        "failed_rank": record.failed_rank,
+        "interruption": None if record.interruption is None else record.interruption.to_json(),
+        "scheduler": None if record.scheduler is None else record.scheduler.to_json(),
         "host": record.host,
         "pid": record.pid,
     }

@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
@@ -44,7 +45,7 @@ __all__ = [
 
 #: How long rank 0 waits for ``scontrol show job`` at the end of an interrupted run
 #: (SLURM kills the job KillWait seconds after its SIGTERM, 30 s by default).
-SCONTROL_TIMEOUT_S: Final = 3.0
+SCONTROL_TIMEOUT_S: Final = 2.0
 #: How early before SLURM's announced end time a signal still counts as the time limit's
 #: (SLURM checks time limits periodically, so its SIGTERM comes at or after that time).
 _END_TIME_SLACK: Final = timedelta(seconds=2)
@@ -235,8 +236,60 @@ def _slurm_duration(value: str | None) -> timedelta | None:
     return timedelta(days=int(days or 0), hours=hours, minutes=minutes, seconds=seconds)
 
 
+#: The line slurmstepd writes to a job's (or step's) output before it signals its tasks:
+#: ``*** JOB 9 ON n1 CANCELLED AT 2026-12-07T04:03:56 [DUE TO TIME LIMIT] ***``.
+_STEPD_LINE = re.compile(
+    r"\*\*\* (?:JOB|STEP) (?P<job>[\w.]+) ON \S+ CANCELLED AT (?P<at>\S+)"
+    r"(?: DUE TO (?P<why>[A-Z ]+?))? \*\*\*"
+)
+#: What slurmstepd's ``DUE TO`` says, as a status (none: ``scancel``).
+_DUE_TO: Final = {
+    None: CANCELLED,
+    "TIME LIMIT": TIMEOUT,
+    "PREEMPTION": PREEMPTED,
+    "JOB REQUEUE": PREEMPTED,
+}
+#: How long to look for that line (slurmstepd writes it as it signals; srun's copy of it
+#: travels through srun's I/O) and how much of the file's end to read.
+_STEPD_WAIT_S: Final = 1.0
+_STEPD_TAIL: Final = 64 * 1024
+
+
+def _stepd_line(
+    job: SchedulerJob, fields: Mapping[str, str], since: datetime | None
+) -> tuple[str, str] | None:
+    """The status and the words of slurmstepd's line for ``job`` in the output files
+    scontrol names (StdErr, StdOut), written at or after ``since``; None when none is
+    found within :data:`_STEPD_WAIT_S`."""
+    paths = dict.fromkeys(p for p in (fields.get("StdErr"), fields.get("StdOut")) if p)
+    ids = {job.job_id, job.label}
+    deadline = time.monotonic() + _STEPD_WAIT_S
+    while True:
+        for path in paths:
+            try:
+                with open(path, "rb") as handle:
+                    handle.seek(max(0, os.fstat(handle.fileno()).st_size - _STEPD_TAIL))
+                    tail = handle.read().decode("utf-8", "replace")
+            except OSError:
+                continue
+            for match in reversed(list(_STEPD_LINE.finditer(tail))):
+                at = _slurm_time(match["at"])
+                if match["job"].split(".")[0] not in ids or at is None:
+                    continue
+                if since is not None and at < since.replace(microsecond=0) - _END_TIME_SLACK:
+                    continue  # an earlier attempt's, in a file opened to append
+                status = _DUE_TO.get(match["why"], INTERRUPTED)
+                return status, f"SLURM: {match[0].strip('* ')}"
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
+
+
 def _from_slurm(
-    job: SchedulerJob, fields: Mapping[str, str] | None, received_at: datetime
+    job: SchedulerJob,
+    fields: Mapping[str, str] | None,
+    received_at: datetime,
+    since: datetime | None,
 ) -> tuple[str, str] | None:
     """The status SLURM's words give and the line that says so; None when they say none."""
     if fields is not None:
@@ -247,12 +300,19 @@ def _from_slurm(
             return TIMEOUT, said
         if state == "PREEMPTED" or _slurm_time(fields.get("PreemptTime")) is not None:
             return PREEMPTED, f"{said} PreemptTime={fields.get('PreemptTime')}"
-        if state in _REQUEUED:
-            return PREEMPTED, said
-        if restarts.isdigit() and int(restarts) > job.restart_count:
-            return PREEMPTED, f"{said}; requeued (Restarts={restarts})"
+        requeued = restarts.isdigit() and int(restarts) > job.restart_count
+        if state in _REQUEUED or requeued:
+            line = _stepd_line(job, fields, since)
+            more = f"; {line[1]}" if line is not None else ""
+            return PREEMPTED, f"{said} Restarts={restarts}{more}"
         if state == "CANCELLED":
             return CANCELLED, said
+        if state == "COMPLETING":
+            # The job is ending and SLURM's state hides why (COMPLETING masks CANCELLED,
+            # PREEMPTED...): slurmstepd's own line says it.
+            line = _stepd_line(job, fields, since)
+            if line is not None:
+                return line
     end = job.end_time
     if end is None and fields is not None:
         start = _slurm_time(fields.get("StartTime"))
@@ -277,17 +337,19 @@ def ending_of(
     received_at: datetime,
     job: SchedulerJob | None,
     *,
+    since: datetime | None = None,
     query: JobQuery = scontrol_job,
     in_terminal_foreground: Callable[[], bool] = _in_terminal_foreground,
 ) -> tuple[str, Interruption]:
     """The status of a run that the signal ``signum`` (received at ``received_at``)
     ended, and the :class:`Interruption` to record: what SLURM says of ``job`` (asked
-    with ``query``), else Ctrl-C at the terminal, else ``interrupted`` with the signal
-    alone."""
+    with ``query``; ``since``: when this attempt started, so an earlier attempt's words
+    are not taken for this one's), else Ctrl-C at the terminal, else ``interrupted``
+    with the signal alone."""
     name = signal.Signals(signum).name
     if job is not None:
         fields = query(job.job_id)
-        found = _from_slurm(job, fields, received_at)
+        found = _from_slurm(job, fields, received_at, since)
         state = None if fields is None else fields.get("JobState")
         reason = None if fields is None else fields.get("Reason")
         if found is not None:

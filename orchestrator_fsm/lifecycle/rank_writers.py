@@ -172,7 +172,8 @@ class RankZeroWriter(RankWriter):
     ) -> tuple[str, Interruption]:
         """What the scheduler of ``record``'s job (or the terminal) tells of the signal;
         see :func:`~orchestrator_fsm.lifecycle.ending.ending_of`."""
-        return ending_of(interrupt.signum, interrupt.received_at, record.scheduler)
+        since = record.attempts[-1].started_at if record.attempts else record.started_at
+        return ending_of(interrupt.signum, interrupt.received_at, record.scheduler, since=since)
 
     def create(self, root: Path, record: RunRecord) -> None:
         try:
