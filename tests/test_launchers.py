@@ -123,9 +123,9 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**base, "OMP_NUM_THREADS": "1", **extra}
 
 
-def write(tmp_path: Path, script: str) -> tuple[Path, Path]:
+def write(tmp_path: Path, script: str, **sections: Any) -> tuple[Path, Path]:
     recipe = tmp_path / "recipe.yaml"
-    data = minimal_recipe(tmp_path)
+    data = minimal_recipe(tmp_path, **sections)
     data.setdefault("infrastructure", {})["join_timeout_s"] = 120
     data["telemetry"]["heartbeat_s"] = 0
     recipe.write_text(yaml.safe_dump(data), encoding="utf-8")
@@ -260,3 +260,42 @@ def test_rank_0_of_a_pytorchjob_style_launch_failing_fails_the_others_at_once(
     assert all(r.returncode != 0 for r in results)
     assert said[1]["error"].startswith("InfrastructureError: rank 0 failed"), said[1]
     assert said[1]["after_s"] < 60, said[1]
+
+
+REPORT_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    from orchestrator_fsm import Config, RootOrchestrator
+
+    with RootOrchestrator(Config.from_recipe(sys.argv[1])) as orch:
+        orch.log_environment_report()
+        print(json.dumps({"rank": orch.rank, "threads": orch.applied_threads,
+                          "torch": torch.get_num_threads(),
+                          "root": str(orch.paths.root)}), flush=True)
+    """
+)
+
+
+def test_under_torchrun_each_rank_keeps_the_launchers_one_thread(tmp_path: Path) -> None:
+    # Issue 22: on 2 CPUs, 2 ranks each took 2 threads and overrode torchrun's
+    # OMP_NUM_THREADS=1 (1.33-1.39x slower). torchrun sets it when it is unset.
+    recipe, script = write(tmp_path, REPORT_SCRIPT, hardware={"num_workers": 0})
+    env = {k: v for k, v in clean_env().items() if k != "OMP_NUM_THREADS"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    result = subprocess.run(
+        [*command, "--nproc_per_node=2", str(script), str(recipe)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    said = verdicts(result.stdout)
+    assert [(v["threads"], v["torch"]) for v in said] == [(1, 1), (1, 1)], said
+    [root] = run_dirs(tmp_path / "outputs")
+    threads = json.loads((root / "reports" / "environment.json").read_text())["threads"]
+    assert threads["applied_threads"] == 1
+    assert threads["basis"] == "OMP_NUM_THREADS=1 from the launcher"
+    assert threads["ranks_on_node"] == 2

@@ -58,6 +58,20 @@ QUIETED_WARNINGS: Final[tuple[tuple[str, type[Warning]], ...]] = (
 )
 
 
+# The OMP_NUM_THREADS value this module last exported where the variable held another
+# one: that value is this module's own choice, not a launcher's.
+_own_export: str | None = None
+
+
+def _launcher_threads() -> int | None:
+    """``OMP_NUM_THREADS`` as a launcher (or the user) set it; None when unset, not a
+    count, or the value :func:`apply_cpu_threads` itself exported."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not value.isdigit() or int(value) < 1 or value == _own_export:
+        return None
+    return int(value)
+
+
 def _ranks_on_node() -> int:
     from orchestrator_fsm.distributed import discover_launch
 
@@ -87,9 +101,9 @@ def choose_cpu_threads(
             raise ValueError(f"cpu_threads must be an integer >= 1 or None, got {cpu_threads!r}")
         return cpu_threads, "hardware.cpu_threads"
     ranks = _ranks_on_node() if ranks_on_node is None else max(1, ranks_on_node)
-    launcher_threads = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if ranks > 1 and launcher_threads.isdigit() and int(launcher_threads) >= 1:
-        return int(launcher_threads), f"OMP_NUM_THREADS={launcher_threads} from the launcher"
+    launcher_threads = _launcher_threads()
+    if ranks > 1 and launcher_threads is not None:
+        return launcher_threads, f"OMP_NUM_THREADS={launcher_threads} from the launcher"
     cpus = available_cpu_count()
     threads = max(1, cpus // ranks - num_workers)
     return threads, (
@@ -112,7 +126,10 @@ def apply_cpu_threads(
     phase 2 does: ``undoable(work, RuntimeState.capture())``. Raises ``ValueError`` for a
     negative ``num_workers`` or a ``cpu_threads`` below 1.
     """
+    global _own_export
     threads, _ = choose_cpu_threads(num_workers, cpu_threads, ranks_on_node=ranks_on_node)
+    if os.environ.get("OMP_NUM_THREADS", "").strip() != str(threads):
+        _own_export = str(threads)
     torch.set_num_threads(threads)
     for name in THREAD_ENV_VARS:
         os.environ[name] = str(threads)
