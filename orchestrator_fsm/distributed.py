@@ -12,12 +12,19 @@ torchrun (and everything built on ``torch.distributed.run``) exports ``RANK``,
 ``SLURM_STEP_ID`` and ``SLURM_STEP_NUM_TASKS`` to each task of a job step; the batch
 script that ``sbatch`` runs sees the job's variables (``SLURM_JOB_ID``,
 ``SLURM_NTASKS``, even ``SLURM_PROCID=0``) but is one process, not one of the tasks.
+Other launchers (Kubeflow's PyTorchJob without torchrun, DeepSpeed's and MPI-style
+launchers, a hand-written ``torch.multiprocessing.spawn``) set ``RANK``/``WORLD_SIZE``
+and the rendezvous endpoint ``MASTER_ADDR``/``MASTER_PORT`` only; :func:`current_launch`
+also reads an initialised ``torch.distributed`` process group.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import re
+import sys
 from collections.abc import Mapping
 from typing import Final, Literal
 
@@ -27,10 +34,12 @@ __all__ = [
     "LAUNCHER_ENV_VARS",
     "Launch",
     "LauncherName",
+    "current_launch",
     "discover_launch",
     "get_local_rank",
     "get_rank",
     "get_world_size",
+    "process_group_place",
 ]
 
 LauncherName = Literal["torchrun", "slurm", "plain"]
@@ -55,10 +64,18 @@ SLURM_IDENTITY_VARS: Final = (
     "SLURM_ARRAY_TASK_ID",
     "SLURM_RESTART_COUNT",
 )
+#: The rendezvous endpoint every process of a torch.distributed launch is given.
+RENDEZVOUS_VARS: Final = ("MASTER_ADDR", "MASTER_PORT")
 #: Every variable :func:`discover_launch` reads (tests clear them to simulate no launcher).
 LAUNCHER_ENV_VARS: Final = (
-    TORCHRUN_LAYOUT_VARS + TORCHRUN_IDENTITY_VARS + SLURM_STEP_VARS + SLURM_IDENTITY_VARS
+    TORCHRUN_LAYOUT_VARS
+    + TORCHRUN_IDENTITY_VARS
+    + SLURM_STEP_VARS
+    + SLURM_IDENTITY_VARS
+    + RENDEZVOUS_VARS
 )
+
+_log = logging.getLogger("orchestrator_fsm.distributed")
 
 # torchrun without --rdzv-id passes its default, the literal "none", as the run id.
 _NO_RUN_ID: Final = frozenset({"", "none"})
@@ -89,7 +106,14 @@ class Launch:
     ``local_world_size`` count the processes of this node, ``node_rank`` numbers the
     node. ``job_id`` is the same string on every rank and node of one job and across
     its restarts (None when the launcher gives none); ``restart_count`` is 0 on a job's
-    first attempt and above 0 on every later one. The default is a plain rank 0 of 1.
+    first attempt and above 0 on every later one. ``rendezvous`` is
+    ``"MASTER_ADDR:MASTER_PORT"`` when a launcher without torchrun's agent gave both
+    (None under torchrun, which names its job itself, and without them).
+    ``group_run`` is set when a ``torch.distributed`` process group was initialised as
+    the orchestrator was made: the number of the orchestrator among those this process
+    made in a process group (0 for the first); every rank makes its orchestrators in
+    the same order, so the number is the same on every rank of one run. The default is
+    a plain rank 0 of 1.
     """
 
     launcher: LauncherName = attrs.field(
@@ -104,6 +128,12 @@ class Launch:
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str))
     )
     restart_count: int = attrs.field(default=0, validator=_non_negative)
+    rendezvous: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str))
+    )
+    group_run: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_non_negative)
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.rank >= self.world_size:
@@ -290,7 +320,9 @@ def discover_launch(
        is set: a ``"torchrun"`` launch laid out by those variables alone (they win over
        SLURM's, since ``srun torchrun ...`` leaves both). ``RANK`` is required once
        ``LOCAL_RANK`` > 0 or ``WORLD_SIZE`` > 1 — a local rank never makes a process
-       global rank 0 — and ``WORLD_SIZE`` once ``RANK`` > 0.
+       global rank 0, since two rank 0s would both write the run directory. A
+       ``RANK`` > 0 without ``WORLD_SIZE`` is only warned about (the world is taken
+       to be ``RANK`` + 1): this rank's guess touches only its own files.
     2. Inside an srun step (``SLURM_STEP_ID``/``SLURM_STEPID`` names a normal step): a
        ``"slurm"`` task with rank ``SLURM_PROCID``, local rank ``SLURM_LOCALID``, node
        ``SLURM_NODEID`` and world size ``SLURM_STEP_NUM_TASKS`` (else ``SLURM_NTASKS``).
@@ -303,7 +335,8 @@ def discover_launch(
     run id may be a fresh uuid per torchrun invocation. Outside SLURM it is
     ``TORCHELASTIC_RUN_ID``, except torchrun's placeholder ``"none"``. ``restart_count``
     adds ``TORCHELASTIC_RESTART_COUNT`` (torchrun launches) and ``SLURM_RESTART_COUNT``,
-    so it is 0 exactly on a job's first attempt.
+    so it is 0 exactly on a job's first attempt. ``rendezvous`` is
+    ``MASTER_ADDR:MASTER_PORT`` when both are set and no ``TORCHELASTIC_*`` is.
 
     ``rank``, ``local_rank`` and ``world_size``, when given, replace what the
     environment says (and a missing ``RANK`` is then no error); without ``world_size``
@@ -331,7 +364,25 @@ def discover_launch(
         run_id = env.get("TORCHELASTIC_RUN_ID", "").strip()
         if job_id is None and run_id.lower() not in _NO_RUN_ID:
             job_id = run_id
-    return attrs.evolve(settled, launcher=launcher, job_id=job_id, restart_count=restart_count)
+    return attrs.evolve(
+        settled,
+        launcher=launcher,
+        job_id=job_id,
+        restart_count=restart_count,
+        rendezvous=_rendezvous(env),
+    )
+
+
+def _rendezvous(env: Mapping[str, str]) -> str | None:
+    """``MASTER_ADDR:MASTER_PORT`` when both are set and torchrun's agent is not the
+    launcher (torchrun names its job by its run id or its agent process, and may move
+    the endpoint between restarts)."""
+    if any(name in env for name in TORCHRUN_IDENTITY_VARS):
+        return None
+    address, port = (_text_var(env, name) for name in RENDEZVOUS_VARS)
+    if address is None or port is None:
+        return None
+    return f"{address}:{port}"
 
 
 def _settle(
@@ -361,17 +412,23 @@ def _settle(
         if chosen_local > 0 or (world_size or layout.world_size or 1) > 1:
             raise ValueError(
                 f"the environment has {present} but no RANK: a local rank does not say "
-                "which process is global rank 0. Launch with torchrun (which sets RANK), "
-                "export RANK, or pass rank= explicitly"
+                "which process is global rank 0, and a wrong guess makes two processes "
+                "rank 0 that both write the run directory. Launch with torchrun (which "
+                "sets RANK), export RANK, or pass rank= explicitly"
             )
         chosen_rank = 0
     if world_size is not None:
         chosen_world = world_size
     elif layout.world_size is None:
         if chosen_rank > 0 and rank is None:
-            raise ValueError(
-                f"the environment has {present} but no WORLD_SIZE: rank {chosen_rank} of an "
-                "unknown number of processes. Export WORLD_SIZE or pass world_size="
+            # Not corrupting: this rank joins rank 0's run and writes only its own files;
+            # what it guesses is its own count of the world (its seed tree, its record).
+            _log.warning(
+                "the environment has %s but no WORLD_SIZE: rank %d assumes a world of %d "
+                "processes (export WORLD_SIZE or pass world_size= to say)",
+                present,
+                chosen_rank,
+                chosen_rank + 1,
             )
         chosen_world = chosen_rank + 1
     elif rank is not None:
@@ -399,16 +456,84 @@ def _settle(
     )
 
 
+#: Orchestrators this process made while a process group was initialised (see
+#: ``Launch.group_run``).
+_GROUP_RUNS: Final = itertools.count()
+
+
+def process_group_place() -> tuple[int, int] | None:
+    """``(rank, world_size)`` in the default ``torch.distributed`` process group when
+    one is initialised in this process, else None. torch is not imported for this:
+    without ``torch.distributed`` imported there is no process group."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    return int(dist.get_rank()), int(dist.get_world_size())
+
+
+def current_launch(
+    *,
+    rank: int | None = None,
+    local_rank: int | None = None,
+    world_size: int | None = None,
+) -> Launch:
+    """This process's :class:`Launch` for a run starting now: :func:`discover_launch` of
+    ``os.environ`` and the explicit values, completed by the ``torch.distributed``
+    process group when one is initialised (``torch.multiprocessing.spawn`` gives its
+    processes no variables): the group's rank and world size stand where neither the
+    caller nor the environment gives one, ``group_run`` numbers the run in the group,
+    and without a launcher's layout one node is assumed (local rank = rank; pass
+    ``local_rank=`` on several nodes). Raises ``ValueError`` as :func:`discover_launch`.
+    """
+    place = process_group_place()
+    if place is None:
+        return discover_launch(rank=rank, local_rank=local_rank, world_size=world_size)
+    group_rank, group_world = place
+    env = os.environ
+    said = any(name in env for name in TORCHRUN_LAYOUT_VARS) or _slurm_step(env) is not None
+    chosen_rank = rank if rank is not None else (None if said else group_rank)
+    chosen_world = world_size if world_size is not None else (None if said else group_world)
+    launch = discover_launch(env, rank=chosen_rank, local_rank=local_rank, world_size=chosen_world)
+    if not said and local_rank is None:
+        launch = attrs.evolve(launch, local_rank=launch.rank, local_world_size=launch.world_size)
+    return attrs.evolve(launch, group_run=next(_GROUP_RUNS))
+
+
+def _reference_layout(env: Mapping[str, str]) -> tuple[str, str, str] | None:
+    """The variables naming rank, local rank and world size: torchrun's when any is
+    set, SLURM's inside an srun step, else None (a single process)."""
+    if any(name in env for name in TORCHRUN_LAYOUT_VARS):
+        return "RANK", "LOCAL_RANK", "WORLD_SIZE"
+    if _slurm_step(env) is not None:
+        world = _first_present(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS") or "SLURM_NTASKS"
+        return "SLURM_PROCID", "SLURM_LOCALID", world
+    return None
+
+
+def _reference_read(index: int, default: int) -> int:
+    # The reference reads each variable on its own, with its default when absent; how
+    # the variables agree is discover_launch's business. A malformed value raises
+    # ValueError, as int() does for the reference.
+    names = _reference_layout(os.environ)
+    if names is None:
+        return default
+    raw = os.environ.get(names[index])
+    return default if raw is None else int(raw.strip())
+
+
 def get_rank() -> int:
-    """Global rank of this process: ``discover_launch().rank``."""
-    return discover_launch().rank
+    """Global rank of this process, read as the reference reads it: ``RANK`` (inside an
+    srun step without torchrun's variables, ``SLURM_PROCID``), 0 when unset."""
+    return _reference_read(0, 0)
 
 
 def get_local_rank() -> int:
-    """Rank of this process on its node: ``discover_launch().local_rank``."""
-    return discover_launch().local_rank
+    """Rank of this process on its node: ``LOCAL_RANK`` (in an srun step,
+    ``SLURM_LOCALID``), 0 when unset."""
+    return _reference_read(1, 0)
 
 
 def get_world_size() -> int:
-    """Number of processes in the launch: ``discover_launch().world_size``."""
-    return discover_launch().world_size
+    """Number of processes in the launch: ``WORLD_SIZE`` (in an srun step,
+    ``SLURM_STEP_NUM_TASKS``/``SLURM_NTASKS``), 1 when unset."""
+    return _reference_read(2, 1)

@@ -17,10 +17,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
-from orchestrator_fsm.distributed import Launch, discover_launch
+from orchestrator_fsm.distributed import Launch, current_launch
 from orchestrator_fsm.entry import entry_module, entry_search_path, resolve_callable
 from orchestrator_fsm.errors import EntryPointError, LifecycleError
 from orchestrator_fsm.lifecycle.callbacks import CONFIG_FIELD, Callback, SignalCallbacks
+from orchestrator_fsm.lifecycle.job_index import job_key
 from orchestrator_fsm.lifecycle.machine import LifecycleMachine, RecordListener, TransitionRecord
 from orchestrator_fsm.lifecycle.recorder import RunRecorder
 from orchestrator_fsm.lifecycle.signals import SignalGuard
@@ -161,14 +162,26 @@ class RootOrchestrator:
         rerun_of: str | os.PathLike[str] | None = None,
     ) -> None:
         self.cfg = cfg
-        # Explicit rank, local_rank and world_size win over what the launcher says.
-        self.launch: Launch = discover_launch(
+        # Explicit rank, local_rank and world_size win over what the launcher (or an
+        # initialised torch.distributed process group) says.
+        self.launch: Launch = current_launch(
             rank=rank, local_rank=local_rank, world_size=world_size
         )
         self.rank: int = self.launch.rank
         self.local_rank: int = self.launch.local_rank
         self.world_size: int = self.launch.world_size
         self.is_main_process: bool = self.rank == 0
+        # A rank above 0 that shares no job id, rendezvous or process group with a rank 0
+        # cannot find its run directory: it takes the reference's shortcut instead.
+        in_rank_0s_job = self.is_main_process or job_key(self.launch, cfg.config_hash()) is not None
+        if not in_rank_0s_job:
+            logging.getLogger(LOGGER_NAME).warning(
+                "rank %d of %d shares no launcher job, rendezvous (MASTER_ADDR/MASTER_PORT) "
+                "or process group with a rank 0: it runs without a run directory (paths is "
+                "None) and logs to the console only",
+                self.rank,
+                self.world_size,
+            )
         self.repro_mode: bool = cfg.hardware.use_deterministic_algorithms
         self.warn_only_mode: bool = cfg.hardware.deterministic_warn_only
         self.num_workers: int = cfg.hardware.effective_num_workers
@@ -182,7 +195,11 @@ class RootOrchestrator:
             seed_setter=_given_or(seed_setter, lambda: set_seed),
             thread_applier=_given_or(
                 thread_applier,
-                lambda: partial(apply_cpu_threads, cpu_threads=cfg.hardware.cpu_threads),
+                lambda: partial(
+                    apply_cpu_threads,
+                    cpu_threads=cfg.hardware.cpu_threads,
+                    ranks_on_node=self.launch.local_world_size,
+                ),
             ),
             system_configurator=_given_or(system_configurator, lambda: configure_system_libraries),
             static_dir_setup=_given_or(static_dir_setup, lambda: setup_static_directories),
@@ -219,12 +236,15 @@ class RootOrchestrator:
             {name: partial(step, run) for name, step in STEPS.items()}
             | {CLEANUP_STEP: self._at_cleanup},
             is_main_process=self.is_main_process,
+            in_rank_0s_job=in_rank_0s_job,
             rank=self.rank,
             listeners=[timer] if timer is not None else [],
             logger=logging.getLogger(LOGGER_NAME),
         )
         self._recorder.observe(self.machine)
         self._cleaning = False
+        # What ends the run, for cleanup() while __enter__/__exit__ call it.
+        self._ended_by: BaseException | None = None
         self._signals = SignalGuard(on_held=self._on_held, defer=self.machine.defers_interrupt)
         self._signal_callbacks: SignalCallbacks[RootOrchestrator] = SignalCallbacks(
             self,
@@ -288,6 +308,9 @@ class RootOrchestrator:
     # -- the reference API ------------------------------------------------------------
 
     def __enter__(self) -> RootOrchestrator:
+        """Start the timer and call ``self.initialize_core_services()`` (an override in a
+        subclass or on the instance is called); when that raises, ``self.cleanup()``
+        runs before the error propagates."""
         # The recipe's signal callbacks are imported first: one that cannot be is a
         # ConfigError before anything has started.
         self._signal_callbacks.install()
@@ -298,7 +321,7 @@ class RootOrchestrator:
             self.initialize_core_services()
         except BaseException as exc:
             self.time_tracker.stop()
-            self._clean_up(ended_by=exc)
+            self._end(exc)
             raise
         return self
 
@@ -308,9 +331,23 @@ class RootOrchestrator:
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> Literal[False]:
+        """Stop the timer and call ``self.cleanup()`` (an override is called); never
+        swallows the with-block's exception."""
         self.time_tracker.stop()
-        self._clean_up(ended_by=exc_val)
+        self._end(exc_val)
         return False
+
+    def _end(self, ended_by: BaseException | None) -> None:
+        # self.cleanup() as the reference calls it, so that an override runs; what ended
+        # the run reaches the package's cleanup through _ended_by. An override that
+        # does not call it still leaves a final record, lock released, handlers closed.
+        self._ended_by = ended_by
+        try:
+            self.cleanup()
+        finally:
+            self._ended_by = None
+            if not self.machine.is_terminal:
+                self._clean_up(ended_by=ended_by)
 
     def initialize_core_services(self) -> RunPaths | None:
         """Run every step up to READY; at or past READY, return ``paths`` and do nothing.
@@ -333,8 +370,10 @@ class RootOrchestrator:
 
     def cleanup(self) -> None:
         """Release the lock, write the final status, close the run's log handlers and
-        restore the process state; a no-op once the run has ended."""
-        self._clean_up(ended_by=None)
+        restore the process state; a no-op once the run has ended. Called by
+        ``__exit__`` (and by a failing ``__enter__``): an override in a subclass or on
+        the instance runs then, and should call this one."""
+        self._clean_up(ended_by=self._ended_by)
 
     def _clean_up(self, ended_by: BaseException | None) -> None:
         # A signal arriving now is held until the record is final, then raised; a

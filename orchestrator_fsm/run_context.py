@@ -82,6 +82,9 @@ class RunContext:
     logger: logging.Logger | None = None
     device: torch.device | None = None
     applied_threads: int = 0
+    thread_basis: str | None = None
+    """Why phase 2 applied that many threads (see ``phases.runtime.choose_cpu_threads``);
+    ``"thread_applier"`` when an injected applier chose another count."""
     resume_from: Path | None = None
     """A run directory the caller asked to continue (``resume=``, ``run --resume``)."""
     force_resume: bool = False

@@ -44,7 +44,14 @@ def test_every_state_and_transition_is_drawn(renderer: Callable[[], str]) -> Non
 def test_conditions_of_the_table_appear_on_their_edges() -> None:
     mermaid = render_mermaid()
     assert "configured --> provisioned: 3 create the run directory [rank 0]" in mermaid
-    assert "configured --> provisioned: 3 join rank 0's run directory [not rank 0]" in mermaid
+    assert (
+        "configured --> provisioned: 3 join rank 0's run directory [in rank 0's job] "
+        "[not rank 0]" in mermaid
+    )
+    assert (
+        "configured --> ready: resolve the device (no run directory) [not in rank 0's job]"
+        in mermaid
+    )
     assert "logged --> persisted: 5 persist config, requirements, git [rank 0]" in mermaid
 
 

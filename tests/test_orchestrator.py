@@ -288,13 +288,23 @@ def test_a_completed_rank_0_waits_the_grace_for_the_other_ranks_and_no_longer(
     assert orch.record is not None and orch.record.status == "completed"
 
 
-def test_a_rank_without_a_job_to_join_fails_clearly(make_config: ConfigFactory) -> None:
-    from orchestrator_fsm.errors import InfrastructureError
-
-    orch = build(make_config, Calls(), rank=1, local_rank=0, world_size=2)
-    with pytest.raises(InfrastructureError, match="the launcher names no job"), orch:
-        pass
-    assert orch.machine.ended_in == "join"
+def test_a_rank_that_shares_nothing_with_a_rank_0_takes_the_reference_shortcut(
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 22 changed this: such a rank used to fail ("the launcher names no job").
+    clear_launcher(monkeypatch)
+    cfg = make_config()
+    calls = Calls()
+    with caplog.at_level(logging.WARNING, logger="orchestrator_fsm"):
+        orch = build(make_config, calls, rank=1, local_rank=0, world_size=2)
+        with orch:
+            assert orch.paths is None and orch.run_logger is None
+            assert orch.state is S.READY
+    assert [r.dest for r in orch.machine.history] == [S.SEEDED, S.CONFIGURED, S.READY, S.CLEANED]
+    assert dict(calls.log)["device_resolver"] == {"device_str": "cpu", "local_rank": 0}
+    warnings = [r for r in caplog.records if "shares no launcher job" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()
+    assert not Path(cfg.telemetry.output_dir).exists()
 
 
 @pytest.mark.parametrize(

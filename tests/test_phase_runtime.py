@@ -22,6 +22,7 @@ from orchestrator_fsm.phases.runtime import (
     RuntimeState,
     apply_cpu_threads,
     available_cpu_count,
+    choose_cpu_threads,
     configure_system_libraries,
 )
 
@@ -91,6 +92,38 @@ def test_auto_threads_leave_a_cpu_for_each_worker(monkeypatch: pytest.MonkeyPatc
     assert apply_cpu_threads(2) == 4
     assert torch.get_num_threads() == 4
     assert os.environ["OMP_NUM_THREADS"] == "4"
+
+
+def test_auto_threads_divide_the_usable_cpus_among_the_ranks_of_the_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Issue 22: under torchrun, 2 ranks on 2 CPUs each took 2 threads.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert apply_cpu_threads(1, ranks_on_node=2) == 3
+    assert choose_cpu_threads(0, ranks_on_node=4) == (
+        2,
+        "8 usable CPUs / 4 ranks on this node - 0 data workers",
+    )
+    assert choose_cpu_threads(0, ranks_on_node=16)[0] == 1
+
+
+def test_the_ranks_of_the_node_default_to_the_launchers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    for name, value in {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "4"}.items():
+        monkeypatch.setenv(name, value)
+    assert apply_cpu_threads(0) == 2
+
+
+def test_a_launchers_omp_num_threads_is_respected_unless_the_recipe_sets_a_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what torchrun sets for several ranks
+    assert choose_cpu_threads(0, ranks_on_node=2) == (1, "OMP_NUM_THREADS=1 from the launcher")
+    assert apply_cpu_threads(0, ranks_on_node=2) == 1
+    assert choose_cpu_threads(0, 3, ranks_on_node=2) == (3, "hardware.cpu_threads")
+    # One process alone on its node keeps its own budget, as before.
+    assert choose_cpu_threads(0, ranks_on_node=1)[0] == 8
 
 
 def test_auto_threads_never_drop_below_one() -> None:

@@ -189,3 +189,118 @@ def test_device_failure_text_begins_as_the_reference_does(make_config: ConfigFac
         "Device resolution failed at runtime (config requested 'cpu'): driver crashed"
     )
     assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+# -- the reference's rank functions and extension points (issue 22) -------------------
+
+
+def clear_launchers(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    from orchestrator_fsm.distributed import LAUNCHER_ENV_VARS
+
+    for name in LAUNCHER_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, (0, 0, 1)),
+        ({"RANK": "3"}, (3, 0, 1)),
+        ({"LOCAL_RANK": "2"}, (0, 2, 1)),
+        ({"WORLD_SIZE": "4"}, (0, 0, 4)),
+        ({"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}, (1, 1, 2)),
+    ],
+    ids=["nothing", "RANK=3 alone", "LOCAL_RANK=2 alone", "WORLD_SIZE=4 alone", "all three"],
+)
+def test_the_rank_functions_read_the_environment_as_the_reference_does(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: tuple[int, int, int]
+) -> None:
+    from orchestrator_fsm import get_local_rank, get_rank, get_world_size
+
+    clear_launchers(monkeypatch, **env)
+    assert (get_rank(), get_local_rank(), get_world_size()) == expected
+
+
+def test_a_rank_alone_takes_the_reference_shortcut(
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The SPEC's acceptance case: rank=1 in one process, sharing nothing with a rank 0.
+    clear_launchers(monkeypatch)
+    cfg = make_config()
+    device_calls: list[dict[str, Any]] = []
+
+    def resolver(*, device_str: str, local_rank: int) -> torch.device:
+        device_calls.append({"device_str": device_str, "local_rank": local_rank})
+        return torch.device("cpu")
+
+    with caplog.at_level(logging.WARNING):
+        orch = RootOrchestrator(cfg, rank=1, device_resolver=resolver)
+        with orch as entered:
+            assert entered.paths is None
+            assert entered.initialize_core_services() is None
+            assert entered.get_device() == torch.device("cpu")
+            entered.log_environment_report()
+    assert device_calls == [{"device_str": "cpu", "local_rank": 0}]
+    assert orch.state is LifecycleState.CLEANED
+    assert not Path(cfg.telemetry.output_dir).exists()
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "paths is None" in warning.getMessage() and "\n" not in warning.getMessage()
+
+
+def test_a_subclass_overriding_cleanup_and_initialize_is_honoured(
+    make_config: ConfigFactory,
+) -> None:
+    seen: list[str] = []
+
+    class Mine(RootOrchestrator):
+        def initialize_core_services(self) -> Any:
+            seen.append("initialize")
+            return super().initialize_core_services()
+
+        def cleanup(self) -> None:
+            seen.append(f"cleanup in {self.state.value}")
+            super().cleanup()
+
+    deps = fake_dependencies(Calls())
+    with Mine(make_config(), rank=0, local_rank=0, **deps) as orch:
+        seen.append("body")
+    assert seen == ["initialize", "body", "cleanup in ready"]
+    assert orch.state is LifecycleState.CLEANED
+
+
+def test_an_instance_attribute_cleanup_is_called_and_the_run_still_ends(
+    make_config: ConfigFactory,
+) -> None:
+    orch = build(make_config)
+    called: list[str] = []
+    orch.cleanup = lambda: called.append("mine")  # type: ignore[method-assign]
+    with pytest.raises(ValueError, match="boom"), orch:
+        raise ValueError("boom")
+    assert called == ["mine"]
+    # An override that does not call the package's cleanup still leaves a final record.
+    assert orch.state is LifecycleState.CLEANED
+    assert orch.record is not None and orch.record.status == "failed"
+
+
+def test_an_overridden_cleanup_runs_when_initialisation_fails(
+    make_config: ConfigFactory,
+) -> None:
+    seen: list[str] = []
+
+    class Mine(RootOrchestrator):
+        def cleanup(self) -> None:
+            seen.append("cleanup")
+            super().cleanup()
+
+    def broken_resolver(device_str: str, local_rank: int) -> torch.device:
+        raise RuntimeError("no such device")
+
+    deps = fake_dependencies(Calls())
+    deps["device_resolver"] = broken_resolver
+    orch = Mine(make_config(), rank=0, local_rank=0, **deps)
+    with pytest.raises(DeviceError):
+        orch.__enter__()
+    assert seen == ["cleanup"]
+    assert orch.state is LifecycleState.FAILED

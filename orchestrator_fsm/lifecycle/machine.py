@@ -42,6 +42,7 @@ from orchestrator_fsm.lifecycle.table import (
     TRANSITIONS,
     LifecycleState,
     advance_path,
+    condition_facts,
     table_steps,
 )
 
@@ -223,6 +224,8 @@ class LifecycleMachine:
     reached; ``cleanup()`` unwinds every registered undo and ends in CLEANED. When a
     step raises anything (``KeyboardInterrupt`` included), the undos run in reverse
     order, the machine moves to FAILED and the original exception propagates.
+    ``is_main_process`` and ``in_rank_0s_job`` give the table's conditions their values
+    (see :func:`~orchestrator_fsm.lifecycle.table.condition_facts`).
 
     Not thread-safe: drive one machine from one thread.
     """
@@ -232,6 +235,7 @@ class LifecycleMachine:
         steps: Mapping[str, Step],
         *,
         is_main_process: bool = True,
+        in_rank_0s_job: bool = True,
         rank: int = 0,
         listeners: Iterable[RecordListener] = (),
         logger: logging.Logger | None = None,
@@ -242,7 +246,7 @@ class LifecycleMachine:
         unknown = sorted(set(steps) - set(table_steps()) - {CLEANUP_STEP})
         if unknown:
             raise LifecycleError(f"the transition table has no steps named {unknown}")
-        facts = {"is_main_process": is_main_process}
+        facts = condition_facts(is_main_process, in_rank_0s_job)
         if set(facts) != set(CONDITION_LABELS):  # pragma: no cover - a table edit
             raise LifecycleError(
                 f"the transition table names conditions {sorted(CONDITION_LABELS)}; "
@@ -255,7 +259,7 @@ class LifecycleMachine:
         self._logger = logger or _log
         self._undos: list[tuple[str, Undo]] = []
         self._history: list[TransitionRecord] = []
-        self._path = advance_path(is_main_process)
+        self._path = advance_path(is_main_process, in_rank_0s_job)
         # Whether a trigger is being processed (re-entrant use is refused, signals may be
         # kept), an interrupt kept until it is complete, and what ended the run early
         # (a failing step's error, the caller's, or an interrupt) with its step.

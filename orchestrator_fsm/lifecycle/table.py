@@ -21,6 +21,7 @@ __all__ = [
     "CLEANUP_STEP",
     "CONDITION_LABELS",
     "FAIL",
+    "IN_RANK_0S_JOB",
     "JOIN_STEP",
     "LOCK_HELD_STATES",
     "LOCK_STEP",
@@ -31,6 +32,7 @@ __all__ = [
     "LifecycleState",
     "TransitionSpec",
     "advance_path",
+    "condition_facts",
     "non_terminal_states",
     "table_steps",
     "takes_transition",
@@ -85,6 +87,11 @@ LOCK_STEP: Final = "acquire_lock"
 #: The step by which a rank other than 0 finds the run directory rank 0 made.
 JOIN_STEP: Final = "join"
 
+#: The predicate "this process is rank 0, or shares a job with a rank 0" (a launcher's
+#: job id, a rendezvous endpoint or a process group). A rank above 0 for which it is
+#: false takes the reference's shortcut: no run directory, device resolution only.
+IN_RANK_0S_JOB: Final = "in_rank_0s_job"
+
 S = LifecycleState
 
 TRANSITIONS: Final[tuple[TransitionSpec, ...]] = (
@@ -97,7 +104,10 @@ TRANSITIONS: Final[tuple[TransitionSpec, ...]] = (
      "conditions": "is_main_process"},
     {"trigger": ADVANCE, "source": S.CONFIGURED.value, "dest": S.PROVISIONED.value,
      "step": JOIN_STEP, "label": "3 join rank 0's run directory",
-     "unless": "is_main_process"},
+     "conditions": IN_RANK_0S_JOB, "unless": "is_main_process"},
+    {"trigger": ADVANCE, "source": S.CONFIGURED.value, "dest": S.READY.value,
+     "step": "resolve_device", "label": "resolve the device (no run directory)",
+     "unless": IN_RANK_0S_JOB},
     {"trigger": ADVANCE, "source": S.PROVISIONED.value, "dest": S.LOGGED.value,
      "step": "init_logging", "label": "4 start the run log"},
     {"trigger": ADVANCE, "source": S.LOGGED.value, "dest": S.PERSISTED.value,
@@ -122,7 +132,10 @@ TRANSITIONS: Final[tuple[TransitionSpec, ...]] = (
 
 #: Every predicate the table names, with how it reads in a diagram. A machine must be
 #: given a truth value for each of them (see ``LifecycleMachine``).
-CONDITION_LABELS: Final[dict[str, str]] = {"is_main_process": "rank 0"}
+CONDITION_LABELS: Final[dict[str, str]] = {
+    "is_main_process": "rank 0",
+    IN_RANK_0S_JOB: "in rank 0's job",
+}
 
 TERMINAL_STATES: Final = frozenset({S.CLEANED, S.FAILED})
 
@@ -148,9 +161,16 @@ def takes_transition(spec: TransitionSpec, facts: dict[str, bool]) -> bool:
     return not ("unless" in spec and facts[spec["unless"]])
 
 
-def advance_path(is_main_process: bool) -> tuple[LifecycleState, ...]:
-    """The states one rank visits when only ``advance`` is triggered, start to end."""
-    facts = {"is_main_process": is_main_process}
+def condition_facts(is_main_process: bool, in_rank_0s_job: bool = True) -> dict[str, bool]:
+    """The truth value of each predicate the table names, for one process. Rank 0 is in
+    its own job whatever ``in_rank_0s_job`` says."""
+    return {"is_main_process": is_main_process, IN_RANK_0S_JOB: is_main_process or in_rank_0s_job}
+
+
+def advance_path(is_main_process: bool, in_rank_0s_job: bool = True) -> tuple[LifecycleState, ...]:
+    """The states one rank visits when only ``advance`` is triggered, start to end
+    (``in_rank_0s_job``: see :data:`IN_RANK_0S_JOB`)."""
+    facts = condition_facts(is_main_process, in_rank_0s_job)
     path = [S.CREATED]
     while True:
         current = path[-1].value

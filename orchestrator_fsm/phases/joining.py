@@ -1,11 +1,15 @@
 """Phase 3 on ranks other than 0: finding the run directory rank 0 made.
 
-A job (one torchrun launch, one SLURM job or step, with its restarts and requeues) has
-one run directory. Rank 0 makes it, or reopens it on a restart, and says where in the
-job's entry (``lifecycle/job_index.py``); every other rank, on any node that
-shares the file system, waits for that entry and for rank 0's record to reach READY.
-No process group is needed. If rank 0 fails first, its entry or its record says so and
-the waiting ranks fail at once with rank 0's error instead of hanging.
+A job (one torchrun launch, one SLURM job or step, one launch keyed by its rendezvous
+endpoint, one run in a ``torch.distributed`` process group; with its restarts and
+requeues) has one run directory. Rank 0 makes it, or reopens it on a restart, and says
+where in the job's entry (``lifecycle/job_index.py``): a file in the job index, and,
+when a process group is initialised, the group's own store. Every other rank, on any
+node that shares the file system, reads that entry (from the store when there is a
+group, else from the file) and waits for rank 0's record to reach READY. If rank 0
+fails first, its entry or its record says so and the waiting ranks fail at once with
+rank 0's error instead of hanging; every wait is bounded by
+``infrastructure.join_timeout_s``. Rank 0 never waits for the other ranks here.
 """
 
 from __future__ import annotations
@@ -15,10 +19,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+import attrs
+
 from orchestrator_fsm._system import process_started_at
 from orchestrator_fsm.errors import InfrastructureError
 from orchestrator_fsm.layout import RunPaths, job_entry_file
-from orchestrator_fsm.lifecycle.job_index import JobEntry, job_key, read_job_entry
+from orchestrator_fsm.lifecycle.job_index import (
+    GroupStoreGone,
+    JobEntry,
+    job_key,
+    keyed_by_rendezvous,
+    read_group_entry,
+    read_job_entry,
+)
 from orchestrator_fsm.status import COMPLETED, FAILED, INTERRUPTIONS, REFUSED
 
 if TYPE_CHECKING:
@@ -34,11 +47,15 @@ _LONGEST_POLL_S: Final = 0.5
 _READY_STATES: Final = frozenset({"ready", "reported", "cleaned"})
 
 
-def _ready_root(entry: JobEntry | None, restart_count: int, not_before: datetime) -> Path | None:
+def _ready_root(
+    entry: JobEntry | None, restart_count: int, not_before: datetime, window: _Window | None
+) -> Path | None:
     """The run directory once rank 0's record of this attempt is READY; raises
     ``InfrastructureError`` when rank 0 has failed; None while there is nothing yet."""
     if entry is None or entry.restart_count != restart_count or entry.written_at < not_before:
         return None
+    if window is not None and not window.holds(entry.started_at):
+        return None  # a rank 0 of another launch on the same endpoint
     if entry.failed is not None:
         raise InfrastructureError(f"rank 0 failed before its run directory existed: {entry.failed}")
     if entry.root is None:
@@ -59,13 +76,37 @@ def _ready_root(entry: JobEntry | None, restart_count: int, not_before: datetime
     return None
 
 
+@attrs.frozen
+class _Window:
+    """The start window of a job keyed by its rendezvous endpoint: its rank 0 started
+    no more than ``width`` before or after this process (give or take the clocks of
+    other nodes). Launches on one endpoint further apart are different jobs."""
+
+    started_at: datetime
+    width: timedelta
+
+    def holds(self, rank_0_started_at: datetime) -> bool:
+        return abs(rank_0_started_at - self.started_at) <= self.width
+
+
+def _group_entry(job: str, run: RunContext) -> JobEntry | None:
+    try:
+        return read_group_entry(job)
+    except GroupStoreGone as exc:
+        raise InfrastructureError(
+            f"rank {run.rank} of {run.world_size} lost the process group's store while "
+            f"waiting for rank 0's run directory ({exc}): rank 0's process is gone"
+        ) from exc
+
+
 def step(run: RunContext) -> None:
     """Phase 3 on rank N > 0: wait (``infrastructure.join_timeout_s``) until rank 0's
     run directory for this job and attempt is READY, then use it as ``run.paths`` and
     start this rank's own record in it.
 
-    Raises ``InfrastructureError`` when the launcher names no job (nothing tells the
-    ranks they belong together), when rank 0 failed, or when the wait runs out.
+    Raises ``InfrastructureError`` when nothing ties this rank to a rank 0 (the table
+    sends such a rank on without a run directory instead), when rank 0 failed, when
+    the process group's store is gone, or when the wait runs out.
     """
     cfg = run.cfg
     launch = run.launch
@@ -77,19 +118,28 @@ def step(run: RunContext) -> None:
             "under srun)"
         )
     entry_path = job_entry_file(cfg.telemetry.output_dir, key)
-    not_before = process_started_at() - timedelta(seconds=_CLOCK_SLACK_S)
+    started = process_started_at()
+    not_before = started - timedelta(seconds=_CLOCK_SLACK_S)
     timeout = cfg.infrastructure.join_timeout_s
+    window = (
+        _Window(started, timedelta(seconds=timeout + _CLOCK_SLACK_S))
+        if keyed_by_rendezvous(launch) and launch.group_run is None
+        else None
+    )
+    in_group = launch.group_run is not None
+    where = "the process group's store" if in_group else f"entry {entry_path}"
     deadline = time.monotonic() + timeout
     delay = _FIRST_POLL_S
     while True:
-        root = _ready_root(read_job_entry(entry_path), launch.restart_count, not_before)
+        entry = _group_entry(key, run) if in_group else read_job_entry(entry_path)
+        root = _ready_root(entry, launch.restart_count, not_before, window)
         if root is not None:
             break
         left = deadline - time.monotonic()
         if left <= 0:
             raise InfrastructureError(
                 f"rank {run.rank} waited {timeout:g}s for rank 0's run directory (job "
-                f"{key!r}, entry {entry_path}) and it never became ready; raise "
+                f"{key!r}, {where}) and it never became ready; raise "
                 "infrastructure.join_timeout_s if rank 0 is slow to start"
             )
         time.sleep(min(delay, left))

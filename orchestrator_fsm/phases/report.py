@@ -164,6 +164,7 @@ def build_environment_report(
     launch: Launch | None = None,
     seed_tree: SeedTree | None = None,
     git: GitState | _FromRunDirectory | None = _READ_GIT_INFO,
+    thread_basis: str | None = None,
 ) -> dict[str, Any]:
     """The phase 7 report as plain JSON-able data, one key per section.
 
@@ -219,6 +220,10 @@ def build_environment_report(
         "seeds": seed_tree.as_dict(),
         "threads": {
             "applied_threads": applied_threads,
+            # Why that many: the recipe, the launcher's OMP_NUM_THREADS, or the CPUs
+            # divided among the node's ranks (phase 2's choose_cpu_threads).
+            "basis": thread_basis,
+            "ranks_on_node": launch.local_world_size,
             "torch_num_threads": torch.get_num_threads(),
             "torch_interop_threads": torch.get_num_interop_threads(),
             "num_workers": num_workers,
@@ -334,6 +339,7 @@ class Reporter:
         launch: Launch | None = None,
         seed_tree: SeedTree | None = None,
         git: GitState | _FromRunDirectory | None = _READ_GIT_INFO,
+        thread_basis: str | None = None,
     ) -> None:
         """Build the report (see :func:`build_environment_report`), save it, log it.
 
@@ -349,6 +355,7 @@ class Reporter:
             launch=launch,
             seed_tree=seed_tree,
             git=git,
+            thread_basis=thread_basis,
         )
         target = paths.reports / REPORT_FILE
         atomic_write_json(target, report)
@@ -377,6 +384,7 @@ def step(run: RunContext) -> None:
             launch=run.launch,
             seed_tree=run.seed_tree,
             git=_READ_GIT_INFO if manifest is None else manifest.git,
+            thread_basis=run.thread_basis,
         )
         if isinstance(reporter, Reporter)
         else reporter.log_initial_status

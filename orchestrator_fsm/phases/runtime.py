@@ -29,6 +29,7 @@ __all__ = [
     "RuntimeState",
     "apply_cpu_threads",
     "available_cpu_count",
+    "choose_cpu_threads",
     "configure_system_libraries",
     "step",
 ]
@@ -57,24 +58,78 @@ QUIETED_WARNINGS: Final[tuple[tuple[str, type[Warning]], ...]] = (
 )
 
 
-def apply_cpu_threads(num_workers: int, cpu_threads: int | None = None) -> int:
+# The OMP_NUM_THREADS value this module last exported where the variable held another
+# one: that value is this module's own choice, not a launcher's.
+_own_export: str | None = None
+
+
+def _launcher_threads() -> int | None:
+    """``OMP_NUM_THREADS`` as a launcher (or the user) set it; None when unset, not a
+    count, or the value :func:`apply_cpu_threads` itself exported."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not value.isdigit() or int(value) < 1 or value == _own_export:
+        return None
+    return int(value)
+
+
+def _ranks_on_node() -> int:
+    from orchestrator_fsm.distributed import discover_launch
+
+    try:
+        return discover_launch().local_world_size
+    except ValueError:
+        return 1  # discovery's own error is raised where the run starts, not here
+
+
+def choose_cpu_threads(
+    num_workers: int, cpu_threads: int | None = None, *, ranks_on_node: int | None = None
+) -> tuple[int, str]:
+    """The thread count :func:`apply_cpu_threads` applies, and why, in words.
+
+    ``cpu_threads`` when given (the recipe's ``hardware.cpu_threads``). Else, when
+    several ranks share the node and ``OMP_NUM_THREADS`` is set (torchrun sets 1), that
+    value: the launcher sized the node. Else the CPUs this process may use
+    (``os.sched_getaffinity``) divided among the ``ranks_on_node`` ranks of this node
+    (default: the launch's local world size), minus the ``num_workers`` DataLoader
+    workers that compete for them, at least 1. Raises ``ValueError`` as
+    :func:`apply_cpu_threads`.
+    """
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+    if cpu_threads is not None:
+        if isinstance(cpu_threads, bool) or not isinstance(cpu_threads, int) or cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be an integer >= 1 or None, got {cpu_threads!r}")
+        return cpu_threads, "hardware.cpu_threads"
+    ranks = _ranks_on_node() if ranks_on_node is None else max(1, ranks_on_node)
+    launcher_threads = _launcher_threads()
+    if ranks > 1 and launcher_threads is not None:
+        return launcher_threads, f"OMP_NUM_THREADS={launcher_threads} from the launcher"
+    cpus = available_cpu_count()
+    threads = max(1, cpus // ranks - num_workers)
+    return threads, (
+        f"{cpus} usable CPUs / {ranks} rank{'s' if ranks != 1 else ''} on this node "
+        f"- {num_workers} data worker{'s' if num_workers != 1 else ''}"
+    )
+
+
+def apply_cpu_threads(
+    num_workers: int, cpu_threads: int | None = None, *, ranks_on_node: int | None = None
+) -> int:
     """Size torch's intra-op thread pool and return the number of threads applied.
 
-    ``cpu_threads`` when given, else the CPUs available to this process minus the
+    The count is :func:`choose_cpu_threads`'s: ``cpu_threads`` when given; under a
+    launcher that runs several ranks on the node, its ``OMP_NUM_THREADS``; else the CPUs
+    available to this process divided among the node's ranks, minus the
     ``num_workers`` DataLoader workers that will compete for them, at least 1. The same
     number is exported as ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``,
     ``OPENBLAS_NUM_THREADS`` and ``NUMEXPR_NUM_THREADS`` for child processes. Undo as
     phase 2 does: ``undoable(work, RuntimeState.capture())``. Raises ``ValueError`` for a
     negative ``num_workers`` or a ``cpu_threads`` below 1.
     """
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
-    if cpu_threads is None:
-        threads = max(1, available_cpu_count() - num_workers)
-    elif isinstance(cpu_threads, bool) or not isinstance(cpu_threads, int) or cpu_threads < 1:
-        raise ValueError(f"cpu_threads must be an integer >= 1 or None, got {cpu_threads!r}")
-    else:
-        threads = cpu_threads
+    global _own_export
+    threads, _ = choose_cpu_threads(num_workers, cpu_threads, ranks_on_node=ranks_on_node)
+    if os.environ.get("OMP_NUM_THREADS", "").strip() != str(threads):
+        _own_export = str(threads)
     torch.set_num_threads(threads)
     for name in THREAD_ENV_VARS:
         os.environ[name] = str(threads)
@@ -192,12 +247,24 @@ class RuntimeState:
 def step(run: RunContext) -> Undo:
     """Phase 2: ``thread_applier(num_workers)`` then ``system_configurator()``.
 
-    Records the applied thread count on ``run``; the undo restores thread counts,
-    warning filters, the matplotlib backend and every environment variable set.
+    Records the applied thread count on ``run``, and why (``run.thread_basis``); the
+    undo restores thread counts, warning filters, the matplotlib backend and every
+    environment variable set.
     """
 
+    num_workers = run.cfg.hardware.effective_num_workers
+
     def configure() -> None:
-        run.applied_threads = int(run.deps.thread_applier(run.cfg.hardware.effective_num_workers))
+        # Why the count is what it is, for the report: worked out before the applier
+        # exports its own OMP_NUM_THREADS.
+        try:
+            expected, basis = choose_cpu_threads(
+                num_workers, run.cfg.hardware.cpu_threads, ranks_on_node=run.launch.local_world_size
+            )
+        except ValueError:
+            expected, basis = -1, ""
+        run.applied_threads = int(run.deps.thread_applier(num_workers))
+        run.thread_basis = basis if run.applied_threads == expected else "thread_applier"
         run.deps.system_configurator()
 
     _, undo = undoable(configure, RuntimeState.capture())
