@@ -15,7 +15,7 @@ set -u
 
 CONF_DIR=/etc/slurm
 CONF="$CONF_DIR/slurm.conf"
-LOCK=/run/lock/orchestrator-fsm-slurm.lock
+LOCK=/run/lock/orchestrator-fsm-slurm-start.lock
 LOG_DIR=/var/log/slurm
 SPOOL=/var/spool/orchestrator-fsm-slurm
 NODES="n1 n2"
@@ -110,7 +110,7 @@ start_munge() {
     fi
     chown munge:munge /etc/munge/munge.key
     chmod 0400 /etc/munge/munge.key
-    runuser -u munge -- /usr/sbin/munged --force >/dev/null 2>&1 || true
+    runuser -u munge -- /usr/sbin/munged --force >/dev/null 2>&1 9>&- || true
     for _ in $(seq 1 50); do
         timeout 5 munge -n </dev/null >/dev/null 2>&1 && return 0
         sleep 0.2
@@ -137,6 +137,11 @@ start() {
     install_missing || return 0
     start_munge || return 0
     mkdir -p "$CONF_DIR" "$LOG_DIR" "$SPOOL/ctld"
+    # The emulated nodes' names resolve to this host, as a real node's name resolves to
+    # its address (a job's MASTER_ADDR is the first name of its node list).
+    for node in $NODES; do
+        getent hosts "$node" >/dev/null 2>&1 || echo "127.0.0.1 $node" >>/etc/hosts
+    done
     local wanted
     wanted=$(config)
     if [ ! -f "$CONF" ] || [ "$(cat "$CONF")" != "$wanted" ]; then
@@ -145,12 +150,12 @@ start() {
         printf '%s\n' "$wanted" >"$CONF"
     fi
     if ! running "^/usr/sbin/slurmctld" && ! running "^slurmctld"; then
-        slurmctld >>"$LOG_DIR/start.log" 2>&1 || { say "not started: slurmctld failed (see $LOG_DIR/slurmctld.log)"; return 0; }
+        slurmctld >>"$LOG_DIR/start.log" 2>&1 9>&- || { say "not started: slurmctld failed (see $LOG_DIR/slurmctld.log)"; return 0; }
     fi
     for node in $NODES; do
         mkdir -p "$SPOOL/d-$node"
         if ! running "slurmd -N $node"; then
-            slurmd -N "$node" >>"$LOG_DIR/start.log" 2>&1 || { say "not started: slurmd -N $node failed (see $LOG_DIR/slurmd-$node.log)"; return 0; }
+            slurmd -N "$node" >>"$LOG_DIR/start.log" 2>&1 9>&- || { say "not started: slurmd -N $node failed (see $LOG_DIR/slurmd-$node.log)"; return 0; }
         fi
     done
     local deadline=$((SECONDS + WAIT_S))
@@ -179,9 +184,10 @@ status() {
 case "${1:-}" in
     start)
         mkdir -p "$(dirname "$LOCK")" 2>/dev/null
+        # The daemons are started with fd 9 closed: they must not hold the lock on.
         exec 9>>"$LOCK" 2>/dev/null || { start; exit 0; }
-        if ! flock -w 900 9; then
-            say "not started: another start held $LOCK for 900 s"
+        if ! flock -w 600 9; then
+            say "not started: another start held $LOCK for 600 s"
             exit 0
         fi
         start
