@@ -12,7 +12,7 @@ STAMP := $(VENV)/.orchestrator-fsm-installed
 # The benchmarks' own baseline (Sacred), on top of the dev tools; only `make bench`.
 BENCH_STAMP := $(VENV)/.orchestrator-fsm-bench
 
-.PHONY: install demo test test-fast lint unit diagrams bench graphviz clean
+.PHONY: install demo test test-fast lint unit diagrams bench graphviz slurm clean
 
 $(RUNTIME_STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check orchestrator_fsm tests examples benchmarks
 	$(BIN)/mypy --strict orchestrator_fsm
 
-unit: $(STAMP) graphviz
+unit: $(STAMP) graphviz slurm
 	$(BIN)/python -m pytest -q
 
 test: lint unit
@@ -54,6 +54,11 @@ graphviz:
 	    (apt-get update -qq && apt-get install -y -qq graphviz >/dev/null) \
 	      || echo "note: could not install graphviz; SVG tests will be skipped"; \
 	  else echo "note: graphviz 'dot' not found; SVG tests will be skipped"; fi; }
+
+# A real SLURM on localhost (munge, slurmctld, two slurmd emulating nodes n1 and n2) for
+# tests/slurm; installed and started when root and apt-get allow, else the tests skip.
+slurm:
+	@bash tests/slurm/cluster.sh start
 
 diagrams: $(STAMP)
 	$(BIN)/orchestrator-fsm diagram --format mermaid --output diagrams/lifecycle.mmd

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from orchestrator_fsm import Config, RootOrchestrator, worker_init_fn
 from orchestrator_fsm.demo.pipeline import SHAPES, DemoSettings, MiniCNN, make_shapes_dataset
+from orchestrator_fsm.distributed import slurm_master_endpoint
 
 RECIPE = Path(__file__).resolve().parent / "recipes" / "mini_cnn.yaml"
 
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         orch.log_environment_report()
         device = orch.get_device()  # cuda:{local_rank} on a GPU node, else the CPU
         on_gpu = device.type == "cuda"
+        # Under `srun` (no torchrun) MASTER_ADDR/MASTER_PORT come from SLURM's node list.
+        slurm_master_endpoint()
         dist.init_process_group("nccl" if on_gpu else "gloo", device_id=device if on_gpu else None)
         try:
             accuracy = fit(orch, device)

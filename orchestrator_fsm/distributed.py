@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Final, Literal
 
 import attrs
@@ -537,3 +537,32 @@ def get_world_size() -> int:
     """Number of processes in the launch: ``WORLD_SIZE`` (in an srun step,
     ``SLURM_STEP_NUM_TASKS``/``SLURM_NTASKS``), 1 when unset."""
     return _reference_read(2, 1)
+
+
+def slurm_master_endpoint(
+    environ: MutableMapping[str, str] | None = None,
+) -> tuple[str, str] | None:
+    """Under SLURM, fill in ``MASTER_ADDR`` and ``MASTER_PORT`` where they are unset, as
+    Lightning's ``SLURMEnvironment`` derives them, and return ``(addr, port)``.
+
+    ``MASTER_ADDR`` is the first host of ``SLURM_NODELIST`` (else
+    ``SLURM_JOB_NODELIST``): ``node[3-5,7]`` gives ``node3``, ``a,b`` gives ``a``.
+    ``MASTER_PORT`` is 15000 plus the last four digits of ``SLURM_JOB_ID`` (12910
+    without one), so every task of a job agrees and two jobs on one node rarely clash.
+    A value already set (by the user, torchrun) is kept. Outside SLURM (no node list)
+    nothing is set and the result is ``(MASTER_ADDR, MASTER_PORT)`` when both are set,
+    else ``None``. ``environ`` defaults to ``os.environ``; call this before
+    ``init_process_group`` (its default ``env://`` reads these two variables).
+    """
+    env: MutableMapping[str, str] = os.environ if environ is None else environ
+    nodes = (env.get("SLURM_NODELIST") or env.get("SLURM_JOB_NODELIST") or "").strip()
+    if nodes and not env.get("MASTER_ADDR"):
+        # The first host of the list: "n[3-5,7],m2" -> "n3", "a,b" -> "a", "h1 h2" -> "h1".
+        first = re.match(r"\s*([^,\s\[]*)(?:\[([^\],\-]*))?", nodes)
+        assert first is not None  # the pattern matches any string
+        env["MASTER_ADDR"] = first.group(1) + (first.group(2) or "")
+    if nodes and not env.get("MASTER_PORT"):
+        digits = re.sub(r"\D", "", env.get("SLURM_JOB_ID", ""))
+        env["MASTER_PORT"] = str(15000 + int(digits[-4:])) if digits else "12910"
+    addr, port = env.get("MASTER_ADDR"), env.get("MASTER_PORT")
+    return (addr, port) if addr and port else None

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator_fsm._version import __version__
 from orchestrator_fsm.cli._shared import EXIT_INTERRUPTED, EXIT_USAGE
+from orchestrator_fsm.lifecycle.signals import hold_startup_signals
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -288,7 +289,12 @@ def _ignore_further_interrupts(signum: int, frame: FrameType | None) -> None:
 
 
 def console() -> None:
-    """The ``orchestrator-fsm`` command itself: :func:`main`, then exit with its code."""
+    """The ``orchestrator-fsm`` command itself: :func:`main`, then exit with its code.
+
+    SIGUSR1 and SIGUSR2 are held from here on (before torch and the entry are imported),
+    so a scheduler's checkpoint request during start-up reaches the run's callback once
+    the run is live instead of ending the process."""
+    hold_startup_signals()
     try:
         code = main(exiting=True)
     except KeyboardInterrupt as exc:  # between main's own handling and here

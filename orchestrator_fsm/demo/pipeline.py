@@ -67,6 +67,7 @@ from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_text
 from orchestrator_fsm._text import counted
 from orchestrator_fsm.config.schema import pipeline_schema
 from orchestrator_fsm.demo.schema import DEMO_SCHEMA, DemoArchitecture, DemoDataset, DemoTraining
+from orchestrator_fsm.distributed import slurm_master_endpoint
 from orchestrator_fsm.errors import ConfigError, LifecycleError
 from orchestrator_fsm.phases.determinism import make_generator, worker_init_fn
 from orchestrator_fsm.progress_bar import ProgressBar
@@ -348,6 +349,7 @@ def _process_group(orch: RootOrchestrator, device: torch.device) -> Iterator[_Ra
     started = False
     if orch.world_size > 1 and not _group_running():
         cuda = device.type == "cuda"
+        slurm_master_endpoint()  # under srun, where no launcher set MASTER_ADDR/PORT
         dist.init_process_group(
             "nccl" if cuda else "gloo",
             rank=orch.rank,

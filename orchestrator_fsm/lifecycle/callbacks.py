@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 import attrs
 
 from orchestrator_fsm._specs import callback_signal
-from orchestrator_fsm.lifecycle.signals import is_chained
+from orchestrator_fsm.lifecycle.signals import is_chained, take_held_signals
 
 __all__ = ["CONFIG_FIELD", "Callback", "Resolve", "SignalCallbacks"]
 
@@ -116,6 +116,22 @@ class SignalCallbacks(Generic[OwnerT]):
         self._live = True
         for taken in sorted(self._given.keys() | configured.keys()):
             self._install_handler(taken)
+        self._deliver_held()
+
+    def _deliver_held(self) -> None:
+        """Hand the callbacks what arrived while the console command was starting
+        (:func:`~orchestrator_fsm.lifecycle.signals.hold_startup_signals`), now that
+        the run is live; a signal no callback takes is logged and dropped."""
+        for signum in take_held_signals():
+            name = signal.Signals(signum).name
+            if signum not in self._previous:
+                self._log().info(
+                    "received %s while the run was starting; no callback is attached to it",
+                    name,
+                )
+                continue
+            self._log().info("received %s while the run was starting; delivering it now", name)
+            self._on_signal(signum, None)
 
     def hold(self) -> None:
         """From now on (cleanup) log a delivery instead of calling its callback."""
@@ -123,6 +139,8 @@ class SignalCallbacks(Generic[OwnerT]):
 
     def restore(self) -> None:
         """Put the previous handlers back."""
+        # What the start-up holder kept while this run was live had no callback here.
+        take_held_signals()
         previous, self._previous = self._previous, {}
         for signum, handler in previous.items():
             # None: the previous handler was not installed from Python and cannot be

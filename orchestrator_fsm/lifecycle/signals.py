@@ -9,7 +9,10 @@ it is never lost, and it never cuts the record short.
 
 SIGUSR1 and SIGUSR2 are the signals a user callback can be attached to instead
 (:mod:`orchestrator_fsm.lifecycle.callbacks`): schedulers send them ahead of a
-preemption, as a request to checkpoint rather than to stop.
+preemption, as a request to checkpoint rather than to stop. The console command holds
+them from its first line (:func:`hold_startup_signals`) while it imports torch and the
+entry, so one that arrives before the run is live is kept for the run's callback instead
+of ending the process.
 """
 
 from __future__ import annotations
@@ -20,13 +23,49 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from orchestrator_fsm._specs import INTERRUPTING_SIGNALS
+from orchestrator_fsm._specs import CALLBACK_SIGNALS, INTERRUPTING_SIGNALS
 from orchestrator_fsm.errors import RunInterrupted
 
 __all__ = [
     "SignalGuard",
+    "hold_startup_signals",
     "is_chained",
+    "take_held_signals",
 ]
+
+# The callback signals that arrived while they were held (before a run took them over,
+# or while a run attached no callback to them), each once, in the order they came.
+_held_early: list[int] = []
+
+
+def _keep(signum: int, frame: FrameType | None) -> None:
+    # A signal handler: only remembers (a scheduler's repeated SIGUSR1 is one request).
+    if signum not in _held_early:
+        _held_early.append(signum)
+
+
+def hold_startup_signals() -> None:
+    """Keep SIGUSR1 and SIGUSR2 from now on instead of letting them end the process.
+
+    The console command calls this first thing: a scheduler's checkpoint request that
+    arrives while the command still imports torch and the entry (seconds) is kept, and a
+    run that then becomes live hands it to its callback (:func:`take_held_signals`).
+    When no run takes a signal over (another sub-command, a run that attached no callback
+    to it, the time after cleanup) it is kept and never delivered: never fatal. A no-op
+    outside the main thread, where handlers cannot be installed.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in CALLBACK_SIGNALS:
+        signal.signal(signum, _keep)
+
+
+def take_held_signals() -> tuple[int, ...]:
+    """The callback signals kept by :func:`hold_startup_signals` since the last call, in
+    the order they arrived, each once; forgets them."""
+    taken = tuple(_held_early)
+    del _held_early[: len(taken)]
+    return taken
 
 
 def is_chained(handler: Any) -> bool:
@@ -34,7 +73,8 @@ def is_chained(handler: Any) -> bool:
     too when the signal arrives: any Python callable the caller installed."""
     # Python's own defaults and "ignore"/"default" are replaced, not chained; so is an
     # enclosing guard (the CLI's), which would raise before this one could hold.
-    if not callable(handler) or handler is signal.default_int_handler:
+    if not callable(handler) or handler is signal.default_int_handler or handler is _keep:
+        # The start-up holder is replaced too: what it kept is handed over instead.
         return False
     return not isinstance(getattr(handler, "__self__", None), SignalGuard)
 

@@ -110,13 +110,20 @@ def run_identity(cfg: Config) -> str:
     observed and guarded rather than what it computes, plus the output directory as
     :func:`~orchestrator_fsm.layout.output_root` normalises it (the one the run
     directory is made in), so one recipe written to two output directories makes two
-    runs.
+    runs, plus the SLURM array task (``SLURM_ARRAY_TASK_ID``) when there is one: the
+    tasks of an array are separate runs of one config, and must not refuse each other
+    whether or not they land on the same node.
     """
     config = cfg.dump_serialized()
     for section in ("telemetry", "infrastructure"):
         config.pop(section, None)
     output_dir = output_root(cfg.telemetry.output_dir)
-    identity = {"config": config, "output_dir": str(output_dir)}
+    identity: dict[str, object] = {"config": config, "output_dir": str(output_dir)}
+    array_task = os.environ.get("SLURM_ARRAY_TASK_ID", "").strip()
+    if array_task:
+        # Only when set, so the identity (and lock file name) of every other launch
+        # stays what it was.
+        identity["slurm_array_task"] = array_task
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
