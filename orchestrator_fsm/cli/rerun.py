@@ -186,7 +186,7 @@ def _say_ranks(original: Path, new_dir: Path, out: Console) -> None:
             record = read_run(run_dir)
         except (OSError, ValueError):
             return "?"
-        return str(record.world_size or 1 + len(record.ranks))
+        return str(record.world_size or (1 + len(record.ranks)))
 
     say(out, f"ranks: {ranks(original)} in the original, {ranks(new_dir)} in the rerun")
 
