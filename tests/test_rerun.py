@@ -501,3 +501,27 @@ def test_a_relaunch_runs_torchrun_from_this_interpreter_and_recreates_its_thread
     assert two.launcher_environment({}) == {"OMP_NUM_THREADS": "1"}
     assert two.launcher_environment({"OMP_NUM_THREADS": "3"}) == {}
     assert one.launcher_environment({}) == {}
+
+
+@pytest.mark.parametrize(("hosts", "relaunched"), [(("n1", "n1"), True), (("n1", "n2"), False)])
+def test_a_bundle_older_than_its_launch_section_is_judged_by_its_ranks_hosts(
+    tmp_path: Path, hosts: tuple[str, str], relaunched: bool
+) -> None:
+    from orchestrator_fsm.reproduce.relaunch import Relaunch, RelaunchRefused, plan_relaunch
+
+    # What a 2-rank run recorded before bundles had a `launch` section: the seeds' world
+    # size, and each rank's host in its record.
+    (tmp_path / "ranks").mkdir()
+    (tmp_path / "run.json").write_text(json.dumps({"rank": 0, "world_size": 2, "host": hosts[0]}))
+    (tmp_path / "ranks" / "rank1.json").write_text(
+        json.dumps({"rank": 1, "world_size": 2, "host": hosts[1]})
+    )
+    bundle = {"seeds": {"world_size": 2}, "command": {"python_executable": "py"}}
+    if relaunched:
+        assert plan_relaunch(tmp_path, bundle, ["run", "c.yaml"]) == Relaunch(world_size=2)
+        return
+    with pytest.raises(RelaunchRefused) as refused:
+        plan_relaunch(tmp_path, bundle, ["run", "c.yaml"])
+    assert "its 2 ranks ran by a launcher its bundle does not record on 2 nodes (n1, n2)" in str(
+        refused.value
+    )

@@ -166,8 +166,10 @@ def _refusal(
             if launcher == "torchrun"
             else f"as the tasks of SLURM job {job}"
         )
-    elif launcher in (None, "torchrun"):
+    elif launcher == "torchrun":
         what = "under torchrun"
+    elif launcher is None:
+        what = "by a launcher its bundle does not record"
     else:
         what = f"launched by {launcher}"
     command = by_hand(bundle, run_argv, world, launcher, nodes, per_node, slurm is not None)
