@@ -17,7 +17,10 @@ the numbers). Sections:
   checkout: warm against the floor (and on a terminal), first round trip, cold;
 - ``sacred``: the same recipe in a git checkout, ours against Sacred with its
   ``FileStorageObserver`` (bare, and with the manifest ours keeps written by hand);
-  skipped when Sacred is not installed (``pip install -e ".[bench]"``).
+  skipped when Sacred is not installed (``pip install -e ".[bench]"``);
+- ``join``: joining one run: the time from rank 0's READY to every rank's under real
+  torchrun launches of 2, 4, 8 and 16 ranks, and the file-system operations a waiting
+  rank's polling costs, counted (``strace``) and scaled to 1,000 ranks.
 
 Everything is written under a temporary directory that is removed afterwards, with
 ``XDG_CACHE_HOME`` and the lock path pointing into it and the working directory set to
@@ -30,4 +33,14 @@ from __future__ import annotations
 from typing import Final
 
 #: The sections ``--only`` accepts, in the order they run.
-SECTIONS: Final = ("warm", "floor", "cold", "cli", "scale", "capture", "orchard", "sacred")
+SECTIONS: Final = (
+    "warm",
+    "floor",
+    "cold",
+    "cli",
+    "scale",
+    "capture",
+    "orchard",
+    "sacred",
+    "join",
+)

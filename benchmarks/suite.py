@@ -14,6 +14,7 @@ from benchmarks import SECTIONS
 from benchmarks.capture import measure_capture, measure_mlflow_metrics
 from benchmarks.cli_startup import measure_cli_startup
 from benchmarks.cold import measure_cold
+from benchmarks.join import CASES, measure_join
 from benchmarks.orchard import measure_orchard
 from benchmarks.sacred_baseline import measure_sacred
 from benchmarks.scale import (
@@ -109,6 +110,14 @@ class BenchmarkSettings:
         if "sacred" in self.sections:
             with progress.part("ours and Sacred, the orchard recipe in a git checkout"):
                 results["sacred"] = measure_sacred(self.iterations)
+        if "join" in self.sections:
+            with progress.part("joining one run: READY lag under torchrun, polling cost"):
+                results["join"] = measure_join(
+                    (2,) if self.quick else (2, 4, 8, 16),
+                    repeats=1 if self.quick else 3,
+                    wait_s=2.5 if self.quick else 8.0,
+                    cases=("entry, not ready",) if self.quick else CASES,
+                )
         results["progress"] = progress.parts
         return results
 

@@ -501,6 +501,11 @@ def result_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
                         f"us; exit {mlflow['exit_ms']:.0f} ms",
                     )
                 )
+    join = results.get("join")
+    if join:
+        from benchmarks.join import format_rows
+
+        rows.extend(("join", name, value) for name, value in format_rows(join))
     return rows
 
 

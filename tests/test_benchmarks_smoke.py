@@ -161,6 +161,7 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
         "capture and metrics unused, MLflow per call",
         "the orchard recipe in a git checkout, strict and relaxed",
         "ours and Sacred, the orchard recipe in a git checkout",
+        "joining one run: READY lag under torchrun, polling cost",
     ]
     capture = results["capture"]
     assert_stats(capture["unused_ms"])
@@ -177,6 +178,14 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
             assert_stats(sacred[kind])
         assert sacred["ratio_median"] > 0
         assert set(sacred["step_median_ms"]) == STEPS_OF_A_ROUND_TRIP
+    join = results["join"]
+    lag = join["ready_lag"]["2"]
+    assert lag["launches"] == 1
+    assert lag["all_ready_s"]["median"] >= 0
+    polling = join["polling"]["entry, not ready"]  # the one state a quick run counts
+    assert polling["polls"] >= 3
+    if join["polling"]["strace"]:
+        assert polling["fs_ops_per_poll"] >= 1
     assert len(results["targets"]) == 5 + 2 + 6 + (sacred is not None)
     assert all(isinstance(target["met"], bool) for target in results["targets"])
 

@@ -10,12 +10,14 @@ import hashlib
 import itertools
 import json
 import os
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import cli, isolated, minimal_recipe
+from conftest import cli, cli_command, isolated, minimal_recipe, run_dirs
 
 from orchestrator_fsm.cli.rerun import EXIT_DIVERGED, EXIT_DRIFT, EXIT_WITHIN_TOLERANCE
 from orchestrator_fsm.git_state import read_git_state
@@ -302,3 +304,224 @@ def test_rerun_finds_its_run_whatever_the_pipeline_prints(project: Path) -> None
     assert rerun.parent == original.parent
     assert read_run(rerun).rerun_of == str(original)
     assert noted["verdict"]["status"] == "identical"
+
+
+# --- multi-process runs: relaunched with their ranks, or refused in one line ---------
+
+DDP_PIPELINE = """
+import torch
+import torch.distributed as dist
+
+
+def train(orch):
+    # Seeded, and every rank's gradient enters the all-reduced sum: a rerun with
+    # another number of ranks logs other losses.
+    dist.init_process_group("gloo")
+    generator = torch.Generator().manual_seed(orch.cfg.training.seed)
+    weights = torch.zeros(4)
+    for step in (1, 2, 3):
+        grad = torch.randn(4, generator=generator) * (orch.rank + 1)
+        dist.all_reduce(grad)
+        weights -= 0.1 * grad
+        orch.log_metrics({"loss": float(weights.pow(2).sum())}, step=step)
+    if orch.rank == 0:
+        torch.save({"weights": weights}, orch.paths.checkpoints / "last.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+"""
+
+LAUNCH_TIMEOUT_S = 240
+
+
+def launcher_free_env() -> dict[str, str]:
+    """This process's environment without any launcher's variables (a launcher around
+    the test run) and without ``OMP_NUM_THREADS``, which torchrun then sets itself."""
+    from orchestrator_fsm.distributed import LAUNCHER_ENV_VARS
+
+    dropped = {*LAUNCHER_ENV_VARS, "OMP_NUM_THREADS", "MASTER_ADDR", "MASTER_PORT"}
+    return {k: v for k, v in os.environ.items() if k not in dropped}
+
+
+def torchrun_run(project: Path, *launcher: str) -> subprocess.Popen[str]:
+    """``python -m torch.distributed.run LAUNCHER -m orchestrator_fsm run recipe.yaml
+    --entry ddp.py:train`` started in ``project``."""
+    command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m"]
+    command += ["orchestrator_fsm", "run", "recipe.yaml", "--entry", "ddp.py:train"]
+    return subprocess.Popen(
+        command,
+        cwd=project,
+        env=launcher_free_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finished(*procs: subprocess.Popen[str]) -> None:
+    """Wait (bounded) for every process; fail with their output unless all exit 0."""
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+            results.append((proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+    assert [code for code, _, _ in results] == [0] * len(procs), results
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def ddp_project(project: Path) -> Path:
+    (project / "ddp.py").write_text(DDP_PIPELINE)
+    return project
+
+
+@pytest.mark.slow
+def test_a_torchrun_job_is_rerun_with_its_ranks_and_compared(ddp_project: Path) -> None:
+    finished(torchrun_run(ddp_project, "--standalone", "--nproc_per_node=2"))
+    (original,) = run_dirs(ddp_project / "outputs")
+    launch = json.loads(bundle_file(original).read_text())["launch"]
+    assert launch | {"job_id": None} == {
+        "launcher": "torchrun",
+        "world_size": 2,
+        "local_world_size": 2,
+        "nodes": 1,
+        "max_restarts": 0,
+        "job_id": None,
+        "slurm": None,
+    }
+    result = cli(
+        "rerun", str(original), cwd=ddp_project, env=launcher_free_env(), timeout_s=LAUNCH_TIMEOUT_S
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # torchrun's own OMP_NUM_THREADS=1 is recreated by the relaunch: no drift.
+    assert "drift: none" in result.stdout, result.stdout
+    assert f"rerunning {original} (torchrun, 2 ranks on one node)" in result.stdout
+    assert "ranks: 2 in the original, 2 in the rerun" in result.stdout
+    assert "checkpoint last.pt: " in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "identical", result.stdout
+    rerun = read_run(run_dir_of(result))
+    assert rerun.rerun_of == str(original)
+    assert rerun.world_size == 2
+    assert [(rank.rank, rank.effective_status) for rank in rerun.ranks] == [(1, "completed")]
+
+
+@pytest.mark.slow
+def test_a_multi_node_torchrun_job_is_refused_in_one_line(ddp_project: Path) -> None:
+    # Two torchrun agents on this host are two nodes of one job to torchrun.
+    rendezvous = [
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+        "--rdzv-id=two-nodes",
+    ]
+    finished(*(torchrun_run(ddp_project, *rendezvous) for _ in range(2)))
+    (original,) = run_dirs(ddp_project / "outputs")
+    result = cli("rerun", str(original), cwd=ddp_project, env=launcher_free_env())
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        f"error: cannot rerun {original}: its 2 ranks ran under torchrun on 2 nodes"
+    )
+    assert "on each of the 2 nodes: " in line
+    assert "-m torch.distributed.run --nnodes=2 --nproc_per_node=1 " in line
+    assert f"--entry ddp.py:train, then compare: orchestrator-fsm diff {original}" in line
+    assert result.stdout == ""
+    assert run_dirs(ddp_project / "outputs") == [original]
+
+
+@pytest.mark.slow
+def test_the_tasks_of_a_slurm_job_are_refused_in_one_line(project: Path) -> None:
+    tasks = []
+    for task in range(2):
+        variables = launcher_free_env() | {
+            "SLURM_JOB_ID": "4711",
+            "SLURM_STEP_ID": "0",
+            "SLURM_PROCID": str(task),
+            "SLURM_LOCALID": str(task),
+            "SLURM_NODEID": "0",
+            "SLURM_NTASKS": "2",
+            "SLURM_STEP_NUM_TASKS": "2",
+            "SLURM_STEP_NUM_NODES": "1",
+            "SLURM_STEP_TASKS_PER_NODE": "2",
+            "SLURM_JOB_NUM_NODES": "1",
+        }
+        tasks.append(
+            subprocess.Popen(
+                cli_command("run", "recipe.yaml", "--entry", "pipe.py:steady"),
+                cwd=project,
+                env=variables,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    finished(*tasks)
+    (original,) = run_dirs(project / "outputs")
+    result = cli("rerun", str(original), "--set", "training.lr=0.5", cwd=project)
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        f"error: cannot rerun {original}: its 2 ranks ran as the tasks of SLURM job 4711"
+    ), line
+    assert (
+        "in a SLURM allocation of one node: srun --nodes=1 --ntasks=2 --ntasks-per-node=2 " in line
+    )
+    assert "--entry pipe.py:steady --set=training.lr=0.5, then compare" in line
+    assert run_dirs(project / "outputs") == [original]
+
+
+def test_a_relaunch_runs_torchrun_from_this_interpreter_and_recreates_its_threads() -> None:
+    from orchestrator_fsm.reproduce.relaunch import Relaunch
+
+    one, two = Relaunch(), Relaunch(world_size=2)
+    assert one.command("py", ["run", "c.yaml"]) == ["py", "-m", "orchestrator_fsm", "run", "c.yaml"]
+    assert two.command("py", ["run", "c.yaml"]) == [
+        "py",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "-m",
+        "orchestrator_fsm",
+        "run",
+        "c.yaml",
+    ]
+    assert two.launcher_environment({}) == {"OMP_NUM_THREADS": "1"}
+    assert two.launcher_environment({"OMP_NUM_THREADS": "3"}) == {}
+    assert one.launcher_environment({}) == {}
+
+
+@pytest.mark.parametrize(("hosts", "relaunched"), [(("n1", "n1"), True), (("n1", "n2"), False)])
+def test_a_bundle_older_than_its_launch_section_is_judged_by_its_ranks_hosts(
+    tmp_path: Path, hosts: tuple[str, str], relaunched: bool
+) -> None:
+    from orchestrator_fsm.reproduce.relaunch import Relaunch, RelaunchRefused, plan_relaunch
+
+    # What a 2-rank run recorded before bundles had a `launch` section: the seeds' world
+    # size, and each rank's host in its record.
+    (tmp_path / "ranks").mkdir()
+    (tmp_path / "run.json").write_text(json.dumps({"rank": 0, "world_size": 2, "host": hosts[0]}))
+    (tmp_path / "ranks" / "rank1.json").write_text(
+        json.dumps({"rank": 1, "world_size": 2, "host": hosts[1]})
+    )
+    bundle = {"seeds": {"world_size": 2}, "command": {"python_executable": "py"}}
+    if relaunched:
+        assert plan_relaunch(tmp_path, bundle, ["run", "c.yaml"]) == Relaunch(world_size=2)
+        return
+    with pytest.raises(RelaunchRefused) as refused:
+        plan_relaunch(tmp_path, bundle, ["run", "c.yaml"])
+    assert "its 2 ranks ran by a launcher its bundle does not record on 2 nodes (n1, n2)" in str(
+        refused.value
+    )

@@ -7,7 +7,10 @@ run now is reported (``--strict``: a drift refuses to start); then the run is st
 ``run.json`` naming the original in ``rerun_of``), with the saved resolved config
 (``reports/config.yaml``) as its recipe, the overrides as given and the same entry,
 in the original's working directory; the child writes its run directory to a file
-``rerun`` names (``--run-dir-file``). Last, the two runs' metrics and checkpoints are
+``rerun`` names (``--run-dir-file``). A job of several ranks on one node is started
+under ``torch.distributed.run`` with its world size; one that ran on several nodes or in
+a SLURM job is refused in one line giving the command to run by hand
+(:mod:`orchestrator_fsm.reproduce.relaunch`). Last, the two runs' metrics and checkpoints are
 compared (:mod:`orchestrator_fsm.reproduce.compare`) and the original's
 ``reruns.jsonl`` gets one line naming the rerun and its verdict.
 """
@@ -130,10 +133,19 @@ def cmd_rerun(args: argparse.Namespace, out: Console, err: Console) -> int:
         return EXIT_USAGE
     kept = [text for text in bundle.get("overrides") or () if not _is_redacted(text)]
     overrides = [*kept, *given]
+    run_argv = ["run", str(saved), "--entry", spec, *(f"--set={text}" for text in overrides)]
+    from orchestrator_fsm.reproduce.relaunch import RelaunchRefused, plan_relaunch
+
+    try:
+        relaunch = plan_relaunch(original, bundle, run_argv)
+    except RelaunchRefused as exc:
+        # The by-hand command shows secrets as the bundle does (***), never as given.
+        say(err, f"error: {_redacted_line(str(exc), given)}", "red")
+        return EXIT_USAGE
     cwd = (bundle.get("command") or {}).get("cwd")
     cwd = cwd if isinstance(cwd, str) and os.path.isdir(cwd) else os.getcwd()
 
-    drift = _drift_now(bundle, saved, spec, overrides, cwd, err)
+    drift = _drift_now(bundle, saved, spec, overrides, cwd, relaunch.launcher_environment(), err)
     if isinstance(drift, int):
         return drift
     _print_drift(drift, out)
@@ -143,21 +155,55 @@ def cmd_rerun(args: argparse.Namespace, out: Console, err: Console) -> int:
         say(err, "refused: --strict and the rerun would not run what the original ran", "red")
         return EXIT_DRIFT
 
-    command = [sys.executable, "-m", "orchestrator_fsm", "run", str(saved), "--entry", spec]
-    command += [f"--set={text}" for text in overrides] + ["--rerun-of", str(original)]
-    say(out, f"rerunning {original}")
+    command = relaunch.command(sys.executable, [*run_argv, "--rerun-of", str(original)])
+    say(out, f"rerunning {original} ({relaunch.describe()})")
     code, new_dir = _run_child(command, cwd, out)
     if code != EXIT_OK or new_dir is None:
-        say(err, f"the rerun failed (orchestrator-fsm run exited {code})", "red")
+        runner = "torchrun" if relaunch.torchrun else "orchestrator-fsm run"
+        say(err, f"the rerun failed ({runner} exited {code})", "red")
         _note_rerun(original, new_dir, None, code)
         return code if code >= 128 else EXIT_FAILURE
+    _say_ranks(original, new_dir, out)
     return _verdict(original, new_dir, args, bundle, out, code)
 
 
+def _redacted_line(line: str, given: list[str]) -> str:
+    """``line`` with the values of the secret overrides in ``given`` as ``***``."""
+    from orchestrator_fsm.phases.bundle import redacted_overrides
+
+    for text, shown in zip(given, redacted_overrides(given), strict=True):
+        if text != shown:
+            line = line.replace(text, shown)
+    return line
+
+
+def _say_ranks(original: Path, new_dir: Path, out: Console) -> None:
+    """How many ranks each run had, as their records say (rank 0's and ``ranks/``)."""
+    from orchestrator_fsm.lifecycle.record import read_run
+
+    def ranks(run_dir: Path) -> str:
+        try:
+            record = read_run(run_dir)
+        except (OSError, ValueError):
+            return "?"
+        return str(record.world_size or (1 + len(record.ranks)))
+
+    say(out, f"ranks: {ranks(original)} in the original, {ranks(new_dir)} in the rerun")
+
+
 def _drift_now(
-    bundle: dict[str, Any], saved: Path, spec: str, overrides: list[str], cwd: str, err: Console
+    bundle: dict[str, Any],
+    saved: Path,
+    spec: str,
+    overrides: list[str],
+    cwd: str,
+    launcher_env: dict[str, str],
+    err: Console,
 ) -> list[Drift] | int:
-    """What differs between the bundle and a rerun now (the exit code on a bad config)."""
+    """What differs between the bundle and a rerun now (the exit code on a bad config).
+
+    ``launcher_env`` is what the relaunch's launcher adds to the variables the ranks are
+    given (torchrun's ``OMP_NUM_THREADS``): recreated, so no drift."""
     from orchestrator_fsm.config import Config
     from orchestrator_fsm.environment import launch_environment
     from orchestrator_fsm.errors import ConfigError
@@ -182,7 +228,7 @@ def _drift_now(
             recipe=(bundle.get("recipe") or {}).get("path") or None,
             git=read_git_state(),
             requirements=requirement_lines(),
-            launch_env=launch_environment(),
+            launch_env={**launch_environment(), **launcher_env},
             rank=int(seeds.get("rank") or 0),
             world_size=int(seeds.get("world_size") or 1),
         )

@@ -18,6 +18,10 @@ cuDNN and NCCL load lazily, at first use, so only a late look sees them). Sectio
   truncated in ``git_diff.patch`` (:meth:`GitState.bundle_record`);
 - ``packages``: ``{name: version}`` of the installed distributions;
 - ``environment``: :func:`~orchestrator_fsm.environment.collect_environment`;
+- ``launch``: how the job was launched (:func:`launch_section`): the launcher, the
+  world size, the processes per node, the number of nodes, torchrun's restart limit
+  and, inside a SLURM job, the job's own variables; what ``rerun`` relaunches (or
+  refuses to) from;
 - ``loaded_libraries``: the native libraries mapped into the process at cleanup
   (path and soname from ``/proc/self/maps``; ``None`` where there is no such file).
   Library files are never hashed: the path and the version-bearing soname say which
@@ -50,6 +54,7 @@ from orchestrator_fsm.redaction import REDACTED, redact_argv
 
 if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
+    from orchestrator_fsm.distributed import Launch
     from orchestrator_fsm.git_state import GitState
     from orchestrator_fsm.run_context import RunContext
 
@@ -57,6 +62,7 @@ __all__ = [
     "BUNDLE_FORMAT",
     "RunSnapshot",
     "describe_entry",
+    "launch_section",
     "packages_of",
     "record_loaded_libraries",
     "redacted_keys",
@@ -150,6 +156,71 @@ def packages_of(requirements: Iterable[str]) -> dict[str, str]:
     return packages
 
 
+def _count(env: Mapping[str, str], *names: str) -> int | None:
+    """The first of ``names`` set in ``env`` to a positive integer; ``None`` if none is."""
+    for name in names:
+        text = env.get(name, "").strip()
+        if text.isdigit() and int(text) > 0:
+            return int(text)
+    return None
+
+
+_SLURM_KEPT: Final = {
+    "job_id": ("SLURM_JOB_ID", "SLURM_JOBID"),
+    "array_job_id": ("SLURM_ARRAY_JOB_ID",),
+    "array_task_id": ("SLURM_ARRAY_TASK_ID",),
+    "step_id": ("SLURM_STEP_ID", "SLURM_STEPID"),
+    "job_name": ("SLURM_JOB_NAME",),
+    "partition": ("SLURM_JOB_PARTITION",),
+    "submit_dir": ("SLURM_SUBMIT_DIR",),
+    "nodelist": ("SLURM_JOB_NODELIST", "SLURM_NODELIST"),
+}
+
+
+def launch_section(launch: Launch, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The bundle's ``launch`` section: ``launcher``, ``world_size``,
+    ``local_world_size`` (processes per node), ``nodes`` and ``max_restarts`` (torchrun's
+    ``--max-restarts``; ``None`` elsewhere), ``job_id`` (the :class:`Launch`'s), and
+    ``slurm``, the job's own variables (job id, array task, step, name, partition,
+    submit directory, node list, node and task counts) inside a SLURM job, else ``None``.
+
+    ``nodes`` is what the launcher said: torchrun's ``GROUP_WORLD_SIZE``, the srun
+    step's node count, 1 for a single process or when every rank is on this node
+    (``local_world_size == world_size``); ``None`` when nothing said (a launcher that
+    exports ``WORLD_SIZE`` but no per-node count)."""
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    nodes: int | None = None
+    if launch.launcher == "torchrun":
+        nodes = _count(env, "GROUP_WORLD_SIZE")
+    elif launch.launcher == "slurm":
+        nodes = _count(env, "SLURM_STEP_NUM_NODES", "SLURM_JOB_NUM_NODES", "SLURM_NNODES")
+    if nodes is None and (
+        launch.world_size == 1
+        or (launch.local_world_size == launch.world_size and "LOCAL_WORLD_SIZE" in env)
+        or (launch.launcher == "slurm" and launch.local_world_size == launch.world_size)
+    ):
+        nodes = 1
+    slurm: dict[str, Any] | None = None
+    if _count(env, "SLURM_JOB_ID", "SLURM_JOBID") is not None:
+        slurm = {
+            key: next((env[name] for name in names if env.get(name, "").strip()), None)
+            for key, names in _SLURM_KEPT.items()
+        }
+        slurm["nodes"] = _count(env, "SLURM_JOB_NUM_NODES", "SLURM_NNODES")
+        slurm["ntasks"] = _count(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
+    return {
+        "launcher": launch.launcher,
+        "world_size": launch.world_size,
+        "local_world_size": launch.local_world_size,
+        "nodes": nodes,
+        "max_restarts": (
+            _count(env, "TORCHELASTIC_MAX_RESTARTS") or 0 if launch.launcher == "torchrun" else None
+        ),
+        "job_id": launch.job_id,
+        "slurm": slurm,
+    }
+
+
 @attrs.frozen
 class RunSnapshot:
     """What a run runs: the resolved config as saved (plain data, secrets redacted)
@@ -237,6 +308,7 @@ def write_bundle(
         },
         "rerun_of": None if run.rerun_of is None else str(run.rerun_of),
         **now.sections,
+        "launch": launch_section(run.launch),
         "loaded_libraries": None,
     }
     target = bundle_file(paths.root)
