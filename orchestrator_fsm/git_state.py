@@ -35,9 +35,11 @@ __all__ = [
     "GIT_DIFF_CAP_BYTES",
     "GIT_DIFF_TRUNCATED_MARK",
     "GitState",
+    "PendingGitState",
     "read_git_info",
     "read_git_state",
     "read_recorded_git_state",
+    "start_git_read",
 ]
 
 #: Beside ``git_info.txt``: ``git diff HEAD`` of a checkout with changes.
@@ -352,6 +354,84 @@ def read_git_state(cwd: Path | None = None) -> GitState | None:
     --show-toplevel`` says, it may be no checkout after all: inside ``.git``, a
     repository of another owner).
     """
+    pending = start_git_read(cwd)
+    return None if pending is None else pending.finish()
+
+
+class PendingGitState:
+    """The gits of :func:`read_git_state`, started and not yet read: the caller does
+    other work while they run, then calls :meth:`finish` (or :meth:`close` to give
+    them up). Made by :func:`start_git_read`."""
+
+    def __init__(
+        self,
+        git: str,
+        where: Path,
+        env: dict[str, str],
+        root: str,
+        started: list[tuple[subprocess.Popen[bytes] | None, int | None]],
+    ) -> None:
+        self._git, self._where, self._env, self._root = git, where, env, root
+        self._started: list[tuple[subprocess.Popen[bytes] | None, int | None]] | None = started
+
+    def close(self) -> None:
+        """Stop and reap the gits not read yet (after :meth:`finish`, nothing to do)."""
+        started, self._started = self._started, None
+        for proc, _ in started or ():
+            if proc is not None:
+                proc.kill()
+                if proc.stdout is not None:
+                    proc.stdout.close()
+                proc.wait()
+
+    def finish(self) -> GitState | None:
+        """Read the started gits (see :func:`read_git_state`) and return the state."""
+        started, self._started = self._started, None
+        if started is None:
+            raise RuntimeError("the git state was already read or given up")
+        git, where, env, root = self._git, self._where, self._env, self._root
+        diff_done, status_done, remotes_done = _git_read(started)
+        diff = diff_done
+        status_text = _text(status_done)
+        remotes = _text(remotes_done)
+        status = _Status.parse(status_text) if status_text is not None else None
+        toplevel: str | None = root
+        if status is None or not root:
+            toplevel = _git_finish(_git_start(git, ["rev-parse", "--show-toplevel"], where, env))
+        if not toplevel:
+            _log.debug("%s is not inside a git checkout; no git state read", where)
+            return None
+        if status is not None:
+            commit, branch = status.commit, status.branch
+        else:
+            commit = _git_finish(
+                _git_start(git, ["rev-parse", "--verify", "--quiet", "HEAD"], where, env)
+            )
+            branch = _git_finish(
+                _git_start(git, ["symbolic-ref", "--short", "--quiet", "HEAD"], where, env)
+            )
+        patch: bytes | None = None
+        truncated = False
+        if commit and diff is not None:
+            patch, truncated = diff
+            if truncated:
+                _log.info("git diff HEAD exceeds %d bytes; the patch is truncated", len(patch))
+                patch = _truncated_patch(patch, GIT_DIFF_CAP_BYTES)
+        return GitState(
+            toplevel=toplevel,
+            commit=commit or None,
+            branch=branch or None,
+            dirty=None if status is None else status.changed > 0,
+            untracked_files=None if status is None else status.untracked,
+            remote=_remote_url(remotes),
+            patch=patch,
+            diff_truncated=truncated,
+        )
+
+
+def start_git_read(cwd: Path | None = None) -> PendingGitState | None:
+    """Start the gits of :func:`read_git_state` and return them unread; ``None``
+    where :func:`read_git_state` returns ``None`` without starting any."""
     git = shutil.which("git")
     if git is None:
         _log.debug("git is not on PATH; no git state read")
@@ -366,57 +446,20 @@ def read_git_state(cwd: Path | None = None) -> GitState | None:
     if root is None:
         _log.debug("%s is not inside a git checkout; no git state read", where)
         return None
-    diff_done, status_done, remotes_done = _git_read(
-        [
-            (
-                _git_start(git, ["diff", "HEAD", "--no-color", "--no-ext-diff"], where, env),
-                GIT_DIFF_CAP_BYTES,
+    started: list[tuple[subprocess.Popen[bytes] | None, int | None]] = [
+        (
+            _git_start(git, ["diff", "HEAD", "--no-color", "--no-ext-diff"], where, env),
+            GIT_DIFF_CAP_BYTES,
+        ),
+        (
+            _git_start(
+                git,
+                ["status", "--porcelain=v2", "--branch", "--untracked-files=normal"],
+                where,
+                env,
             ),
-            (
-                _git_start(
-                    git,
-                    ["status", "--porcelain=v2", "--branch", "--untracked-files=normal"],
-                    where,
-                    env,
-                ),
-                None,
-            ),
-            (_git_start(git, ["remote", "-v"], where, env), None),
-        ]
-    )
-    diff = diff_done
-    status_text = _text(status_done)
-    remotes = _text(remotes_done)
-    status = _Status.parse(status_text) if status_text is not None else None
-    toplevel: str | None = root
-    if status is None or not root:
-        toplevel = _git_finish(_git_start(git, ["rev-parse", "--show-toplevel"], where, env))
-    if not toplevel:
-        _log.debug("%s is not inside a git checkout; no git state read", where)
-        return None
-    if status is not None:
-        commit, branch = status.commit, status.branch
-    else:
-        commit = _git_finish(
-            _git_start(git, ["rev-parse", "--verify", "--quiet", "HEAD"], where, env)
-        )
-        branch = _git_finish(
-            _git_start(git, ["symbolic-ref", "--short", "--quiet", "HEAD"], where, env)
-        )
-    patch: bytes | None = None
-    truncated = False
-    if commit and diff is not None:
-        patch, truncated = diff
-        if truncated:
-            _log.info("git diff HEAD exceeds %d bytes; the patch is truncated", len(patch))
-            patch = _truncated_patch(patch, GIT_DIFF_CAP_BYTES)
-    return GitState(
-        toplevel=toplevel,
-        commit=commit or None,
-        branch=branch or None,
-        dirty=None if status is None else status.changed > 0,
-        untracked_files=None if status is None else status.untracked,
-        remote=_remote_url(remotes),
-        patch=patch,
-        diff_truncated=truncated,
-    )
+            None,
+        ),
+        (_git_start(git, ["remote", "-v"], where, env), None),
+    ]
+    return PendingGitState(git, where, env, root, started)

@@ -279,6 +279,29 @@ def test_a_distribution_installed_between_two_runs_is_listed_by_the_second(
     assert "second-pkg==2.0" in _requirement_lines(removed)
 
 
+def test_a_file_made_beside_the_distributions_keeps_the_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A project folder or /tmp on sys.path changes all the time; only a distribution
+    # folder that appears or leaves makes the listing be read again.
+    site = tmp_path / "site"
+    _fake_distribution(site, "third-pkg", "1.0")
+    monkeypatch.syspath_prepend(str(site))
+    for folder in (*(Path(entry or os.curdir) for entry in sys.path), site):
+        if folder.is_dir() and folder.stat().st_mtime > time.time() - 10:
+            os.utime(folder, (time.time() - 3600,) * 2)
+    first, second = tmp_path / "first", tmp_path / "second"
+
+    AuditSaver().dump_requirements(first)
+    metadata_file = site / "third_pkg-1.0.dist-info" / "METADATA"
+    metadata_file.write_text(metadata_file.read_text().replace("1.0", "1.5"), encoding="utf-8")
+    (site / "notes.txt").write_text("not a distribution\n", encoding="utf-8")
+    AuditSaver().dump_requirements(second)
+
+    assert "third-pkg==1.0" in _requirement_lines(first)
+    assert _requirement_lines(second) == _requirement_lines(first)
+
+
 def test_metadata_header_fields_are_read_up_to_the_first_blank_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

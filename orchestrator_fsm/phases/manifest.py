@@ -42,6 +42,7 @@ from orchestrator_fsm.git_state import (
     GitState,
     read_git_state,
     read_recorded_git_state,
+    start_git_read,
 )
 from orchestrator_fsm.layout import GIT_DIFF_FILE, GIT_INFO_FILE, REQUIREMENTS_FILE
 from orchestrator_fsm.phases.bundle import write_bundle
@@ -183,44 +184,76 @@ def _read_direct_url(dist: metadata.Distribution) -> Mapping[str, Any] | None:
     return data if isinstance(data, Mapping) else None
 
 
-def _listing_key() -> tuple[tuple[str, int], ...] | None:
-    """What the installed distributions depend on: each ``sys.path`` folder and its mtime.
+# What the listing depends on in one sys.path folder: its mtime and the names of the
+# distribution folders in it.
+_FolderState = tuple[str, int, tuple[str, ...]]
+_DIST_SUFFIXES: Final = (".dist-info", ".egg-info")
+
+
+def _dist_names(where: str) -> tuple[str, ...]:
+    """The distribution folders in ``where`` (sorted), where ``importlib.metadata``
+    finds them; ``()`` for a folder that cannot be listed (a zip on ``sys.path`` is
+    keyed by its mtime alone)."""
+    try:
+        with os.scandir(where) as entries:
+            return tuple(
+                sorted(entry.name for entry in entries if entry.name.endswith(_DIST_SUFFIXES))
+            )
+    except OSError:
+        return ()
+
+
+def _listing_state(known: tuple[_FolderState, ...] | None) -> tuple[_FolderState, ...] | None:
+    """What the installed distributions depend on now: each ``sys.path`` folder, its
+    mtime and its distribution folders; None when that differs from ``known``.
 
     Installing, upgrading or removing a distribution adds or removes a ``.dist-info``
-    folder, which changes the mtime of the folder holding it; a path entry that does
-    not exist counts with mtime -1, so creating it later changes the key too. ``None``
-    (do not cache) while a folder changed in the last seconds: file times advance in
-    clock ticks of a few milliseconds, so a change made in the same tick as the key was
-    taken would otherwise go unseen.
+    folder. A folder whose mtime is as in ``known`` is taken as unchanged without
+    listing it; one whose mtime moved (any file made or removed in it: a project
+    folder on ``sys.path``, ``/tmp``) is listed, and only a change in its
+    distribution folders counts. A folder changed in the last seconds is listed every
+    time (its mtime is kept as -2): file times advance in clock ticks of a few
+    milliseconds, so a change in the same tick would leave the mtime as it was.
     """
-    key = []
+    folders = [os.path.abspath(entry or os.curdir) for entry in sys.path]
+    if known is not None and [where for where, _, _ in known] != folders:
+        return None
     recent = time.time_ns() - _LISTING_SETTLE_NS
-    for entry in sys.path:
-        where = os.path.abspath(entry or os.curdir)
+    state: list[_FolderState] = []
+    for index, where in enumerate(folders):
         try:
             mtime = os.stat(where).st_mtime_ns
         except OSError:
             mtime = -1
-        if mtime > recent:
+        before = None if known is None else known[index]
+        if before is not None and before[1] == mtime and mtime <= recent:
+            state.append(before)
+            continue
+        names = _dist_names(where) if mtime != -1 else ()
+        if before is not None and before[2] != names:
             return None
-        key.append((where, mtime))
-    return tuple(key)
+        state.append((where, -2 if mtime > recent else mtime, names))
+    return tuple(state)
 
 
-_listing_cache: tuple[tuple[tuple[str, int], ...], tuple[str, ...]] | None = None
+_listing_cache: tuple[tuple[_FolderState, ...], tuple[str, ...]] | None = None
 
 
 def requirement_lines() -> list[str]:
     """One ``name==version`` line per installed distribution, sorted by name.
 
-    Kept for the process while no ``sys.path`` folder changes (see :func:`_listing_key`),
-    so a second run in one process reads no metadata file again.
+    Kept for the process while no distribution folder appears in or leaves a
+    ``sys.path`` folder (see :func:`_listing_state`), so a second run in one process
+    reads no metadata file again.
     """
     global _listing_cache
-    key = _listing_key()
     cached = _listing_cache
-    if key is not None and cached is not None and cached[0] == key:
-        return list(cached[1])
+    if cached is not None:
+        state = _listing_state(cached[0])
+        if state is not None:
+            _listing_cache = (state, cached[1])
+            return list(cached[1])
+    state = _listing_state(None)
     entries: dict[str, tuple[str, str]] = {}
     for dist in metadata.distributions():
         name, version = name_and_version(dist)
@@ -238,7 +271,8 @@ def requirement_lines() -> list[str]:
             line = f"{line}  # {marker}"
         entries[key_name] = (name.lower(), line)
     lines = [line for _, line in sorted(entries.values())]
-    _listing_cache = None if key is None else (key, tuple(lines))
+    if state is not None:
+        _listing_cache = (state, tuple(lines))
     return lines
 
 
@@ -366,9 +400,25 @@ def step(run: RunContext) -> None:
     saver = run.deps.audit_saver
     config_path = paths.get_config_path()
     requirements_path = paths.reports / REQUIREMENTS_FILE
-    saver.save_config(data=run.cfg, yaml_path=config_path)
-    listed = saver.dump_requirements(requirements_path)
-    git = saver.dump_git_info(paths.reports / GIT_INFO_FILE)
+    git_info_path = paths.reports / GIT_INFO_FILE
+    # The package's own git read runs its gits while the config and the listing are
+    # written and fsynced, rather than after them; an injected or overriding saver's
+    # dump_git_info is called as the protocol says.
+    bound = getattr(saver, "dump_git_info", None)
+    ours = getattr(bound, "__func__", None) is AuditSaver.dump_git_info
+    pending = start_git_read() if ours else None
+    try:
+        saver.save_config(data=run.cfg, yaml_path=config_path)
+        listed = saver.dump_requirements(requirements_path)
+        if pending is None:
+            git = saver.dump_git_info(git_info_path)
+        else:
+            git, pending = pending.finish(), None
+            if git is not None:
+                write_git_state(git, git_info_path)
+    finally:
+        if pending is not None:
+            pending.close()
     manifest = Manifest(
         config=redacted_config(run.cfg)
         if isinstance(saver, AuditSaver)

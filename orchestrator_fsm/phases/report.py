@@ -323,7 +323,7 @@ class Reporter:
     """Phase 7: logs the environment report and saves it as ``reports/environment.json``.
 
     The run's file gets every line of the report; the console gets a short summary
-    (the detail lines are logged with ``extra=FILE_ONLY``), or everything when
+    (the detail table is one multi-line record logged with ``extra=FILE_ONLY``), or everything when
     ``telemetry.console_level`` is DEBUG.
     """
 
@@ -362,8 +362,13 @@ class Reporter:
         logger_instance.info("environment report for run %s", paths.run_id)
         for line in _summary_lines(report):
             logger_instance.info("%s", line)
-        for line in render_report_lines(report):
-            logger_instance.info("%s", line, extra=FILE_ONLY)
+        # The detail table is one record: its rows stay together in the file (no other
+        # thread's line between them), and one record costs a tenth of ninety.
+        logger_instance.info(
+            "environment report detail:\n%s",
+            "\n".join(render_report_lines(report)),
+            extra=FILE_ONLY,
+        )
         logger_instance.info("environment report saved to %s", target)
 
 
