@@ -84,6 +84,10 @@ def _launcher_free_env(sandbox: Sandbox) -> dict[str, str]:
     dropped = {*LAUNCHER_ENV_VARS, "MASTER_ADDR", "MASTER_PORT", "GROUP_WORLD_SIZE"}
     env = {k: v for k, v in sandbox.env(bytecode_cache=True).items() if k not in dropped}
     env["OMP_NUM_THREADS"] = "1"
+    # torchrun leaves its log folder (torchelastic_*) in the temporary directory.
+    scratch = sandbox.root / "tmp"
+    scratch.mkdir(exist_ok=True)
+    env["TMPDIR"] = str(scratch)
     return env
 
 
