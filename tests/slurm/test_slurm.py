@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from conftest import run_dirs
 from slurm_helpers import (
+    ENTRIES,
     REPO,
     array_infos,
     entry,
@@ -115,7 +116,8 @@ def test_a_usr1_while_the_command_starts_reaches_the_callback_once_live(
     recipe = slurm_recipe(slurm_dir)
     env = job_env(slurm_dir, MARK_DIR=str(slurm_dir))
     job = sbatch(
-        f"#!/bin/bash\nsrun -n 2 {RUN} {recipe} --entry {entry('quick')}\n",
+        # entries.py beside it on the entry's path: slow_entry imports entries.
+        f"#!/bin/bash\nsrun -n 2 {RUN} {recipe} --entry {ENTRIES.parent / 'slow_entry.py'}:main\n",
         "-n",
         "2",
         cwd=slurm_dir,
@@ -123,7 +125,7 @@ def test_a_usr1_while_the_command_starts_reaches_the_callback_once_live(
     )
 
     # Once both tasks' command has run its first line (SIGUSR1 caught), well before the
-    # run is live: importing torch and the entry takes seconds.
+    # run is live: importing torch and the entry (3 s, slow_entry.py) takes seconds.
     wait_until("both tasks to hold SIGUSR1", lambda: len(holding_usr1(slurm_dir)) == 2, 90)
     scancel("--signal=USR1", job)
     info = wait_job(job)
