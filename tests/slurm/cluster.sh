@@ -148,7 +148,11 @@ start() {
     # The emulated nodes' names resolve to this host, as a real node's name resolves to
     # its address (a job's MASTER_ADDR is the first name of its node list).
     for node in $NODES; do
-        getent hosts "$node" >/dev/null 2>&1 || echo "127.0.0.1 $node" >>/etc/hosts
+        getent hosts "$node" >/dev/null 2>&1 || echo "127.0.0.1 $node" >>/etc/hosts 2>/dev/null
+        if ! getent hosts "$node" >/dev/null 2>&1; then
+            say "not started: cannot make the node name $node resolve (/etc/hosts not writable)"
+            return 0
+        fi
     done
     local wanted
     wanted=$(config)
