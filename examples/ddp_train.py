@@ -106,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         on_gpu = device.type == "cuda"
         # Under `srun` (no torchrun) MASTER_ADDR/MASTER_PORT come from SLURM's node list.
         slurm_master_endpoint()
-        dist.init_process_group("nccl" if on_gpu else "gloo", device_id=device if on_gpu else None)
+        dist.init_process_group(
+            "nccl" if on_gpu else "gloo",
+            rank=orch.rank,  # srun sets no RANK/WORLD_SIZE; the orchestrator read them
+            world_size=orch.world_size,
+            device_id=device if on_gpu else None,
+        )
         try:
             accuracy = fit(orch, device)
         finally:

@@ -319,6 +319,9 @@ class RootOrchestrator:
         try:
             self.time_tracker.start()
             self.initialize_core_services()
+            # Live now: a SIGUSR1/SIGUSR2 that came while the command started reaches its
+            # callback (the console command held it; see hold_startup_signals).
+            self._signal_callbacks.deliver_held()
         except BaseException as exc:
             self.time_tracker.stop()
             self._end(exc)

@@ -116,12 +116,12 @@ class SignalCallbacks(Generic[OwnerT]):
         self._live = True
         for taken in sorted(self._given.keys() | configured.keys()):
             self._install_handler(taken)
-        self._deliver_held()
 
-    def _deliver_held(self) -> None:
+    def deliver_held(self) -> None:
         """Hand the callbacks what arrived while the console command was starting
-        (:func:`~orchestrator_fsm.lifecycle.signals.hold_startup_signals`), now that
-        the run is live; a signal no callback takes is logged and dropped."""
+        (:func:`~orchestrator_fsm.lifecycle.signals.hold_startup_signals`): called once
+        the run is live (READY), so a callback finds the run's paths and log. A signal
+        no callback takes is logged and dropped."""
         for signum in take_held_signals():
             name = signal.Signals(signum).name
             if signum not in self._previous:

@@ -78,7 +78,15 @@ usable() {
     done
 }
 
-running() { pgrep -f "$1" >/dev/null 2>&1; }
+# Whether a process whose command line matches the extended regex $1 runs (read from
+# /proc: minimal images have no pgrep). Anchor $1 so that the grep itself never matches.
+running() {
+    local cmdline
+    for cmdline in /proc/[0-9]*/cmdline; do
+        { tr '\0' ' ' <"$cmdline"; } 2>/dev/null | grep -Eq "$1" && return 0
+    done
+    return 1
+}
 
 install_missing() {
     local missing=""
@@ -124,7 +132,7 @@ stop_daemons() {
         [ -s "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null
     done
     for _ in $(seq 1 50); do
-        running "slurmctld" || running "slurmd -N" || return 0
+        running "^slurmctld( |\$)" || running "^slurmd -N " || return 0
         sleep 0.2
     done
 }
@@ -140,7 +148,11 @@ start() {
     # The emulated nodes' names resolve to this host, as a real node's name resolves to
     # its address (a job's MASTER_ADDR is the first name of its node list).
     for node in $NODES; do
-        getent hosts "$node" >/dev/null 2>&1 || echo "127.0.0.1 $node" >>/etc/hosts
+        getent hosts "$node" >/dev/null 2>&1 || echo "127.0.0.1 $node" >>/etc/hosts 2>/dev/null
+        if ! getent hosts "$node" >/dev/null 2>&1; then
+            say "not started: cannot make the node name $node resolve (/etc/hosts not writable)"
+            return 0
+        fi
     done
     local wanted
     wanted=$(config)
@@ -149,12 +161,12 @@ start() {
         stop_daemons
         printf '%s\n' "$wanted" >"$CONF"
     fi
-    if ! running "^/usr/sbin/slurmctld" && ! running "^slurmctld"; then
+    if ! running "^(/usr/sbin/)?slurmctld( |\$)"; then
         slurmctld >>"$LOG_DIR/start.log" 2>&1 9>&- || { say "not started: slurmctld failed (see $LOG_DIR/slurmctld.log)"; return 0; }
     fi
     for node in $NODES; do
         mkdir -p "$SPOOL/d-$node"
-        if ! running "slurmd -N $node"; then
+        if ! running "^(/usr/sbin/)?slurmd -N $node( |\$)"; then
             slurmd -N "$node" >>"$LOG_DIR/start.log" 2>&1 9>&- || { say "not started: slurmd -N $node failed (see $LOG_DIR/slurmd-$node.log)"; return 0; }
         fi
     done
@@ -183,6 +195,7 @@ status() {
 
 case "${1:-}" in
     start)
+        [ "$(id -u)" = 0 ] || { start; exit 0; }  # says why it cannot, takes no lock
         mkdir -p "$(dirname "$LOCK")" 2>/dev/null
         # The daemons are started with fd 9 closed: they must not hold the lock on.
         exec 9>>"$LOCK" 2>/dev/null || { start; exit 0; }

@@ -32,10 +32,10 @@ def linger(orch: Any) -> None:
 
 
 def sleepy(orch: Any) -> None:
-    """Say the run is live, then wait until ``$MARK_DIR/stop`` exists (120 s at most)."""
+    """Say the run is live, then wait until ``$MARK_DIR/stop`` exists (150 s at most)."""
     _mark(f"live-rank{orch.rank}-attempt{_attempt()}")
     stop = Path(os.environ["MARK_DIR"]) / "stop"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 150
     while not stop.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
 

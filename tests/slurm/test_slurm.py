@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import run_dirs
 from slurm_helpers import (
+    ENTRIES,
     REPO,
     array_infos,
     entry,
@@ -60,6 +63,25 @@ def readme_job_script(marker: str) -> str:
     return found[0]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def time_limit_job(
+    slurm_cluster: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
+    """A job that runs into its time limit, submitted before the other tests so that its
+    minute (SLURM's shortest limit) passes while they run; ``high`` partition on n1, so
+    that the preemption test (on n2) leaves it alone. Its id and folder."""
+    directory = tmp_path_factory.mktemp("time_limit")
+    recipe = slurm_recipe(directory)
+    job = sbatch(
+        f"#!/bin/bash\nsrun {RUN} {recipe} --entry {entry('sleepy')}\n",
+        *("--time=1", "-p", "high", "-w", "n1", "-n", "1"),
+        cwd=directory,
+        env=job_env(directory, MARK_DIR=str(directory)),
+    )
+    yield job, directory
+    subprocess.run(["scancel", job], timeout=30, check=False, capture_output=True)
+
+
 def test_two_tasks_under_srun_train_ddp_with_gloo_in_one_run_directory(
     slurm_dir: Path,
 ) -> None:
@@ -94,29 +116,48 @@ def test_a_usr1_while_the_command_starts_reaches_the_callback_once_live(
     recipe = slurm_recipe(slurm_dir)
     env = job_env(slurm_dir, MARK_DIR=str(slurm_dir))
     job = sbatch(
-        f"#!/bin/bash\nsrun -n 2 {RUN} {recipe} --entry {entry('quick')}\n",
+        # entries.py beside it on the entry's path: slow_entry imports entries.
+        f"#!/bin/bash\nsrun -n 2 {RUN} {recipe} --entry {ENTRIES.parent / 'slow_entry.py'}:main\n",
         "-n",
         "2",
         cwd=slurm_dir,
         env=env,
     )
 
-    def step_started() -> bool:
-        steps = subprocess.run(
-            ["squeue", "-h", "-s", "-j", job, "-o", "%i"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        return f"{job}.0" in steps.stdout.split()
-
-    wait_until(f"step {job}.0 to start", step_started, timeout_s=60)
+    # Once both tasks' command has run its first line (SIGUSR1 caught), well before the
+    # run is live: importing torch and the entry (3 s, slow_entry.py) takes seconds.
+    wait_until("both tasks to hold SIGUSR1", lambda: len(holding_usr1(slurm_dir)) == 2, 90)
     scancel("--signal=USR1", job)
     info = wait_job(job)
     assert info["JobState"] == "COMPLETED", job_output(slurm_dir)
     assert marks(slurm_dir, "usr1-") == ["usr1-rank0-attempt1", "usr1-rank1-attempt1"]
-    assert run_json(only_run(slurm_dir))["status"] == "completed"
+    run_dir = only_run(slurm_dir)
+    assert run_json(run_dir)["status"] == "completed"
+    for log in ("run.log", "rank1.log"):
+        text = (run_dir / "logs" / log).read_text(encoding="utf-8")
+        assert "received SIGUSR1 while the run was starting; delivering it now" in text
+
+
+def holding_usr1(marker_dir: Path) -> list[int]:
+    """The pids of the ``orchestrator-fsm`` commands of jobs whose ``MARK_DIR`` is
+    ``marker_dir`` that catch SIGUSR1 (``SigCgt`` in ``/proc/PID/status``)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if not (argv[0].rsplit(b"/", 1)[-1].startswith(b"python") and len(argv) > 1):
+                continue
+            if not argv[1].endswith(b"/orchestrator-fsm"):
+                continue
+            if f"MARK_DIR={marker_dir}".encode() not in (proc / "environ").read_bytes():
+                continue
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        caught = int(re.search(r"SigCgt:\s*([0-9a-f]+)", status).group(1), 16)  # type: ignore[union-attr]
+        if caught & (1 << (signal.SIGUSR1 - 1)):
+            found.append(int(proc.name))
+    return found
 
 
 def test_array_tasks_of_one_config_are_separate_runs_none_refused(slurm_dir: Path) -> None:
@@ -319,3 +360,17 @@ def test_srun_torchrun_on_two_nodes_survives_usr1_the_readme_way(slurm_dir: Path
     assert run_json(run_dir)["status"] == "completed"
     assert json.loads((run_dir / "ranks" / "rank1.json").read_text())["status"] == "completed"
     assert info["NodeList"] == "n[1-2]"
+
+
+def test_the_time_limit_ends_the_run_and_slurm_says_timeout(
+    time_limit_job: tuple[str, Path],
+) -> None:
+    """Last in this file: the job submitted first has had its minute by now."""
+    job, directory = time_limit_job
+    info = wait_job(job, timeout_s=150)
+    assert info["JobState"] == "TIMEOUT", job_output(directory)
+    assert marks(directory, "live-") == ["live-rank0-attempt1"]
+    run_dir = only_run(directory)
+    wait_until("the record to be final", lambda: run_json(run_dir)["status"] != "running", 30)
+    # Stopped by SLURM's SIGTERM, never completed (how it is named is the record's).
+    assert run_json(run_dir)["status"] not in {"running", "completed"}
