@@ -23,9 +23,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from orchestrator_fsm import Config, RootOrchestrator, worker_init_fn
+from orchestrator_fsm import Config, RootOrchestrator, slurm_master_endpoint, worker_init_fn
 from orchestrator_fsm.demo.pipeline import SHAPES, DemoSettings, MiniCNN, make_shapes_dataset
-from orchestrator_fsm.distributed import slurm_master_endpoint
 
 RECIPE = Path(__file__).resolve().parent / "recipes" / "mini_cnn.yaml"
 

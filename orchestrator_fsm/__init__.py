@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         get_local_rank,
         get_rank,
         get_world_size,
+        slurm_master_endpoint,
     )
     from orchestrator_fsm.errors import (
         ConfigError,
@@ -91,6 +92,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "get_local_rank": "orchestrator_fsm.distributed",
     "get_rank": "orchestrator_fsm.distributed",
     "get_world_size": "orchestrator_fsm.distributed",
+    "slurm_master_endpoint": "orchestrator_fsm.distributed",
     "ConfigError": "orchestrator_fsm.errors",
     "DeviceError": "orchestrator_fsm.errors",
     "EntryPointError": "orchestrator_fsm.errors",
@@ -188,6 +190,7 @@ __all__ = [
     "run_status",
     "set_seed",
     "setup_static_directories",
+    "slurm_master_endpoint",
     "to_device_obj",
     "worker_init_fn",
 ]

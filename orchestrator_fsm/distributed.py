@@ -40,6 +40,7 @@ __all__ = [
     "get_rank",
     "get_world_size",
     "process_group_place",
+    "slurm_master_endpoint",
 ]
 
 LauncherName = Literal["torchrun", "slurm", "plain"]
