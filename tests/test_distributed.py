@@ -302,7 +302,7 @@ def test_discovery_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.mark.parametrize("environ", [e for e, _ in LAUNCHES.values()], ids=LAUNCHES.keys())
-def test_the_rank_readers_are_views_of_discover_launch(
+def test_the_rank_readers_agree_with_discover_launch_on_a_consistent_launch(
     monkeypatch: pytest.MonkeyPatch, environ: dict[str, str]
 ) -> None:
     for name, value in environ.items():
