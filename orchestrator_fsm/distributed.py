@@ -108,8 +108,8 @@ class Launch:
     node. ``job_id`` is the same string on every rank and node of one job and across
     its restarts (None when the launcher gives none); ``restart_count`` is 0 on a job's
     first attempt and above 0 on every later one. ``rendezvous`` is
-    ``"MASTER_ADDR:MASTER_PORT"`` when a launcher without torchrun's agent gave both
-    (None under torchrun, which names its job itself, and without them).
+    ``"MASTER_ADDR:MASTER_PORT"`` when the launcher gave both and nothing else names the
+    job (no ``job_id``; not a single-node torchrun, whose agent does); else None.
     ``group_run`` is set when a ``torch.distributed`` process group was initialised as
     the orchestrator was made: the number of the orchestrator among those this process
     made in a process group (0 for the first); every rank makes its orchestrators in
@@ -337,7 +337,8 @@ def discover_launch(
     ``TORCHELASTIC_RUN_ID``, except torchrun's placeholder ``"none"``. ``restart_count``
     adds ``TORCHELASTIC_RESTART_COUNT`` (torchrun launches) and ``SLURM_RESTART_COUNT``,
     so it is 0 exactly on a job's first attempt. ``rendezvous`` is
-    ``MASTER_ADDR:MASTER_PORT`` when both are set and no ``TORCHELASTIC_*`` is.
+    ``MASTER_ADDR:MASTER_PORT`` when both are set and nothing else names the job: no
+    ``job_id``, and not a single-node torchrun (its agent process names the job).
 
     ``rank``, ``local_rank`` and ``world_size``, when given, replace what the
     environment says (and a missing ``RANK`` is then no error); without ``world_size``
@@ -358,6 +359,7 @@ def discover_launch(
 
     restart_count = _int_or(env, "SLURM_RESTART_COUNT", 0, minimum=0, meaning="restart count")
     job_id = _slurm_job_id(env, step)
+    torchrun_agent = any(name in env for name in TORCHRUN_IDENTITY_VARS)
     if torchrun:
         restart_count += _int_or(
             env, "TORCHELASTIC_RESTART_COUNT", 0, minimum=0, meaning="restart count"
@@ -365,21 +367,18 @@ def discover_launch(
         run_id = env.get("TORCHELASTIC_RUN_ID", "").strip()
         if job_id is None and run_id.lower() not in _NO_RUN_ID:
             job_id = run_id
+    agent_names_it = torchrun_agent and settled.world_size == settled.local_world_size
     return attrs.evolve(
         settled,
         launcher=launcher,
         job_id=job_id,
         restart_count=restart_count,
-        rendezvous=_rendezvous(env),
+        rendezvous=None if job_id is not None or agent_names_it else _rendezvous(env),
     )
 
 
 def _rendezvous(env: Mapping[str, str]) -> str | None:
-    """``MASTER_ADDR:MASTER_PORT`` when both are set and torchrun's agent is not the
-    launcher (torchrun names its job by its run id or its agent process, and may move
-    the endpoint between restarts)."""
-    if any(name in env for name in TORCHRUN_IDENTITY_VARS):
-        return None
+    """``MASTER_ADDR:MASTER_PORT`` when both are set."""
     address, port = (_text_var(env, name) for name in RENDEZVOUS_VARS)
     if address is None or port is None:
         return None

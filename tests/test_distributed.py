@@ -103,7 +103,8 @@ LAUNCHES: dict[str, tuple[dict[str, str], Launch]] = {
     "torchrun on 2 nodes": (TORCHRUN_TWO_NODES, Launch("torchrun", 5, 1, 8, 4, 1, job_id="exp42")),
     "torchrun on 2 nodes without --rdzv-id": (
         {**TORCHRUN_TWO_NODES, "TORCHELASTIC_RUN_ID": "none"},
-        Launch("torchrun", 5, 1, 8, 4, 1, job_id=None),
+        # Nothing names the job but the endpoint every node was given.
+        Launch("torchrun", 5, 1, 8, 4, 1, job_id=None, rendezvous="node0:41733"),
     ),
     "torchrun after one restart": (
         {**TORCHRUN_TWO_NODES, "TORCHELASTIC_RESTART_COUNT": "1"},
@@ -301,7 +302,7 @@ def test_discovery_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.mark.parametrize("environ", [e for e, _ in LAUNCHES.values()], ids=LAUNCHES.keys())
-def test_the_rank_readers_are_views_of_discover_launch(
+def test_the_rank_readers_agree_with_discover_launch_on_a_consistent_launch(
     monkeypatch: pytest.MonkeyPatch, environ: dict[str, str]
 ) -> None:
     for name, value in environ.items():

@@ -96,8 +96,17 @@ ENV_SCRIPT = textwrap.dedent(
             raise RuntimeError(f"{name} broke on rank {run.rank}")
         return step
 
+    def dying(run):
+        os._exit(3)  # a rank 0 killed outright: no word to anyone
+
     if plan.get("rank0_fails_in") and rank == 0:
         steps.STEPS[plan["rank0_fails_in"]] = failing(plan["rank0_fails_in"])
+    if plan.get("rank0_dies_in") and rank == 0:
+        steps.STEPS[plan["rank0_dies_in"]] = dying
+    if plan.get("group"):
+        import datetime
+        import torch.distributed as dist
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     started = time.monotonic()
     try:
         with RootOrchestrator(Config.from_recipe(recipe)) as orch:
@@ -259,6 +268,16 @@ def test_rank_0_of_a_pytorchjob_style_launch_failing_fails_the_others_at_once(
     said = {v["rank"]: v for r in results for v in verdicts(r.stdout)}
     assert all(r.returncode != 0 for r in results)
     assert said[1]["error"].startswith("InfrastructureError: rank 0 failed"), said[1]
+    assert said[1]["after_s"] < 60, said[1]
+
+
+def test_a_rank_whose_rank_0_vanished_from_the_process_group_says_so(tmp_path: Path) -> None:
+    # The group's store lives in rank 0's process: its loss is rank 0's, told at once.
+    results = pytorchjob(tmp_path, 2, {"group": True, "rank0_dies_in": "provision"})
+    assert results[0].returncode == 3
+    said = {v["rank"]: v for r in results for v in verdicts(r.stdout)}
+    assert said[1]["error"].startswith("InfrastructureError: rank 1 of 2 lost the process"), said
+    assert "rank 0's process is gone" in said[1]["error"]
     assert said[1]["after_s"] < 60, said[1]
 
 

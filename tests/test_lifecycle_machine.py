@@ -87,6 +87,24 @@ def test_other_ranks_take_the_guarded_shortcut() -> None:
     assert all(r.rank == 3 for r in machine.history)
 
 
+def test_a_rank_outside_rank_0s_job_takes_the_reference_shortcut() -> None:
+    log: list[str] = []
+    machine = LifecycleMachine(make_steps(log), is_main_process=False, in_rank_0s_job=False, rank=1)
+    assert machine.run_until(S.READY) is S.READY
+    assert log == ["do seed", "do configure_runtime", "do resolve_device"]
+    assert [r.dest for r in machine.history] == [S.SEEDED, S.CONFIGURED, S.READY]
+    assert advance_path(False, in_rank_0s_job=False) == (
+        S.CREATED,
+        S.SEEDED,
+        S.CONFIGURED,
+        S.READY,
+        S.REPORTED,
+        S.CLEANED,
+    )
+    # Rank 0 is in its own job whatever it is told.
+    assert advance_path(True, in_rank_0s_job=False) == advance_path(True)
+
+
 def test_run_until_a_state_off_this_ranks_path_is_refused_before_doing_anything() -> None:
     log: list[str] = []
     machine = LifecycleMachine(make_steps(log), is_main_process=False, rank=1)

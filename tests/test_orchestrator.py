@@ -530,3 +530,41 @@ def test_sys_exit_in_the_pipeline_is_judged_by_its_code(
         raise SystemExit(code)
     assert orch.paths is not None
     assert read_run_file(orch.paths.root)["status"] == status
+
+
+def test_a_rank_joins_through_the_rendezvous_endpoint_only_within_its_start_window(
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A launcher that names no job (PyTorchJob, DeepSpeed): the endpoint keys the job,
+    # and a rank 0 of an earlier launch on the same endpoint is not this launch's.
+    import json as _json
+    from datetime import datetime, timedelta, timezone
+
+    from fakes import pretend_rank_zero_is_ready
+
+    from orchestrator_fsm.errors import InfrastructureError
+    from orchestrator_fsm.layout import job_entry_file
+    from orchestrator_fsm.lifecycle.job_index import job_key
+
+    clear_launcher(
+        monkeypatch, RANK="1", WORLD_SIZE="2", MASTER_ADDR="10.1.2.3", MASTER_PORT="29555"
+    )
+    cfg = make_config(infrastructure={"join_timeout_s": 1})
+    orch = RootOrchestrator(cfg, **fake_dependencies(Calls()))
+    assert orch.launch.rendezvous == "10.1.2.3:29555"
+    root = pretend_rank_zero_is_ready(cfg, orch.launch)
+    key = job_key(orch.launch, cfg.config_hash())
+    assert key is not None and key.startswith("rdzv-10-1-2-3-29555-w2-")
+    entry_file = job_entry_file(cfg.telemetry.output_dir, key)
+    entry = _json.loads(entry_file.read_text(encoding="utf-8"))
+    entry["started_at"] = (datetime.now(timezone.utc) - timedelta(days=1)).isoformat()
+    entry_file.write_text(_json.dumps(entry), encoding="utf-8")
+    with pytest.raises(InfrastructureError, match="never became ready"):
+        orch.__enter__()
+
+    # The same entry from a rank 0 that started with this rank is joined.
+    entry["started_at"] = datetime.now(timezone.utc).isoformat()
+    entry_file.write_text(_json.dumps(entry), encoding="utf-8")
+    monkeypatch.setenv(RANKS_GRACE_ENV, "0")
+    with RootOrchestrator(cfg, **fake_dependencies(Calls())) as joined:
+        assert joined.paths is not None and joined.paths.root == root

@@ -255,6 +255,8 @@ def test_distributed_section_reads_the_launch_environment(
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
 
     distributed = report_for(cfg, paths)["distributed"]
 
@@ -267,6 +269,8 @@ def test_distributed_section_reads_the_launch_environment(
         "node_rank": 0,
         "job_id": None,
         "restart_count": 0,
+        "rendezvous": "10.0.0.1:29500",
+        "process_group_run": None,
         "pid": os.getpid(),
         "host": distributed["host"],
     }

@@ -256,6 +256,9 @@ def build_environment_report(
             "node_rank": launch.node_rank,
             "job_id": launch.job_id,
             "restart_count": launch.restart_count,
+            # How the ranks found one another where no launcher named the job.
+            "rendezvous": launch.rendezvous,
+            "process_group_run": launch.group_run,
             "pid": os.getpid(),
             "host": socket.gethostname(),
         },
