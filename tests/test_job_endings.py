@@ -224,6 +224,16 @@ def test_slurmstepd_line_tells_what_completing_hides(tmp_path: Path) -> None:
         assert interruption.evidence == f"SLURM: JOB 28 ON n1 CANCELLED AT {stamp}{due}"
 
 
+def test_a_job_that_ended_before_this_attempt_started_is_not_this_ones() -> None:
+    # A job id copied from another environment names someone else's (old) job.
+    old = NOW.astimezone().replace(tzinfo=None) - timedelta(hours=1)
+    fields = {"JobState": "CANCELLED", "Reason": "None", "EndTime": old.isoformat()}
+    status, interruption = ending_of(
+        signal.SIGTERM, NOW, _job(), since=NOW - timedelta(minutes=1), query=lambda _: fields
+    )
+    assert (status, interruption.scheduler_state) == ("interrupted", None)
+
+
 def test_the_end_time_slurm_announced_makes_a_late_signal_a_timeout() -> None:
     job = _job(end_time=NOW)
     early, _ = ending_of(signal.SIGTERM, NOW - timedelta(minutes=1), job, query=lambda _: None)
