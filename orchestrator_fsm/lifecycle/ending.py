@@ -376,5 +376,7 @@ def ending_of(
         if fields is not None:
             return INTERRUPTED, Interruption(name, received_at, None, state, reason)
     if signum == signal.SIGINT and in_terminal_foreground():
-        return CANCELLED, Interruption(name, received_at, "SIGINT in its terminal's foreground (Ctrl-C)")
+        return CANCELLED, Interruption(
+            name, received_at, "SIGINT in its terminal's foreground (Ctrl-C)"
+        )
     return INTERRUPTED, Interruption(name, received_at)
