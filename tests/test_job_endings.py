@@ -469,8 +469,10 @@ def test_slurm_preemption_is_preempted(slurm: None, tmp_path: Path) -> None:
 def test_slurm_requeue_is_preempted_and_attempt_1_stays_as_written(
     slurm: None, tmp_path: Path
 ) -> None:
-    job_id, marks, out = _sbatch(tmp_path, "--requeue")
-    _marks_or_cancel(job_id, marks, 1)
+    # Two srun tasks, as in the issue: attempt 1's reason became "rank 1: preempted"
+    # once attempt 2 started.
+    job_id, marks, out = _sbatch(tmp_path, "--requeue", tasks=2)
+    _marks_or_cancel(job_id, marks, 2)
     subprocess.run(["scontrol", "requeue", job_id], timeout=15, check=True)
     root = only_run_dir(tmp_path / "outputs")
     deadline = time.monotonic() + 30
@@ -480,10 +482,29 @@ def test_slurm_requeue_is_preempted_and_attempt_1_stays_as_written(
     assert first.status == "preempted", out.read_text(encoding="utf-8")
     assert first.reason is not None and first.reason.startswith("SIGTERM; SLURM says")
     # SLURM holds a requeued job about two minutes (its credentials' lifetime).
-    _marks_or_cancel(job_id, marks, 2, timeout_s=240)
+    _marks_or_cancel(job_id, marks, 4, timeout_s=240)
     subprocess.run(["scancel", job_id], timeout=15, check=True)
     _slurm_wait_gone(job_id)
     record = _slurm_record(tmp_path, job_id, out)
     assert [a.number for a in record.attempts] == [1, 2]
-    assert record.attempts[0] == first  # before, it became "rank 1: preempted" and alike
+    assert record.attempts[0] == first  # never rewritten
     assert record.attempts[1].status == record.status == "cancelled"
+    assert record.failed_rank is None
+    rank1 = json.loads((root / "ranks" / "rank1.json").read_text(encoding="utf-8"))
+    assert [a["number"] for a in rank1["attempts"]] == [1, 2]
+
+
+@pytest.mark.slow
+def test_slurm_array_task_is_named_as_users_name_it(slurm: None, tmp_path: Path) -> None:
+    array_id, _, out = _sbatch(tmp_path, "--array=3", "--export=ALL,WORK_S=0")
+    _slurm_wait_gone(array_id)
+    record = _slurm_record(tmp_path, array_id, out)
+    assert record.status == "completed", out.read_text(encoding="utf-8")
+    job = record.scheduler
+    assert job is not None and (job.array_job_id, job.array_task_id) == (array_id, "3")
+    assert job.label == f"{array_id}_3" and job.job_id.isdigit()
+    listing = cli("runs", str(tmp_path / "outputs"), "--json", cwd=tmp_path)
+    (listed,) = json.loads(listing.stdout)
+    assert listed["scheduler"]["array_task_id"] == "3"
+    shown = cli("inspect", str(record.root), cwd=tmp_path)
+    assert f"slurm job {array_id}_3" in shown.stdout, shown.stdout
