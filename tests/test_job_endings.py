@@ -10,6 +10,7 @@ tests skip, saying why, where ``sinfo`` is missing or the cluster is down.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -85,19 +86,34 @@ def _wait_marks(marks: Path, count: int, proc: subprocess.Popen[str] | None = No
         time.sleep(0.05)
 
 
+@contextlib.contextmanager
 def _torchrun(
     script: Path, recipe: Path, marks: Path, *extra: str, restarts: int = 0
-) -> subprocess.Popen[str]:
+) -> Iterator[subprocess.Popen[str]]:
+    """torchrun with two ranks of ``script``, in a process group of its own (the job,
+    signalled whole); killed, group and all, if the test leaves it running."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc_per_node=2", f"--max-restarts={restarts}", "--monitor-interval=0.2"]
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [*command, str(script), str(recipe), str(marks), *extra],
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,  # its own process group: the job, signalled whole
+        start_new_session=True,
     )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+
+
+def _sigterm_job(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM to every process of the job, as a scheduler sends it; wait for its end."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.communicate(timeout=WAIT_S)
 
 
 # -- a signal sent to the whole job -------------------------------------------------------
@@ -111,15 +127,9 @@ def test_a_sigterm_to_the_whole_torchrun_job_blames_no_rank(tmp_path: Path) -> N
         base = tmp_path / f"job{run}"
         base.mkdir()
         recipe, script, marks = _write(base)
-        proc = _torchrun(script, recipe, marks)
-        try:
+        with _torchrun(script, recipe, marks) as proc:
             _wait_marks(marks, 2, proc)
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.communicate(timeout=WAIT_S)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate(timeout=30)
+            _sigterm_job(proc)
         record = read_run(only_run_dir(base / "outputs"))
         assert record.failed_rank is None, (run, record.error)
         assert record.status == "interrupted" and record.effective_status == "interrupted"
@@ -134,8 +144,8 @@ def test_a_sigterm_to_the_whole_torchrun_job_blames_no_rank(tmp_path: Path) -> N
 def test_a_rank_that_failed_before_the_signal_is_still_the_one_blamed(tmp_path: Path) -> None:
     recipe, script, marks = _write(tmp_path)
     # Rank 1 fails; torchrun then stops rank 0 with SIGTERM: rank 1 ended the job.
-    proc = _torchrun(script, recipe, marks, "1")
-    proc.communicate(timeout=WAIT_S)
+    with _torchrun(script, recipe, marks, "1") as proc:
+        proc.communicate(timeout=WAIT_S)
     record = read_run(only_run_dir(tmp_path / "outputs"))
     assert record.status == "failed" and record.failed_rank == 1
     assert record.attempts[-1].reason == "rank 1: ValueError: rank 1 lost its data"
@@ -146,18 +156,12 @@ def test_every_rank_keeps_every_attempt_and_a_closed_attempt_stays_as_written(
     tmp_path: Path,
 ) -> None:
     recipe, script, marks = _write(tmp_path)
-    proc = _torchrun(script, recipe, marks, "1", restarts=1)
-    try:
+    with _torchrun(script, recipe, marks, "1", restarts=1) as proc:
         _wait_marks(marks, 4, proc)  # both ranks of attempt 1, then of attempt 2
         root = only_run_dir(tmp_path / "outputs")
         rank1 = json.loads((root / "ranks" / "rank1.json").read_text(encoding="utf-8"))
         first = read_run(root).attempts[0]
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.communicate(timeout=WAIT_S)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=30)
+        _sigterm_job(proc)
     # Before, ranks/rank1.json held only the attempt running now.
     assert [a["number"] for a in rank1["attempts"]] == [1, 2]
     assert rank1["attempts"][0]["status"] == "failed"
@@ -301,10 +305,7 @@ def test_a_refused_launch_is_one_line_naming_the_holder_and_the_log(tmp_path: Pa
 
 # -- a real SLURM --------------------------------------------------------------------------
 
-CLUSTER_SCRIPTS = [
-    Path(__file__).parent / "slurm" / "cluster.sh",
-    Path("/work/wt/i22-slurm/tests/slurm/cluster.sh"),
-]
+CLUSTER_SCRIPT = Path(__file__).parent / "slurm" / "cluster.sh"
 
 
 def _slurm_down_reason() -> str | None:
@@ -330,9 +331,8 @@ def _slurm_down_reason() -> str | None:
 def slurm() -> Iterator[None]:
     """A running SLURM of two nodes (started by tests/slurm/cluster.sh when it exists)."""
     reason = _slurm_down_reason()
-    script = next((path for path in CLUSTER_SCRIPTS if path.exists()), None)
-    if reason is not None and script is not None:
-        subprocess.run(["bash", str(script), "start"], timeout=240, check=False)
+    if reason is not None and CLUSTER_SCRIPT.exists():
+        subprocess.run(["bash", str(CLUSTER_SCRIPT), "start"], timeout=240, check=False)
         reason = _slurm_down_reason()
     if reason is not None:
         pytest.skip(reason)
