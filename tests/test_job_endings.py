@@ -508,3 +508,46 @@ def test_slurm_array_task_is_named_as_users_name_it(slurm: None, tmp_path: Path)
     assert listed["scheduler"]["array_task_id"] == "3"
     shown = cli("inspect", str(record.root), cwd=tmp_path)
     assert f"slurm job {array_id}_3" in shown.stdout, shown.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_the_terminal_is_cancelled(tmp_path: Path) -> None:
+    import pty
+    import select
+
+    recipe, _, marks = _write(tmp_path)
+    entries = tmp_path / "entries.py"
+    entries.write_text(
+        "import pathlib, time\n"
+        "def wait(orch):\n"
+        f"    pathlib.Path({str(marks / 'entered-0')!r}).write_text('yes')\n"
+        "    time.sleep(120)\n",
+        encoding="utf-8",
+    )
+    command = [sys.executable, "-m", "orchestrator_fsm", "run", str(recipe), "--entry"]
+    pid, terminal = pty.fork()  # the child leads a session whose terminal is ours
+    if pid == 0:
+        os.chdir(tmp_path)
+        os.execvpe(command[0], [*command, "entries.py:wait"], _env())
+    output = b""
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not list(marks.glob("entered-*")):
+            assert time.monotonic() < deadline, "the run never entered the pipeline"
+            time.sleep(0.05)
+        os.write(terminal, b"\x03")  # what pressing Ctrl-C types
+        deadline = time.monotonic() + WAIT_S
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            assert time.monotonic() < deadline, "the run did not end after Ctrl-C"
+            if select.select([terminal], [], [], 0.1)[0]:  # never a read that blocks
+                with contextlib.suppress(OSError):
+                    output += os.read(terminal, 65536)
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(terminal)
+    record = read_run(only_run_dir(tmp_path / "outputs"))
+    assert record.status == "cancelled", output.decode(errors="replace")
+    assert record.interruption is not None and record.interruption.signal == "SIGINT"
+    assert record.interruption.evidence == "SIGINT in its terminal's foreground (Ctrl-C)"
