@@ -10,6 +10,7 @@ tests skip, saying why, where ``sinfo`` is missing or the cluster is down.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -85,19 +86,34 @@ def _wait_marks(marks: Path, count: int, proc: subprocess.Popen[str] | None = No
         time.sleep(0.05)
 
 
+@contextlib.contextmanager
 def _torchrun(
     script: Path, recipe: Path, marks: Path, *extra: str, restarts: int = 0
-) -> subprocess.Popen[str]:
+) -> Iterator[subprocess.Popen[str]]:
+    """torchrun with two ranks of ``script``, in a process group of its own (the job,
+    signalled whole); killed, group and all, if the test leaves it running."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc_per_node=2", f"--max-restarts={restarts}", "--monitor-interval=0.2"]
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [*command, str(script), str(recipe), str(marks), *extra],
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,  # its own process group: the job, signalled whole
+        start_new_session=True,
     )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+
+
+def _sigterm_job(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM to every process of the job, as a scheduler sends it; wait for its end."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.communicate(timeout=WAIT_S)
 
 
 # -- a signal sent to the whole job -------------------------------------------------------
@@ -111,15 +127,9 @@ def test_a_sigterm_to_the_whole_torchrun_job_blames_no_rank(tmp_path: Path) -> N
         base = tmp_path / f"job{run}"
         base.mkdir()
         recipe, script, marks = _write(base)
-        proc = _torchrun(script, recipe, marks)
-        try:
+        with _torchrun(script, recipe, marks) as proc:
             _wait_marks(marks, 2, proc)
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.communicate(timeout=WAIT_S)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate(timeout=30)
+            _sigterm_job(proc)
         record = read_run(only_run_dir(base / "outputs"))
         assert record.failed_rank is None, (run, record.error)
         assert record.status == "interrupted" and record.effective_status == "interrupted"
@@ -134,8 +144,8 @@ def test_a_sigterm_to_the_whole_torchrun_job_blames_no_rank(tmp_path: Path) -> N
 def test_a_rank_that_failed_before_the_signal_is_still_the_one_blamed(tmp_path: Path) -> None:
     recipe, script, marks = _write(tmp_path)
     # Rank 1 fails; torchrun then stops rank 0 with SIGTERM: rank 1 ended the job.
-    proc = _torchrun(script, recipe, marks, "1")
-    proc.communicate(timeout=WAIT_S)
+    with _torchrun(script, recipe, marks, "1") as proc:
+        proc.communicate(timeout=WAIT_S)
     record = read_run(only_run_dir(tmp_path / "outputs"))
     assert record.status == "failed" and record.failed_rank == 1
     assert record.attempts[-1].reason == "rank 1: ValueError: rank 1 lost its data"
@@ -146,18 +156,12 @@ def test_every_rank_keeps_every_attempt_and_a_closed_attempt_stays_as_written(
     tmp_path: Path,
 ) -> None:
     recipe, script, marks = _write(tmp_path)
-    proc = _torchrun(script, recipe, marks, "1", restarts=1)
-    try:
+    with _torchrun(script, recipe, marks, "1", restarts=1) as proc:
         _wait_marks(marks, 4, proc)  # both ranks of attempt 1, then of attempt 2
         root = only_run_dir(tmp_path / "outputs")
         rank1 = json.loads((root / "ranks" / "rank1.json").read_text(encoding="utf-8"))
         first = read_run(root).attempts[0]
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.communicate(timeout=WAIT_S)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=30)
+        _sigterm_job(proc)
     # Before, ranks/rank1.json held only the attempt running now.
     assert [a["number"] for a in rank1["attempts"]] == [1, 2]
     assert rank1["attempts"][0]["status"] == "failed"
@@ -222,6 +226,16 @@ def test_slurmstepd_line_tells_what_completing_hides(tmp_path: Path) -> None:
         status, interruption = ending_of(signal.SIGTERM, NOW, _job(), since=since, query=query)
         assert status == expected
         assert interruption.evidence == f"SLURM: JOB 28 ON n1 CANCELLED AT {stamp}{due}"
+
+
+def test_a_job_that_ended_before_this_attempt_started_is_not_this_ones() -> None:
+    # A job id copied from another environment names someone else's (old) job.
+    old = NOW.astimezone().replace(tzinfo=None) - timedelta(hours=1)
+    fields = {"JobState": "CANCELLED", "Reason": "None", "EndTime": old.isoformat()}
+    status, interruption = ending_of(
+        signal.SIGTERM, NOW, _job(), since=NOW - timedelta(minutes=1), query=lambda _: fields
+    )
+    assert (status, interruption.scheduler_state) == ("interrupted", None)
 
 
 def test_the_end_time_slurm_announced_makes_a_late_signal_a_timeout() -> None:
@@ -291,10 +305,7 @@ def test_a_refused_launch_is_one_line_naming_the_holder_and_the_log(tmp_path: Pa
 
 # -- a real SLURM --------------------------------------------------------------------------
 
-CLUSTER_SCRIPTS = [
-    Path(__file__).parent / "slurm" / "cluster.sh",
-    Path("/work/wt/i22-slurm/tests/slurm/cluster.sh"),
-]
+CLUSTER_SCRIPT = Path(__file__).parent / "slurm" / "cluster.sh"
 
 
 def _slurm_down_reason() -> str | None:
@@ -320,9 +331,8 @@ def _slurm_down_reason() -> str | None:
 def slurm() -> Iterator[None]:
     """A running SLURM of two nodes (started by tests/slurm/cluster.sh when it exists)."""
     reason = _slurm_down_reason()
-    script = next((path for path in CLUSTER_SCRIPTS if path.exists()), None)
-    if reason is not None and script is not None:
-        subprocess.run(["bash", str(script), "start"], timeout=240, check=False)
+    if reason is not None and CLUSTER_SCRIPT.exists():
+        subprocess.run(["bash", str(CLUSTER_SCRIPT), "start"], timeout=240, check=False)
         reason = _slurm_down_reason()
     if reason is not None:
         pytest.skip(reason)
@@ -459,8 +469,10 @@ def test_slurm_preemption_is_preempted(slurm: None, tmp_path: Path) -> None:
 def test_slurm_requeue_is_preempted_and_attempt_1_stays_as_written(
     slurm: None, tmp_path: Path
 ) -> None:
-    job_id, marks, out = _sbatch(tmp_path, "--requeue")
-    _marks_or_cancel(job_id, marks, 1)
+    # Two srun tasks, as in the issue: attempt 1's reason became "rank 1: preempted"
+    # once attempt 2 started.
+    job_id, marks, out = _sbatch(tmp_path, "--requeue", tasks=2)
+    _marks_or_cancel(job_id, marks, 2)
     subprocess.run(["scontrol", "requeue", job_id], timeout=15, check=True)
     root = only_run_dir(tmp_path / "outputs")
     deadline = time.monotonic() + 30
@@ -470,10 +482,72 @@ def test_slurm_requeue_is_preempted_and_attempt_1_stays_as_written(
     assert first.status == "preempted", out.read_text(encoding="utf-8")
     assert first.reason is not None and first.reason.startswith("SIGTERM; SLURM says")
     # SLURM holds a requeued job about two minutes (its credentials' lifetime).
-    _marks_or_cancel(job_id, marks, 2, timeout_s=240)
+    _marks_or_cancel(job_id, marks, 4, timeout_s=240)
     subprocess.run(["scancel", job_id], timeout=15, check=True)
     _slurm_wait_gone(job_id)
     record = _slurm_record(tmp_path, job_id, out)
     assert [a.number for a in record.attempts] == [1, 2]
-    assert record.attempts[0] == first  # before, it became "rank 1: preempted" and alike
+    assert record.attempts[0] == first  # never rewritten
     assert record.attempts[1].status == record.status == "cancelled"
+    assert record.failed_rank is None
+    rank1 = json.loads((root / "ranks" / "rank1.json").read_text(encoding="utf-8"))
+    assert [a["number"] for a in rank1["attempts"]] == [1, 2]
+
+
+@pytest.mark.slow
+def test_slurm_array_task_is_named_as_users_name_it(slurm: None, tmp_path: Path) -> None:
+    array_id, _, out = _sbatch(tmp_path, "--array=3", "--export=ALL,WORK_S=0")
+    _slurm_wait_gone(array_id)
+    record = _slurm_record(tmp_path, array_id, out)
+    assert record.status == "completed", out.read_text(encoding="utf-8")
+    job = record.scheduler
+    assert job is not None and (job.array_job_id, job.array_task_id) == (array_id, "3")
+    assert job.label == f"{array_id}_3" and job.job_id.isdigit()
+    listing = cli("runs", str(tmp_path / "outputs"), "--json", cwd=tmp_path)
+    (listed,) = json.loads(listing.stdout)
+    assert listed["scheduler"]["array_task_id"] == "3"
+    shown = cli("inspect", str(record.root), cwd=tmp_path)
+    assert f"slurm job {array_id}_3" in shown.stdout, shown.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_the_terminal_is_cancelled(tmp_path: Path) -> None:
+    import pty
+    import select
+
+    recipe, _, marks = _write(tmp_path)
+    entries = tmp_path / "entries.py"
+    entries.write_text(
+        "import pathlib, time\n"
+        "def wait(orch):\n"
+        f"    pathlib.Path({str(marks / 'entered-0')!r}).write_text('yes')\n"
+        "    time.sleep(120)\n",
+        encoding="utf-8",
+    )
+    command = [sys.executable, "-m", "orchestrator_fsm", "run", str(recipe), "--entry"]
+    pid, terminal = pty.fork()  # the child leads a session whose terminal is ours
+    if pid == 0:
+        os.chdir(tmp_path)
+        os.execvpe(command[0], [*command, "entries.py:wait"], _env())
+    output = b""
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not list(marks.glob("entered-*")):
+            assert time.monotonic() < deadline, "the run never entered the pipeline"
+            time.sleep(0.05)
+        os.write(terminal, b"\x03")  # what pressing Ctrl-C types
+        deadline = time.monotonic() + WAIT_S
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            assert time.monotonic() < deadline, "the run did not end after Ctrl-C"
+            if select.select([terminal], [], [], 0.1)[0]:  # never a read that blocks
+                with contextlib.suppress(OSError):
+                    output += os.read(terminal, 65536)
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(terminal)
+    record = read_run(only_run_dir(tmp_path / "outputs"))
+    assert record.status == "cancelled", output.decode(errors="replace")
+    assert record.interruption is not None and record.interruption.signal == "SIGINT"
+    assert record.interruption.evidence == "SIGINT in its terminal's foreground (Ctrl-C)"

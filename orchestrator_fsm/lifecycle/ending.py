@@ -1,18 +1,23 @@
 """How a run a signal ended came to end, as far as something can tell.
 
 A signal says little: SLURM sends the same SIGTERM for ``scancel``, a time limit, a
-preemption and a requeue; torchrun sends it to every worker when one fails. Rank 0
-asks, once, what can tell more (:func:`ending_of`), and records what it learned with
-the signal (:class:`Interruption`):
+preemption and a requeue; torchrun sends it to every worker when one fails. Python's
+signal handlers do not get the sender (no ``si_pid``), so rank 0 asks, once, what can
+tell more (:func:`ending_of`), and records what it learned with the signal
+(:class:`Interruption`):
 
-- inside a SLURM job (:class:`SchedulerJob`): ``scontrol show job`` (bounded by
+- inside a SLURM job (:class:`SchedulerJob`), ``scontrol show job`` (bounded by
   :data:`SCONTROL_TIMEOUT_S`): ``timeout`` for JobState TIMEOUT/DEADLINE or Reason
-  TimeLimit, ``preempted`` for JobState PREEMPTED, a PreemptTime, JobState REQUEUED or a
-  restart count above the one the job started with, ``cancelled`` for JobState
-  CANCELLED; then the end time SLURM announced (``SLURM_JOB_END_TIME``, else
-  scontrol's StartTime + TimeLimit): a signal at or after it is ``timeout``;
-- a SIGINT while the process is in its terminal's foreground (what Ctrl-C there sends
-  to): ``cancelled``;
+  TimeLimit; ``preempted`` for JobState PREEMPTED, a PreemptTime, JobState REQUEUED or
+  a Restarts count above the one the job started with; ``cancelled`` for JobState
+  CANCELLED. While SLURM kills a job it shows JobState COMPLETING whatever the cause,
+  so then the line slurmstepd writes to the job's output before it signals (``*** JOB
+  28 ON n1 CANCELLED AT ... [DUE TO TIME LIMIT|PREEMPTION|JOB REQUEUE] ***``) decides.
+  Last, the end time SLURM announced (``SLURM_JOB_END_TIME``, else scontrol's StartTime
+  + TimeLimit): a signal at or after it is ``timeout``. A job that ended before this
+  attempt started is not this one's (a copied or simulated job id) and says nothing;
+- a SIGINT while the process is in its terminal's foreground group (where Ctrl-C
+  sends it): ``cancelled``;
 - anything else: ``interrupted``, with only the signal recorded. Nothing is guessed.
 """
 
@@ -323,6 +328,17 @@ def _from_slurm(
     return None
 
 
+def _is_current(fields: Mapping[str, str], since: datetime | None, now: datetime) -> bool:
+    """Whether the job scontrol described can be the one this attempt runs in: it did
+    not end before the attempt started nor start after now (a job id from a copied or
+    simulated environment may name another job of the cluster)."""
+    ended = _slurm_time(fields.get("EndTime"))
+    started = _slurm_time(fields.get("StartTime"))
+    if since is not None and ended is not None and ended < since - _END_TIME_SLACK:
+        return False
+    return started is None or started <= now + _END_TIME_SLACK
+
+
 def _in_terminal_foreground() -> bool:
     """Whether this process's group is its terminal's foreground group (Ctrl-C's target)."""
     try:
@@ -349,6 +365,8 @@ def ending_of(
     name = signal.Signals(signum).name
     if job is not None:
         fields = query(job.job_id)
+        if fields is not None and not _is_current(fields, since, received_at):
+            fields = None
         found = _from_slurm(job, fields, received_at, since)
         state = None if fields is None else fields.get("JobState")
         reason = None if fields is None else fields.get("Reason")
@@ -358,5 +376,7 @@ def ending_of(
         if fields is not None:
             return INTERRUPTED, Interruption(name, received_at, None, state, reason)
     if signum == signal.SIGINT and in_terminal_foreground():
-        return CANCELLED, Interruption(name, received_at, "Ctrl-C at its terminal")
+        return CANCELLED, Interruption(
+            name, received_at, "SIGINT in its terminal's foreground (Ctrl-C)"
+        )
     return INTERRUPTED, Interruption(name, received_at)

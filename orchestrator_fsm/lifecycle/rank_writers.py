@@ -263,7 +263,7 @@ def writer_for(run: RunContext, *, grace_s: float, report_once: ReportOnce) -> R
 
 def closed_attempts(
     attempts: tuple[Attempt, ...],
-    ended_at: datetime,
+    ended_at: datetime | None,
     status: str,
     error: ErrorSummary | None,
     *,
@@ -311,16 +311,21 @@ def _next_attempts(
         earlier = previous.attempts or (
             Attempt(number=1, started_at=previous.started_at, pid=previous.pid),
         )
-        last = earlier[-1]
-        if last.status == RUNNING:
-            status = previous.status if previous.status != RUNNING else CRASHED
-            last = attrs.evolve(
-                last,
-                ended_at=previous.ended_at or previous.heartbeat_at,
-                status=status,
-                reason=CRASHED if status == CRASHED else _ended_early(previous),
-            )
-        attempts = (*earlier[:-1], last)
+        if earlier[-1].status == RUNNING:
+            ended = previous.ended_at or previous.heartbeat_at
+            if previous.status == RUNNING:
+                crashed = attrs.evolve(earlier[-1], ended_at=ended, status=CRASHED, reason=CRASHED)
+                earlier = (*earlier[:-1], crashed)
+            else:  # a record that ended without closing its attempts (an older version's)
+                earlier = closed_attempts(
+                    earlier,
+                    ended,
+                    previous.status,
+                    previous.error,
+                    failed_rank=previous.failed_rank,
+                    interruption=previous.interruption,
+                )
+        attempts = earlier
     attempts += (
         Attempt(
             number=len(attempts) + 1,
@@ -331,14 +336,3 @@ def _next_attempts(
         ),
     )
     return (previous.started_at if previous is not None else started_at), attempts
-
-
-def _ended_early(previous: RunRecord) -> str | None:
-    """Why the attempt of ``previous``, whose record ended but whose attempt list was
-    not closed (a record written before attempts were closed with it), ended early."""
-    if previous.status == COMPLETED:
-        return None
-    who = f"rank {previous.failed_rank}: " if previous.failed_rank else ""
-    if previous.interruption is not None and not previous.failed_rank:
-        return str(previous.interruption)
-    return f"{who}{previous.error}" if previous.error else f"{who}{previous.status}"

@@ -542,7 +542,9 @@ def _before_signal(rank: RunRecord, signal_at: datetime | None) -> bool:
 def infer_status(record: RunRecord, now: datetime | None = None) -> str:
     """The true status of the job ``record`` describes: ``crashed`` for a record that
     says ``running`` but whose process is gone, and the worst of every rank's status
-    (failed, interrupted, crashed, refused, running, completed) when ranks disagree.
+    (:data:`~orchestrator_fsm.status.WORST_FIRST`, then completed) when ranks disagree;
+    when a signal ended rank 0, a rank that took the same signal or failed after it is
+    its consequence and does not count (see :func:`job_signal_at`).
 
     On the host that ran a process, its identity decides: the machine rebooted since
     (another boot id), no process has the pid, or the process with that pid is a later
@@ -564,8 +566,8 @@ def infer_status(record: RunRecord, now: datetime | None = None) -> str:
 
 
 def run_status(root: Path | str) -> str:
-    """The true status of the run directory ``root``: ``completed``, ``failed``,
-    ``interrupted``, ``refused``, ``running`` or ``crashed`` (see :func:`infer_status`).
+    """The true status of the run directory ``root``: one of
+    :data:`~orchestrator_fsm.status.STATUSES` (see :func:`infer_status`).
 
     Raises ``FileNotFoundError`` when ``root`` holds no ``run.json`` and ``ValueError``
     when it is not a JSON object.
