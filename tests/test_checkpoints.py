@@ -596,3 +596,23 @@ def test_per_rank_checkpoints_under_a_real_two_rank_torchrun(tmp_path: Path) -> 
         # Each rank's own random stream goes on from its own save.
         assert second[rank]["draw"] == first[rank]["draw"]
     assert second[0]["draw"] != second[1]["draw"]
+
+
+def test_the_checkpoint_benchmark_runs_and_leaves_nothing(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.checkpoints", "--repeats", "1", "--megabytes", "1"],
+        cwd=REPO,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["state_dict"]["file_mb"] == pytest.approx(1.0, abs=0.1)
+    for part in ("demo", "state_dict"):
+        for kind in ("save_ms", "load_ms", "bare_torch_save_ms", "bare_torch_load_ms"):
+            assert figures[part][kind]["n"] == 1
+    # torch keeps its own cache in TMPDIR (torchinductor_<user>): only ours must be gone.
+    assert list(tmp_path.glob("bench-checkpoints-*")) == []
