@@ -616,3 +616,21 @@ def test_the_checkpoint_benchmark_runs_and_leaves_nothing(tmp_path: Path) -> Non
             assert figures[part][kind]["n"] == 1
     # torch keeps its own cache in TMPDIR (torchinductor_<user>): only ours must be gone.
     assert list(tmp_path.glob("bench-checkpoints-*")) == []
+
+
+@pytest.mark.slow
+def test_the_readme_checkpoint_example_runs_and_resumes(tmp_path: Path) -> None:
+    from test_readme import run_example, the_block
+
+    example = the_block("ckpt = orch.checkpoints(keep=3)")
+    result = run_example(tmp_path, example)
+    assert result.stdout.split("\n")[0] == "[50, 75, 100]"
+    run = only_run_dir(tmp_path / "outputs")
+    assert _names(run / "checkpoints") == [
+        "ckpt-000000050.pt",
+        "ckpt-000000075.pt",
+        "ckpt-000000100.pt",
+    ]
+    saved = torch.load(run / "checkpoints" / "ckpt-000000100.pt", weights_only=True)
+    assert sorted(saved["state"]) == ["model", "optimizer", "scheduler"]
+    assert saved["run_id"] == run.name
