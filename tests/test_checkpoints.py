@@ -550,19 +550,28 @@ PER_RANK = textwrap.dedent(
     cfg = Config.from_recipe(sys.argv[1])
     resume = sys.argv[2] if len(sys.argv) > 2 else None
     with RootOrchestrator(cfg, resume=resume) as orch:
+        shared = orch.checkpoints()  # rank 0 saves, every rank loads
         store = orch.checkpoints(per_rank=True, keep=1)
+        marker = torch.nn.Linear(2, 2)
+        shared_loaded = shared.load(objects={"marker": marker})
         model = torch.nn.Linear(2, 2)
         loaded = store.load(model=model)
+        shared_saved = None
         if loaded is None:
             torch.manual_seed(100 + orch.rank)
             with torch.no_grad():
+                marker.weight.fill_(42 + orch.rank)
                 model.weight.fill_(orch.rank)
+            shared_saved = shared.save(9, objects={"marker": marker})
             store.save(1, model=model, extra={"rank": orch.rank})
             torch.rand(5)
             store.save(2, model=model, extra={"rank": orch.rank})
         print(json.dumps({
             "rank": orch.rank,
             "run": str(orch.paths.root),
+            "shared_saved": None if shared_saved is None else shared_saved.name,
+            "shared_loaded": None if shared_loaded is None else shared_loaded.step,
+            "marker": marker.weight.flatten().tolist(),
             "loaded": None if loaded is None else [loaded.step, loaded.rank, loaded.extra],
             "weight": model.weight.flatten().tolist(),
             "draw": torch.rand(3).tolist(),
@@ -585,12 +594,18 @@ def test_per_rank_checkpoints_under_a_real_two_rank_torchrun(tmp_path: Path) -> 
     first = launch()
     run = Path(first[0]["run"])
     assert first[1]["run"] == str(run)
+    assert [first[rank]["shared_saved"] for rank in (0, 1)] == ["ckpt-000000009.pt", None]
     assert _names(run / "checkpoints") == [
         "ckpt-000000002.rank0.pt",
         "ckpt-000000002.rank1.pt",
+        "ckpt-000000009.pt",
     ]
     second = launch(str(run))
     for rank in (0, 1):
+        # The next attempt finds rank 0's checkpoint on every rank...
+        assert second[rank]["shared_loaded"] == 9
+        assert second[rank]["marker"] == [42.0] * 4
+        # ...and each rank its own.
         assert second[rank]["loaded"] == [2, rank, {"rank": rank}]
         assert second[rank]["weight"] == [float(rank)] * 4
         # Each rank's own random stream goes on from its own save.
