@@ -27,6 +27,7 @@ import collections
 import contextlib
 import logging
 import os
+import pickle
 import random
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -173,6 +174,18 @@ def _restore_cuda(states: Sequence[torch.Tensor] | None, log: logging.Logger) ->
         torch.cuda.set_rng_state(state, device=index)
 
 
+def _check_generators(
+    states: Mapping[str, Any], generators: Mapping[str, RandomSource] | None
+) -> None:
+    saved = states["generators"]
+    missing = sorted(set(generators or {}) - set(saved))
+    if missing:
+        raise KeyError(
+            f"the checkpoint holds no state for the generator(s) {', '.join(missing)} "
+            f"(it holds: {', '.join(sorted(saved)) or 'none'})"
+        )
+
+
 def restore_rng_states(
     states: Mapping[str, Any],
     generators: Mapping[str, RandomSource] | None = None,
@@ -183,13 +196,8 @@ def restore_rng_states(
     ``generators`` (each must be in ``states``; a ``KeyError`` names one that is
     not). CUDA states are restored on the devices this process sees; a warning on
     ``log`` says when there are none or fewer."""
+    _check_generators(states, generators)
     saved = states["generators"]
-    missing = sorted(set(generators or {}) - set(saved))
-    if missing:
-        raise KeyError(
-            f"the checkpoint holds no state for the generator(s) {', '.join(missing)} "
-            f"(it holds: {', '.join(sorted(saved)) or 'none'})"
-        )
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
     np.random.set_state(_numpy_again(states["numpy"]))
@@ -480,15 +488,24 @@ class CheckpointStore:
         other ranks load its model and optimizer states but keep their own random
         states (per-rank checkpoints restore every rank's). Tensors are loaded to
         ``map_location`` first (``load_state_dict`` then copies them where the object
-        keeps its own). The file is read with ``torch.load(weights_only=True)``.
+        keeps its own). The file is read with ``torch.load(weights_only=True)``; a
+        ``ValueError`` names a file it cannot read or that is not a checkpoint.
         """
         target = Path(path) if path is not None else self.latest()
         if target is None:
             self._report_incomplete()
             return None
-        saved = torch.load(target, map_location=map_location, weights_only=True)
+        try:
+            saved = torch.load(target, map_location=map_location, weights_only=True)
+        except (RuntimeError, pickle.UnpicklingError, EOFError) as exc:
+            raise ValueError(f"cannot read the checkpoint {target}: {exc}") from exc
         if not isinstance(saved, dict) or saved.get("format") != FORMAT:
             raise ValueError(f"{target} is not a checkpoint of this format ({FORMAT!r})")
+        own_streams = saved["rank"] is not None or self.rank == 0
+        restoring = restore_rng and own_streams
+        if restoring:
+            # Checked before anything is loaded: a KeyError leaves every object as it was.
+            _check_generators(saved["rng"], generators)
         states: Mapping[str, Any] = saved["state"]
         named = dict(zip(_NAMED_STATES, (model, optimizer, scheduler, scaler), strict=True))
         wanted = {
@@ -504,8 +521,7 @@ class CheckpointStore:
             )
         for name, owner in wanted.items():
             owner.load_state_dict(states[name])
-        own_streams = saved["rank"] is not None or self.rank == 0
-        if restore_rng and own_streams:
+        if restoring:
             restore_rng_states(saved["rng"], generators, log=self._log)
         elif restore_rng:
             self._log.info(

@@ -204,6 +204,26 @@ def test_objects_go_under_their_names_and_a_missing_one_is_named(tmp_path: Path)
         store.save(2, objects={"model": model})
 
 
+def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    checkpoint_file(tmp_path, 1).write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match=r"cannot read the checkpoint .*ckpt-000000001\.pt"):
+        store.load()
+    torch.save({"model": {}}, checkpoint_file(tmp_path, 2))
+    with pytest.raises(ValueError, match=r"ckpt-000000002\.pt is not a checkpoint of this"):
+        store.load()
+
+
+def test_a_missing_generator_leaves_the_objects_as_they_were(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    store.save(1, model=nn.Linear(2, 2))
+    other = nn.Linear(2, 2)
+    before = other.weight.clone()
+    with pytest.raises(KeyError, match="loader"):
+        store.load(model=other, generators={"loader": torch.Generator()})
+    assert torch.equal(other.weight, before)
+
+
 def test_extras_a_torch_load_could_not_read_back_are_refused_before_writing(
     tmp_path: Path,
 ) -> None:
