@@ -128,6 +128,43 @@ def test_a_resumed_loop_ends_bitwise_where_the_uninterrupted_one_does(tmp_path: 
     assert _same_tensors(second.model.state_dict(), straight.model.state_dict())
 
 
+def test_a_mid_epoch_checkpoint_resumes_the_epochs_order_as_the_readme_says(
+    tmp_path: Path,
+) -> None:
+    def train(training: Training, batches: list[tuple[Any, Any]]) -> list[float]:
+        losses = []
+        for images, labels in batches:
+            loss = nn.functional.cross_entropy(training.model(images), labels)
+            training.optimizer.zero_grad()
+            torch.autograd.backward(loss)
+            training.optimizer.step()
+            losses.append(float(loss.detach()))
+        return losses
+
+    _seed_all(3)
+    straight = Training(init_seed=1)
+    expected = [train(straight, list(straight.loader)) for _ in range(2)]
+
+    _seed_all(3)
+    first = Training(init_seed=1)
+    store = CheckpointStore(tmp_path)
+    got = [train(first, list(first.loader))]
+    epoch_rng = first.generator.get_state()  # before the epoch draws its order
+    batches = iter(first.loader)
+    done = train(first, [next(batches) for _ in range(3)])
+    store.save(11, extra={"epoch_rng": epoch_rng, "done": 3}, **first.parts())
+
+    _seed_all(99)
+    second = Training(init_seed=5)
+    loaded = store.load(**second.parts())
+    assert loaded is not None
+    second.generator.set_state(loaded.extra["epoch_rng"])
+    rest = list(second.loader)[loaded.extra["done"] :]
+    got.append(done + train(second, rest))
+    assert got == expected
+    assert _same_tensors(second.model.state_dict(), straight.model.state_dict())
+
+
 def test_after_load_every_random_source_draws_what_it_drew_after_the_save(
     tmp_path: Path,
 ) -> None:
