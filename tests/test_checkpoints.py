@@ -652,11 +652,11 @@ def test_per_rank_checkpoints_under_a_real_two_rank_torchrun(tmp_path: Path) -> 
     run = Path(first[0]["run"])
     assert first[1]["run"] == str(run)
     assert [first[rank]["shared_saved"] for rank in (0, 1)] == ["ckpt-000000009.pt", None]
-    assert _names(run / "checkpoints") == [
-        "ckpt-000000002.rank0.pt",
-        "ckpt-000000002.rank1.pt",
-        "ckpt-000000009.pt",
-    ]
+    # A rank that saved step 2 before the other did kept its step 1 (then the latest
+    # both had saved) until its next save.
+    names = set(_names(run / "checkpoints"))
+    expected = {"ckpt-000000002.rank0.pt", "ckpt-000000002.rank1.pt", "ckpt-000000009.pt"}
+    assert expected <= names <= expected | {"ckpt-000000001.rank0.pt", "ckpt-000000001.rank1.pt"}
     second = launch(str(run))
     for rank in (0, 1):
         # The next attempt finds rank 0's checkpoint on every rank...
