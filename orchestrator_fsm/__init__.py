@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 from orchestrator_fsm._version import __version__
 
 if TYPE_CHECKING:
+    from orchestrator_fsm.checkpoints import Checkpoint, CheckpointStore
     from orchestrator_fsm.config import (
         ArchitectureConfig,
         Config,
@@ -87,6 +88,8 @@ _EXPORTS: Final[dict[str, str]] = {
     "TelemetryConfig": "orchestrator_fsm.config",
     "TrainingConfig": "orchestrator_fsm.config",
     "pipeline_schema": "orchestrator_fsm.config.schema",
+    "Checkpoint": "orchestrator_fsm.checkpoints",
+    "CheckpointStore": "orchestrator_fsm.checkpoints",
     "Launch": "orchestrator_fsm.distributed",
     "discover_launch": "orchestrator_fsm.distributed",
     "get_local_rank": "orchestrator_fsm.distributed",
@@ -139,6 +142,8 @@ __all__ = [
     "ArchitectureConfig",
     "AuditSaver",
     "AuditSaverProtocol",
+    "Checkpoint",
+    "CheckpointStore",
     "Config",
     "ConfigError",
     "DatasetConfig",

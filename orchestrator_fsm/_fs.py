@@ -8,16 +8,20 @@ import json
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 __all__ = [
     "append_whole",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "atomic_write_with",
+    "fsync_directory",
     "new_file_mode",
     "slugify",
+    "temporary_target",
 ]
 
 _SLUG_DROP = re.compile(r"[^a-z0-9_-]+")
@@ -53,6 +57,8 @@ def new_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+# The temporary file beside ``name``: ``.<name>.<8 hex digits>.tmp``.
+_TEMPORARY_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -107,6 +113,49 @@ def atomic_write_json(path: Path, payload: Any, *, fsync: bool = True) -> None:
     """Atomically write ``payload`` as indented, key-sorted JSON with a final newline."""
     text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
     atomic_write_text(path, text, fsync=fsync)
+
+
+def fsync_directory(folder: Path) -> None:
+    """Flush ``folder``'s entries (a rename or an unlink in it) to the disk."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_with(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` with a binary file whose bytes replace ``path`` all at once.
+
+    What ``write`` writes goes to a temporary file in ``path``'s directory (named as
+    :func:`temporary_target` recognises), which is flushed, fsynced, renamed over
+    ``path``, and the directory fsynced: after a crash or a power cut, ``path`` is
+    the old file or the whole new one. On any error (``write``'s own, a full disk at
+    a write, the flush or the fsync) the temporary file is removed, ``path`` is
+    untouched and the error is raised. A process killed mid-write leaves its
+    temporary file behind; nothing else.
+    """
+    path = Path(path)
+    fd, tmp_name = _temporary_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    fsync_directory(path.parent)
+
+
+def temporary_target(name: str) -> str | None:
+    """The name of the file an atomic write of this module was writing when it made
+    the temporary file ``name`` (one a killed process left behind, or a write still
+    running); None when ``name`` is not such a temporary file."""
+    found = _TEMPORARY_NAME.fullmatch(name)
+    return None if found is None else found.group(1)
 
 
 def append_whole(path: Path, text: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -28,6 +29,7 @@ from orchestrator_fsm.redaction import redact_url
 __all__ = [
     "BUNDLE_FILE",
     "CHECKPOINTS_DIR",
+    "CHECKPOINT_SUFFIX",
     "CONFIG_FILE",
     "GIT_DIFF_FILE",
     "GIT_INFO_FILE",
@@ -49,6 +51,8 @@ __all__ = [
     "SWEEP_FILE",
     "RunPaths",
     "bundle_file",
+    "checkpoint_file",
+    "checkpoint_name_step",
     "config_file",
     "expand_output_dir",
     "job_entry_file",
@@ -77,6 +81,15 @@ RUN_SUBDIRECTORIES: Final = ("logs", "reports", "checkpoints", "figures", "expor
 LOGS_DIR: Final = "logs"
 REPORTS_DIR: Final = "reports"
 CHECKPOINTS_DIR: Final = "checkpoints"
+
+# In checkpoints/ (see orchestrator_fsm.checkpoints; other files there are the user's).
+#: A checkpoint's file name ends so: ``ckpt-<step>.pt`` for the run's (rank 0's),
+#: ``ckpt-<step>.rank<N>.pt`` for rank N's own (per-rank checkpoints).
+CHECKPOINT_SUFFIX: Final = ".pt"
+_CHECKPOINT_PREFIX: Final = "ckpt-"
+# Zero-padded so that `ls` lists them in step order (larger steps just grow longer).
+_CHECKPOINT_STEP_DIGITS: Final = 9
+_CHECKPOINT_NAME: Final = re.compile(r"ckpt-(\d+)(?:\.rank(\d+))?\.pt")
 
 # In logs/.
 #: The run's log file (every rank's records, rank-marked).
@@ -138,6 +151,25 @@ def config_file(root: Path) -> Path:
 def bundle_file(root: Path) -> Path:
     """The rerun bundle of the run in ``root``."""
     return Path(root) / REPORTS_DIR / BUNDLE_FILE
+
+
+def checkpoint_file(folder: Path, step: int, rank: int | None = None) -> Path:
+    """The checkpoint of ``step`` in ``folder`` (a run's ``checkpoints/``): the run's
+    when ``rank`` is None, rank ``rank``'s own otherwise."""
+    if step < 0:
+        raise ValueError(f"a checkpoint's step must be 0 or more, got {step}")
+    own = "" if rank is None else f".rank{rank}"
+    name = f"{_CHECKPOINT_PREFIX}{step:0{_CHECKPOINT_STEP_DIGITS}d}{own}{CHECKPOINT_SUFFIX}"
+    return Path(folder) / name
+
+
+def checkpoint_name_step(name: str) -> tuple[int, int | None] | None:
+    """``(step, rank)`` of a file named by :func:`checkpoint_file` (rank None: the
+    run's); None for any other name."""
+    found = _CHECKPOINT_NAME.fullmatch(name)
+    if found is None:
+        return None
+    return int(found.group(1)), None if found.group(2) is None else int(found.group(2))
 
 
 def job_entry_file(output_dir: Path | str, key: str) -> Path:

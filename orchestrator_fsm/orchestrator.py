@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
+from orchestrator_fsm.checkpoints import DEFAULT_KEEP, CheckpointStore
 from orchestrator_fsm.distributed import Launch, current_launch
 from orchestrator_fsm.entry import entry_module, entry_search_path, resolve_callable
 from orchestrator_fsm.errors import EntryPointError, LifecycleError
@@ -411,6 +412,34 @@ class RootOrchestrator:
         summary line in the metrics file and the record's ``summary``; the same rules
         as :meth:`log_metrics`."""
         self._recorder.log_summary(values)
+
+    def checkpoints(
+        self, *, keep: int | None = DEFAULT_KEEP, per_rank: bool = False
+    ) -> CheckpointStore:
+        """**(beyond)** The run's checkpoints, in its ``checkpoints/`` folder: ``save`` the
+        model, optimizer, scheduler, scaler, step, epoch, extras and every random state
+        at a step boundary, ``load`` the latest back (on a resumed run, on any rank:
+        the next attempt finds what the last one saved). ``per_rank`` False: rank 0
+        saves one checkpoint for the run and every rank loads it; True: every rank
+        saves and loads its own. ``keep``: how many each saver keeps (None: all). See
+        :class:`orchestrator_fsm.checkpoints.CheckpointStore`. Raises
+        ``LifecycleError`` while the run has no run directory (before phase 3, or on a
+        rank outside rank 0's job)."""
+        paths = self.paths
+        if paths is None:
+            raise LifecycleError(
+                "cannot use checkpoints: this run has no run directory "
+                f"(it is {self.machine.state.value})"
+            )
+        return CheckpointStore(
+            paths.checkpoints,
+            rank=self.rank,
+            world_size=self.world_size,
+            keep=keep,
+            per_rank=per_rank,
+            run_id=paths.run_id,
+            log=self.run_logger,
+        )
 
     def progress(
         self,
