@@ -358,6 +358,11 @@ class AuditSaver:
         return state
 
 
+# The package's own method, as defined: a saver whose dump_git_info is anything else (a
+# subclass's, an instance's or a patched class attribute) is called as the protocol says.
+_OWN_DUMP_GIT_INFO: Final = AuditSaver.dump_git_info
+
+
 def write_git_state(state: GitState, path: Path) -> None:
     """Write ``state`` to ``path`` (``git_info.txt``) and its patch beside it, atomically."""
     patch_file = path.parent / GIT_DIFF_FILE
@@ -405,7 +410,7 @@ def step(run: RunContext) -> None:
     # written and fsynced, rather than after them; an injected or overriding saver's
     # dump_git_info is called as the protocol says.
     bound = getattr(saver, "dump_git_info", None)
-    ours = getattr(bound, "__func__", None) is AuditSaver.dump_git_info
+    ours = getattr(bound, "__func__", None) is _OWN_DUMP_GIT_INFO
     pending = start_git_read() if ours else None
     try:
         saver.save_config(data=run.cfg, yaml_path=config_path)
