@@ -1,11 +1,11 @@
 """How a job ended, as the record says it: a signal sent to the whole job blames no rank,
 the scheduler's word makes it ``cancelled``, ``preempted`` or ``timeout`` (and nothing
 else does), attempts are written once, every rank keeps every attempt, the raw SLURM
-job id is in the record, and a refused launch is one line.
+job id is read from the environment, and a refused launch is one line.
 
 Real processes: torchrun with two ranks signalled as a process group, the console
-command, and a real SLURM (``tests/slurm/cluster.sh``) where one runs here; those
-tests skip, saying why, where ``sinfo`` is missing or the cluster is down.
+command, Ctrl-C typed at a pty. The same under a real SLURM (scancel, time limit,
+preemption, requeue, arrays) is in tests/slurm/test_slurm.py, one job per scenario.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -303,211 +302,7 @@ def test_a_refused_launch_is_one_line_naming_the_holder_and_the_log(tmp_path: Pa
     assert "Traceback" in log.read_text(encoding="utf-8")
 
 
-# -- a real SLURM --------------------------------------------------------------------------
-
-CLUSTER_SCRIPT = Path(__file__).parent / "slurm" / "cluster.sh"
-
-
-def _slurm_down_reason() -> str | None:
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        return "SLURM's commands (sinfo, sbatch) are not installed"
-    try:
-        nodes = subprocess.run(
-            ["sinfo", "-h", "-N", "-o", "%N %t"],
-            capture_output=True,
-            text=True,
-            timeout=15,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"sinfo did not answer ({exc})"
-    usable = [line for line in nodes.stdout.split() if line in ("idle", "mix", "alloc")]
-    if nodes.returncode != 0 or len(usable) < 2:
-        return f"the SLURM cluster is down (sinfo: {nodes.stdout.strip() or nodes.stderr.strip()})"
-    return None
-
-
-@pytest.fixture(scope="module")
-def slurm() -> Iterator[None]:
-    """A running SLURM of two nodes (started by tests/slurm/cluster.sh when it exists)."""
-    reason = _slurm_down_reason()
-    if reason is not None and CLUSTER_SCRIPT.exists():
-        subprocess.run(["bash", str(CLUSTER_SCRIPT), "start"], timeout=240, check=False)
-        reason = _slurm_down_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    yield
-
-
-def _sbatch(tmp_path: Path, *options: str, tasks: int = 1) -> tuple[str, Path, Path]:
-    recipe, script, marks = _write(tmp_path)
-    launch = f"srun -n {tasks} " if tasks > 1 else "exec "
-    job = tmp_path / "job.sh"
-    job.write_text(
-        f"#!/bin/bash\n{launch}{sys.executable} {script} {recipe} {marks}\n", encoding="utf-8"
-    )
-    out = tmp_path / "slurm.out"
-    result = subprocess.run(
-        ["sbatch", "--parsable", "-o", str(out), "-n", str(tasks), *options, str(job)],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return result.stdout.strip().split(";")[0], marks, out
-
-
-def _slurm_wait_gone(job_id: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        queue = subprocess.run(
-            ["squeue", "-h", "-j", job_id, "-o", "%T"],
-            capture_output=True,
-            text=True,
-            timeout=15,
-            check=False,
-        )
-        if not queue.stdout.strip():
-            return
-        time.sleep(0.5)
-    subprocess.run(["scancel", job_id], timeout=15, check=False)
-    pytest.fail(f"SLURM job {job_id} did not end in {timeout_s}s")
-
-
-def _slurm_record(tmp_path: Path, job_id: str, out: Path) -> Any:
-    deadline = time.monotonic() + 30
-    while True:
-        record = read_run(only_run_dir(tmp_path / "outputs"))
-        if record.status != "running" or time.monotonic() > deadline:
-            assert record.status != "running", out.read_text(encoding="utf-8")
-            return record
-        time.sleep(0.2)
-
-
-def _marks_or_cancel(job_id: str, marks: Path, count: int, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while len(list(marks.glob("entered-*"))) < count:
-        if time.monotonic() > deadline:
-            subprocess.run(["scancel", job_id], timeout=15, check=False)
-            pytest.fail(f"SLURM job {job_id}: fewer than {count} tasks entered the run")
-        time.sleep(0.1)
-
-
-@pytest.mark.slow
-def test_slurm_scancel_is_cancelled_with_the_raw_job_id_in_run_json_runs_and_inspect(
-    slurm: None, tmp_path: Path
-) -> None:
-    job_id, marks, out = _sbatch(tmp_path)
-    _marks_or_cancel(job_id, marks, 1)
-    subprocess.run(["scancel", job_id], timeout=15, check=True)
-    _slurm_wait_gone(job_id)
-    record = _slurm_record(tmp_path, job_id, out)
-    assert record.status == "cancelled", out.read_text(encoding="utf-8")
-    assert record.interruption is not None and record.interruption.signal == "SIGTERM"
-    assert record.interruption.evidence == (
-        f"SLURM: JOB {job_id} ON {record.interruption.evidence.split()[4]} CANCELLED AT "
-        f"{record.interruption.evidence.split()[-1]}"
-    )
-    assert record.scheduler is not None and record.scheduler.job_id == job_id
-    data = json.loads((record.root / "run.json").read_text(encoding="utf-8"))
-    assert data["scheduler"]["job_id"] == job_id
-    listing = cli("runs", str(tmp_path / "outputs"), cwd=tmp_path)
-    assert f"slurm {job_id}" in listing.stdout, listing.stdout
-    assert "cancelled" in listing.stdout
-    shown = cli("inspect", str(record.root), cwd=tmp_path)
-    assert f"slurm job {job_id}" in shown.stdout, shown.stdout
-    assert "cancelled" in shown.stdout and "SIGTERM" in shown.stdout
-
-
-@pytest.mark.slow
-def test_slurm_scancel_of_two_srun_tasks_blames_no_task(slurm: None, tmp_path: Path) -> None:
-    job_id, marks, out = _sbatch(tmp_path, tasks=2)
-    _marks_or_cancel(job_id, marks, 2)
-    subprocess.run(["scancel", job_id], timeout=15, check=True)
-    _slurm_wait_gone(job_id)
-    record = _slurm_record(tmp_path, job_id, out)
-    assert record.world_size == 2
-    assert record.failed_rank is None, record.error
-    assert record.status == "cancelled", out.read_text(encoding="utf-8")
-    assert record.effective_status == "cancelled"
-
-
-@pytest.mark.slow
-def test_slurm_time_limit_is_timeout(slurm: None, tmp_path: Path) -> None:
-    job_id, marks, out = _sbatch(tmp_path, "--time=1")
-    _marks_or_cancel(job_id, marks, 1)
-    _slurm_wait_gone(job_id, timeout_s=150)  # SLURM checks time limits every 30 s or so
-    record = _slurm_record(tmp_path, job_id, out)
-    assert record.status == "timeout", out.read_text(encoding="utf-8")
-    assert record.interruption is not None
-    assert record.interruption.scheduler_reason == "TimeLimit"
-
-
-@pytest.mark.slow
-def test_slurm_preemption_is_preempted(slurm: None, tmp_path: Path) -> None:
-    # The low partition's job takes every CPU; a job of the high partition preempts it.
-    job_id, marks, out = _sbatch(tmp_path, "-p", "low", "--no-requeue", tasks=4)
-    _marks_or_cancel(job_id, marks, 4)
-    high = subprocess.run(
-        ["sbatch", "--parsable", "-p", "high", "-n", "1", "-o", "/dev/null", "--wrap", "sleep 1"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout.strip()
-    try:
-        _slurm_wait_gone(job_id, timeout_s=60)
-        record = _slurm_record(tmp_path, job_id, out)
-    finally:
-        subprocess.run(["scancel", job_id, high], timeout=15, check=False)
-    assert record.status == "preempted", out.read_text(encoding="utf-8")
-    assert record.failed_rank is None
-
-
-@pytest.mark.slow
-def test_slurm_requeue_is_preempted_and_attempt_1_stays_as_written(
-    slurm: None, tmp_path: Path
-) -> None:
-    # Two srun tasks, as in the issue: attempt 1's reason became "rank 1: preempted"
-    # once attempt 2 started.
-    job_id, marks, out = _sbatch(tmp_path, "--requeue", tasks=2)
-    _marks_or_cancel(job_id, marks, 2)
-    subprocess.run(["scontrol", "requeue", job_id], timeout=15, check=True)
-    root = only_run_dir(tmp_path / "outputs")
-    deadline = time.monotonic() + 30
-    while read_run(root).attempts[0].status == "running" and time.monotonic() < deadline:
-        time.sleep(0.2)
-    first = read_run(root).attempts[0]
-    assert first.status == "preempted", out.read_text(encoding="utf-8")
-    assert first.reason is not None and first.reason.startswith("SIGTERM; SLURM says")
-    # SLURM holds a requeued job about two minutes (its credentials' lifetime).
-    _marks_or_cancel(job_id, marks, 4, timeout_s=240)
-    subprocess.run(["scancel", job_id], timeout=15, check=True)
-    _slurm_wait_gone(job_id)
-    record = _slurm_record(tmp_path, job_id, out)
-    assert [a.number for a in record.attempts] == [1, 2]
-    assert record.attempts[0] == first  # never rewritten
-    assert record.attempts[1].status == record.status == "cancelled"
-    assert record.failed_rank is None
-    rank1 = json.loads((root / "ranks" / "rank1.json").read_text(encoding="utf-8"))
-    assert [a["number"] for a in rank1["attempts"]] == [1, 2]
-
-
-@pytest.mark.slow
-def test_slurm_array_task_is_named_as_users_name_it(slurm: None, tmp_path: Path) -> None:
-    array_id, _, out = _sbatch(tmp_path, "--array=3", "--export=ALL,WORK_S=0")
-    _slurm_wait_gone(array_id)
-    record = _slurm_record(tmp_path, array_id, out)
-    assert record.status == "completed", out.read_text(encoding="utf-8")
-    job = record.scheduler
-    assert job is not None and (job.array_job_id, job.array_task_id) == (array_id, "3")
-    assert job.label == f"{array_id}_3" and job.job_id.isdigit()
-    listing = cli("runs", str(tmp_path / "outputs"), "--json", cwd=tmp_path)
-    (listed,) = json.loads(listing.stdout)
-    assert listed["scheduler"]["array_task_id"] == "3"
-    shown = cli("inspect", str(record.root), cwd=tmp_path)
-    assert f"slurm job {array_id}_3" in shown.stdout, shown.stdout
+# -- Ctrl-C at a terminal ------------------------------------------------------------------
 
 
 @pytest.mark.slow

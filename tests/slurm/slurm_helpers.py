@@ -1,4 +1,5 @@
-"""Helpers of the real-SLURM tests: the cluster of ``cluster.sh``, ``sbatch`` and waits.
+"""The one fixture module of the real-SLURM tests: the cluster of ``cluster.sh``,
+``sbatch``, ``scontrol``, the run record and bounded waits.
 
 The cluster (munge, slurmctld, ``slurmd -N n1`` and ``slurmd -N n2`` on this host) is
 started by ``make test`` (its ``slurm`` target) or here, on first use; where it cannot
@@ -10,6 +11,7 @@ Every wait is bounded.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -125,18 +128,21 @@ def array_infos(job_id: str) -> list[dict[str, str]]:
     return [dict(re.findall(r"(\S+?)=(\S*)", line)) for line in result.stdout.splitlines()]
 
 
-def wait_until(what: str, found: Callable[[], object], timeout_s: float = 120) -> object:
-    """``found()`` once it is truthy; fails naming ``what`` after ``timeout_s``."""
+def wait_until(
+    what: str, found: Callable[[], object], timeout_s: float = 120, poll_s: float = 0.2
+) -> object:
+    """``found()`` once it is truthy (asked every ``poll_s``); fails naming ``what``
+    after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = found()
         if value:
             return value
-        time.sleep(0.2)
+        time.sleep(poll_s)
     pytest.fail(f"waited {timeout_s:g}s for {what}")
 
 
-def wait_job(job_id: str, timeout_s: float = 180) -> dict[str, str]:
+def wait_job(job_id: str, timeout_s: float = 180, poll_s: float = 0.2) -> dict[str, str]:
     """``scontrol show job`` of ``job_id`` once it has ended (a terminal state)."""
     info: dict[str, str] = {}
 
@@ -144,8 +150,18 @@ def wait_job(job_id: str, timeout_s: float = 180) -> dict[str, str]:
         info.update(job_info(job_id))
         return info.get("JobState") in TERMINAL
 
-    wait_until(f"job {job_id} to end (last seen {info.get('JobState')})", ended, timeout_s)
+    wait_until(f"job {job_id} to end (last seen {info.get('JobState')})", ended, timeout_s, poll_s)
     return info
+
+
+def watch_job(job_id: str, timeout_s: float = 240) -> Future[dict[str, str]]:
+    """:func:`wait_job` in a thread of its own, asking every second: the job's last
+    ``scontrol show job`` even when the test that reads it runs after SLURM forgot the
+    job (``MinJobAge``). A failed wait is raised by the future's ``result()``."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix=f"watch-{job_id}")
+    future = pool.submit(wait_job, job_id, timeout_s, 1.0)
+    pool.shutdown(wait=False)
+    return future
 
 
 def job_output(cwd: Path, name: str = "job") -> str:
@@ -183,6 +199,77 @@ def slurm_recipe(directory: Path, *, lock_path: bool = True, **sections: Any) ->
         del recipe["infrastructure"]["lock"]
     recipe["infrastructure"]["signal_callbacks"] = {"SIGUSR1": entry("save")}
     return write_recipe(directory, recipe)
+
+
+def scancel(*argv: str, check: bool = True) -> None:
+    """``scancel ARGV``; fails the test when scancel does, unless ``check`` is false
+    (a clean-up: the job may have ended, and SLURM forgotten it, long ago)."""
+    result = _run("scancel", *argv)
+    assert result.returncode == 0 or not check, f"scancel {' '.join(argv)}: {result.stderr}"
+
+
+def scontrol(*argv: str) -> None:
+    """``scontrol ARGV`` (``requeue JOB``...); fails the test when scontrol does."""
+    result = _run("scontrol", *argv)
+    assert result.returncode == 0, f"scontrol {' '.join(argv)}: {result.stderr}"
+
+
+def run_json(run_dir: Path) -> dict[str, Any]:
+    """``run.json`` of ``run_dir``, as written."""
+    data: dict[str, Any] = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    return data
+
+
+def rank_json(run_dir: Path, rank: int) -> dict[str, Any]:
+    """``ranks/rank<N>.json`` of ``run_dir``, as written."""
+    text = (run_dir / "ranks" / f"rank{rank}.json").read_text(encoding="utf-8")
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+def only_run(directory: Path) -> Path:
+    """The one run directory in ``directory/outputs`` (the recipes' output folder)."""
+    from conftest import only_run_dir
+
+    return only_run_dir(directory / "outputs")
+
+
+def final_record(run_dir: Path, timeout_s: float = 30) -> Any:
+    """``read_run(run_dir)`` once its status is no longer ``running`` (rank 0 writes it
+    as its process ends, which may come after SLURM shows the job ended)."""
+    from orchestrator_fsm import read_run
+
+    wait_until(
+        f"{run_dir.name}'s record to be final",
+        lambda: read_run(run_dir).status != "running",
+        timeout_s,
+    )
+    return read_run(run_dir)
+
+
+def first_attempt_closed(run_dir: Path, timeout_s: float = 30) -> Any:
+    """Attempt 1 of ``run_dir`` once it is written as ended."""
+    from orchestrator_fsm import read_run
+
+    def closed() -> object:
+        attempts = read_run(run_dir).attempts
+        return attempts and attempts[0].status != "running" and attempts[0]
+
+    return wait_until(f"attempt 1 of {run_dir.name} to be written", closed, timeout_s)
+
+
+def requeued_then_released(job: str, timeout_s: float = 90) -> None:
+    """Wait until ``job`` is pending again after a requeue or a preemption, then let it
+    start now: SLURM holds a requeued job back for its credentials' lifetime
+    (``AuthInfo=cred_expire``, 120 s by default; ``Reason=BeginTime``)."""
+
+    def released() -> bool:
+        info = job_info(job)
+        if info.get("Restarts") != "1" or info.get("JobState") != "PENDING":
+            return False
+        return _run("scontrol", "update", f"JobId={job}", "StartTime=now").returncode == 0
+
+    wait_until(f"job {job} to be requeued", released, timeout_s)
 
 
 def marks(directory: Path, prefix: str) -> list[str]:
