@@ -1,0 +1,130 @@
+"""Attempt-aware runs: a resumed run knows which attempt it is (``orch.attempt``), its
+metrics lines carry their attempt so a step redone after a resume counts once (the
+later attempt's), and each attempt's config and rerun bundle are kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator_fsm.lifecycle.metrics import effective_lines, last_values
+from orchestrator_fsm.reproduce.compare import IDENTICAL, compare_runs
+from tests.conftest import cli, only_run_dir, write_recipe
+
+# Attempt 1 fails after step FAIL_AT (its last checkpoint, say, was at step START - 1);
+# the next attempt starts again at START, as a resumed loop does.
+PIPELINE = textwrap.dedent(
+    """
+    import json, os
+
+    def main(orch):
+        attempt = orch.attempt
+        out = orch.paths.root / f"attempt{attempt.number}.json"
+        out.write_text(json.dumps({
+            "number": attempt.number,
+            "restart_count": attempt.restart_count,
+            "resumed": attempt.resumed,
+            "previous_status": attempt.previous_status,
+            "previous_reason": attempt.previous_reason,
+        }))
+        start = int(os.environ.get("START", "1"))
+        fail_at = int(os.environ.get("FAIL_AT", "0"))
+        for step in range(start, 5):
+            # The first step of the run also scores "acc"; no later attempt redoes it.
+            extra = {"acc": 0.5} if step == 1 else {}
+            orch.log_metrics({"loss": 1.0 / step, **extra}, step=step)
+            if step == fail_at:
+                raise RuntimeError("the node went away")
+    """
+)
+
+
+def _entry(tmp_path: Path) -> str:
+    (tmp_path / "pipeline.py").write_text(PIPELINE, encoding="utf-8")
+    return f"{tmp_path / 'pipeline.py'}:main"
+
+
+def _lines(run: Path) -> list[dict[str, Any]]:
+    text = (run / "metrics.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+@pytest.mark.slow
+def test_a_resumed_run_knows_its_attempt_and_a_redone_step_counts_once(tmp_path: Path) -> None:
+    entry = _entry(tmp_path)
+    straight_dir, broken_dir = tmp_path / "straight", tmp_path / "broken"
+    straight_dir.mkdir()
+    broken_dir.mkdir()
+    straight = cli("run", str(write_recipe(straight_dir)), "--entry", entry, cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+    recipe = write_recipe(broken_dir)
+    env = {**os.environ, "FAIL_AT": "3"}
+    failed = cli("run", str(recipe), "--entry", entry, cwd=tmp_path, env=env)
+    assert failed.returncode == 1, failed.stderr
+    run = only_run_dir(broken_dir / "outputs")
+    first = json.loads((run / "attempt1.json").read_text(encoding="utf-8"))
+    assert first == {
+        "number": 1,
+        "restart_count": 0,
+        "resumed": False,
+        "previous_status": None,
+        "previous_reason": None,
+    }
+
+    # The next attempt goes back to step 2 (its checkpoint was at step 1) and redoes it.
+    env = {**os.environ, "START": "2"}
+    resumed = cli("run", str(recipe), "--entry", entry, "--resume", str(run), cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    second = json.loads((run / "attempt2.json").read_text(encoding="utf-8"))
+    assert second["number"] == 2 and second["resumed"] is True
+    assert second["restart_count"] == 0
+    assert second["previous_status"] == "failed"
+    assert "the node went away" in second["previous_reason"]
+
+    lines = _lines(run)
+    assert [(line["attempt"], line["step"]) for line in lines] == [
+        (1, 1),
+        (1, 2),
+        (1, 3),
+        (2, 2),
+        (2, 3),
+        (2, 4),
+    ]
+    # Steps 2 and 3 appear twice; the results are the later attempt's, so the resumed
+    # run is the uninterrupted one, line for line.
+    verdict = compare_runs(only_run_dir(straight_dir / "outputs"), run)
+    assert verdict.status == IDENTICAL, verdict.headline
+    assert verdict.lines == (4, 4)
+
+    # The record's last values: the last attempt's, and what only attempt 1 logged is
+    # still there rather than lost with the new attempt's record.
+    listed = cli("runs", "outputs", "--json", cwd=broken_dir)
+    assert listed.returncode == 0, listed.stderr
+    (entry_row,) = json.loads(listed.stdout)
+    assert entry_row["attempts"] == 2
+    assert entry_row["metrics"] == {"loss": 0.25, "acc": 0.5}
+
+
+def test_lines_without_an_attempt_are_the_first_attempts() -> None:
+    old = [
+        {"kind": "metrics", "rank": 0, "step": 1, "loss": 1.0},
+        {"kind": "metrics", "rank": 0, "step": 2, "loss": 0.9},
+        {"kind": "metrics", "rank": 0, "step": None, "lr": 0.1},
+    ]
+    later = [
+        {"kind": "metrics", "rank": 0, "attempt": 2, "step": 2, "loss": 0.5},
+        {"kind": "metrics", "rank": 0, "attempt": 2, "step": 3, "loss": 0.4},
+        {"kind": "summary", "rank": 0, "attempt": 2, "step": None, "best": 0.4},
+    ]
+    kept = effective_lines([*old, *later])
+    assert kept == [old[0], old[2], *later]
+    metrics, summary = last_values(kept)
+    assert metrics == {"loss": (0.4, 3), "lr": (0.1, None)}
+    assert summary == {"best": 0.4}
+    # Only lines the same attempt wrote twice both stay: nothing later redid them.
+    assert effective_lines(old + old) == old + old
