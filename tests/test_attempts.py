@@ -4,6 +4,7 @@ later attempt's), and each attempt's config and rerun bundle are kept."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import textwrap
@@ -12,9 +13,11 @@ from typing import Any
 
 import pytest
 
+from orchestrator_fsm import read_run
 from orchestrator_fsm.lifecycle.metrics import effective_lines, last_values
+from orchestrator_fsm.lifecycle.record import RunRecord
 from orchestrator_fsm.reproduce.compare import IDENTICAL, compare_runs
-from tests.conftest import cli, only_run_dir, write_recipe
+from tests.conftest import cli, minimal_recipe, only_run_dir, run_dirs, write_recipe
 
 # Attempt 1 fails after step FAIL_AT (its last checkpoint, say, was at step START - 1);
 # the next attempt starts again at START, as a resumed loop does.
@@ -128,3 +131,57 @@ def test_lines_without_an_attempt_are_the_first_attempts() -> None:
     assert summary == {"best": 0.4}
     # Only lines the same attempt wrote twice both stay: nothing later redid them.
     assert effective_lines(old + old) == old + old
+
+
+def _reruns_of(outputs: Path, original: Path) -> list[RunRecord]:
+    records = [read_run(path) for path in run_dirs(outputs) if path != original]
+    return sorted(
+        (record for record in records if record.rerun_of == str(original)),
+        key=lambda record: record.run_id,
+    )
+
+
+@pytest.mark.slow
+def test_a_forced_resume_with_another_config_keeps_what_each_attempt_ran(tmp_path: Path) -> None:
+    entry = _entry(tmp_path)
+    first = cli("run", str(write_recipe(tmp_path)), "--entry", entry, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run = only_run_dir(tmp_path / "outputs")
+    reports = run / "reports"
+    first_config = (reports / "config.yaml").read_bytes()
+    first_bundle = json.loads((reports / "rerun.json").read_text(encoding="utf-8"))
+    assert first_bundle["attempt"] == 1
+
+    other = write_recipe(tmp_path, minimal_recipe(tmp_path, training={"seed": 99}), "other.yaml")
+    argv = ("run", str(other), "--entry", entry, "--resume", str(run), "--force")
+    forced = cli(*argv, cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+
+    # Attempt 1's config and bundle are kept beside attempt 2's, never written over.
+    kept = reports / "attempts" / "1"
+    assert (kept / "config.yaml").read_bytes() == first_config
+    kept_bundle = json.loads((kept / "rerun.json").read_text(encoding="utf-8"))
+    assert kept_bundle["config"]["file"] == "reports/attempts/1/config.yaml"
+    assert kept_bundle["config"]["sha256"] == hashlib.sha256(first_config).hexdigest()
+    assert {k: v for k, v in kept_bundle.items() if k != "config"} == {
+        k: v for k, v in first_bundle.items() if k != "config"
+    }
+    assert "seed: 99" in (reports / "config.yaml").read_text(encoding="utf-8")
+    assert json.loads((reports / "rerun.json").read_text(encoding="utf-8"))["attempt"] == 2
+    # Each attempt says which config it ran.
+    record = read_run(run)
+    hashes = [attempt.config_hash for attempt in record.attempts]
+    assert len(hashes) == 2 and None not in hashes and hashes[0] != hashes[1]
+    assert record.config_hash == hashes[1]
+
+    # `rerun RUN --attempt 1` runs attempt 1's config again; `rerun RUN` the latest's.
+    again = cli("rerun", str(run), "--attempt", "1", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    latest = cli("rerun", str(run), cwd=tmp_path)
+    assert latest.returncode == 0, latest.stdout + latest.stderr
+    reruns = _reruns_of(tmp_path / "outputs", run)
+    assert [rerun.config_hash for rerun in reruns] == hashes
+
+    missing = cli("rerun", str(run), "--attempt", "3", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert f"{reports / 'attempts' / '3' / 'rerun.json'} does not exist" in missing.stderr

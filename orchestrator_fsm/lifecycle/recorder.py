@@ -221,6 +221,7 @@ class RunRecorder:
         if len(record.attempts) > 1:
             record = self._logged_before(record)
         self._record = record
+        self._run.attempt = len(record.attempts) or 1
         try:
             self._writer.create(paths.root, record)
         except BaseException as exc:
