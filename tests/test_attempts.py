@@ -7,16 +7,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from orchestrator_fsm import read_run
 from orchestrator_fsm.lifecycle.metrics import effective_lines, last_values
 from orchestrator_fsm.lifecycle.record import RunRecord
-from orchestrator_fsm.reproduce.compare import IDENTICAL, compare_runs
+from orchestrator_fsm.reproduce.compare import IDENTICAL, compare_runs, read_metrics
 from tests.conftest import cli, minimal_recipe, only_run_dir, run_dirs, write_recipe
 
 # Attempt 1 fails after step FAIL_AT (its last checkpoint, say, was at step START - 1);
@@ -52,8 +55,8 @@ def _entry(tmp_path: Path) -> str:
     return f"{tmp_path / 'pipeline.py'}:main"
 
 
-def _lines(run: Path) -> list[dict[str, Any]]:
-    text = (run / "metrics.jsonl").read_text(encoding="utf-8")
+def _lines(run: Path, name: str = "metrics.jsonl") -> list[dict[str, Any]]:
+    text = (run / name).read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines()]
 
 
@@ -185,3 +188,66 @@ def test_a_forced_resume_with_another_config_keeps_what_each_attempt_ran(tmp_pat
     missing = cli("rerun", str(run), "--attempt", "3", cwd=tmp_path)
     assert missing.returncode == 2
     assert f"{reports / 'attempts' / '3' / 'rerun.json'} does not exist" in missing.stderr
+
+
+# A torchrun job of two ranks: in the first attempt rank 1 fails once rank 0 logged its
+# first step; torchrun restarts both, and the second attempt logs steps 1 and 2 again.
+TORCHRUN_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from orchestrator_fsm import Config, RootOrchestrator
+
+    with RootOrchestrator(Config.from_recipe(sys.argv[1])) as orch:
+        attempt = orch.attempt
+        mark = orch.paths.root / f"attempt{attempt.number}.rank{orch.rank}.json"
+        mark.write_text(json.dumps([attempt.number, attempt.restart_count, attempt.resumed]))
+        orch.log_metrics({"loss": 1.0}, step=1)
+        if attempt.number == 1:
+            if orch.rank == 1:
+                deadline = time.monotonic() + 60
+                while not (orch.paths.root / "metrics.jsonl").exists():
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
+                raise ValueError("rank 1 lost its data")
+            time.sleep(60)  # torchrun stops it when rank 1 fails
+        orch.log_metrics({"loss": 0.5}, step=2)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_torchrun_restart_logs_each_ranks_metrics_with_its_attempt(tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    data = minimal_recipe(tmp_path)
+    data["infrastructure"]["join_timeout_s"] = 120
+    data["telemetry"]["heartbeat_s"] = 0
+    recipe.write_text(yaml.safe_dump(data), encoding="utf-8")
+    script = tmp_path / "train.py"
+    script.write_text(TORCHRUN_SCRIPT, encoding="utf-8")
+    clean = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("SLURM_", "TORCHELASTIC_")) and key not in ("RANK", "WORLD_SIZE")
+    }
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node=2", "--max-restarts=1", "--monitor-interval=0.2"]
+    result = subprocess.run(
+        [*command, str(script), str(recipe)],
+        env={**clean, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = only_run_dir(tmp_path / "outputs")
+    assert read_run(run).effective_status == "completed"
+    for rank in (0, 1):
+        second = json.loads((run / f"attempt2.rank{rank}.json").read_text(encoding="utf-8"))
+        assert second == [2, 1, True]
+        name = "metrics.jsonl" if rank == 0 else f"metrics.rank{rank}.jsonl"
+        steps = [(line["attempt"], line["step"]) for line in _lines(run, name)]
+        assert steps == [(1, 1), (2, 1), (2, 2)]
+    # Rank 0's results are the second attempt's: step 1 counts once.
+    assert [(line["attempt"], line["step"]) for line in read_metrics(run)] == [(2, 1), (2, 2)]
