@@ -27,6 +27,7 @@ from orchestrator_fsm._fs import slugify
 from orchestrator_fsm.redaction import redact_url
 
 __all__ = [
+    "ATTEMPTS_DIR",
     "BUNDLE_FILE",
     "CHECKPOINTS_DIR",
     "CHECKPOINT_SUFFIX",
@@ -50,6 +51,7 @@ __all__ = [
     "SWEEPS_DIR",
     "SWEEP_FILE",
     "RunPaths",
+    "attempt_reports",
     "bundle_file",
     "checkpoint_file",
     "checkpoint_name_step",
@@ -110,6 +112,9 @@ REQUIREMENTS_FILE: Final = "requirements.txt"
 REPORT_FILE: Final = "environment.json"
 #: What ``rerun`` needs to run the run again and to say what drifted.
 BUNDLE_FILE: Final = "rerun.json"
+#: The folder that keeps an earlier attempt's ``config.yaml`` and ``rerun.json`` once a
+#: later attempt of the run wrote its own (``reports/attempts/<n>/``).
+ATTEMPTS_DIR: Final = "attempts"
 
 # In the output directory.
 #: The folder that holds one entry per distributed job (rank 0's word to the others).
@@ -151,6 +156,15 @@ def config_file(root: Path) -> Path:
 def bundle_file(root: Path) -> Path:
     """The rerun bundle of the run in ``root``."""
     return Path(root) / REPORTS_DIR / BUNDLE_FILE
+
+
+def attempt_reports(root: Path, attempt: int) -> Path:
+    """Where the run in ``root`` keeps attempt ``attempt``'s config and rerun bundle
+    (``CONFIG_FILE``, ``BUNDLE_FILE``) once a later attempt wrote its own:
+    ``reports/attempts/<attempt>/``. The latest attempt's are in ``reports/``."""
+    if attempt < 1:
+        raise ValueError(f"attempt must be >= 1, got {attempt}")
+    return Path(root) / REPORTS_DIR / ATTEMPTS_DIR / str(attempt)
 
 
 def checkpoint_file(folder: Path, step: int, rank: int | None = None) -> Path:

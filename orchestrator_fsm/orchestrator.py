@@ -24,6 +24,7 @@ from orchestrator_fsm.errors import EntryPointError, LifecycleError
 from orchestrator_fsm.lifecycle.callbacks import CONFIG_FIELD, Callback, SignalCallbacks
 from orchestrator_fsm.lifecycle.job_index import job_key
 from orchestrator_fsm.lifecycle.machine import LifecycleMachine, RecordListener, TransitionRecord
+from orchestrator_fsm.lifecycle.record import AttemptInfo
 from orchestrator_fsm.lifecycle.recorder import RunRecorder
 from orchestrator_fsm.lifecycle.signals import SignalGuard
 from orchestrator_fsm.lifecycle.table import CLEANUP_STEP, LifecycleState
@@ -290,6 +291,17 @@ class RootOrchestrator:
         holds unless writing that failed (a full disk), in which case this is the truth
         and the failure was reported."""
         return self._recorder.record
+
+    @property
+    def attempt(self) -> AttemptInfo | None:
+        """Which attempt of the run this is, from phase 3 on (rank 0 and the ranks that
+        joined it); None before. Its ``number`` counts from 1, ``restart_count`` is the
+        launcher's, ``resumed`` says an earlier attempt made the run directory (so
+        there may be a checkpoint to load), and ``previous_status`` /
+        ``previous_reason`` say how the attempt before ended. See the README
+        ("Ranks, nodes and restarts")."""
+        record = self._recorder.record
+        return None if record is None else AttemptInfo.of(record.attempts)
 
     @property
     def state(self) -> LifecycleState:

@@ -101,6 +101,8 @@ class RunContext:
     exports its thread counts), for the rerun bundle."""
     resumed: bool = False
     """Whether phase 3 reopened the run directory of an earlier attempt of the job."""
+    attempt: int = 1
+    """The number of this attempt of the run (from 1), known once its record is started."""
     start_record: Callable[[], None] = attrs.field(default=lambda: None)
     """Writes the run's first record into the directory phase 3 just made."""
     manifest: Manifest | None = None

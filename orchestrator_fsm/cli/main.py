@@ -181,6 +181,13 @@ def _add_reproduce_commands(
     rerun.add_argument("run_dir", metavar="RUN_DIR")
     rerun.add_argument("bare", nargs="*", metavar="KEY=VALUE", help="more overrides, like --set")
     rerun.add_argument("--strict", action="store_true", help="refuse to start on any drift")
+    rerun.add_argument(
+        "--attempt",
+        type=int,
+        metavar="N",
+        help="rerun what attempt N of the run ran (its kept config and bundle; "
+        "default: the latest attempt's)",
+    )
     _add_tolerance(rerun)
     rerun.add_argument(
         "--ignore",

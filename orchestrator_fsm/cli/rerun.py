@@ -36,7 +36,7 @@ from orchestrator_fsm.cli._shared import (
     say,
     split_bare_overrides,
 )
-from orchestrator_fsm.layout import RERUNS_FILE, bundle_file, config_file
+from orchestrator_fsm.layout import RERUNS_FILE, bundle_file
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -94,18 +94,24 @@ def _is_redacted(override: str) -> bool:
 
 def cmd_rerun(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Rerun ``args.run_dir``; the exit code (see the module and the README)."""
-    from orchestrator_fsm.reproduce.bundle import BundleError, read_bundle
+    from orchestrator_fsm.reproduce.bundle import BundleError, read_bundle, saved_config
 
     split_bare_overrides(args)
     original = Path(args.run_dir).resolve()
+    attempt = getattr(args, "attempt", None)
+    if attempt is not None and attempt < 1:
+        say(err, f"error: --attempt counts from 1, got {attempt}", "red")
+        return EXIT_USAGE
     try:
-        bundle = read_bundle(original)
+        # The latest attempt's config and bundle, or the named attempt's (a resumed run
+        # may have continued with another config: each attempt's are kept).
+        bundle = read_bundle(original, attempt)
     except BundleError as exc:
         say(err, f"error: {exc}", "red")
         return EXIT_USAGE
     entry = bundle.get("entry") or {}
     spec = entry.get("spec") if isinstance(entry, dict) else None
-    saved = config_file(original)
+    saved = saved_config(original, bundle)
     if not spec:
         say(
             err,

@@ -333,6 +333,7 @@ def _next_attempts(
             started_at=started_at,
             pid=os.getpid(),
             host=socket.gethostname(),
+            config_hash=run.cfg.config_hash(),
         ),
     )
     return (previous.started_at if previous is not None else started_at), attempts

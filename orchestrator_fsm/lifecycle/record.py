@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PIPELINE_STEP",
     "Attempt",
+    "AttemptInfo",
     "ErrorSummary",
     "LastMetric",
     "PipelineSpan",
@@ -124,6 +125,9 @@ class Attempt:
     rewritten."""
     pid: int | None = None
     host: str | None = None
+    config_hash: str | None = None
+    """The hash of the config this attempt ran (None in records of older versions):
+    ``run --resume --force`` may continue a run with another config."""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Attempt:
@@ -136,6 +140,7 @@ class Attempt:
             reason=_optional_str(data.get("reason")),
             pid=_optional_int(data.get("pid")),
             host=_optional_str(data.get("host")),
+            config_hash=_optional_str(data.get("config_hash")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -148,7 +153,43 @@ class Attempt:
             "reason": self.reason,
             "pid": self.pid,
             "host": self.host,
+            "config_hash": self.config_hash,
         }
+
+
+@attrs.frozen
+class AttemptInfo:
+    """What a run's code may know of the attempt it runs in (``orch.attempt``).
+
+    ``number`` counts from 1 (the run's first launch); ``restart_count`` is the
+    launcher's count (torchrun's restarts, SLURM's requeues) when this attempt
+    started; ``resumed`` is True when this attempt continues a run directory an
+    earlier attempt made (``run --resume``, a restart, a requeue), so there may be
+    checkpoints to load. ``previous_status`` and ``previous_reason`` say how the
+    attempt before ended (its status, and why when it ended early: the signal, the
+    error, ``crashed``); both None on a first attempt.
+    """
+
+    number: int
+    restart_count: int
+    resumed: bool
+    previous_status: str | None = None
+    previous_reason: str | None = None
+
+    @classmethod
+    def of(cls, attempts: Sequence[Attempt]) -> AttemptInfo:
+        """The value for the last of ``attempts`` (a record's list, oldest first)."""
+        if not attempts:
+            return cls(number=1, restart_count=0, resumed=False)
+        this = attempts[-1]
+        before = attempts[-2] if len(attempts) > 1 else None
+        return cls(
+            number=len(attempts),
+            restart_count=this.restart_count,
+            resumed=before is not None,
+            previous_status=None if before is None else before.status,
+            previous_reason=None if before is None else before.reason,
+        )
 
 
 @attrs.frozen

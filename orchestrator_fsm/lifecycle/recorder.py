@@ -36,7 +36,10 @@ from orchestrator_fsm.lifecycle.metrics import (
     SUMMARY_KIND,
     checked_step,
     checked_values,
+    effective_lines,
+    last_values,
     metrics_line,
+    read_lines,
 )
 from orchestrator_fsm.lifecycle.rank_writers import (
     closed_attempts,
@@ -191,7 +194,8 @@ class RunRecorder:
                 where = "has ended" if self._finished else "has no run directory yet"
                 raise LifecycleError(f"cannot log {kind}: the run {where}")
             # One whole line or none: a reader never sees half of it (a full disk).
-            line = metrics_line(kind, self._run.rank, step, checked, _now())
+            attempt = len(record.attempts) or 1
+            line = metrics_line(kind, self._run.rank, step, checked, _now(), attempt)
             append_whole(metrics_file(record.root, self._run.rank), line)
             if kind == SUMMARY_KIND:
                 self._summary.update(checked)
@@ -214,7 +218,10 @@ class RunRecorder:
         if paths is None or self._record is not None:
             return
         record = self._first_record(paths.root, paths.run_id)
+        if len(record.attempts) > 1:
+            record = self._logged_before(record)
         self._record = record
+        self._run.attempt = len(record.attempts) or 1
         try:
             self._writer.create(paths.root, record)
         except BaseException as exc:
@@ -230,6 +237,22 @@ class RunRecorder:
         self._keep_tracker_links()
         if self._heartbeat_s > 0:
             self._heartbeat = _Heartbeat(self._heartbeat_s, self._beat)
+
+    def _logged_before(self, record: RunRecord) -> RunRecord:
+        """``record`` (a later attempt's first) with the last values earlier attempts
+        logged, read from this rank's metrics file: the record keeps showing them until
+        this attempt logs its own, which win."""
+        lines = effective_lines(read_lines(metrics_file(record.root, self._run.rank)))
+        metrics, summary = last_values(lines)
+        for name, (value, step) in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._last[name] = LastMetric(value, step)
+        for name, value in summary.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._summary[name] = value
+        if not (self._last or self._summary):
+            return record
+        return attrs.evolve(record, metrics=dict(self._last), summary=dict(self._summary))
 
     def _keep_tracker_links(self) -> None:
         """Put where the listener mirrors the run into the record (one more write, only

@@ -3,7 +3,10 @@
 Written by rank 0 in the manifest step (phase 5) from what that step recorded (the
 redacted config, the requirement lines, the git state: data, not files read back), and
 completed at cleanup with the native libraries the process then had mapped (CUDA,
-cuDNN and NCCL load lazily, at first use, so only a late look sees them). Sections:
+cuDNN and NCCL load lazily, at first use, so only a late look sees them). It names
+the run's attempt that wrote it (``attempt``); a later attempt of the run (a resume, a
+restart) first keeps the earlier one's bundle and config in ``reports/attempts/<n>/``
+(:func:`keep_earlier_attempt`), then writes its own here. Sections:
 
 - ``command``: the command line (secrets redacted), the working directory, the
   interpreter;
@@ -47,9 +50,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from orchestrator_fsm._fs import atomic_write_json
+from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_json
 from orchestrator_fsm.environment import collect_environment, loaded_libraries
-from orchestrator_fsm.layout import bundle_file, config_file
+from orchestrator_fsm.layout import (
+    BUNDLE_FILE,
+    CONFIG_FILE,
+    attempt_reports,
+    bundle_file,
+    config_file,
+)
 from orchestrator_fsm.redaction import REDACTED, redact_argv
 
 if TYPE_CHECKING:
@@ -61,7 +70,9 @@ if TYPE_CHECKING:
 __all__ = [
     "BUNDLE_FORMAT",
     "RunSnapshot",
+    "bundle_attempt",
     "describe_entry",
+    "keep_earlier_attempt",
     "launch_section",
     "packages_of",
     "record_loaded_libraries",
@@ -295,6 +306,7 @@ def write_bundle(
     bundle: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
         "run_id": paths.run_id,
+        "attempt": run.attempt,
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": {
             "argv": redact_argv(invocation["argv"]),
@@ -315,6 +327,47 @@ def write_bundle(
     atomic_write_json(target, bundle)
     run.bundle = bundle
     return target
+
+
+def bundle_attempt(bundle: Mapping[str, Any]) -> int:
+    """The attempt of the run that wrote ``bundle``: its ``attempt``, 1 for a bundle
+    written before bundles said (or with a value that is not a positive integer)."""
+    number = bundle.get("attempt")
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        return 1
+    return number
+
+
+def keep_earlier_attempt(run: RunContext) -> Path | None:
+    """Before this attempt writes its config and bundle over ``reports/``'s: the ones an
+    earlier attempt of the run wrote, copied to ``reports/attempts/<n>/`` (the config
+    first, then the bundle naming that copy: a folder with its bundle is whole), so a
+    resumed run, even with another config (``--force``), never loses what an earlier
+    attempt ran. The folder; None when there was nothing to keep (a first attempt, or
+    no readable bundle). Raises the ``OSError`` of a failed copy."""
+    root = run.require_paths().root
+    try:
+        bundle = json.loads(bundle_file(root).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(bundle, dict):
+        return None
+    number = bundle_attempt(bundle)
+    if number >= run.attempt:
+        return None
+    folder = attempt_reports(root, number)
+    if (folder / BUNDLE_FILE).is_file():
+        return folder  # kept already (an attempt after it stopped before its own bundle)
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = config_file(root)
+    if saved.is_file():
+        atomic_write_bytes(folder / CONFIG_FILE, saved.read_bytes())
+    config = bundle.get("config")
+    if isinstance(config, dict):
+        bundle["config"] = {**config, "file": str((folder / CONFIG_FILE).relative_to(root))}
+    bundle["attempt"] = number
+    atomic_write_json(folder / BUNDLE_FILE, bundle)
+    return folder
 
 
 def record_loaded_libraries(run: RunContext) -> None:

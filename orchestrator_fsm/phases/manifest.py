@@ -45,7 +45,7 @@ from orchestrator_fsm.git_state import (
     start_git_read,
 )
 from orchestrator_fsm.layout import GIT_DIFF_FILE, GIT_INFO_FILE, REQUIREMENTS_FILE
-from orchestrator_fsm.phases.bundle import write_bundle
+from orchestrator_fsm.phases.bundle import keep_earlier_attempt, write_bundle
 from orchestrator_fsm.redaction import REDACTED, looks_secret, redact_url
 from orchestrator_fsm.run_context import Manifest
 
@@ -412,6 +412,8 @@ def step(run: RunContext) -> None:
     bound = getattr(saver, "dump_git_info", None)
     ours = getattr(bound, "__func__", None) is _OWN_DUMP_GIT_INFO
     pending = start_git_read() if ours else None
+    # What an earlier attempt wrote here is kept before this attempt writes over it.
+    keep_earlier_attempt(run)
     try:
         saver.save_config(data=run.cfg, yaml_path=config_path)
         listed = saver.dump_requirements(requirements_path)

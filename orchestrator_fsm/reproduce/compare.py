@@ -1,7 +1,8 @@
 """Two runs' results side by side: their ``metrics.jsonl`` streams and checkpoint files.
 
 :func:`compare_runs` walks both metrics streams line by line (rank 0's file; each
-line's ``kind``, ``step`` and values, not its time) and gives a :class:`Verdict`:
+line's ``kind``, ``step`` and values, not its time or attempt; a step a resumed attempt
+logged again counts once, as the later attempt logged it) and gives a :class:`Verdict`:
 ``identical`` when every value is bit-for-bit equal, ``within tolerance`` when every
 value is within ``atol + rtol * |original|`` and some are not equal, else ``diverged``
 at the first line where a value is out of tolerance or the streams part (a name or a
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -28,7 +28,12 @@ from typing import Any, Final
 import attrs
 
 from orchestrator_fsm.layout import CHECKPOINTS_DIR, METRICS_FILE
-from orchestrator_fsm.lifecycle.metrics import SUMMARY_KIND, line_values
+from orchestrator_fsm.lifecycle.metrics import (
+    SUMMARY_KIND,
+    effective_lines,
+    line_values,
+    read_lines,
+)
 
 __all__ = [
     "DEFAULT_IGNORED",
@@ -98,22 +103,11 @@ class Verdict:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Rank 0's metrics lines of the run in ``run_dir`` (none when there is no file);
-    a line that is not a JSON object is skipped."""
-    path = Path(run_dir) / METRICS_FILE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    lines = []
-    for raw in text.splitlines():
-        try:
-            line = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(line, dict):
-            lines.append(line)
-    return lines
+    """Rank 0's metrics lines of the run in ``run_dir`` as its results (none when there
+    is no file): a step a resumed attempt logged again is taken from the later attempt
+    only (see :func:`~orchestrator_fsm.lifecycle.metrics.effective_lines`); a line that
+    is not a JSON object is skipped."""
+    return [dict(line) for line in effective_lines(read_lines(Path(run_dir) / METRICS_FILE))]
 
 
 def _where(line: Mapping[str, Any], index: int) -> tuple[str, int | None]:
