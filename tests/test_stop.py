@@ -6,6 +6,7 @@ stops cooperatively at a step boundary after checkpointing."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import textwrap
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import cli_command, wait_for, write_recipe
+from conftest import cli_command, only_run_dir, wait_for, write_recipe
 
 from orchestrator_fsm import read_run
 from orchestrator_fsm.errors import RunInterrupted
@@ -269,3 +270,34 @@ def test_outside_the_cooperative_block_the_signal_raises(make_config: ConfigFact
         time.sleep(10)
     assert orch.paths is not None
     assert_ended_by(orch.paths.root, signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_the_readmes_cooperative_loop_runs_as_written(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    (block,) = [
+        textwrap.dedent(b)
+        for b in re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+        if "orch.cooperative_stop()" in b
+    ]
+    prelude = """
+        import time
+        from pathlib import Path
+        import torch
+
+        model = torch.nn.Linear(2, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        steps = 100_000
+
+        def train_step(model, optimizer):
+            Path("entered").touch()
+            time.sleep(0.01)
+    """
+    proc = start(tmp_path, textwrap.dedent(prelude) + block)
+    wait_for(lambda: list(tmp_path.glob("entered")), proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = finish(proc)
+    assert proc.returncode == 128 + signal.SIGTERM, (out, err)
+    root = only_run_dir(tmp_path / "outputs")
+    assert_ended_by(root, signal.SIGTERM)
+    assert list((root / "checkpoints").glob("*.pt"))
