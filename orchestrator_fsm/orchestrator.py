@@ -551,7 +551,9 @@ class RootOrchestrator:
     def on_signal(self, signum: int | str, callback: SignalCallback) -> None:
         """**(beyond)** Call ``callback(orchestrator, signum)`` when SIGUSR1 or SIGUSR2
         arrives while the run is live (from ``__enter__`` to the end of cleanup), e.g. to
-        checkpoint before a preemption. ``signum`` is ``signal.SIGUSR1``, ``"SIGUSR1"``
+        ask the loop to checkpoint before a preemption: set a flag that the loop checks
+        at its next step boundary, where it saves (never save inside the callback).
+        ``signum`` is ``signal.SIGUSR1``, ``"SIGUSR1"``
         or ``"USR1"`` (and the same for SIGUSR2); a callback attached to it before, or
         named in ``infrastructure.signal_callbacks``, is replaced. Works before and
         during the run; raises ``ValueError`` for any other signal and
