@@ -9,21 +9,28 @@ module of its phase.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+import signal
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from orchestrator_fsm.checkpoints import DEFAULT_KEEP, CheckpointStore
 from orchestrator_fsm.distributed import Launch, current_launch
 from orchestrator_fsm.entry import entry_module, entry_search_path, resolve_callable
-from orchestrator_fsm.errors import EntryPointError, LifecycleError
+from orchestrator_fsm.errors import EntryPointError, LifecycleError, RunInterrupted
 from orchestrator_fsm.lifecycle.callbacks import CONFIG_FIELD, Callback, SignalCallbacks
 from orchestrator_fsm.lifecycle.job_index import job_key
-from orchestrator_fsm.lifecycle.machine import LifecycleMachine, RecordListener, TransitionRecord
+from orchestrator_fsm.lifecycle.machine import (
+    LifecycleMachine,
+    RecordListener,
+    TransitionRecord,
+    describe_error,
+)
 from orchestrator_fsm.lifecycle.record import AttemptInfo
 from orchestrator_fsm.lifecycle.recorder import RunRecorder
 from orchestrator_fsm.lifecycle.signals import SignalGuard
@@ -91,6 +98,16 @@ def _phase_timer(tracker: TimeTrackerProtocol) -> RecordListener | None:
             records.record(record.step, record.duration_s)
 
     return on_transition
+
+
+def _in_exit(frame: FrameType | None) -> bool:
+    """Whether a signal arriving with ``frame`` innermost lands in the run's own exit
+    (``__exit__`` and the cleanup it calls, an override's included)."""
+    while frame is not None:
+        if frame.f_code in _EXIT_CODE:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _configured_callback(cfg: Config, name: str, spec: str) -> SignalCallback:
@@ -247,7 +264,15 @@ class RootOrchestrator:
         self._cleaning = False
         # What ends the run, for cleanup() while __enter__/__exit__ call it.
         self._ended_by: BaseException | None = None
-        self._signals = SignalGuard(on_held=self._on_held, defer=self.machine.defers_interrupt)
+        # The first SIGINT/SIGTERM/SIGHUP that reached the live run: the run ends by it
+        # even when the user's code caught what it raised (see _end).
+        self._stop: RunInterrupted | None = None
+        self._signals = SignalGuard(
+            on_held=self._on_held,
+            defer=self.machine.defers_interrupt,
+            on_stop=self._on_stop,
+            exiting=_in_exit,
+        )
         self._signal_callbacks: SignalCallbacks[RootOrchestrator] = SignalCallbacks(
             self,
             log=lambda: run.log,
@@ -269,6 +294,11 @@ class RootOrchestrator:
         if self._cleaning:
             self.machine.note_interrupt(interrupt)
         self._recorder.stop_waiting()
+
+    def _on_stop(self, interrupt: RunInterrupted) -> None:
+        # A signal handler: only remembers (the first is what stopped the run).
+        if self._stop is None:
+            self._stop = interrupt
 
     # -- what the steps produced --------------------------------------------------------
 
@@ -357,6 +387,7 @@ class RootOrchestrator:
         # self.cleanup() as the reference calls it, so that an override runs; what ended
         # the run reaches the package's cleanup through _ended_by. An override that
         # does not call it still leaves a final record, lock released, handlers closed.
+        ended_by = self._stopped_by(ended_by)
         self._ended_by = ended_by
         try:
             self.cleanup()
@@ -364,6 +395,27 @@ class RootOrchestrator:
             self._ended_by = None
             if not self.machine.is_terminal:
                 self._clean_up(ended_by=ended_by)
+
+    def _stopped_by(self, ended_by: BaseException | None) -> BaseException | None:
+        """What ended the run: the first stop delivered to it, whatever the user's code
+        did after it (caught it with ``except KeyboardInterrupt``/``BaseException``,
+        stopped cooperatively, then returned, raised something else or was stopped by
+        a second signal); ``ended_by`` when no signal reached the run."""
+        stop = self._stop
+        if stop is None or ended_by is stop:
+            return ended_by
+        log = self._run.logger
+        if log is not None:
+            after = "returned" if ended_by is None else f"raised {describe_error(ended_by)}"
+            log.warning(
+                "%s reached the run and its code %s: the run is recorded as ended by %s",
+                stop,
+                after,
+                stop,
+            )
+        if ended_by is not None:
+            stop.__context__ = ended_by
+        return stop
 
     def initialize_core_services(self) -> RunPaths | None:
         """Run every step up to READY; at or past READY, return ``paths`` and do nothing.
@@ -403,6 +455,36 @@ class RootOrchestrator:
         finally:
             self._signal_callbacks.restore()
             self._signals.restore()
+
+    @property
+    def stop_requested(self) -> bool:
+        """**(beyond)** Whether SIGINT, SIGTERM or SIGHUP has reached this run while it
+        was live. A training loop checks it at a step boundary (with
+        :meth:`cooperative_stop`, where the signal raises nothing) to save a checkpoint
+        and return: the run is still recorded as ended by that signal."""
+        return self._stop is not None
+
+    @property
+    def stop_signal(self) -> signal.Signals | None:
+        """**(beyond)** The first SIGINT/SIGTERM/SIGHUP that reached the live run (what
+        it is recorded as ended by, unless it failed before); None when none did. A
+        script run without the console command exits ``128 + stop_signal`` to say so."""
+        return None if self._stop is None else signal.Signals(self._stop.signum)
+
+    @contextlib.contextmanager
+    def cooperative_stop(self) -> Iterator[RootOrchestrator]:
+        """**(beyond)** Inside this ``with`` block, the first SIGINT/SIGTERM/SIGHUP
+        raises nothing: it sets :attr:`stop_requested`, for the loop to checkpoint at
+        its next step boundary and return. A second signal raises ``RunInterrupted``
+        as usual (a loop that does not stop can still be stopped). Outside the block
+        (the default), the first signal raises ``RunInterrupted``. Either way the
+        run is recorded as ended by the signal and the console command exits
+        ``128 + signum``."""
+        previous = self._signals.set_cooperative(True)
+        try:
+            yield self
+        finally:
+            self._signals.set_cooperative(previous)
 
     def get_device(self) -> torch.device:
         """The resolved compute device (resolved on first use if needed)."""
@@ -481,7 +563,9 @@ class RootOrchestrator:
     def on_signal(self, signum: int | str, callback: SignalCallback) -> None:
         """**(beyond)** Call ``callback(orchestrator, signum)`` when SIGUSR1 or SIGUSR2
         arrives while the run is live (from ``__enter__`` to the end of cleanup), e.g. to
-        checkpoint before a preemption. ``signum`` is ``signal.SIGUSR1``, ``"SIGUSR1"``
+        ask the loop to checkpoint before a preemption: set a flag that the loop checks
+        at its next step boundary, where it saves (never save inside the callback).
+        ``signum`` is ``signal.SIGUSR1``, ``"SIGUSR1"``
         or ``"USR1"`` (and the same for SIGUSR2); a callback attached to it before, or
         named in ``infrastructure.signal_callbacks``, is replaced. Works before and
         during the run; raises ``ValueError`` for any other signal and
@@ -491,3 +575,15 @@ class RootOrchestrator:
                 f"cannot attach a signal callback: this run is {self.machine.state.value}"
             )
         self._signal_callbacks.attach(signum, callback)
+
+
+#: The code that ends a run, in which a further signal is held rather than raised.
+_EXIT_CODE: frozenset[object] = frozenset(
+    function.__code__
+    for function in (
+        RootOrchestrator.__exit__,
+        RootOrchestrator._end,
+        RootOrchestrator.cleanup,
+        RootOrchestrator._clean_up,
+    )
+)

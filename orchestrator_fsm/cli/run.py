@@ -85,6 +85,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
                 rerun_of=args.rerun_of,
             )
             guard.hold()
+            failure = _stopped_by(orch, failure)
             _tell_run_directory(args.run_dir_file, orch)
             code = _report_outcome(orch, failure, cfg, out, err, debug=args.debug)
         finally:
@@ -96,6 +97,21 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
             except RunInterrupted as late:
                 code = code if code != EXIT_OK else 128 + late.signum
     return code
+
+
+def _stopped_by(
+    orch: RootOrchestrator | None, failure: BaseException | None
+) -> BaseException | None:
+    """What stopped the run, for its report and exit code: the first signal that
+    reached it (the run's record says so too), whatever the entry did after it (caught
+    what it raised, stopped cooperatively, returned, raised something else, was
+    stopped by a second signal); ``failure`` when no signal reached the run."""
+    stop = None if orch is None else orch.stop_signal
+    if stop is None:
+        return failure
+    if isinstance(failure, RunInterrupted) and failure.signum == stop:
+        return failure
+    return RunInterrupted(stop)
 
 
 def _hint_multirun(overrides: list[str], err: Console) -> None:

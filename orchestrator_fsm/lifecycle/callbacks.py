@@ -10,7 +10,9 @@ Like :class:`~orchestrator_fsm.lifecycle.signals.SignalGuard`, the handlers are
 installed from ``__enter__`` to the end of cleanup, in the main thread only, and the
 previous ones are put back after; a Python handler the caller had installed is called
 first. A callback runs in the main thread, between two bytecodes of whatever the run was
-doing, and is called as ``callback(orchestrator, signum)``. An ``Exception`` it raises
+doing, and is called as ``callback(orchestrator, signum)``: mid-step as likely as not,
+so it should only set a flag for the loop, which saves at its next step boundary (a
+state dict taken inside a handler can be torn). An ``Exception`` it raises
 is logged with its traceback and the run goes on: a checkpoint that failed must not turn
 a healthy run into a crash. A ``BaseException`` (``RunInterrupted``, ``SystemExit``)
 propagates. Once cleanup has begun a delivery is only logged: the run's files and log

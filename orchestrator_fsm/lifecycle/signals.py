@@ -7,6 +7,16 @@ name. A handler the caller had installed (not Python's default ones) is called f
 While cleaning up, a signal is held back until the record is final and raised then:
 it is never lost, and it never cuts the record short.
 
+A stop the user's code cannot lose: each guard tells ``on_stop`` of every signal that
+reaches the live run, so the run remembers the first even when the user's code catches
+the exception (``except KeyboardInterrupt``, ``except BaseException``) and returns; the
+run is then recorded as ended by that signal (see ``RootOrchestrator``). In cooperative
+mode (:meth:`SignalGuard.set_cooperative`) the first signal raises nothing: it only sets
+the stop, for a training loop to see at its next step boundary. A second signal raises
+``RunInterrupted`` in both modes (the loop did not stop, or swallowed the first), except
+while the run already ends (``exiting`` says the signal landed there): then it is held
+like one during cleanup.
+
 SIGUSR1 and SIGUSR2 are the signals a user callback can be attached to instead
 (:mod:`orchestrator_fsm.lifecycle.callbacks`): schedulers send them ahead of a
 preemption, as a request to checkpoint rather than to stop. The console command holds
@@ -85,6 +95,11 @@ class SignalGuard:
 
     ``defer(frame, interrupt)`` may take an interrupt to raise later, at a safe point
     of its own (True); the lifecycle machine does so while it does its bookkeeping.
+    ``on_stop(interrupt)`` is told of each signal that reaches the guard before it holds
+    (so what the user's code swallows is still known). ``exiting(frame)``: whether a
+    signal landed in the code that ends the run; with it, a signal after the first is
+    raised again unless it landed there (then held); without it, every signal after the
+    first raised one is held (the console command's guard).
     """
 
     def __init__(
@@ -92,9 +107,16 @@ class SignalGuard:
         on_held: Callable[[RunInterrupted], None] | None = None,
         signals: tuple[int, ...] = INTERRUPTING_SIGNALS,
         defer: Callable[[FrameType | None, RunInterrupted], bool] | None = None,
+        *,
+        on_stop: Callable[[RunInterrupted], None] | None = None,
+        exiting: Callable[[FrameType | None], bool] | None = None,
     ) -> None:
         self._on_held = on_held
         self._defer = defer
+        self._on_stop = on_stop
+        self._exiting = exiting
+        self._cooperative = False
+        self._stopped = False
         self._signals = signals
         self._previous: dict[int, Any] = {}
         self._holding = False
@@ -112,6 +134,12 @@ class SignalGuard:
         ``on_held`` at once, so the run's outcome can say it was interrupted)."""
         self._holding = True
 
+    def set_cooperative(self, cooperative: bool) -> bool:
+        """From now on let the first signal only tell ``on_stop`` (True) or raise it
+        (False, the default); the previous setting."""
+        previous, self._cooperative = self._cooperative, cooperative
+        return previous
+
     def restore(self, then: Callable[[int, FrameType | None], Any] | None = None) -> None:
         """Put the previous handlers back (or ``then`` instead, with no moment between
         in which a signal would meet the default action), then raise a signal held
@@ -128,17 +156,31 @@ class SignalGuard:
         if previous is not None and is_chained(previous):
             previous(signum, frame)
         if self._holding:
-            if self._held is None:
-                # One instance: it keeps the time the signal came, not the time raised.
-                self._held = RunInterrupted(signum)
-                if self._on_held is not None:
-                    self._on_held(self._held)
+            # One instance: it keeps the time the signal came, not the time raised.
+            self._keep(RunInterrupted(signum))
             return
         interrupt = RunInterrupted(signum)
+        first, self._stopped = not self._stopped, True
+        if self._on_stop is not None:
+            self._on_stop(interrupt)
+        if first and self._cooperative:
+            return  # the loop sees it at its next step boundary (stop_requested)
         if self._defer is not None and self._defer(frame, interrupt):
             return  # the run raises it at its next safe point
-        # The run is ending from now on: a second signal (schedulers often send two)
-        # must not land while the with-block unwinds towards cleanup, before cleanup
-        # could hold it, and cut the cleanup out. It is held like one during cleanup.
-        self._holding = True
+        if self._exiting is not None and self._exiting(frame):
+            # Landed in the run's own exit, before cleanup could hold it: raising it
+            # would cut the cleanup out. Held like one during cleanup; the stop is known.
+            self._holding = True
+            self._keep(interrupt)
+            return
+        if self._exiting is None:
+            # The console command's guard: the command ends from now on, and a further
+            # signal (schedulers often send two) is held like one during cleanup.
+            self._holding = True
         raise interrupt
+
+    def _keep(self, interrupt: RunInterrupted) -> None:
+        if self._held is None:
+            self._held = interrupt
+            if self._on_held is not None:
+                self._on_held(interrupt)
