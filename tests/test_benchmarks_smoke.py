@@ -161,7 +161,7 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
         "capture and metrics unused, MLflow per call",
         "the orchard recipe in a git checkout, strict and relaxed",
         "ours and Sacred, the orchard recipe in a git checkout",
-        "joining one run: READY lag under torchrun and mp.spawn, polling cost",
+        "joining one run: READY lag (torchrun, mp.spawn), polling cost",
     ]
     capture = results["capture"]
     assert_stats(capture["unused_ms"])
