@@ -19,7 +19,8 @@ the numbers). Sections:
   ``FileStorageObserver`` (bare, and with the manifest ours keeps written by hand);
   skipped when Sacred is not installed (``pip install -e ".[bench]"``);
 - ``join``: joining one run: the time from rank 0's READY to every rank's under real
-  torchrun launches of 2, 4, 8 and 16 ranks, and the file-system operations a waiting
+  torchrun and ``torch.multiprocessing.spawn`` launches of 2, 4, 8 and 16 ranks, and
+  the file-system operations a waiting
   rank's polling costs, counted (``strace``) and scaled to 1,000 ranks.
 
 Everything is written under a temporary directory that is removed afterwards, with

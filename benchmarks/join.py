@@ -3,7 +3,10 @@
 Two measurements (also the suite's ``join`` section, ``--only join``):
 
 - **READY lag**: real ``torchrun --standalone --nproc_per_node=N`` launches of
-  ``orchestrator-fsm run`` (N = 2, 4, 8, 16 by default) whose entry logs, on every rank,
+  ``orchestrator-fsm run`` (N = 2, 4, 8, 16 by default), and real
+  ``torch.multiprocessing.spawn`` launches of N workers that initialise a gloo process
+  group before ``RootOrchestrator`` (:mod:`benchmarks._join_spawn`; the ranks meet
+  through the group's store), whose entry logs, on every rank,
   when that rank's machine entered READY, read from its own transition history
   (``orch.machine.history``), with ``log_summary``. Rank 0's READY is read from
   ``lifecycle.jsonl`` (the ``ready`` line's start plus its duration), every other rank's
@@ -30,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +54,9 @@ __all__ = ["CASES", "format_rows", "measure_join", "measure_polling", "measure_r
 DEFAULT_RANKS: Final = (2, 4, 8, 16)
 LAUNCH_TIMEOUT_S: Final = 600.0
 WAITER: Final = Path(__file__).resolve().with_name("_join_waiter.py")
+SPAWNER: Final = Path(__file__).resolve().with_name("_join_spawn.py")
+LAUNCHERS: Final = ("torchrun", "mp.spawn")
+"""How the READY lag's jobs are launched (see the module)."""
 POLLED_RANKS: Final = 1000
 """The job size the polling cost is counted for (one waiting rank stands for 999)."""
 CASES: Final = ("no entry", "entry, not ready", "restart, old rank records")
@@ -108,15 +115,25 @@ def _ready_of_rank0(root: Path) -> float:
     raise ValueError(f"{root}/lifecycle.jsonl has no READY line")
 
 
-def _one_launch(sandbox: Sandbox, recipe: Path, ranks: int) -> dict[str, Any]:
-    """One torchrun launch of ``ranks`` ranks; the lags read back from its run."""
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _one_launch(sandbox: Sandbox, recipe: Path, ranks: int, launcher: str) -> dict[str, Any]:
+    """One launch of ``ranks`` ranks by ``launcher`` (``torchrun`` or ``mp.spawn``); the
+    lags read back from its run."""
     from orchestrator_fsm.lifecycle.record import read_run
 
     output = Path(yaml.safe_load(recipe.read_text())["telemetry"]["output_dir"])
     before = set(output.iterdir()) if output.exists() else set()
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += [f"--nproc_per_node={ranks}", "-m", "orchestrator_fsm", "run", str(recipe)]
-    command += ["--entry", "join_entry.py:ready"]
+    if launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        command += [f"--nproc_per_node={ranks}", "-m", "orchestrator_fsm", "run", str(recipe)]
+        command += ["--entry", "join_entry.py:ready"]
+    else:
+        command = [sys.executable, str(SPAWNER), str(recipe), str(ranks), str(_free_port())]
     done = subprocess.run(
         command,
         cwd=sandbox.cwd,
@@ -127,7 +144,7 @@ def _one_launch(sandbox: Sandbox, recipe: Path, ranks: int) -> dict[str, Any]:
         check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"torchrun of {ranks} ranks exited {done.returncode}:\n{done.stderr}")
+        raise RuntimeError(f"{launcher} of {ranks} ranks exited {done.returncode}:\n{done.stderr}")
     (root,) = [p for p in output.iterdir() if p not in before and not p.name.startswith(".")]
     run = read_run(root)
     rank0 = _ready_of_rank0(root)
@@ -151,18 +168,21 @@ def _one_launch(sandbox: Sandbox, recipe: Path, ranks: int) -> dict[str, Any]:
 
 
 def measure_ready_lag(
-    ranks: Sequence[int] = DEFAULT_RANKS, repeats: int = 3, keep: Path | None = None
+    ranks: Sequence[int] = DEFAULT_RANKS,
+    repeats: int = 3,
+    keep: Path | None = None,
+    launcher: str = "torchrun",
 ) -> dict[str, Any]:
-    """READY lag under torchrun for each count in ``ranks``, ``repeats`` launches each
-    (interleaved). ``keep``: copy the last 2-rank run directory there (the polling
-    measurement's template)."""
+    """READY lag under ``launcher`` (``torchrun`` or ``mp.spawn``) for each count in
+    ``ranks``, ``repeats`` launches each (interleaved). ``keep``: copy the first run
+    directory there (the polling measurement's template)."""
     results: dict[str, list[dict[str, Any]]] = {str(n): [] for n in ranks}
     with Sandbox("join") as sandbox:
         (sandbox.cwd / "join_entry.py").write_text(ENTRY, encoding="utf-8")
         for _ in range(repeats):
             for n in ranks:
                 recipe = _recipe(sandbox, f"join{n}", join_timeout_s=LAUNCH_TIMEOUT_S)
-                results[str(n)].append(_one_launch(sandbox, recipe, n))
+                results[str(n)].append(_one_launch(sandbox, recipe, n, launcher))
         if keep is not None:
             template = next(
                 (Path(item["root"]) for items in results.values() for item in items), None
@@ -380,30 +400,38 @@ def measure_join(
     repeats: int = 3,
     wait_s: float = 8.0,
     cases: Sequence[str] = CASES,
+    launchers: Sequence[str] = LAUNCHERS,
 ) -> dict[str, Any]:
-    """Both measurements: the READY lag, then the polling cost (laid out from a run of
-    the first count, which must be at least 2)."""
+    """Both measurements: the READY lag (``ready_lag`` under torchrun,
+    ``ready_lag_spawn`` under ``mp.spawn``, each if in ``launchers``), then the polling
+    cost (laid out from a torchrun run of the first count, which must be at least 2)."""
     if not ranks or min(ranks) < 2:
         raise ValueError(f"every rank count must be at least 2, got {list(ranks)}")
     scratch = Path(tempfile.mkdtemp(prefix="orchestrator-fsm-bench-template-"))
+    results: dict[str, Any] = {}
     try:
         template = scratch / "run"
-        lag = measure_ready_lag(ranks, repeats, keep=template)
-        polling = measure_polling(template, wait_s, cases=cases)
+        if "torchrun" in launchers:
+            results["ready_lag"] = measure_ready_lag(ranks, repeats, keep=template)
+        if "mp.spawn" in launchers:
+            keep = None if template.exists() else template
+            results["ready_lag_spawn"] = measure_ready_lag(ranks, repeats, keep, "mp.spawn")
+        results["polling"] = measure_polling(template, wait_s, cases=cases)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return {"ready_lag": lag, "polling": polling}
+    return results
 
 
 def format_rows(join: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``(measurement, value)`` rows of :func:`measure_join`'s result."""
     rows: list[tuple[str, str]] = []
-    for n, item in join.get("ready_lag", {}).items():
+    lags = [("torchrun", join.get("ready_lag", {})), ("mp.spawn", join.get("ready_lag_spawn", {}))]
+    for launcher, n, item in ((name, n, item) for name, by_n in lags for n, item in by_n.items()):
         spread = item["all_ready_s"]
         notice = item["notice_max_s"]
         rows.append(
             (
-                f"torchrun {n} ranks: rank 0 READY -> every rank READY",
+                f"{launcher} {n} ranks: rank 0 READY -> every rank READY",
                 f"median {spread['median'] * 1000:.0f} ms (min {spread['min'] * 1000:.0f}, "
                 f"max {spread['max'] * 1000:.0f}; n={item['launches']}); noticing rank 0 "
                 f"READY took at most {notice['median'] * 1000:.0f} ms (median launch); "
@@ -441,10 +469,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--case", action="append", choices=CASES, help="polling states to count (default all)"
     )
+    parser.add_argument(
+        "--launcher", action="append", choices=LAUNCHERS, help="READY lag under (default both)"
+    )
     parser.add_argument("--json", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
     ranks = [int(part) for part in args.ranks.split(",") if part.strip()]
-    results = measure_join(ranks, args.repeats, args.wait, tuple(args.case or CASES))
+    cases = tuple(args.case or CASES)
+    results = measure_join(ranks, args.repeats, args.wait, cases, tuple(args.launcher or LAUNCHERS))
     for name, value in format_rows(results):
         print(f"{name}: {value}")
     if args.json is not None:

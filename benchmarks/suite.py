@@ -111,7 +111,7 @@ class BenchmarkSettings:
             with progress.part("ours and Sacred, the orchard recipe in a git checkout"):
                 results["sacred"] = measure_sacred(self.iterations)
         if "join" in self.sections:
-            with progress.part("joining one run: READY lag under torchrun, polling cost"):
+            with progress.part("joining one run: READY lag (torchrun, mp.spawn), polling cost"):
                 results["join"] = measure_join(
                     (2,) if self.quick else (2, 4, 8, 16),
                     repeats=1 if self.quick else 3,

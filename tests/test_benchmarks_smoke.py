@@ -161,7 +161,7 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
         "capture and metrics unused, MLflow per call",
         "the orchard recipe in a git checkout, strict and relaxed",
         "ours and Sacred, the orchard recipe in a git checkout",
-        "joining one run: READY lag under torchrun, polling cost",
+        "joining one run: READY lag (torchrun, mp.spawn), polling cost",
     ]
     capture = results["capture"]
     assert_stats(capture["unused_ms"])
@@ -182,6 +182,9 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
     lag = join["ready_lag"]["2"]
     assert lag["launches"] == 1
     assert lag["all_ready_s"]["median"] >= 0
+    spawned = join["ready_lag_spawn"]["2"]
+    assert spawned["launches"] == 1
+    assert spawned["all_ready_s"]["median"] >= 0
     polling = join["polling"]["entry, not ready"]  # the one state a quick run counts
     assert polling["polls"] >= 3
     if join["polling"]["strace"]:

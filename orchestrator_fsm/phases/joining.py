@@ -10,10 +10,19 @@ group, else from the file) and waits for rank 0's record to reach READY. If rank
 fails first, its entry or its record says so and the waiting ranks fail at once with
 rank 0's error instead of hanging; every wait is bounded by
 ``infrastructure.join_timeout_s``. Rank 0 never waits for the other ranks here.
+
+A poll reads two files whatever the job's size or history: the entry and rank 0's
+``run.json`` (not its journal, not the other ranks' records in ``ranks/``, which on a
+restart still hold every rank of the attempt before). Polls start fast and slow down
+to a longest sleep that grows with the world size, each sleep drawn at random from
+its second half, so the ranks of a large job neither poll in lockstep nor, together,
+more than about 2,000 times a second (``benchmarks/README.md``, "Joining one run").
 """
 
 from __future__ import annotations
 
+import json
+import random
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,7 +32,7 @@ import attrs
 
 from orchestrator_fsm._system import process_started_at
 from orchestrator_fsm.errors import InfrastructureError
-from orchestrator_fsm.layout import RunPaths, job_entry_file
+from orchestrator_fsm.layout import RUN_FILE, RunPaths, job_entry_file
 from orchestrator_fsm.lifecycle.job_index import (
     GroupStoreGone,
     JobEntry,
@@ -35,6 +44,7 @@ from orchestrator_fsm.lifecycle.job_index import (
 from orchestrator_fsm.status import COMPLETED, FAILED, INTERRUPTIONS, REFUSED
 
 if TYPE_CHECKING:
+    from orchestrator_fsm.lifecycle.record import RunRecord
     from orchestrator_fsm.run_context import RunContext
 
 __all__ = ["step"]
@@ -44,6 +54,11 @@ __all__ = ["step"]
 _CLOCK_SLACK_S: Final = 120.0
 _FIRST_POLL_S: Final = 0.02
 _LONGEST_POLL_S: Final = 0.5
+"""The longest sleep between polls in a job of up to 750 ranks (how late a waiting rank
+may notice rank 0's READY)."""
+_JOB_POLLS_PER_S: Final = 2000.0
+"""About how often all waiting ranks of a large job together poll, once they poll at
+their slowest: their longest sleep grows with the world size to keep it so."""
 _READY_STATES: Final = frozenset({"ready", "reported", "cleaned"})
 
 
@@ -60,11 +75,8 @@ def _ready_root(
         raise InfrastructureError(f"rank 0 failed before its run directory existed: {entry.failed}")
     if entry.root is None:
         return None
-    from orchestrator_fsm.lifecycle.record import read_run
-
-    try:
-        record = read_run(entry.root)
-    except (OSError, ValueError):
+    record = _rank_0_record(entry.root)
+    if record is None:
         return None
     if record.attempts and record.attempts[-1].restart_count != restart_count:
         return None  # still the record of the attempt before
@@ -74,6 +86,27 @@ def _ready_root(
     if record.state in _READY_STATES or record.status == COMPLETED:
         return entry.root
     return None
+
+
+def _rank_0_record(root: Path) -> RunRecord | None:
+    """Rank 0's own record in ``root``: its ``run.json`` alone (one file, whatever the
+    world size and the attempts before); None while it cannot be read as one."""
+    from orchestrator_fsm.lifecycle.record import RunRecord
+
+    try:
+        with open(root / RUN_FILE, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None  # not written yet, or being replaced on a file system without rename
+    return RunRecord.from_json(data, root) if isinstance(data, dict) else None
+
+
+def _longest_sleep(world_size: int) -> float:
+    """The longest sleep between two polls of one waiting rank: 0.5 s, or more in a job
+    so large that its ranks polling that often would load a shared file system. Sleeps
+    are drawn from the second half of the current delay (on average 3/4 of it), so at
+    the longest, ``world_size`` ranks poll about ``_JOB_POLLS_PER_S`` times a second."""
+    return max(_LONGEST_POLL_S, world_size * 4 / (3 * _JOB_POLLS_PER_S))
 
 
 @attrs.frozen
@@ -130,6 +163,11 @@ def step(run: RunContext) -> None:
     where = "the process group's store" if in_group else f"entry {entry_path}"
     deadline = time.monotonic() + timeout
     delay = _FIRST_POLL_S
+    longest = _longest_sleep(run.world_size)
+    # A generator of its own: the global one is the user's, seeded alike on every rank
+    # by the determinism phase (the ranks would sleep in lockstep, and draws from it
+    # would change the user's random numbers).
+    jitter = random.Random()
     while True:
         entry = _group_entry(key, run) if in_group else read_job_entry(entry_path)
         root = _ready_root(entry, launch.restart_count, not_before, window)
@@ -142,7 +180,7 @@ def step(run: RunContext) -> None:
                 f"{key!r}, {where}) and it never became ready; raise "
                 "infrastructure.join_timeout_s if rank 0 is slow to start"
             )
-        time.sleep(min(delay, left))
-        delay = min(delay * 1.5, _LONGEST_POLL_S)
+        time.sleep(min(jitter.uniform(delay / 2, delay), left))
+        delay = min(delay * 1.5, longest)
     run.paths = RunPaths.from_root(root)
     run.start_record()
