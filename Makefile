@@ -36,7 +36,7 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict orchestrator_fsm
 
 unit: $(STAMP) graphviz slurm
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=40
 
 test: lint unit
 

@@ -542,6 +542,7 @@ def test_a_rank_joins_through_the_rendezvous_endpoint_only_within_its_start_wind
 
     from fakes import pretend_rank_zero_is_ready
 
+    from orchestrator_fsm._system import process_started_at
     from orchestrator_fsm.errors import InfrastructureError
     from orchestrator_fsm.layout import job_entry_file
     from orchestrator_fsm.lifecycle.job_index import job_key
@@ -562,8 +563,9 @@ def test_a_rank_joins_through_the_rendezvous_endpoint_only_within_its_start_wind
     with pytest.raises(InfrastructureError, match="never became ready"):
         orch.__enter__()
 
-    # The same entry from a rank 0 that started with this rank is joined.
-    entry["started_at"] = datetime.now(timezone.utc).isoformat()
+    # The same entry from a rank 0 that started with this rank (with this process: the
+    # test session may be older than the window) is joined.
+    entry["started_at"] = process_started_at().isoformat()
     entry_file.write_text(_json.dumps(entry), encoding="utf-8")
     monkeypatch.setenv(RANKS_GRACE_ENV, "0")
     with RootOrchestrator(cfg, **fake_dependencies(Calls())) as joined:
