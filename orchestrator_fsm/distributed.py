@@ -36,6 +36,7 @@ __all__ = [
     "LauncherName",
     "current_launch",
     "discover_launch",
+    "env_text",
     "get_local_rank",
     "get_rank",
     "get_world_size",
@@ -186,8 +187,9 @@ def _first_present(env: Mapping[str, str], *names: str) -> str | None:
     return next((name for name in names if name in env), None)
 
 
-def _text_var(env: Mapping[str, str], *names: str) -> str | None:
-    """The first of ``names`` set to something other than blanks, stripped."""
+def env_text(env: Mapping[str, str], *names: str) -> str | None:
+    """The value of the first of ``names`` set to something other than blanks, stripped;
+    None when none is (how launch discovery and the job's ending read SLURM's ids)."""
     for name in names:
         value = env.get(name, "").strip()
         if value:
@@ -295,12 +297,12 @@ def _slurm_layout(env: Mapping[str, str]) -> _Layout:
 
 def _slurm_job_id(env: Mapping[str, str], step: str | None) -> str | None:
     """``<job>`` or ``<array job>_<task>``, plus ``.<step>`` inside an srun step."""
-    array_job = _text_var(env, "SLURM_ARRAY_JOB_ID")
-    array_task = _text_var(env, "SLURM_ARRAY_TASK_ID")
+    array_job = env_text(env, "SLURM_ARRAY_JOB_ID")
+    array_task = env_text(env, "SLURM_ARRAY_TASK_ID")
     if array_job is not None and array_task is not None:
         job: str | None = f"{array_job}_{array_task}"
     else:
-        job = _text_var(env, "SLURM_JOB_ID", "SLURM_JOBID")
+        job = env_text(env, "SLURM_JOB_ID", "SLURM_JOBID")
     if job is None:
         return None
     return job if step is None else f"{job}.{step}"
@@ -379,7 +381,7 @@ def discover_launch(
 
 def _rendezvous(env: Mapping[str, str]) -> str | None:
     """``MASTER_ADDR:MASTER_PORT`` when both are set."""
-    address, port = (_text_var(env, name) for name in RENDEZVOUS_VARS)
+    address, port = (env_text(env, name) for name in RENDEZVOUS_VARS)
     if address is None or port is None:
         return None
     return f"{address}:{port}"

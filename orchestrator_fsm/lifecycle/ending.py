@@ -37,6 +37,7 @@ from typing import Any, Final
 
 import attrs
 
+from orchestrator_fsm.distributed import env_text
 from orchestrator_fsm.status import CANCELLED, INTERRUPTED, PREEMPTED, TIMEOUT
 
 __all__ = [
@@ -120,30 +121,22 @@ class SchedulerJob:
         }
 
 
-def _env_text(env: Mapping[str, str], *names: str) -> str | None:
-    for name in names:
-        value = env.get(name, "").strip()
-        if value:
-            return value
-    return None
-
-
 def scheduler_job(environ: Mapping[str, str] | None = None) -> SchedulerJob | None:
     """The SLURM job ``environ`` (default ``os.environ``) names; None outside one."""
     env = os.environ if environ is None else environ
-    job_id = _env_text(env, "SLURM_JOB_ID", "SLURM_JOBID")
+    job_id = env_text(env, "SLURM_JOB_ID", "SLURM_JOBID")
     if job_id is None:
         return None
-    restarts = _env_text(env, "SLURM_RESTART_COUNT") or "0"
-    end = _env_text(env, "SLURM_JOB_END_TIME")
+    restarts = env_text(env, "SLURM_RESTART_COUNT") or "0"
+    end = env_text(env, "SLURM_JOB_END_TIME")
     end_time = None
     if end is not None and end.isdigit():
         end_time = datetime.fromtimestamp(int(end), timezone.utc)
     return SchedulerJob(
         scheduler="slurm",
         job_id=job_id,
-        array_job_id=_env_text(env, "SLURM_ARRAY_JOB_ID"),
-        array_task_id=_env_text(env, "SLURM_ARRAY_TASK_ID"),
+        array_job_id=env_text(env, "SLURM_ARRAY_JOB_ID"),
+        array_task_id=env_text(env, "SLURM_ARRAY_TASK_ID"),
         restart_count=int(restarts) if restarts.isdigit() else 0,
         end_time=end_time,
     )
