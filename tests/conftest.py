@@ -53,6 +53,20 @@ def write_recipe(
     return path
 
 
+def write_job(tmp_path: Path, script: str, **sections: Any) -> tuple[Path, Path]:
+    """A multi-process job's recipe (:func:`minimal_recipe` of ``tmp_path`` with
+    ``sections``, a 120 s join timeout, no heartbeat) and its ``train.py`` holding
+    ``script``; returns both paths."""
+    recipe = tmp_path / "recipe.yaml"
+    data = minimal_recipe(tmp_path, **sections)
+    data.setdefault("infrastructure", {})["join_timeout_s"] = 120
+    data["telemetry"]["heartbeat_s"] = 0
+    recipe.write_text(yaml.safe_dump(data), encoding="utf-8")
+    path = tmp_path / "train.py"
+    path.write_text(script, encoding="utf-8")
+    return recipe, path
+
+
 def run_dirs(output_dir: Path) -> list[Path]:
     """The run directories in ``output_dir``, sorted by name; none when it does not exist.
     Hidden folders (the job index) are not runs."""

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from conftest import cli, minimal_recipe, run_dirs
+from conftest import cli, run_dirs, write_job
 
 from orchestrator_fsm.config import Config
 from orchestrator_fsm.lifecycle.record import read_run
@@ -56,14 +55,7 @@ SCRIPT = textwrap.dedent(
 
 
 def write(tmp_path: Path, **sections: Any) -> tuple[Path, Path]:
-    recipe = tmp_path / "recipe.yaml"
-    data = minimal_recipe(tmp_path, **sections)
-    data.setdefault("infrastructure", {})["join_timeout_s"] = 120
-    data["telemetry"]["heartbeat_s"] = 0
-    recipe.write_text(yaml.safe_dump(data), encoding="utf-8")
-    script = tmp_path / "train.py"
-    script.write_text(SCRIPT, encoding="utf-8")
-    return recipe, script
+    return write_job(tmp_path, SCRIPT, **sections)
 
 
 def env(**extra: str) -> dict[str, str]:

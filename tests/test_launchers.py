@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from conftest import minimal_recipe, run_dirs
+from conftest import run_dirs, write_job
 
 from orchestrator_fsm.distributed import LAUNCHER_ENV_VARS
 from orchestrator_fsm.lifecycle.record import read_run
@@ -132,17 +131,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**base, "OMP_NUM_THREADS": "1", **extra}
 
 
-def write(tmp_path: Path, script: str, **sections: Any) -> tuple[Path, Path]:
-    recipe = tmp_path / "recipe.yaml"
-    data = minimal_recipe(tmp_path, **sections)
-    data.setdefault("infrastructure", {})["join_timeout_s"] = 120
-    data["telemetry"]["heartbeat_s"] = 0
-    recipe.write_text(yaml.safe_dump(data), encoding="utf-8")
-    path = tmp_path / "train.py"
-    path.write_text(script, encoding="utf-8")
-    return recipe, path
-
-
 def verdicts(output: str) -> list[dict[str, Any]]:
     lines = []
     for line in output.splitlines():
@@ -153,7 +141,7 @@ def verdicts(output: str) -> list[dict[str, Any]]:
 
 
 def spawn(tmp_path: Path, plan: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    recipe, script = write(tmp_path, SPAWN_SCRIPT)
+    recipe, script = write_job(tmp_path, SPAWN_SCRIPT)
     plan = {"port": free_port(), **plan}
     return subprocess.run(
         [sys.executable, str(script), str(recipe), json.dumps(plan)],
@@ -221,7 +209,7 @@ def pytorchjob(
     """Start ``world`` processes as a PyTorchJob does: each on its own (here through its
     own shell, so no two share a parent), with RANK, WORLD_SIZE, MASTER_ADDR and
     MASTER_PORT only."""
-    recipe, script = write(tmp_path, ENV_SCRIPT)
+    recipe, script = write_job(tmp_path, ENV_SCRIPT)
     port = str(free_port())
     shell = ["sh", "-c", '"$@"; exit $?', "sh"]  # a parent of its own, not exec'd away
     procs = [
@@ -299,7 +287,7 @@ REPORT_SCRIPT = textwrap.dedent(
 def test_under_torchrun_each_rank_keeps_the_launchers_one_thread(tmp_path: Path) -> None:
     # Issue 22: on 2 CPUs, 2 ranks each took 2 threads and overrode torchrun's
     # OMP_NUM_THREADS=1 (1.33-1.39x slower). torchrun sets it when it is unset.
-    recipe, script = write(tmp_path, REPORT_SCRIPT, hardware={"num_workers": 0})
+    recipe, script = write_job(tmp_path, REPORT_SCRIPT, hardware={"num_workers": 0})
     env = {k: v for k, v in clean_env().items() if k != "OMP_NUM_THREADS"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     result = subprocess.run(
