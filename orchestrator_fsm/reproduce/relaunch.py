@@ -22,6 +22,8 @@ from typing import Any, Final
 
 import attrs
 
+from orchestrator_fsm.lifecycle.ending import SchedulerJob
+
 __all__ = [
     "TORCHRUN_OMP_THREADS",
     "Relaunch",
@@ -158,9 +160,8 @@ def _refusal(
     if hosts and len(hosts) > 1:
         where += f" ({', '.join(hosts)})"
     if slurm is not None:
-        job = slurm.get("job_id") or "?"
-        if slurm.get("array_task_id") is not None:
-            job = f"{slurm.get('array_job_id') or job}_{slurm['array_task_id']}"
+        known = SchedulerJob.from_json(slurm)
+        job = "?" if known is None else known.label
         what = (
             f"as torchrun ranks inside SLURM job {job}"
             if launcher == "torchrun"
