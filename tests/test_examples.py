@@ -145,7 +145,7 @@ def test_ddp_train_with_two_ranks_writes_one_run_with_a_log_per_rank(tmp_path: P
     assert "2 ranks; final training accuracy: " in out
     assert [p.name for p in (root / "checkpoints").iterdir()] == ["model.pt"]
     logs = root / "logs"
-    assert sorted(p.name for p in logs.iterdir()) == ["rank1.log", "run.log"]
+    assert sorted(p.name for p in logs.iterdir()) == ["rank1.log", "run.log", "stdout.log"]
     for rank, name in enumerate(["run.log", "rank1.log"]):
         lines = (logs / name).read_text(encoding="utf-8").splitlines()
         assert "this rank trains on 64 of the 128 images" in "\n".join(lines)

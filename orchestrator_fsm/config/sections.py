@@ -350,8 +350,9 @@ class TelemetryConfig:
     console_level: str | None = attrs.field(default=None, metadata=_checked(_optional_log_level))
     """The level of the console, like ``log_level``; ``None`` (the default) means
     ``log_level``. ``WARNING`` quiets the console while the file keeps every line."""
-    capture_stdout: bool = attrs.field(default=False, metadata=_checked(_strict_bool))
-    """Also copy what the run prints on stdout and stderr into ``logs/stdout.log``."""
+    capture_stdout: bool = attrs.field(default=True, metadata=_checked(_strict_bool))
+    """Also copy what the run prints on stdout and stderr into ``logs/stdout.log`` (on by
+    default: a ``print()`` is part of the run's record; ``false`` leaves the streams alone)."""
     observers: dict[str, dict[str, Any]] = attrs.field(factory=dict, metadata=_checked(_observers))
     """Observer factories (``module:factory``) to their keyword options: each is called
     as ``factory(cfg, **options)`` when the orchestrator is made, and the object it
