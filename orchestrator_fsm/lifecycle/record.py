@@ -28,9 +28,11 @@ from orchestrator_fsm.layout import (
     JOURNAL_FILE,
     RANKS_DIR,
     RUN_FILE,
+    metrics_file,
 )
 from orchestrator_fsm.lifecycle.ending import Interruption, SchedulerJob
 from orchestrator_fsm.lifecycle.machine import TransitionRecord
+from orchestrator_fsm.lifecycle.metrics import effective_lines, last_values, read_lines
 from orchestrator_fsm.lifecycle.table import MACHINE_STEPS, LifecycleState
 from orchestrator_fsm.status import (
     COMPLETED,
@@ -651,9 +653,26 @@ def read_run(root: Path | str, *, journal: bool = True) -> RunRecord:
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, expected an object")
     record = RunRecord.from_json(data, root, _read_transitions(root) if journal else ())
+    if record.status == RUNNING:
+        record = _with_logged_values(record)
     if not journal and record.world_size == 1:
         return record
     return attrs.evolve(record, ranks=read_ranks(root, record.restart_count))
+
+
+def _with_logged_values(record: RunRecord) -> RunRecord:
+    """``record`` of a run that never wrote its last record (live, or killed with
+    SIGKILL) with the last metrics and the summary its rank's metrics file holds: the
+    file has every line at once, ``run.json`` only what its last heartbeat wrote."""
+    lines = effective_lines(read_lines(metrics_file(record.root, record.rank or 0)))
+    logged, summary = last_values(lines)
+    if not (logged or summary):
+        return record
+    metrics = dict(record.metrics)
+    for name, (value, step) in logged.items():
+        if _optional_float(value) is not None:
+            metrics[name] = LastMetric(float(value), step)
+    return attrs.evolve(record, metrics=metrics, summary={**record.summary, **_numbers(summary)})
 
 
 def read_ranks(root: Path, restart_count: int) -> tuple[RunRecord, ...]:
