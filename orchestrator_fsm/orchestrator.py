@@ -29,6 +29,7 @@ from orchestrator_fsm.lifecycle.machine import (
     LifecycleMachine,
     RecordListener,
     TransitionRecord,
+    Undo,
     describe_error,
 )
 from orchestrator_fsm.lifecycle.record import AttemptInfo
@@ -45,7 +46,7 @@ from orchestrator_fsm.phases.logging import Logger
 from orchestrator_fsm.phases.manifest import AuditSaver
 from orchestrator_fsm.phases.report import Reporter
 from orchestrator_fsm.phases.runtime import apply_cpu_threads, configure_system_libraries
-from orchestrator_fsm.phases.steps import STEPS
+from orchestrator_fsm.phases.steps import STEPS, PhaseStep
 from orchestrator_fsm.phases.timing import TimeTracker
 from orchestrator_fsm.run_context import Dependencies, RunContext
 from orchestrator_fsm.run_log import LOGGER_NAME
@@ -251,8 +252,11 @@ class RootOrchestrator:
         run = self._run
         run.start_record = self._recorder.start
         timer = _phase_timer(self.time_tracker)
+        # Who started the time tracker: "with" (__enter__) or "steps" (the first step
+        # of a step-by-step run, which cleanup then stops); None before either.
+        self._timed_by: Literal["with", "steps"] | None = None
         self.machine = LifecycleMachine(
-            {name: partial(step, run) for name, step in STEPS.items()}
+            {name: partial(self._timed_step, step, run) for name, step in STEPS.items()}
             | {CLEANUP_STEP: self._at_cleanup},
             is_main_process=self.is_main_process,
             in_rank_0s_job=in_rank_0s_job,
@@ -282,7 +286,17 @@ class RootOrchestrator:
         for key, callback in (signal_callbacks or {}).items():
             self._signal_callbacks.attach(key, callback)
 
+    def _timed_step(self, step: PhaseStep, run: RunContext) -> Undo | None:
+        # Step by step (machine.advance()), the run's time starts at its first step, as
+        # __enter__ starts it for a with-block, so elapsed_s is never 0.
+        if self._timed_by is None:
+            self._timed_by = "steps"
+            self.time_tracker.start()
+        return step(run)
+
     def _at_cleanup(self) -> None:
+        if self._timed_by == "steps":
+            self.time_tracker.stop()
         # The native libraries are looked at last: CUDA's load at first use.
         record_loaded_libraries(self._run)
         self._recorder.announce_end()
@@ -360,6 +374,7 @@ class RootOrchestrator:
         # SIGINT, SIGTERM and SIGHUP end the run as an interrupt until cleanup is done.
         self._signals.install()
         try:
+            self._timed_by = "with"
             self.time_tracker.start()
             self.initialize_core_services()
             # Live now: a SIGUSR1/SIGUSR2 that came while the command started reaches its

@@ -11,7 +11,6 @@ lock. The writer is ``lifecycle/recorder.py``.
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import os
 import socket
@@ -493,28 +492,35 @@ _PIPELINE_STATES: Final = frozenset({LifecycleState.READY, LifecycleState.REPORT
 @attrs.frozen
 class PipelineSpan:
     """The caller's own work in one attempt: from the end of the step that made the run
-    READY (or REPORTED) to the start of its cleanup. ``after``: the index, in the
-    transitions it was found in, of the transition it follows."""
+    READY to the start of its cleanup, less the steps taken meanwhile (the report, which
+    the caller may ask for before, during or after training). ``after``: the index, in
+    the transitions it was found in, of the transition into READY; ``until``: that of
+    the cleanup."""
 
     after: int
     started_at: datetime
     duration_s: float
+    until: int
 
 
 def pipeline_spans(transitions: Sequence[TransitionRecord]) -> list[PipelineSpan]:
     """Every pipeline span in ``transitions`` (one per attempt that reached READY and
     was cleaned up; none while the pipeline still runs)."""
     spans = []
-    for index, (before, after) in enumerate(itertools.pairwise(transitions)):
-        if (
-            before.ok
-            and before.dest in _PIPELINE_STATES
-            and after.source is before.dest
-            and after.step in MACHINE_STEPS
-        ):
-            start = before.started_at + timedelta(seconds=before.duration_s)
-            duration = max(0.0, (after.started_at - start).total_seconds())
-            spans.append(PipelineSpan(index, start, round(duration, 6)))
+    start: tuple[int, datetime] | None = None
+    in_steps_s = 0.0
+    for index, record in enumerate(transitions):
+        if start is not None and record.step in MACHINE_STEPS:
+            total = (record.started_at - start[1]).total_seconds() - in_steps_s
+            spans.append(PipelineSpan(start[0], start[1], round(max(0.0, total), 6), index))
+            start = None
+        elif start is not None and record.source in _PIPELINE_STATES:
+            in_steps_s += record.duration_s
+        elif record.ok and record.dest in _PIPELINE_STATES and record.step not in MACHINE_STEPS:
+            start = (index, record.started_at + timedelta(seconds=record.duration_s))
+            in_steps_s = 0.0
+        else:  # another attempt's first steps: this one never reached its cleanup
+            start = None
     return spans
 
 

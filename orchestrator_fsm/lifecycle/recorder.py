@@ -409,7 +409,7 @@ class RunRecorder:
         ended = _now()
         phases = dict(self._record.phases)
         spans = pipeline_spans(self._machine.history)
-        if spans and spans[-1].after == len(self._machine.history) - 2:
+        if spans and spans[-1].until == len(self._machine.history) - 1:
             # The caller's own work, between READY and this cleanup: a row of its own
             # in `inspect`, so the timeline has no unlabelled gap.
             total = phases.get(PIPELINE_STEP, 0.0) + spans[-1].duration_s
