@@ -19,6 +19,7 @@ import pytest
 import yaml
 from conftest import cli, cli_command, isolated, minimal_recipe, run_dirs
 
+from orchestrator_fsm.cli.diff import EXIT_DIFFERENT
 from orchestrator_fsm.cli.rerun import EXIT_DIVERGED, EXIT_DRIFT, EXIT_WITHIN_TOLERANCE
 from orchestrator_fsm.git_state import read_git_state
 from orchestrator_fsm.layout import RERUNS_FILE, bundle_file
@@ -239,14 +240,21 @@ def test_diff_shows_exactly_the_changed_override(project: Path) -> None:
     first = run_pipeline(project, "steady", *isolated(project), "--set", "training.lr=0.1")
     second = run_pipeline(project, "steady", *isolated(project), "--set", "training.lr=0.2")
     result = cli("diff", str(first), str(second), "--json", cwd=project)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == EXIT_DIFFERENT, result.stderr
     data = json.loads(result.stdout)
     changed = [(d["kind"], d["key"]) for d in data["differences"] if not d["note"]]
     assert changed == [("config", "training.lr"), ("overrides", "training.lr")]
     assert data["metrics"]["status"] == "identical"
+    assert data["differ"] is True
     table = cli("diff", str(first), str(second), cwd=project)
+    assert table.returncode == EXIT_DIFFERENT, table.stderr
     rows = [line.split() for line in table.stdout.splitlines()[3:] if line.startswith("config")]
     assert rows == [["config", "training.lr", "0.1", "0.2"]]
+
+    same = run_pipeline(project, "steady", *isolated(project), "--set", "training.lr=0.1")
+    alike = cli("diff", str(first), str(same), "--json", cwd=project)
+    assert alike.returncode == 0, alike.stdout + alike.stderr
+    assert json.loads(alike.stdout)["differ"] is False
 
 
 @pytest.mark.slow
