@@ -3,9 +3,10 @@
 While the run is live, the step also captures the user's work: the run's handlers go
 on the root logger as well, so every logger that propagates (``logging.getLogger(
 "mytrain")`` included) reaches the run's file and console; ``warnings.warn`` is routed
-into logging (``logging.captureWarnings``); and with ``telemetry.capture_stdout``,
-``sys.stdout`` and ``sys.stderr`` are teed into ``logs/stdout.log``. All of it is
-put back at cleanup.
+into logging (``logging.captureWarnings``); and with ``telemetry.capture_stdout`` (the
+default), ``sys.stdout`` and ``sys.stderr`` are teed into ``logs/stdout.log``, each line
+marked ``[rankN] `` when the job has several processes (they share the file). All of it
+is put back at cleanup.
 
 ``Logger.setup`` attaches two handlers to one named logger (never to the root logger):
 a rich console handler on stderr and a UTF-8 file handler at ``<log_dir>/run.log`` on
