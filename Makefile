@@ -5,6 +5,12 @@ VENV ?= .venv
 # project is developed against; elsewhere use e.g. `make test TORCH_SPEC="torch>=2.4"`.
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+# pytest-xdist workers for `make test` and `make test-fast`: most tests wait on a child
+# interpreter, a lock or a signal, so a third worker keeps both cores busy; tests on
+# the one SLURM cluster run on one worker (tests/conftest.py). `make test WORKERS=0`
+# runs them all in one process.
+WORKERS ?= 3
+PYTEST := $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadgroup
 # Two stamps: the runtime (torch + the package, all the demo needs) and, on top of it,
 # the test and dev tools that only `make test` / `make lint` and friends need.
 RUNTIME_STAMP := $(VENV)/.orchestrator-fsm-runtime
@@ -36,7 +42,7 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict orchestrator_fsm
 
 unit: $(STAMP) graphviz slurm
-	$(BIN)/python -m pytest -q --durations=40
+	$(PYTEST) --durations=40
 
 test: lint unit
 
@@ -45,7 +51,7 @@ test: lint unit
 test-fast: $(STAMP)
 	$(BIN)/ruff check orchestrator_fsm tests examples benchmarks
 	$(BIN)/ruff format --check orchestrator_fsm tests examples benchmarks
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # Graphviz renders the SVG diagram; installed when missing and apt-get is usable.
 graphviz:
