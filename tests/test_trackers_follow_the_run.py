@@ -210,3 +210,35 @@ def test_a_launch_refused_at_the_lock_makes_no_mlflow_run(tmp_path: Path) -> Non
     assert live.returncode == 0, out + err
     assert client.get_run(held.info.run_id).info.status == "FINISHED"
     assert read_run(root).trackers["mlflow"]["run_id"] == held.info.run_id
+
+
+@pytest.mark.slow
+def test_an_attempt_killed_outright_leaves_the_one_mlflow_run_for_inspect_to_end(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("mlflow")
+    from orchestrator_fsm.cli.main import main
+    from orchestrator_fsm.mlflow_observer import RECONCILED_TAG
+
+    client = _client(tmp_path)
+    recipe = _recipe(tmp_path, {"mlflow": {"flush_every": 1}})
+    first = _start(tmp_path, recipe, STOP_AFTER="2")
+    root = _wait(tmp_path, first, "stopping")
+    first.send_signal(signal.SIGTERM)
+    _finish(first)
+    (root / "stopping").unlink()
+    second = _start(tmp_path, recipe, "--resume", str(root), START="3", STOP_AFTER="4")
+    _wait(tmp_path, second, "stopping")
+    (run,) = _all_runs(client)
+    assert client.get_run(run.info.run_id).info.status == "RUNNING"
+    second.send_signal(signal.SIGKILL)
+    _finish(second)
+
+    # The MLflow run mirrors the whole run directory: attempt 2 crashed, so FAILED
+    # (not attempt 1's KILLED), with every step sent before the kill.
+    assert main(["inspect", str(root)]) == 0
+    ended = client.get_run(run.info.run_id)
+    assert ended.info.status == "FAILED"
+    assert "says crashed" in ended.data.tags[RECONCILED_TAG]
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
