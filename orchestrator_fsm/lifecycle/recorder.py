@@ -256,13 +256,20 @@ class RunRecorder:
 
     def _keep_tracker_links(self) -> None:
         """Put where the listener mirrors the run into the record (one more write, only
-        when it links a tracker), so a crashed run can be reconciled there."""
+        when that is new), so a crashed run can be reconciled there and the next
+        attempt finds the same tracker run. A tracker an earlier attempt linked and
+        this one does not stays in the record."""
         links = self._listener.tracker_links()
         if not links:
             return
         with self._lock:
-            assert self._record is not None
-            self._record = attrs.evolve(self._record, trackers=links)
+            record = self._record
+            if record is None or self._finished:
+                return
+            trackers = {**record.trackers, **links}
+            if trackers == record.trackers:
+                return
+            self._record = attrs.evolve(record, trackers=trackers)
             self._update()
 
     def announce_end(self) -> None:
@@ -344,6 +351,9 @@ class RunRecorder:
             elif moved and record.dest is LifecycleState.READY:
                 self._update()
         self._listener.transition(record)
+        if not final:
+            # A tracker may link its run only once the run holds its lock (MLflow does).
+            self._keep_tracker_links()
         if final:
             ended = self.record
             assert ended is not None
@@ -357,7 +367,7 @@ class RunRecorder:
         known = {field.name for field in attrs.fields(RunRecord)}
         pid = os.getpid()
         now = _now()
-        started_at, attempts = self._writer.open_attempt(
+        started_at, attempts, trackers = self._writer.open_attempt(
             root, history[0].started_at if history else now
         )
         return RunRecord(
@@ -389,6 +399,7 @@ class RunRecorder:
             sweep_member=None if run.sweep is None else run.sweep[1],
             rerun_of=None if run.rerun_of is None else str(run.rerun_of),
             attempts=attempts,
+            trackers=trackers,
             extra={key: value for key, value in invocation.items() if key not in known},
         )
 
