@@ -118,6 +118,7 @@ def metrics_of(run: Path, name: str = METRICS_FILE) -> list[dict[str, object]]:
             "values": {k: v for k, v in line.items() if k not in _NOT_VALUES},
         }
         for line in lines
+        if line["kind"] == "metrics"
     ]
 
 
