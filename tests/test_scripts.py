@@ -188,3 +188,22 @@ def test_a_run_made_from_a_python_script_is_rerun_by_running_that_script(
     record = json.loads((again[0] / "run.json").read_text(encoding="utf-8"))
     assert record["rerun_of"] == str(original)
     assert metric_values(again[0]) == [5.0]
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_the_script_in_every_member_with_its_arguments(tmp_path: Path) -> None:
+    script = write_script(tmp_path / "code")
+    result = cli(
+        "run",
+        "--script",
+        str(script),
+        *isolated(tmp_path),
+        "--multirun",
+        "training.seed=1,2",
+        "--",
+        "a",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = [run for run in run_dirs(tmp_path / "outputs") if run.name != "sweeps"]
+    assert [metric_values(run) for run in runs] == [[4], [4]]

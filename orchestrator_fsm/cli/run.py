@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
     from orchestrator_fsm.orchestrator import Entry, RootOrchestrator
 
-__all__ = ["cmd_run"]
+__all__ = ["chosen_entry", "cmd_run", "config_without_schema", "script_recipe"]
 
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -49,11 +49,11 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         from orchestrator_fsm.cli.sweep import cmd_sweep
 
         return cmd_sweep(args, out, err)
-    loaded = _config_without_schema(args, err)
+    loaded = config_without_schema(args, err)
     if isinstance(loaded, int):
         _hint_multirun(args.bare, err)
         return loaded
-    chosen = _chosen_entry(args, loaded)
+    chosen = chosen_entry(args, loaded)
     if isinstance(chosen, str):
         say(err, f"error: {chosen}", "red")
         return EXIT_USAGE
@@ -117,7 +117,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     return code
 
 
-def _config_without_schema(args: argparse.Namespace, err: Console) -> Config | int:
+def config_without_schema(args: argparse.Namespace, err: Console) -> Config | int:
     """The recipe's config, before the entry's schema is known (the recipe may name the
     entry); a script without a recipe runs on a recipe of defaults
     (:func:`script_recipe`). The exit code once a problem is printed."""
@@ -146,7 +146,7 @@ def script_recipe(script: str) -> dict[str, object]:
     }
 
 
-def _chosen_entry(args: argparse.Namespace, cfg: Config) -> tuple[str, list[str] | None] | str:
+def chosen_entry(args: argparse.Namespace, cfg: Config) -> tuple[str, list[str] | None] | str:
     """What runs: ``(spec, None)`` for a callable, ``(path, arguments)`` for a script;
     or the one-line reason nothing can.
 
