@@ -228,7 +228,8 @@ def run_script(path: Path, argv: Sequence[str]) -> None:
     if added:
         sys.path.insert(0, folder)
     try:
-        runpy.run_path(str(path), run_name="__main__")
+        # __file__ absolute, as Python gives a script run by path.
+        runpy.run_path(os.path.abspath(path), run_name="__main__")
     except SystemExit as exc:
         if exc.code not in (None, 0):
             raise ScriptExited(f"{path.name} exited with status {exc.code!r}") from exc

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -154,6 +155,14 @@ def cmd_rerun(args: argparse.Namespace, out: Console, err: Console) -> int:
     from orchestrator_fsm.reproduce.relaunch import RelaunchRefused, plan_relaunch
 
     script_argv = [str(arg) for arg in entry.get("argv") or ()] if "argv" in entry else None
+    if script_argv is not None and any(_is_redacted(f"x={arg}") for arg in script_argv):
+        say(
+            err,
+            f"error: cannot rerun {original}: the arguments of {spec} held a secret, "
+            f"recorded redacted ({shlex.join(script_argv)}); run it again by hand",
+            "red",
+        )
+        return EXIT_USAGE
     try:
         relaunch = plan_relaunch(original, bundle, _run_argv(spec, entry, saved, overrides))
     except RelaunchRefused as exc:
