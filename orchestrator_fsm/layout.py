@@ -112,6 +112,9 @@ REQUIREMENTS_FILE: Final = "requirements.txt"
 REPORT_FILE: Final = "environment.json"
 #: What ``rerun`` needs to run the run again and to say what drifted.
 BUNDLE_FILE: Final = "rerun.json"
+#: The folder holding a copy of the entry's file (the script, or the file of its
+#: function) as it ran: ``rerun`` runs it where there is no git checkout to rebuild.
+ENTRY_COPY_DIR: Final = "entry"
 #: The folder that keeps an earlier attempt's ``config.yaml`` and ``rerun.json`` once a
 #: later attempt of the run wrote its own (``reports/attempts/<n>/``).
 ATTEMPTS_DIR: Final = "attempts"
@@ -151,6 +154,11 @@ def rank_file(root: Path, rank: int) -> Path:
 def config_file(root: Path) -> Path:
     """The saved resolved config of the run in ``root``."""
     return Path(root) / REPORTS_DIR / CONFIG_FILE
+
+
+def entry_copy(root: Path, name: str) -> Path:
+    """Where the run in ``root`` keeps the copy of its entry file named ``name``."""
+    return Path(root) / REPORTS_DIR / ENTRY_COPY_DIR / Path(name).name
 
 
 def bundle_file(root: Path) -> Path:

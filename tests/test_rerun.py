@@ -156,13 +156,20 @@ def test_a_changed_override_is_drift_and_strict_refuses(project: Path) -> None:
 
 
 @pytest.mark.slow
-def test_an_edited_entry_file_is_drift(project: Path) -> None:
+def test_an_edited_entry_file_is_drift_with_current_and_rerun_as_it_ran_without(
+    project: Path,
+) -> None:
     run = run_pipeline(project, "steady")
     with (project / "pipe.py").open("a") as pipe:
         pipe.write("\n# edited after the run\n")
-    result = cli("rerun", str(run), "--strict", cwd=project)
+    result = cli("rerun", str(run), "--strict", "--current", cwd=project)
     assert result.returncode == EXIT_DRIFT, result.stdout + result.stderr
     assert [(kind, key) for kind, key, _ in drift_rows(result.stdout)] == [("entry", "sha256")]
+    assert "code: today's working tree (--current)" in result.stdout
+    # Without --current (no git checkout here), the file the run kept is what reruns.
+    as_it_ran = cli("rerun", str(run), "--strict", cwd=project)
+    assert as_it_ran.returncode == 0, as_it_ran.stdout + as_it_ran.stderr
+    assert "code: the run's saved copy of" in as_it_ran.stdout
 
 
 @pytest.mark.slow
