@@ -58,8 +58,10 @@ def diff_runs(run_a: Path, run_b: Path, *, rtol: float = 0.0, atol: float = 0.0)
     for run in (run_a, run_b):
         import yaml
 
+        from orchestrator_fsm.config.recipe import load_trusted_yaml
+
         try:
-            configs.append(yaml.safe_load(config_file(run).read_text(encoding="utf-8")))
+            configs.append(load_trusted_yaml(config_file(run).read_bytes()))
         except (OSError, yaml.YAMLError):
             configs.append(None)
     items = bundle_drift(bundle_a, bundle_b, config_before=configs[0], config_after=configs[1])
