@@ -49,6 +49,7 @@ def diff_runs(run_a: Path, run_b: Path, *, rtol: float = 0.0, atol: float = 0.0)
     differ: ``{name: [a, b]}``) and ``metrics`` (the verdict of B against A).
     Raises ``BundleError`` for a directory without a bundle."""
     from orchestrator_fsm.layout import config_file
+    from orchestrator_fsm.lifecycle.metrics import same_value
     from orchestrator_fsm.reproduce.bundle import read_bundle
     from orchestrator_fsm.reproduce.compare import compare_runs
     from orchestrator_fsm.reproduce.drift import bundle_drift, is_drift
@@ -67,9 +68,9 @@ def diff_runs(run_a: Path, run_b: Path, *, rtol: float = 0.0, atol: float = 0.0)
     items = bundle_drift(bundle_a, bundle_b, config_before=configs[0], config_after=configs[1])
     final_a, final_b = _final_values(run_a), _final_values(run_b)
     final = {
-        name: [final_a.get(name), final_b.get(name)]
+        name: [_json_value(final_a.get(name)), _json_value(final_b.get(name))]
         for name in sorted(final_a.keys() | final_b.keys())
-        if final_a.get(name) != final_b.get(name)
+        if not same_value(final_a.get(name), final_b.get(name))
     }
     verdict = compare_runs(run_a, run_b, rtol=rtol, atol=atol)
     return {
@@ -79,6 +80,12 @@ def diff_runs(run_a: Path, run_b: Path, *, rtol: float = 0.0, atol: float = 0.0)
         "final": final,
         "metrics": verdict.to_json(),
     }
+
+
+def _json_value(value: object) -> object:
+    from orchestrator_fsm.lifecycle.metrics import json_number
+
+    return json_number(value) if isinstance(value, float) else value
 
 
 def _shown(value: object, width: int = 48) -> str:
