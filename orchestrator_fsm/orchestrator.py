@@ -582,16 +582,23 @@ class RootOrchestrator:
             self._run.device = resolve_device(self._run)
         return self._run.device
 
-    def log_metrics(self, values: Mapping[str, float], step: int | None = None) -> None:
-        """**(beyond)** Record ``values`` (names to finite numbers) at ``step``: one JSON
-        line appended to this rank's ``metrics.jsonl`` (rank N: ``metrics.rank<N>.jsonl``)
-        in the run directory, and each name's last value and step in the record's
-        ``metrics`` (in ``run.json`` from its next write on). Raises ``ValueError``
-        naming a bad key or value, ``LifecycleError`` before the run directory exists
+    def log_metrics(self, values: Mapping[str, object], step: object = None) -> None:
+        """**(beyond)** Record ``values`` (names to numbers) at ``step``: one JSON line
+        appended to this rank's ``metrics.jsonl`` (rank N: ``metrics.rank<N>.jsonl``) in
+        the run directory, and each name's last value and step in the record's
+        ``metrics`` (in ``run.json`` from its next write on).
+
+        A value is an int or float, a NumPy scalar, or a tensor or array holding one
+        number (0-d like ``loss``, or one element); NaN and infinities are recorded as
+        they are (in JSON as ``"NaN"``, ``"Infinity"``, ``"-Infinity"``). ``step`` is
+        an integer >= 0 (a NumPy integer or one-element tensor too) or None. Nothing
+        about the values stops training: a name or value that cannot be recorded is
+        left out with one warning in the run's log per name, a bad step is dropped
+        from the line. Raises ``LifecycleError`` only before the run directory exists
         or after the run has ended."""
         self._recorder.log_metrics(values, step)
 
-    def log_summary(self, values: Mapping[str, float]) -> None:
+    def log_summary(self, values: Mapping[str, object]) -> None:
         """**(beyond)** Record the run's final figures (e.g. ``{"final_acc": 0.93}``): a
         summary line in the metrics file and the record's ``summary``; the same rules
         as :meth:`log_metrics`."""

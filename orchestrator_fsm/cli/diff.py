@@ -58,6 +58,7 @@ def diff_runs(run_a: Path, run_b: Path, *, rtol: float = 0.0, atol: float = 0.0)
     ``differ`` (whether a difference is not a note or the metrics diverged).
     Raises ``BundleError`` for a directory without a bundle."""
     from orchestrator_fsm.layout import config_file
+    from orchestrator_fsm.lifecycle.metrics import same_value
     from orchestrator_fsm.reproduce.bundle import read_bundle
     from orchestrator_fsm.reproduce.compare import DIVERGED, compare_runs
     from orchestrator_fsm.reproduce.drift import bundle_drift, is_drift
@@ -67,16 +68,18 @@ def diff_runs(run_a: Path, run_b: Path, *, rtol: float = 0.0, atol: float = 0.0)
     for run in (run_a, run_b):
         import yaml
 
+        from orchestrator_fsm.config.recipe import load_trusted_yaml
+
         try:
-            configs.append(yaml.safe_load(config_file(run).read_text(encoding="utf-8")))
+            configs.append(load_trusted_yaml(config_file(run).read_bytes()))
         except (OSError, yaml.YAMLError):
             configs.append(None)
     items = bundle_drift(bundle_a, bundle_b, config_before=configs[0], config_after=configs[1])
     final_a, final_b = _final_values(run_a), _final_values(run_b)
     final = {
-        name: [final_a.get(name), final_b.get(name)]
+        name: [_json_value(final_a.get(name)), _json_value(final_b.get(name))]
         for name in sorted(final_a.keys() | final_b.keys())
-        if final_a.get(name) != final_b.get(name)
+        if not same_value(final_a.get(name), final_b.get(name))
     }
     verdict = compare_runs(run_a, run_b, rtol=rtol, atol=atol)
     return {
@@ -87,6 +90,12 @@ def diff_runs(run_a: Path, run_b: Path, *, rtol: float = 0.0, atol: float = 0.0)
         "metrics": verdict.to_json(),
         "differ": any(is_drift(item) for item in items) or verdict.status == DIVERGED,
     }
+
+
+def _json_value(value: object) -> object:
+    from orchestrator_fsm.lifecycle.metrics import json_number
+
+    return json_number(value) if isinstance(value, float) else value
 
 
 def _shown(value: object, width: int = 48) -> str:

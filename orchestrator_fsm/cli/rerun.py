@@ -82,9 +82,9 @@ def format_drift(items: list[Drift]) -> list[str]:
 
 def _saved_config_data(path: Path) -> Any:
     """The saved config of an existing run (its ``config.yaml``), as data."""
-    import yaml
+    from orchestrator_fsm.config.recipe import load_trusted_yaml
 
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+    return load_trusted_yaml(path.read_bytes())
 
 
 def _is_redacted(override: str) -> bool:

@@ -37,6 +37,7 @@ from orchestrator_fsm.cli._shared import (
 )
 from orchestrator_fsm.errors import ConfigError, EntryPointError
 from orchestrator_fsm.layout import SWEEP_FILE, sweep_dir
+from orchestrator_fsm.lifecycle.metrics import json_number, json_numbers
 from orchestrator_fsm.status import COMPLETED, FAILED, INTERRUPTED, RUNNING
 from orchestrator_fsm.sweep import (
     expand_sweep,
@@ -89,8 +90,10 @@ class _Member:
             "log": self.log.name,
             "run_id": None if run is None else run.run_id,
             "run_dir": None if run is None else str(run.root),
-            "summary": {} if run is None else dict(run.summary),
-            "metrics": {} if run is None else {k: m.last for k, m in run.metrics.items()},
+            "summary": {} if run is None else json_numbers(run.summary),
+            "metrics": {}
+            if run is None
+            else {k: json_number(m.last) for k, m in run.metrics.items()},
         }
 
 

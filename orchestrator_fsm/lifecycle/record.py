@@ -31,7 +31,14 @@ from orchestrator_fsm.layout import (
 )
 from orchestrator_fsm.lifecycle.ending import Interruption, SchedulerJob
 from orchestrator_fsm.lifecycle.machine import TransitionRecord
-from orchestrator_fsm.lifecycle.metrics import effective_lines, last_values, read_lines
+from orchestrator_fsm.lifecycle.metrics import (
+    effective_lines,
+    json_number,
+    json_numbers,
+    last_values,
+    number_from_json,
+    read_lines,
+)
 from orchestrator_fsm.lifecycle.table import MACHINE_STEPS, LifecycleState
 from orchestrator_fsm.status import (
     COMPLETED,
@@ -200,26 +207,26 @@ class LastMetric:
     last: float
     step: int | None = None
 
-    def to_json(self) -> dict[str, float | int | None]:
-        return {"last": self.last, "step": self.step}
+    def to_json(self) -> dict[str, float | str | None]:
+        # NaN and the infinities as metrics.jsonl writes them: run.json stays strict JSON.
+        return {"last": json_number(self.last), "step": self.step}
 
 
 def _last_metrics(data: object) -> dict[str, LastMetric]:
     metrics: dict[str, LastMetric] = {}
     for name, item in data.items() if isinstance(data, Mapping) else ():
         if isinstance(item, Mapping):
-            last = _optional_float(item.get("last"))
+            last = number_from_json(item.get("last"))
             if last is not None:
                 metrics[str(name)] = LastMetric(last, _optional_int(item.get("step")))
     return metrics
 
 
 def _numbers(data: object) -> dict[str, float]:
-    return {
-        str(k): float(v)
-        for k, v in (data.items() if isinstance(data, Mapping) else ())
-        if _optional_float(v) is not None
+    numbers = {
+        str(k): number_from_json(v) for k, v in (data.items() if isinstance(data, Mapping) else ())
     }
+    return {k: float(v) for k, v in numbers.items() if v is not None}
 
 
 def status_for(exc: BaseException | None) -> str:
@@ -479,7 +486,7 @@ class RunRecord:
             rerun_of=self.rerun_of,
             attempts=[attempt.to_json() for attempt in self.attempts],
             metrics={name: item.to_json() for name, item in self.metrics.items()},
-            summary=dict(self.summary),
+            summary=json_numbers(self.summary),
             trackers={name: dict(link) for name, link in self.trackers.items()},
         )
         return data

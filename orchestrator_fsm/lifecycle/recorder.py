@@ -147,6 +147,7 @@ class RunRecorder:
         self._heartbeat: _Heartbeat | None = None
         self._last: dict[str, LastMetric] = {}
         self._summary: dict[str, float] = {}
+        self._warned_metrics: set[str] = set()
         grace = ranks_grace_from_env() if ranks_grace_s is None else ranks_grace_s
         self._writer = writer_for(run, grace_s=grace, report_once=self._report_once)
 
@@ -170,39 +171,58 @@ class RunRecorder:
         self._machine = machine
         machine.add_listener(self._on_transition)
 
-    def log_metrics(self, values: Mapping[str, object], step: int | None = None) -> None:
+    def log_metrics(self, values: Mapping[str, object], step: object = None) -> None:
         """Append one line of ``values`` (at ``step``) to this rank's metrics file and
         remember each as the metric's last value; ``run.json`` gets them at its next
-        write (the heartbeat's, the final one), not at every call."""
-        checked = self._append(METRICS_KIND, values, step)
-        self._listener.metrics(checked, step)
+        write (the heartbeat's, the final one), not at every call. What cannot be
+        recorded is left out with one warning per name (:meth:`_append`)."""
+        checked, at = self._append(METRICS_KIND, values, step)
+        if checked:
+            self._listener.metrics(checked, at)
 
     def log_summary(self, values: Mapping[str, object]) -> None:
         """Append one summary line of ``values`` to this rank's metrics file; they
         become the record's ``summary`` (a name logged again replaces its value)."""
-        checked = self._append(SUMMARY_KIND, values, None)
-        self._listener.summary(checked)
+        checked, _ = self._append(SUMMARY_KIND, values, None)
+        if checked:
+            self._listener.summary(checked)
 
     def _append(
-        self, kind: str, values: Mapping[str, object], step: int | None
-    ) -> dict[str, float | int]:
-        checked = checked_values(values)
-        step = checked_step(step)
+        self, kind: str, values: Mapping[str, object], step: object
+    ) -> tuple[dict[str, float], int | None]:
+        """Write the line of what ``values`` holds that can be recorded, at ``step``.
+
+        A bad name or value never stops the caller's training: it is left out and the
+        run's log warns about it, once per name for the run (a bad step: the line has
+        none). ``LifecycleError`` outside the run (no run directory, or it has ended).
+        """
         with self._lock:
             record = self._record
             if record is None or self._finished:
                 where = "has ended" if self._finished else "has no run directory yet"
                 raise LifecycleError(f"cannot log {kind}: the run {where}")
+            checked, problems = checked_values(values)
+            try:
+                at = checked_step(step)
+            except ValueError as exc:
+                at = None
+                problems.append(("step", f"{exc}; the values are recorded without one"))
+            for name, why in problems:
+                if name not in self._warned_metrics:
+                    self._warned_metrics.add(name)
+                    self._run.log.warning("%s (not recorded; said once per name for this run)", why)
+            if not checked:
+                return {}, at
             # One whole line or none: a reader never sees half of it (a full disk).
             attempt = len(record.attempts) or 1
-            line = metrics_line(kind, self._run.rank, step, checked, _now(), attempt)
+            line = metrics_line(kind, self._run.rank, at, checked, _now(), attempt)
             append_whole(metrics_file(record.root, self._run.rank), line)
             if kind == SUMMARY_KIND:
                 self._summary.update(checked)
             else:
                 for name, value in checked.items():
-                    self._last[name] = LastMetric(value, step)
-        return dict(checked)
+                    self._last[name] = LastMetric(value, at)
+        return dict(checked), at
 
     @property
     def _path(self) -> Path:

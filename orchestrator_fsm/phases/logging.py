@@ -38,6 +38,7 @@ from orchestrator_fsm._process import LoggerSnapshot, Restorable, undoable
 from orchestrator_fsm._system import say_on_stderr
 from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.layout import LOG_FILE, STDOUT_LOG
+from orchestrator_fsm.redaction import redact_url
 from orchestrator_fsm.run_log import FILE_ONLY_KEY, LOGGER_NAME
 
 if TYPE_CHECKING:
@@ -78,7 +79,12 @@ _HANDLER_MARK: Final = "_orchestrator_fsm_run_handler"
 
 
 class _UtcIsoFormatter(logging.Formatter):
-    """Formats ``asctime`` as ISO-8601 UTC with milliseconds, like the run's other files."""
+    """Formats ``asctime`` as ISO-8601 UTC with milliseconds, like the run's other files,
+    and replaces the password of every URL in a line (a recipe's ``dataset.name:
+    postgres://user:password@host/db`` logged by the pipeline) with ``***``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_url(super().format(record))
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         moment = datetime.fromtimestamp(record.created, tz=timezone.utc)
@@ -324,7 +330,8 @@ class _TeeFile:
             if self._file is None or not text:
                 return
             try:
-                self._file.write(self._marked(text))
+                # A URL's password in what the program prints stays off the disk.
+                self._file.write(self._marked(redact_url(text)))
             except (OSError, ValueError) as exc:
                 self._give_up(self._file, exc)
 
