@@ -22,7 +22,7 @@ $(RUNTIME_STAMP): pyproject.toml Makefile
 	touch $(RUNTIME_STAMP)
 
 $(STAMP): $(RUNTIME_STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[test,dev,mlflow,tensorboard]"
+	$(BIN)/python -m pip install --quiet -e ".[test,dev,mlflow,tensorboard,report]"
 	touch $(STAMP)
 
 install: $(STAMP)
