@@ -18,10 +18,13 @@ import attrs
 
 __all__ = ["Bar", "GanttRow", "Marker", "PlotSeries", "decimate", "gantt_svg", "line_plot_svg"]
 
-#: Colours of series, one per rank (or run), cycling; Tableau 10, readable on white.
+#: Colours of series, one per rank (or run), cycling; Tableau 20 (its ten colours,
+#: then their light variants), readable on white: 16 ranks get 16 colours.
 PALETTE: Final = (
     "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",
     "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
+    "#a0cbe8", "#ffbe7d", "#8cd17d", "#f1ce63", "#499894",
+    "#d37295", "#b6992d", "#86bcb6", "#fabfd2", "#d4a6c8",
 )  # fmt: skip
 #: Dash patterns telling attempts apart (the first attempt solid).
 DASHES: Final = ("", "6 3", "2 2", "8 3 2 3")
