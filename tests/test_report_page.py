@@ -93,6 +93,11 @@ def look(browser: Browser, page: Path, name: str, artifacts: Path) -> None:
     assert width <= 390, f"{name}: the page is {width}px wide on a 390px phone"
     browser.screenshot(artifacts / f"{name}-phone.png", full_page=False)
     browser.viewport(1280, 900)
+    # Printed: no navigation bar.
+    browser.call("Emulation.setEmulatedMedia", session=True, media="print")
+    assert not visible(browser, "nav")
+    browser.screenshot(artifacts / f"{name}-print.png")
+    browser.call("Emulation.setEmulatedMedia", session=True, media="")
     assert browser.errors == []
 
 
@@ -277,6 +282,11 @@ def test_a_sweep_gives_one_page_comparing_its_runs(
     for root in run_dirs(tmp_path / "outputs"):
         if root.name != "sweeps":
             assert (root / "report.html").is_file()
+    # The output directory itself: the same comparison, its sweeps' folder left out.
+    page = report(tmp_path / "outputs", tmp_path)
+    assert page == tmp_path / "outputs" / "report.html"
+    look(browser, page, "outputs", artifacts)
+    assert browser.evaluate("document.querySelectorAll('#runs-table tr').length") == 3
 
 
 def test_report_of_a_folder_with_no_runs_is_a_usage_error(tmp_path: Path) -> None:

@@ -299,9 +299,20 @@ def run_context(view: RunView, page_dir: Path) -> dict[str, Any]:
         failed_step = failed.step if failed is not None else None
         if attempt.pipeline_failed:
             failed_step = error_step if last and error_step else PIPELINE_STEP
+        steps_s = sum(t.duration_s for t in attempt.transitions)
+        pipeline_s = sum(span.duration_s for span in attempt.spans)
+        reached = attempt.transitions[-1].dest.value if attempt.transitions else "-"
+        facts = [
+            ("ended in state", reached),
+            ("lifecycle steps", f"{len(attempt.transitions)} in {_seconds(steps_s)}"),
+            ("pipeline", _seconds(pipeline_s) if attempt.spans else "-"),
+        ]
+        if last and record.ranks:
+            facts.append(("ranks", str(1 + len(record.ranks))))
         attempts.append(
             {
                 "number": attempt.number,
+                "facts": facts,
                 "status": attempt.status,
                 "status_class": _status_class(attempt.status),
                 "reason": attempt.reason,
