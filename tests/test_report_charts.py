@@ -96,3 +96,20 @@ def test_without_graphviz_the_path_is_drawn_on_a_plain_column(
     assert 'class="node failed" id="a1-state-persisted"' in svg
     assert 'class="node reached" id="a1-state-logged"' in svg
     assert 'class="node unvisited" id="a1-state-ready"' in svg
+
+
+def test_report_without_jinja2_says_how_to_install_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    # As if Jinja2 were not installed: its import is blocked.
+    code = (
+        "import sys; sys.modules['jinja2'] = None\n"
+        "from orchestrator_fsm.cli.main import main\n"
+        f"raise SystemExit(main(['report', {str(tmp_path)!r}]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1
+    assert "pip install 'orchestrator-fsm[report]'" in " ".join(result.stderr.split())

@@ -31,6 +31,7 @@ PIPELINE = textwrap.dedent(
     import os, time
 
     def main(orch):
+        orch.log_environment_report()
         fail_rank = int(os.environ.get("FAIL_RANK", "-1"))
         fail_step = int(os.environ.get("FAIL_STEP", "0"))
         only = os.environ.get("ONLY_ATTEMPT")
@@ -149,7 +150,7 @@ def test_a_completed_run_shows_its_path_metrics_and_non_finite_values(
     look(browser, page, "completed", artifacts)
     assert browser.evaluate("document.getElementById('run-status').textContent") == "completed"
     assert "reached" in classes(browser, "#a1-state-cleaned")
-    assert "reached" in classes(browser, "#a1-edge-any_live-cleaned-cleanup")
+    assert "reached" in classes(browser, "#a1-edge-reported-cleaned-cleanup")
     assert visible(browser, "#a1-state-cleaned")
     assert series_count(browser, "loss") == 1 and series_count(browser, "acc") == 1
     kinds = browser.evaluate(
@@ -160,6 +161,9 @@ def test_a_completed_run_shows_its_path_metrics_and_non_finite_values(
     assert visible(browser, "figure[data-metric='loss'] svg.plot")
     assert visible(browser, "#attempt-1 svg.gantt")
     assert browser.evaluate("document.querySelector('#config pre').textContent").count("seed")
+    environment = browser.evaluate("document.getElementById('environment').textContent")
+    assert "determinism" in environment and "seeds" in environment
+    assert visible(browser, "#environment details[open] table")
 
 
 def test_a_failed_run_highlights_the_failed_step_and_the_rollback(
@@ -241,8 +245,9 @@ def test_a_resumed_run_shows_both_attempts(
         "Array.from(document.querySelectorAll('.attempt')).map(e => e.dataset.status)"
     )
     assert statuses == ["failed", "completed"]
-    # The pipeline raised in attempt 1: the state it ran in is marked, and its bar.
-    assert "failed" in classes(browser, "#a1-state-ready")
+    # The pipeline raised in attempt 1 (after its environment report): the state it
+    # ran in is marked, and its bar.
+    assert "failed" in classes(browser, "#a1-state-reported")
     assert "reached" in classes(browser, "#a2-state-cleaned")
     assert browser.evaluate("document.querySelectorAll('#attempt-1 .bar.failed').length") == 1
     assert browser.evaluate("document.querySelectorAll('#attempt-1 .marker.requeue').length") == 1

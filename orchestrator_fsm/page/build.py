@@ -46,6 +46,7 @@ from orchestrator_fsm.page.svg import (
     gantt_svg,
     line_plot_svg,
 )
+from orchestrator_fsm.reproduce.drift import flatten
 from orchestrator_fsm.status import COMPLETED, FAILED, INTERRUPTIONS, RUNNING
 
 __all__ = ["PageTarget", "find_runs", "render_comparison_page", "render_run_page", "write_pages"]
@@ -188,15 +189,6 @@ def _plot_series(series: Sequence[MetricSeries], attempts: int) -> list[PlotSeri
         )
         for item in series
     ]
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, Mapping) and data:
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return flat
-    return {prefix: data}
 
 
 def _shown(value: Any) -> str:
@@ -349,7 +341,7 @@ def run_context(view: RunView, page_dir: Path) -> dict[str, Any]:
             }
         )
     environment = {
-        section: {k: _shown(v) for k, v in _flatten(view.environment[section]).items()}
+        section: {k: _shown(v) for k, v in flatten(view.environment[section]).items()}
         for section in _ENVIRONMENT_SECTIONS
         if isinstance(view.environment.get(section), Mapping) and view.environment[section]
     }
