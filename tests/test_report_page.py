@@ -139,6 +139,9 @@ def test_a_completed_run_shows_its_path_metrics_and_non_finite_values(
     result = cli("run", str(write_recipe(tmp_path)), "--entry", _entry(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run = only_run_dir(tmp_path / "outputs")
+    rerun = cli("rerun", str(run), cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    (again,) = [d for d in run_dirs(tmp_path / "outputs") if d != run]
     # A metrics file may hold what log_metrics refuses (an older version, a hand-made
     # file): NaN and infinities are drawn as marks, not dropped.
     with (run / "metrics.jsonl").open("a", encoding="utf-8") as handle:
@@ -161,6 +164,9 @@ def test_a_completed_run_shows_its_path_metrics_and_non_finite_values(
     assert visible(browser, "figure[data-metric='loss'] svg.plot")
     assert visible(browser, "#attempt-1 svg.gantt")
     assert browser.evaluate("document.querySelector('#config pre').textContent").count("seed")
+    link = browser.evaluate("document.querySelector('#reruns a').href")
+    assert link == again.as_uri()
+    assert "identical" in browser.evaluate("document.getElementById('reruns').textContent")
     environment = browser.evaluate("document.getElementById('environment').textContent")
     assert "determinism" in environment and "seeds" in environment
     assert visible(browser, "#environment details[open] table")
