@@ -87,6 +87,8 @@ def look(browser: Browser, page: Path, name: str, artifacts: Path) -> None:
     assert browser.requests == [page.absolute().as_uri()]
     assert browser.errors == []
     assert browser.evaluate("document.querySelectorAll('script').length") == 0
+    ids = browser.evaluate("Array.from(document.querySelectorAll('[id]')).map(e => e.id)")
+    assert len(ids) == len(set(ids)), f"{name}: ids repeat"
     browser.screenshot(artifacts / f"{name}-1280.png")
     browser.viewport(390, 844, mobile=True)
     # A mobile viewport widens to what the page needs: the page must need no more.

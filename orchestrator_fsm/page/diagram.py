@@ -9,6 +9,7 @@ same marks on a plain column of the states (:func:`fallback_svg`).
 
 from __future__ import annotations
 
+import re
 import shutil
 from html import escape
 from typing import Final
@@ -29,6 +30,8 @@ __all__ = ["attempt_marks", "fallback_svg", "interrupted", "path_svg"]
 
 #: The error types of a step a signal (or Ctrl-C) stopped rather than a failure.
 _INTERRUPTS: Final = ("KeyboardInterrupt", "RunInterrupted")
+
+_GRAPHVIZ_ID: Final = re.compile(r'id="((?:graph|node|edge|clust|a_)\w*?\d+)"')
 
 Marks = tuple[dict[str, str], dict[tuple[str, str, str], str]]
 
@@ -94,9 +97,10 @@ def path_svg(attempt: AttemptView) -> tuple[str, bool]:
         except (OrchestratorError, OSError):
             pass
         else:
-            # The XML prologue and doctype do not belong inside HTML.
-            start = svg.find("<svg")
-            return (svg[start:] if start >= 0 else svg), True
+            # The XML prologue and doctype do not belong inside HTML, and Graphviz's own
+            # ids (node1, edge1, ...) repeat in each attempt's drawing: made unique.
+            svg = svg[max(0, svg.find("<svg")) :]
+            return _GRAPHVIZ_ID.sub(rf'id="{prefix}\1"', svg), True
     return fallback_svg(states, prefix), False
 
 
