@@ -39,6 +39,7 @@ __all__ = [
     "LOGS_DIR",
     "LOG_FILE",
     "METRICS_FILE",
+    "PAGE_FILE",
     "RANKS_DIR",
     "REPORTS_DIR",
     "REPORT_FILE",
@@ -73,6 +74,9 @@ JOURNAL_FILE: Final = "lifecycle.jsonl"
 METRICS_FILE: Final = "metrics.jsonl"
 #: One JSON line per rerun of the run (appended by ``orchestrator-fsm rerun``).
 RERUNS_FILE: Final = "reruns.jsonl"
+#: The self-contained HTML page ``orchestrator-fsm report`` writes (in a run directory,
+#: or in the output directory or sweep folder it compares the runs of).
+PAGE_FILE: Final = "report.html"
 #: The folder where each rank other than 0 keeps its record.
 RANKS_DIR: Final = "ranks"
 #: Space held back so that the last word of a run fits on a full disk.

@@ -1,6 +1,6 @@
 """The argument parser of ``orchestrator-fsm`` and :func:`main`, which dispatches to the
 sub-command modules beside it (``run``, ``diagram``, ``inspect``, ``runs``, ``validate``,
-``rerun``, ``diff``)."""
+``rerun``, ``diff``, ``report``)."""
 
 from __future__ import annotations
 
@@ -218,6 +218,23 @@ def _add_reproduce_commands(
     diff.add_argument("--json", action="store_true", help="print one JSON object instead")
     _add_tolerance(diff)
     diff.set_defaults(handler=_command("diff", "cmd_diff"))
+
+    report = commands.add_parser(
+        "report",
+        help="write one self-contained HTML page of a run, or comparing runs",
+        description="Write a self-contained HTML page (nothing is fetched when it is "
+        "opened): for a run directory, its lifecycle drawn on the diagram, timeline per "
+        "rank and attempt, metrics, ending, config, environment, git and files; for an "
+        "output directory or a sweep's folder, a page comparing its runs (and each "
+        "run's own page). Needs Jinja2 (the 'report' extra).",
+    )
+    report.add_argument(
+        "path", metavar="PATH", help="a run directory, an output directory or a sweep's folder"
+    )
+    report.add_argument(
+        "--output", metavar="FILE", help="write the page here (default: report.html in PATH)"
+    )
+    report.set_defaults(handler=_command("report", "cmd_report"))
 
 
 def _add_sweep_arguments(run: argparse.ArgumentParser) -> None:
