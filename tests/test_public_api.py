@@ -44,7 +44,7 @@ def test_the_constructor_is_the_reference_one() -> None:
     beyond = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
     assert beyond == [
         "signal_callbacks", "world_size", "resume", "force_resume", "observers", "sweep",
-        "entry", "entry_argv", "rerun_of",
+        "entry", "rerun_of", "entry_argv",
     ]  # fmt: skip
 
 
