@@ -1,0 +1,300 @@
+"""A reproducible run of the bundled demo, stopped and resumed once or more, ends with
+the metrics and final weights of the same run uninterrupted, bit for bit: SIGTERM
+mid-epoch then ``run --resume``, SIGKILL then ``run --resume``, both one after the
+other, a torchrun ``--max-restarts`` restart after a rank is killed, and a real SLURM
+``scontrol requeue`` of the README's job script. Each is checked with the project's
+own ``orchestrator-fsm diff`` (the metrics streams, the final values and every file
+under ``checkpoints/``, tensor for tensor) and by loading the final weights.
+
+Not compared, as everywhere: durations (``epoch_seconds``, the ``seconds`` column of
+``metrics.csv``), which no two runs share.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import cli, cli_command, minimal_recipe, only_run_dir, write_recipe
+
+from orchestrator_fsm.distributed import LAUNCHER_ENV_VARS
+from orchestrator_fsm.lifecycle.record import read_run
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The demo at a size where an epoch is 48 batches (a poll of the test lands inside
+# one) and the whole run a few seconds; one loader worker, as on this 2-core machine
+# by default (persistent: the resumed attempt starts its own).
+ONE_PROCESS: dict[str, Any] = {
+    "dataset": {"name": "synthetic_shapes", "num_samples": 2048},
+    "architecture": {"name": "mini_cnn", "channels": 4},
+    "training": {"seed": 7, "epochs": 4, "batch_size": 32},
+    "hardware": {"device": "cpu", "cpu_threads": 1, "reproducible": True, "num_workers": 1},
+}
+# Two ranks share 2 CPUs: smaller, no loader workers.
+TWO_RANKS: dict[str, Any] = {
+    **ONE_PROCESS,
+    "dataset": {"name": "synthetic_shapes", "num_samples": 1024},
+    "training": {"seed": 7, "epochs": 3, "batch_size": 32},
+    "hardware": {"device": "cpu", "cpu_threads": 1, "reproducible": True, "num_workers": 0},
+}
+
+
+def demo_recipe(directory: Path, sections: dict[str, Any]) -> Path:
+    """``directory/recipe.yaml``: the demo with ``sections``, writing under
+    ``directory``; a 120 s join timeout, no heartbeat."""
+    directory.mkdir(parents=True, exist_ok=True)
+    recipe = minimal_recipe(directory, **sections)
+    recipe["infrastructure"]["join_timeout_s"] = 120
+    recipe["telemetry"]["heartbeat_s"] = 0
+    return write_recipe(directory, recipe)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without an enclosing launcher's variables, one thread."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV_VARS}
+    env = {k: v for k, v in env.items() if not k.startswith(("SLURM_", "TORCHELASTIC_"))}
+    return {**env, "OMP_NUM_THREADS": "1", "COLUMNS": "250", **extra}
+
+
+def start(recipe: Path, *argv: str) -> subprocess.Popen[str]:
+    """``orchestrator-fsm run RECIPE ARGV`` (the demo) started in ``recipe``'s folder."""
+    return subprocess.Popen(
+        cli_command("run", str(recipe), *argv),
+        cwd=recipe.parent,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def checkpoints(run_root: Path) -> list[str]:
+    """The names of the run's checkpoints (``ckpt-*``) in any run directory under
+    ``run_root``."""
+    return sorted(p.name for p in run_root.glob("*/checkpoints/ckpt-*.pt"))
+
+
+def until(found: Callable[[], Any], proc: subprocess.Popen[str], what: str) -> Any:
+    """``found()`` once truthy, asked every 5 ms (a demo step takes longer); fails when
+    ``proc`` ends first or after 120 s."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        value = found()
+        if value:
+            return value
+        if proc.poll() is not None:
+            pytest.fail(f"ended ({proc.returncode}) before {what}:\n{proc.communicate()[0]}")
+        time.sleep(0.005)
+    pytest.fail(f"waited 120 s for {what}")
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=300)
+    return proc.returncode, out
+
+
+def resume(recipe: Path, run_dir: Path) -> str:
+    """``orchestrator-fsm run RECIPE --resume RUN_DIR`` to its end; its output. Fails
+    unless it completes."""
+    result = cli("run", str(recipe), "--resume", str(run_dir), cwd=recipe.parent, env=clean_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def resumed_from(run_dir: Path) -> list[str]:
+    """What each resumed attempt's log says it loaded: ``(step N: epoch E, B batches
+    done)``."""
+    log = (run_dir / "logs" / "run.log").read_text(encoding="utf-8")
+    return re.findall(r"demo: resuming from \S+ \((step \d+: epoch \d+, \d+ batch\w* done)\)", log)
+
+
+def assert_bitwise(reference: Path, resumed: Path) -> dict[str, Any]:
+    """``orchestrator-fsm diff REFERENCE RESUMED``: metrics identical, no final value
+    apart, every checkpoint file equal or holding the same tensors; and the final
+    weights equal bit for bit. Returns the diff."""
+    result = cli("diff", str(reference), str(resumed), "--json", cwd=resumed, env=clean_env())
+    assert result.returncode == 0, result.stderr
+    diff = json.loads(result.stdout)
+    assert diff["metrics"]["status"] == "identical", diff["metrics"]
+    assert diff["final"] == {}
+    files = diff["metrics"]["checkpoints"]
+    assert "last.pt" in files and any(name.startswith("ckpt-") for name in files), files
+    assert set(files.values()) <= {"equal", "same tensors"}, files
+    assert [d for d in diff["differences"] if d["kind"] == "seeds"] == []
+    weights = [
+        torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model_state"]
+        for run in (reference, resumed)
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+    return diff
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run of :data:`ONE_PROCESS`, uninterrupted."""
+    recipe = demo_recipe(tmp_path_factory.mktemp("reference"), ONE_PROCESS)
+    result = cli("run", str(recipe), cwd=recipe.parent, env=clean_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    return only_run_dir(recipe.parent / "outputs")
+
+
+def stop_with_sigterm(proc: subprocess.Popen[str], outputs: Path, after: list[str]) -> None:
+    """SIGTERM ``proc`` as soon as a checkpoint other than ``after`` is saved, inside
+    the next epoch: frozen (SIGSTOP) at once, so that it does not run on while the test
+    looks, then SIGTERM and SIGCONT."""
+    until(lambda: set(checkpoints(outputs)) - set(after), proc, "a new checkpoint")
+    os.kill(proc.pid, signal.SIGSTOP)
+    os.kill(proc.pid, signal.SIGTERM)
+    os.kill(proc.pid, signal.SIGCONT)
+
+
+def test_sigterm_mid_epoch_then_resume_ends_bitwise_as_uninterrupted(
+    tmp_path: Path, reference: Path
+) -> None:
+    recipe = demo_recipe(tmp_path, ONE_PROCESS)
+    proc = start(recipe)
+    stop_with_sigterm(proc, tmp_path / "outputs", [])
+    code, out = finish(proc)
+    assert code == 128 + signal.SIGTERM, out
+    run_dir = only_run_dir(tmp_path / "outputs")
+    first = read_run(run_dir)
+    assert first.status == "interrupted", out
+    assert first.interruption is not None and first.interruption.signal == "SIGTERM"
+    # The demo saved where the stop landed, at a batch boundary, and returned.
+    assert re.search(r"demo: stopped at step \d+ \(epoch \d+, batch \d+\)", out), out
+
+    resume(recipe, run_dir)
+    record = read_run(run_dir)
+    assert [(a.number, a.status) for a in record.attempts] == [
+        (1, "interrupted"),
+        (2, "completed"),
+    ]
+    assert len(resumed_from(run_dir)) == 1
+    assert_bitwise(reference, run_dir)
+
+
+def test_sigkill_then_resume_ends_bitwise_as_uninterrupted(tmp_path: Path, reference: Path) -> None:
+    recipe = demo_recipe(tmp_path, ONE_PROCESS)
+    proc = start(recipe)
+    until(lambda: checkpoints(tmp_path / "outputs"), proc, "the first epoch's checkpoint")
+    proc.kill()
+    code, out = finish(proc)
+    assert code == -signal.SIGKILL, out
+    run_dir = only_run_dir(tmp_path / "outputs")
+
+    resume(recipe, run_dir)
+    record = read_run(run_dir)
+    # Attempt 1 vanished without a word: the next one found its process gone.
+    assert [a.number for a in record.attempts] == [1, 2]
+    assert record.attempts[0].status == "crashed"
+    assert record.status == "completed"
+    # No stop saved anything: the last epoch's checkpoint is where it went on.
+    (loaded,) = resumed_from(run_dir)
+    assert loaded.endswith(", 0 batches done")
+    assert_bitwise(reference, run_dir)
+
+
+def test_stopped_twice_sigterm_then_sigkill_ends_bitwise_as_uninterrupted(
+    tmp_path: Path, reference: Path
+) -> None:
+    recipe = demo_recipe(tmp_path, ONE_PROCESS)
+    outputs = tmp_path / "outputs"
+    proc = start(recipe)
+    stop_with_sigterm(proc, outputs, [])
+    code, out = finish(proc)
+    assert code == 128 + signal.SIGTERM, out
+    run_dir = only_run_dir(outputs)
+
+    saved = checkpoints(outputs)
+    second = start(recipe, "--resume", str(run_dir))
+    until(lambda: set(checkpoints(outputs)) - set(saved), second, "attempt 2's first checkpoint")
+    second.kill()
+    assert finish(second)[0] == -signal.SIGKILL
+
+    resume(recipe, run_dir)
+    record = read_run(run_dir)
+    assert [(a.number, a.status) for a in record.attempts] == [
+        (1, "interrupted"),
+        (2, "crashed"),
+        (3, "completed"),
+    ]
+    assert len(resumed_from(run_dir)) == 2
+    assert_bitwise(reference, run_dir)
+
+
+# -- several ranks -------------------------------------------------------------------
+
+
+def torchrun(recipe: Path, *options: str) -> subprocess.Popen[str]:
+    """The demo under ``torchrun --standalone --nproc_per_node=2 OPTIONS``."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node=2", "--monitor-interval=0.2", *options]
+    return subprocess.Popen(
+        [*command, "-m", "orchestrator_fsm", "run", str(recipe)],
+        cwd=recipe.parent,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def two_rank_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run of :data:`TWO_RANKS` under torchrun, uninterrupted."""
+    recipe = demo_recipe(tmp_path_factory.mktemp("two_ranks"), TWO_RANKS)
+    code, out = finish(torchrun(recipe))
+    assert code == 0, out
+    return only_run_dir(recipe.parent / "outputs")
+
+
+def worker_of_rank(agent: int, rank: int) -> int | None:
+    """The pid of torchrun ``agent``'s worker of ``rank`` in its first round."""
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        first_round = b"TORCHELASTIC_RESTART_COUNT=0" in environ
+        if parent == agent and f"RANK={rank}".encode() in environ and first_round:
+            return int(proc.name)
+    return None
+
+
+def test_a_killed_rank_restarted_by_torchrun_ends_bitwise_as_uninterrupted(
+    tmp_path: Path, two_rank_reference: Path
+) -> None:
+    recipe = demo_recipe(tmp_path, TWO_RANKS)
+    agent = torchrun(recipe, "--max-restarts=1")
+    until(lambda: checkpoints(tmp_path / "outputs"), agent, "the first epoch's checkpoints")
+    victim = until(lambda: worker_of_rank(agent.pid, 1), agent, "rank 1's worker")
+    os.kill(victim, signal.SIGKILL)
+    code, out = finish(agent)
+    assert code == 0, out
+    run_dir = only_run_dir(tmp_path / "outputs")
+    record = read_run(run_dir)
+    assert [a.number for a in record.attempts] == [1, 2], out
+    assert record.attempts[1].restart_count == 1
+    assert record.effective_status == "completed"
+    # Each rank went back to its own checkpoint of the last step both had saved.
+    assert len(resumed_from(run_dir)) == 1
+    rank1_log = (run_dir / "logs" / "rank1.log").read_text(encoding="utf-8")
+    assert "demo: resuming from ckpt-" in rank1_log
+    assert_bitwise(two_rank_reference, run_dir)
