@@ -240,14 +240,14 @@ def test_stopped_twice_sigterm_then_sigkill_ends_bitwise_as_uninterrupted(
 # -- several ranks -------------------------------------------------------------------
 
 
-def torchrun(recipe: Path, *options: str) -> subprocess.Popen[str]:
+def torchrun(recipe: Path, *options: str, **extra_env: str) -> subprocess.Popen[str]:
     """The demo under ``torchrun --standalone --nproc_per_node=2 OPTIONS``."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc_per_node=2", "--monitor-interval=0.2", *options]
     return subprocess.Popen(
         [*command, "-m", "orchestrator_fsm", "run", str(recipe)],
         cwd=recipe.parent,
-        env=clean_env(),
+        env=clean_env(**extra_env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -281,8 +281,13 @@ def worker_of_rank(agent: int, rank: int) -> int | None:
 def test_a_killed_rank_restarted_by_torchrun_ends_bitwise_as_uninterrupted(
     tmp_path: Path, two_rank_reference: Path
 ) -> None:
+    """Rank 1 SIGKILLed after the first epoch's checkpoints; torchrun restarts both
+    ranks as attempt 2. ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``: without it torchrun
+    (2.13) hands the restarted workers the store of the first round, whose keys still
+    hold the dead workers' addresses, and the restarted process group fails to connect
+    (``Gloo connectFullMesh failed ... Connection refused``; pytorch/pytorch#135712)."""
     recipe = demo_recipe(tmp_path, TWO_RANKS)
-    agent = torchrun(recipe, "--max-restarts=1")
+    agent = torchrun(recipe, "--max-restarts=1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
     until(lambda: checkpoints(tmp_path / "outputs"), agent, "the first epoch's checkpoints")
     victim = until(lambda: worker_of_rank(agent.pid, 1), agent, "rank 1's worker")
     os.kill(victim, signal.SIGKILL)
