@@ -30,6 +30,23 @@ from conftest import cli, cli_command, minimal_recipe, only_run_dir, write_recip
 from orchestrator_fsm.distributed import LAUNCHER_ENV_VARS
 from orchestrator_fsm.lifecycle.record import read_run
 
+sys.path.insert(0, str(Path(__file__).with_name("slurm")))
+from slurm_helpers import (
+    TERMINAL,
+    first_attempt_closed,
+    job_env,
+    job_info,
+    job_output,
+    readme_job_script,
+    requeued_then_released,
+    sbatch,
+    scontrol,
+    slurm_cluster,
+    slurm_dir,
+    wait_job,
+    wait_until,
+)
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -302,4 +319,52 @@ def test_a_killed_rank_restarted_by_torchrun_ends_bitwise_as_uninterrupted(
     assert len(resumed_from(run_dir)) == 1
     rank1_log = (run_dir / "logs" / "rank1.log").read_text(encoding="utf-8")
     assert "demo: resuming from ckpt-" in rank1_log
+    assert_bitwise(two_rank_reference, run_dir)
+
+
+# -- a real SLURM ------------------------------------------------------------------------
+
+__all__ = ["slurm_cluster", "slurm_dir"]  # the fixtures, used by name
+
+
+def test_a_slurm_requeue_of_the_readme_job_ends_bitwise_as_uninterrupted(
+    slurm_dir: Path, two_rank_reference: Path
+) -> None:
+    """The README's job script (``srun orchestrator-fsm run recipe.yaml --entry
+    train.py:main``, the demo, two tasks), ``scontrol requeue``d once the first epoch's
+    checkpoints are saved: SIGTERM reaches both ranks, they agree on a batch to stop
+    at, save there and leave (attempt 1 ``preempted``); the requeued job is attempt 2
+    of the same run, goes on from those checkpoints and completes bitwise as the
+    uninterrupted two-rank run."""
+    demo_recipe(slurm_dir, TWO_RANKS)
+    (slurm_dir / "train.py").write_text(
+        "from orchestrator_fsm.demo.pipeline import train as main\n", encoding="utf-8"
+    )
+    job = sbatch(
+        readme_job_script("PreemptTime"),
+        *("-n", "2"),
+        cwd=slurm_dir,
+        env=job_env(slurm_dir),
+    )
+    outputs = slurm_dir / "outputs"
+    wait_until(
+        "the first epoch's checkpoints",
+        lambda: len(checkpoints(outputs)) == 2 or job_info(job).get("JobState") in TERMINAL,
+        240,
+        poll_s=0.01,
+    )
+    assert len(checkpoints(outputs)) == 2, job_output(slurm_dir)
+    scontrol("requeue", job)
+    run_dir = only_run_dir(outputs)
+    first = first_attempt_closed(run_dir, timeout_s=60)
+    assert first.status == "preempted", job_output(slurm_dir)
+    requeued_then_released(job)
+    info = wait_job(job, timeout_s=300)
+    assert (info["JobState"], info["Restarts"]) == ("COMPLETED", "1"), job_output(slurm_dir)
+
+    assert only_run_dir(outputs) == run_dir
+    record = read_run(run_dir)
+    assert [a.number for a in record.attempts] == [1, 2]
+    assert record.effective_status == "completed", job_output(slurm_dir)
+    assert len(resumed_from(run_dir)) == 1, job_output(slurm_dir)
     assert_bitwise(two_rank_reference, run_dir)
