@@ -52,8 +52,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 # The demo at a size where an epoch is 48 batches (a poll of the test lands inside
-# one) and the whole run a few seconds; one loader worker, as on this 2-core machine
-# by default (persistent: the resumed attempt starts its own).
+# one) and the whole run a few seconds. One loader worker asked for, as on this 2-core
+# machine by default; a reproducible recipe takes none (see hardware.num_workers).
 ONE_PROCESS: dict[str, Any] = {
     "dataset": {"name": "synthetic_shapes", "num_samples": 2048},
     "architecture": {"name": "mini_cnn", "channels": 4},
