@@ -138,26 +138,35 @@ def resumed_from(run_dir: Path) -> list[str]:
     return re.findall(r"demo: resuming from \S+ \((step \d+: epoch \d+, \d+ batch\w* done)\)", log)
 
 
-def assert_bitwise(reference: Path, resumed: Path) -> dict[str, Any]:
+def demo_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The demo's final model: ``checkpoints/last.pt``'s ``model_state``."""
+    state: dict[str, torch.Tensor] = torch.load(
+        run_dir / "checkpoints" / "last.pt", weights_only=True
+    )["model_state"]
+    return state
+
+
+def assert_bitwise(
+    reference: Path,
+    resumed: Path,
+    weights: Callable[[Path], dict[str, torch.Tensor]] = demo_weights,
+) -> dict[str, Any]:
     """``orchestrator-fsm diff REFERENCE RESUMED``: metrics identical, no final value
     apart, every checkpoint file equal or holding the same tensors; and the final
-    weights equal bit for bit. Returns the diff."""
+    ``weights`` equal bit for bit. Returns the diff."""
     result = cli("diff", str(reference), str(resumed), "--json", cwd=resumed, env=clean_env())
     assert result.returncode == 0, result.stderr
     diff = json.loads(result.stdout)
     assert diff["metrics"]["status"] == "identical", diff["metrics"]
     assert diff["final"] == {}
     files = diff["metrics"]["checkpoints"]
-    assert "last.pt" in files and any(name.startswith("ckpt-") for name in files), files
+    assert any(name.startswith("ckpt-") for name in files), files
     assert set(files.values()) <= {"equal", "same tensors"}, files
     assert [d for d in diff["differences"] if d["kind"] == "seeds"] == []
-    weights = [
-        torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model_state"]
-        for run in (reference, resumed)
-    ]
-    assert weights[0].keys() == weights[1].keys()
-    for name, tensor in weights[0].items():
-        assert torch.equal(tensor, weights[1][name]), name
+    first, second = weights(reference), weights(resumed)
+    assert first.keys() == second.keys()
+    for name, tensor in first.items():
+        assert torch.equal(tensor, second[name]), name
     return diff
 
 
@@ -257,12 +266,16 @@ def test_stopped_twice_sigterm_then_sigkill_ends_bitwise_as_uninterrupted(
 # -- several ranks -------------------------------------------------------------------
 
 
-def torchrun(recipe: Path, *options: str, **extra_env: str) -> subprocess.Popen[str]:
-    """The demo under ``torchrun --standalone --nproc_per_node=2 OPTIONS``."""
+def torchrun(
+    recipe: Path, *options: str, target: tuple[str, ...] = (), **extra_env: str
+) -> subprocess.Popen[str]:
+    """``torchrun --standalone --nproc_per_node=2 OPTIONS TARGET``; TARGET: the demo on
+    ``recipe`` unless given."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc_per_node=2", "--monitor-interval=0.2", *options]
+    target = target or ("-m", "orchestrator_fsm", "run", str(recipe))
     return subprocess.Popen(
-        [*command, "-m", "orchestrator_fsm", "run", str(recipe)],
+        [*command, *target],
         cwd=recipe.parent,
         env=clean_env(**extra_env),
         stdout=subprocess.PIPE,
@@ -368,3 +381,62 @@ def test_a_slurm_requeue_of_the_readme_job_ends_bitwise_as_uninterrupted(
     assert record.effective_status == "completed", job_output(slurm_dir)
     assert len(resumed_from(run_dir)) == 1, job_output(slurm_dir)
     assert_bitwise(two_rank_reference, run_dir)
+
+
+# -- examples/ddp_train.py ---------------------------------------------------------------
+
+
+def ddp_example(directory: Path) -> tuple[str, ...]:
+    """``examples/ddp_train.py`` on its recipe, small, writing under ``directory``."""
+    overrides = {
+        "telemetry.output_dir": directory / "outputs",
+        "infrastructure.lock.path": directory / "x.lock",
+        "infrastructure.join_timeout_s": 120,
+        "hardware.device": "cpu",
+        "hardware.reproducible": "true",
+        "training.epochs": 3,
+        "dataset.num_samples": 1024,
+    }
+    sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
+    recipe = REPO / "examples" / "recipes" / "mini_cnn.yaml"
+    return (str(REPO / "examples" / "ddp_train.py"), str(recipe), *sets)
+
+
+def example_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The example's final model: its latest checkpoint's ``state.model``."""
+    latest = sorted((run_dir / "checkpoints").glob("ckpt-*.pt"))[-1]
+    state: dict[str, torch.Tensor] = torch.load(latest, weights_only=True)["state"]["model"]
+    return state
+
+
+def test_the_ddp_example_restarted_by_torchrun_ends_bitwise_as_uninterrupted(
+    tmp_path: Path,
+) -> None:
+    """``examples/ddp_train.py``, rank 1 SIGKILLed after the first epoch's checkpoint,
+    torchrun restarting both ranks: the same checkpoints and final weights as the
+    example run through."""
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    code, out = finish(torchrun(reference, target=ddp_example(reference)))
+    assert code == 0, out
+
+    restarted = tmp_path / "restarted"
+    restarted.mkdir()
+    agent = torchrun(
+        restarted,
+        "--max-restarts=1",
+        target=ddp_example(restarted),
+        TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1",
+    )
+    until(lambda: checkpoints(restarted / "outputs"), agent, "the first epoch's checkpoint")
+    victim = until(lambda: worker_of_rank(agent.pid, 1), agent, "rank 1's worker")
+    os.kill(victim, signal.SIGKILL)
+    code, out = finish(agent)
+    assert code == 0, out
+    assert "2 ranks; final training accuracy: " in out
+    run_dir = only_run_dir(restarted / "outputs")
+    record = read_run(run_dir)
+    assert [a.number for a in record.attempts] == [1, 2], out
+    assert record.effective_status == "completed"
+    assert "resuming after epoch" in (run_dir / "logs" / "run.log").read_text(encoding="utf-8")
+    assert_bitwise(only_run_dir(reference / "outputs"), run_dir, example_weights)
