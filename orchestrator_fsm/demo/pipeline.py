@@ -684,6 +684,11 @@ def _train(
                 generators={"order": order},
                 extra=_place_extra(epoch + 1, 0, order.get_state(), 0.0, 0, history),
             )
+            if ranks.distributed:
+                # Once every rank saved this epoch, each keeps only its own: the same
+                # files whichever rank saved first.
+                dist.barrier()
+                store.prune()
 
     if stopped_at is not None:
         return DemoResult(
