@@ -2,7 +2,8 @@
 the metrics and final weights of the same run uninterrupted, bit for bit: SIGTERM
 mid-epoch then ``run --resume``, SIGKILL then ``run --resume``, both one after the
 other, a torchrun ``--max-restarts`` restart after a rank is killed, and a real SLURM
-``scontrol requeue`` of the README's job script. Each is checked with the project's
+``scontrol requeue`` of the README's job script; and ``examples/ddp_train.py`` restarted
+by torchrun after a rank is killed. Each is checked with the project's
 own ``orchestrator-fsm diff`` (the metrics streams, the final values and every file
 under ``checkpoints/``, tensor for tensor) and by loading the final weights.
 
