@@ -7,7 +7,11 @@ directory, takes the lock and writes ``logs/run.log``; the other ranks join that
 directory and each writes its own ``logs/rank<N>.log`` (their warnings and errors reach
 the console too). Inside the block the script starts a process group, deals the data
 out with a ``DistributedSampler`` seeded alike on every rank, trains a
-``DistributedDataParallel`` model and lets rank 0 alone write the checkpoint. RECIPE
+``DistributedDataParallel`` model and lets rank 0 alone save the run's checkpoint
+(``orch.checkpoints()``) after every epoch. A new attempt of the run (torchrun
+``--max-restarts``, a SLURM requeue, ``--resume``) loads the latest and goes on from the
+next epoch; a SIGTERM makes every rank leave at the same batch, the last epoch's
+checkpoint kept (the epoch in progress is done again on resuming). RECIPE
 defaults to ``examples/recipes/mini_cnn.yaml``; its ``telemetry.output_dir`` must be a
 folder every rank sees (one on a shared filesystem across nodes).
 """
@@ -72,11 +76,20 @@ def fit(orch: RootOrchestrator, device: torch.device) -> float:
     )
     optimizer = torch.optim.Adam(ddp.parameters(), lr=settings.learning_rate)
 
-    accuracy = 0.0
-    for epoch in range(settings.epochs):
+    # Rank 0 saves the run's checkpoint; on a new attempt every rank loads it (a
+    # fresh run: None) and goes on after the epoch it holds.
+    store = orch.checkpoints(keep=2)
+    last = store.load(model=model, optimizer=optimizer)
+    first_epoch, accuracy = (0, 0.0) if last is None else (last.epoch + 1, last.extra["accuracy"])
+    if last is not None:
+        log.info("resuming after epoch %d (%s)", first_epoch, last.path.name)
+
+    for epoch in range(first_epoch, settings.epochs):
         sampler.set_epoch(epoch)  # a new order each epoch, still the same on every rank
         counts = torch.zeros(2, dtype=torch.float64, device=device)  # correct, seen
         for batch, targets in loader:
+            if stop_everywhere(orch, device):  # SIGTERM: leave together, unsaved epoch
+                return accuracy
             batch, targets = batch.to(device), targets.to(device)
             optimizer.zero_grad()
             logits = ddp(batch)
@@ -88,13 +101,24 @@ def fit(orch: RootOrchestrator, device: torch.device) -> float:
         accuracy = float(counts[0] / counts[1])
         log.info("epoch %d/%d: training accuracy %.4f", epoch + 1, settings.epochs, accuracy)
 
-        if orch.is_main_process:  # one checkpoint per run, not one per rank
-            assert orch.paths is not None
-            checkpoint = orch.paths.checkpoints / "model.pt"
-            partial = checkpoint.with_suffix(".pt.tmp")
-            torch.save(model.state_dict(), partial)  # the bare model, without DDP's wrapper
-            partial.replace(checkpoint)  # a crash mid-save keeps the previous epoch's
+        # The bare model, without DDP's wrapper; written atomically (a crash mid-save
+        # keeps the previous epoch's); a no-op on ranks other than 0.
+        store.save(
+            (epoch + 1) * len(loader),
+            epoch=epoch,
+            model=model,
+            optimizer=optimizer,
+            extra={"accuracy": accuracy},
+        )
     return accuracy
+
+
+def stop_everywhere(orch: RootOrchestrator, device: torch.device) -> bool:
+    """Whether a stop (SIGTERM, SIGINT, SIGHUP) reached any rank: all of them leave at
+    the same batch, or the others would wait for the one gone in the next gradient sum."""
+    flag = torch.tensor([int(orch.stop_requested)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             device_id=device if on_gpu else None,
         )
         try:
-            accuracy = fit(orch, device)
+            with orch.cooperative_stop():  # a signal sets orch.stop_requested, raises nothing
+                accuracy = fit(orch, device)
         finally:
             dist.destroy_process_group()
     if orch.is_main_process:

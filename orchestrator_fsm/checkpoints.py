@@ -429,7 +429,7 @@ class CheckpointStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._remove_leftovers()
         _write_checkpoint(path, payload)
-        self._prune()
+        self.prune()
         return path
 
     def _remove_leftovers(self) -> None:
@@ -443,7 +443,12 @@ class CheckpointStore:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
 
-    def _prune(self) -> None:
+    def prune(self) -> None:
+        """Remove this saver's checkpoints beyond the last ``keep`` (``save`` does it
+        after each save). Per-rank, a rank that saved before the others keeps the
+        latest step they all saved too; call ``prune`` once every rank has saved (after
+        a barrier) to leave each rank exactly its last ``keep``, say at the end of the
+        run, where a rank saves no more."""
         if self.keep is None:
             return
         by_rank = self._steps_by_rank()

@@ -328,6 +328,26 @@ def test_per_rank_latest_is_the_latest_step_every_rank_saved(
     ]
 
 
+def test_prune_after_every_rank_saved_leaves_each_rank_its_last_keep(tmp_path: Path) -> None:
+    """The rank that saves a step first keeps the step before (not every rank has the
+    new one yet); once all have saved, ``prune`` leaves each its own last ``keep``,
+    whichever rank was first: the same files on every run."""
+    rank0 = CheckpointStore(tmp_path, rank=0, world_size=2, per_rank=True, keep=1)
+    rank1 = CheckpointStore(tmp_path, rank=1, world_size=2, per_rank=True, keep=1)
+    rank0.save(1)
+    rank1.save(1)
+    rank1.save(2)  # rank 1 first: step 1 is the latest both saved, it stays
+    rank0.save(2)
+    assert _names(tmp_path) == [
+        "ckpt-000000001.rank1.pt",
+        "ckpt-000000002.rank0.pt",
+        "ckpt-000000002.rank1.pt",
+    ]
+    rank1.prune()
+    rank0.prune()
+    assert _names(tmp_path) == ["ckpt-000000002.rank0.pt", "ckpt-000000002.rank1.pt"]
+
+
 def test_rank_0_only_saves_on_rank_0_and_other_ranks_keep_their_random_states(
     tmp_path: Path,
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from orchestrator_fsm.demo.pipeline import (
     train,
 )
 from orchestrator_fsm.errors import ConfigError
+from orchestrator_fsm.layout import checkpoint_file
 from orchestrator_fsm.lifecycle.record import read_run
 from orchestrator_fsm.orchestrator import RootOrchestrator
 from orchestrator_fsm.seeds import SeedTree
@@ -58,7 +60,8 @@ def test_demo_run_learns_the_shapes_and_writes_metrics_log_and_checkpoint(
 
     root = only_run_dir(tmp_path / "outputs")
     with demo_recipe() as path:
-        epochs = DemoSettings.from_config(Config.from_recipe(path)).epochs
+        settings = DemoSettings.from_config(Config.from_recipe(path))
+    epochs = settings.epochs
     rows = read_metrics(root)
     assert list(rows[0]) == list(METRICS_COLUMNS)
     assert [int(row["epoch"]) for row in rows] == list(range(1, epochs + 1))
@@ -87,7 +90,10 @@ def test_demo_run_learns_the_shapes_and_writes_metrics_log_and_checkpoint(
     assert checkpoint["classes"] == list(SHAPES)
     model = MiniCNN(len(SHAPES), checkpoint["settings"]["image_size"])
     model.load_state_dict(checkpoint["model_state"])
-    assert [p.name for p in (root / "checkpoints").iterdir()] == ["last.pt"]  # no temp files
+    # The last epoch's checkpoint for a new attempt beside last.pt, no temporary files.
+    names = sorted(p.name for p in (root / "checkpoints").iterdir())
+    steps = math.ceil((settings.num_samples - settings.val_count) / settings.batch_size)
+    assert names == [checkpoint_file(Path(), steps * epochs).name, "last.pt"]
 
 
 def run_strict_demo(tmp_path: Path, name: str) -> Path:

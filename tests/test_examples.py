@@ -149,7 +149,9 @@ def test_ddp_train_runs_under_torchrun_as_a_single_rank(tmp_path: Path) -> None:
     out, _, root = ddp_train(tmp_path, nproc=1)
 
     assert out.splitlines()[-1].startswith("1 rank; final training accuracy: ")
-    assert [p.name for p in (root / "checkpoints").iterdir()] == ["model.pt"]
+    # 128 images in batches of 32: the checkpoints of epochs 1 and 2, at steps 4 and 8.
+    names = sorted(p.name for p in (root / "checkpoints").iterdir())
+    assert names == ["ckpt-000000004.pt", "ckpt-000000008.pt"]
     assert "this rank trains on 128 of the 128 images" in (root / "logs" / "run.log").read_text()
     assert run_status(root) == "completed"
 
@@ -165,7 +167,8 @@ def test_ddp_train_with_two_ranks_writes_one_run_with_a_log_per_rank(tmp_path: P
 
     assert out.count("final training accuracy: ") == 1
     assert "2 ranks; final training accuracy: " in out
-    assert [p.name for p in (root / "checkpoints").iterdir()] == ["model.pt"]
+    names = sorted(p.name for p in (root / "checkpoints").iterdir())  # rank 0's alone
+    assert names == ["ckpt-000000002.pt", "ckpt-000000004.pt"]
     logs = root / "logs"
     assert sorted(p.name for p in logs.iterdir()) == ["rank1.log", "run.log", "stdout.log"]
     for rank, name in enumerate(["run.log", "rank1.log"]):

@@ -13,7 +13,14 @@ everything a reproducible run needs:
 - per-epoch metrics go to the run log, to ``orch.log_metrics`` (``metrics.jsonl``, the
   record's ``metrics``) and to ``reports/metrics.csv``, the model to
   ``checkpoints/last.pt``, both rewritten atomically after every epoch; the final
-  accuracy to ``orch.log_summary`` (the record's ``summary``).
+  accuracy to ``orch.log_summary`` (the record's ``summary``);
+- it resumes: after every epoch it saves ``orch.checkpoints()`` (the model, Adam, the
+  training order's generator and every random state, with the epochs' metrics), a
+  SIGTERM/SIGINT/SIGHUP makes it save at the next batch boundary and return (the run
+  is recorded as ended by the signal), and a new attempt of the run (``run --resume``,
+  a torchrun restart, a SLURM requeue) loads the latest checkpoint, draws the epoch's
+  order again and skips the batches done, so it ends with the metrics and weights of
+  an uninterrupted run, bit for bit.
 
 Under torchrun (``orch.world_size > 1``) it is data-parallel: it starts a process
 group (gloo, or NCCL on CUDA) unless one is running, every rank builds the same
@@ -61,10 +68,17 @@ import torch.distributed as dist
 from rich.console import Console
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    RandomSampler,
+    Subset,
+    TensorDataset,
+)
 
 from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_text
 from orchestrator_fsm._text import counted
+from orchestrator_fsm.checkpoints import CheckpointStore
 from orchestrator_fsm.config.schema import pipeline_schema
 from orchestrator_fsm.demo.schema import DEMO_SCHEMA, DemoArchitecture, DemoDataset, DemoTraining
 from orchestrator_fsm.distributed import slurm_master_endpoint
@@ -194,6 +208,75 @@ class DemoResult:
     epochs: tuple[EpochMetrics, ...]
     metrics_path: Path | None
     checkpoint_path: Path | None
+    #: The step a stop (SIGTERM, SIGINT, SIGHUP) ended training at, its checkpoint
+    #: saved; None when training ran to its end.
+    stopped_at: int | None = None
+
+
+@attrs.frozen
+class _Place:
+    """Where training starts: the epoch, the batches of it already done and their
+    sums, and the epochs before it (a fresh run: epoch 1, nothing done)."""
+
+    epoch: int = 1
+    batches_done: int = 0
+    loss_sum: float = 0.0
+    seen: int = 0
+    history: list[EpochMetrics] = attrs.field(factory=list)
+
+
+def _place_extra(
+    epoch: int,
+    batches_done: int,
+    epoch_order: torch.Tensor,
+    loss_sum: float,
+    seen: int,
+    history: list[EpochMetrics],
+) -> dict[str, Any]:
+    """What a checkpoint holds beside the states, to resume at ``epoch``'s batch
+    ``batches_done`` (``epoch_order``: the order generator's state when the epoch began)."""
+    return {
+        "epoch": epoch,
+        "batches_done": batches_done,
+        "epoch_order": epoch_order,
+        "loss_sum": loss_sum,
+        "seen": seen,
+        "history": [attrs.asdict(row) for row in history],
+    }
+
+
+def _resume(
+    store: CheckpointStore,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    order: torch.Generator,
+    log: logging.Logger,
+) -> _Place:
+    """Load the run's latest checkpoint (a new attempt of a stopped, killed or requeued
+    run) into the model, the optimizer, the order generator and every random state, and
+    say where to go on; a fresh run starts at epoch 1."""
+    checkpoint = store.load(model=model, optimizer=optimizer, generators={"order": order})
+    if checkpoint is None:
+        return _Place()
+    extra = checkpoint.extra
+    place = _Place(
+        epoch=int(extra["epoch"]),
+        batches_done=int(extra["batches_done"]),
+        loss_sum=float(extra["loss_sum"]),
+        seen=int(extra["seen"]),
+        history=[EpochMetrics(**row) for row in extra["history"]],
+    )
+    # The order as it was when the epoch began (a stop at a batch has drawn the epoch's
+    # order since): the loop draws it again, then skips the batches done.
+    order.set_state(extra["epoch_order"])
+    log.info(
+        "demo: resuming from %s (step %d: epoch %d, %s done)",
+        checkpoint.path.name,
+        checkpoint.step,
+        place.epoch,
+        counted(place.batches_done, "batch", "batches"),
+    )
+    return place
 
 
 def _shape_mask(
@@ -337,6 +420,15 @@ class _Ranks:
         dist.all_reduce(summed)
         return tuple(float(value) for value in summed.tolist())
 
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank: every rank stops at the same step, or
+        the others would wait for it in the next step's gradient reduction."""
+        if not self.distributed:
+            return flag
+        raised = torch.tensor([int(flag)], device=self.reduce_device)
+        dist.all_reduce(raised, op=dist.ReduceOp.MAX)
+        return bool(raised.item())
+
 
 def _group_running() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -451,10 +543,12 @@ def _train(
         )
     else:
         val_shard = val_set
+    # The training order's own generator (the loader's also seeds its workers, when
+    # they start): a checkpoint keeps it, so a resumed run shuffles as the first did.
+    order = make_generator(seed, purpose="train_order", rank=orch.rank)
     train_loader = DataLoader(
         train_set,
-        shuffle=sampler is None,
-        sampler=sampler,
+        sampler=sampler if sampler is not None else RandomSampler(train_set, generator=order),
         generator=make_generator(seed, purpose="train_loader", rank=orch.rank),
         **loader_options,
     )
@@ -495,21 +589,48 @@ def _train(
             len(val_shard),
         )
 
-    history: list[EpochMetrics] = []
     steps_per_epoch = len(train_loader)
     total_steps = settings.epochs * steps_per_epoch
+    # Each rank keeps its own with several (its share of the epoch's sums is its own);
+    # one file is enough: it holds everything the next attempt needs.
+    store = orch.checkpoints(keep=1, per_rank=ranks.distributed)
+    place = _resume(store, module, optimizer, order, log)
+    history = place.history
+    stopped_at: int | None = None
     bar: ProgressBar[None] = orch.progress(
         total=total_steps, description="training", console=console
     )
-    with bar:
-        for epoch in range(1, settings.epochs + 1):
+    with bar, orch.cooperative_stop():
+        bar.advance((place.epoch - 1) * steps_per_epoch + place.batches_done)
+        for epoch in range(place.epoch, settings.epochs + 1):
             started = time.perf_counter()
             bar.update(description=f"epoch {epoch}/{settings.epochs}")
             if sampler is not None:
                 sampler.set_epoch(epoch)  # a new order each epoch, the same on every rank
+            # The order is drawn when the epoch's iteration starts: a stop mid-epoch
+            # keeps the state it was drawn from, to draw it again on resuming.
+            epoch_order = order.get_state()
             model.train()
-            loss_sum, seen = 0.0, 0
-            for batch_images, batch_labels in train_loader:
+            resuming = epoch == place.epoch
+            skip = place.batches_done if resuming else 0
+            loss_sum, seen = (place.loss_sum, place.seen) if resuming else (0.0, 0)
+            for batch, (batch_images, batch_labels) in enumerate(train_loader):
+                if batch < skip:  # done before the stop this attempt resumes from
+                    continue
+                if ranks.any_rank(orch.stop_requested):  # a step boundary: the state is whole
+                    stopped_at = (epoch - 1) * steps_per_epoch + batch
+                    store.save(
+                        stopped_at,
+                        epoch=epoch,
+                        model=module,
+                        optimizer=optimizer,
+                        generators={"order": order},
+                        extra=_place_extra(epoch, batch, epoch_order, loss_sum, seen, history),
+                    )
+                    log.info(
+                        "demo: stopped at step %d (epoch %d, batch %d)", stopped_at, epoch, batch
+                    )
+                    break
                 batch_images, batch_labels = batch_images.to(device), batch_labels.to(device)
                 optimizer.zero_grad()
                 loss = nn.functional.cross_entropy(model(batch_images), batch_labels)
@@ -518,6 +639,8 @@ def _train(
                 loss_sum += loss.item() * len(batch_labels)
                 seen += len(batch_labels)
                 bar.advance(loss=loss.item())
+            if stopped_at is not None:
+                break
             train_loss_sum, train_seen, val_loss_sum, correct, val_seen = ranks.total(
                 loss_sum, seen, *_evaluate(model, val_loader, device)
             )
@@ -553,7 +676,28 @@ def _train(
                 _save_checkpoint(
                     checkpoint_path, module, optimizer, history, settings, orch.cfg.config_hash()
                 )
+            store.save(
+                epoch * steps_per_epoch,
+                epoch=epoch + 1,
+                model=module,
+                optimizer=optimizer,
+                generators={"order": order},
+                extra=_place_extra(epoch + 1, 0, order.get_state(), 0.0, 0, history),
+            )
+            if ranks.distributed:
+                # Once every rank saved this epoch, each keeps only its own: the same
+                # files whichever rank saved first.
+                dist.barrier()
+                store.prune()
 
+    if stopped_at is not None:
+        return DemoResult(
+            final_accuracy=history[-1].val_accuracy if history else float("nan"),
+            epochs=tuple(history),
+            metrics_path=metrics_path,
+            checkpoint_path=checkpoint_path,
+            stopped_at=stopped_at,
+        )
     final = history[-1].val_accuracy
     log.info("demo: final validation accuracy %.4f", final)
     if orch.is_main_process:

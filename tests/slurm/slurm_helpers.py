@@ -276,3 +276,13 @@ def marks(directory: Path, prefix: str) -> list[str]:
     """The marker files ``entries.py`` left in ``directory`` whose names start with
     ``prefix``, sorted."""
     return sorted(p.name for p in directory.glob(f"{prefix}*"))
+
+
+def readme_job_script(marker: str) -> str:
+    """The README's bash block that holds ``#SBATCH`` and ``marker``: the tests run the
+    job scripts the README shows."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "#SBATCH" in b]
+    found = [b for b in blocks if marker in b]
+    assert len(found) == 1, f"expected one README job script with {marker!r}, found {len(found)}"
+    return found[0]

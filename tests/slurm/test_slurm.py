@@ -31,6 +31,7 @@ from slurm_helpers import (
     marks,
     only_run,
     rank_json,
+    readme_job_script,
     requeued_then_released,
     run_json,
     sbatch,
@@ -50,16 +51,6 @@ __all__ = ["slurm_cluster", "slurm_dir"]  # the fixtures, used by name
 
 RUN = "orchestrator-fsm run"
 SLOW_ENTRY = ENTRIES.parent / "slow_entry.py"
-
-
-def readme_job_script(marker: str) -> str:
-    """The README's bash block that holds ``#SBATCH`` and ``marker``: the tests run the
-    job scripts the README shows."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    blocks = [b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "#SBATCH" in b]
-    found = [b for b in blocks if marker in b]
-    assert len(found) == 1, f"expected one README job script with {marker!r}, found {len(found)}"
-    return found[0]
 
 
 def train_py(directory: Path) -> None:
