@@ -37,7 +37,7 @@ from orchestrator_fsm.lifecycle.signals import SignalGuard
 from orchestrator_fsm.lifecycle.table import CLEANUP_STEP, LifecycleState
 from orchestrator_fsm.observers import Observers, configured_observers
 from orchestrator_fsm.phases.bundle import record_loaded_libraries
-from orchestrator_fsm.phases.determinism import set_seed
+from orchestrator_fsm.phases.determinism import set_seed, worker_init_fn
 from orchestrator_fsm.phases.device import resolve_device, to_device_obj
 from orchestrator_fsm.phases.filesystem import setup_static_directories
 from orchestrator_fsm.phases.lock import InfrastructureManager
@@ -347,6 +347,18 @@ class RootOrchestrator:
     def seed_tree(self) -> SeedTree:
         """Seeds derived from ``training.seed`` for each purpose, rank and worker."""
         return self._run.seed_tree
+
+    def loader_seeding(self, purpose: str = "dataloader") -> dict[str, Any]:
+        """``generator`` and ``worker_init_fn`` for a ``DataLoader``, from the seed tree.
+
+        ``DataLoader(dataset, shuffle=True, num_workers=2, **orch.loader_seeding())``
+        gives the same batches on every run of the same recipe with the same number of
+        workers: the generator (``seed_tree.generator(purpose)``, this rank's) draws the
+        shuffled order and each worker's base seed, and :func:`worker_init_fn` seeds
+        ``random`` and NumPy in each worker from that base seed. Give each loader its
+        own ``purpose`` (``"train_loader"``, ``"val_loader"``).
+        """
+        return {"generator": self.seed_tree.generator(purpose), "worker_init_fn": worker_init_fn}
 
     # -- the reference API ------------------------------------------------------------
 
