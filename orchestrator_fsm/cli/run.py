@@ -11,6 +11,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from orchestrator_fsm._startup import hand_back
 from orchestrator_fsm.cli._shared import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -43,6 +44,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     With ``args.multirun``, run the sweep the bare overrides describe instead."""
     split_bare_overrides(args)
     if args.multirun:
+        hand_back()
         from orchestrator_fsm.cli.sweep import cmd_sweep
 
         return cmd_sweep(args, out, err)
@@ -71,6 +73,13 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         # SIGINT, SIGTERM and SIGHUP end the run as an interrupt before the run is live
         # too (the run's own guard takes over from __enter__ to cleanup); once the run
         # has ended, one is held while the outcome is reported and sets the exit code.
+        # Until here a signal ended the command at once with one line (_startup), while
+        # torch and the entry were imported: an interrupt raised inside an import can be
+        # swallowed, or end the process from C++ (torch's distributed set-up). Import
+        # the run's modules under it too, then hand over.
+        from orchestrator_fsm.orchestrator import RootOrchestrator  # noqa: F401
+
+        hand_back()
         guard = SignalGuard()
         guard.install()
         code = EXIT_OK
@@ -282,5 +291,9 @@ def _report_failure(
 
         err.print(Traceback.from_exception(type(failure), failure, failure.__traceback__))
     elif code == EXIT_FAILURE:
-        say(err, "(run again with --debug for the traceback)", "dim")
+        log = _log_file(orch)
+        if log is not None:
+            say(err, f"(the traceback is in {log})", "dim")
+        else:
+            say(err, "(run again with --debug for the traceback)", "dim")
     return code

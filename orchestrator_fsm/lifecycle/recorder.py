@@ -26,7 +26,7 @@ import attrs
 from orchestrator_fsm._fs import append_whole
 from orchestrator_fsm._system import boot_id, process_start_ticks, record_invocation, say_on_stderr
 from orchestrator_fsm._version import __version__
-from orchestrator_fsm.errors import LifecycleError, LockContendedError, RunInterrupted
+from orchestrator_fsm.errors import LifecycleError, RunInterrupted
 from orchestrator_fsm.layout import metrics_file
 from orchestrator_fsm.lifecycle.ending import scheduler_job
 from orchestrator_fsm.lifecycle.job_index import job_key
@@ -308,15 +308,15 @@ class RunRecorder:
             # Told before the rollback, so the run's log is still open.
             exc = record.exception
             if isinstance(exc, Exception):
-                # A refusal at the run lock is expected: its one line is the caller's to
-                # say (the command prints it); the traceback is for the log file only.
-                refused = isinstance(exc, LockContendedError)
+                # The step's error reaches its caller (the command prints one line
+                # naming this file, the library raises it): the traceback is for the
+                # log file only, never a screenful on the console.
                 self._run.logger.error(
                     "step %r failed: %s",
                     record.step,
                     exc,
                     exc_info=(type(exc), exc, exc.__traceback__),
-                    extra=FILE_ONLY if refused else None,
+                    extra=FILE_ONLY,
                 )
         if final:
             self._stop_heartbeat()
