@@ -3,6 +3,8 @@ seed tree, the program's own re-seeding or flag switching recorded, the hash see
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,38 @@ def test_two_reproducible_runs_with_two_shuffling_workers_are_bitwise_identical(
     first, second = (run / "batches.txt" for run in run_dirs(tmp_path / "outputs"))
     assert first.read_text().endswith("workers=2 in_workers=True")
     assert first.read_text() == second.read_text()
+
+
+HASH_ENTRY = """
+def main(orch):
+    orch.log_environment_report()
+    (orch.paths.root / "hash.txt").write_text(str(hash("set order follows this")))
+"""
+
+
+@pytest.mark.slow
+def test_the_command_fixes_the_hash_seed_of_a_reproducible_run_itself(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, hardware={"reproducible": True})
+    entry = tmp_path / "hash_entry.py"
+    entry.write_text(HASH_ENTRY, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
+    for _ in range(2):
+        result = cli("run", str(recipe), "--entry", f"{entry}:main", cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+        assert "PYTHONHASHSEED" not in result.stderr
+    first, second = run_dirs(tmp_path / "outputs")
+    assert (first / "hash.txt").read_text() == (second / "hash.txt").read_text()
+    report = json.loads((first / "reports" / "environment.json").read_text(encoding="utf-8"))
+    assert report["determinism"]["python_hash_seed"] == 1234
+
+
+def test_a_run_that_is_not_reproducible_keeps_randomized_hashing(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
+    ok = "def main(orch):\n    orch.log_environment_report()\n"
+    (tmp_path / "ok.py").write_text(ok, encoding="utf-8")
+    result = cli("run", str(recipe), "--entry", "ok.py:main", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    (run,) = run_dirs(tmp_path / "outputs")
+    report = json.loads((run / "reports" / "environment.json").read_text(encoding="utf-8"))
+    assert report["determinism"]["python_hash_seed"] is None

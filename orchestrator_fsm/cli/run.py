@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from orchestrator_fsm._startup import hand_back
 from orchestrator_fsm.cli._shared import (
@@ -17,6 +17,7 @@ from orchestrator_fsm.cli._shared import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    _load_config,
     config_or_exit_code,
     print_config_error,
     recipe_label,
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = ["cmd_run"]
 
+_HASH_SEED_ENV: Final = "PYTHONHASHSEED"
+
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Run ``args.entry`` (default: the demo pipeline) on ``args.recipe``; the exit code.
@@ -50,6 +53,8 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         return cmd_sweep(args, out, err)
     from orchestrator_fsm.demo import DEMO_ENTRY
 
+    if args.exiting:
+        _fix_hash_seed(args)
     spec = args.entry or DEMO_ENTRY
     with entry_search_path(spec):
         try:
@@ -106,6 +111,25 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
             except RunInterrupted as late:
                 code = code if code != EXIT_OK else 128 + late.signum
     return code
+
+
+def _fix_hash_seed(args: argparse.Namespace) -> None:
+    """Start the command again with ``PYTHONHASHSEED`` set to the recipe's seed when
+    the recipe is reproducible and the variable is unset: Python reads it only at start,
+    and this process has imported neither torch nor the entry yet. The same process
+    (``exec``), so its id, arguments, streams and exit code are the launcher's."""
+    if _HASH_SEED_ENV in os.environ:
+        return  # set by the user (kept, whatever it is) or by the start before this one
+    try:
+        cfg = _load_config(args.recipe, args.overrides, None)
+    except (ConfigError, OSError):
+        return  # the run reports it, with the pipeline's schema
+    if not cfg.hardware.reproducible:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    env = dict(os.environ, **{_HASH_SEED_ENV: str(cfg.training.seed)})
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
 def _stopped_by(

@@ -44,6 +44,7 @@ __all__ = [
     "STANDARD_SHARED_PURPOSES",
     "DeterminismState",
     "SeedTree",
+    "hash_seed_in_force",
     "last_seed_sequence",
     "make_generator",
     "set_deterministic_algorithms",
@@ -186,6 +187,19 @@ def set_seed(seed: int, strict: bool = False, warn_only: bool = False) -> None:
             UserWarning,
             stacklevel=2,
         )
+
+
+def hash_seed_in_force() -> int | None:
+    """The seed of this process's str/bytes hashing: ``PYTHONHASHSEED`` as the
+    interpreter read it at start, or None when hashing is randomized (unset or
+    ``random``). ``orchestrator-fsm run`` of a reproducible recipe sets it to the
+    recipe's seed before anything else is imported."""
+    if _HASH_SEED_AT_START is None:
+        return None
+    try:
+        return int(_HASH_SEED_AT_START)
+    except ValueError:  # "random"
+        return None
 
 
 def last_seed_sequence() -> np.random.SeedSequence | None:
