@@ -37,7 +37,7 @@ from orchestrator_fsm.lifecycle.signals import SignalGuard
 from orchestrator_fsm.lifecycle.table import CLEANUP_STEP, LifecycleState
 from orchestrator_fsm.observers import Observers, configured_observers
 from orchestrator_fsm.phases.bundle import record_loaded_libraries
-from orchestrator_fsm.phases.determinism import set_seed, worker_init_fn
+from orchestrator_fsm.phases.determinism import changed_settings, set_seed, worker_init_fn
 from orchestrator_fsm.phases.device import resolve_device, to_device_obj
 from orchestrator_fsm.phases.filesystem import setup_static_directories
 from orchestrator_fsm.phases.lock import InfrastructureManager
@@ -285,7 +285,25 @@ class RootOrchestrator:
     def _at_cleanup(self) -> None:
         # The native libraries are looked at last: CUDA's load at first use.
         record_loaded_libraries(self._run)
+        self._note_determinism_changes()
         self._recorder.announce_end()
+
+    def _note_determinism_changes(self) -> None:
+        """What the program did to the seed and the determinism flags since phase 1:
+        into the record, and one warning in the log."""
+        applied = self._run.determinism_applied
+        if applied is None:
+            return
+        changes = changed_settings(applied)
+        if not changes:
+            return
+        self._recorder.note_determinism_changes(changes)
+        logger = self._run.logger
+        if logger is not None:
+            logger.warning(
+                "the program changed during the run: %s",
+                ", ".join(f"{k} {v['applied']} -> {v['at_end']}" for k, v in changes.items()),
+            )
 
     def _on_held(self, interrupt: BaseException) -> None:
         # A signal while cleaning up: the run ends interrupted, and ends now. One held

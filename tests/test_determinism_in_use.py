@@ -95,3 +95,45 @@ def test_a_run_that_is_not_reproducible_keeps_randomized_hashing(tmp_path: Path)
     (run,) = run_dirs(tmp_path / "outputs")
     report = json.loads((run / "reports" / "environment.json").read_text(encoding="utf-8"))
     assert report["determinism"]["python_hash_seed"] is None
+
+
+RESEEDING_ENTRY = """
+import torch
+
+def main(orch):
+    torch.manual_seed(1337)  # as nanoGPT's train.py does
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.use_deterministic_algorithms(False)
+"""
+
+
+@pytest.mark.slow
+def test_the_programs_own_reseeding_and_flag_switching_is_recorded_and_shown(
+    tmp_path: Path,
+) -> None:
+    recipe = write_recipe(tmp_path, hardware={"reproducible": True})
+    entry = tmp_path / "reseeding.py"
+    entry.write_text(RESEEDING_ENTRY, encoding="utf-8")
+    result = cli("run", str(recipe), "--entry", f"{entry}:main", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run,) = run_dirs(tmp_path / "outputs")
+    record = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    changes = record["determinism_changes"]
+    assert changes["torch.initial_seed"] == {"applied": 1234, "at_end": 1337}
+    assert changes["cuda.matmul.allow_tf32"] == {"applied": False, "at_end": True}
+    assert changes["deterministic_algorithms"] == {"applied": True, "at_end": False}
+    assert "the program changed during the run: torch.initial_seed 1234 -> 1337" in (
+        run / "logs" / "run.log"
+    ).read_text(encoding="utf-8")
+    shown = cli("inspect", str(run), cwd=tmp_path)
+    assert "changed by the program" in shown.stdout
+    assert "torch.initial_seed 1234 -> 1337" in shown.stdout
+
+
+def test_a_run_that_leaves_its_seed_alone_records_no_change(tmp_path: Path) -> None:
+    from orchestrator_fsm import Config, RootOrchestrator
+
+    with RootOrchestrator(Config.from_recipe(write_recipe(tmp_path))) as orch:
+        pass
+    assert orch.record is not None
+    assert orch.record.determinism_changes == {}

@@ -265,6 +265,12 @@ class RunRecorder:
             self._record = attrs.evolve(self._record, trackers=links)
             self._update()
 
+    def note_determinism_changes(self, changes: Mapping[str, Mapping[str, Any]]) -> None:
+        """Record ``changes`` (see ``RunRecord.determinism_changes``) with the final write."""
+        with self._lock:
+            if self._record is not None and changes:
+                self._record = attrs.evolve(self._record, determinism_changes=dict(changes))
+
     def announce_end(self) -> None:
         """Log how the run ended on the run logger (the machine's cleanup hook)."""
         run = self._run
