@@ -3,6 +3,7 @@ most a line naming the file that holds its traceback; never a traceback on scree
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -85,3 +86,21 @@ def test_a_refused_launch_is_one_line_naming_the_log(tmp_path: Path) -> None:
         holder.wait()
     assert result.returncode == 1, result.stderr
     assert_one_line_and_a_pointer(result, "refused in step 'acquire_lock': LockContendedError: ")
+
+
+def test_a_failure_before_the_run_directory_names_a_file_in_the_cache(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path)
+    (tmp_path / "ok.py").write_text(OK_ENTRY, encoding="utf-8")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    result = cli(
+        "run",
+        str(recipe),
+        "--entry",
+        "ok.py:main",
+        "telemetry.output_dir=/proc/no-such-dir/outputs",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 1, result.stderr
+    assert_one_line_and_a_pointer(result, "error in step 'provision': ")
+    assert f"{tmp_path / 'cache' / 'orchestrator-fsm' / 'last-failure.log'}" in result.stderr

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["cmd_run"]
 
 _HASH_SEED_ENV: Final = "PYTHONHASHSEED"
+# Where a run that failed before it had a log file leaves its traceback, in the cache.
+_LAST_FAILURE_FILE: Final = "last-failure.log"
 
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -275,6 +277,25 @@ def _log_file(orch: RootOrchestrator | None) -> Path | None:
     return path if path.is_file() else None
 
 
+def _write_traceback(failure: BaseException) -> Path | None:
+    """``failure``'s traceback written to ``last-failure.log`` in the per-user cache
+    directory (``~/.cache/orchestrator-fsm``), for a run that failed before it had a
+    log file; that file, or None when it cannot be written."""
+    import traceback
+
+    from orchestrator_fsm._fs import atomic_write_text
+    from orchestrator_fsm.phases.filesystem import default_cache_dir
+
+    path = default_cache_dir() / _LAST_FAILURE_FILE
+    text = "".join(traceback.format_exception(type(failure), failure, failure.__traceback__))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    except OSError:
+        return None
+    return path
+
+
 def _report_failure(
     failure: BaseException | None,
     orch: RootOrchestrator | None,
@@ -315,7 +336,7 @@ def _report_failure(
 
         err.print(Traceback.from_exception(type(failure), failure, failure.__traceback__))
     elif code == EXIT_FAILURE:
-        log = _log_file(orch)
+        log = _log_file(orch) or _write_traceback(failure)
         if log is not None:
             say(err, f"(the traceback is in {log})", "dim")
         else:
