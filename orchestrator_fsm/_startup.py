@@ -77,9 +77,9 @@ def _redeliver_swallowed(unraisable: Any) -> None:
     _redelivered.add(signum)
     # Sent from another thread: sent from here, its handler would run before this hook
     # returns (Python checks for signals after each call) and be swallowed again. The
-    # thread needs the interpreter lock, which this thread holds until it is back in
-    # the code the callback interrupted; should the signal land in another swallowing
-    # spot, it is sent again from there.
+    # thread first needs the interpreter lock, so the signal nearly always lands once
+    # this thread is back in the code the callback interrupted; should it land in
+    # another swallowing spot, this hook sends it again from there.
     _thread.start_new_thread(os.kill, (os.getpid(), signum))
 
 
