@@ -137,3 +137,19 @@ def test_a_run_that_leaves_its_seed_alone_records_no_change(tmp_path: Path) -> N
         pass
     assert orch.record is not None
     assert orch.record.determinism_changes == {}
+
+
+@pytest.mark.slow
+def test_rerun_of_a_reproducible_run_sees_no_drift_in_the_hash_seed_it_set(
+    tmp_path: Path,
+) -> None:
+    recipe = write_recipe(tmp_path, hardware={"reproducible": True})
+    entry = tmp_path / "hash_entry.py"
+    entry.write_text(HASH_ENTRY, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
+    result = cli("run", str(recipe), "--entry", f"{entry}:main", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    (run,) = run_dirs(tmp_path / "outputs")
+    rerun = cli("rerun", str(run), "--strict", cwd=tmp_path, env=env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "PYTHONHASHSEED" not in rerun.stdout

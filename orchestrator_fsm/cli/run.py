@@ -19,6 +19,7 @@ from orchestrator_fsm.cli._shared import (
     EXIT_USAGE,
     _load_config,
     config_or_exit_code,
+    hash_seed_env,
     print_config_error,
     recipe_label,
     say,
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 __all__ = ["cmd_run"]
 
-_HASH_SEED_ENV: Final = "PYTHONHASHSEED"
 # Where a run that failed before it had a log file leaves its traceback, in the cache.
 _LAST_FAILURE_FILE: Final = "last-failure.log"
 
@@ -120,17 +120,16 @@ def _fix_hash_seed(args: argparse.Namespace) -> None:
     the recipe is reproducible and the variable is unset: Python reads it only at start,
     and this process has imported neither torch nor the entry yet. The same process
     (``exec``), so its id, arguments, streams and exit code are the launcher's."""
-    if _HASH_SEED_ENV in os.environ:
-        return  # set by the user (kept, whatever it is) or by the start before this one
     try:
         cfg = _load_config(args.recipe, args.overrides, None)
     except (ConfigError, OSError):
         return  # the run reports it, with the pipeline's schema
-    if not cfg.hardware.reproducible:
+    added = hash_seed_env(cfg)
+    if not added:  # not reproducible, or set (by the user, or the start before this)
         return
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    env = dict(os.environ, **{_HASH_SEED_ENV: str(cfg.training.seed)})
+    env = {**os.environ, **added}
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
