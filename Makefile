@@ -5,6 +5,12 @@ VENV ?= .venv
 # project is developed against; elsewhere use e.g. `make test TORCH_SPEC="torch>=2.4"`.
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+# pytest-xdist workers for `make test` and `make test-fast`: most tests wait on a child
+# interpreter, a lock or a signal, so a third worker keeps both cores busy; tests on
+# the one SLURM cluster run on one worker (tests/conftest.py). `make test WORKERS=0`
+# runs them all in one process.
+WORKERS ?= 3
+PYTEST := $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadgroup
 # Two stamps: the runtime (torch + the package, all the demo needs) and, on top of it,
 # the test and dev tools that only `make test` / `make lint` and friends need.
 RUNTIME_STAMP := $(VENV)/.orchestrator-fsm-runtime
@@ -12,7 +18,7 @@ STAMP := $(VENV)/.orchestrator-fsm-installed
 # The benchmarks' own baseline (Sacred), on top of the dev tools; only `make bench`.
 BENCH_STAMP := $(VENV)/.orchestrator-fsm-bench
 
-.PHONY: install demo test test-fast lint unit diagrams bench graphviz slurm clean
+.PHONY: install demo test test-fast lint unit diagrams bench graphviz chromium slurm clean
 
 $(RUNTIME_STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +28,7 @@ $(RUNTIME_STAMP): pyproject.toml Makefile
 	touch $(RUNTIME_STAMP)
 
 $(STAMP): $(RUNTIME_STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[test,dev,mlflow,tensorboard]"
+	$(BIN)/python -m pip install --quiet -e ".[test,dev,mlflow,tensorboard,report]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,8 +41,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check orchestrator_fsm tests examples benchmarks
 	$(BIN)/mypy --strict orchestrator_fsm
 
-unit: $(STAMP) graphviz slurm
-	$(BIN)/python -m pytest -q --durations=40
+# The report page's tests keep their screenshots in test-artifacts/ (git-ignored).
+unit: $(STAMP) graphviz chromium slurm
+	ORCHESTRATOR_FSM_TEST_ARTIFACTS=$(CURDIR)/test-artifacts $(PYTEST) --durations=40
 
 test: lint unit
 
@@ -45,7 +52,7 @@ test: lint unit
 test-fast: $(STAMP)
 	$(BIN)/ruff check orchestrator_fsm tests examples benchmarks
 	$(BIN)/ruff format --check orchestrator_fsm tests examples benchmarks
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # Graphviz renders the SVG diagram; installed when missing and apt-get is usable.
 graphviz:
@@ -54,6 +61,15 @@ graphviz:
 	    (apt-get update -qq && apt-get install -y -qq graphviz >/dev/null) \
 	      || echo "note: could not install graphviz; SVG tests will be skipped"; \
 	  else echo "note: graphviz 'dot' not found; SVG tests will be skipped"; fi; }
+
+# Headless Chromium opens the report pages in tests/test_report_page.py; installed when
+# missing and apt-get is usable (Debian's package is `chromium`).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	      || echo "note: could not install chromium; the report page tests will be skipped"; \
+	  else echo "note: chromium not found; the report page tests will be skipped"; fi; }
 
 # A real SLURM on localhost (munge, slurmctld, two slurmd emulating nodes n1 and n2) for
 # tests/slurm; installed and started when root and apt-get allow, else the tests skip.
@@ -74,4 +90,4 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks --json benchmarks/results.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info test-artifacts

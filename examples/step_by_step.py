@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     orch = RootOrchestrator(load_config(argv, __doc__))
     machine = orch.machine
     print(f"start: {machine.state.value}")
-    orch.time_tracker.start()  # the with-block would start it on entry
+    # The first step starts the run's timer and cleanup stops it, as the with-block does.
     try:
         while not machine.is_terminal:
             state = machine.advance()
@@ -34,7 +34,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"failed in state {machine.state.value}: {exc}")
         return 1
     finally:
-        orch.time_tracker.stop()
         orch.cleanup()  # a no-op here, but it ends the run if the loop stopped early
     print(f"terminal: {machine.state.value} after {len(machine.history)} transitions")
     return 0

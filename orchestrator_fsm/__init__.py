@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     )
     from orchestrator_fsm.lifecycle.table import LifecycleState
     from orchestrator_fsm.observers import Observer
-    from orchestrator_fsm.orchestrator import RootOrchestrator
+    from orchestrator_fsm.orchestrator import RootOrchestrator, current_run
     from orchestrator_fsm.phases.determinism import make_generator, set_seed, worker_init_fn
     from orchestrator_fsm.phases.device import to_device_obj
     from orchestrator_fsm.phases.filesystem import setup_static_directories
@@ -121,6 +121,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "LifecycleState": "orchestrator_fsm.lifecycle.table",
     "Observer": "orchestrator_fsm.observers",
     "RootOrchestrator": "orchestrator_fsm.orchestrator",
+    "current_run": "orchestrator_fsm.orchestrator",
     "SeedTree": "orchestrator_fsm.seeds",
     "make_generator": "orchestrator_fsm.phases.determinism",
     "set_seed": "orchestrator_fsm.phases.determinism",
@@ -188,6 +189,7 @@ __all__ = [
     "__version__",
     "apply_cpu_threads",
     "configure_system_libraries",
+    "current_run",
     "discover_launch",
     "get_local_rank",
     "get_rank",

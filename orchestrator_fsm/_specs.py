@@ -16,6 +16,7 @@ __all__ = [
     "KNOWN_OBSERVERS",
     "callback_signal",
     "is_entry_spec",
+    "is_script_spec",
 ]
 
 #: Observers the recipe may name by a short name instead of ``module:factory``.
@@ -42,6 +43,14 @@ def is_entry_spec(spec: object) -> bool:
         return False
     module_part, sep, attr_path = spec.rpartition(":")
     return bool(sep and module_part and attr_path)
+
+
+def is_script_spec(spec: object) -> bool:
+    """Whether ``spec`` names a script run as ``__main__``: a path ending in ``.py``
+    with no ``:function`` after it (``train.py``, ``scripts/train.py``)."""
+    if not isinstance(spec, str) or not spec.endswith(".py"):
+        return False
+    return ":" not in spec.replace("\\", "/").rpartition("/")[2]
 
 
 def _callback_choices() -> str:

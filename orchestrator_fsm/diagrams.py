@@ -5,6 +5,7 @@ Graphviz's ``dot`` program."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from typing import Final
 
 from orchestrator_fsm.errors import GraphvizNotFoundError, OrchestratorError
@@ -21,7 +22,9 @@ from orchestrator_fsm.lifecycle.table import (
 __all__ = [
     "EXTENSIONS",
     "FORMATS",
+    "MARKS",
     "GraphvizNotFoundError",
+    "edge_key",
     "render",
     "render_dot",
     "render_mermaid",
@@ -36,6 +39,25 @@ EXTENSIONS: Final = {".mmd": "mermaid", ".mermaid": "mermaid", ".dot": "dot", ".
 #: Stands for "every non-terminal state" (the table's "*" source) in drawings.
 _ANY_LIVE: Final = "any_live"
 _ANY_LIVE_LABEL: Final = "any non-terminal state"
+
+
+#: How a marked state or edge is drawn (``render_dot``'s ``states`` and ``edges``): a
+#: run's path on the diagram. Each mark is also the element's SVG ``class``.
+MARKS: Final[Mapping[str, str]] = {
+    "reached": 'color="#1a7f37", fontcolor="#1a7f37", penwidth=2.5',
+    "failed": 'color="#cf222e", fontcolor="#cf222e", penwidth=3.5, style="rounded,filled", '
+    'fillcolor="#ffebe9"',
+    "interrupted": 'color="#bc4c00", fontcolor="#bc4c00", penwidth=3.5, style="rounded,filled", '
+    'fillcolor="#fff1e5"',
+    "rolled_back": 'color="#cf222e", fontcolor="#cf222e", penwidth=2.5, style=dashed',
+    "unvisited": 'color="#8c959f", fontcolor="#8c959f"',
+}
+
+
+def edge_key(spec: TransitionSpec) -> tuple[str, str, str]:
+    """How ``render_dot``'s ``edges`` names the edge of ``spec``: its drawn source
+    (``any_live`` for the table's ``*``), destination and step."""
+    return _source_id(spec), spec["dest"], spec["step"]
 
 
 def _edge_label(spec: TransitionSpec) -> str:
@@ -73,8 +95,24 @@ def _dot_quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render_dot() -> str:
-    """The lifecycle as a Graphviz ``digraph``."""
+def _marked(attributes: str, mark: str | None, element_id: str) -> str:
+    if mark is None:
+        return attributes
+    return f'{attributes}, {MARKS[mark]}, class="{mark}", id="{element_id}"'
+
+
+def render_dot(
+    *,
+    states: Mapping[str, str] | None = None,
+    edges: Mapping[tuple[str, str, str], str] | None = None,
+    id_prefix: str = "",
+) -> str:
+    """The lifecycle as a Graphviz ``digraph``; ``states`` (state value to a mark of
+    :data:`MARKS`) and ``edges`` (:func:`edge_key` to a mark) draw a run's path on it,
+    each marked element with the SVG id ``<id_prefix>state-<state>`` or
+    ``<id_prefix>edge-<source>-<dest>-<step>``."""
+    states = states or {}
+    edges = edges or {}
     lines = [
         "digraph lifecycle {",
         # Room between neighbours of a rank, edge labels included: their text stays
@@ -88,20 +126,31 @@ def render_dot() -> str:
     ]
     for state in LifecycleState:
         shape = ", peripheries=2" if state in TERMINAL_STATES else ""
-        lines.append(f"    {state.value} [label={_dot_quote(state.value)}{shape}];")
+        attributes = _marked(
+            f"label={_dot_quote(state.value)}{shape}",
+            states.get(state.value),
+            f"{id_prefix}state-{state.value}",
+        )
+        lines.append(f"    {state.value} [{attributes}];")
     lines.append(f"    start -> {LifecycleState.CREATED.value};")
     for spec in TRANSITIONS:
         style = ", style=dashed" if spec["source"] == "*" else ""
-        lines.append(
-            f"    {_source_id(spec)} -> {spec['dest']} "
-            f"[label={_dot_quote(_edge_label(spec))}{style}];"
+        key = edge_key(spec)
+        attributes = _marked(
+            f"label={_dot_quote(_edge_label(spec))}{style}",
+            edges.get(key),
+            f"{id_prefix}edge-" + "-".join(key),
         )
+        lines.append(f"    {_source_id(spec)} -> {spec['dest']} [{attributes}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
-def render_svg(*, dot_executable: str | None = None, timeout_s: float = 30.0) -> str:
-    """The DOT diagram rendered to SVG by Graphviz's ``dot``.
+def render_svg(
+    *, dot_executable: str | None = None, timeout_s: float = 30.0, source: str | None = None
+) -> str:
+    """The DOT diagram (or ``source``, a DOT text such as a marked :func:`render_dot`)
+    rendered to SVG by Graphviz's ``dot``.
 
     Raises ``GraphvizNotFoundError`` (with how to install it) when ``dot`` is missing.
     """
@@ -116,7 +165,7 @@ def render_svg(*, dot_executable: str | None = None, timeout_s: float = 30.0) ->
 
     result = subprocess.run(
         [exe, "-Tsvg"],
-        input=render_dot(),
+        input=render_dot() if source is None else source,
         capture_output=True,
         text=True,
         timeout=timeout_s,

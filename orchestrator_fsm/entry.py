@@ -1,4 +1,5 @@
-"""Entry points: the pipeline callable that ``--entry module:function`` names.
+"""Entry points: the pipeline callable that ``--entry module:function`` names, or the
+script that ``--script train.py`` (a recipe's ``entry: train.py``) runs as ``__main__``.
 
 :func:`resolve_entry` imports the module (or the file ``path/to/file.py``) and walks
 to the callable; :func:`entry_search_path` puts the directories it is looked up in
@@ -13,24 +14,33 @@ import difflib
 import importlib
 import importlib.util
 import os
+import runpy
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from orchestrator_fsm._fs import slugify
-from orchestrator_fsm._specs import is_entry_spec
+from orchestrator_fsm._specs import is_entry_spec, is_script_spec
 from orchestrator_fsm.errors import EntryPointError
 
 __all__ = [
+    "ScriptExited",
     "entry_module",
     "entry_schema",
     "entry_search_dirs",
     "entry_search_path",
+    "is_script_spec",
     "resolve_callable",
     "resolve_entry",
+    "run_script",
+    "script_entry",
 ]
+
+
+class ScriptExited(RuntimeError):
+    """A script run as the pipeline called ``sys.exit`` with a failure status."""
 
 
 def _looks_like_file(module_part: str) -> bool:
@@ -54,7 +64,7 @@ def entry_module(spec: str) -> str:
 def entry_search_dirs(spec: str) -> list[str]:
     """Where the entry's module (and what it imports) is found: like ``python -m`` or
     ``python file.py``, the working directory or the file's own directory."""
-    module_part = spec.rpartition(":")[0]
+    module_part = spec if is_script_spec(spec) else spec.rpartition(":")[0]
     if module_part and _looks_like_file(module_part):
         return [str(Path(module_part).expanduser().resolve().parent)]
     return [os.getcwd()]
@@ -190,3 +200,41 @@ def resolve_callable(
         )
     found: Callable[..., object] = target
     return found
+
+
+def script_entry(path: str, argv: Sequence[str] = ()) -> Callable[[Any], None]:
+    """The pipeline that runs the script at ``path`` as :func:`run_script` does, with
+    ``argv`` as its arguments; an ``EntryPointError`` when there is no such file."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise EntryPointError(f"script not found: {path!r} (looked for {file.absolute()})")
+    arguments = tuple(argv)
+
+    def run_script_entry(orchestrator: object) -> None:
+        run_script(file, arguments)
+
+    return run_script_entry
+
+
+def run_script(path: Path, argv: Sequence[str]) -> None:
+    """Run the file ``path`` as ``python path ARGV`` would: as ``__main__``, with
+    ``sys.argv`` ``[path, *argv]`` and its folder first on ``sys.path`` (both restored
+    after). ``sys.exit()`` or ``sys.exit(0)`` ends it normally; another status is a
+    :class:`ScriptExited`."""
+    folder = str(path.resolve().parent)
+    saved_argv = sys.argv
+    sys.argv = [str(path), *argv]
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        # __file__ absolute, as Python gives a script run by path.
+        runpy.run_path(os.path.abspath(path), run_name="__main__")
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            raise ScriptExited(f"{path.name} exited with status {exc.code!r}") from exc
+    finally:
+        sys.argv = saved_argv
+        if added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(folder)

@@ -39,6 +39,7 @@ __all__ = [
     "LOGS_DIR",
     "LOG_FILE",
     "METRICS_FILE",
+    "PAGE_FILE",
     "RANKS_DIR",
     "REPORTS_DIR",
     "REPORT_FILE",
@@ -73,6 +74,9 @@ JOURNAL_FILE: Final = "lifecycle.jsonl"
 METRICS_FILE: Final = "metrics.jsonl"
 #: One JSON line per rerun of the run (appended by ``orchestrator-fsm rerun``).
 RERUNS_FILE: Final = "reruns.jsonl"
+#: The self-contained HTML page ``orchestrator-fsm report`` writes (in a run directory,
+#: or in the output directory or sweep folder it compares the runs of).
+PAGE_FILE: Final = "report.html"
 #: The folder where each rank other than 0 keeps its record.
 RANKS_DIR: Final = "ranks"
 #: Space held back so that the last word of a run fits on a full disk.
@@ -112,6 +116,9 @@ REQUIREMENTS_FILE: Final = "requirements.txt"
 REPORT_FILE: Final = "environment.json"
 #: What ``rerun`` needs to run the run again and to say what drifted.
 BUNDLE_FILE: Final = "rerun.json"
+#: The folder holding a copy of the entry's file (the script, or the file of its
+#: function) as it ran: ``rerun`` runs it where there is no git checkout to rebuild.
+ENTRY_COPY_DIR: Final = "entry"
 #: The folder that keeps an earlier attempt's ``config.yaml`` and ``rerun.json`` once a
 #: later attempt of the run wrote its own (``reports/attempts/<n>/``).
 ATTEMPTS_DIR: Final = "attempts"
@@ -151,6 +158,11 @@ def rank_file(root: Path, rank: int) -> Path:
 def config_file(root: Path) -> Path:
     """The saved resolved config of the run in ``root``."""
     return Path(root) / REPORTS_DIR / CONFIG_FILE
+
+
+def entry_copy(root: Path, name: str) -> Path:
+    """Where the run in ``root`` keeps the copy of its entry file named ``name``."""
+    return Path(root) / REPORTS_DIR / ENTRY_COPY_DIR / Path(name).name
 
 
 def bundle_file(root: Path) -> Path:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
@@ -29,6 +30,7 @@ from orchestrator_fsm.lifecycle.machine import (
     LifecycleMachine,
     RecordListener,
     TransitionRecord,
+    Undo,
     describe_error,
 )
 from orchestrator_fsm.lifecycle.record import AttemptInfo
@@ -45,9 +47,14 @@ from orchestrator_fsm.phases.logging import Logger
 from orchestrator_fsm.phases.manifest import AuditSaver
 from orchestrator_fsm.phases.report import Reporter
 from orchestrator_fsm.phases.runtime import apply_cpu_threads, configure_system_libraries
-from orchestrator_fsm.phases.steps import STEPS
+from orchestrator_fsm.phases.steps import STEPS, PhaseStep
 from orchestrator_fsm.phases.timing import TimeTracker
-from orchestrator_fsm.run_context import Dependencies, RunContext
+from orchestrator_fsm.run_context import (
+    RERUN_OF_ENV,
+    RUN_DIR_FILE_ENV,
+    Dependencies,
+    RunContext,
+)
 from orchestrator_fsm.run_log import LOGGER_NAME
 from orchestrator_fsm.seeds import SeedTree
 
@@ -66,7 +73,7 @@ if TYPE_CHECKING:
         TimeTrackerProtocol,
     )
 
-__all__ = ["LOGGER_NAME", "Entry", "RootOrchestrator", "SignalCallback"]
+__all__ = ["LOGGER_NAME", "Entry", "RootOrchestrator", "SignalCallback", "current_run"]
 
 _T = TypeVar("_T")
 
@@ -110,6 +117,39 @@ def _in_exit(frame: FrameType | None) -> bool:
     return False
 
 
+# The runs live in this process, innermost last: one is added by __enter__ and removed
+# by its cleanup. current_run() reads it; nothing else does.
+_LIVE_RUNS: list[RootOrchestrator] = []
+
+
+def current_run() -> RootOrchestrator:
+    """**(beyond)** The run live in this process (the innermost, should runs nest): the
+    orchestrator of ``orchestrator-fsm run`` (its ``--script``, ``--entry`` or recipe's
+    entry), or of a ``with RootOrchestrator(cfg)`` block, from its ``__enter__`` until its
+    cleanup. A script reaches it from anywhere, without passing it down. Raises
+    ``LifecycleError`` when no run is live (the script was started without
+    ``orchestrator-fsm run``, or the run has ended)."""
+    if not _LIVE_RUNS:
+        raise LifecycleError(
+            "no run is live in this process: start the script with `orchestrator-fsm run "
+            "--script SCRIPT`, or call current_run() inside `with RootOrchestrator(cfg):`"
+        )
+    return _LIVE_RUNS[-1]
+
+
+def _script_of_this_process() -> tuple[str | None, tuple[str, ...] | None]:
+    """The script this process runs (``python train.py ARGS``): its resolved path and its
+    arguments; ``(None, None)`` for ``python -m``, ``-c``, a console command or a shell."""
+    main = sys.modules.get("__main__")
+    script = sys.argv[0] if sys.argv else ""
+    if getattr(main, "__spec__", None) is not None or not script.endswith(".py"):
+        return None, None
+    path = Path(script)
+    if not path.is_file():
+        return None, None
+    return str(path.resolve()), tuple(sys.argv[1:])
+
+
 def _configured_callback(cfg: Config, name: str, spec: str) -> SignalCallback:
     """The signal callback the recipe names ``spec`` for signal ``name``; a
     ``ConfigError`` at its field when it cannot be imported."""
@@ -145,9 +185,11 @@ class RootOrchestrator:
     :mod:`orchestrator_fsm.observers`), after those of ``telemetry.observers``, are told
     what the run records as it records it. ``sweep`` (a sweep id and member number,
     given by ``run --multirun`` to its members) is recorded in ``run.json``; so is
-    ``entry``, how the caller named the pipeline (the command line's ``--entry``),
-    which also goes into the rerun bundle, and ``rerun_of`` (the run directory
-    ``orchestrator-fsm rerun`` runs again).
+    ``entry``, how the caller named the pipeline (the command line's ``--entry``, or
+    ``--script``'s path with ``entry_argv`` its arguments; made from a script run as
+    ``python train.py ARGS``, that script and its arguments), which also goes into the
+    rerun bundle, and ``rerun_of`` (the run directory ``orchestrator-fsm rerun`` runs
+    again). While it is live, :func:`current_run` returns it.
     Every dependency can be injected; the
     defaults are this package's own phase implementations. Only rank 0 creates the
     run directory, persists the manifest and takes the lock; other ranks join rank 0's
@@ -179,8 +221,20 @@ class RootOrchestrator:
         sweep: tuple[str, int] | None = None,
         entry: str | None = None,
         rerun_of: str | os.PathLike[str] | None = None,
+        entry_argv: Iterable[str] | None = None,
     ) -> None:
         self.cfg = cfg
+        entry_is_process = entry is None
+        if entry is None:
+            # Made from a user's script (not the command line): its path and arguments
+            # are the entry, so that `orchestrator-fsm rerun` can run it again (and
+            # tells it, through the environment, which run it reruns).
+            entry, script_argv = _script_of_this_process()
+            entry_is_process = entry is not None
+            if entry_is_process and rerun_of is None:
+                rerun_of = os.environ.get(RERUN_OF_ENV) or None
+        else:
+            script_argv = None if entry_argv is None else tuple(entry_argv)
         # Explicit rank, local_rank and world_size win over what the launcher (or an
         # initialised torch.distributed process group) says.
         self.launch: Launch = current_launch(
@@ -239,6 +293,8 @@ class RootOrchestrator:
             force_resume=force_resume,
             sweep=sweep,
             entry=entry,
+            entry_argv=script_argv,
+            entry_is_process=entry_is_process,
             rerun_of=None if rerun_of is None else Path(rerun_of),
         )
         self._recorder = RunRecorder(
@@ -251,8 +307,11 @@ class RootOrchestrator:
         run = self._run
         run.start_record = self._recorder.start
         timer = _phase_timer(self.time_tracker)
+        # Who started the time tracker: "with" (__enter__) or "steps" (the first step
+        # of a step-by-step run, which cleanup then stops); None before either.
+        self._timed_by: Literal["with", "steps"] | None = None
         self.machine = LifecycleMachine(
-            {name: partial(step, run) for name, step in STEPS.items()}
+            {name: partial(self._timed_step, step, run) for name, step in STEPS.items()}
             | {CLEANUP_STEP: self._at_cleanup},
             is_main_process=self.is_main_process,
             in_rank_0s_job=in_rank_0s_job,
@@ -282,11 +341,38 @@ class RootOrchestrator:
         for key, callback in (signal_callbacks or {}).items():
             self._signal_callbacks.attach(key, callback)
 
+    def _timed_step(self, step: PhaseStep, run: RunContext) -> Undo | None:
+        # Step by step (machine.advance()), the run's time starts at its first step, as
+        # __enter__ starts it for a with-block, so elapsed_s is never 0.
+        if self._timed_by is None:
+            self._timed_by = "steps"
+            self.time_tracker.start()
+        return step(run)
+
     def _at_cleanup(self) -> None:
+        if self._timed_by == "steps":
+            self.time_tracker.stop()
         # The native libraries are looked at last: CUDA's load at first use.
         record_loaded_libraries(self._run)
         self._note_determinism_changes()
         self._recorder.announce_end()
+        self._tell_rerun()
+
+    def _tell_rerun(self) -> None:
+        """A run made from Python that ``orchestrator-fsm rerun`` started: write its
+        directory to the file the rerun named (rank 0, once)."""
+        target = os.environ.get(RUN_DIR_FILE_ENV)
+        run = self._run
+        if not target or not run.entry_is_process or not run.is_main_process:
+            return
+        if run.paths is None:
+            return
+        from orchestrator_fsm._fs import atomic_write_text
+
+        try:
+            atomic_write_text(Path(target), f"{run.paths.root}\n")
+        except OSError as exc:
+            logging.getLogger(LOGGER_NAME).warning("could not write %s (%s)", target, exc)
 
     def _note_determinism_changes(self) -> None:
         """What the program did to the seed and the determinism flags since phase 1:
@@ -389,7 +475,9 @@ class RootOrchestrator:
         self._signal_callbacks.install()
         # SIGINT, SIGTERM and SIGHUP end the run as an interrupt until cleanup is done.
         self._signals.install()
+        _LIVE_RUNS.append(self)
         try:
+            self._timed_by = "with"
             self.time_tracker.start()
             self.initialize_core_services()
             # Live now: a SIGUSR1/SIGUSR2 that came while the command started reaches its
@@ -483,6 +571,8 @@ class RootOrchestrator:
             if not self.machine.is_terminal:
                 self.machine.cleanup(ended_by=ended_by)
         finally:
+            if self in _LIVE_RUNS:
+                _LIVE_RUNS.remove(self)
             self._signal_callbacks.restore()
             self._signals.restore()
 
@@ -522,16 +612,23 @@ class RootOrchestrator:
             self._run.device = resolve_device(self._run)
         return self._run.device
 
-    def log_metrics(self, values: Mapping[str, float], step: int | None = None) -> None:
-        """**(beyond)** Record ``values`` (names to finite numbers) at ``step``: one JSON
-        line appended to this rank's ``metrics.jsonl`` (rank N: ``metrics.rank<N>.jsonl``)
-        in the run directory, and each name's last value and step in the record's
-        ``metrics`` (in ``run.json`` from its next write on). Raises ``ValueError``
-        naming a bad key or value, ``LifecycleError`` before the run directory exists
+    def log_metrics(self, values: Mapping[str, object], step: object = None) -> None:
+        """**(beyond)** Record ``values`` (names to numbers) at ``step``: one JSON line
+        appended to this rank's ``metrics.jsonl`` (rank N: ``metrics.rank<N>.jsonl``) in
+        the run directory, and each name's last value and step in the record's
+        ``metrics`` (in ``run.json`` from its next write on).
+
+        A value is an int or float, a NumPy scalar, or a tensor or array holding one
+        number (0-d like ``loss``, or one element); NaN and infinities are recorded as
+        they are (in JSON as ``"NaN"``, ``"Infinity"``, ``"-Infinity"``). ``step`` is
+        an integer >= 0 (a NumPy integer or one-element tensor too) or None. Nothing
+        about the values stops training: a name or value that cannot be recorded is
+        left out with one warning in the run's log per name, a bad step is dropped
+        from the line. Raises ``LifecycleError`` only before the run directory exists
         or after the run has ended."""
         self._recorder.log_metrics(values, step)
 
-    def log_summary(self, values: Mapping[str, float]) -> None:
+    def log_summary(self, values: Mapping[str, object]) -> None:
         """**(beyond)** Record the run's final figures (e.g. ``{"final_acc": 0.93}``): a
         summary line in the metrics file and the record's ``summary``; the same rules
         as :meth:`log_metrics`."""

@@ -11,6 +11,10 @@ context manager and an iterable wrapper::
 
 While a run is live the bar is drawn on the console its log handler writes to (one rich
 ``Console`` on stderr), so a log record is printed above the bar instead of over it.
+While a bar is live on a terminal, ``sys.stdout`` and ``sys.stderr`` (those that are
+the terminal) print each whole line above the bar too, instead of after it (which
+would leave copies of the bar behind), and still copy it into ``logs/stdout.log``
+when the run captures stdout; everything is put back when the last bar ends.
 Outside a run it uses a console of its own on stderr. Bars opened while another is
 live share its display (one line each). When that console is not a terminal (a file,
 a pipe, CI), nothing is redrawn: the bar writes one plain line when it ends, and one
@@ -24,16 +28,17 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from rich.console import Console
 from rich.logging import RichHandler
 
-from orchestrator_fsm.phases.logging import run_console_handler
+from orchestrator_fsm.phases.logging import run_console_handler, split_tee
 from orchestrator_fsm.run_log import LOGGER_NAME
 
 if TYPE_CHECKING:
@@ -81,11 +86,125 @@ def _new_display(console: Console) -> Progress:
         TimeElapsedColumn(),
         console=console,
         transient=False,
-        # Output of print() stays where it was going (and in stdout.log when teed);
-        # log records reach the display through the console itself.
+        # print() reaches the display through _AboveTheBar (rich's own redirection
+        # would bypass stdout.log); log records through the console itself.
         redirect_stdout=False,
         redirect_stderr=False,
     )
+
+
+class _AboveTheBar:
+    """Stands in for ``sys.stdout`` or ``sys.stderr`` while a bar is live on a terminal:
+    each whole line written is printed on the bar's console (rich clears the bar,
+    prints the line and draws the bar again below it) and copied to ``stdout.log``
+    when the stream was teed; a partial line waits for its newline or a flush."""
+
+    def __init__(self, console: Console, replaced: IO[str]) -> None:
+        self._console = console
+        self._replaced = replaced
+        self._screen, self._copy = split_tee(replaced)
+        self._pending: list[str] = []
+        self._lock = threading.RLock()
+
+    @property
+    def replaced(self) -> IO[str]:
+        """The stream this one stands in for."""
+        return self._replaced
+
+    @property
+    def rich_proxied_file(self) -> IO[str]:
+        """The stream a rich console created on ``sys.stdout`` writes to meanwhile."""
+        return self._screen
+
+    def write(self, text: str) -> int:
+        if self._copy is not None:
+            self._copy(text)
+        with self._lock:
+            *whole, rest = text.split("\n")
+            if whole:
+                whole[0] = "".join(self._pending) + whole[0]
+                self._pending = [rest] if rest else []
+                self._print(whole)
+            elif rest:
+                self._pending.append(rest)
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._pending:
+                pending, self._pending = "".join(self._pending), []
+                self._print([pending])
+
+    def _print(self, lines: list[str]) -> None:
+        from rich.text import Text
+
+        # soft_wrap: the terminal wraps a long line as it would have without the bar.
+        text = Text("\n").join(Text.from_ansi(line) for line in lines)
+        self._console.print(text, soft_wrap=True, highlight=False, markup=False, emoji=False)
+
+    def isatty(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._replaced, name)
+
+
+def _stream_handlers() -> list[logging.StreamHandler[Any]]:
+    """Every handler of every logger that writes to a stream, files excluded."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    found: list[logging.StreamHandler[Any]] = []
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):  # a PlaceHolder has none
+            if isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler, logging.FileHandler
+            ):
+                found.append(handler)
+    return found
+
+
+def _print_above_the_bar(console: Console) -> Callable[[], None]:
+    """Put :class:`_AboveTheBar` in place of ``sys.stdout`` and ``sys.stderr`` where
+    they write to a terminal, and of those streams in the user's own log handlers
+    (``logging.basicConfig``'s); the function returned flushes them and puts back the
+    streams (unless someone replaced them meanwhile)."""
+    saved: dict[str, tuple[IO[str], _AboveTheBar]] = {}
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        screen, _ = split_tee(stream)
+        try:
+            terminal = screen.isatty()
+        except (AttributeError, ValueError):  # a closed or odd stream: left alone
+            terminal = False
+        if terminal and not isinstance(stream, _AboveTheBar):
+            proxy = _AboveTheBar(console, stream)
+            setattr(sys, name, proxy)
+            saved[name] = (stream, proxy)
+    # A handler keeps the stream it was given (the tee or what it replaced), so its
+    # lines go where they went, above the bar.
+    replaced = {id(stream) for stream, _ in saved.values()}
+    replaced |= {id(split_tee(stream)[0]) for stream, _ in saved.values()}
+    handlers: list[tuple[logging.StreamHandler[Any], _AboveTheBar]] = []
+    for handler in _stream_handlers():
+        if id(handler.stream) in replaced:
+            proxy = _AboveTheBar(console, handler.stream)
+            handler.setStream(proxy)
+            handlers.append((handler, proxy))
+
+    def put_back() -> None:
+        for handler, proxy in handlers:
+            proxy.flush()
+            if handler.stream is proxy:
+                handler.setStream(proxy.replaced)
+        for name, (stream, proxy) in saved.items():
+            proxy.flush()
+            if getattr(sys, name) is proxy:
+                setattr(sys, name, stream)
+
+    return put_back
 
 
 def _format_values(values: dict[str, float]) -> str:
@@ -182,7 +301,7 @@ class ProgressBar(Generic[_T]):
         if shared is None:
             display = _new_display(console)
             display.start()
-            shared = _live[console] = [display, 0]
+            shared = _live[console] = [display, 0, _print_above_the_bar(console)]
         shared[1] += 1
         self._console, self._display = console, shared[0]
         assert self._display is not None
@@ -263,7 +382,10 @@ class ProgressBar(Generic[_T]):
         shared[1] -= 1
         if shared[1] == 0:
             del _live[console]
-            display.stop()  # the last frame stays on screen
+            try:
+                shared[2]()  # lines printed meanwhile stay above the last frame
+            finally:
+                display.stop()  # the last frame stays on screen
         elif self._task is not None:
             display.remove_task(self._task)  # an inner bar (one epoch's) makes room
 

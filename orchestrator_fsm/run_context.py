@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
@@ -35,7 +35,13 @@ if TYPE_CHECKING:
     )
     from orchestrator_fsm.seeds import SeedTree
 
-__all__ = ["Dependencies", "Manifest", "RunContext"]
+__all__ = ["RERUN_OF_ENV", "RUN_DIR_FILE_ENV", "Dependencies", "Manifest", "RunContext"]
+
+#: Set by ``orchestrator-fsm rerun`` for a run made from Python (``python train.py``),
+#: which it reruns as that command: the run directory it reruns (recorded as
+#: ``rerun_of``), and the file the new run's directory is written to once it ends.
+RERUN_OF_ENV: Final = "ORCHESTRATOR_FSM_RERUN_OF"
+RUN_DIR_FILE_ENV: Final = "ORCHESTRATOR_FSM_RUN_DIR_FILE"
 
 
 @attrs.frozen
@@ -96,7 +102,14 @@ class RunContext:
     """The sweep this run is a member of: its id and the member's number."""
     entry: str | None = None
     """The pipeline as the command line named it (``--entry module:function`` or
-    ``file.py:function``): recorded in ``run.json`` and the rerun bundle."""
+    ``file.py:function``), or the script run as ``__main__`` (``--script train.py``, or
+    the script of a run made from Python): recorded in ``run.json`` and the rerun bundle."""
+    entry_argv: tuple[str, ...] | None = None
+    """The arguments ``entry`` was given when it is a script (its ``sys.argv[1:]``);
+    ``None`` for a callable."""
+    entry_is_process: bool = False
+    """Whether ``entry`` is the script this process runs (``python train.py``, whose
+    own code made the orchestrator), not one ``orchestrator-fsm run`` ran."""
     rerun_of: Path | None = None
     """The run directory this run reruns (``orchestrator-fsm rerun``)."""
     launch_env: Mapping[str, str] = attrs.field(factory=launch_environment)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -156,10 +157,40 @@ def wait_for(
     pytest.fail("the run never reached the point waited for")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test`` runs ``--dist loadgroup``) every test on the one
+    SLURM cluster goes to one worker, one job at a time: two nodes of 2 CPUs cannot hold
+    two tests' jobs at once without queueing them past their waits."""
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
+# test_faults.py counts what it injected; under pytest-xdist each worker counts its share
+# and the controller adds them up as workers finish.
+_WORKER_TALLIES: Counter[str] = Counter()
+
+
+def _fault_tally() -> dict[str, int]:
+    faults = sys.modules.get("test_faults")
+    return dict(getattr(faults, "TALLY", None) or {})
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["fault_tally"] = _fault_tally()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    _WORKER_TALLIES.update(getattr(node, "workeroutput", {}).get("fault_tally", {}))
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """How many faults, signals and runs test_faults.py injected, sent and launched."""
-    faults = sys.modules.get("test_faults")
-    tally = getattr(faults, "TALLY", None)
+    tally = _WORKER_TALLIES + Counter(_fault_tally())
     if tally:
         counts = ", ".join(f"{key}: {value}" for key, value in sorted(tally.items()))
         terminalreporter.write_line(f"fault tally: {counts}")

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from conftest import write_recipe
 
+from orchestrator_fsm import _yaml as yaml_rules
 from orchestrator_fsm.config import (
     ArchitectureConfig,
     Config,
@@ -73,7 +74,7 @@ def recipe_error(
 
 def test_reference_shaped_recipe_loads_unchanged() -> None:
     path = RECIPES / "orchard_like_mini_cnn.yaml"
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml_rules.Loader)
 
     cfg = Config.from_recipe(path)
 
@@ -86,8 +87,8 @@ def test_reference_shaped_recipe_loads_unchanged() -> None:
     assert cfg.telemetry.log_interval == 50
     pipeline_keys = [key for key in raw if key not in ("hardware", "telemetry")]
     assert cfg.pipeline == {key: raw[key] for key in pipeline_keys}
-    # YAML 1.1 reads 5e-4 (no dot) as text; verbatim means it stays text.
-    assert cfg.training["weight_decay"] == "5e-4"
+    # YAML 1.2 and Hydra read 5e-4 (no dot) as a number, as its writer meant.
+    assert cfg.training["weight_decay"] == 5e-4
     assert cfg.pipeline["evaluation"]["fig_size_predictions"] == [12, 8]
 
 
@@ -1094,10 +1095,10 @@ import json, sys
 import yaml
 yaml.__with_libyaml__ = False  # before the config package picks its loader
 from orchestrator_fsm.config import Config
-from orchestrator_fsm.config import recipe
+from orchestrator_fsm import _yaml
 from orchestrator_fsm.errors import ConfigError
 
-assert recipe._SafeLoader is yaml.SafeLoader
+assert issubclass(_yaml.Loader, yaml.SafeLoader)
 outcomes = []
 for path in sys.argv[1:]:
     try:
@@ -1123,6 +1124,8 @@ def test_pure_python_yaml_loader_reports_the_same_problems(tmp_path: Path) -> No
         MINIMAL + "notes:\n  when: 2024-13-45\n",
         MINIMAL + "evil: !!python/name:os.system\n",
         MINIMAL + "base: &base {lr: 0.1}\nruns: [*base, {<<: *base, lr: 0.2}]\n",
+        MINIMAL + "optim:\n  lr: 1e-3\n  wd: 5E-4\n  eps: '1e-8'\n  lr: 2\n",
+        MINIMAL + "optim: {lr: 1e-3, wd: -2.5e+3, eps: '1e-8'}\n",
     ]
     paths = [
         write_recipe(tmp_path, text, name=f"recipe{index}.yaml") for index, text in enumerate(texts)
@@ -1179,7 +1182,8 @@ def test_overrides_set_owned_fields_with_yaml_scalars(tmp_path: Path) -> None:
     [
         ("7", 7),
         ("7.5", 7.5),
-        ("1e-3", "1e-3"),
+        ("1e-3", 0.001),
+        ("'1e-3'", "1e-3"),
         ("1.0e-3", 0.001),
         ("null", None),
         ("", None),

@@ -15,6 +15,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from orchestrator_fsm import _yaml as yaml_rules
 from orchestrator_fsm.config import Config, redact_secrets
 from orchestrator_fsm.errors import ConfigError
 
@@ -220,8 +221,9 @@ yaml_fragments = st.lists(
 
 def dump_yaml(data: Any) -> str:
     # allow_unicode=False: with it, PyYAML writes NEL (\x85) raw and reads it back as a
-    # space; escaped output reads back exactly.
-    return yaml.safe_dump(data, allow_unicode=False)
+    # space; escaped output reads back exactly. The package's dumper quotes text such as
+    # '1e5' that YAML 1.2 reads as a number.
+    return yaml.dump(data, Dumper=yaml_rules.Dumper, allow_unicode=False)
 
 
 @pytest.fixture(scope="module")
@@ -459,7 +461,7 @@ def test_recipes_with_anchors_and_aliases_load_exactly_when_within_the_bounds(
         "extra": extra,
     }
     path = scratch / "shared.yaml"
-    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    path.write_text(yaml.dump(recipe, Dumper=yaml_rules.Dumper), encoding="utf-8")
     values, characters, recursive = expanded_weight(recipe)
     within = (
         not recursive

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import isolated, only_run_dir, run_torchrun
 
+from orchestrator_fsm.config import Config
 from orchestrator_fsm.lifecycle.table import LifecycleState, advance_path
+from orchestrator_fsm.phases.lock import resolve_lock_path
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -68,7 +70,27 @@ def test_step_by_step_prints_every_state_until_the_terminal_one(tmp_path: Path) 
     assert path[-1] == "cleaned"
     assert transitions == list(itertools.pairwise(path))
     assert out.rstrip().splitlines()[-1] == f"terminal: cleaned after {len(path) - 1} transitions"
-    assert run_status(only_run_dir(tmp_path / "outputs")) == "completed"
+    root = only_run_dir(tmp_path / "outputs")
+    assert run_status(root) == "completed"
+    # The example no longer starts the timer itself: the first step does.
+    assert json.loads((root / "run.json").read_text(encoding="utf-8"))["elapsed_s"] > 0
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted((EXAMPLES / "recipes").glob("*.yaml")), ids=lambda path: path.name
+)
+def test_an_example_recipes_lock_comments_say_what_its_lock_keeps_apart(
+    tmp_path: Path, recipe: Path
+) -> None:
+    def lock_of(*overrides: str) -> Path:
+        cfg = Config.from_recipe(recipe, overrides=[f"telemetry.output_dir={tmp_path}", *overrides])
+        return resolve_lock_path(cfg)
+
+    text = recipe.read_text(encoding="utf-8")
+    one_per_run = lock_of("training.seed=1") != lock_of("training.seed=2")
+    if one_per_run:  # runs of the project go side by side: no comment may say otherwise
+        for claim in ("one lock per project", "never overlap (one lock", "run of this project"):
+            assert claim not in text, f"{recipe.name} says {claim!r}"
 
 
 def test_custom_dependencies_are_called_and_consume_no_randomness(tmp_path: Path) -> None:
@@ -145,7 +167,7 @@ def test_ddp_train_with_two_ranks_writes_one_run_with_a_log_per_rank(tmp_path: P
     assert "2 ranks; final training accuracy: " in out
     assert [p.name for p in (root / "checkpoints").iterdir()] == ["model.pt"]
     logs = root / "logs"
-    assert sorted(p.name for p in logs.iterdir()) == ["rank1.log", "run.log"]
+    assert sorted(p.name for p in logs.iterdir()) == ["rank1.log", "run.log", "stdout.log"]
     for rank, name in enumerate(["run.log", "rank1.log"]):
         lines = (logs / name).read_text(encoding="utf-8").splitlines()
         assert "this rank trains on 64 of the 128 images" in "\n".join(lines)

@@ -116,6 +116,17 @@ def test_a_torchrun_job_of_four_ranks_is_one_run(tmp_path: Path) -> None:
     assert {json.loads(line)["attempt"] for line in lines} == {1}
 
 
+def test_each_rank_marks_its_lines_in_the_shared_stdout_log(tmp_path: Path) -> None:
+    recipe, script = write(tmp_path)
+    result = torchrun(script, recipe, {}, nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (root,) = run_dirs(tmp_path / "outputs")
+    lines = (root / "logs" / "stdout.log").read_text(encoding="utf-8").splitlines()
+    assert sorted(lines) == sorted(
+        f'[rank{rank}] {{"rank": {rank}, "root": "{root}"}}' for rank in (0, 1)
+    )
+
+
 def test_a_failing_rank_makes_the_job_failed_and_names_itself(tmp_path: Path) -> None:
     recipe, script = write(tmp_path)
     # Rank 0 works without collectives; torchrun stops it when rank 1 fails.

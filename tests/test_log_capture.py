@@ -151,10 +151,35 @@ def test_capture_stdout_tees_print_into_stdout_log(
     assert _run_log(logs).count(logged) == 1
 
 
+def test_print_lands_in_stdout_log_by_default(
+    make_config: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    printed = _unique("printed")
+
+    with RootOrchestrator(make_config()) as orch:
+        print(printed)
+        assert orch.paths is not None
+        logs = orch.paths.logs
+
+    assert capsys.readouterr().out.count(printed) == 1
+    assert (logs / STDOUT_LOG).read_text(encoding="utf-8") == printed + "\n"
+
+
+def test_a_rank_mark_starts_every_line_of_the_shared_stdout_log(tmp_path: Path) -> None:
+    copy = _TeeFile(tmp_path / STDOUT_LOG, report_to=io.StringIO(), line_mark="[rank1] ")
+    tee = _Tee(io.StringIO(), copy)  # type: ignore[arg-type]
+    for text in ("one\ntw", "o\n", "\nthree", " and more\nfour\n"):
+        tee.write(text)
+    copy.close()
+    assert (tmp_path / STDOUT_LOG).read_text(encoding="utf-8") == (
+        "[rank1] one\n[rank1] two\n\n[rank1] three and more\n[rank1] four\n"
+    )
+
+
 def test_without_capture_stdout_nothing_is_installed(make_config: Callable[..., Any]) -> None:
     streams = (sys.stdout, sys.stderr)
 
-    with RootOrchestrator(make_config()) as orch:
+    with RootOrchestrator(make_config(telemetry={"capture_stdout": False})) as orch:
         assert (sys.stdout, sys.stderr) == streams
         assert orch.paths is not None
         logs = orch.paths.logs
@@ -245,7 +270,7 @@ def test_console_level_is_validated_like_log_level(tmp_path: Path) -> None:
     default = Config.from_dict(minimal_recipe(tmp_path, telemetry={"log_level": "DEBUG"}))
     assert default.telemetry.console_level is None
     assert default.telemetry.effective_console_level == "DEBUG"
-    assert default.telemetry.capture_stdout is False
+    assert default.telemetry.capture_stdout is True
 
     with pytest.raises(ConfigError, match=r"telemetry\.console_level"):
         Config.from_dict(minimal_recipe(tmp_path, telemetry={"console_level": "LOUD"}))

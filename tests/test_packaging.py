@@ -43,7 +43,7 @@ def test_make_demo_installs_the_runtime_only(tmp_path: Path) -> None:
 @pytest.mark.parametrize("target", ["test", "test-fast", "lint"])
 def test_make_test_and_lint_install_the_dev_tools(tmp_path: Path, target: str) -> None:
     commands = make_dry_run(target, tmp_path / "venv")
-    assert any('-e ".[test,dev,mlflow,tensorboard]"' in c for c in commands), commands
+    assert any('-e ".[test,dev,mlflow,tensorboard,report]"' in c for c in commands), commands
 
 
 def test_pyproject_applies_without_setuptools_warnings() -> None:

@@ -400,7 +400,7 @@ def test_step_on_rank_one_logs_to_rank1_log_and_its_undo_restores_the_loggers(
     after = (list(package.handlers), package.level, package.propagate, list(root.handlers))
     assert after == before
     logs = tmp_path / "run" / "logs"
-    assert [p.name for p in logs.iterdir()] == ["rank1.log"]
+    assert sorted(p.name for p in logs.iterdir()) == ["rank1.log", "stdout.log"]
     lines = (logs / "rank1.log").read_text(encoding="utf-8").splitlines()
     assert [line.split("] ", 1)[1] for line in lines] == [
         "INFO     orchestrator_fsm: joined rank 0's run",

@@ -8,6 +8,7 @@ import io
 import os
 import re
 import select
+import shlex
 import shutil
 import struct
 import subprocess
@@ -207,3 +208,96 @@ def test_a_bar_without_an_iterable_cannot_be_iterated_and_totals_are_checked() -
         list(progress(total=3))
     with pytest.raises(ValueError, match="total must be"):
         progress(total=-1)
+
+
+# A run whose user prints (stdout and stderr) and logs through a handler of their own
+# (logging.basicConfig) while a bar is live, then prints once the run is over.
+PRINTING_SCRIPT = textwrap.dedent(
+    """
+    import logging, sys, time
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[2])
+    from conftest import minimal_recipe
+    from orchestrator_fsm import Config, RootOrchestrator
+
+    logging.basicConfig(format="USERLOG %(message)s")
+    user = logging.getLogger("mytrain")
+    user.setLevel(logging.INFO)
+    cfg = Config.from_dict(minimal_recipe(Path(sys.argv[1])))
+    with RootOrchestrator(cfg, rank=0, local_rank=0) as orch:
+        print("RUN_ROOT", orch.paths.root, flush=True)
+        with orch.progress(total=30, description="training") as bar:
+            for step in range(30):
+                time.sleep(0.02)
+                if step % 10 == 5:
+                    print(f"printed at step {step}")
+                if step == 12:
+                    print("to stderr at step 12", file=sys.stderr)
+                if step == 18:
+                    user.info("user log at step 18")
+                if step == 22:
+                    sys.stdout.write("a partial ")
+                    sys.stdout.write("line at step 22\\n")
+                bar.advance()
+    print("AFTER THE RUN", flush=True)
+    """
+)
+
+
+def _tmux_screen(command: list[str], done: Path, columns: int, rows: int) -> list[str]:
+    """The screen of a tmux pane of ``columns`` x ``rows`` once ``command``, run in it,
+    has written its exit status to ``done``."""
+    tmux = shutil.which("tmux")
+    if tmux is None:
+        pytest.skip("needs tmux")
+    socket = f"bars-{os.getpid()}-{time.monotonic_ns()}"
+    base = [tmux, "-L", socket, "-f", "/dev/null"]
+    shell = f"{shlex.join(command)}; echo $? > {shlex.quote(str(done))}; sleep 600"
+    subprocess.run(
+        [*base, "new-session", "-d", "-x", str(columns), "-y", str(rows), shell],
+        check=True,
+        env=_environment(),
+        timeout=30,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        screen = subprocess.run(
+            [*base, "capture-pane", "-p"], check=True, capture_output=True, text=True, timeout=30
+        ).stdout
+    finally:
+        subprocess.run([*base, "kill-server"], check=False, timeout=30)
+    assert done.exists() and done.read_text().strip() == "0", screen
+    return [line.rstrip() for line in screen.splitlines()]
+
+
+@pytest.mark.slow
+def test_in_tmux_prints_and_logs_appear_above_a_live_bar_and_no_bar_is_left_behind(
+    tmp_path: Path, short_dir: Path
+) -> None:
+    script = tmp_path / "printing.py"
+    script.write_text(PRINTING_SCRIPT, encoding="utf-8")
+    command = [sys.executable, str(script), str(short_dir), str(Path(__file__).parent)]
+    lines = _tmux_screen(command, tmp_path / "done", COLUMNS, ROWS)
+    text = "\n".join(lines)
+
+    printed = [
+        "printed at step 5",
+        "to stderr at step 12",
+        "printed at step 15",
+        "USERLOG user log at step 18",
+        "a partial line at step 22",
+        "printed at step 25",
+    ]
+    # Each is a whole line of its own, once, in the order written, above the bar.
+    assert [line for line in lines if line in printed] == printed, text
+    bars = [index for index, line in enumerate(lines) if "━" in line]
+    assert len(bars) == 1, text  # no stale copy of the bar anywhere
+    assert re.fullmatch(r"training +━+ +30/30 +\d+:\d\d:\d\d", lines[bars[0]]), text
+    assert lines.index(printed[-1]) < bars[0] < lines.index("AFTER THE RUN"), text
+
+    # print() lands in the run's stdout.log by default; log records do not.
+    root = Path(next(line for line in lines if line.startswith("RUN_ROOT")).split()[1])
+    copied = (root / "logs" / "stdout.log").read_text(encoding="utf-8").splitlines()
+    assert copied == [f"RUN_ROOT {root}", *(line for line in printed if "USERLOG" not in line)]

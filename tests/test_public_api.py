@@ -44,7 +44,7 @@ def test_the_constructor_is_the_reference_one() -> None:
     beyond = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
     assert beyond == [
         "signal_callbacks", "world_size", "resume", "force_resume", "observers", "sweep",
-        "entry", "rerun_of",
+        "entry", "entry_argv", "rerun_of",
     ]  # fmt: skip
 
 
@@ -97,6 +97,18 @@ def test_importing_the_package_imports_neither_torch_nor_numpy() -> None:
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert result.stdout.strip() == "True"
+
+
+def test_importing_the_package_imports_no_optional_extra() -> None:
+    import subprocess
+    import sys
+
+    extras = "{'jinja2', 'mlflow', 'tensorboard', 'orchestrator_fsm.page'}"
+    code = f"import sys, orchestrator_fsm; print(sorted({extras} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
 
 
 def test_an_unknown_name_is_an_attribute_error() -> None:

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from conftest import cli, cli_command, isolated, minimal_recipe, run_dirs
 
+from orchestrator_fsm.cli.diff import EXIT_DIFFERENT
 from orchestrator_fsm.cli.rerun import EXIT_DIVERGED, EXIT_DRIFT, EXIT_WITHIN_TOLERANCE
 from orchestrator_fsm.git_state import read_git_state
 from orchestrator_fsm.layout import RERUNS_FILE, bundle_file
@@ -155,13 +156,20 @@ def test_a_changed_override_is_drift_and_strict_refuses(project: Path) -> None:
 
 
 @pytest.mark.slow
-def test_an_edited_entry_file_is_drift(project: Path) -> None:
+def test_an_edited_entry_file_is_drift_with_current_and_rerun_as_it_ran_without(
+    project: Path,
+) -> None:
     run = run_pipeline(project, "steady")
     with (project / "pipe.py").open("a") as pipe:
         pipe.write("\n# edited after the run\n")
-    result = cli("rerun", str(run), "--strict", cwd=project)
+    result = cli("rerun", str(run), "--strict", "--current", cwd=project)
     assert result.returncode == EXIT_DRIFT, result.stdout + result.stderr
     assert [(kind, key) for kind, key, _ in drift_rows(result.stdout)] == [("entry", "sha256")]
+    assert "code: today's working tree (--current)" in result.stdout
+    # Without --current (no git checkout here), the file the run kept is what reruns.
+    as_it_ran = cli("rerun", str(run), "--strict", cwd=project)
+    assert as_it_ran.returncode == 0, as_it_ran.stdout + as_it_ran.stderr
+    assert "code: the run's saved copy of" in as_it_ran.stdout
 
 
 @pytest.mark.slow
@@ -239,14 +247,21 @@ def test_diff_shows_exactly_the_changed_override(project: Path) -> None:
     first = run_pipeline(project, "steady", *isolated(project), "--set", "training.lr=0.1")
     second = run_pipeline(project, "steady", *isolated(project), "--set", "training.lr=0.2")
     result = cli("diff", str(first), str(second), "--json", cwd=project)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == EXIT_DIFFERENT, result.stderr
     data = json.loads(result.stdout)
     changed = [(d["kind"], d["key"]) for d in data["differences"] if not d["note"]]
     assert changed == [("config", "training.lr"), ("overrides", "training.lr")]
     assert data["metrics"]["status"] == "identical"
+    assert data["differ"] is True
     table = cli("diff", str(first), str(second), cwd=project)
+    assert table.returncode == EXIT_DIFFERENT, table.stderr
     rows = [line.split() for line in table.stdout.splitlines()[3:] if line.startswith("config")]
     assert rows == [["config", "training.lr", "0.1", "0.2"]]
+
+    same = run_pipeline(project, "steady", *isolated(project), "--set", "training.lr=0.1")
+    alike = cli("diff", str(first), str(same), "--json", cwd=project)
+    assert alike.returncode == 0, alike.stdout + alike.stderr
+    assert json.loads(alike.stdout)["differ"] is False
 
 
 @pytest.mark.slow

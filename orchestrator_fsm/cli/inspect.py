@@ -54,15 +54,18 @@ class _UsageError(Exception):
 
 @attrs.frozen
 class RunFiles:
-    """What a run directory holds besides the record itself.
+    """What a run directory holds, read from the directory itself.
 
     ``records``: whether ``run.json`` and the journal are present, by file name;
-    ``folders``: the files in each run sub-folder, relative to it, sorted (absent
-    folders omitted).
+    ``folders``: the files in each sub-folder (the run's own first, in creation order,
+    then any other: ``ranks/``, ``tensorboard/``, ...), relative to it, sorted;
+    ``others``: the other files at the top of the run directory (``metrics.jsonl``,
+    ``reruns.jsonl``, ...), sorted. Hidden names (``.run.json.reserve``) are left out.
     """
 
     records: dict[str, bool]
     folders: dict[str, list[str]]
+    others: list[str] = attrs.field(factory=list)
 
 
 def _load_run(run_dir: Path) -> RunRecord:
@@ -98,15 +101,24 @@ def _holds_runs(folder: Path) -> bool:
 def _run_files(run_dir: Path) -> RunFiles:
     from orchestrator_fsm.layout import JOURNAL_FILE, RUN_FILE, RUN_SUBDIRECTORIES
 
-    folders: dict[str, list[str]] = {}
-    for name in RUN_SUBDIRECTORIES:
-        folder = run_dir / name
-        if folder.is_dir():
-            folders[name] = sorted(
-                str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
-            )
     records = {name: (run_dir / name).is_file() for name in (RUN_FILE, JOURNAL_FILE)}
-    return RunFiles(records=records, folders=folders)
+    try:
+        entries = [entry for entry in run_dir.iterdir() if not entry.name.startswith(".")]
+    except OSError:
+        entries = []
+    order = {name: index for index, name in enumerate(RUN_SUBDIRECTORIES)}
+    subfolders = sorted(
+        (entry for entry in entries if entry.is_dir()),
+        key=lambda entry: (order.get(entry.name, len(order)), entry.name),
+    )
+    folders = {
+        folder.name: sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        for folder in subfolders
+    }
+    others = sorted(
+        entry.name for entry in entries if entry.is_file() and entry.name not in records
+    )
+    return RunFiles(records=records, folders=folders, others=others)
 
 
 def cmd_inspect(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -171,7 +183,9 @@ def format_json(run: RunRecord, files: RunFiles) -> str:
         "effective_status": run.effective_status,
         "transitions": [record.to_json() for record in run.transitions],
         "ranks": [rank.to_json() for rank in run.ranks],
-        "files": files.folders,
+        # "." lists the files at the top of the run directory.
+        "files": {".": [*(name for name, on in files.records.items() if on), *files.others]}
+        | files.folders,
     }
     return json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
 
@@ -432,7 +446,8 @@ def format_error(run: RunRecord) -> Text | None:
 
 
 def format_files(files: RunFiles) -> Table:
-    """Whether the record files are present, and the first files of each sub-folder."""
+    """Whether the record files are present, the run directory's other files, and the
+    first files of each sub-folder."""
     from rich.table import Table
     from rich.text import Text
 
@@ -441,6 +456,8 @@ def format_files(files: RunFiles) -> Table:
     table.add_column("contents", overflow="fold")
     for name, present in files.records.items():
         table.add_row(Text(name), Text("present" if present else "missing"))
+    for name in files.others:
+        table.add_row(Text(name), Text("present"))
     for folder, names in files.folders.items():
         shown = ", ".join(names[:_FILES_SHOWN]) or "(empty)"
         if len(names) > _FILES_SHOWN:

@@ -1,6 +1,6 @@
 """The argument parser of ``orchestrator-fsm`` and :func:`main`, which dispatches to the
 sub-command modules beside it (``run``, ``diagram``, ``inspect``, ``runs``, ``validate``,
-``rerun``, ``diff``)."""
+``rerun``, ``diff``, ``report``)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--entry",
         metavar="MODULE:FUNCTION",
         help="the pipeline, called as FUNCTION(orchestrator); MODULE may be a file "
-        "path/to/file.py (default: the bundled demo pipeline)",
+        "path/to/file.py (default: the recipe's entry; the bundled demo for its recipe)",
+    )
+    run.add_argument(
+        "--script",
+        metavar="SCRIPT.py",
+        help="run this script as __main__ inside the run, with the arguments after `--` "
+        "as its sys.argv[1:] (orchestrator_fsm.current_run() reaches the run)",
     )
     run.add_argument("--debug", action="store_true", help="show the traceback when the run fails")
     run.add_argument(
@@ -183,6 +189,12 @@ def _add_reproduce_commands(
     rerun.add_argument("bare", nargs="*", metavar="KEY=VALUE", help="more overrides, like --set")
     rerun.add_argument("--strict", action="store_true", help="refuse to start on any drift")
     rerun.add_argument(
+        "--current",
+        action="store_true",
+        help="run today's working tree instead of the code that ran (by default: the "
+        "recorded commit and patch in a temporary git worktree, or the saved entry file)",
+    )
+    rerun.add_argument(
         "--attempt",
         type=int,
         metavar="N",
@@ -207,6 +219,23 @@ def _add_reproduce_commands(
     diff.add_argument("--json", action="store_true", help="print one JSON object instead")
     _add_tolerance(diff)
     diff.set_defaults(handler=_command("diff", "cmd_diff"))
+
+    report = commands.add_parser(
+        "report",
+        help="write one self-contained HTML page of a run, or comparing runs",
+        description="Write a self-contained HTML page (nothing is fetched when it is "
+        "opened): for a run directory, its lifecycle drawn on the diagram, timeline per "
+        "rank and attempt, metrics, ending, config, environment, git and files; for an "
+        "output directory or a sweep's folder, a page comparing its runs (and each "
+        "run's own page). Needs Jinja2 (the 'report' extra).",
+    )
+    report.add_argument(
+        "path", metavar="PATH", help="a run directory, an output directory or a sweep's folder"
+    )
+    report.add_argument(
+        "--output", metavar="FILE", help="write the page here (default: report.html in PATH)"
+    )
+    report.set_defaults(handler=_command("report", "cmd_report"))
 
 
 def _add_sweep_arguments(run: argparse.ArgumentParser) -> None:
@@ -243,8 +272,16 @@ def _add_sweep_arguments(run: argparse.ArgumentParser) -> None:
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """``argv`` parsed; ``KEY=VALUE`` arguments after an option are overrides too."""
-    args, extra = parser.parse_known_args(argv)
+    """``argv`` parsed; ``KEY=VALUE`` arguments after an option are overrides too. For
+    ``run``, what follows the first ``--`` is the script's own arguments
+    (``args.script_args``), never read as options or overrides."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    script_args: list[str] | None = None
+    if words[:1] == ["run"] and "--" in words:
+        cut = words.index("--")
+        words, script_args = words[:cut], words[cut + 1 :]
+    args, extra = parser.parse_known_args(words)
+    args.script_args = script_args
     if extra and hasattr(args, "bare") and all("=" in a and not a.startswith("-") for a in extra):
         args.bare = [*args.bare, *extra]
     elif extra:

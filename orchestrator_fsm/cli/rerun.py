@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -81,9 +83,9 @@ def format_drift(items: list[Drift]) -> list[str]:
 
 def _saved_config_data(path: Path) -> Any:
     """The saved config of an existing run (its ``config.yaml``), as data."""
-    import yaml
+    from orchestrator_fsm.config.recipe import load_trusted_yaml
 
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+    return load_trusted_yaml(path.read_bytes())
 
 
 def _is_redacted(override: str) -> bool:
@@ -116,8 +118,9 @@ def cmd_rerun(args: argparse.Namespace, out: Console, err: Console) -> int:
     if not spec:
         say(
             err,
-            f"error: {bundle_file(original)} records no entry: the run was "
-            "started from Python, not by `orchestrator-fsm run`; run that code again",
+            f"error: {bundle_file(original)} records no entry: the run was started "
+            "from Python without a script file (python -c, python -m, a notebook); run "
+            "that code again",
             "red",
         )
         return EXIT_USAGE
@@ -125,8 +128,17 @@ def cmd_rerun(args: argparse.Namespace, out: Console, err: Console) -> int:
         say(err, f"error: {saved} is missing; the run's config cannot be read back", "red")
         return EXIT_USAGE
     given = list(args.overrides)
+    process = entry.get("kind") == "python"
+    if process and given:
+        say(
+            err,
+            f"error: {original} was made by {spec} itself (python {Path(spec).name}), which "
+            "builds its own config: overrides cannot be given to its rerun",
+            "red",
+        )
+        return EXIT_USAGE
     supplied = {text.partition("=")[0].strip() for text in given}
-    redacted = list((bundle.get("config") or {}).get("redacted_keys") or ())
+    redacted = [] if process else list((bundle.get("config") or {}).get("redacted_keys") or ())
     missing = [key for key in redacted if key not in supplied]
     if missing:
         keys = ", ".join(missing)
@@ -140,38 +152,109 @@ def cmd_rerun(args: argparse.Namespace, out: Console, err: Console) -> int:
         return EXIT_USAGE
     kept = [text for text in bundle.get("overrides") or () if not _is_redacted(text)]
     overrides = [*kept, *given]
-    run_argv = ["run", str(saved), "--entry", spec, *(f"--set={text}" for text in overrides)]
+    from orchestrator_fsm.reproduce.code import CodeUnavailable, code_that_ran
     from orchestrator_fsm.reproduce.relaunch import RelaunchRefused, plan_relaunch
 
+    script_argv = [str(arg) for arg in entry.get("argv") or ()] if "argv" in entry else None
+    if script_argv is not None and any(_is_redacted(f"x={arg}") for arg in script_argv):
+        say(
+            err,
+            f"error: cannot rerun {original}: the arguments of {spec} held a secret, "
+            f"recorded redacted ({shlex.join(script_argv)}); run it again by hand",
+            "red",
+        )
+        return EXIT_USAGE
     try:
-        relaunch = plan_relaunch(original, bundle, run_argv)
+        relaunch = plan_relaunch(original, bundle, _run_argv(spec, entry, saved, overrides))
     except RelaunchRefused as exc:
         # The by-hand command shows secrets as the bundle does (***), never as given.
         say(err, f"error: {_redacted_line(str(exc), given)}", "red")
         return EXIT_USAGE
-    cwd = (bundle.get("command") or {}).get("cwd")
-    cwd = cwd if isinstance(cwd, str) and os.path.isdir(cwd) else os.getcwd()
+    recorded_cwd = (bundle.get("command") or {}).get("cwd")
+    try:
+        with code_that_ran(original, bundle, current=args.current) as code:
+            cwd = code.cwd(recorded_cwd) if isinstance(recorded_cwd, str) else None
+            cwd = cwd if cwd is not None and os.path.isdir(cwd) else os.getcwd()
+            ran = _entry_in(code.path, spec, entry) if not code.current else spec
+            drift = _drift_now(
+                bundle,
+                saved,
+                (ran, script_argv, process),
+                overrides,
+                cwd,
+                relaunch.launcher_environment(),
+                err,
+                code.original,
+                rebuilt=not code.current,
+            )
+            if isinstance(drift, int):
+                return drift
+            _print_drift(drift, out)
+            say(out, code.says)
+            from orchestrator_fsm.reproduce.drift import is_drift
 
-    drift = _drift_now(bundle, saved, spec, overrides, cwd, relaunch.launcher_environment(), err)
-    if isinstance(drift, int):
-        return drift
-    _print_drift(drift, out)
-    from orchestrator_fsm.reproduce.drift import is_drift
-
-    if args.strict and any(is_drift(item) for item in drift):
-        say(err, "refused: --strict and the rerun would not run what the original ran", "red")
-        return EXIT_DRIFT
-
-    command = relaunch.command(sys.executable, [*run_argv, "--rerun-of", str(original)])
-    say(out, f"rerunning {original} ({relaunch.describe()})")
-    code, new_dir = _run_child(command, cwd, out)
-    if code != EXIT_OK or new_dir is None:
+            if args.strict and any(is_drift(item) for item in drift):
+                say(
+                    err,
+                    "refused: --strict and the rerun would not run what the original ran",
+                    "red",
+                )
+                return EXIT_DRIFT
+            run_argv = _run_argv(ran, entry, saved, overrides)
+            if process:
+                command = relaunch.command(sys.executable, run_argv, program=())
+            else:
+                command = _with_options(
+                    relaunch.command(sys.executable, run_argv), "--rerun-of", str(original)
+                )
+            say(out, f"rerunning {original} ({relaunch.describe()})")
+            env = dict(os.environ)
+            python_path = code.python_path()
+            if python_path is not None:
+                env["PYTHONPATH"] = python_path
+            code_run, new_dir = _run_child(command, cwd, env, original if process else None)
+    except CodeUnavailable as exc:
+        say(err, f"error: {exc}", "red")
+        return EXIT_USAGE
+    if code_run != EXIT_OK or new_dir is None:
         runner = "torchrun" if relaunch.torchrun else "orchestrator-fsm run"
-        say(err, f"the rerun failed ({runner} exited {code})", "red")
-        _note_rerun(original, new_dir, None, code)
-        return code if code >= 128 else EXIT_FAILURE
+        runner = f"python {Path(spec).name}" if process and not relaunch.torchrun else runner
+        say(err, f"the rerun failed ({runner} exited {code_run})", "red")
+        _note_rerun(original, new_dir, None, code_run)
+        return code_run if code_run >= 128 else EXIT_FAILURE
     _say_ranks(original, new_dir, out)
-    return _verdict(original, new_dir, args, bundle, out, code)
+    return _verdict(original, new_dir, args, bundle, out, code_run)
+
+
+def _entry_in(path: Callable[[str], str], spec: str, entry: dict[str, Any]) -> str:
+    """``spec`` naming the entry's file where ``path`` puts it (a module: as it is)."""
+    file = entry.get("path")
+    if entry.get("kind") not in ("script", "python", "file") or not isinstance(file, str):
+        return spec
+    moved = path(file)
+    return moved if entry.get("kind") != "file" else f"{moved}:{spec.rpartition(':')[2]}"
+
+
+def _run_argv(spec: str, entry: dict[str, Any], saved: Path, overrides: list[str]) -> list[str]:
+    """The command line (after the interpreter) that runs ``spec`` again: ``run`` with
+    the saved config, the overrides and the entry (a script's arguments after ``--``);
+    for a run made from Python, the script and its arguments."""
+    argv = [str(arg) for arg in entry.get("argv") or ()]
+    if entry.get("kind") == "python":
+        return [spec, *argv]
+    sets = [f"--set={text}" for text in overrides]
+    if entry.get("kind") == "script":
+        return ["run", str(saved), "--script", spec, *sets, "--", *argv]
+    return ["run", str(saved), "--entry", spec, *sets]
+
+
+def _with_options(command: list[str], *options: str) -> list[str]:
+    """``command`` (an ``orchestrator-fsm run``) with ``options`` added to its own:
+    before the ``--`` that starts a script's arguments, when there is one."""
+    if "--" not in command:
+        return [*command, *options]
+    cut = command.index("--")
+    return [*command[:cut], *options, *command[cut:]]
 
 
 def _redacted_line(line: str, given: list[str]) -> str:
@@ -201,15 +284,22 @@ def _say_ranks(original: Path, new_dir: Path, out: Console) -> None:
 def _drift_now(
     bundle: dict[str, Any],
     saved: Path,
-    spec: str,
+    entry: tuple[str, list[str] | None, bool],
     overrides: list[str],
     cwd: str,
     launcher_env: dict[str, str],
     err: Console,
+    original_path: Callable[[str], str],
+    *,
+    rebuilt: bool = False,
 ) -> list[Drift] | int:
     """What differs between the bundle and a rerun now (the exit code on a bad config).
 
-    ``launcher_env`` is what the relaunch's launcher adds to the variables the ranks are
+    ``entry`` is the spec, a script's arguments and whether the script made the run
+    itself; ``original_path`` names a path of the rebuilt code as the original run
+    named it (the entry is compared as it was named); ``rebuilt``: the code is the
+    recorded commit in a temporary worktree (on no branch). ``launcher_env`` is what
+    the relaunch's launcher adds to the variables the ranks are
     given (torchrun's ``OMP_NUM_THREADS``): recreated, so no drift."""
     from orchestrator_fsm.config import Config
     from orchestrator_fsm.environment import launch_environment
@@ -229,7 +319,9 @@ def _drift_now(
         seeds = bundle.get("seeds") or {}
         now = snapshot(
             cfg,
-            spec,
+            entry[0],
+            entry_argv=entry[1],
+            entry_is_process=entry[2],
             config=redacted_config(cfg),
             # The recipe the original read (the rerun reads the saved config instead).
             recipe=(bundle.get("recipe") or {}).get("path") or None,
@@ -240,9 +332,28 @@ def _drift_now(
             rank=int(seeds.get("rank") or 0),
             world_size=int(seeds.get("world_size") or 1),
         )
+    sections = dict(now.sections)
+    recorded_git, git_now = bundle.get("git"), sections.get("git")
+    # The recorded commit, checked out detached: the branch it was on is a name only.
+    same_commit = (
+        rebuilt
+        and isinstance(recorded_git, dict)
+        and isinstance(git_now, dict)
+        and git_now.get("commit") == recorded_git.get("commit")
+    )
+    if same_commit and isinstance(git_now, dict) and isinstance(recorded_git, dict):
+        sections["git"] = {**git_now, "branch": recorded_git.get("branch")}
+    described = sections.get("entry")
+    if isinstance(described, dict) and described.get("path"):
+        described = {**described, "path": original_path(described["path"])}
+        recorded = bundle.get("entry") or {}
+        # The same file, rebuilt elsewhere or named otherwise, is the same entry.
+        if described["kind"] != "module" and described["path"] == recorded.get("path"):
+            described["spec"] = recorded.get("spec")
+        sections["entry"] = described
     return bundle_drift(
         bundle,
-        now.sections,
+        sections,
         config_before=_saved_config_data(saved),
         config_after=now.config,
     )
@@ -265,14 +376,23 @@ def _print_drift(drift: list[Drift], out: Console) -> None:
             say(out, line)
 
 
-def _run_child(command: list[str], cwd: str, out: Console) -> tuple[int, Path | None]:
-    """Run ``command`` (an ``orchestrator-fsm run``) in ``cwd``, its output passed
-    through; its exit code and the run directory it wrote to the file named by
-    ``--run-dir-file`` (``None`` when it made none)."""
+def _run_child(
+    command: list[str], cwd: str, env: dict[str, str], process_of: Path | None
+) -> tuple[int, Path | None]:
+    """Run ``command`` (an ``orchestrator-fsm run``; with ``process_of``, the script that
+    made that run itself) in ``cwd`` with ``env``, its output passed through; its exit
+    code and the run directory it wrote to the file named by ``--run-dir-file`` (for a
+    script, by the environment) (``None`` when it made none)."""
+    from orchestrator_fsm.run_context import RERUN_OF_ENV, RUN_DIR_FILE_ENV
+
     with tempfile.TemporaryDirectory(prefix="orchestrator-fsm-rerun-") as scratch:
         told = Path(scratch) / "run-dir"
+        if process_of is not None:
+            env = {**env, RERUN_OF_ENV: str(process_of), RUN_DIR_FILE_ENV: str(told)}
+        else:
+            command = _with_options(command, "--run-dir-file", str(told))
         try:
-            code = subprocess.call([*command, "--run-dir-file", str(told)], cwd=cwd)
+            code = subprocess.call(command, cwd=cwd, env=env)
         except KeyboardInterrupt:
             # The child got the same signal (one process group) and cleans itself up;
             # subprocess.call waited for it before re-raising.

@@ -5,19 +5,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Final
 
+from orchestrator_fsm._specs import is_script_spec
 from orchestrator_fsm._startup import hand_back
 from orchestrator_fsm.cli._shared import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
-    _load_config,
     config_or_exit_code,
     hash_seed_env,
     print_config_error,
@@ -25,7 +26,7 @@ from orchestrator_fsm.cli._shared import (
     say,
     split_bare_overrides,
 )
-from orchestrator_fsm.entry import entry_schema, entry_search_path, resolve_entry
+from orchestrator_fsm.entry import entry_schema, entry_search_path, resolve_entry, script_entry
 from orchestrator_fsm.errors import ConfigError, EntryPointError, LockContendedError, RunInterrupted
 from orchestrator_fsm.lifecycle.record import outcome_of
 from orchestrator_fsm.lifecycle.signals import SignalGuard
@@ -37,14 +38,15 @@ if TYPE_CHECKING:
     from orchestrator_fsm.config import Config
     from orchestrator_fsm.orchestrator import Entry, RootOrchestrator
 
-__all__ = ["cmd_run"]
+__all__ = ["chosen_entry", "cmd_run", "config_without_schema", "script_recipe"]
 
 # Where a run that failed before it had a log file leaves its traceback, in the cache.
 _LAST_FAILURE_FILE: Final = "last-failure.log"
 
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
-    """Run ``args.entry`` (default: the demo pipeline) on ``args.recipe``; the exit code.
+    """Run the script or pipeline ``args`` (or the recipe) names on ``args.recipe``; the
+    exit code.
 
     With ``args.multirun``, run the sweep the bare overrides describe instead."""
     split_bare_overrides(args)
@@ -53,28 +55,42 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         from orchestrator_fsm.cli.sweep import cmd_sweep
 
         return cmd_sweep(args, out, err)
-    from orchestrator_fsm.demo import DEMO_ENTRY
-
+    loaded = config_without_schema(args, err)
+    if isinstance(loaded, int):
+        _hint_multirun(args.bare, err)
+        return loaded
     if args.exiting:
-        _fix_hash_seed(args)
-    spec = args.entry or DEMO_ENTRY
+        _fix_hash_seed(loaded)
+    chosen = chosen_entry(args, loaded)
+    if isinstance(chosen, str):
+        say(err, f"error: {chosen}", "red")
+        return EXIT_USAGE
+    spec, script_args = chosen
     with entry_search_path(spec):
         try:
-            entry = resolve_entry(spec)
-            schema = entry_schema(entry, spec)
+            if script_args is not None:
+                entry: Entry = script_entry(spec, script_args)
+                schema: dict[str, type] = {}
+            else:
+                entry = resolve_entry(spec)
+                schema = entry_schema(entry, spec)
+            cfg = loaded.with_schema(schema) if schema else loaded
         except EntryPointError as exc:
             say(err, f"error: {exc}", "red")
             return EXIT_USAGE
-        loaded = config_or_exit_code(args, err, schema)
-        if isinstance(loaded, int):
+        except ConfigError as exc:
+            print_config_error(err, exc, args.recipe)
             _hint_multirun(args.bare, err)
-            return loaded
-        cfg = loaded
+            return EXIT_USAGE
         # One voice for the job: rank 0 prints; the other ranks say only what went
         # wrong with them (on stderr), and their records are in the run directory.
         if not _is_other_rank():
-            say(out, f"recipe: {cfg.source or recipe_label(args.recipe)}")
-            say(out, f"entry: {spec}")
+            label = recipe_label(args.recipe)
+            if args.recipe is None and args.script is not None:
+                label = "none (a script's defaults: training.seed=0)"
+            say(out, f"recipe: {cfg.source or label}")
+            shown = spec if script_args is None else shlex.join([spec, *script_args])
+            say(out, f"{'script' if script_args is not None else 'entry'}: {shown}")
         else:
             out.quiet = True
         # SIGINT, SIGTERM and SIGHUP end the run as an interrupt before the run is live
@@ -99,6 +115,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
                 sweep=args.sweep_member,
                 spec=spec,
                 rerun_of=args.rerun_of,
+                script_args=script_args,
             )
             guard.hold()
             failure = _stopped_by(orch, failure)
@@ -115,15 +132,84 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     return code
 
 
-def _fix_hash_seed(args: argparse.Namespace) -> None:
+def config_without_schema(args: argparse.Namespace, err: Console) -> Config | int:
+    """The recipe's config, before the entry's schema is known (the recipe may name the
+    entry); a script without a recipe runs on a recipe of defaults
+    (:func:`script_recipe`). The exit code once a problem is printed."""
+    if args.recipe is not None or args.script is None:
+        return config_or_exit_code(args, err)
+    from orchestrator_fsm.config import Config
+
+    try:
+        return Config.from_dict(script_recipe(args.script), overrides=args.overrides)
+    except ConfigError as exc:
+        print_config_error(err, exc, None)
+        return EXIT_USAGE
+
+
+def script_recipe(script: str) -> dict[str, object]:
+    """The recipe ``run --script SCRIPT`` runs on when given none: the required keys
+    named after the script, seed 0, and every other setting its default."""
+    from orchestrator_fsm._fs import slugify
+
+    name = slugify(Path(script).stem, fallback="script")
+    return {
+        "dataset": {"name": name},
+        "architecture": {"name": name},
+        "training": {"seed": 0},
+        "hardware": {"project_name": name},
+    }
+
+
+def chosen_entry(args: argparse.Namespace, cfg: Config) -> tuple[str, list[str] | None] | str:
+    """What runs: ``(spec, None)`` for a callable, ``(path, arguments)`` for a script;
+    or the one-line reason nothing can.
+
+    ``--script`` or ``--entry`` first, then the recipe's ``entry`` (a relative file is
+    the recipe's folder's); the bundled demo pipeline only on the bundled recipe. A
+    recipe that names no entry is refused rather than trained by the demo."""
+    from orchestrator_fsm.demo import DEMO_ENTRY
+
+    given = args.script_args
+    if args.script is not None and args.entry is not None:
+        return "give --script or --entry, not both"
+    if args.script is not None:
+        return args.script, list(given or ())
+    if args.entry is not None:
+        spec = args.entry
+    elif cfg.entry is not None:
+        spec = _beside_recipe(cfg.entry, cfg.source)
+    elif args.recipe is None:
+        spec = DEMO_ENTRY
+    else:
+        return (
+            f"{args.recipe} names no entry: add `entry: path/to/train.py` (a script) or "
+            "`entry: module:function` to it, or give --script or --entry "
+            f"(--entry {DEMO_ENTRY} trains the bundled demo on it)"
+        )
+    if is_script_spec(spec):
+        return spec, list(given or ())
+    if given is not None:
+        return f"the arguments after `--` are a script's, and {spec!r} is a function"
+    return spec, None
+
+
+def _beside_recipe(spec: str, recipe: Path | None) -> str:
+    """``spec`` as the recipe at ``recipe`` means it: a relative file path (a script, or
+    ``file.py:function``) is in the recipe's folder."""
+    file_part = spec if is_script_spec(spec) else spec.rpartition(":")[0]
+    is_file = file_part.endswith(".py") or "/" in file_part
+    if recipe is None or not is_file or Path(file_part).expanduser().is_absolute():
+        return spec
+    where = os.path.relpath(recipe.parent / file_part)
+    return where if is_script_spec(spec) else f"{where}:{spec.rpartition(':')[2]}"
+
+
+def _fix_hash_seed(cfg: Config) -> None:
     """Start the command again with ``PYTHONHASHSEED`` set to the recipe's seed when
     the recipe is reproducible and the variable is unset: Python reads it only at start,
     and this process has imported neither torch nor the entry yet. The same process
     (``exec``), so its id, arguments, streams and exit code are the launcher's."""
-    try:
-        cfg = _load_config(args.recipe, args.overrides, None)
-    except (ConfigError, OSError):
-        return  # the run reports it, with the pipeline's schema
     added = hash_seed_env(cfg)
     if not added:  # not reproducible, or set (by the user, or the start before this)
         return
@@ -239,6 +325,7 @@ def _run_entry(
     sweep: str | None,
     spec: str | None = None,
     rerun_of: str | None = None,
+    script_args: list[str] | None = None,
 ) -> tuple[RootOrchestrator | None, BaseException | None]:
     """Run ``entry`` inside a lifecycle (continuing ``resume`` when given, as a member
     of ``sweep``, ``ID:INDEX``, when given); return the orchestrator (when one was
@@ -258,6 +345,7 @@ def _run_entry(
             sweep=membership,
             entry=spec,
             rerun_of=rerun_of,
+            entry_argv=script_args,
         )
         with orch:
             entry(orch)

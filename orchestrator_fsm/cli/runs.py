@@ -22,6 +22,7 @@ import attrs
 from orchestrator_fsm.cli._shared import EXIT_OK, EXIT_USAGE, say
 from orchestrator_fsm.cli.runs_args import parse_since
 from orchestrator_fsm.layout import expand_output_dir
+from orchestrator_fsm.lifecycle.metrics import json_number, json_numbers
 from orchestrator_fsm.status import COMPLETED, REFUSED, RUNNING
 
 if TYPE_CHECKING:
@@ -264,8 +265,8 @@ def _listed_json(run: ListedRun) -> dict[str, Any]:
         "started_at": None if record.started_at is None else record.started_at.isoformat(),
         "ended_at": None if record.ended_at is None else record.ended_at.isoformat(),
         "duration_s": record.duration_s,
-        "metrics": {name: item.last for name, item in record.metrics.items()},
-        "summary": dict(record.summary),
+        "metrics": {name: json_number(item.last) for name, item in record.metrics.items()},
+        "summary": json_numbers(record.summary),
         "entry": entry_of(record),
         "error": None if record.error is None else record.error.to_json(),
         "failed_rank": record.failed_rank,

@@ -37,6 +37,7 @@ from orchestrator_fsm.cli._shared import (
 )
 from orchestrator_fsm.errors import ConfigError, EntryPointError
 from orchestrator_fsm.layout import SWEEP_FILE, sweep_dir
+from orchestrator_fsm.lifecycle.metrics import json_number, json_numbers
 from orchestrator_fsm.status import COMPLETED, FAILED, INTERRUPTED, RUNNING
 from orchestrator_fsm.sweep import (
     expand_sweep,
@@ -89,8 +90,10 @@ class _Member:
             "log": self.log.name,
             "run_id": None if run is None else run.run_id,
             "run_dir": None if run is None else str(run.root),
-            "summary": {} if run is None else dict(run.summary),
-            "metrics": {} if run is None else {k: m.last for k, m in run.metrics.items()},
+            "summary": {} if run is None else json_numbers(run.summary),
+            "metrics": {}
+            if run is None
+            else {k: json_number(m.last) for k, m in run.metrics.items()},
         }
 
 
@@ -110,6 +113,7 @@ def _configs(
     args: argparse.Namespace, members: list[list[str]], schema: dict[str, type]
 ) -> list[Config] | ConfigError:
     """Each member's config, checked as its run will check it; the first error."""
+    from orchestrator_fsm.cli.run import script_recipe
     from orchestrator_fsm.config import Config
     from orchestrator_fsm.demo import demo_recipe
 
@@ -117,7 +121,10 @@ def _configs(
     for overrides in members:
         every = [*args.set_overrides, *overrides]
         try:
-            if args.recipe is not None:
+            if args.recipe is None and args.script is not None:
+                config = Config.from_dict(script_recipe(args.script), overrides=every)
+                configs.append(config.with_schema(schema) if schema else config)
+            elif args.recipe is not None:
                 configs.append(Config.from_recipe(Path(args.recipe), every, schema=schema))
             else:
                 with demo_recipe() as path:
@@ -135,9 +142,12 @@ def _command(args: argparse.Namespace, sweep_id: str, member: _Member) -> list[s
         command += ["--set", override]
     if args.entry is not None:
         command += ["--entry", args.entry]
+    if args.script is not None:
+        command += ["--script", args.script]
     if args.debug:
         command.append("--debug")
-    return [*command, "--sweep-member", f"{sweep_id}:{member.number}"]
+    command += ["--sweep-member", f"{sweep_id}:{member.number}"]
+    return command if args.script_args is None else [*command, "--", *args.script_args]
 
 
 def _find_run(member: _Member, sweep_id: str, since: float) -> RunRecord | None:
@@ -301,13 +311,22 @@ def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
     except ValueError as exc:
         say(err, f"error: {exc}", "red")
         return EXIT_USAGE
-    from orchestrator_fsm.demo import DEMO_ENTRY
+    from orchestrator_fsm.cli.run import chosen_entry, config_without_schema
     from orchestrator_fsm.entry import entry_schema, entry_search_path, resolve_entry
 
-    spec = args.entry or DEMO_ENTRY
+    # What the members run, as `run` chooses it (--script, --entry, the recipe's entry).
+    every = argparse.Namespace(**{**vars(args), "overrides": args.set_overrides})
+    loaded = config_without_schema(every, err)
+    if isinstance(loaded, int):
+        return loaded
+    chosen = chosen_entry(args, loaded)
+    if isinstance(chosen, str):
+        say(err, f"error: {chosen}", "red")
+        return EXIT_USAGE
+    spec, script_args = chosen
     with entry_search_path(spec):
         try:
-            schema = entry_schema(resolve_entry(spec), spec)
+            schema = {} if script_args is not None else entry_schema(resolve_entry(spec), spec)
         except EntryPointError as exc:
             say(err, f"error: {exc}", "red")
             return EXIT_USAGE

@@ -13,9 +13,10 @@ Every other top-level key belongs to the pipeline and is kept verbatim. Only
 ``dataset.name``, ``architecture.name`` (non-empty strings) and ``training.seed`` (an
 integer in ``[0, 2**32)``) are required and typed.
 
-Recipes are read with PyYAML's safe loader only: tags that would build Python objects
-are rejected. Every problem - unreadable file, invalid YAML, bad field, malformed
-override - is raised as one :class:`~orchestrator_fsm.errors.ConfigError` whose
+Recipes are read with a safe loader only (tags that would build Python objects are
+rejected) that reads numbers as YAML 1.2 and Hydra do (``1e-3`` is a float) and refuses
+a key written twice in one mapping. Every problem - unreadable file, invalid YAML, bad
+field, malformed override - is raised as one :class:`~orchestrator_fsm.errors.ConfigError` whose
 ``problems`` name each bad field by its dotted path.
 
 Typical use::

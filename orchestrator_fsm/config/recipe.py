@@ -1,9 +1,11 @@
 """Reading recipes: the file, the YAML in it, the plain data it must hold, ``--set`` overrides.
 
-YAML is read with PyYAML's safe loader only (tags that would build Python objects are
-rejected). Hostile or broken input is a ConfigError rather than a hang: the file's size,
-the number of values and the text a document holds once its aliases are expanded, and
-its nesting are bounded while it is read, before any of it is built into Python data.
+YAML is read with the package's safe loader only (:mod:`orchestrator_fsm._yaml`: YAML
+1.2's floats, so ``1e-3`` is a number; a key twice in one mapping is an error; tags
+that would build Python objects are rejected). Hostile or broken input is a ConfigError
+rather than a hang: the file's size, the number of values and the text a document holds
+once its aliases are expanded, and its nesting are bounded while it is read, before any
+of it is built into Python data.
 Written YAML reads back to the same data.
 """
 
@@ -19,10 +21,11 @@ import stat
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
+from orchestrator_fsm._yaml import Dumper, DuplicateKey, Loader
 from orchestrator_fsm.config.problems import Problem, config_error, show
 from orchestrator_fsm.errors import ConfigError
 
@@ -40,16 +43,10 @@ _MAX_DEPTH = 100
 _MAX_INT_DIGITS = 4300
 _INT_LIMIT = 10**_MAX_INT_DIGITS
 
-# libyaml (C) parses some ten times faster than PyYAML's pure-Python parser; with either,
-# the nodes are built into data by the same safe constructor. libyaml refuses nesting
-# deeper than 1000 levels by itself; PyYAML's recursive composer hits the recursion
-# limit first. (Type-checked as the pure-Python loader: both offer what is used here.)
-if TYPE_CHECKING:
-    _SafeLoader = yaml.SafeLoader
-else:
-    _SafeLoader = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
 # libyaml reads the text as UTF-8 and reports offsets in bytes, PyYAML in characters.
-_OFFSETS_IN_BYTES = _SafeLoader is not yaml.SafeLoader
+# (libyaml refuses nesting deeper than 1000 levels by itself; PyYAML's recursive composer
+# hits the recursion limit first.)
+_OFFSETS_IN_BYTES = not issubclass(Loader, yaml.SafeLoader)
 
 # Open without blocking, so that a FIFO put in the recipe's place after it was checked
 # cannot make the read wait forever.
@@ -57,11 +54,16 @@ _OPEN_FLAGS = os.O_RDONLY | (os.O_NONBLOCK if sys.platform != "win32" else 0)
 
 
 class _YamlProblem(Exception):
-    """Why a YAML document cannot be read; ``path`` is where in it, when known."""
+    """Why a YAML document cannot be read; ``path`` is where in it, when known.
 
-    def __init__(self, message: str, path: str = "") -> None:
+    ``verb`` joins a value to the message ("the value is invalid YAML...", "the value
+    holds a duplicate key...").
+    """
+
+    def __init__(self, message: str, path: str = "", verb: str = "is") -> None:
         super().__init__(message)
         self.path = path
+        self.verb = verb
 
 
 class _Budget:
@@ -83,8 +85,8 @@ class _Budget:
         return _YamlProblem(f"too big {how}: more than the {limit} {unit} {self.holder}")
 
 
-class _RecipeLoader(_SafeLoader):
-    """PyYAML's safe loader, reporting where a value could not be built.
+class _RecipeLoader(Loader):
+    """The package's YAML loader, reporting where a value could not be built.
 
     It also counts the nodes it composes against ``budget``, so that a document with too
     many values is refused while it is being read.
@@ -134,33 +136,22 @@ class _RecipeLoader(_SafeLoader):
 _RecipeLoader.add_constructor(None, _RecipeLoader.construct_undefined)
 
 
-class _RecipeDumper(yaml.SafeDumper):
-    """PyYAML's safe dumper, writing every string so that it reads back the same."""
-
-    def represent_str(self, data: str) -> yaml.ScalarNode:
-        if "\x85" in data:
-            # PyYAML may emit NEL (a YAML 1.1 line break) raw inside a plain or quoted
-            # scalar, where reading folds it to a space; double quotes escape it as \N.
-            return self.represent_scalar("tag:yaml.org,2002:str", data, style='"')
-        return super().represent_str(data)
-
-
-_RecipeDumper.add_representer(str, _RecipeDumper.represent_str)
-
-
 def dump_yaml(data: Any) -> str:
     """``data`` (plain data) as block-style YAML text that reads back to the same data."""
     return yaml.dump(
         data,
-        Dumper=_RecipeDumper,
+        Dumper=Dumper,
         sort_keys=False,
         allow_unicode=True,
         default_flow_style=False,
     )
 
 
-def _load_yaml(text: str, budget: _Budget) -> Any:
+def _load_yaml(text: str, budget: _Budget, source: str = "") -> Any:
     """Parse one YAML document with the safe loader; problems as :class:`_YamlProblem`.
+
+    A duplicate key's two places are named ``<source>:<line>`` (a file), or by column
+    when ``source`` is empty (a one-line override).
 
     The document is composed (counting its nodes), weighed with its aliases expanded,
     and only then built; what it holds is taken from ``budget``.
@@ -177,6 +168,8 @@ def _load_yaml(text: str, budget: _Budget) -> Any:
     except UnicodeEncodeError as exc:  # libyaml reads UTF-8, which has no lone surrogates
         character = ord(exc.object[exc.start])
         raise _YamlProblem(_bad_character(character, exc.start)) from None
+    except DuplicateKey as exc:
+        raise _YamlProblem(_duplicate_key(exc, source), exc.path, verb="holds a") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -194,6 +187,16 @@ def _load_yaml(text: str, budget: _Budget) -> Any:
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def _duplicate_key(problem: DuplicateKey, source: str) -> str:
+    def place(mark: yaml.Mark) -> str:
+        return f"{source}:{mark.line + 1}" if source else f"column {mark.column + 1}"
+
+    return (
+        f"duplicate key {show(problem.key)} at {place(problem.again)}, first at "
+        f"{place(problem.first)} (the last would silently win; keep one)"
+    )
 
 
 def _bad_character(character: object, position: int) -> str:
@@ -302,7 +305,7 @@ def _weigh_expanded(root: yaml.Node, budget: _Budget) -> None:
 def load_trusted_yaml(data: bytes) -> Any:
     """``data``, YAML this package wrote itself (a run's saved ``config.yaml``), as plain
     data, read by the same fast safe loader as recipes but without a recipe's limits."""
-    return yaml.load(data, Loader=_SafeLoader)
+    return yaml.load(data, Loader=Loader)
 
 
 def read_recipe(path: Path, label: str) -> Any:
@@ -339,7 +342,7 @@ def read_recipe(path: Path, label: str) -> Any:
             "be decoded)"
         ) from None
     try:
-        document = _load_yaml(text, _Budget("a recipe may hold"))
+        document = _load_yaml(text, _Budget("a recipe may hold"), source=label)
     except _YamlProblem as exc:
         raise config_error(label, [(exc.path, str(exc))], source=label) from None
     if document is None:
@@ -497,7 +500,7 @@ def _parse_override(text: object, budget: _Budget) -> tuple[list[str], Any]:
         value = _load_yaml(value_text, budget)
     except _YamlProblem as exc:
         where = f" at {exc.path}" if exc.path else ""
-        raise Problem(f"override {text!r}: the value{where} is {exc}") from None
+        raise Problem(f"override {text!r}: the value{where} {exc.verb} {exc}") from None
     if isinstance(value, (dict, list)) and not value_text.lstrip().startswith(("[", "{")):
         raise Problem(
             f"override {text!r}: the value {value_text.strip()!r} is not a YAML scalar; "

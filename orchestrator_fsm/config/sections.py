@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 import attrs
 
 from orchestrator_fsm._fs import atomic_write_text, slugify
-from orchestrator_fsm._specs import KNOWN_OBSERVERS, callback_signal, is_entry_spec
+from orchestrator_fsm._specs import KNOWN_OBSERVERS, callback_signal, is_entry_spec, is_script_spec
 from orchestrator_fsm._system import available_cpu_count
 from orchestrator_fsm.config.problems import (
     MISSING,
@@ -353,8 +353,9 @@ class TelemetryConfig:
     console_level: str | None = attrs.field(default=None, metadata=_checked(_optional_log_level))
     """The level of the console, like ``log_level``; ``None`` (the default) means
     ``log_level``. ``WARNING`` quiets the console while the file keeps every line."""
-    capture_stdout: bool = attrs.field(default=False, metadata=_checked(_strict_bool))
-    """Also copy what the run prints on stdout and stderr into ``logs/stdout.log``."""
+    capture_stdout: bool = attrs.field(default=True, metadata=_checked(_strict_bool))
+    """Also copy what the run prints on stdout and stderr into ``logs/stdout.log`` (on by
+    default: a ``print()`` is part of the run's record; ``false`` leaves the streams alone)."""
     observers: dict[str, dict[str, Any]] = attrs.field(factory=dict, metadata=_checked(_observers))
     """Observer factories (``module:factory``) to their keyword options: each is called
     as ``factory(cfg, **options)`` when the orchestrator is made, and the object it
@@ -527,7 +528,18 @@ _OWNED_CLASSES: dict[str, type] = {
     "telemetry": TelemetryConfig,
     "infrastructure": InfrastructureConfig,
 }
-_SECTIONS = (*_PIPELINE_CLASSES, *_OWNED_CLASSES)
+#: The top-level key naming what ``orchestrator-fsm run RECIPE`` runs.
+_ENTRY_KEY = "entry"
+_SECTIONS = (*_PIPELINE_CLASSES, *_OWNED_CLASSES, _ENTRY_KEY)
+
+
+def _entry(value: object) -> str | None:
+    if value is None or is_entry_spec(value) or is_script_spec(value):
+        return cast("str | None", value)
+    raise Invalid(
+        "a script path/to/train.py (run as __main__), module:function or path/to/file.py:function",
+        value,
+    )
 
 
 @attrs.frozen
@@ -544,6 +556,10 @@ class Config:
     hardware: HardwareConfig = attrs.field(factory=HardwareConfig)
     telemetry: TelemetryConfig = attrs.field(factory=TelemetryConfig)
     infrastructure: InfrastructureConfig = attrs.field(factory=InfrastructureConfig)
+    entry: str | None = None
+    """What ``orchestrator-fsm run`` runs on this recipe when no ``--script`` or
+    ``--entry`` is given: a script (a relative path is the recipe file's folder's) or a
+    ``module:function``; as written in the recipe."""
     _extra: dict[str, Any] = attrs.field(factory=dict, alias="extra")
     source: Path | None = attrs.field(default=None, eq=False)
     """The recipe file (absolute) this config was read from, if any."""
@@ -608,16 +624,21 @@ class Config:
 
     @classmethod
     def from_dict(
-        cls, mapping: Mapping[str, Any], source: str | os.PathLike[str] | None = None
+        cls,
+        mapping: Mapping[str, Any],
+        source: str | os.PathLike[str] | None = None,
+        *,
+        overrides: Iterable[str] = (),
     ) -> Config:
-        """Validate ``mapping`` (shaped like a recipe); ``mapping`` is not modified.
+        """Validate ``mapping`` (shaped like a recipe) with ``overrides`` applied as
+        :meth:`from_recipe` applies them; ``mapping`` is not modified.
 
         ``source`` names where the data came from, in errors and as ``cfg.source``.
         Raises :class:`ConfigError` listing every problem found.
         """
         if source is None:
-            return _build(mapping, label=DICT_SOURCE_LABEL, source=None, overrides=())
-        return _build(mapping, label=os.fspath(source), source=Path(source), overrides=())
+            return _build(mapping, label=DICT_SOURCE_LABEL, source=None, overrides=overrides)
+        return _build(mapping, label=os.fspath(source), source=Path(source), overrides=overrides)
 
     @property
     def overrides(self) -> tuple[str, ...]:
@@ -648,6 +669,8 @@ class Config:
         data = self.pipeline
         for name in _OWNED_CLASSES:
             data[name] = attrs.asdict(getattr(self, name), value_serializer=_plain_path)
+        if self.entry is not None:
+            data[_ENTRY_KEY] = self.entry
         return data
 
     def to_yaml(self, path: str | os.PathLike[str]) -> None:
@@ -730,6 +753,11 @@ def _structure(document: Mapping[str, Any]) -> tuple[Config | None, list[tuple[s
                 sections[name] = _owned_section(owned_cls, document[name])
             except Exception as exc:
                 problems += problems_at(name, exc)
+    if document.get(_ENTRY_KEY) is not None:
+        try:
+            sections[_ENTRY_KEY] = _entry(document[_ENTRY_KEY])
+        except Exception as exc:
+            problems += problems_at(_ENTRY_KEY, exc)
     if problems:
         return None, problems
     return Config(**sections, extra=_pipeline_extra(document)), problems

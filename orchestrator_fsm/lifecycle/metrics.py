@@ -8,7 +8,9 @@ it (a line written before attempts were recorded in it is attempt 1's, see
 :func:`checked_values` and :func:`checked_step` accepted what the caller gave;
 readers (``reproduce/compare.py``) tell a line's values from its own fields with
 :func:`line_values`, and take a run's lines as :func:`effective_lines` (a step a
-resumed attempt logged again is the later attempt's).
+resumed attempt logged again is the later attempt's). NaN and the infinities, which
+JSON cannot write, are the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``
+(:data:`NON_FINITE`), read back as floats.
 """
 
 from __future__ import annotations
@@ -24,15 +26,21 @@ from typing import Any, Final
 __all__ = [
     "LINE_FIELDS",
     "METRICS_KIND",
+    "NON_FINITE",
     "SUMMARY_KIND",
     "checked_step",
     "checked_values",
     "effective_lines",
+    "json_number",
+    "json_numbers",
     "last_values",
     "line_attempt",
     "line_values",
+    "metric_number",
     "metrics_line",
+    "number_from_json",
     "read_lines",
+    "same_value",
 ]
 
 #: The fields of a metrics line besides the values; no metric may take these names.
@@ -43,36 +51,120 @@ METRICS_KIND: Final = "metrics"
 SUMMARY_KIND: Final = "summary"
 
 
-def checked_values(values: Mapping[str, object]) -> dict[str, float | int]:
-    """``values`` when every key is a string and every value a finite number (not a
-    bool); otherwise ``ValueError`` naming the first bad key."""
+#: How a line (and ``run.json``) spells the numbers JSON has none for: the names
+#: JavaScript and Python's ``float()`` give them. A metric's value is otherwise always a
+#: JSON number, so these three strings are never anything else; readers take them back
+#: as floats (:func:`number_from_json`).
+NON_FINITE: Final = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def json_number(value: float) -> float | str:
+    """``value`` as a line holds it: itself when finite, else its name in :data:`NON_FINITE`."""
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def json_numbers(values: Mapping[str, float]) -> dict[str, float | str]:
+    """Each of ``values`` as :func:`json_number` writes it."""
+    return {name: json_number(value) for name, value in values.items()}
+
+
+def number_from_json(value: object) -> float | None:
+    """A number a line or ``run.json`` holds (:func:`json_number`'s spellings included);
+    None for anything else."""
+    if isinstance(value, str):
+        return NON_FINITE.get(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value
+
+
+def same_value(a: object, b: object) -> bool:
+    """Whether two logged values are the same: NaN is the same as NaN (a run that
+    diverged to NaN, repeated, logs NaN again)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b)
+
+
+def metric_number(value: object) -> float | None:
+    """``value`` as the number a metric records, or None when it is not one number.
+
+    A number is an int or float (not a bool), any other real number (NumPy's scalars,
+    ``Fraction``) as a float, or a tensor or array holding exactly one number (0-d, or
+    one element, as ``.item()`` takes it: ``loss``, ``loss.mean()``, ``acc[None]``).
+    NaN and infinities are numbers: a diverging loss is recorded as it is.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, numbers.Real):
+        return float(value)
+    item = getattr(value, "item", None)
+    if item is None or not callable(item):
+        return None
+    # torch counts elements with numel() (its size is a method), NumPy with size.
+    count = value.numel() if hasattr(value, "numel") else getattr(value, "size", None)
+    if count != 1:
+        return None
+    try:
+        number = item()
+    except Exception:
+        return None
+    if isinstance(number, bool) or not isinstance(number, numbers.Real):
+        return None
+    return number if isinstance(number, (int, float)) else float(number)
+
+
+def checked_values(values: object) -> tuple[dict[str, float], list[tuple[str, str]]]:
+    """The numbers among ``values`` (names to :func:`metric_number`'s numbers) and, for
+    each entry that cannot be recorded, ``(name, why)``: a name that is not a non-empty
+    string or is one of the line's own fields, or a value that is not one number.
+    ``values`` that is not a non-empty mapping is one problem named ``""``."""
     if not isinstance(values, Mapping) or not values:
-        raise ValueError(f"expected a non-empty mapping of names to numbers, got {values!r}")
-    checked: dict[str, float | int] = {}
+        return {}, [("", f"expected a non-empty mapping of names to numbers, got {values!r}")]
+    checked: dict[str, float] = {}
+    problems: list[tuple[str, str]] = []
     for key, value in values.items():
         if not isinstance(key, str) or not key:
-            raise ValueError(f"metric names must be non-empty strings, got {key!r}")
+            problems.append((repr(key), f"metric names must be non-empty strings, got {key!r}"))
+            continue
         if key in LINE_FIELDS:
-            raise ValueError(
-                f"metric {key!r}: the name is one of the line's own fields "
-                f"({', '.join(sorted(LINE_FIELDS))}); choose another"
+            problems.append(
+                (
+                    key,
+                    f"metric {key!r}: the name is one of the line's own fields "
+                    f"({', '.join(sorted(LINE_FIELDS))}); choose another",
+                )
             )
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ValueError(
-                f"metric {key!r}: expected a finite number, got {type(value).__name__} {value!r}"
+            continue
+        number = metric_number(value)
+        if number is None:
+            shown = repr(value)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            problems.append(
+                (key, f"metric {key!r}: expected a number, got {type(value).__name__} {shown}")
             )
-        number = value if isinstance(value, (int, float)) else float(value)
-        if not math.isfinite(number):
-            raise ValueError(f"metric {key!r}: expected a finite number, got {number!r}")
+            continue
         checked[key] = number
-    return checked
+    return checked, problems
 
 
 def checked_step(step: object) -> int | None:
-    """``step`` when it is None or an integer >= 0 (not a bool); else ``ValueError``."""
-    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+    """``step`` as an int when it is None or an integer >= 0 (not a bool; NumPy's
+    integers and one-element integer tensors too); else ``ValueError``."""
+    if step is None:
+        return None
+    if isinstance(step, bool):
         raise ValueError(f"step must be an integer >= 0 or None, got {step!r}")
-    return step
+    number = metric_number(step)
+    if not isinstance(number, int) and isinstance(step, numbers.Integral):
+        number = int(step)
+    if not isinstance(number, int) or number < 0:
+        raise ValueError(f"step must be an integer >= 0 or None, got {step!r}")
+    return number
 
 
 def metrics_line(
@@ -92,8 +184,8 @@ def metrics_line(
         "attempt": attempt,
         "step": step,
     }
-    line.update(values)
-    return json.dumps(line) + "\n"
+    line.update(json_numbers(values))
+    return json.dumps(line, allow_nan=False) + "\n"
 
 
 def line_attempt(line: Mapping[str, Any]) -> int:
@@ -145,8 +237,13 @@ def last_values(
 
 
 def line_values(line: Mapping[str, Any]) -> dict[str, Any]:
-    """The values a metrics line records, without the line's own fields."""
-    return {key: value for key, value in line.items() if key not in LINE_FIELDS}
+    """The values a metrics line records, without the line's own fields; NaN and the
+    infinities (written as their names, :func:`json_number`) as floats again."""
+    return {
+        key: NON_FINITE.get(value, value) if isinstance(value, str) else value
+        for key, value in line.items()
+        if key not in LINE_FIELDS
+    }
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -99,10 +99,11 @@ class RankWriter:
 
     def open_attempt(
         self, root: Path, started_at: datetime
-    ) -> tuple[datetime | None, tuple[Attempt, ...]]:
-        """When the run started (its first attempt) and the attempts the first record
+    ) -> tuple[datetime | None, tuple[Attempt, ...], Mapping[str, Mapping[str, str]]]:
+        """When the run started (its first attempt), the attempts the first record
         lists: the earlier ones this rank's record kept, then this one (started at
-        ``started_at``)."""
+        ``started_at``), and where the earlier attempts mirrored the run (the record's
+        ``trackers``, so a tracker can reattach to the same run)."""
         previous = _read_record(self.record_path(root))
         return _next_attempts(self._run, previous, started_at)
 
@@ -163,7 +164,7 @@ class RankZeroWriter(RankWriter):
 
     def open_attempt(
         self, root: Path, started_at: datetime
-    ) -> tuple[datetime | None, tuple[Attempt, ...]]:
+    ) -> tuple[datetime | None, tuple[Attempt, ...], Mapping[str, Mapping[str, str]]]:
         previous = read_run(root) if self._run.resumed else None
         return _next_attempts(self._run, previous, started_at)
 
@@ -300,12 +301,12 @@ def _read_record(path: Path) -> RunRecord | None:
 
 def _next_attempts(
     run: RunContext, previous: RunRecord | None, started_at: datetime
-) -> tuple[datetime | None, tuple[Attempt, ...]]:
-    """When the run started and its attempts: those ``previous`` (the record the last
-    attempt left) lists, as they were written, then a new one started at
-    ``started_at``. An attempt left ``running`` ended without closing its record: it
-    is closed now as ``crashed`` at its last sign of life; a closed one is never
-    rewritten."""
+) -> tuple[datetime | None, tuple[Attempt, ...], Mapping[str, Mapping[str, str]]]:
+    """When the run started, its attempts and its trackers: the attempts ``previous``
+    (the record the last attempt left) lists, as they were written, then a new one
+    started at ``started_at``, and ``previous``'s trackers. An attempt left
+    ``running`` ended without closing its record: it is closed now as ``crashed`` at
+    its last sign of life; a closed one is never rewritten."""
     attempts: tuple[Attempt, ...] = ()
     if previous is not None:
         earlier = previous.attempts or (
@@ -336,4 +337,6 @@ def _next_attempts(
             config_hash=run.cfg.config_hash(),
         ),
     )
-    return (previous.started_at if previous is not None else started_at), attempts
+    if previous is None:
+        return started_at, attempts, {}
+    return previous.started_at, attempts, previous.trackers

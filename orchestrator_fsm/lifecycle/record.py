@@ -11,7 +11,6 @@ lock. The writer is ``lifecycle/recorder.py``.
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import os
 import socket
@@ -28,9 +27,18 @@ from orchestrator_fsm.layout import (
     JOURNAL_FILE,
     RANKS_DIR,
     RUN_FILE,
+    metrics_file,
 )
 from orchestrator_fsm.lifecycle.ending import Interruption, SchedulerJob
 from orchestrator_fsm.lifecycle.machine import TransitionRecord
+from orchestrator_fsm.lifecycle.metrics import (
+    effective_lines,
+    json_number,
+    json_numbers,
+    last_values,
+    number_from_json,
+    read_lines,
+)
 from orchestrator_fsm.lifecycle.table import MACHINE_STEPS, LifecycleState
 from orchestrator_fsm.status import (
     COMPLETED,
@@ -199,26 +207,26 @@ class LastMetric:
     last: float
     step: int | None = None
 
-    def to_json(self) -> dict[str, float | int | None]:
-        return {"last": self.last, "step": self.step}
+    def to_json(self) -> dict[str, float | str | None]:
+        # NaN and the infinities as metrics.jsonl writes them: run.json stays strict JSON.
+        return {"last": json_number(self.last), "step": self.step}
 
 
 def _last_metrics(data: object) -> dict[str, LastMetric]:
     metrics: dict[str, LastMetric] = {}
     for name, item in data.items() if isinstance(data, Mapping) else ():
         if isinstance(item, Mapping):
-            last = _optional_float(item.get("last"))
+            last = number_from_json(item.get("last"))
             if last is not None:
                 metrics[str(name)] = LastMetric(last, _optional_int(item.get("step")))
     return metrics
 
 
 def _numbers(data: object) -> dict[str, float]:
-    return {
-        str(k): float(v)
-        for k, v in (data.items() if isinstance(data, Mapping) else ())
-        if _optional_float(v) is not None
+    numbers = {
+        str(k): number_from_json(v) for k, v in (data.items() if isinstance(data, Mapping) else ())
     }
+    return {k: float(v) for k, v in numbers.items() if v is not None}
 
 
 def status_for(exc: BaseException | None) -> str:
@@ -488,7 +496,7 @@ class RunRecord:
             rerun_of=self.rerun_of,
             attempts=[attempt.to_json() for attempt in self.attempts],
             metrics={name: item.to_json() for name, item in self.metrics.items()},
-            summary=dict(self.summary),
+            summary=json_numbers(self.summary),
             trackers={name: dict(link) for name, link in self.trackers.items()},
             determinism_changes={k: dict(v) for k, v in self.determinism_changes.items()},
         )
@@ -502,28 +510,35 @@ _PIPELINE_STATES: Final = frozenset({LifecycleState.READY, LifecycleState.REPORT
 @attrs.frozen
 class PipelineSpan:
     """The caller's own work in one attempt: from the end of the step that made the run
-    READY (or REPORTED) to the start of its cleanup. ``after``: the index, in the
-    transitions it was found in, of the transition it follows."""
+    READY to the start of its cleanup, less the steps taken meanwhile (the report, which
+    the caller may ask for before, during or after training). ``after``: the index, in
+    the transitions it was found in, of the transition into READY; ``until``: that of
+    the cleanup."""
 
     after: int
     started_at: datetime
     duration_s: float
+    until: int
 
 
 def pipeline_spans(transitions: Sequence[TransitionRecord]) -> list[PipelineSpan]:
     """Every pipeline span in ``transitions`` (one per attempt that reached READY and
     was cleaned up; none while the pipeline still runs)."""
     spans = []
-    for index, (before, after) in enumerate(itertools.pairwise(transitions)):
-        if (
-            before.ok
-            and before.dest in _PIPELINE_STATES
-            and after.source is before.dest
-            and after.step in MACHINE_STEPS
-        ):
-            start = before.started_at + timedelta(seconds=before.duration_s)
-            duration = max(0.0, (after.started_at - start).total_seconds())
-            spans.append(PipelineSpan(index, start, round(duration, 6)))
+    start: tuple[int, datetime] | None = None
+    in_steps_s = 0.0
+    for index, record in enumerate(transitions):
+        if start is not None and record.step in MACHINE_STEPS:
+            total = (record.started_at - start[1]).total_seconds() - in_steps_s
+            spans.append(PipelineSpan(start[0], start[1], round(max(0.0, total), 6), index))
+            start = None
+        elif start is not None and record.source in _PIPELINE_STATES:
+            in_steps_s += record.duration_s
+        elif record.ok and record.dest in _PIPELINE_STATES and record.step not in MACHINE_STEPS:
+            start = (index, record.started_at + timedelta(seconds=record.duration_s))
+            in_steps_s = 0.0
+        else:  # another attempt's first steps: this one never reached its cleanup
+            start = None
     return spans
 
 
@@ -662,9 +677,26 @@ def read_run(root: Path | str, *, journal: bool = True) -> RunRecord:
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, expected an object")
     record = RunRecord.from_json(data, root, _read_transitions(root) if journal else ())
+    if record.status == RUNNING:
+        record = _with_logged_values(record)
     if not journal and record.world_size == 1:
         return record
     return attrs.evolve(record, ranks=read_ranks(root, record.restart_count))
+
+
+def _with_logged_values(record: RunRecord) -> RunRecord:
+    """``record`` of a run that never wrote its last record (live, or killed with
+    SIGKILL) with the last metrics and the summary its rank's metrics file holds: the
+    file has every line at once, ``run.json`` only what its last heartbeat wrote."""
+    lines = effective_lines(read_lines(metrics_file(record.root, record.rank or 0)))
+    logged, summary = last_values(lines)
+    if not (logged or summary):
+        return record
+    metrics = dict(record.metrics)
+    for name, (value, step) in logged.items():
+        if _optional_float(value) is not None:
+            metrics[name] = LastMetric(float(value), step)
+    return attrs.evolve(record, metrics=metrics, summary={**record.summary, **_numbers(summary)})
 
 
 def read_ranks(root: Path, restart_count: int) -> tuple[RunRecord, ...]:

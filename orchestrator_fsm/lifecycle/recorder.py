@@ -147,6 +147,7 @@ class RunRecorder:
         self._heartbeat: _Heartbeat | None = None
         self._last: dict[str, LastMetric] = {}
         self._summary: dict[str, float] = {}
+        self._warned_metrics: set[str] = set()
         grace = ranks_grace_from_env() if ranks_grace_s is None else ranks_grace_s
         self._writer = writer_for(run, grace_s=grace, report_once=self._report_once)
 
@@ -170,39 +171,58 @@ class RunRecorder:
         self._machine = machine
         machine.add_listener(self._on_transition)
 
-    def log_metrics(self, values: Mapping[str, object], step: int | None = None) -> None:
+    def log_metrics(self, values: Mapping[str, object], step: object = None) -> None:
         """Append one line of ``values`` (at ``step``) to this rank's metrics file and
         remember each as the metric's last value; ``run.json`` gets them at its next
-        write (the heartbeat's, the final one), not at every call."""
-        checked = self._append(METRICS_KIND, values, step)
-        self._listener.metrics(checked, step)
+        write (the heartbeat's, the final one), not at every call. What cannot be
+        recorded is left out with one warning per name (:meth:`_append`)."""
+        checked, at = self._append(METRICS_KIND, values, step)
+        if checked:
+            self._listener.metrics(checked, at)
 
     def log_summary(self, values: Mapping[str, object]) -> None:
         """Append one summary line of ``values`` to this rank's metrics file; they
         become the record's ``summary`` (a name logged again replaces its value)."""
-        checked = self._append(SUMMARY_KIND, values, None)
-        self._listener.summary(checked)
+        checked, _ = self._append(SUMMARY_KIND, values, None)
+        if checked:
+            self._listener.summary(checked)
 
     def _append(
-        self, kind: str, values: Mapping[str, object], step: int | None
-    ) -> dict[str, float | int]:
-        checked = checked_values(values)
-        step = checked_step(step)
+        self, kind: str, values: Mapping[str, object], step: object
+    ) -> tuple[dict[str, float], int | None]:
+        """Write the line of what ``values`` holds that can be recorded, at ``step``.
+
+        A bad name or value never stops the caller's training: it is left out and the
+        run's log warns about it, once per name for the run (a bad step: the line has
+        none). ``LifecycleError`` outside the run (no run directory, or it has ended).
+        """
         with self._lock:
             record = self._record
             if record is None or self._finished:
                 where = "has ended" if self._finished else "has no run directory yet"
                 raise LifecycleError(f"cannot log {kind}: the run {where}")
+            checked, problems = checked_values(values)
+            try:
+                at = checked_step(step)
+            except ValueError as exc:
+                at = None
+                problems.append(("step", f"{exc}; the values are recorded without one"))
+            for name, why in problems:
+                if name not in self._warned_metrics:
+                    self._warned_metrics.add(name)
+                    self._run.log.warning("%s (not recorded; said once per name for this run)", why)
+            if not checked:
+                return {}, at
             # One whole line or none: a reader never sees half of it (a full disk).
             attempt = len(record.attempts) or 1
-            line = metrics_line(kind, self._run.rank, step, checked, _now(), attempt)
+            line = metrics_line(kind, self._run.rank, at, checked, _now(), attempt)
             append_whole(metrics_file(record.root, self._run.rank), line)
             if kind == SUMMARY_KIND:
                 self._summary.update(checked)
             else:
                 for name, value in checked.items():
-                    self._last[name] = LastMetric(value, step)
-        return dict(checked)
+                    self._last[name] = LastMetric(value, at)
+        return dict(checked), at
 
     @property
     def _path(self) -> Path:
@@ -256,13 +276,20 @@ class RunRecorder:
 
     def _keep_tracker_links(self) -> None:
         """Put where the listener mirrors the run into the record (one more write, only
-        when it links a tracker), so a crashed run can be reconciled there."""
+        when that is new), so a crashed run can be reconciled there and the next
+        attempt finds the same tracker run. A tracker an earlier attempt linked and
+        this one does not stays in the record."""
         links = self._listener.tracker_links()
         if not links:
             return
         with self._lock:
-            assert self._record is not None
-            self._record = attrs.evolve(self._record, trackers=links)
+            record = self._record
+            if record is None or self._finished:
+                return
+            trackers = {**record.trackers, **links}
+            if trackers == record.trackers:
+                return
+            self._record = attrs.evolve(record, trackers=trackers)
             self._update()
 
     def note_determinism_changes(self, changes: Mapping[str, Mapping[str, Any]]) -> None:
@@ -350,6 +377,9 @@ class RunRecorder:
             elif moved and record.dest is LifecycleState.READY:
                 self._update()
         self._listener.transition(record)
+        if not final:
+            # A tracker may link its run only once the run holds its lock (MLflow does).
+            self._keep_tracker_links()
         if final:
             ended = self.record
             assert ended is not None
@@ -363,7 +393,7 @@ class RunRecorder:
         known = {field.name for field in attrs.fields(RunRecord)}
         pid = os.getpid()
         now = _now()
-        started_at, attempts = self._writer.open_attempt(
+        started_at, attempts, trackers = self._writer.open_attempt(
             root, history[0].started_at if history else now
         )
         return RunRecord(
@@ -395,6 +425,7 @@ class RunRecorder:
             sweep_member=None if run.sweep is None else run.sweep[1],
             rerun_of=None if run.rerun_of is None else str(run.rerun_of),
             attempts=attempts,
+            trackers=trackers,
             extra={key: value for key, value in invocation.items() if key not in known},
         )
 
@@ -415,7 +446,7 @@ class RunRecorder:
         ended = _now()
         phases = dict(self._record.phases)
         spans = pipeline_spans(self._machine.history)
-        if spans and spans[-1].after == len(self._machine.history) - 2:
+        if spans and spans[-1].until == len(self._machine.history) - 1:
             # The caller's own work, between READY and this cleanup: a row of its own
             # in `inspect`, so the timeline has no unlabelled gap.
             total = phases.get(PIPELINE_STEP, 0.0) + spans[-1].duration_s

@@ -58,6 +58,7 @@ from orchestrator_fsm.layout import (
     attempt_reports,
     bundle_file,
     config_file,
+    entry_copy,
 )
 from orchestrator_fsm.redaction import REDACTED, redact_argv
 
@@ -115,15 +116,31 @@ def redacted_keys(data: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def describe_entry(spec: str | None) -> dict[str, Any] | None:
-    """The entry ``spec`` as given, the file it lives in and that file's SHA-256.
+def describe_entry(
+    spec: str | None, argv: Iterable[str] | None = None, *, process: bool = False
+) -> dict[str, Any] | None:
+    """The entry ``spec`` as given, its kind, the file it lives in and that file's
+    SHA-256; a script's ``argv`` (its arguments, secrets redacted) too.
+
+    The kind is ``script`` (run as ``__main__`` by ``orchestrator-fsm run``),
+    ``python`` (``process``: the script this process runs, whose own code made the
+    orchestrator), ``file`` (``file.py:function``) or ``module`` (``module:function``).
 
     A module entry is looked up as ``run`` looks it up (the working directory first);
     its own file is hashed, not the modules it imports."""
     if spec is None:
         return None
-    from orchestrator_fsm.entry import entry_search_path
+    from orchestrator_fsm.entry import entry_search_path, is_script_spec
 
+    if is_script_spec(spec):
+        script = Path(spec).expanduser().resolve()
+        return {
+            "spec": spec,
+            "kind": "python" if process else "script",
+            "path": str(script),
+            "sha256": sha256_file(script),
+            "argv": redact_argv(list(argv or ())),
+        }
     module_part = spec.rpartition(":")[0]
     path: str | None = None
     if module_part.endswith(".py") or "/" in module_part or os.sep in module_part:
@@ -246,6 +263,8 @@ def snapshot(
     cfg: Config,
     entry: str | None,
     *,
+    entry_argv: Iterable[str] | None = None,
+    entry_is_process: bool = False,
     config: Any,
     recipe: Path | str | None,
     git: GitState | None,
@@ -270,7 +289,7 @@ def snapshot(
                 "sha256": None if recipe is None else sha256_file(Path(recipe)),
             },
             "overrides": redacted_overrides(cfg.overrides),
-            "entry": describe_entry(entry),
+            "entry": describe_entry(entry, entry_argv, process=entry_is_process),
             "seeds": seed_summary(cfg.training.seed, rank, world_size),
             "git": None if git is None else git.bundle_record(),
             "packages": packages_of(requirements),
@@ -295,6 +314,8 @@ def write_bundle(
     now = snapshot(
         run.cfg,
         run.entry,
+        entry_argv=run.entry_argv,
+        entry_is_process=run.entry_is_process,
         config=config,
         recipe=run.cfg.source,
         git=git,
@@ -303,6 +324,9 @@ def write_bundle(
         rank=run.rank,
         world_size=run.world_size,
     )
+    entry = now.sections["entry"]
+    if entry is not None:
+        entry = {**entry, "saved": _keep_entry_file(paths.root, entry.get("path"))}
     bundle: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
         "run_id": paths.run_id,
@@ -320,6 +344,7 @@ def write_bundle(
         },
         "rerun_of": None if run.rerun_of is None else str(run.rerun_of),
         **now.sections,
+        "entry": entry,
         "launch": launch_section(run.launch),
         "loaded_libraries": None,
     }
@@ -327,6 +352,27 @@ def write_bundle(
     atomic_write_json(target, bundle)
     run.bundle = bundle
     return target
+
+
+_ENTRY_COPY_MAX_BYTES: Final = 4 * 1024 * 1024
+
+
+def _keep_entry_file(root: Path, path: str | None) -> str | None:
+    """Copy the entry's file at ``path`` into the run (``reports/entry/``); its path
+    in the run directory, or None when there is no such file, it is larger than
+    4 MiB (not a script) or cannot be copied."""
+    if path is None:
+        return None
+    source = Path(path)
+    try:
+        if not source.is_file() or source.stat().st_size > _ENTRY_COPY_MAX_BYTES:
+            return None
+        target = entry_copy(root, source.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, source.read_bytes())
+    except OSError:
+        return None
+    return str(target.relative_to(root))
 
 
 def bundle_attempt(bundle: Mapping[str, Any]) -> int:

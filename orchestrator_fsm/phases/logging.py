@@ -3,9 +3,10 @@
 While the run is live, the step also captures the user's work: the run's handlers go
 on the root logger as well, so every logger that propagates (``logging.getLogger(
 "mytrain")`` included) reaches the run's file and console; ``warnings.warn`` is routed
-into logging (``logging.captureWarnings``); and with ``telemetry.capture_stdout``,
-``sys.stdout`` and ``sys.stderr`` are teed into ``logs/stdout.log``. All of it is
-put back at cleanup.
+into logging (``logging.captureWarnings``); and with ``telemetry.capture_stdout`` (the
+default), ``sys.stdout`` and ``sys.stderr`` are teed into ``logs/stdout.log``, each line
+marked ``[rankN] `` when the job has several processes (they share the file). All of it
+is put back at cleanup.
 
 ``Logger.setup`` attaches two handlers to one named logger (never to the root logger):
 a rich console handler on stderr and a UTF-8 file handler at ``<log_dir>/run.log`` on
@@ -37,6 +38,7 @@ from orchestrator_fsm._process import LoggerSnapshot, Restorable, undoable
 from orchestrator_fsm._system import say_on_stderr
 from orchestrator_fsm.errors import LifecycleError
 from orchestrator_fsm.layout import LOG_FILE, STDOUT_LOG
+from orchestrator_fsm.redaction import redact_url
 from orchestrator_fsm.run_log import FILE_ONLY_KEY, LOGGER_NAME
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ __all__ = [
     "Logger",
     "log_file_name",
     "run_console_handler",
+    "split_tee",
     "step",
 ]
 
@@ -58,6 +61,9 @@ FILE_FORMAT: Final = "%(asctime)s [rank{rank}] %(levelname)-8s %(name)s: %(messa
 CONSOLE_PLAIN_FORMAT: Final = "[rank{rank}] %(levelname)-8s %(message)s"
 # Rich draws the level in a column of its own.
 CONSOLE_RICH_FORMAT: Final = "[rank{rank}] %(message)s"
+
+#: What starts each line of ``stdout.log`` in a job of more than one process.
+STDOUT_LINE_MARK: Final = "[rank{rank}] "
 
 #: The least a rank other than 0 prints on the console; its own file has every line.
 OTHER_RANKS_CONSOLE_LEVEL: Final = logging.WARNING
@@ -73,7 +79,12 @@ _HANDLER_MARK: Final = "_orchestrator_fsm_run_handler"
 
 
 class _UtcIsoFormatter(logging.Formatter):
-    """Formats ``asctime`` as ISO-8601 UTC with milliseconds, like the run's other files."""
+    """Formats ``asctime`` as ISO-8601 UTC with milliseconds, like the run's other files,
+    and replaces the password of every URL in a line (a recipe's ``dataset.name:
+    postgres://user:password@host/db`` logged by the pipeline) with ``***``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_url(super().format(record))
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         moment = datetime.fromtimestamp(record.created, tz=timezone.utc)
@@ -290,20 +301,37 @@ class _WarningsCapture:
 
 class _TeeFile:
     """The file both tees write to: line-buffered, one writer at a time, and a failed
-    write (a full disk) reported once on the real stderr instead of raised."""
+    write (a full disk) reported once on the real stderr instead of raised.
 
-    def __init__(self, path: Path, report_to: TextIO) -> None:
+    With a ``line_mark`` (``"[rank1] "``), every line starts with it: the ranks of a job
+    append to one ``stdout.log``, and the mark says whose line it is."""
+
+    def __init__(self, path: Path, report_to: TextIO, line_mark: str = "") -> None:
         self._path = path
         self._report_to = report_to
+        self._line_mark = line_mark
+        self._at_line_start = True
         self._lock = threading.Lock()
         self._file: IO[str] | None = path.open("a", encoding="utf-8", buffering=1)
+
+    def _marked(self, text: str) -> str:
+        if not self._line_mark:
+            return text
+        lines = text.split("\n")
+        marked = [self._line_mark + line if line else line for line in lines[1:]]
+        first = lines[0]
+        if first and self._at_line_start:
+            first = self._line_mark + first
+        self._at_line_start = text.endswith("\n")
+        return "\n".join([first, *marked])
 
     def write(self, text: str) -> None:
         with self._lock:
             if self._file is None or not text:
                 return
             try:
-                self._file.write(text)
+                # A URL's password in what the program prints stays off the disk.
+                self._file.write(self._marked(redact_url(text)))
             except (OSError, ValueError) as exc:
                 self._give_up(self._file, exc)
 
@@ -358,18 +386,30 @@ class _Tee:
         return getattr(self._original, name)
 
 
+def split_tee(stream: IO[str]) -> tuple[IO[str], Callable[[str], None] | None]:
+    """``stream`` as the screen and the file: for a stream the run teed (``sys.stdout``
+    with ``capture_stdout``), the stream it writes through to and the function that
+    writes to ``logs/stdout.log`` only; for any other stream, itself and None. The
+    progress bar prints a line on the screen its own way and copies it with this."""
+    if isinstance(stream, _Tee):
+        return stream._original, stream._copy.write
+    return stream, None
+
+
 class _StandardStreamsTee:
     """Tees ``sys.stdout`` and ``sys.stderr`` into one file once started; ``restore()``
-    puts back the streams of the moment it was made and closes the file."""
+    puts back the streams of the moment it was made and closes the file. Each line
+    in the file starts with ``line_mark`` (see :class:`_TeeFile`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, line_mark: str = "") -> None:
         self._path = path
+        self._line_mark = line_mark
         self._saved = (sys.stdout, sys.stderr)
         self._copy: _TeeFile | None = None
 
     def start(self) -> None:
         stdout, stderr = self._saved
-        self._copy = _TeeFile(self._path, report_to=stderr)
+        self._copy = _TeeFile(self._path, report_to=stderr, line_mark=self._line_mark)
         sys.stdout = cast(TextIO, _Tee(stdout, self._copy))
         sys.stderr = cast(TextIO, _Tee(stderr, self._copy))
 
@@ -443,7 +483,11 @@ def step(run: RunContext) -> Undo:
     telemetry = run.cfg.telemetry
     before = LoggerSnapshot.capture(LOGGER_NAME, "", *_QUIETED_LIBRARY_LOGGERS)
     states: list[Restorable] = [before, _WarningsCapture.capture()]
-    tee = _StandardStreamsTee(paths.logs / STDOUT_LOG) if telemetry.capture_stdout else None
+    tee = None
+    if telemetry.capture_stdout:
+        # The ranks of a job share stdout.log: each line says whose it is, as in run.log.
+        mark = STDOUT_LINE_MARK.format(rank=run.rank) if run.world_size > 1 else ""
+        tee = _StandardStreamsTee(paths.logs / STDOUT_LOG, line_mark=mark)
     if tee is not None:
         states.append(tee)
 

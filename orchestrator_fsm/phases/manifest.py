@@ -38,6 +38,7 @@ import yaml
 
 from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_text
 from orchestrator_fsm._system import name_and_version, record_invocation
+from orchestrator_fsm._yaml import FastDumper
 from orchestrator_fsm.git_state import (
     GitState,
     read_git_state,
@@ -62,11 +63,6 @@ __all__ = [
 
 
 _LISTING_SETTLE_NS: Final = 2_000_000_000
-# libyaml's emitter where PyYAML has it, about four times faster than the pure-Python
-# one. The same representer decides every node, so the document holds the same data;
-# the text is the same too except where a long quoted string (escapes, non-ASCII) is
-# folded over lines, which the two emitters fold at different points.
-_YAML_DUMPER: Final[type[yaml.SafeDumper]] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _NORMALIZE_NAME: Final = re.compile(r"[-_.]+")
 
 # A child of the run logger, so that what the manifest step notes lands in run.log.
@@ -316,7 +312,7 @@ class AuditSaver:
         """
         text = yaml.dump(
             redacted_config(data),
-            Dumper=_YAML_DUMPER,
+            Dumper=FastDumper,
             sort_keys=False,
             allow_unicode=True,
             default_flow_style=False,

@@ -177,7 +177,8 @@ def build_environment_report(
     recorded; ``None`` outside a checkout), and when it is not given those of
     ``reports/git_info.txt`` (``None`` when there is no such file); ``environment`` holds
     only those of :data:`REPORTED_ENV_VARS` that are set. Values describe this process
-    as it is now (torch's flags as actually set, not as requested).
+    as it is now (torch's flags as actually set, not as requested). Secrets are
+    redacted as :func:`~orchestrator_fsm.redaction.redact_secrets` redacts them.
     """
     from orchestrator_fsm.distributed import discover_launch
     from orchestrator_fsm.seeds import SeedTree
@@ -188,7 +189,7 @@ def build_environment_report(
         seed_tree = SeedTree(cfg.training.seed, launch.rank, launch.world_size)
     hardware = cfg.hardware
     source = cfg.source
-    return {
+    report = {
         "run": {
             "run_id": paths.run_id,
             "project": hardware.project_name,
@@ -267,6 +268,10 @@ def build_environment_report(
         },
         "environment": _reported_env(),
     }
+    # Every section, not only git's and the environment's: a URL password can sit in
+    # any string the recipe sets (dataset.name: postgres://user:password@host/db).
+    redacted: dict[str, Any] = redact_secrets(report)
+    return redacted
 
 
 def _render_value(value: Any) -> str:

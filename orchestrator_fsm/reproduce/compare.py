@@ -31,8 +31,10 @@ from orchestrator_fsm.layout import CHECKPOINTS_DIR, METRICS_FILE
 from orchestrator_fsm.lifecycle.metrics import (
     SUMMARY_KIND,
     effective_lines,
+    json_number,
     line_values,
     read_lines,
+    same_value,
 )
 
 __all__ = [
@@ -94,7 +96,7 @@ class Verdict:
             "headline": self.headline,
             "where": self.where,
             "step": self.step,
-            "first": {name: list(pair) for name, pair in self.first.items()},
+            "first": {name: [_json_value(v) for v in pair] for name, pair in self.first.items()},
             "max_abs_diff": self.max_abs_diff,
             "lines": list(self.lines),
             "ignored": list(self.ignored),
@@ -189,6 +191,10 @@ def _compare_checkpoints(original: Path, rerun: Path) -> dict[str, str]:
     return outcome
 
 
+def _json_value(value: Any) -> Any:
+    return json_number(value) if isinstance(value, float) else value
+
+
 def _close(a: Any, b: Any, rtol: float, atol: float) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return math.isclose(b, a, rel_tol=0.0, abs_tol=atol + rtol * abs(a))
@@ -247,7 +253,7 @@ def compare_runs(
         differing = {
             name: (va.get(name), vb.get(name))
             for name in [*va, *(n for n in vb if n not in va)]
-            if va.get(name) != vb.get(name)
+            if not same_value(va.get(name), vb.get(name))
         }
         if a.get("kind") != b.get("kind") or a.get("step") != b.get("step"):
             other, _ = _where(b, index)

@@ -117,7 +117,7 @@ def _entry_drift(before: Any, after: Any) -> list[Drift]:
     b = after if isinstance(after, Mapping) else {}
     items = [
         Drift("entry", key, a.get(key), b.get(key))
-        for key in ("spec", "path", "sha256")
+        for key in ("spec", "path", "sha256", "argv")
         if a.get(key) != b.get(key)
     ]
     return items

@@ -59,12 +59,18 @@ class Relaunch:
             return "one process"
         return f"torchrun, {self.world_size} ranks on one node"
 
-    def command(self, python: str, run_argv: Sequence[str]) -> list[str]:
-        """The command line starting ``orchestrator-fsm`` with ``run_argv`` (``run ...``)
-        from interpreter ``python``: directly, or under torchrun with a standalone
-        rendezvous on this node."""
+    def command(
+        self,
+        python: str,
+        run_argv: Sequence[str],
+        program: Sequence[str] = ("-m", "orchestrator_fsm"),
+    ) -> list[str]:
+        """The command line starting ``program`` (default ``orchestrator-fsm``; a
+        script's path for a run made from Python) with ``run_argv`` (``run ...``) from
+        interpreter ``python``: directly, or under torchrun with a standalone rendezvous
+        on this node."""
         if not self.torchrun:
-            return [python, "-m", "orchestrator_fsm", *run_argv]
+            return [python, *program, *run_argv]
         launcher = [
             python,
             "-m",
@@ -75,7 +81,7 @@ class Relaunch:
         ]
         if self.max_restarts:
             launcher.append(f"--max-restarts={self.max_restarts}")
-        return [*launcher, "-m", "orchestrator_fsm", *run_argv]
+        return [*launcher, *program, *run_argv]
 
     def launcher_environment(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
         """The allow-listed variables the launcher itself will give the ranks, beyond
