@@ -10,7 +10,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any, Final
 
+from orchestrator_fsm._startup import take_over
 from orchestrator_fsm._version import __version__
+
+# First, before anything slower: in the orchestrator-fsm command only, a Ctrl-C while
+# its modules are imported is one line and exit 130 (see _startup).
+take_over()
+del take_over
 
 if TYPE_CHECKING:
     from orchestrator_fsm.checkpoints import Checkpoint, CheckpointStore

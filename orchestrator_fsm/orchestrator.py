@@ -39,7 +39,7 @@ from orchestrator_fsm.lifecycle.signals import SignalGuard
 from orchestrator_fsm.lifecycle.table import CLEANUP_STEP, LifecycleState
 from orchestrator_fsm.observers import Observers, configured_observers
 from orchestrator_fsm.phases.bundle import record_loaded_libraries
-from orchestrator_fsm.phases.determinism import set_seed
+from orchestrator_fsm.phases.determinism import changed_settings, set_seed, worker_init_fn
 from orchestrator_fsm.phases.device import resolve_device, to_device_obj
 from orchestrator_fsm.phases.filesystem import setup_static_directories
 from orchestrator_fsm.phases.lock import InfrastructureManager
@@ -354,6 +354,7 @@ class RootOrchestrator:
             self.time_tracker.stop()
         # The native libraries are looked at last: CUDA's load at first use.
         record_loaded_libraries(self._run)
+        self._note_determinism_changes()
         self._recorder.announce_end()
         self._tell_rerun()
 
@@ -372,6 +373,23 @@ class RootOrchestrator:
             atomic_write_text(Path(target), f"{run.paths.root}\n")
         except OSError as exc:
             logging.getLogger(LOGGER_NAME).warning("could not write %s (%s)", target, exc)
+
+    def _note_determinism_changes(self) -> None:
+        """What the program did to the seed and the determinism flags since phase 1:
+        into the record, and one warning in the log."""
+        applied = self._run.determinism_applied
+        if applied is None:
+            return
+        changes = changed_settings(applied)
+        if not changes:
+            return
+        self._recorder.note_determinism_changes(changes)
+        logger = self._run.logger
+        if logger is not None:
+            logger.warning(
+                "the program changed during the run: %s",
+                ", ".join(f"{k} {v['applied']} -> {v['at_end']}" for k, v in changes.items()),
+            )
 
     def _on_held(self, interrupt: BaseException) -> None:
         # A signal while cleaning up: the run ends interrupted, and ends now. One held
@@ -433,6 +451,18 @@ class RootOrchestrator:
     def seed_tree(self) -> SeedTree:
         """Seeds derived from ``training.seed`` for each purpose, rank and worker."""
         return self._run.seed_tree
+
+    def loader_seeding(self, purpose: str = "dataloader") -> dict[str, Any]:
+        """``generator`` and ``worker_init_fn`` for a ``DataLoader``, from the seed tree.
+
+        ``DataLoader(dataset, shuffle=True, num_workers=2, **orch.loader_seeding())``
+        gives the same batches on every run of the same recipe with the same number of
+        workers: the generator (``seed_tree.generator(purpose)``, this rank's) draws the
+        shuffled order and each worker's base seed, and :func:`worker_init_fn` seeds
+        ``random`` and NumPy in each worker from that base seed. Give each loader its
+        own ``purpose`` (``"train_loader"``, ``"val_loader"``).
+        """
+        return {"generator": self.seed_tree.generator(purpose), "worker_init_fn": worker_init_fn}
 
     # -- the reference API ------------------------------------------------------------
 

@@ -88,6 +88,9 @@ class RunContext:
     logger: logging.Logger | None = None
     device: torch.device | None = None
     applied_threads: int = 0
+    determinism_applied: Mapping[str, object] | None = None
+    """The seed and determinism flags as phase 1 left them (``phases.determinism.
+    determinism_settings``), compared at cleanup with what the program left."""
     thread_basis: str | None = None
     """Why phase 2 applied that many threads (see ``phases.runtime.choose_cpu_threads``);
     ``"thread_applier"`` when an injected applier chose another count."""

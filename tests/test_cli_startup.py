@@ -3,11 +3,14 @@ a run starts is one line and exit 130. Every test runs the real console script."
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +132,163 @@ def test_ctrl_c_while_the_run_starts_up_is_one_line_and_exit_130(tmp_path: Path)
     assert err.splitlines() == ["orchestrator-fsm: interrupted (SIGINT) before the run started"]
     assert "Traceback" not in out
     assert not (tmp_path / "outputs").exists()
+
+
+LIVE_ENTRY = """
+import pathlib, time
+
+def main(orch):
+    pathlib.Path({marker!r}).write_text("live")
+    time.sleep(120)
+"""
+BEFORE_THE_RUN = "orchestrator-fsm: interrupted (SIGINT) before the run started"
+CLEANED_UP = "interrupted (SIGINT); the run was cleaned up"
+
+
+def _owns_its_signals(pid: int) -> bool:
+    """Whether process ``pid`` has taken over SIGTERM: the command's first act
+    (orchestrator_fsm._startup), which the interpreter's own start-up never does."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
+    except OSError:
+        return False
+    (caught,) = re.findall(r"^SigCgt:\s+([0-9a-f]+)$", status, re.M)
+    return bool(int(caught, 16) & (1 << (signal.SIGTERM - 1)))
+
+
+def _start_run(directory: Path) -> tuple[subprocess.Popen[str], Path]:
+    """``orchestrator-fsm run`` of a recipe and an entry that waits once live, both in
+    ``directory`` (its own outputs and lock); the process, once it owns its signals,
+    and the file the entry writes when the run is live."""
+    directory.mkdir(parents=True, exist_ok=True)
+    recipe = directory / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(minimal_recipe(directory)), encoding="utf-8")
+    marker = directory / "live"
+    entry = directory / "live_entry.py"
+    entry.write_text(LIVE_ENTRY.format(marker=str(marker)), encoding="utf-8")
+    proc = subprocess.Popen(
+        [COMMAND, "run", str(recipe), "--entry", f"{entry}:main"],
+        cwd=directory,
+        env=dict(os.environ, XDG_CACHE_HOME=str(directory / "cache")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
+    while not _owns_its_signals(proc.pid):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.0005)
+    return proc, marker
+
+
+def _interrupted_as_promised(proc: subprocess.Popen[str], directory: Path) -> str | None:
+    """What is wrong with how ``proc``, just sent SIGINT, ended; None when nothing."""
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        return f"still running 120s after the signal\nstdout:\n{out}\nstderr:\n{err}"
+    said = [line for line in err.splitlines() if not line.startswith("[rank")]
+    statuses = [
+        json.loads(path.read_text(encoding="utf-8"))["status"]
+        for path in (directory / "outputs").glob("*/run.json")
+    ]
+    if (
+        proc.returncode != 130
+        or said not in ([BEFORE_THE_RUN], [CLEANED_UP])
+        or any(word in out + err for word in ("Traceback", "ImportError", "RecursionError"))
+        or any(status != "interrupted" for status in statuses)
+    ):
+        return f"exit {proc.returncode}, run.json {statuses}\nstdout:\n{out}\nstderr:\n{err}"
+    return None
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_100_points_of_start_up_is_always_one_line_and_exit_130(
+    tmp_path: Path,
+) -> None:
+    # How long start-up takes here, from the command's first act to the entry running.
+    proc, marker = _start_run(tmp_path / "measure")
+    started = time.monotonic()
+    wait_for(lambda: [marker] if marker.exists() else [], proc)
+    start_up_s = time.monotonic() - started
+    proc.send_signal(signal.SIGINT)
+    assert _interrupted_as_promised(proc, tmp_path / "measure") is None
+
+    def interrupt_after(index: int) -> str | None:
+        directory = tmp_path / str(index)
+        proc, _ = _start_run(directory)
+        time.sleep(start_up_s * index / 99)
+        proc.send_signal(signal.SIGINT)
+        return _interrupted_as_promised(proc, directory)
+
+    # Four at a time: the delays are measured from each process's own start.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        problems = {i: p for i, p in enumerate(pool.map(interrupt_after, range(100))) if p}
+    assert not problems, "\n".join(
+        f"after {start_up_s * i / 99:.3f}s of {start_up_s:.3f}s: {problem}"
+        for i, problem in problems.items()
+    )
+
+
+SWALLOWING = """
+import os, pathlib, signal, time, weakref
+
+
+def swallow_a_ctrl_c():
+    # Ctrl-C arriving while a weakref callback runs (importlib runs one at the end of
+    # nearly every import): Python prints "Exception ignored" and drops the interrupt.
+    class Thing:
+        pass
+
+    def callback(ref):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100000):
+            pass
+
+    thing = Thing()
+    ref = weakref.ref(thing, callback)
+    del thing
+    time.sleep(3)  # the interrupt comes back within this
+    pathlib.Path({marker!r}).write_text("went on")
+
+{where}
+
+def main(orch):
+    {in_main}
+"""
+
+
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [("import", BEFORE_THE_RUN), ("main", CLEANED_UP)],
+    ids=["while importing the entry", "while the run is live"],
+)
+def test_a_ctrl_c_that_python_swallows_still_interrupts_the_command(
+    tmp_path: Path, where: str, said: str
+) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(minimal_recipe(tmp_path)), encoding="utf-8")
+    marker = tmp_path / "went_on"
+    entry = tmp_path / "swallowing.py"
+    entry.write_text(
+        SWALLOWING.format(
+            marker=str(marker),
+            where="swallow_a_ctrl_c()" if where == "import" else "",
+            in_main="swallow_a_ctrl_c()" if where == "main" else "pass",
+        ),
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [COMMAND, "run", str(recipe), "--entry", f"{entry}:main"],
+        cwd=tmp_path,
+        env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_default_sigint,
+    )
+    assert result.returncode == 130, result.stderr
+    assert [line for line in result.stderr.splitlines() if not line.startswith("[rank")] == [said]
+    assert not marker.exists()

@@ -460,8 +460,18 @@ def test_deterministic_algorithms_follow_reproducible() -> None:
     assert strict.hardware.use_deterministic_algorithms is True
 
 
-def test_reproducible_runs_load_data_in_the_main_process() -> None:
+def test_reproducible_runs_keep_the_workers_the_recipe_asks_for() -> None:
     cfg = Config.from_dict(minimal(hardware={"reproducible": True, "num_workers": 3}))
+
+    assert cfg.hardware.effective_num_workers == 3
+
+
+def test_reproducible_runs_load_data_in_the_main_process_when_the_count_is_automatic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The automatic count depends on the machine; a rerun elsewhere must not change it.
+    monkeypatch.setattr(sections, "available_cpu_count", lambda: 8)
+    cfg = Config.from_dict(minimal(hardware={"reproducible": True}))
 
     assert cfg.hardware.effective_num_workers == 0
 

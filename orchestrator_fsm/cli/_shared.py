@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -21,6 +22,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "config_or_exit_code",
+    "hash_seed_env",
     "print_config_error",
     "recipe_label",
     "say",
@@ -31,6 +33,7 @@ EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
+_HASH_SEED_ENV: Final = "PYTHONHASHSEED"
 
 
 def say(console: Console, text: str | Text, style: str | None = None) -> None:
@@ -75,6 +78,14 @@ def _load_config(
 
     with demo_recipe() as path:
         return Config.from_recipe(path, overrides=overrides, schema=schema)
+
+
+def hash_seed_env(cfg: Config) -> dict[str, str]:
+    """What ``run`` adds to this environment to run ``cfg``: ``PYTHONHASHSEED`` set to
+    the recipe's seed for a reproducible recipe when the variable is unset; else none."""
+    if _HASH_SEED_ENV in os.environ or not cfg.hardware.reproducible:
+        return {}
+    return {_HASH_SEED_ENV: str(cfg.training.seed)}
 
 
 def split_bare_overrides(args: argparse.Namespace) -> None:

@@ -259,6 +259,12 @@ def format_summary(run: RunRecord) -> Table:
         rows.insert(-1, ("sweep", f"{run.sweep} (member {_or_dash(run.sweep_member)})"))
     if run.rerun_of is not None:
         rows.insert(-1, ("rerun of", run.rerun_of))
+    if run.determinism_changes:
+        changed = ", ".join(
+            f"{name} {change.get('applied')} -> {change.get('at_end')}"
+            for name, change in run.determinism_changes.items()
+        )
+        rows.insert(-1, ("changed by the program", Text(changed, style="yellow")))
     for field, value in rows:
         table.add_row(field, value if isinstance(value, Text) else Text(value))
     return table

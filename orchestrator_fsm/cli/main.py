@@ -12,6 +12,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from orchestrator_fsm._startup import hand_back, interrupted_line
 from orchestrator_fsm._version import __version__
 from orchestrator_fsm.cli._shared import EXIT_INTERRUPTED, EXIT_USAGE
 from orchestrator_fsm.lifecycle.signals import hold_startup_signals
@@ -301,6 +302,8 @@ def main(argv: list[str] | None = None, *, exiting: bool = False) -> int:
         except SystemExit as exc:  # --help, --version and usage errors
             return exc.code if isinstance(exc.code, int) else EXIT_USAGE
         args.exiting = exiting
+        if args.command != "run":
+            hand_back()
         handler: Handler | None = getattr(args, "handler", None)
         if handler is None:
             parser.print_help(sys.stderr)
@@ -320,9 +323,7 @@ def _say_interrupted(exc: KeyboardInterrupt, argv: list[str] | None) -> int:
     from orchestrator_fsm.errors import RunInterrupted
 
     signum = exc.signum if isinstance(exc, RunInterrupted) else int(signal.SIGINT)
-    words = sys.argv[1:] if argv is None else argv
-    when = " before the run started" if words[:1] == ["run"] else ""
-    sys.stderr.write(f"orchestrator-fsm: interrupted ({signal.Signals(signum).name}){when}\n")
+    sys.stderr.write(interrupted_line(signum, sys.argv[1:] if argv is None else argv))
     sys.stderr.flush()
     return EXIT_INTERRUPTED if signum == signal.SIGINT else 128 + signum
 
@@ -337,7 +338,10 @@ def console() -> None:
 
     SIGUSR1 and SIGUSR2 are held from here on (before torch and the entry are imported),
     so a scheduler's checkpoint request during start-up reaches the run's callback once
-    the run is live instead of ending the process."""
+    the run is live instead of ending the process. A Ctrl-C ends the process at once
+    with one line (:mod:`orchestrator_fsm._startup`) until :func:`main` has parsed the
+    command line (``run``: until the run's own signal handling takes over); from then
+    on it is a ``KeyboardInterrupt`` that :func:`main` (or the run) reports."""
     hold_startup_signals()
     try:
         code = main(exiting=True)

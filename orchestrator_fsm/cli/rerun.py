@@ -34,6 +34,7 @@ from orchestrator_fsm.cli._shared import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    hash_seed_env,
     print_config_error,
     say,
     split_bare_overrides,
@@ -326,7 +327,8 @@ def _drift_now(
             recipe=(bundle.get("recipe") or {}).get("path") or None,
             git=read_git_state(),
             requirements=requirement_lines(),
-            launch_env={**launch_environment(), **launcher_env},
+            # The run command sets PYTHONHASHSEED itself for a reproducible recipe.
+            launch_env={**launch_environment(), **hash_seed_env(cfg), **launcher_env},
             rank=int(seeds.get("rank") or 0),
             world_size=int(seeds.get("world_size") or 1),
         )

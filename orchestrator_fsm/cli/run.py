@@ -10,15 +10,17 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from orchestrator_fsm._specs import is_script_spec
+from orchestrator_fsm._startup import hand_back
 from orchestrator_fsm.cli._shared import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     config_or_exit_code,
+    hash_seed_env,
     print_config_error,
     recipe_label,
     say,
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
 
 __all__ = ["chosen_entry", "cmd_run", "config_without_schema", "script_recipe"]
 
+# Where a run that failed before it had a log file leaves its traceback, in the cache.
+_LAST_FAILURE_FILE: Final = "last-failure.log"
+
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Run the script or pipeline ``args`` (or the recipe) names on ``args.recipe``; the
@@ -46,6 +51,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     With ``args.multirun``, run the sweep the bare overrides describe instead."""
     split_bare_overrides(args)
     if args.multirun:
+        hand_back()
         from orchestrator_fsm.cli.sweep import cmd_sweep
 
         return cmd_sweep(args, out, err)
@@ -53,6 +59,8 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     if isinstance(loaded, int):
         _hint_multirun(args.bare, err)
         return loaded
+    if args.exiting:
+        _fix_hash_seed(loaded)
     chosen = chosen_entry(args, loaded)
     if isinstance(chosen, str):
         say(err, f"error: {chosen}", "red")
@@ -88,6 +96,13 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         # SIGINT, SIGTERM and SIGHUP end the run as an interrupt before the run is live
         # too (the run's own guard takes over from __enter__ to cleanup); once the run
         # has ended, one is held while the outcome is reported and sets the exit code.
+        # Until here a signal ended the command at once with one line (_startup), while
+        # torch and the entry were imported: an interrupt raised inside an import can be
+        # swallowed, or end the process from C++ (torch's distributed set-up). Import
+        # the run's modules under it too, then hand over.
+        from orchestrator_fsm.orchestrator import RootOrchestrator  # noqa: F401
+
+        hand_back()
         guard = SignalGuard()
         guard.install()
         code = EXIT_OK
@@ -188,6 +203,20 @@ def _beside_recipe(spec: str, recipe: Path | None) -> str:
         return spec
     where = os.path.relpath(recipe.parent / file_part)
     return where if is_script_spec(spec) else f"{where}:{spec.rpartition(':')[2]}"
+
+
+def _fix_hash_seed(cfg: Config) -> None:
+    """Start the command again with ``PYTHONHASHSEED`` set to the recipe's seed when
+    the recipe is reproducible and the variable is unset: Python reads it only at start,
+    and this process has imported neither torch nor the entry yet. The same process
+    (``exec``), so its id, arguments, streams and exit code are the launcher's."""
+    added = hash_seed_env(cfg)
+    if not added:  # not reproducible, or set (by the user, or the start before this)
+        return
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    env = {**os.environ, **added}
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
 def _stopped_by(
@@ -335,6 +364,25 @@ def _log_file(orch: RootOrchestrator | None) -> Path | None:
     return path if path.is_file() else None
 
 
+def _write_traceback(failure: BaseException) -> Path | None:
+    """``failure``'s traceback written to ``last-failure.log`` in the per-user cache
+    directory (``~/.cache/orchestrator-fsm``), for a run that failed before it had a
+    log file; that file, or None when it cannot be written."""
+    import traceback
+
+    from orchestrator_fsm._fs import atomic_write_text
+    from orchestrator_fsm.phases.filesystem import default_cache_dir
+
+    path = default_cache_dir() / _LAST_FAILURE_FILE
+    text = "".join(traceback.format_exception(type(failure), failure, failure.__traceback__))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    except OSError:
+        return None
+    return path
+
+
 def _report_failure(
     failure: BaseException | None,
     orch: RootOrchestrator | None,
@@ -375,5 +423,9 @@ def _report_failure(
 
         err.print(Traceback.from_exception(type(failure), failure, failure.__traceback__))
     elif code == EXIT_FAILURE:
-        say(err, "(run again with --debug for the traceback)", "dim")
+        log = _log_file(orch) or _write_traceback(failure)
+        if log is not None:
+            say(err, f"(the traceback is in {log})", "dim")
+        else:
+            say(err, "(run again with --debug for the traceback)", "dim")
     return code

@@ -307,7 +307,7 @@ class HardwareConfig:
     cpu_threads: int | None = attrs.field(default=None, metadata=_checked(_count_or_auto(1)))
     """Torch intra-op threads; ``None`` lets the runtime phase decide."""
     reproducible: bool = attrs.field(default=False, metadata=_checked(_strict_bool))
-    """Deterministic algorithms on, data loaded in the main process."""
+    """Deterministic algorithms on; ``num_workers`` auto means 0 workers."""
     deterministic_warn_only: bool = attrs.field(default=False, metadata=_checked(_strict_bool))
     """Only warn on non-deterministic operations; requires ``reproducible``."""
     project_name: str = attrs.field(default="orchestrator-fsm", metadata=_checked(_project_name))
@@ -324,13 +324,16 @@ class HardwareConfig:
     def effective_num_workers(self) -> int:
         """DataLoader workers to use.
 
-        0 when ``reproducible`` (worker processes make data order depend on
-        scheduling), else ``num_workers`` when set, else ``min(4, available CPUs - 1)``.
+        ``num_workers`` when set, reproducible or not (a loader seeded with
+        ``orch.loader_seeding()`` gives the same batches on every run with the same
+        number of workers); else 0 when ``reproducible`` (the automatic count depends on
+        the machine, and which worker draws a sample's randomness depends on the
+        count); else ``min(4, available CPUs - 1)``.
         """
-        if self.reproducible:
-            return 0
         if self.num_workers is not None:
             return self.num_workers
+        if self.reproducible:
+            return 0
         return min(4, max(0, available_cpu_count() - 1))
 
 

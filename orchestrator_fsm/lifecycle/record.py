@@ -272,6 +272,12 @@ def _timestamp(value: object) -> datetime | None:
         return None
 
 
+def _changes(value: object) -> dict[str, dict[str, Any]]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(k): dict(v) for k, v in value.items() if isinstance(v, Mapping)}
+
+
 def _trackers(value: object) -> dict[str, dict[str, str]]:
     if not isinstance(value, Mapping):
         return {}
@@ -344,6 +350,9 @@ class RunRecord:
     trackers: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
     """Where observers mirror the run, by tracker (``{"mlflow": {"tracking_uri": ...,
     "run_id": ...}}``), as they said when it started; how a crashed run is found again."""
+    determinism_changes: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    """The seed and determinism flags the program changed during the run (torch
+    re-seeded, TF32 switched on, ...): ``{name: {"applied": ..., "at_end": ...}}``."""
     extra: Mapping[str, Any] = attrs.field(factory=dict)
 
     @property
@@ -443,6 +452,7 @@ class RunRecord:
             metrics=_last_metrics(data.get("metrics")),
             summary=_numbers(data.get("summary")),
             trackers=_trackers(data.get("trackers")),
+            determinism_changes=_changes(data.get("determinism_changes")),
             extra={k: v for k, v in data.items() if k not in known},
         )
 
@@ -488,6 +498,7 @@ class RunRecord:
             metrics={name: item.to_json() for name, item in self.metrics.items()},
             summary=json_numbers(self.summary),
             trackers={name: dict(link) for name, link in self.trackers.items()},
+            determinism_changes={k: dict(v) for k, v in self.determinism_changes.items()},
         )
         return data
 

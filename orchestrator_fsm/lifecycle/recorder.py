@@ -26,7 +26,7 @@ import attrs
 from orchestrator_fsm._fs import append_whole
 from orchestrator_fsm._system import boot_id, process_start_ticks, record_invocation, say_on_stderr
 from orchestrator_fsm._version import __version__
-from orchestrator_fsm.errors import LifecycleError, LockContendedError, RunInterrupted
+from orchestrator_fsm.errors import LifecycleError, RunInterrupted
 from orchestrator_fsm.layout import metrics_file
 from orchestrator_fsm.lifecycle.ending import scheduler_job
 from orchestrator_fsm.lifecycle.job_index import job_key
@@ -292,6 +292,12 @@ class RunRecorder:
             self._record = attrs.evolve(record, trackers=trackers)
             self._update()
 
+    def note_determinism_changes(self, changes: Mapping[str, Mapping[str, Any]]) -> None:
+        """Record ``changes`` (see ``RunRecord.determinism_changes``) with the final write."""
+        with self._lock:
+            if self._record is not None and changes:
+                self._record = attrs.evolve(self._record, determinism_changes=dict(changes))
+
     def announce_end(self) -> None:
         """Log how the run ended on the run logger (the machine's cleanup hook)."""
         run = self._run
@@ -335,15 +341,15 @@ class RunRecorder:
             # Told before the rollback, so the run's log is still open.
             exc = record.exception
             if isinstance(exc, Exception):
-                # A refusal at the run lock is expected: its one line is the caller's to
-                # say (the command prints it); the traceback is for the log file only.
-                refused = isinstance(exc, LockContendedError)
+                # The step's error reaches its caller (the command prints one line
+                # naming this file, the library raises it): the traceback is for the
+                # log file only, never a screenful on the console.
                 self._run.logger.error(
                     "step %r failed: %s",
                     record.step,
                     exc,
                     exc_info=(type(exc), exc, exc.__traceback__),
-                    extra=FILE_ONLY if refused else None,
+                    extra=FILE_ONLY,
                 )
         if final:
             self._stop_heartbeat()

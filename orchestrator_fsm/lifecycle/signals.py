@@ -34,6 +34,7 @@ from types import FrameType
 from typing import Any
 
 from orchestrator_fsm._specs import CALLBACK_SIGNALS, INTERRUPTING_SIGNALS
+from orchestrator_fsm._startup import take_redelivered
 from orchestrator_fsm.errors import RunInterrupted
 
 __all__ = [
@@ -120,6 +121,7 @@ class SignalGuard:
         self._signals = signals
         self._previous: dict[int, Any] = {}
         self._holding = False
+        self._ending = False
         self._held: RunInterrupted | None = None
 
     def install(self) -> None:
@@ -132,7 +134,7 @@ class SignalGuard:
     def hold(self) -> None:
         """From now on keep a signal for :meth:`restore` instead of raising it (telling
         ``on_held`` at once, so the run's outcome can say it was interrupted)."""
-        self._holding = True
+        self._holding = self._ending = True
 
     def set_cooperative(self, cooperative: bool) -> bool:
         """From now on let the first signal only tell ``on_stop`` (True) or raise it
@@ -147,11 +149,16 @@ class SignalGuard:
         previous, self._previous = self._previous, {}
         for signum, handler in previous.items():
             signal.signal(signum, handler if then is None else then)
-        held, self._held, self._holding = self._held, None, False
+        held, self._held, self._holding, self._ending = self._held, None, False, False
         if held is not None:
             raise held
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if take_redelivered(signum) and not self._ending:
+            # The interrupt raised for this signal was swallowed (see _startup): the
+            # same interrupt, not a further one, so raised again as the first was.
+            self._raise(frame, RunInterrupted(signum))
+            return
         previous = self._previous.get(signum)
         if previous is not None and is_chained(previous):
             previous(signum, frame)
@@ -165,6 +172,11 @@ class SignalGuard:
             self._on_stop(interrupt)
         if first and self._cooperative:
             return  # the loop sees it at its next step boundary (stop_requested)
+        self._raise(frame, interrupt)
+
+    def _raise(self, frame: FrameType | None, interrupt: RunInterrupted) -> None:
+        """Raise ``interrupt`` now, unless the run defers it or it landed in the run's
+        exit (then held)."""
         if self._defer is not None and self._defer(frame, interrupt):
             return  # the run raises it at its next safe point
         if self._exiting is not None and self._exiting(frame):

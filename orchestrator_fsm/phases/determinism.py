@@ -16,7 +16,7 @@ import os
 import random
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -44,6 +44,9 @@ __all__ = [
     "STANDARD_SHARED_PURPOSES",
     "DeterminismState",
     "SeedTree",
+    "changed_settings",
+    "determinism_settings",
+    "hash_seed_in_force",
     "last_seed_sequence",
     "make_generator",
     "set_deterministic_algorithms",
@@ -186,6 +189,19 @@ def set_seed(seed: int, strict: bool = False, warn_only: bool = False) -> None:
             UserWarning,
             stacklevel=2,
         )
+
+
+def hash_seed_in_force() -> int | None:
+    """The seed of this process's str/bytes hashing: ``PYTHONHASHSEED`` as the
+    interpreter read it at start, or None when hashing is randomized (unset or
+    ``random``). ``orchestrator-fsm run`` of a reproducible recipe sets it to the
+    recipe's seed before anything else is imported."""
+    if _HASH_SEED_AT_START is None:
+        return None
+    try:
+        return int(_HASH_SEED_AT_START)
+    except ValueError:  # "random"
+        return None
 
 
 def last_seed_sequence() -> np.random.SeedSequence | None:
@@ -337,6 +353,35 @@ class DeterminismState:
         _recorded_seed = self.recorded_seed
 
 
+def determinism_settings() -> dict[str, object]:
+    """The seed torch was last given and the determinism flags, by name: what
+    :func:`changed_settings` compares. Python's and NumPy's generators keep no seed to
+    read back, so re-seeding them is not seen."""
+    state = DeterminismState.capture()
+    return {
+        "torch.initial_seed": torch.initial_seed(),
+        "deterministic_algorithms": state.deterministic_algorithms,
+        "deterministic_warn_only": state.deterministic_warn_only,
+        "cudnn.deterministic": state.cudnn_deterministic,
+        "cudnn.benchmark": state.cudnn_benchmark,
+        "cuda.matmul.allow_tf32": state.matmul_allow_tf32,
+        "cudnn.allow_tf32": state.cudnn_allow_tf32,
+        **{f"{name}.fp32_precision": precision for name, precision in state.fp32_precision},
+    }
+
+
+def changed_settings(applied: Mapping[str, object]) -> dict[str, dict[str, object]]:
+    """``{name: {"applied": ..., "at_end": ...}}`` for each of :func:`determinism_settings`
+    that differs now from ``applied`` (what phase 1 left): the program re-seeded torch
+    (``torch.manual_seed(1337)``) or switched a flag (TF32, deterministic algorithms)."""
+    now = determinism_settings()
+    return {
+        name: {"applied": value, "at_end": now.get(name)}
+        for name, value in applied.items()
+        if now.get(name) != value
+    }
+
+
 def step(run: RunContext) -> Undo:
     """Phase 1: seed every generator with ``training.seed`` (strict in reproducible mode).
 
@@ -352,4 +397,5 @@ def step(run: RunContext) -> Undo:
         ),
         DeterminismState.capture(),
     )
+    run.determinism_applied = determinism_settings()
     return undo

@@ -30,6 +30,7 @@ from orchestrator_fsm._text import counted
 from orchestrator_fsm._version import __version__
 from orchestrator_fsm.git_state import GitState, read_git_info
 from orchestrator_fsm.layout import REPORT_FILE
+from orchestrator_fsm.phases.determinism import hash_seed_in_force
 from orchestrator_fsm.phases.device import resolve_device
 from orchestrator_fsm.redaction import redact_secrets
 from orchestrator_fsm.run_log import FILE_ONLY
@@ -213,6 +214,8 @@ def build_environment_report(
         "determinism": {
             "mode": determinism_mode(flags := _torch_determinism()),
             "torch": flags,
+            # The seed of str/bytes hashing (set ordering), null when randomized.
+            "python_hash_seed": hash_seed_in_force(),
             "requested": {
                 "reproducible": hardware.reproducible,
                 "warn_only": hardware.deterministic_warn_only,
