@@ -28,6 +28,7 @@ import pytest
 import torch
 from conftest import cli, cli_command, minimal_recipe, only_run_dir, write_recipe
 
+from orchestrator_fsm.demo import DEMO_ENTRY
 from orchestrator_fsm.distributed import LAUNCHER_ENV_VARS
 from orchestrator_fsm.lifecycle.record import read_run
 
@@ -77,6 +78,7 @@ def demo_recipe(directory: Path, sections: dict[str, Any]) -> Path:
     recipe = minimal_recipe(directory, **sections)
     recipe["infrastructure"]["join_timeout_s"] = 120
     recipe["telemetry"]["heartbeat_s"] = 0
+    recipe["entry"] = DEMO_ENTRY
     return write_recipe(directory, recipe)
 
 
@@ -156,8 +158,13 @@ def assert_bitwise(
     apart, every checkpoint file equal or holding the same tensors; and the final
     ``weights`` equal bit for bit. Returns the diff."""
     result = cli("diff", str(reference), str(resumed), "--json", cwd=resumed, env=clean_env())
-    assert result.returncode == 0, result.stderr
     diff = json.loads(result.stdout)
+    # The two runs live in folders of their own (the recipe's output and lock paths,
+    # and where the recipe, the entry and its arguments are), so diff says they differ
+    # (exit 1); of the config, in those two keys only.
+    assert result.returncode == 1, result.stderr
+    differing = {d["key"] for d in diff["differences"] if d["kind"] == "config"}
+    assert differing == {"telemetry.output_dir", "infrastructure.lock.path"}, differing
     assert diff["metrics"]["status"] == "identical", diff["metrics"]
     assert diff["final"] == {}
     files = diff["metrics"]["checkpoints"]
