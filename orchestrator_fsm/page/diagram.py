@@ -79,8 +79,9 @@ def attempt_marks(attempt: AttemptView) -> Marks:
             edges[edge_key(spec)] = mark
         states[transition.source.value] = mark
     if attempt.pipeline_failed:
-        # The caller's own work ended the attempt: the state it ran in is marked.
-        ran_in = attempt.transitions[attempt.spans[-1].after].dest.value
+        # The caller's own work ended the attempt: the state it ended in (the one the
+        # cleanup left, READY or REPORTED, whenever the report was asked for) is marked.
+        ran_in = attempt.transitions[attempt.spans[-1].until].source.value
         states[ran_in] = bad
     return states, edges
 
