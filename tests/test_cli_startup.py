@@ -105,21 +105,27 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_ctrl_c_while_the_run_starts_up_is_one_line_and_exit_130(tmp_path: Path) -> None:
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(minimal_recipe(tmp_path)), encoding="utf-8")
-    marker = tmp_path / "importing"
-    entry = tmp_path / "slow_import.py"
-    entry.write_text(SLOW_IMPORT.format(marker=str(marker)), encoding="utf-8")
-    proc = subprocess.Popen(
+def _run_entry(directory: Path, name: str, source: str) -> subprocess.Popen[str]:
+    """``orchestrator-fsm run`` of the minimal recipe of ``directory`` and the entry
+    ``name`` (``main`` of ``source``), written there; SIGINT as a terminal leaves it."""
+    recipe = directory / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(minimal_recipe(directory)), encoding="utf-8")
+    entry = directory / name
+    entry.write_text(source, encoding="utf-8")
+    return subprocess.Popen(
         [COMMAND, "run", str(recipe), "--entry", f"{entry}:main"],
-        cwd=tmp_path,
-        env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")),
+        cwd=directory,
+        env=dict(os.environ, XDG_CACHE_HOME=str(directory / "cache")),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=_default_sigint,
     )
+
+
+def test_ctrl_c_while_the_run_starts_up_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    marker = tmp_path / "importing"
+    proc = _run_entry(tmp_path, "slow_import.py", SLOW_IMPORT.format(marker=str(marker)))
     try:
         wait_for(lambda: [marker] if marker.exists() else [], proc)
         proc.send_signal(signal.SIGINT)
@@ -161,20 +167,8 @@ def _start_run(directory: Path) -> tuple[subprocess.Popen[str], Path]:
     ``directory`` (its own outputs and lock); the process, once it owns its signals,
     and the file the entry writes when the run is live."""
     directory.mkdir(parents=True, exist_ok=True)
-    recipe = directory / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(minimal_recipe(directory)), encoding="utf-8")
     marker = directory / "live"
-    entry = directory / "live_entry.py"
-    entry.write_text(LIVE_ENTRY.format(marker=str(marker)), encoding="utf-8")
-    proc = subprocess.Popen(
-        [COMMAND, "run", str(recipe), "--entry", f"{entry}:main"],
-        cwd=directory,
-        env=dict(os.environ, XDG_CACHE_HOME=str(directory / "cache")),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_default_sigint,
-    )
+    proc = _run_entry(directory, "live_entry.py", LIVE_ENTRY.format(marker=str(marker)))
     while not _owns_its_signals(proc.pid):
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.0005)
