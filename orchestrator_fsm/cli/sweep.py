@@ -113,7 +113,7 @@ def _configs(
     args: argparse.Namespace, members: list[list[str]], schema: dict[str, type]
 ) -> list[Config] | ConfigError:
     """Each member's config, checked as its run will check it; the first error."""
-    from orchestrator_fsm.cli.run import script_recipe
+    from orchestrator_fsm.cli.what_runs import script_recipe
     from orchestrator_fsm.config import Config
     from orchestrator_fsm.demo import demo_recipe
 
@@ -311,7 +311,7 @@ def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
     except ValueError as exc:
         say(err, f"error: {exc}", "red")
         return EXIT_USAGE
-    from orchestrator_fsm.cli.run import chosen_entry, config_without_schema
+    from orchestrator_fsm.cli.what_runs import chosen_entry, config_without_schema
     from orchestrator_fsm.entry import entry_schema, entry_search_path, resolve_entry
 
     # What the members run, as `run` chooses it (--script, --entry, the recipe's entry).
