@@ -146,8 +146,10 @@ def test_usr1_reaches_every_rank_even_while_starting_then_scancel_is_cancelled(
         env=env,
     )
     # Once both tasks' command has run its first line (SIGUSR1 caught), well before the
-    # run is live: importing torch and the entry (3 s, slow_entry.py) takes seconds.
-    wait_until("both tasks to hold SIGUSR1", lambda: len(holding_usr1(slurm_dir)) == 2, 90)
+    # run is live: importing torch and the entry (3 s, slow_entry.py) takes seconds. The
+    # bound includes the time the job may first wait for CPUs that the module's time-limit
+    # job and the jobs of the tests before it still hold.
+    wait_until("both tasks to hold SIGUSR1", lambda: len(holding_usr1(slurm_dir)) == 2, 240)
     assert not marks(slurm_dir, "live-"), "the runs were live already: nothing was held"
     scancel("--signal=USR1", job)
     wait_until("both callbacks", lambda: len(marks(slurm_dir, "usr1-")) == 2, 90)
