@@ -161,7 +161,12 @@ def wait_for(
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``make test`` runs ``--dist loadgroup``) every test on the one
     SLURM cluster goes to one worker, one job at a time: two nodes of 2 CPUs cannot hold
-    two tests' jobs at once without queueing them past their waits."""
+    two tests' jobs at once without queueing them past their waits.
+
+    A module whose module-scoped fixture is costly (a child per fault, a demo run, a
+    browser) marks itself ``pytest.mark.xdist_group(<module>)``: loadgroup otherwise hands
+    its tests to every worker and each makes the fixture again (test_faults.py's three
+    matrices ran three times over)."""
     for item in items:
         if "slurm_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("slurm"))

@@ -49,7 +49,10 @@ from slurm_helpers import (
     wait_until,
 )
 
-pytestmark = pytest.mark.slow
+# Its reference runs are module-scoped, and one test needs the SLURM cluster, whose tests
+# share one xdist worker: the whole module runs on that worker, so each reference run is
+# made once (tests/conftest.py).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 REPO = Path(__file__).resolve().parents[1]
 

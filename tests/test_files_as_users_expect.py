@@ -21,6 +21,10 @@ from conftest import minimal_recipe
 
 from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_json, new_file_mode
 
+# Its module-scoped demo run is costly: one xdist worker runs the whole module so the
+# demo runs once, not once per worker (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("test_files_as_users_expect")
+
 COMMAND = str(Path(sys.executable).parent / "orchestrator-fsm")
 
 

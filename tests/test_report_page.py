@@ -22,7 +22,9 @@ import pytest
 from tests.browser import Browser, chromium_path
 from tests.conftest import cli, only_run_dir, run_dirs, write_recipe
 
-pytestmark = pytest.mark.slow
+# Its module-scoped fixtures are costly (a headless Chromium): one xdist
+# worker runs the whole module so they are made once, not once per worker (conftest.py).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_report_page")]
 
 # Each rank logs "loss" and "acc" per step; FAIL_RANK fails at FAIL_STEP (in the first
 # attempt only, when ONLY_ATTEMPT is set); START is where a resumed attempt goes on.

@@ -23,6 +23,10 @@ from conftest import cli, cli_command, minimal_recipe, wait_for, write_recipe
 from orchestrator_fsm.cli.runs import parse_since
 from orchestrator_fsm.lifecycle.record import read_run
 
+# Its module-scoped runs (four real launches) are costly: one xdist worker runs the whole
+# module so they are made once, not once per worker (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("test_runs")
+
 ENTRIES = """
 import os
 import time
