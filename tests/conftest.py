@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -209,6 +210,31 @@ def make_config(tmp_path: Path) -> Callable[..., Any]:
         return Config.from_dict(minimal_recipe(tmp_path, **sections))
 
     return build
+
+
+@pytest.fixture(scope="session")
+def _empty_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its tables made, once per test process."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-store") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def existing_mlflow_store(_empty_mlflow_store: Path) -> Callable[[Path], Path]:
+    """Puts an MLflow store at ``output_dir/mlflow.db`` (the observer's default), empty
+    but with its tables made, as a user's earlier run leaves it: making the tables of a
+    new store costs 2-3 s of CPU, so only the tests of a first store pay it
+    (test_mlflow_observer.py's first test)."""
+
+    def place(output_dir: Path) -> Path:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copyfile(_empty_mlflow_store, output_dir / "mlflow.db"))
+
+    return place
 
 
 @pytest.fixture(autouse=True)

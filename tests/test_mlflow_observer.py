@@ -104,9 +104,12 @@ def _store(cfg: Any) -> str:
 
 @pytest.mark.slow
 def test_git_commit_and_branch_become_source_tags_in_a_real_checkout(
-    make_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_config: ConfigFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    existing_mlflow_store: Callable[[Path], Path],
 ) -> None:
-    pytest.importorskip("mlflow")
+    existing_mlflow_store(tmp_path / "outputs")
     from mlflow.tracking import MlflowClient
 
     checkout = tmp_path / "checkout"
@@ -177,9 +180,12 @@ def _killed_run(tmp_path: Path) -> tuple[Path, str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("reconciled_by", ["next run", "inspect"])
 def test_a_sigkilled_run_is_set_failed_by_the_next_run_or_by_inspect(
-    make_config: ConfigFactory, tmp_path: Path, reconciled_by: str
+    make_config: ConfigFactory,
+    tmp_path: Path,
+    reconciled_by: str,
+    existing_mlflow_store: Callable[[Path], Path],
 ) -> None:
-    pytest.importorskip("mlflow")
+    existing_mlflow_store(tmp_path / "outputs")
     from mlflow.tracking import MlflowClient
 
     from orchestrator_fsm import run_status
@@ -215,9 +221,9 @@ def test_a_sigkilled_run_is_set_failed_by_the_next_run_or_by_inspect(
 
 @pytest.mark.slow
 def test_a_live_run_in_the_same_store_is_left_running(
-    make_config: ConfigFactory, tmp_path: Path
+    make_config: ConfigFactory, tmp_path: Path, existing_mlflow_store: Callable[[Path], Path]
 ) -> None:
-    pytest.importorskip("mlflow")
+    existing_mlflow_store(tmp_path / "outputs")
     from mlflow.tracking import MlflowClient
 
     cfg = make_config(telemetry={"observers": ["mlflow"]})
@@ -256,9 +262,9 @@ def test_inspect_never_imports_mlflow_for_a_run_that_names_no_mlflow_run(
 
 @pytest.mark.slow
 def test_metrics_are_sent_in_batches_of_flush_every_calls(
-    make_config: ConfigFactory,
+    make_config: ConfigFactory, tmp_path: Path, existing_mlflow_store: Callable[[Path], Path]
 ) -> None:
-    pytest.importorskip("mlflow")
+    existing_mlflow_store(tmp_path / "outputs")
     from mlflow.tracking import MlflowClient
 
     cfg = make_config(telemetry={"observers": {"mlflow": {"flush_every": 3}}})

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +121,9 @@ def _sigtermed_then_resumed(tmp_path: Path, observers: Any) -> Path:
 
 @pytest.mark.slow
 def test_a_resumed_run_logs_into_the_same_mlflow_run_and_tensorboard_folder(
-    tmp_path: Path,
+    tmp_path: Path, existing_mlflow_store: Callable[[Path], Path]
 ) -> None:
-    pytest.importorskip("mlflow")
+    existing_mlflow_store(tmp_path / "outputs")
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -158,9 +159,9 @@ def test_a_resumed_run_logs_into_the_same_mlflow_run_and_tensorboard_folder(
 
 @pytest.mark.slow
 def test_a_forced_resume_with_another_config_logs_its_changed_params_beside_the_first(
-    tmp_path: Path,
+    tmp_path: Path, existing_mlflow_store: Callable[[Path], Path]
 ) -> None:
-    pytest.importorskip("mlflow")
+    existing_mlflow_store(tmp_path / "outputs")
     from orchestrator_fsm.mlflow_observer import ABSENT, ATTEMPT_TAG
 
     client = _client(tmp_path)
@@ -188,8 +189,10 @@ def test_a_forced_resume_with_another_config_logs_its_changed_params_beside_the_
 
 
 @pytest.mark.slow
-def test_a_launch_refused_at_the_lock_makes_no_mlflow_run(tmp_path: Path) -> None:
-    pytest.importorskip("mlflow")
+def test_a_launch_refused_at_the_lock_makes_no_mlflow_run(
+    tmp_path: Path, existing_mlflow_store: Callable[[Path], Path]
+) -> None:
+    existing_mlflow_store(tmp_path / "outputs")
     client = _client(tmp_path)
     recipe = _recipe(tmp_path, ["mlflow"])
     release = tmp_path / "release"
@@ -214,9 +217,9 @@ def test_a_launch_refused_at_the_lock_makes_no_mlflow_run(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_an_attempt_killed_outright_leaves_the_one_mlflow_run_for_inspect_to_end(
-    tmp_path: Path,
+    tmp_path: Path, existing_mlflow_store: Callable[[Path], Path]
 ) -> None:
-    pytest.importorskip("mlflow")
+    existing_mlflow_store(tmp_path / "outputs")
     from orchestrator_fsm.cli.main import main
     from orchestrator_fsm.mlflow_observer import RECONCILED_TAG
 
