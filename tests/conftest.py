@@ -171,6 +171,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "slurm_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("slurm"))
+    # Slow tests first (each module keeps its order): the workers end on short tests, not
+    # on one worker finishing a long one while the others wait.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 # test_faults.py counts what it injected; under pytest-xdist each worker counts its share

@@ -26,6 +26,7 @@ LAUNCH_TIMEOUT_S = 180
 SCRIPT = textwrap.dedent(
     """
     import json, os, sys, time
+    from pathlib import Path
     from orchestrator_fsm import Config, RootOrchestrator
     from orchestrator_fsm.phases import steps
 
@@ -49,6 +50,16 @@ SCRIPT = textwrap.dedent(
                 time.sleep(plan["rank0_waits"])
     except Exception as exc:
         print(json.dumps({"rank": rank, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
+        said = Path(recipe).parent / "said"
+        said.mkdir(exist_ok=True)
+        (said / str(rank)).touch()
+        if rank == 0:
+            # torchrun stops every rank once one exits: a failed rank 0 waits (bounded)
+            # until the others, maybe still importing torch, said what they saw.
+            others = range(1, int(os.environ.get("WORLD_SIZE", "1")))
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not all((said / str(r)).exists() for r in others):
+                time.sleep(0.05)
         raise
     """
 )
