@@ -690,6 +690,7 @@ def test_per_rank_checkpoints_under_a_real_two_rank_torchrun(tmp_path: Path) -> 
     assert second[0]["draw"] != second[1]["draw"]
 
 
+@pytest.mark.slow
 def test_the_checkpoint_benchmark_runs_and_leaves_nothing(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.checkpoints", "--repeats", "1", "--megabytes", "1"],

@@ -1109,6 +1109,7 @@ print(json.dumps(outcomes))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_pure_python_yaml_loader_reports_the_same_problems(tmp_path: Path) -> None:
     laughs = ["l0: &l0 lol"]

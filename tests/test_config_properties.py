@@ -298,6 +298,7 @@ def test_generated_recipes_load_or_are_a_config_error(
         assert_survives_serialization(cfg, scratch)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(recipe=valid_recipes)
 def test_valid_recipes_load_and_survive_serialization(

@@ -309,6 +309,7 @@ def test_run_writes_its_run_directory_where_it_is_asked_to(project: Path) -> Non
     assert told.read_text(encoding="utf-8").strip() == str(run_dir_of(result))
 
 
+@pytest.mark.slow
 def test_rerun_finds_its_run_whatever_the_pipeline_prints(project: Path) -> None:
     original = run_pipeline(project, "loud")
     result = cli("rerun", str(original), cwd=project)
