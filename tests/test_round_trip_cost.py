@@ -75,6 +75,14 @@ class _Name(str):
     pass
 
 
+class _Ratio(float):
+    pass
+
+
+class _Items(list[Any]):
+    pass
+
+
 _anything = st.recursive(
     st.none()
     | st.booleans()
@@ -82,11 +90,20 @@ _anything = st.recursive(
     | st.floats()
     | st.text()
     | st.sampled_from(
-        [_Level.LOW, _Name("x"), Path("/a b"), datetime(2026, 1, 2, tzinfo=timezone.utc), b"x"]
+        [
+            _Level.LOW,
+            _Name("x"),
+            _Ratio(0.5),
+            _Ratio("nan"),
+            Path("/a b"),
+            datetime(2026, 1, 2, tzinfo=timezone.utc),
+            b"x",
+        ]
     ),
     lambda inner: (
         st.lists(inner, max_size=3)
         | st.lists(inner, max_size=3).map(tuple)
+        | st.lists(inner, max_size=2).map(_Items)
         | st.dictionaries(st.text(max_size=3), inner, max_size=3)
         | st.dictionaries(st.text(max_size=3), inner, max_size=2).map(OrderedDict)
         | st.dictionaries(
