@@ -226,7 +226,7 @@ def measure_sacred(iterations: int) -> dict[str, Any] | None:
         "ratio_to_bare_sacred_median": round(
             statistics.median(ours) / statistics.median(sacred), 3
         ),
-        # New files and folders per round trip (strace): ours 21, Sacred + the
+        # New files and folders per round trip (strace): ours 20, Sacred + the
         # manifest 9, bare Sacred 5; what one costs here, before and after the rounds.
         "file_creation_cpu_us": [creation_before, creation_after],
         "step_median_ms": {

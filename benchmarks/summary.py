@@ -474,7 +474,7 @@ def result_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str]]:
             rows.append(
                 (
                     "sacred",
-                    "CPU to create one file here (ours makes 21 a round trip, Sacred + manifest 9)",
+                    "CPU to create one file here (ours makes 20 a round trip, Sacred + manifest 9)",
                     f"{created[0]:.0f} us before the rounds, {created[1]:.0f} us after",
                 )
             )
