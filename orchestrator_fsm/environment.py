@@ -50,6 +50,11 @@ BUNDLE_ENV_VARS: Final = (
 numerical results or thread counts. Nothing else of the environment is kept."""
 
 _SONAME: Final = re.compile(r"\.so(\.[0-9][0-9.]*)?$")
+# The path of a line of /proc/self/maps that maps a file: what follows the five fields
+# before it when it starts with "/" (as ``line.split(None, 5)[5]`` has it).
+_MAPPED_FILE: Final = re.compile(
+    r"^[^\S\n]*\S+[^\S\n]+\S+[^\S\n]+\S+[^\S\n]+\S+[^\S\n]+\S+[^\S\n]+(/.*)$", re.MULTILINE
+)
 
 
 def launch_environment() -> dict[str, str]:
@@ -175,11 +180,12 @@ def loaded_libraries(maps: Path = Path("/proc/self/maps")) -> list[dict[str, str
         text = maps.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
+    # A line is "address perms offset device inode [path]"; a library is mapped several
+    # times, so its path is looked at once. (The lines as splitlines cuts them.)
+    found = set(_MAPPED_FILE.findall("\n".join(text.splitlines())))
     paths: set[str] = set()
-    for line in text.splitlines():
-        parts = line.split(None, 5)
-        if len(parts) == 6 and parts[5].startswith("/"):
-            name = parts[5].rsplit("/", 1)[-1]
-            if _SONAME.search(name) or ".so." in name:
-                paths.add(parts[5].removesuffix(" (deleted)"))
+    for path in found:
+        name = path.rsplit("/", 1)[-1]
+        if _SONAME.search(name) or ".so." in name:
+            paths.add(path.removesuffix(" (deleted)"))
     return [{"path": path, "soname": path.rsplit("/", 1)[-1]} for path in sorted(paths)]

@@ -44,11 +44,17 @@ def redact_secrets(data: Any) -> Any:
     string, the password of a URL ``scheme://user:password@host`` is replaced.
     Mappings come back as dicts, lists as lists, tuples as tuples.
     """
-    if isinstance(data, Mapping):
+    kind = type(data)
+    # The usual types first, by exact type (an ABC isinstance check costs more).
+    if kind is str:
+        return redact_url(data)
+    if kind is dict or isinstance(data, Mapping):
         return {
             key: REDACTED if value is not None and looks_secret(key) else redact_secrets(value)
             for key, value in data.items()
         }
+    if data is None or kind is int or kind is float or kind is bool:
+        return data
     if isinstance(data, list):
         return [redact_secrets(item) for item in data]
     if isinstance(data, tuple):

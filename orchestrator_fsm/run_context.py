@@ -124,8 +124,8 @@ class RunContext:
     manifest: Manifest | None = None
     """What phase 5 recorded (rank 0): the report and the rerun bundle are made from it,
     not from its files read back."""
-    bundle: dict[str, Any] | None = None
-    """The rerun bundle as phase 5 wrote it, until cleanup completes it."""
+    bundle: str | None = None
+    """The rerun bundle's text as phase 5 wrote it, until cleanup completes it."""
 
     @property
     def is_main_process(self) -> bool:

@@ -208,3 +208,26 @@ def test_benchmark_command_rejects_an_unknown_section() -> None:
     )
     assert done.returncode == 2
     assert "invalid choice: 'everything'" in done.stderr
+
+
+@pytest.mark.slow
+def test_lockstep_compares_two_checkouts_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    temp_root = tmp_path / "tmp"
+    temp_root.mkdir()
+    env = dict(os.environ, TMPDIR=str(temp_root), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.lockstep", str(REPO), str(REPO), "-n", "2"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    lines = done.stdout.splitlines()
+    for side in ("old", "new"):
+        (line,) = [line for line in lines if line.startswith(f"{side}: ")]
+        assert "cpu_ms" in line and "wall_median_ms" in line
+    assert any(line.startswith("new / old CPU: ") for line in lines)
+    assert list(temp_root.iterdir()) == []

@@ -16,6 +16,7 @@ import pytest
 from conftest import cli, minimal_recipe, run_dirs, write_recipe
 
 from orchestrator_fsm import RootOrchestrator
+from orchestrator_fsm import _fs as fs_module
 from orchestrator_fsm._fs import append_whole
 from orchestrator_fsm.config import Config
 from orchestrator_fsm.layout import RESERVE_FILE
@@ -243,6 +244,49 @@ def test_the_reserve_is_kept_while_the_run_is_live_and_gone_after(make_config: A
         reserve = orch.paths.root / RESERVE_FILE
         assert reserve.stat().st_size >= 64 * 1024
     assert not reserve.exists()
+
+
+def test_the_last_record_is_written_through_the_reserve(
+    make_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The emptied reserve is the final write's temporary file: no new file is created
+    # for it (the first record and the READY one are). run.json still gets the mode
+    # any new file gets, and no hidden file is left.
+    real = fs_module._temporary_beside
+    created: list[str] = []
+
+    def counted(path: Path) -> tuple[int, str]:
+        created.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(fs_module, "_temporary_beside", counted)
+    previous = os.umask(0o027)
+    try:
+        with RootOrchestrator(make_config()) as orch:
+            assert orch.paths is not None
+            root = orch.paths.root
+    finally:
+        os.umask(previous)
+    assert created.count("run.json") == 2, created
+    assert (root / "run.json").stat().st_mode & 0o777 == 0o640
+    assert read_run(root).status == "completed"
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_write_through_a_file_renames_it_and_a_failed_one_removes_it(tmp_path: Path) -> None:
+    spare = tmp_path / ".spare"
+    spare.write_bytes(bytes(4096))
+    fs_module.atomic_write_bytes(tmp_path / "a.json", b"{}", through=spare)
+    assert (tmp_path / "a.json").read_bytes() == b"{}"
+    assert not spare.exists()
+    # No such file: a new temporary file, as without it.
+    fs_module.atomic_write_bytes(tmp_path / "a.json", b"[]", through=spare)
+    assert (tmp_path / "a.json").read_bytes() == b"[]"
+    spare.write_bytes(bytes(4096))
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(OSError):  # a rename over a folder fails
+        fs_module.atomic_write_bytes(tmp_path / "folder", b"{}", through=spare)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "folder"]
 
 
 def test_a_failed_journal_append_is_retried_with_the_next_one(

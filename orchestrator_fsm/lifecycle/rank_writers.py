@@ -40,6 +40,7 @@ from orchestrator_fsm.lifecycle.record import (
 )
 from orchestrator_fsm.lifecycle.record_files import (
     Journal,
+    discard_reserve,
     keep_reserve,
     release_reserve,
     write_record,
@@ -114,6 +115,11 @@ class RankWriter:
         path.parent.mkdir(exist_ok=True)
         write_record(path, record)
 
+    def write(self, root: Path, record: RunRecord, *, last: bool = False) -> None:
+        """Replace this rank's record in ``root`` with ``record`` (``last``: its final
+        write); raises the ``OSError`` of a failed write (the previous file stays)."""
+        write_record(self.record_path(root), record)
+
     def publish(self, record: RunRecord | None, failed: str | None = None) -> None:
         """Tell the job where the run is (``record``), or that it failed before its
         run directory existed (``failed``); rank N has nothing to tell."""
@@ -143,6 +149,9 @@ class RankWriter:
     def release_reserve(self, root: Path) -> None:
         """Hand back the space kept aside for the last writes; rank N keeps none."""
 
+    def discard_reserve(self, root: Path) -> None:
+        """Remove what is left of the reserve once the last write is done or failed."""
+
     def stop_waiting(self) -> None:
         """Stop any wait for other ranks (a signal asks the process to end)."""
 
@@ -158,6 +167,8 @@ class RankZeroWriter(RankWriter):
         self._report_once = report_once
         self._journal = Journal(report_once)
         self._stop_waiting = threading.Event()
+        # The emptied reserve, once released: the last write goes through it.
+        self._through: Path | None = None
 
     def record_path(self, root: Path) -> Path:
         return root / RUN_FILE
@@ -248,8 +259,20 @@ class RankZeroWriter(RankWriter):
         worst = first.status if first.status in INTERRUPTIONS else FAILED
         return worst, summary, first.rank
 
+    def write(self, root: Path, record: RunRecord, *, last: bool = False) -> None:
+        # Through the emptied reserve: renamed over the record (removed on failure,
+        # or by discard_reserve when the write failed before reaching it).
+        write_record(self.record_path(root), record, through=self._through if last else None)
+        if last:
+            self._through = None
+
     def release_reserve(self, root: Path) -> None:
-        release_reserve(root)
+        self._through = release_reserve(root)
+
+    def discard_reserve(self, root: Path) -> None:
+        if self._through is not None:
+            self._through = None
+            discard_reserve(root)
 
     def stop_waiting(self) -> None:
         self._stop_waiting.set()

@@ -6,7 +6,8 @@
 - The disk reserve (:data:`~orchestrator_fsm.layout.RESERVE_FILE`): real disk space
   kept aside while the run is live and handed back just before the last writes, so a
   run that fills its disk still ends with its true status (:func:`keep_reserve`,
-  :func:`release_reserve`).
+  :func:`release_reserve`); the record's last write goes through the emptied reserve
+  rather than a new temporary file.
 - The journal (``lifecycle.jsonl``): one JSON line per transition, appended whole
   (:class:`Journal`).
 """
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from orchestrator_fsm._fs import append_whole, atomic_write_text
+from orchestrator_fsm._fs import append_whole, atomic_write_text, json_text
 from orchestrator_fsm.layout import JOURNAL_FILE, RESERVE_FILE
 from orchestrator_fsm.redaction import redact_secrets
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MIN_RESERVE_BYTES",
     "Journal",
+    "discard_reserve",
     "keep_reserve",
     "record_text",
     "release_reserve",
@@ -43,16 +45,16 @@ MIN_RESERVE_BYTES: Final = 64 * 1024
 
 def record_text(record: RunRecord) -> str:
     """The record's file as written: its ``to_json`` form, secrets redacted."""
-    return (
-        json.dumps(redact_secrets(record.to_json()), indent=2, sort_keys=True, default=str) + "\n"
-    )
+    return json_text(redact_secrets(record.to_json()))
 
 
-def write_record(path: Path, record: RunRecord) -> int:
+def write_record(path: Path, record: RunRecord, *, through: Path | None = None) -> int:
     """Replace ``path`` with ``record`` atomically and return the length of its text;
-    raises the ``OSError`` of a failed write (the previous file stays whole)."""
+    raises the ``OSError`` of a failed write (the previous file stays whole).
+    ``through``: the emptied reserve, written and renamed instead of a new temporary
+    file when it is there (see :func:`~orchestrator_fsm._fs.atomic_write_bytes`)."""
     text = record_text(record)
-    atomic_write_text(path, text)
+    atomic_write_text(path, text, through=through)
     return len(text)
 
 
@@ -62,15 +64,35 @@ def keep_reserve(root: Path, record_size: int) -> None:
     _fill(root / RESERVE_FILE, max(MIN_RESERVE_BYTES, 8 * record_size))
 
 
-def release_reserve(root: Path) -> None:
-    """Hand the space kept aside in ``root`` back (nothing when there is none)."""
+def release_reserve(root: Path) -> Path | None:
+    """Hand the space kept aside in ``root`` back: the reserve is emptied, and is
+    returned for the record's last write to go through (:func:`write_record`), which
+    renames it over the record; None when there is none."""
+    path = root / RESERVE_FILE
+    try:
+        os.truncate(path, 0)
+    except OSError:
+        discard_reserve(root)
+        return None
+    return path
+
+
+def discard_reserve(root: Path) -> None:
+    """Remove the reserve of ``root`` (nothing when there is none)."""
     with contextlib.suppress(OSError):
         os.unlink(root / RESERVE_FILE)
 
 
 def _fill(path: Path, size: int) -> None:
-    """Create ``path`` holding ``size`` bytes of real disk space (raises when there is none)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Create ``path`` anew holding ``size`` bytes of real disk space (raises when there
+    is none), with the mode of any new file (``0o666`` less the umask): the record's
+    last write goes through it as through a temporary file."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        fd = os.open(path, flags, 0o666)
+    except FileExistsError:  # an attempt that was killed left its reserve
+        os.unlink(path)
+        fd = os.open(path, flags, 0o666)
     try:
         block = bytes(min(size, 64 * 1024))
         left = size

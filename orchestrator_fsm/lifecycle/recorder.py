@@ -53,7 +53,6 @@ from orchestrator_fsm.lifecycle.record import (
     outcome_of,
     pipeline_spans,
 )
-from orchestrator_fsm.lifecycle.record_files import write_record
 from orchestrator_fsm.lifecycle.table import MACHINE_STEPS, TERMINAL_STATES, LifecycleState
 from orchestrator_fsm.redaction import redact_argv
 from orchestrator_fsm.run_log import FILE_ONLY
@@ -351,9 +350,21 @@ class RunRecorder:
                     exc_info=(type(exc), exc, exc.__traceback__),
                     extra=FILE_ONLY,
                 )
-        if final:
-            self._stop_heartbeat()
-            self._writer.release_reserve(self._record.root)
+        if not final:
+            self._follow(record, final)
+            return
+        self._stop_heartbeat()
+        root = self._record.root
+        self._writer.release_reserve(root)
+        try:
+            self._follow(record, final)
+        finally:
+            self._writer.discard_reserve(root)
+
+    def _follow(self, record: TransitionRecord, final: bool) -> None:
+        """Journal ``record``, fold it into the record, write the record when a reader
+        would learn something new, and tell the listener."""
+        assert self._machine is not None and self._record is not None
         with self._lock:
             before = self._record
             phases = dict(before.phases)
@@ -469,22 +480,23 @@ class RunRecorder:
                 interruption=interruption,
             ),
         )
-        failure = self._write()
+        failure = self._write(last=True)
         if failure is not None:
             self._report(
                 f"the run ended {status}, but {self._path} could not be updated "
                 f"({failure}); it still holds the record written before"
             )
 
-    def _write(self) -> OSError | None:
-        """Replace the record's file with the record; the error when that failed."""
+    def _write(self, *, last: bool = False) -> OSError | None:
+        """Replace the record's file with the record (``last``: the final write); the
+        error when that failed."""
         assert self._record is not None
         if self._last or self._summary:
             self._record = attrs.evolve(
                 self._record, metrics=dict(self._last), summary=dict(self._summary)
             )
         try:
-            write_record(self._path, self._record)
+            self._writer.write(self._record.root, self._record, last=last)
         except OSError as exc:
             self._written = False
             return exc

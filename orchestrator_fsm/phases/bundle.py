@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_json
+from orchestrator_fsm._fs import atomic_write_bytes, atomic_write_json, atomic_write_text, json_text
 from orchestrator_fsm.environment import collect_environment, loaded_libraries
 from orchestrator_fsm.layout import (
     BUNDLE_FILE,
@@ -349,8 +349,9 @@ def write_bundle(
         "loaded_libraries": None,
     }
     target = bundle_file(paths.root)
-    atomic_write_json(target, bundle)
-    run.bundle = bundle
+    text = json_text(bundle)
+    atomic_write_text(target, text)
+    run.bundle = text
     return target
 
 
@@ -416,19 +417,37 @@ def keep_earlier_attempt(run: RunContext) -> Path | None:
     return folder
 
 
+# The bundle's last key before cleanup, as json_text writes a key of the top level (a
+# raw newline and two spaces: strings hold newlines escaped, deeper keys more spaces).
+_NO_LIBRARIES_YET: Final = '\n  "loaded_libraries": null'
+
+
+def _completed(text: str, libraries: list[dict[str, str]] | None) -> str | None:
+    """The bundle ``text`` (as :func:`json_text` wrote it) with ``libraries`` in place
+    of its ``loaded_libraries: null``: the text ``json_text`` gives for the completed
+    bundle, without encoding all of it again. None when ``text`` has no such key."""
+    head, found, tail = text.partition(_NO_LIBRARIES_YET)
+    if not found:
+        return None
+    listed = json_text(libraries)[:-1].replace("\n", "\n  ")
+    return f'{head}\n  "loaded_libraries": {listed}{tail}'
+
+
 def record_loaded_libraries(run: RunContext) -> None:
     """At cleanup (rank 0, once the bundle exists): add the libraries mapped now."""
     if not run.is_main_process or run.paths is None:
         return
     target = bundle_file(run.paths.root)
-    bundle, run.bundle = run.bundle, None
-    if bundle is None:  # written by another process (a resumed attempt's first one)
+    written, run.bundle = run.bundle, None
+    text = None if written is None else _completed(written, loaded_libraries())
+    if text is None:  # written by another process (a resumed attempt's first one)
         try:
             bundle = json.loads(target.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return
         if not isinstance(bundle, dict):
             return
-    bundle["loaded_libraries"] = loaded_libraries()
+        bundle["loaded_libraries"] = loaded_libraries()
+        text = json_text(bundle)
     with contextlib.suppress(OSError):
-        atomic_write_json(target, bundle)
+        atomic_write_text(target, text)

@@ -449,17 +449,20 @@ def _capture_root(made: logging.Logger, before: LoggerSnapshot) -> None:
             library.setLevel(logging.WARNING)
 
 
-def _accepts(initializer: Callable[..., Any], keyword: str) -> bool:
-    """Whether ``initializer`` accepts ``keyword=`` (a parameter of that name, or ``**``)."""
+def _accepted(initializer: Callable[..., Any], *keywords: str) -> set[str]:
+    """Which of ``keywords`` ``initializer`` accepts as ``keyword=`` (a parameter of that
+    name, or ``**``); its signature is read once."""
     try:
         parameters = inspect.signature(initializer).parameters.values()
     except (TypeError, ValueError):  # no signature to read (some builtins)
-        return False
-    return any(
-        parameter.kind is inspect.Parameter.VAR_KEYWORD
-        or (parameter.name == keyword and parameter.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        return set()
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        return set(keywords)
+    return {
+        parameter.name
         for parameter in parameters
-    )
+        if parameter.name in keywords and parameter.kind is not inspect.Parameter.POSITIONAL_ONLY
+    }
 
 
 def step(run: RunContext) -> Undo:
@@ -493,9 +496,10 @@ def step(run: RunContext) -> Undo:
 
     initializer = run.deps.log_initializer
     options: dict[str, Any] = {}
-    if _accepts(initializer, "rank"):
+    accepted = _accepted(initializer, "rank", "console_level")
+    if "rank" in accepted:
         options["rank"] = run.rank
-    if _accepts(initializer, "console_level"):
+    if "console_level" in accepted:
         options["console_level"] = telemetry.effective_console_level
 
     def start_logging() -> logging.Logger:

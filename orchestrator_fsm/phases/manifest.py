@@ -310,16 +310,7 @@ class AuditSaver:
         string or value; any other non-plain value raises ``TypeError`` naming its
         dotted path.
         """
-        text = yaml.dump(
-            redacted_config(data),
-            Dumper=FastDumper,
-            sort_keys=False,
-            allow_unicode=True,
-            default_flow_style=False,
-        )
-        target = Path(yaml_path)
-        atomic_write_text(target, text)
-        return target
+        return _save_plain_config(redacted_config(data), Path(yaml_path))
 
     def dump_requirements(self, path: Path) -> list[str]:
         """Write every installed distribution to ``path`` as ``name==version`` lines.
@@ -354,9 +345,23 @@ class AuditSaver:
         return state
 
 
-# The package's own method, as defined: a saver whose dump_git_info is anything else (a
+def _save_plain_config(plain: dict[str, Any], target: Path) -> Path:
+    """Write ``plain`` (:func:`redacted_config`'s) as ``save_config`` writes it."""
+    text = yaml.dump(
+        plain, Dumper=FastDumper, sort_keys=False, allow_unicode=True, default_flow_style=False
+    )
+    atomic_write_text(target, text)
+    return target
+
+
+# The package's own methods, as defined: a saver whose method is anything else (a
 # subclass's, an instance's or a patched class attribute) is called as the protocol says.
 _OWN_DUMP_GIT_INFO: Final = AuditSaver.dump_git_info
+_OWN_SAVE_CONFIG: Final = AuditSaver.save_config
+
+
+def _is_own(saver: object, name: str, method: object) -> bool:
+    return getattr(getattr(saver, name, None), "__func__", None) is method
 
 
 def write_git_state(state: GitState, path: Path) -> None:
@@ -405,13 +410,18 @@ def step(run: RunContext) -> None:
     # The package's own git read runs its gits while the config and the listing are
     # written and fsynced, rather than after them; an injected or overriding saver's
     # dump_git_info is called as the protocol says.
-    bound = getattr(saver, "dump_git_info", None)
-    ours = getattr(bound, "__func__", None) is _OWN_DUMP_GIT_INFO
-    pending = start_git_read() if ours else None
+    pending = start_git_read() if _is_own(saver, "dump_git_info", _OWN_DUMP_GIT_INFO) else None
+    config: dict[str, Any] | None = None
     # What an earlier attempt wrote here is kept before this attempt writes over it.
     keep_earlier_attempt(run)
     try:
-        saver.save_config(data=run.cfg, yaml_path=config_path)
+        if _is_own(saver, "save_config", _OWN_SAVE_CONFIG):
+            # The package's saver: the config it writes is the one recorded, made plain
+            # and redacted once.
+            config = redacted_config(run.cfg)
+            _save_plain_config(config, config_path)
+        else:
+            saver.save_config(data=run.cfg, yaml_path=config_path)
         listed = saver.dump_requirements(requirements_path)
         if pending is None:
             git = saver.dump_git_info(git_info_path)
@@ -422,10 +432,10 @@ def step(run: RunContext) -> None:
     finally:
         if pending is not None:
             pending.close()
+    if config is None:
+        config = redacted_config(run.cfg) if isinstance(saver, AuditSaver) else None
     manifest = Manifest(
-        config=redacted_config(run.cfg)
-        if isinstance(saver, AuditSaver)
-        else _config_on_disk(config_path),
+        config=config if config is not None else _config_on_disk(config_path),
         requirements=tuple(
             listed if listed is not None else _requirements_on_disk(requirements_path)
         ),
