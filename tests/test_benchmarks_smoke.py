@@ -26,6 +26,22 @@ SMALLEST = [
 ]
 
 
+def benchmarks(
+    module: str, *argv: str, env: dict[str, str] | None = None, timeout_s: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGV`` (``benchmarks`` or one of its modules) run to its end from
+    the repository root, its output captured as text; a non-zero exit is returned."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *argv],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
 def run_quick_benchmarks(tmp_path: Path) -> tuple[dict[str, Any], Path, Path]:
     """Run ``python -m benchmarks --quick`` at the smallest sizes (one sample of each kind,
     one existing run, one and two processes), with its own TMPDIR and XDG_CACHE_HOME."""
@@ -35,15 +51,7 @@ def run_quick_benchmarks(tmp_path: Path) -> tuple[dict[str, Any], Path, Path]:
     user_cache.mkdir()
     output = tmp_path / "results" / "bench.json"
     env = dict(os.environ, TMPDIR=str(temp_root), XDG_CACHE_HOME=str(user_cache))
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", *SMALLEST, "--json", str(output)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    done = benchmarks("benchmarks", "--quick", *SMALLEST, "--json", str(output), env=env)
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     assert "orchestrator-fsm benchmarks" in done.stdout
     results: dict[str, Any] = json.loads(output.read_text(encoding="utf-8"))
@@ -198,14 +206,7 @@ def test_quick_benchmark_run_reports_every_section_and_leaves_nothing_behind(
 
 
 def test_benchmark_command_rejects_an_unknown_section() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--only", "everything"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = benchmarks("benchmarks", "--only", "everything", timeout_s=120)
     assert done.returncode == 2
     assert "invalid choice: 'everything'" in done.stderr
 
@@ -215,14 +216,8 @@ def test_lockstep_compares_two_checkouts_and_leaves_nothing_behind(tmp_path: Pat
     temp_root = tmp_path / "tmp"
     temp_root.mkdir()
     env = dict(os.environ, TMPDIR=str(temp_root), XDG_CACHE_HOME=str(tmp_path / "cache"))
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.lockstep", str(REPO), str(REPO), "-n", "2"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    done = benchmarks(
+        "benchmarks.lockstep", str(REPO), str(REPO), "-n", "2", env=env, timeout_s=300
     )
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     lines = done.stdout.splitlines()
