@@ -59,10 +59,10 @@ def redact_secrets(data: Any) -> Any:
         return [redact_secrets(item) for item in data]
     if isinstance(data, tuple):
         return tuple(redact_secrets(item) for item in data)
-    if isinstance(data, str):
+    if isinstance(data, str):  # a subclass of str (the exact type returned above)
         return redact_url(data)
-    if data is None or isinstance(data, (bool, int, float)):
-        return data  # immutable: nothing to copy
+    if isinstance(data, (int, float)):  # a subclass (an IntEnum): immutable, nothing to copy
+        return data
     return copy.deepcopy(data)
 
 
