@@ -1,9 +1,10 @@
 """``python -m benchmarks``: run the benchmark sections, print a table, write JSON.
 
 Run from the repository root. ``--quick`` shrinks every section to a smoke run (a
-few seconds per section, no 10,000-directory or 32-process parts); ``-n`` sets the
-number of warm round trips; ``--only`` picks sections; ``--json`` writes the numbers,
-``--markdown`` the results table used in ``benchmarks/README.md``.
+few seconds per section, no 10,000-directory or 32-process parts, no unsampled warm-up
+spawn before the cold starts); ``-n`` sets the number of warm round trips; ``--only``
+picks sections; ``--json`` writes the numbers, ``--markdown`` the results table used
+in ``benchmarks/README.md``.
 """
 
 from __future__ import annotations

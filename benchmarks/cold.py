@@ -90,7 +90,7 @@ def import_time_top(box: Sandbox, limit: int = 12) -> list[dict[str, Any]]:
     return [{"package": name, "self_ms": round(us / 1000, 1)} for name, us in ranked[:limit]]
 
 
-def measure_cold(runs: int) -> dict[str, Any]:
+def measure_cold(runs: int, *, warm_up: bool = True) -> dict[str, Any]:
     """``runs`` interleaved spawns of each kind; medians and the overhead over torch.
 
     Besides the plain kinds, ``torch`` and ``roundtrip`` also run with ``--collect``
@@ -113,8 +113,9 @@ def measure_cold(runs: int) -> dict[str, Any]:
         inner: dict[str, list[float]] = {}
         steps: dict[str, list[float]] = {}
         # Compile every module into the sandbox's bytecode cache and warm the page
-        # cache, so that no sample pays for either.
-        spawn_worker(box, "roundtrip", recipe)
+        # cache, so that no sample pays for either (a smoke run, ``warm_up=False``, skips it).
+        if warm_up:
+            spawn_worker(box, "roundtrip", recipe)
         for _ in range(runs):
             for kind, args in kinds.items():
                 elapsed, report = spawn_worker(box, *args)

@@ -64,8 +64,9 @@ def _warm_pair(cfg: Config, floor: FloorRun, iterations: int, *, terminal: bool)
     }
 
 
-def measure_orchard(iterations: int, cold_runs: int) -> dict[str, Any]:
-    """Warm, first and cold round trips of the orchard recipe, strict and relaxed."""
+def measure_orchard(iterations: int, cold_runs: int, *, warm_up: bool = True) -> dict[str, Any]:
+    """Warm, first and cold round trips of the orchard recipe, strict and relaxed;
+    ``warm_up=False`` (a smoke run) skips the unsampled spawn of each cold kind."""
     result: dict[str, Any] = {
         "cwd": "a git checkout (20 committed files, one modified)",
         "recipe": "tests/recipes/orchard_like_mini_cnn.yaml",
@@ -73,7 +74,9 @@ def measure_orchard(iterations: int, cold_runs: int) -> dict[str, Any]:
     with Sandbox("orchard") as box:
         box.make_checkout()
         recipes = {mode: box.orchard_recipe(mode, strict=mode == "strict") for mode in _MODES}
-        cold = _cold(box, {mode: str(path) for mode, path in recipes.items()}, cold_runs)
+        cold = _cold(
+            box, {mode: str(path) for mode, path in recipes.items()}, cold_runs, warm_up=warm_up
+        )
         for mode, recipe in recipes.items():
             cfg = Config.from_recipe(recipe)
             floor = FloorRun(
@@ -93,12 +96,15 @@ def measure_orchard(iterations: int, cold_runs: int) -> dict[str, Any]:
     return result
 
 
-def _cold(box: Sandbox, recipes: dict[str, str], runs: int) -> dict[str, dict[str, Any]]:
+def _cold(
+    box: Sandbox, recipes: dict[str, str], runs: int, *, warm_up: bool
+) -> dict[str, dict[str, Any]]:
     kinds = {"torch": ("torch",)}
     for mode, path in recipes.items():
         kinds[mode] = ("roundtrip", path)
         kinds[f"floor {mode}"] = ("floor", path)
-    for args in kinds.values():  # compile into the sandbox's bytecode cache, warm the page cache
+    # Compile into the sandbox's bytecode cache and warm the page cache, unsampled.
+    for args in kinds.values() if warm_up else ():
         spawn_worker(box, *args)
     after_torch: dict[str, list[float]] = {kind: [] for kind in kinds}
     first: dict[str, list[float]] = {mode: [] for mode in recipes}

@@ -83,7 +83,7 @@ class BenchmarkSettings:
                 )
         if "cold" in self.sections:
             with progress.part("cold starts"):
-                results["cold_start"] = measure_cold(self.cold_runs)
+                results["cold_start"] = measure_cold(self.cold_runs, warm_up=not self.quick)
         if "cli" in self.sections:
             with progress.part("command start-up"):
                 results["cli_startup"] = measure_cli_startup(self.cold_runs)
@@ -106,7 +106,9 @@ class BenchmarkSettings:
                 results["capture"]["mlflow"] = measure_mlflow_metrics(100 if self.quick else 1000)
         if "orchard" in self.sections:
             with progress.part("the orchard recipe in a git checkout, strict and relaxed"):
-                results["orchard"] = measure_orchard(self.iterations, self.cold_runs)
+                results["orchard"] = measure_orchard(
+                    self.iterations, self.cold_runs, warm_up=not self.quick
+                )
         if "sacred" in self.sections:
             with progress.part("ours and Sacred, the orchard recipe in a git checkout"):
                 results["sacred"] = measure_sacred(self.iterations)
