@@ -20,12 +20,21 @@ callback runs (importlib runs one at the end of nearly every import) is printed 
 and the run went on to complete. The command's ``sys.unraisablehook`` sends such an
 interrupt's signal again (:func:`take_redelivered` lets a handler that holds further
 signals know that this one is the same, still to be raised), so it is raised in the
-code that runs next. Only stdlib modules are imported here.
+code that runs next.
+
+At the other end, :func:`ignore_once_settled` makes the command's last exit handler
+ignore SIGINT, SIGTERM and SIGHUP. Python ends its own signal handling as it finalises,
+before objects' ``__del__`` methods run (a pool or a writer closing at exit); a signal
+then met the default action and the process died of it (exit -15 instead of the 143 or
+0 the run earned), though every exit handler had already run and nothing was left to cut
+short. Only stdlib modules are imported here.
 """
 
 from __future__ import annotations
 
 import _thread
+import atexit
+import contextlib
 import os
 import signal
 import sys
@@ -34,6 +43,7 @@ from typing import Any, Final
 
 __all__ = [
     "hand_back",
+    "ignore_once_settled",
     "interrupted_line",
     "is_console_process",
     "take_over",
@@ -115,3 +125,16 @@ def hand_back() -> None:
     while _previous:
         signum, previous = _previous.popitem()
         signal.signal(signum, previous)  # type: ignore[arg-type]
+
+
+def ignore_once_settled() -> None:
+    """Ignore SIGINT, SIGTERM and SIGHUP once every other exit handler has run (see the
+    module); called at the command's start, so that its handler is the last to run."""
+    atexit.register(_ignore_from_here)
+
+
+def _ignore_from_here() -> None:
+    for signum in _SIGNALS:
+        # Python leaves an ignored signal ignored as it finalises; a handler it resets.
+        with contextlib.suppress(ValueError, OSError):  # not the main thread
+            signal.signal(signum, signal.SIG_IGN)

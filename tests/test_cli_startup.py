@@ -140,6 +140,52 @@ def test_ctrl_c_while_the_run_starts_up_is_one_line_and_exit_130(tmp_path: Path)
     assert not (tmp_path / "outputs").exists()
 
 
+SLOW_TO_FINALISE = """
+import pathlib, time
+
+
+class SlowToFinalise:
+    # A module-level object whose __del__ does slow work (a pool or a writer closing):
+    # Python runs it as the process exits, after its own signal handling has ended.
+    def __init__(self):
+        self.say, self.sleep = pathlib.Path({marker!r}).write_text, time.sleep
+
+    def __del__(self):
+        self.say("finalising")
+        self.sleep(1.5)
+
+
+keeper = SlowToFinalise()
+
+
+def main(orch):
+    pass
+"""
+
+
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda signum: signum.name
+)
+def test_a_signal_while_python_finalises_the_command_leaves_its_exit_code(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    # Once the last exit handler has run, nothing is left to cut short: a scheduler's
+    # late signal must not turn the code the run earned into death by that signal.
+    marker = tmp_path / "finalising"
+    proc = _run_entry(tmp_path, "slow_exit.py", SLOW_TO_FINALISE.format(marker=str(marker)))
+    try:
+        wait_for(lambda: [marker] if marker.exists() else [], proc)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "status: completed" in out, out
+    assert "Traceback" not in out + err
+
+
 LIVE_ENTRY = """
 import pathlib, time
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from orchestrator_fsm._startup import hand_back, interrupted_line
+from orchestrator_fsm._startup import hand_back, ignore_once_settled, interrupted_line
 from orchestrator_fsm._version import __version__
 from orchestrator_fsm.cli._shared import EXIT_INTERRUPTED, EXIT_USAGE
 from orchestrator_fsm.lifecycle.signals import hold_startup_signals
@@ -341,7 +341,9 @@ def console() -> None:
     the run is live instead of ending the process. A Ctrl-C ends the process at once
     with one line (:mod:`orchestrator_fsm._startup`) until :func:`main` has parsed the
     command line (``run``: until the run's own signal handling takes over); from then
-    on it is a ``KeyboardInterrupt`` that :func:`main` (or the run) reports."""
+    on it is a ``KeyboardInterrupt`` that :func:`main` (or the run) reports. Once every
+    other exit handler has run, a signal no longer changes the exit code."""
+    ignore_once_settled()
     hold_startup_signals()
     try:
         code = main(exiting=True)
