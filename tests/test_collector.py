@@ -1,4 +1,5 @@
-"""The package leaves Python's cyclic garbage collector as it finds it.
+"""The package leaves Python's cyclic garbage collector as it finds it; the command,
+whose process is its own, freezes what is loaded before the run.
 
 Checked through what the collector itself reports (``gc.get_freeze_count()``,
 ``gc.isenabled()``, a weakly referenced cycle), never through timing.
@@ -7,6 +8,8 @@ Checked through what the collector itself reports (``gc.get_freeze_count()``,
 from __future__ import annotations
 
 import gc
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import minimal_recipe
 
 from orchestrator_fsm.config.recipe import collector_paused, read_recipe
 from orchestrator_fsm.errors import ConfigError
@@ -96,3 +101,56 @@ def test_importing_the_package_freezes_nothing_and_garbage_from_before_is_collec
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+COMMAND_ENTRY = """
+import gc, json, pathlib, weakref
+
+LOADED = object()  # made while the entry was imported, before the run
+
+
+class Node:
+    other = None
+
+
+def main(orch):
+    a, b = Node(), Node()  # garbage the run itself makes, in a cycle
+    a.other, b.other = b, a
+    ref = weakref.ref(a)
+    del a, b
+    gc.collect()
+    pathlib.Path({report!r}).write_text(json.dumps({{
+        "enabled": gc.isenabled(),
+        "frozen": gc.get_freeze_count(),
+        "run_garbage_collected": ref() is None,
+        "torch_loaded": "torch" in __import__("sys").modules,
+    }}))
+"""
+
+
+@pytest.mark.slow
+def test_the_command_freezes_what_is_loaded_before_the_run_and_collects_what_the_run_makes(
+    tmp_path: Path,
+) -> None:
+    # The command owns its process: what is loaded before the run (torch, the entry's
+    # modules) lives until exit, so the collector stops walking it; the run's own
+    # garbage is collected as in any process.
+    report = tmp_path / "report.json"
+    (tmp_path / "entry.py").write_text(COMMAND_ENTRY.format(report=str(report)), encoding="utf-8")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(minimal_recipe(tmp_path)), encoding="utf-8")
+    command = Path(sys.executable).parent / "orchestrator-fsm"
+    done = subprocess.run(
+        [str(command), "run", str(recipe), "--entry", "entry.py:main"],
+        cwd=tmp_path,
+        env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(report.read_text(encoding="utf-8"))
+    assert seen["enabled"] and seen["run_garbage_collected"] and seen["torch_loaded"], seen
+    # torch alone leaves a few hundred thousand tracked objects.
+    assert seen["frozen"] > 100_000, seen
