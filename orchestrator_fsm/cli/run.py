@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import os
 import shlex
 import sys
@@ -102,13 +101,6 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         # the run's modules under it too, then hand over.
         from orchestrator_fsm.orchestrator import RootOrchestrator  # noqa: F401
 
-        if args.exiting:
-            # This process is the command's own. What is loaded by now (torch, the
-            # entry's modules) lives until it exits: frozen, the collector stops walking
-            # it, in the run's full collections and in those Python makes as it exits
-            # (a quarter of a second of CPU after torch). What the run makes is
-            # collected as usual.
-            gc.freeze()
         hand_back()
         guard = SignalGuard()
         guard.install()
