@@ -15,8 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import minimal_recipe
+from conftest import cli, write_recipe
 
 from orchestrator_fsm.config.recipe import collector_paused, read_recipe
 from orchestrator_fsm.errors import ConfigError
@@ -130,18 +129,9 @@ def test_files_an_entry_module_never_closes_are_flushed_when_the_command_exits(
     # entry was imported (tried, to spare the exit's collections a walk through torch)
     # left both files empty: the frozen module was finalized too late.
     (tmp_path / "entry.py").write_text(UNCLOSED_FILES_ENTRY, encoding="utf-8")
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(minimal_recipe(tmp_path)), encoding="utf-8")
-    command = str(Path(sys.executable).parent / "orchestrator-fsm")
-    done = subprocess.run(
-        [command, "run", str(recipe), "--entry", "entry.py:main"],
-        cwd=tmp_path,
-        env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    recipe = write_recipe(tmp_path)
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    done = cli("run", str(recipe), "--entry", "entry.py:main", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "plain.txt").read_text(encoding="utf-8") == "plain\n"
     assert (tmp_path / "cyclic.txt").read_text(encoding="utf-8") == "cyclic\n"
