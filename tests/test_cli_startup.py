@@ -163,6 +163,7 @@ def main(orch):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda signum: signum.name
 )
