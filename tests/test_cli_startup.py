@@ -123,17 +123,25 @@ def _run_entry(directory: Path, name: str, source: str) -> subprocess.Popen[str]
     )
 
 
-def test_ctrl_c_while_the_run_starts_up_is_one_line_and_exit_130(tmp_path: Path) -> None:
-    marker = tmp_path / "importing"
-    proc = _run_entry(tmp_path, "slow_import.py", SLOW_IMPORT.format(marker=str(marker)))
+def _signalled_once_marked(
+    proc: subprocess.Popen[str], marker: Path, signum: int
+) -> tuple[str, str]:
+    """Send ``signum`` to ``proc`` once its entry has written ``marker``; its output once
+    it has exited (killed if it outlives 60 s or the wait fails)."""
     try:
         wait_for(lambda: [marker] if marker.exists() else [], proc)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        proc.send_signal(signum)
+        return proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_ctrl_c_while_the_run_starts_up_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    marker = tmp_path / "importing"
+    proc = _run_entry(tmp_path, "slow_import.py", SLOW_IMPORT.format(marker=str(marker)))
+    out, err = _signalled_once_marked(proc, marker, signal.SIGINT)
     assert proc.returncode == 130, err
     assert err.splitlines() == ["orchestrator-fsm: interrupted (SIGINT) before the run started"]
     assert "Traceback" not in out
@@ -174,14 +182,7 @@ def test_a_signal_while_python_finalises_the_command_leaves_its_exit_code(
     # late signal must not turn the code the run earned into death by that signal.
     marker = tmp_path / "finalising"
     proc = _run_entry(tmp_path, "slow_exit.py", SLOW_TO_FINALISE.format(marker=str(marker)))
-    try:
-        wait_for(lambda: [marker] if marker.exists() else [], proc)
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    out, err = _signalled_once_marked(proc, marker, signum)
     assert proc.returncode == 0, err
     assert "status: completed" in out, out
     assert "Traceback" not in out + err
